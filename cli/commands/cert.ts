@@ -1,0 +1,23 @@
+// `dstack-ca cert show FILE`: what `ssh-keygen -L` prints, plus --json.
+import type { Command } from 'commander';
+import { parseCertificateLine, verifyCertificate } from '../../ca/ssh/certificate.js';
+import { certificateJson, formatCertificateListing } from '../../ca/ssh/describe.js';
+import { printJson, readInput, type CliContext } from '../context.js';
+import { CliError } from '../errors.js';
+
+export function registerCert(program: Command, ctx: CliContext): void {
+  const cert = program.command('cert').description('issue and inspect certificates');
+  cert
+    .command('show')
+    .description('print a certificate as `ssh-keygen -L` does (verifies its CA signature)')
+    .argument('<file>', 'certificate file (id_*-cert.pub), or - for standard input')
+    .option('--json', 'machine-readable output')
+    .action(async (file: string, opts: { json?: boolean }) => {
+      const text = (await readInput(ctx, file)).toString('utf8');
+      const { cert: parsed } = parseCertificateLine(text);
+      // ssh-keygen refuses a certificate whose CA signature is bad; so do we.
+      if (!verifyCertificate(parsed)) throw new CliError(`${file}: certificate signature does not verify`);
+      if (opts.json) printJson(ctx, certificateJson(parsed));
+      else ctx.stdout.write(formatCertificateListing(parsed, file));
+    });
+}

@@ -1,0 +1,251 @@
+// A private real OpenSSH server on 127.0.0.1 for end-to-end tests: it is the referee for
+// whether a certificate logs in, is refused, or is revoked by a KRL.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, rmSync } from 'node:fs';
+import { mkdir, rename, writeFile } from 'node:fs/promises';
+import { connect, createServer } from 'node:net';
+import { userInfo } from 'node:os';
+import { join } from 'node:path';
+import { childEnv, generateKey, run, type RunResult } from './ssh-keygen.js';
+import { makeTempDir, removeTempDir } from './tmp.js';
+
+export const SSHD = '/usr/sbin/sshd';
+export const SSH = '/usr/bin/ssh';
+
+export interface SshdOptions {
+  /** Lines of the TrustedUserCAKeys file (CA public key lines). */
+  trustedCaKeys: string[];
+  /** Login user -> principals accepted for that user (AuthorizedPrincipalsFile). */
+  principals?: Record<string, string[]>;
+  /** Initial KRL. RevokedKeys is configured only if given; setKrl then replaces it. */
+  krl?: Buffer;
+  /** Extra sshd_config lines, appended last. */
+  extraConfig?: string[];
+  /** How long to wait for "Server listening" (default 10 s). */
+  startTimeoutMs?: number;
+}
+
+export interface SshOptions {
+  /** Private key path. */
+  identity: string;
+  /** Certificate path (`-o CertificateFile=`). */
+  certificate?: string;
+  command: string;
+  /** Login user; default the current user (root here). */
+  user?: string;
+  /** Force a pty (`-tt`). */
+  tty?: boolean;
+  /** Added before the destination. */
+  extraArgs?: string[];
+  timeoutMs?: number;
+}
+
+export interface Sshd {
+  port: number;
+  dir: string;
+  hostKeyPublicLine: string;
+  knownHostsPath: string;
+  /** Everything sshd logged so far (stderr, because of -e). */
+  log(): string;
+  /** Atomically replace the KRL; sshd re-reads it on every authentication. */
+  setKrl(krl: Buffer): Promise<void>;
+  setTrustedCaKeys(lines: string[]): Promise<void>;
+  setPrincipals(user: string, principals: string[]): Promise<void>;
+  ssh(o: SshOptions): Promise<RunResult>;
+  /** Same command line as ssh(), but returns the live process (for long-running sessions). */
+  spawnSsh(o: SshOptions): ChildProcess;
+  stop(): Promise<void>;
+}
+
+/** Write via a temp file + rename so sshd never reads a half-written file (a truncated KRL refuses every key). */
+async function writeAtomic(path: string, data: string | Buffer): Promise<void> {
+  const tmp = `${path}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
+  await writeFile(tmp, data);
+  await rename(tmp, path);
+}
+
+const lines = (ls: string[]): string => ls.map((l) => `${l}\n`).join('');
+
+/** A port that was free a moment ago (bind 0, read it, close). Racy, hence the retry in startSshd. */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      srv.close(() => (typeof addr === 'object' && addr ? resolve(addr.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+function tcpOpen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(port, '127.0.0.1');
+    s.once('connect', () => (s.destroy(), resolve(true)));
+    s.once('error', () => resolve(false));
+  });
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+const exited = (child: ChildProcess): boolean => child.exitCode !== null || child.signalCode !== null;
+
+function waitExit(child: ChildProcess, ms: number): Promise<boolean> {
+  if (exited(child)) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const t = setTimeout(() => resolve(false), ms);
+    child.once('exit', () => (clearTimeout(t), resolve(true)));
+  });
+}
+
+// Safety net: if a test forgets stop() (or crashes), don't leave sshd processes behind.
+const live = new Set<{ proc: ChildProcess; dir: string }>();
+process.once('exit', () => {
+  for (const { proc, dir } of live) {
+    proc.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+function sshdConfig(dir: string, port: number, o: SshdOptions): string {
+  return lines([
+    `Port ${port}`,
+    'ListenAddress 127.0.0.1',
+    `HostKey ${join(dir, 'host_ed25519')}`,
+    `PidFile ${join(dir, 'sshd.pid')}`,
+    'UsePAM no',
+    'StrictModes no',
+    'AuthorizedKeysFile none',
+    'PasswordAuthentication no',
+    'KbdInteractiveAuthentication no',
+    'PubkeyAuthentication yes',
+    `TrustedUserCAKeys ${join(dir, 'trusted_user_ca_keys')}`,
+    `AuthorizedPrincipalsFile ${join(dir, 'auth_principals')}/%u`,
+    // A missing RevokedKeys file would refuse every key, so only configure one we wrote.
+    ...(o.krl ? [`RevokedKeys ${join(dir, 'revoked_keys')}`] : []),
+    'ExposeAuthInfo yes',
+    'LogLevel VERBOSE',
+    'PermitRootLogin yes',
+    'MaxStartups 100:30:200',
+    'MaxSessions 50',
+    ...(o.extraConfig ?? []),
+  ]);
+}
+
+/** Start sshd and resolve once it is listening; rejects with sshd's log on failure. */
+export async function startSshd(o: SshdOptions): Promise<Sshd> {
+  // sshd insists on its privilege-separation directory.
+  mkdirSync('/run/sshd', { recursive: true, mode: 0o755 });
+  const dir = await makeTempDir('dstack-sshd-');
+  try {
+    const hostKey = await generateKey(dir, 'host_ed25519', 'ed25519', 'test-sshd-host');
+    await writeFile(join(dir, 'trusted_user_ca_keys'), lines(o.trustedCaKeys));
+    await mkdir(join(dir, 'auth_principals'));
+    for (const [user, ps] of Object.entries(o.principals ?? {})) {
+      await writeFile(join(dir, 'auth_principals', user), lines(ps));
+    }
+    if (o.krl) await writeFile(join(dir, 'revoked_keys'), o.krl);
+    let lastLog = '';
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const port = await freePort();
+      const started = await launch(dir, port, o);
+      if ('proc' in started) return handle(dir, port, hostKey.publicLine, started.proc, started.log, !!o.krl);
+      lastLog = started.log;
+      if (!/Address already in use|Cannot bind/i.test(lastLog)) break; // not a port race: don't retry
+    }
+    throw new Error(`sshd did not start:\n${lastLog}`);
+  } catch (e) {
+    await removeTempDir(dir);
+    throw e;
+  }
+}
+
+type Launched = { proc: ChildProcess; log: { text: string } } | { log: string };
+
+async function launch(dir: string, port: number, o: SshdOptions): Promise<Launched> {
+  const configPath = join(dir, 'sshd_config');
+  await writeFile(configPath, sshdConfig(dir, port, o));
+  // sshd requires an absolute path to itself (it re-execs per connection).
+  const proc = spawn(SSHD, ['-D', '-e', '-f', configPath], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const log = { text: '' };
+  proc.stderr?.setEncoding('utf8').on('data', (d: string) => (log.text += d));
+  const entry = { proc, dir };
+  live.add(entry);
+  proc.once('exit', () => live.delete(entry));
+  const deadline = Date.now() + (o.startTimeoutMs ?? 10_000);
+  while (Date.now() < deadline) {
+    if (exited(proc)) return { log: log.text };
+    if (log.text.includes('Server listening') && (await tcpOpen(port))) return { proc, log };
+    await sleep(25);
+  }
+  proc.kill('SIGKILL');
+  await waitExit(proc, 3000);
+  return { log: `timed out after ${o.startTimeoutMs ?? 10_000} ms waiting for sshd\n${log.text}` };
+}
+
+async function handle(
+  dir: string,
+  port: number,
+  hostKeyPublicLine: string,
+  proc: ChildProcess,
+  log: { text: string },
+  hasKrl: boolean,
+): Promise<Sshd> {
+  const knownHostsPath = join(dir, 'known_hosts');
+  // Host key pinned: StrictHostKeyChecking=yes then proves we talk to this very sshd.
+  await writeFile(knownHostsPath, `[127.0.0.1]:${port} ${hostKeyPublicLine}\n`);
+  const clients = new Set<ChildProcess>();
+
+  const sshArgs = (s: SshOptions): string[] => [
+    '-F', '/dev/null', // ignore ~/.ssh/config and /etc/ssh/ssh_config
+    '-p', String(port),
+    '-o', 'BatchMode=yes',
+    '-o', 'IdentitiesOnly=yes',
+    '-o', 'IdentityAgent=none',
+    '-i', s.identity,
+    ...(s.certificate ? ['-o', `CertificateFile=${s.certificate}`] : []),
+    '-o', `UserKnownHostsFile=${knownHostsPath}`,
+    '-o', 'StrictHostKeyChecking=yes',
+    '-o', 'ConnectTimeout=5',
+    '-o', 'LogLevel=ERROR',
+    ...(s.tty ? ['-tt'] : []),
+    ...(s.extraArgs ?? []),
+    `${s.user ?? userInfo().username}@127.0.0.1`,
+    s.command,
+  ];
+  const env = { SSH_AUTH_SOCK: undefined };
+
+  return {
+    port,
+    dir,
+    hostKeyPublicLine,
+    knownHostsPath,
+    log: () => log.text,
+    async setKrl(krl) {
+      if (!hasKrl) {
+        // Fail loudly rather than silently not revoking anything.
+        throw new Error('sshd was started without a KRL, so RevokedKeys is not configured: pass opts.krl');
+      }
+      await writeAtomic(join(dir, 'revoked_keys'), krl);
+    },
+    setTrustedCaKeys: (ls) => writeAtomic(join(dir, 'trusted_user_ca_keys'), lines(ls)),
+    setPrincipals: (user, ps) => writeAtomic(join(dir, 'auth_principals', user), lines(ps)),
+    ssh: (s) => run(SSH, sshArgs(s), { env, timeoutMs: s.timeoutMs }),
+    spawnSsh(s) {
+      const child = spawn(SSH, sshArgs(s), { env: childEnv(env), stdio: 'pipe' });
+      clients.add(child);
+      child.once('exit', () => clients.delete(child));
+      return child;
+    },
+    async stop() {
+      // Session children of sshd outlive the listener; killing our clients ends them too.
+      for (const c of clients) c.kill('SIGKILL');
+      proc.kill('SIGTERM');
+      if (!(await waitExit(proc, 3000))) {
+        proc.kill('SIGKILL');
+        await waitExit(proc, 3000);
+      }
+      await removeTempDir(dir);
+    },
+  };
+}
