@@ -3,6 +3,7 @@
 import { Command, CommanderError } from 'commander';
 import { SshParseError } from '../ca/ssh/wire.js';
 import { registerCert } from './commands/cert.js';
+import { registerKrl } from './commands/krl.js';
 import type { CliContext } from './context.js';
 import { CliError, EXIT, type ExitCode } from './errors.js';
 
@@ -13,6 +14,7 @@ export function buildProgram(ctx: CliContext): Command {
     .exitOverride()
     .showHelpAfterError('(run with --help for usage)');
   registerCert(program, ctx);
+  registerKrl(program, ctx);
   // Every subcommand inherits the output routing and exit override.
   const wire = (cmd: Command) => {
     for (const sub of cmd.commands) {

@@ -129,7 +129,9 @@ describe('real OpenSSH harness', () => {
     expect(r.code).not.toBe(0);
     expect(r.stdout).not.toContain('hello');
     expect(r.stderr).toContain('Permission denied');
-    expect(sshd.log()).not.toContain('ID wrong-principal');
+    expect(sshd.log()).toContain('Certificate does not contain an authorized principal');
+    expect(sshd.log()).toMatch(/Failed publickey for \S+ from .* ID wrong-principal \(serial 8\)/);
+    expect(sshd.log()).not.toMatch(/Accepted publickey .* ID wrong-principal/);
   });
 
   it('refuses a certificate once a KRL revoking its serial is installed', async () => {

@@ -7,13 +7,13 @@ import {
   KEY_TYPES,
   assertStrongKey,
   parsePublicKeyBlob,
+  publicKeyBlob,
   readKeyType,
   splitKeyLine,
-  writePublicKey,
   type PublicKey,
 } from './keys.js';
 import { verifySignature, type Signer, type VerifyOptions } from './signature.js';
-import { SshParseError, SshReader, SshWriter, sshString } from './wire.js';
+import { EMPTY_BYTES, SshParseError, SshReader, SshWriter, sshString } from './wire.js';
 
 export type CertType = 'user' | 'host';
 const CERT_TYPE_CODES: Record<CertType, number> = { user: 1, host: 2 };
@@ -24,7 +24,7 @@ export const CERT_FOREVER = 0xffffffffffffffffn;
 /**
  * Critical options and extensions: name -> raw data. Flags ("permit-pty") have empty
  * data; valued options ("force-command") hold a string, which `certOptions` encodes.
- * Encoding sorts by name, as OpenSSH requires.
+ * Encoding sorts by name, as OpenSSH requires. Treat a map as immutable once used.
  */
 export type CertOptions = ReadonlyMap<string, Buffer>;
 
@@ -76,15 +76,24 @@ export function optionString(data: Buffer): string | null {
   }
 }
 
+/** Byte order of the UTF-8 names, as OpenSSH's strcmp sees it. */
 function compareNames(a: string, b: string): number {
   return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
 }
 
+// Option maps are values derived from policy and reused for every cert of a run, so
+// their sorted encoding is computed once per map, like key blobs.
+const encodedOptions = new WeakMap<CertOptions, Buffer>();
+
 function encodeOptions(options: CertOptions): Buffer {
-  const names = [...options.keys()].sort(compareNames);
-  const w = new SshWriter(64);
-  for (const name of names) w.string(name).string(options.get(name) as Buffer);
-  return w.toBuffer();
+  let enc = encodedOptions.get(options);
+  if (!enc) {
+    const w = new SshWriter(64);
+    for (const name of [...options.keys()].sort(compareNames)) w.string(name).string(options.get(name) as Buffer);
+    enc = w.toBuffer();
+    encodedOptions.set(options, enc);
+  }
+  return enc;
 }
 
 function decodeOptions(data: Buffer, what: string): CertOptions {
@@ -104,12 +113,6 @@ function decodeOptions(data: Buffer, what: string): CertOptions {
   return out;
 }
 
-function encodePrincipals(principals: readonly string[]): Buffer {
-  const w = new SshWriter(64);
-  for (const p of principals) w.string(p);
-  return w.toBuffer();
-}
-
 /** Checks what a CA must never sign; throws SshParseError naming the field. */
 function assertSignable(f: CertificateFields, signer: Signer): void {
   const bad = (msg: string): never => {
@@ -126,46 +129,39 @@ function assertSignable(f: CertificateFields, signer: Signer): void {
   if (f.validAfter < 0n || f.validBefore > CERT_FOREVER || f.validAfter >= f.validBefore) {
     bad('validity must satisfy 0 <= validAfter < validBefore');
   }
-  for (const [name] of [...f.criticalOptions, ...f.extensions]) if (name === '' || name.includes('\0')) bad('empty option name');
+  for (const options of [f.criticalOptions, f.extensions]) {
+    for (const name of options.keys()) if (name === '' || name.includes('\0')) bad(`invalid option name ${JSON.stringify(name)}`);
+  }
   assertStrongKey(f.key, 'certificate subject key');
   if (signer.publicKey.type.startsWith('sk-')) bad('a FIDO key cannot be a CA key');
 }
 
 /** Writes everything the CA signature covers: the cert blob up to the signature key. */
-export function encodeToBeSigned(f: CertificateFields, caKey: PublicKey): Buffer {
-  const w = new SshWriter(512);
+function writeToBeSigned(w: SshWriter, f: CertificateFields, caKey: PublicKey): SshWriter {
   w.string(KEY_TYPES[f.key.type].certType).string(f.nonce);
   KEY_TYPES[f.key.type].writeFields(w, f.key);
-  w.u64(f.serial)
-    .u32(CERT_TYPE_CODES[f.certType])
-    .string(f.keyId)
-    .string(encodePrincipals(f.principals))
-    .u64(f.validAfter)
-    .u64(f.validBefore)
-    .string(encodeOptions(f.criticalOptions))
-    .string(encodeOptions(f.extensions))
-    .string(Buffer.alloc(0)); // reserved
-  const caBlob = writePublicKey(new SshWriter(128), caKey).toBuffer();
-  w.string(caBlob);
-  return w.toBuffer();
+  w.u64(f.serial).u32(CERT_TYPE_CODES[f.certType]).string(f.keyId);
+  w.nested(() => {
+    for (const p of f.principals) w.string(p);
+  });
+  w.u64(f.validAfter).u64(f.validBefore);
+  w.string(encodeOptions(f.criticalOptions)).string(encodeOptions(f.extensions));
+  return w.string(EMPTY_BYTES).string(publicKeyBlob(caKey)); // reserved, then the CA key
+}
+
+export function encodeToBeSigned(f: CertificateFields, caKey: PublicKey): Buffer {
+  return writeToBeSigned(new SshWriter(512), f, caKey).toBuffer();
 }
 
 /** Signs a certificate with `signer` as the CA. */
 export async function signCertificate(fields: CertificateFields, signer: Signer): Promise<Certificate> {
   assertSignable(fields, signer);
-  const tbs = encodeToBeSigned(fields, signer.publicKey);
-  const signature = await signer.sign(tbs);
-  const blob = new SshWriter(tbs.length + signature.length + 4).raw(tbs).string(signature).toBuffer();
-  return {
-    ...fields,
-    criticalOptions: new Map(fields.criticalOptions),
-    extensions: new Map(fields.extensions),
-    principals: [...fields.principals],
-    signatureKey: signer.publicKey,
-    signature,
-    blob,
-    signedLength: tbs.length,
-  };
+  // One buffer for the whole blob: the signature is appended after the signed part.
+  const w = writeToBeSigned(new SshWriter(1024), fields, signer.publicKey);
+  const signedLength = w.length;
+  const signature = await signer.sign(w.view());
+  const blob = w.string(signature).view(); // the writer is ours alone: no copy needed
+  return { ...fields, signatureKey: signer.publicKey, signature, blob, signedLength };
 }
 
 /** Parses a certificate wire blob. Does not check the signature: see verifyCertificate. */

@@ -151,9 +151,18 @@ export function writePublicKey(w: SshWriter, key: PublicKey): SshWriter {
   return w;
 }
 
-/** The canonical wire blob of a public key. */
+// Keys are treated as immutable values, so a key object's blob is computed once: the CA
+// key is encoded into every certificate and KRL section it signs.
+const blobCache = new WeakMap<PublicKey, Buffer>();
+
+/** The canonical wire blob of a public key. Do not modify the returned buffer. */
 export function publicKeyBlob(key: PublicKey): Buffer {
-  return writePublicKey(new SshWriter(128), key).toBuffer();
+  let blob = blobCache.get(key);
+  if (!blob) {
+    blob = writePublicKey(new SshWriter(128), key).toBuffer();
+    blobCache.set(key, blob);
+  }
+  return blob;
 }
 
 export function keyBits(key: PublicKey): number {

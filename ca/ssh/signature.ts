@@ -75,8 +75,11 @@ export function nodeSigner(privateKey: KeyObject): Signer {
     algorithm,
     sign: async (data) => {
       const sig = raw(data);
-      const w = new SshWriter(prefix.length + sig.length + 4);
-      return w.raw(prefix).string(sig).toBuffer();
+      const out = Buffer.allocUnsafe(prefix.length + 4 + sig.length);
+      prefix.copy(out);
+      out.writeUInt32BE(sig.length, prefix.length);
+      sig.copy(out, prefix.length + 4);
+      return out;
     },
   };
 }

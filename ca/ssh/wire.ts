@@ -211,6 +211,24 @@ export class SshWriter {
     return this.string(names.join(','));
   }
 
+  /**
+   * A length-prefixed string whose content `write` produces in place: nested structures
+   * (principals, options) without an intermediate buffer per field.
+   */
+  nested(write: (w: this) => void): this {
+    this.reserve(4);
+    const at = this.len;
+    this.len += 4;
+    write(this);
+    this.buf.writeUInt32BE(this.len - at - 4, at);
+    return this;
+  }
+
+  /** What was written so far, without copying; valid until the next write. */
+  view(): Buffer {
+    return this.buf.subarray(0, this.len);
+  }
+
   /** A copy of what was written. */
   toBuffer(): Buffer {
     return Buffer.from(this.buf.subarray(0, this.len));

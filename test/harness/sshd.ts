@@ -1,7 +1,7 @@
 // A private real OpenSSH server on 127.0.0.1 for end-to-end tests: it is the referee for
 // whether a certificate logs in, is refused, or is revoked by a KRL.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, rmSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { mkdir, rename, writeFile } from 'node:fs/promises';
 import { connect, createServer } from 'node:net';
 import { userInfo } from 'node:os';
@@ -54,6 +54,8 @@ export interface Sshd {
   ssh(o: SshOptions): Promise<RunResult>;
   /** Same command line as ssh(), but returns the live process (for long-running sessions). */
   spawnSsh(o: SshOptions): ChildProcess;
+  /** PIDs of remote commands currently running under this sshd (see sessionPids). */
+  sessionPids(): number[];
   stop(): Promise<void>;
 }
 
@@ -98,14 +100,67 @@ function waitExit(child: ChildProcess, ms: number): Promise<boolean> {
   });
 }
 
-// Safety net: if a test forgets stop() (or crashes), don't leave sshd processes behind.
-const live = new Set<{ proc: ChildProcess; dir: string }>();
-process.once('exit', () => {
-  for (const { proc, dir } of live) {
+/**
+ * PIDs of session processes (the remote commands) of the sshd on `port`, found by their
+ * SSH_CONNECTION variable. They run in their own session, so they outlive both the sshd
+ * listener and a killed client (no pty means no SIGHUP): signals to sshd never reach them.
+ */
+export function sessionPids(port: number): number[] {
+  const suffix = ` 127.0.0.1 ${port}`;
+  return readdirSync('/proc')
+    .filter((name) => /^\d+$/.test(name))
+    .filter((pid) => {
+      let env = '';
+      try {
+        env = readFileSync(`/proc/${pid}/environ`, 'latin1');
+      } catch {
+        return false; // exited meanwhile, or not ours to read
+      }
+      return env.split('\0').some((v) => v.startsWith('SSH_CONNECTION=') && v.endsWith(suffix));
+    })
+    .map(Number);
+}
+
+function killSessions(port: number): void {
+  for (const pid of sessionPids(port)) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+}
+
+// Safety net: if a test forgets stop() (or crashes), don't leave sshd or its sessions behind.
+// Vitest ends its fork workers with SIGTERM, which skips 'exit' handlers, so catch that too.
+const live = new Set<{ proc: ChildProcess; dir: string; port: number }>();
+let netInstalled = false;
+
+function killAllSync(): void {
+  for (const { proc, dir, port } of live) {
     proc.kill('SIGKILL');
+    killSessions(port);
     rmSync(dir, { recursive: true, force: true });
   }
-});
+  live.clear();
+}
+
+function installSafetyNet(): void {
+  if (netInstalled) return;
+  netInstalled = true;
+  process.once('exit', killAllSync);
+  for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
+    const onSignal = (): void => {
+      killAllSync();
+      // If nobody else handles the signal, restore the default action (terminate) and re-raise.
+      if (process.listenerCount(sig) === 1) {
+        process.removeListener(sig, onSignal);
+        process.kill(process.pid, sig);
+      }
+    };
+    process.on(sig, onSignal);
+  }
+}
 
 function sshdConfig(dir: string, port: number, o: SshdOptions): string {
   return lines([
@@ -149,7 +204,9 @@ export async function startSshd(o: SshdOptions): Promise<Sshd> {
     for (let attempt = 0; attempt < 5; attempt++) {
       const port = await freePort();
       const started = await launch(dir, port, o);
-      if ('proc' in started) return handle(dir, port, hostKey.publicLine, started.proc, started.log, !!o.krl);
+      if ('proc' in started) {
+        return handle({ ...started, dir, port, hostKeyPublicLine: hostKey.publicLine, hasKrl: !!o.krl });
+      }
       lastLog = started.log;
       if (!/Address already in use|Cannot bind/i.test(lastLog)) break; // not a port race: don't retry
     }
@@ -169,7 +226,8 @@ async function launch(dir: string, port: number, o: SshdOptions): Promise<Launch
   const proc = spawn(SSHD, ['-D', '-e', '-f', configPath], { stdio: ['ignore', 'ignore', 'pipe'] });
   const log = { text: '' };
   proc.stderr?.setEncoding('utf8').on('data', (d: string) => (log.text += d));
-  const entry = { proc, dir };
+  installSafetyNet();
+  const entry = { proc, dir, port };
   live.add(entry);
   proc.once('exit', () => live.delete(entry));
   const deadline = Date.now() + (o.startTimeoutMs ?? 10_000);
@@ -183,14 +241,16 @@ async function launch(dir: string, port: number, o: SshdOptions): Promise<Launch
   return { log: `timed out after ${o.startTimeoutMs ?? 10_000} ms waiting for sshd\n${log.text}` };
 }
 
-async function handle(
-  dir: string,
-  port: number,
-  hostKeyPublicLine: string,
-  proc: ChildProcess,
-  log: { text: string },
-  hasKrl: boolean,
-): Promise<Sshd> {
+interface Running {
+  dir: string;
+  port: number;
+  hostKeyPublicLine: string;
+  proc: ChildProcess;
+  log: { text: string };
+  hasKrl: boolean;
+}
+
+async function handle({ dir, port, hostKeyPublicLine, proc, log, hasKrl }: Running): Promise<Sshd> {
   const knownHostsPath = join(dir, 'known_hosts');
   // Host key pinned: StrictHostKeyChecking=yes then proves we talk to this very sshd.
   await writeFile(knownHostsPath, `[127.0.0.1]:${port} ${hostKeyPublicLine}\n`);
@@ -237,14 +297,15 @@ async function handle(
       child.once('exit', () => clients.delete(child));
       return child;
     },
+    sessionPids: () => sessionPids(port),
     async stop() {
-      // Session children of sshd outlive the listener; killing our clients ends them too.
       for (const c of clients) c.kill('SIGKILL');
       proc.kill('SIGTERM');
       if (!(await waitExit(proc, 3000))) {
         proc.kill('SIGKILL');
         await waitExit(proc, 3000);
       }
+      killSessions(port);
       await removeTempDir(dir);
     },
   };

@@ -1,0 +1,26 @@
+// The snippet `dstack-ca-agent sshd-config` prints is valid sshd_config, as sshd -t judges.
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, expect, it } from 'vitest';
+import { cleanupTempDirs, generateKey, makeTempDir, run } from './harness/index.js';
+
+const AGENT = fileURLToPath(new URL('../dist/agent-hook/main.js', import.meta.url));
+afterAll(cleanupTempDirs);
+
+it('dstack-ca-agent sshd-config passes sshd -t', async () => {
+  const dir = await makeTempDir('agent-config-');
+  const snippet = await run(process.execPath, [AGENT, 'sshd-config', '--sshd-dir', join(dir, 'dstack-ca')]);
+  expect(snippet.code).toBe(0);
+  expect(snippet.stdout).toContain(`RevokedKeys ${join(dir, 'dstack-ca', 'revoked_keys')}`);
+  expect(snippet.stdout).toMatch(/^ExposeAuthInfo yes$/m);
+  const host = await generateKey(dir, 'host', 'ed25519');
+  const config = join(dir, 'sshd_config');
+  await writeFile(config, `HostKey ${host.privatePath}\nUsePAM no\n${snippet.stdout}`);
+  const check = await run('/usr/sbin/sshd', ['-t', '-f', config]);
+  expect(check.stderr).toBe('');
+  expect(check.code).toBe(0);
+  // And sshd -t does reject nonsense, so the check above means something.
+  await writeFile(config, `HostKey ${host.privatePath}\n${snippet.stdout}NoSuchKeyword yes\n`);
+  expect((await run('/usr/sbin/sshd', ['-t', '-f', config])).code).not.toBe(0);
+});
