@@ -3,6 +3,7 @@
 // Usage: node dist/bench/run.js [name...]   (names: see BENCHES)
 const BENCHES: Record<string, () => Promise<{ run: () => Promise<void> }>> = {
   'cert-sign': () => import('./cert-sign.js'),
+  krl: () => import('./krl.js'),
 };
 
 const wanted = process.argv.slice(2);

@@ -76,7 +76,8 @@ export function registerKrl(program: Command, ctx: CliContext): void {
         const { subject, comment } = await readKeyOrCert(ctx, path);
         const match = isRevoked(set, subject);
         results.push({ file: path, comment, revoked: match !== null, reason: match && describeRevocation(match), match });
-        if (!opts.json) ctx.stdout.write(`${path}${comment ? ` (${comment})` : ''}: ${match ? 'REVOKED' : 'ok'}\n`);
+        // ssh-keygen -Q's line; like it, show the file name when the key has no comment.
+        if (!opts.json) ctx.stdout.write(`${path} (${comment || path}): ${match ? 'REVOKED' : 'ok'}\n`);
       }
       if (opts.json) printJson(ctx, results);
       const revoked = results.filter((r) => r.revoked).length;
