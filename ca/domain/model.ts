@@ -1,0 +1,115 @@
+// The CA's domain records, as services and stores exchange them. Times are Unix seconds
+// (numbers: they fit in 2^53 for the next 285 million years); serials are bigints because
+// certificates carry uint64 serials.
+
+export type ProjectRole = 'admin' | 'manager' | 'user';
+export const PROJECT_ROLES: readonly ProjectRole[] = ['admin', 'manager', 'user'];
+
+/** A person or a CI bot. They share one name space so `attachable_by.users` can name either. */
+export interface Identity {
+  id: number;
+  name: string;
+  kind: 'user' | 'bot';
+  /** Global admin (users only). */
+  globalAdmin: boolean;
+  disabled: boolean;
+  /** Bots: their project and the TTL cap on their certs (seconds). */
+  botProjectId: number | null;
+  botMaxTtl: number | null;
+  createdAt: number;
+}
+
+export interface Project {
+  id: number;
+  name: string;
+  createdAt: number;
+}
+
+export interface Membership {
+  projectId: number;
+  identityId: number;
+  role: ProjectRole;
+}
+
+/** The `attachable_by` policy after validation (see ca/policy/attachable-by.ts). */
+export interface AttachablePolicy {
+  users: string[];
+  projectMembers: boolean;
+  /** OpenSSH one-line public keys, normalised (type + base64, no comment). */
+  publicKeys: string[];
+}
+
+export interface Run {
+  id: number;
+  projectId: number;
+  name: string;
+  /** Stable, unique SSH principal of the run, e.g. "dstack-run-4f9c2a7d1e0b". */
+  principal: string;
+  ownerId: number;
+  loginUser: string;
+  policy: AttachablePolicy;
+  state: 'running' | 'finished';
+  /** Optional planned end: certificates never outlive it. */
+  endsAt: number | null;
+  createdAt: number;
+  finishedAt: number | null;
+}
+
+/** Which rule of the policy allowed a certificate; kept for audit and re-checks. */
+export type Grant = { kind: 'user'; name: string } | { kind: 'project_members' } | { kind: 'public_key'; fingerprint: string };
+
+export interface CertRecord {
+  serial: bigint;
+  runId: number;
+  /** Null for certificates granted to a key holder without an account. */
+  identityId: number | null;
+  /** Fingerprint (SHA256:...) and one-line form of the certified key. */
+  keyFingerprint: string;
+  publicKey: string;
+  keyId: string;
+  /** Fingerprint of the CA key that signed it. */
+  caFingerprint: string;
+  grant: Grant;
+  validAfter: number;
+  validBefore: number;
+  issuedAt: number;
+  revokedAt: number | null;
+  revokeReason: string | null;
+}
+
+export type TokenKind = 'admin' | 'user' | 'bot' | 'orchestrator' | 'agent-join' | 'agent';
+
+/** A bearer credential. Only the SHA-256 of the secret is stored. */
+export interface TokenRecord {
+  id: number;
+  kind: TokenKind;
+  /** sha256(secret), hex. */
+  hash: string;
+  /** Identity for user/bot/admin tokens; run for agent tokens; null for orchestrators. */
+  identityId: number | null;
+  runId: number | null;
+  /** Display name (orchestrators, and for audit). */
+  name: string;
+  expiresAt: number | null;
+  /** One-time tokens (agent join) are consumed on first use. */
+  usedAt: number | null;
+  revokedAt: number | null;
+  createdAt: number;
+}
+
+/** What the KRL is generated from, besides revoked certificates. */
+export type RevocationTarget =
+  | { kind: 'key_id'; keyId: string }
+  | { kind: 'public_key'; publicKey: string }
+  | { kind: 'ca_key'; publicKey: string };
+
+export interface AuditEvent {
+  seq: number;
+  at: number;
+  actor: string;
+  action: string;
+  /** JSON-serialisable details; never secrets. */
+  details: Record<string, unknown>;
+  prevHash: string;
+  hash: string;
+}

@@ -1,0 +1,163 @@
+import Database from 'better-sqlite3';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { APPLICATION_ID, applyMigrations, MIGRATIONS, SCHEMA_VERSION, type Migration } from './migrations.js';
+import { openSqliteStore } from './sqlite-store.js';
+
+const dirs: string[] = [];
+const conns: Database.Database[] = [];
+
+afterEach(async () => {
+  for (const c of conns.splice(0)) if (c.open) c.close();
+  await Promise.all(dirs.splice(0).map((d) => rm(d, { recursive: true, force: true })));
+});
+
+async function tempDbPath(): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'ca-migrate-'));
+  dirs.push(dir);
+  return join(dir, 'ca.db');
+}
+
+function raw(path: string): Database.Database {
+  const db = new Database(path);
+  conns.push(db);
+  return db;
+}
+
+const applied = (db: Database.Database) =>
+  db.prepare('SELECT version, name, applied_at FROM schema_migrations ORDER BY version').all() as {
+    version: number;
+    name: string;
+    applied_at: number;
+  }[];
+
+const tables = (db: Database.Database) =>
+  (db.prepare(`SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name`).all() as { name: string }[]).map(
+    (r) => r.name,
+  );
+
+describe('the real migrations', () => {
+  it('a fresh database gets all of them, recorded in order, and the dstack-ca application id', async () => {
+    const path = await tempDbPath();
+    const store = await openSqliteStore(path);
+    await store.close();
+    const db = raw(path);
+    expect(applied(db).map((r) => [r.version, r.name])).toEqual(MIGRATIONS.map((m) => [m.version, m.name]));
+    expect(SCHEMA_VERSION).toBe(MIGRATIONS.length);
+    expect(db.pragma('application_id', { simple: true })).toBe(APPLICATION_ID);
+    expect(tables(db)).toEqual([
+      'audit_events',
+      'ca_keys',
+      'certs',
+      'identities',
+      'krls',
+      'memberships',
+      'meta',
+      'projects',
+      'revocation_targets',
+      'runs',
+      'schema_migrations',
+      'serial_high_water',
+      'tokens',
+    ]);
+    expect(db.pragma('integrity_check', { simple: true })).toBe('ok');
+    expect(db.pragma('foreign_key_check')).toEqual([]);
+  });
+
+  it('reopening applies nothing again and keeps the recorded times', async () => {
+    const path = await tempDbPath();
+    await (await openSqliteStore(path)).close();
+    const before = applied(raw(path));
+    const store = await openSqliteStore(path);
+    await store.tx((tx) => tx.setMeta('still', 'works'));
+    await store.close();
+    const db = raw(path);
+    expect(applied(db)).toEqual(before);
+    expect(applyMigrations(db)).toEqual([]);
+    expect(applied(db)).toEqual(before);
+  });
+
+  it('a database at an older version is brought up to date, keeping its data', async () => {
+    const path = await tempDbPath();
+    const db = raw(path);
+    expect(applyMigrations(db, MIGRATIONS.slice(0, 1))).toEqual([1]);
+    db.exec(`INSERT INTO meta (key, value) VALUES ('kept', 'yes')`);
+    db.close();
+    const store = await openSqliteStore(path);
+    expect(await store.getMeta('kept')).toBe('yes');
+    await store.close();
+    expect(applied(raw(path)).map((r) => r.version)).toEqual(MIGRATIONS.map((m) => m.version));
+  });
+
+  it('a database written by a newer release is refused, untouched', async () => {
+    const path = await tempDbPath();
+    await (await openSqliteStore(path)).close();
+    const db = raw(path);
+    db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)').run(99, 'from_the_future', 1);
+    db.close();
+    await expect(openSqliteStore(path)).rejects.toThrow(
+      new RegExp(`has schema version 99 \\("from_the_future"\\), newer than this dstack-ca knows \\(${SCHEMA_VERSION}\\)`),
+    );
+    await expect(openSqliteStore(path)).rejects.toMatchObject({ name: 'StoreError', code: 'schema' });
+    expect(applied(raw(path)).map((r) => r.version)).toEqual([...MIGRATIONS.map((m) => m.version), 99]);
+  });
+
+  it('a database whose recorded migration names diverge is refused', async () => {
+    const path = await tempDbPath();
+    await (await openSqliteStore(path)).close();
+    raw(path).prepare(`UPDATE schema_migrations SET name = 'something_else' WHERE version = 1`).run();
+    await expect(openSqliteStore(path)).rejects.toThrow(/recorded migration 1 as "something_else" but this dstack-ca calls it "initial_schema"/);
+  });
+
+  it('a SQLite file that is not ours is refused and left alone', async () => {
+    const foreign = await tempDbPath();
+    const db = raw(foreign);
+    db.exec('CREATE TABLE photos (id INTEGER PRIMARY KEY)');
+    db.close();
+    await expect(openSqliteStore(foreign)).rejects.toThrow(/is not a dstack-ca database: it has table "photos" but no schema_migrations/);
+    const after = raw(foreign);
+    expect(tables(after)).toEqual(['photos']);
+    expect(after.pragma('journal_mode', { simple: true })).toBe('delete'); // not switched to WAL
+
+    const other = await tempDbPath();
+    raw(other).pragma('application_id = 1234');
+    await expect(openSqliteStore(other)).rejects.toThrow(/is not a dstack-ca database \(SQLite application_id is 0x4d2\)/);
+  });
+});
+
+describe('the migration runner', () => {
+  const m = (version: number, sql: string): Migration => ({ version, name: `m${version}`, sql });
+
+  it('applies pending migrations in order, one transaction each', async () => {
+    const db = raw(await tempDbPath());
+    const list = [m(1, 'CREATE TABLE a (x TEXT)'), m(2, `INSERT INTO a VALUES ('from 2')`), m(3, `INSERT INTO a VALUES ('from 3')`)];
+    let t = 100;
+    expect(applyMigrations(db, list.slice(0, 2), () => t++)).toEqual([1, 2]);
+    expect(applyMigrations(db, list, () => t++)).toEqual([3]);
+    expect(applyMigrations(db, list, () => t++)).toEqual([]);
+    expect(applied(db)).toEqual([
+      { version: 1, name: 'm1', applied_at: 100 },
+      { version: 2, name: 'm2', applied_at: 101 },
+      { version: 3, name: 'm3', applied_at: 102 },
+    ]);
+    expect(db.prepare('SELECT x FROM a ORDER BY rowid').pluck().all()).toEqual(['from 2', 'from 3']);
+  });
+
+  it('a failing migration is rolled back whole and named; the ones before it stay', async () => {
+    const db = raw(await tempDbPath());
+    const list = [m(1, 'CREATE TABLE a (x TEXT NOT NULL)'), m(2, `CREATE TABLE b (y TEXT); INSERT INTO a VALUES (NULL)`), m(3, 'CREATE TABLE c (z)')];
+    expect(() => applyMigrations(db, list)).toThrow(/migration 2 \("m2"\) failed on .*NOT NULL constraint failed: a.x/);
+    expect(applied(db).map((r) => r.version)).toEqual([1]);
+    expect(tables(db)).toEqual(['a', 'schema_migrations']);
+    expect(db.inTransaction).toBe(false);
+  });
+
+  it('refuses a broken migration list', async () => {
+    const db = raw(await tempDbPath());
+    expect(() => applyMigrations(db, [m(1, 'SELECT 1'), m(3, 'SELECT 1')])).toThrow(/entry 1 has version 3, expected 2/);
+    expect(() => applyMigrations(db, [m(2, 'SELECT 1')])).toThrow(/entry 0 has version 2, expected 1/);
+    expect(tables(db)).toEqual([]);
+  });
+});

@@ -1,0 +1,331 @@
+// Schema of the SQLite store, as numbered migrations applied in order, each in its own
+// transaction, each recorded in schema_migrations. A database that records a migration this
+// code does not know (a newer dstack-ca wrote it) is refused rather than guessed at.
+//
+// The SQL is kept portable to PostgreSQL where that costs nothing: TEXT, BIGINT, BOOLEAN and
+// BLOB types (SQLite maps BIGINT to INTEGER affinity and BOOLEAN to NUMERIC), named
+// constraints, ON CONFLICT upserts, partial indexes. The SQLite-only spots are marked
+// "SQLite:" with what PostgreSQL would say instead.
+//
+// Deletion rules (DESIGN.md section 9, "nothing issued is lost"):
+// - certs rows are never deleted (migration 2 enforces it); their run and identity are
+//   referenced ON DELETE RESTRICT, so neither can disappear from under them.
+// - An identity that was issued certificates, or owns runs, is never deleted: the store
+//   refuses with a clear error and the caller disables it instead. Otherwise deleting it
+//   cascades to its memberships and tokens.
+// - A project with runs or bots is never deleted; otherwise its memberships cascade.
+// - Runs are never deleted (the interface has no call for it); they are finished.
+// - audit_events rows are append-only and KRLs are never rewritten (migration 2).
+
+import type Database from 'better-sqlite3';
+import { StoreError } from './errors.js';
+
+export interface Migration {
+  version: number;
+  name: string;
+  sql: string;
+}
+
+/** Marks the file as a dstack-ca database in the SQLite header ("dsCA"). SQLite only. */
+export const APPLICATION_ID = 0x64734341;
+
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: 'initial_schema',
+    // SQLite: "INTEGER PRIMARY KEY AUTOINCREMENT" is an alias of the 64-bit rowid whose values
+    // are never reused, like PostgreSQL's "BIGINT GENERATED ALWAYS AS IDENTITY". certs.serial is
+    // a plain "INTEGER PRIMARY KEY" (the rowid, signed 64-bit; PostgreSQL: BIGINT PRIMARY KEY):
+    // serials always come from the caller.
+    // JSON columns are TEXT so they round-trip byte for byte (PostgreSQL: TEXT or JSON, not
+    // JSONB, which reorders keys).
+    sql: `
+CREATE TABLE meta (
+  key TEXT NOT NULL PRIMARY KEY,
+  value TEXT NOT NULL
+);
+
+CREATE TABLE projects (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  name TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  CONSTRAINT projects_name_unique UNIQUE (name)
+);
+
+CREATE TABLE identities (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  name TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  global_admin BOOLEAN NOT NULL DEFAULT FALSE,
+  disabled BOOLEAN NOT NULL DEFAULT FALSE,
+  bot_project_id BIGINT REFERENCES projects (id) ON DELETE RESTRICT,
+  bot_max_ttl BIGINT,
+  created_at BIGINT NOT NULL,
+  CONSTRAINT identities_name_unique UNIQUE (name),
+  CONSTRAINT identities_kind CHECK (kind IN ('user', 'bot')),
+  CONSTRAINT identities_global_admin_boolean CHECK (global_admin IN (FALSE, TRUE)),
+  CONSTRAINT identities_disabled_boolean CHECK (disabled IN (FALSE, TRUE)),
+  CONSTRAINT identities_bot_fields_only_for_bots CHECK (kind = 'bot' OR (bot_project_id IS NULL AND bot_max_ttl IS NULL)),
+  CONSTRAINT identities_bot_has_project CHECK (kind = 'user' OR bot_project_id IS NOT NULL),
+  CONSTRAINT identities_global_admin_only_for_users CHECK (kind = 'user' OR global_admin = FALSE),
+  CONSTRAINT identities_bot_max_ttl_positive CHECK (bot_max_ttl IS NULL OR bot_max_ttl > 0)
+);
+CREATE INDEX identities_bot_project ON identities (bot_project_id);
+
+CREATE TABLE memberships (
+  project_id BIGINT NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+  identity_id BIGINT NOT NULL REFERENCES identities (id) ON DELETE CASCADE,
+  role TEXT NOT NULL,
+  CONSTRAINT memberships_pk PRIMARY KEY (project_id, identity_id),
+  CONSTRAINT memberships_role CHECK (role IN ('admin', 'manager', 'user'))
+);
+CREATE INDEX memberships_identity ON memberships (identity_id);
+
+CREATE TABLE runs (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  project_id BIGINT NOT NULL REFERENCES projects (id) ON DELETE RESTRICT,
+  name TEXT NOT NULL,
+  principal TEXT NOT NULL,
+  owner_id BIGINT NOT NULL REFERENCES identities (id) ON DELETE RESTRICT,
+  login_user TEXT NOT NULL,
+  policy TEXT NOT NULL,
+  state TEXT NOT NULL,
+  ends_at BIGINT,
+  created_at BIGINT NOT NULL,
+  finished_at BIGINT,
+  CONSTRAINT runs_project_name_unique UNIQUE (project_id, name),
+  CONSTRAINT runs_principal_unique UNIQUE (principal),
+  CONSTRAINT runs_state CHECK (state IN ('running', 'finished')),
+  CONSTRAINT runs_finished_at_iff_finished CHECK ((state = 'finished') = (finished_at IS NOT NULL))
+);
+CREATE INDEX runs_owner ON runs (owner_id);
+
+CREATE TABLE tokens (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  kind TEXT NOT NULL,
+  hash TEXT NOT NULL,
+  identity_id BIGINT REFERENCES identities (id) ON DELETE CASCADE,
+  run_id BIGINT REFERENCES runs (id) ON DELETE CASCADE,
+  name TEXT NOT NULL,
+  expires_at BIGINT,
+  used_at BIGINT,
+  revoked_at BIGINT,
+  created_at BIGINT NOT NULL,
+  CONSTRAINT tokens_hash_unique UNIQUE (hash),
+  CONSTRAINT tokens_kind CHECK (kind IN ('admin', 'user', 'bot', 'orchestrator', 'agent-join', 'agent'))
+);
+CREATE INDEX tokens_identity ON tokens (identity_id);
+CREATE INDEX tokens_run ON tokens (run_id);
+
+CREATE TABLE certs (
+  serial INTEGER PRIMARY KEY,
+  run_id BIGINT NOT NULL REFERENCES runs (id) ON DELETE RESTRICT,
+  identity_id BIGINT REFERENCES identities (id) ON DELETE RESTRICT,
+  key_fingerprint TEXT NOT NULL,
+  public_key TEXT NOT NULL,
+  key_id TEXT NOT NULL,
+  ca_fingerprint TEXT NOT NULL,
+  grant_json TEXT NOT NULL,
+  valid_after BIGINT NOT NULL,
+  valid_before BIGINT NOT NULL,
+  issued_at BIGINT NOT NULL,
+  revoked_at BIGINT,
+  revoke_reason TEXT,
+  CONSTRAINT certs_serial_positive CHECK (serial > 0),
+  CONSTRAINT certs_validity_ordered CHECK (valid_after <= valid_before),
+  CONSTRAINT certs_reason_only_if_revoked CHECK (revoke_reason IS NULL OR revoked_at IS NOT NULL)
+);
+CREATE INDEX certs_run ON certs (run_id);
+CREATE INDEX certs_identity ON certs (identity_id);
+CREATE INDEX certs_key_fingerprint ON certs (key_fingerprint);
+CREATE INDEX certs_key_id ON certs (key_id);
+CREATE INDEX certs_valid_before ON certs (valid_before);
+-- The serial part of the KRL: revoked certificates that have not expired yet.
+CREATE INDEX certs_revoked_valid_before ON certs (valid_before) WHERE revoked_at IS NOT NULL;
+
+CREATE TABLE revocation_targets (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  kind TEXT NOT NULL,
+  value TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  expires_at BIGINT,
+  CONSTRAINT revocation_targets_kind CHECK (kind IN ('key_id', 'public_key', 'ca_key'))
+);
+CREATE INDEX revocation_targets_kind_value ON revocation_targets (kind, value);
+
+CREATE TABLE krls (
+  version BIGINT NOT NULL PRIMARY KEY,
+  content BLOB NOT NULL,
+  signature TEXT,
+  created_at BIGINT NOT NULL,
+  CONSTRAINT krls_version_positive CHECK (version > 0)
+);
+
+CREATE TABLE ca_keys (
+  fingerprint TEXT NOT NULL PRIMARY KEY,
+  public_key TEXT NOT NULL,
+  state TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  CONSTRAINT ca_keys_public_key_unique UNIQUE (public_key),
+  CONSTRAINT ca_keys_state CHECK (state IN ('active', 'trusted', 'retired'))
+);
+-- At most one active (signing) key.
+CREATE UNIQUE INDEX ca_keys_one_active ON ca_keys (state) WHERE state = 'active';
+
+CREATE TABLE serial_high_water (
+  id BIGINT NOT NULL PRIMARY KEY,
+  high_water BIGINT NOT NULL,
+  CONSTRAINT serial_high_water_single_row CHECK (id = 1),
+  CONSTRAINT serial_high_water_non_negative CHECK (high_water >= 0)
+);
+INSERT INTO serial_high_water (id, high_water) VALUES (1, 0);
+
+CREATE TABLE audit_events (
+  seq BIGINT NOT NULL PRIMARY KEY,
+  at BIGINT NOT NULL,
+  actor TEXT NOT NULL,
+  action TEXT NOT NULL,
+  details TEXT NOT NULL,
+  prev_hash TEXT NOT NULL,
+  hash TEXT NOT NULL,
+  CONSTRAINT audit_events_seq_positive CHECK (seq > 0)
+);
+`,
+  },
+  {
+    version: 2,
+    name: 'append_only_guards',
+    // SQLite: trigger syntax. PostgreSQL would use one trigger function raising an exception
+    // (or REVOKE UPDATE, DELETE from the application role).
+    sql: `
+CREATE TRIGGER certs_never_deleted BEFORE DELETE ON certs
+BEGIN SELECT RAISE(ABORT, 'certificate rows are never deleted'); END;
+
+CREATE TRIGGER certs_issued_fields_immutable
+BEFORE UPDATE OF serial, run_id, identity_id, key_fingerprint, public_key, key_id, ca_fingerprint, grant_json, valid_after, valid_before, issued_at ON certs
+BEGIN SELECT RAISE(ABORT, 'only the revocation of a certificate row can change'); END;
+
+CREATE TRIGGER certs_revocation_final BEFORE UPDATE OF revoked_at, revoke_reason ON certs WHEN OLD.revoked_at IS NOT NULL
+BEGIN SELECT RAISE(ABORT, 'a revoked certificate stays revoked with its first reason'); END;
+
+CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events
+BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
+
+CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events
+BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
+
+CREATE TRIGGER krls_content_immutable BEFORE UPDATE OF version, content, created_at ON krls
+BEGIN SELECT RAISE(ABORT, 'a KRL version is never rewritten'); END;
+
+CREATE TRIGGER krls_never_deleted BEFORE DELETE ON krls
+BEGIN SELECT RAISE(ABORT, 'KRL versions are never deleted'); END;
+`,
+  },
+];
+
+export const SCHEMA_VERSION: number = MIGRATIONS[MIGRATIONS.length - 1]?.version ?? 0;
+
+function checkMigrationList(migrations: readonly Migration[]): void {
+  migrations.forEach((m, i) => {
+    if (m.version !== i + 1) {
+      throw new Error(`migration list is broken: entry ${i} has version ${m.version}, expected ${i + 1} (versions are 1, 2, 3... in order)`);
+    }
+  });
+}
+
+interface AppliedRow {
+  version: bigint | number;
+  name: string;
+}
+
+function tableExists(db: Database.Database, name: string): boolean {
+  return db.prepare(`SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?`).get(name) !== undefined;
+}
+
+function readApplied(db: Database.Database): Map<number, string> {
+  const rows = db.prepare('SELECT version, name FROM schema_migrations ORDER BY version').all() as AppliedRow[];
+  return new Map(rows.map((r) => [Number(r.version), r.name]));
+}
+
+/** Refuses files that are not ours and schemas newer than (or diverging from) `migrations`. */
+export function checkCompatible(db: Database.Database, migrations: readonly Migration[] = MIGRATIONS, path: string = db.name): void {
+  const appId = Number(db.pragma('application_id', { simple: true }));
+  if (appId !== 0 && appId !== APPLICATION_ID) {
+    throw new StoreError('schema', `${path} is not a dstack-ca database (SQLite application_id is 0x${appId.toString(16)})`);
+  }
+  if (!tableExists(db, 'schema_migrations')) {
+    const other = db.prepare(`SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' LIMIT 1`).get() as
+      | { name: string }
+      | undefined;
+    if (other !== undefined) {
+      throw new StoreError('schema', `${path} is not a dstack-ca database: it has table "${other.name}" but no schema_migrations`);
+    }
+    return;
+  }
+  const known = new Map(migrations.map((m) => [m.version, m.name]));
+  for (const [version, name] of readApplied(db)) {
+    const ours = known.get(version);
+    if (ours === undefined) {
+      throw new StoreError(
+        'schema',
+        `${path} has schema version ${version} ("${name}"), newer than this dstack-ca knows (${migrations.length}): ` +
+          'it was written by a newer release; run that release or restore a backup',
+      );
+    }
+    if (ours !== name) {
+      throw new StoreError('schema', `${path} recorded migration ${version} as "${name}" but this dstack-ca calls it "${ours}": the schemas diverged`);
+    }
+  }
+}
+
+/**
+ * Brings the database up to the last of `migrations` and returns the versions it applied.
+ * Each migration runs in its own BEGIN IMMEDIATE transaction (so two processes opening the
+ * same file cannot both apply it) and is recorded in schema_migrations in that transaction.
+ * Run it before any other use of the connection; foreign_keys should already be on (it is a
+ * no-op inside a transaction, so a future migration that rebuilds a table must be applied
+ * with it off, outside this loop).
+ */
+export function applyMigrations(
+  db: Database.Database,
+  migrations: readonly Migration[] = MIGRATIONS,
+  now: () => number = () => Math.floor(Date.now() / 1000),
+): number[] {
+  checkMigrationList(migrations);
+  const path = db.name;
+  db.exec('BEGIN IMMEDIATE');
+  try {
+    checkCompatible(db, migrations, path);
+    db.exec(`CREATE TABLE IF NOT EXISTS schema_migrations (
+  version BIGINT NOT NULL PRIMARY KEY,
+  name TEXT NOT NULL,
+  applied_at BIGINT NOT NULL
+)`);
+    db.exec('COMMIT');
+  } catch (e) {
+    if (db.inTransaction) db.exec('ROLLBACK');
+    throw e;
+  }
+
+  const applied: number[] = [];
+  for (const m of migrations) {
+    db.exec('BEGIN IMMEDIATE');
+    try {
+      // Re-read inside the write lock: another process may have applied it meanwhile.
+      checkCompatible(db, migrations, path);
+      if (!readApplied(db).has(m.version)) {
+        db.exec(m.sql);
+        db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)').run(m.version, m.name, now());
+        db.pragma(`application_id = ${APPLICATION_ID}`);
+        applied.push(m.version);
+      }
+      db.exec('COMMIT');
+    } catch (e) {
+      if (db.inTransaction) db.exec('ROLLBACK');
+      if (e instanceof StoreError) throw e;
+      throw new StoreError('schema', `migration ${m.version} ("${m.name}") failed on ${path}: ${(e as Error).message}`, { cause: e });
+    }
+  }
+  return applied;
+}

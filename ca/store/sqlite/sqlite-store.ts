@@ -1,0 +1,742 @@
+// The embedded Store: one SQLite file (better-sqlite3, WAL) in the data directory.
+//
+// Connections. Two per store, both on the same file:
+// - the writer runs every transaction (`tx`) and the reads made through the StoreTx, which
+//   therefore see the transaction's own writes;
+// - the reader (PRAGMA query_only) serves reads outside transactions. In WAL mode each of its
+//   statements reads the last committed snapshot, so an open transaction's writes stay
+//   invisible to it until COMMIT, and it never waits for the writer.
+// better-sqlite3 is synchronous, so "async" here only means the Store interface's promises.
+//
+// Transactions. An async mutex queues `tx` calls; each runs BEGIN IMMEDIATE, awaits fn, then
+// COMMIT, or ROLLBACK and rethrows. A `tx` call made from inside fn (found through
+// AsyncLocalStorage, so unrelated concurrent callers still queue) throws instead of waiting
+// for itself forever. A StoreTx refuses use after its transaction ended. Methods that write
+// several rows run in a SAVEPOINT, so a caller that catches their error keeps a consistent tx.
+//
+// Durability. synchronous=FULL: the WAL is fsynced at every COMMIT, so a committed cert row
+// survives power loss, not only a process crash (DESIGN.md section 9).
+//
+// File modes. The database holds token hashes: the file is created 0600 before SQLite opens it
+// (and an existing one is chmod'ed to 0600). SQLite creates -wal and -shm with the mode of the
+// main file (unix VFS: robust_open + fchmod to the database's mode, whatever the umask), and
+// existing ones are chmod'ed after opening, so no umask change is needed (process.umask cannot
+// be set from worker threads anyway). The directory's own mode is the caller's business.
+//
+// Serials are bigints: safe integers are on for both connections, so every INTEGER column
+// comes back as a bigint and rows.ts converts ids and times to numbers only when exact.
+
+import Database from 'better-sqlite3';
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { chmodSync, closeSync, fsyncSync, openSync } from 'node:fs';
+import { dirname } from 'node:path';
+import type { AttachablePolicy, AuditEvent, CertRecord, Identity, Membership, Project, ProjectRole, Run, TokenRecord } from '../../domain/model.js';
+import type { CaKeyRecord, CertFilter, Store, StoredKrl, StoredRevocationTarget, StoreReader, StoreTx } from '../store.js';
+import { StoreError, translateSqliteError } from './errors.js';
+import { applyMigrations, checkCompatible } from './migrations.js';
+import * as rows from './rows.js';
+import { MAX_SERIAL, intParam, jsonParam, serialParam, type Row } from './rows.js';
+
+export interface SqliteStoreOptions {
+  /** How long a connection waits for another process's lock before failing (default 5000 ms). */
+  busyTimeoutMs?: number;
+}
+
+export function openSqliteStore(path: string, options: SqliteStoreOptions = {}): Promise<Store> {
+  return SqliteStore.open(path, options);
+}
+
+const FILE_MODE = 0o600;
+
+/** A connection and its prepared statements, cached by SQL text (dynamic filters included:
+ *  their variants are finitely many). */
+class Conn {
+  private readonly cache = new Map<string, Database.Statement<unknown[]>>();
+  constructor(readonly db: Database.Database) {}
+
+  private stmt(sql: string): Database.Statement<unknown[]> {
+    let s = this.cache.get(sql);
+    if (s === undefined) {
+      s = this.db.prepare(sql);
+      this.cache.set(sql, s);
+    }
+    return s;
+  }
+
+  get(sql: string, ...params: unknown[]): Row | undefined {
+    return this.stmt(sql).get(...params) as Row | undefined;
+  }
+
+  all(sql: string, ...params: unknown[]): Row[] {
+    return this.stmt(sql).all(...params) as Row[];
+  }
+
+  run(sql: string, ...params: unknown[]): Database.RunResult {
+    return this.stmt(sql).run(...params);
+  }
+
+  /** Runs fn atomically: in a SAVEPOINT inside an open transaction. */
+  atomic<T>(fn: () => T): T {
+    return this.db.transaction(fn)();
+  }
+}
+
+function whereClause(conds: readonly string[]): string {
+  return conds.length === 0 ? '' : ` WHERE ${conds.join(' AND ')}`;
+}
+
+function one<R>(codec: rows.Codec<R, unknown>, row: Row | undefined): R | null {
+  return row === undefined ? null : codec.fromRow(row);
+}
+
+/** Every read of the interface, on one connection; `check` runs before each. */
+class Reads implements StoreReader {
+  constructor(
+    protected readonly conn: () => Conn,
+    protected readonly check: () => void,
+  ) {}
+
+  protected c(): Conn {
+    this.check();
+    return this.conn();
+  }
+
+  async getMeta(key: string): Promise<string | null> {
+    const row = this.c().get('SELECT value FROM meta WHERE key = ?', key);
+    return row === undefined ? null : (row.value as string);
+  }
+
+  async getIdentity(id: number): Promise<Identity | null> {
+    return one(rows.identities, this.c().get(`SELECT ${rows.identities.columns()} FROM identities WHERE id = ?`, id));
+  }
+
+  async getIdentityByName(name: string): Promise<Identity | null> {
+    return one(rows.identities, this.c().get(`SELECT ${rows.identities.columns()} FROM identities WHERE name = ?`, name));
+  }
+
+  /** projectId: the project's members and its bots. */
+  async listIdentities(filter: { kind?: Identity['kind']; projectId?: number } = {}): Promise<Identity[]> {
+    const conds: string[] = [];
+    const params: Row = {};
+    if (filter.kind !== undefined) {
+      conds.push('i.kind = @kind');
+      params.kind = filter.kind;
+    }
+    if (filter.projectId !== undefined) {
+      conds.push(
+        '(i.bot_project_id = @projectId OR EXISTS (SELECT 1 FROM memberships m WHERE m.identity_id = i.id AND m.project_id = @projectId))',
+      );
+      params.projectId = filter.projectId;
+    }
+    const sql = `SELECT ${rows.identities.columns('i')} FROM identities i${whereClause(conds)} ORDER BY i.id`;
+    return this.c().all(sql, params).map(rows.identities.fromRow);
+  }
+
+  async getProject(id: number): Promise<Project | null> {
+    return one(rows.projects, this.c().get(`SELECT ${rows.projects.columns()} FROM projects WHERE id = ?`, id));
+  }
+
+  async getProjectByName(name: string): Promise<Project | null> {
+    return one(rows.projects, this.c().get(`SELECT ${rows.projects.columns()} FROM projects WHERE name = ?`, name));
+  }
+
+  async listProjects(): Promise<Project[]> {
+    return this.c().all(`SELECT ${rows.projects.columns()} FROM projects ORDER BY id`).map(rows.projects.fromRow);
+  }
+
+  async getMembership(projectId: number, identityId: number): Promise<Membership | null> {
+    const sql = `SELECT ${rows.memberships.columns()} FROM memberships WHERE project_id = ? AND identity_id = ?`;
+    return one(rows.memberships, this.c().get(sql, projectId, identityId));
+  }
+
+  async listMembers(projectId: number): Promise<Membership[]> {
+    const sql = `SELECT ${rows.memberships.columns()} FROM memberships WHERE project_id = ? ORDER BY identity_id`;
+    return this.c().all(sql, projectId).map(rows.memberships.fromRow);
+  }
+
+  async listMembershipsOf(identityId: number): Promise<Membership[]> {
+    const sql = `SELECT ${rows.memberships.columns()} FROM memberships WHERE identity_id = ? ORDER BY project_id`;
+    return this.c().all(sql, identityId).map(rows.memberships.fromRow);
+  }
+
+  async getRun(id: number): Promise<Run | null> {
+    return one(rows.runs, this.c().get(`SELECT ${rows.runs.columns()} FROM runs WHERE id = ?`, id));
+  }
+
+  async getRunByName(projectId: number, name: string): Promise<Run | null> {
+    return one(rows.runs, this.c().get(`SELECT ${rows.runs.columns()} FROM runs WHERE project_id = ? AND name = ?`, projectId, name));
+  }
+
+  async getRunByPrincipal(principal: string): Promise<Run | null> {
+    return one(rows.runs, this.c().get(`SELECT ${rows.runs.columns()} FROM runs WHERE principal = ?`, principal));
+  }
+
+  async listRuns(filter: { projectId?: number; state?: Run['state'] } = {}): Promise<Run[]> {
+    const conds: string[] = [];
+    const params: Row = {};
+    if (filter.projectId !== undefined) {
+      conds.push('project_id = @projectId');
+      params.projectId = filter.projectId;
+    }
+    if (filter.state !== undefined) {
+      conds.push('state = @state');
+      params.state = filter.state;
+    }
+    return this.c()
+      .all(`SELECT ${rows.runs.columns()} FROM runs${whereClause(conds)} ORDER BY id`, params)
+      .map(rows.runs.fromRow);
+  }
+
+  async getTokenByHash(hash: string): Promise<TokenRecord | null> {
+    return one(rows.tokens, this.c().get(`SELECT ${rows.tokens.columns()} FROM tokens WHERE hash = ?`, hash));
+  }
+
+  async listTokens(filter: { identityId?: number; runId?: number; kind?: TokenRecord['kind'] }): Promise<TokenRecord[]> {
+    const conds: string[] = [];
+    const params: Row = {};
+    if (filter.identityId !== undefined) {
+      conds.push('identity_id = @identityId');
+      params.identityId = filter.identityId;
+    }
+    if (filter.runId !== undefined) {
+      conds.push('run_id = @runId');
+      params.runId = filter.runId;
+    }
+    if (filter.kind !== undefined) {
+      conds.push('kind = @kind');
+      params.kind = filter.kind;
+    }
+    return this.c()
+      .all(`SELECT ${rows.tokens.columns()} FROM tokens${whereClause(conds)} ORDER BY id`, params)
+      .map(rows.tokens.fromRow);
+  }
+
+  async getCert(serial: bigint): Promise<CertRecord | null> {
+    const c = this.c();
+    // Out of the storable range: no such certificate (binding it would throw a RangeError).
+    if (typeof serial !== 'bigint' || serial < 1n || serial > MAX_SERIAL) return null;
+    return one(rows.certs, c.get(`SELECT ${rows.certs.columns()} FROM certs WHERE serial = ?`, serial));
+  }
+
+  async listCerts(filter: CertFilter): Promise<CertRecord[]> {
+    const conds: string[] = [];
+    const params: Row = {};
+    let from = 'certs c';
+    const eq = (value: unknown, column: string, name: string) => {
+      if (value === undefined) return;
+      conds.push(`${column} = @${name}`);
+      params[name] = value;
+    };
+    eq(filter.runId, 'c.run_id', 'runId');
+    eq(filter.identityId, 'c.identity_id', 'identityId');
+    eq(filter.keyFingerprint, 'c.key_fingerprint', 'keyFingerprint');
+    eq(filter.keyId, 'c.key_id', 'keyId');
+    eq(filter.caFingerprint, 'c.ca_fingerprint', 'caFingerprint');
+    if (filter.projectId !== undefined) {
+      from = 'certs c JOIN runs r ON r.id = c.run_id';
+      eq(filter.projectId, 'r.project_id', 'projectId');
+    }
+    if (filter.liveAt !== undefined) {
+      conds.push('c.revoked_at IS NULL AND c.valid_before > @liveAt');
+      params.liveAt = filter.liveAt;
+    }
+    return this.c()
+      .all(`SELECT ${rows.certs.columns('c')} FROM ${from}${whereClause(conds)} ORDER BY c.serial`, params)
+      .map(rows.certs.fromRow);
+  }
+
+  async listRevokedLiveCerts(now: number): Promise<CertRecord[]> {
+    const sql = `SELECT ${rows.certs.columns()} FROM certs WHERE revoked_at IS NOT NULL AND valid_before > ? ORDER BY serial`;
+    return this.c().all(sql, now).map(rows.certs.fromRow);
+  }
+
+  async listRevocationTargets(now: number): Promise<StoredRevocationTarget[]> {
+    const sql = `SELECT ${rows.revocationTargets.columns()} FROM revocation_targets WHERE expires_at IS NULL OR expires_at > ? ORDER BY id`;
+    return this.c().all(sql, now).map(rows.revocationTargets.fromRow);
+  }
+
+  async isPublicKeyRevoked(publicKey: string): Promise<boolean> {
+    return this.c().get(`SELECT 1 AS hit FROM revocation_targets WHERE kind = 'public_key' AND value = ? LIMIT 1`, publicKey) !== undefined;
+  }
+
+  async latestKrl(): Promise<StoredKrl | null> {
+    return one(rows.krls, this.c().get(`SELECT ${rows.krls.columns()} FROM krls ORDER BY version DESC LIMIT 1`));
+  }
+
+  async listCaKeys(): Promise<CaKeyRecord[]> {
+    return this.c()
+      .all(`SELECT ${rows.caKeys.columns()} FROM ca_keys ORDER BY created_at, fingerprint`)
+      .map(rows.caKeys.fromRow);
+  }
+
+  async serialHighWater(): Promise<bigint> {
+    const hw = rows.scalarBigInt(this.c().get('SELECT high_water FROM serial_high_water WHERE id = 1'), 'high_water');
+    if (hw === null) throw new Error('database is missing its serial_high_water row');
+    return hw;
+  }
+
+  async lastAuditEvent(): Promise<AuditEvent | null> {
+    return one(rows.auditEvents, this.c().get(`SELECT ${rows.auditEvents.columns()} FROM audit_events ORDER BY seq DESC LIMIT 1`));
+  }
+
+  async listAuditEvents(filter: { afterSeq?: number; limit?: number }): Promise<AuditEvent[]> {
+    const conds: string[] = [];
+    const params: Row = {};
+    if (filter.afterSeq !== undefined) {
+      conds.push('seq > @afterSeq');
+      params.afterSeq = intParam(filter.afterSeq, 'afterSeq');
+    }
+    let limit = '';
+    if (filter.limit !== undefined) {
+      if (intParam(filter.limit, 'limit') < 0) throw new StoreError('invalid', `limit must not be negative, got ${filter.limit}`);
+      limit = ' LIMIT @limit';
+      params.limit = filter.limit;
+    }
+    return this.c()
+      .all(`SELECT ${rows.auditEvents.columns()} FROM audit_events${whereClause(conds)} ORDER BY seq${limit}`, params)
+      .map(rows.auditEvents.fromRow);
+  }
+}
+
+/** The write side; valid only while its transaction is open. */
+class SqliteTx extends Reads implements StoreTx {
+  /** Runs a write: atomically (SAVEPOINT), with SQLite constraint errors made readable. */
+  private write<T>(what: string, fn: (c: Conn) => T): T {
+    const c = this.c();
+    try {
+      return c.atomic(() => fn(c));
+    } catch (e) {
+      throw translateSqliteError(e, what);
+    }
+  }
+
+  private mustChange(changes: number, what: string): void {
+    if (changes === 0) throw new StoreError('not_found', `${what} does not exist`);
+  }
+
+  async setMeta(key: string, value: string): Promise<void> {
+    this.write(`meta "${key}"`, (c) =>
+      c.run('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value', key, value),
+    );
+  }
+
+  async insertIdentity(i: Omit<Identity, 'id'>): Promise<Identity> {
+    const row = rows.identities.toRow(i);
+    const id = this.write(`identity "${i.name}"`, (c) => c.run(insertSql('identities', row), row).lastInsertRowid);
+    return this.inserted(await this.getIdentity(Number(id)), 'identity');
+  }
+
+  async updateIdentity(id: number, patch: Partial<Pick<Identity, 'globalAdmin' | 'disabled' | 'botMaxTtl'>>): Promise<void> {
+    const row = rows.identityPatchToRow(patch);
+    const sets = Object.keys(row).map((col) => `${col} = @${col}`);
+    // An empty patch still reports a missing identity.
+    const sql = `UPDATE identities SET ${sets.length > 0 ? sets.join(', ') : 'id = id'} WHERE id = @id`;
+    const { changes } = this.write(`identity ${id}`, (c) => c.run(sql, { ...row, id: intParam(id, 'identity id') }));
+    this.mustChange(changes, `identity ${id}`);
+  }
+
+  /**
+   * Deletes an identity with its memberships and tokens. Refused for identities that were
+   * issued certificates or own runs: those rows must keep pointing at it, so disable it instead.
+   */
+  async deleteIdentity(id: number): Promise<void> {
+    this.write(`identity ${id}`, (c) => {
+      const identity = c.get('SELECT name FROM identities WHERE id = ?', intParam(id, 'identity id'));
+      if (identity === undefined) throw new StoreError('not_found', `identity ${id} does not exist`);
+      const label = `identity "${String(identity.name)}" (id ${id})`;
+      const certCount = count(c, 'SELECT COUNT(*) AS n FROM certs WHERE identity_id = ?', id);
+      if (certCount > 0) {
+        throw new StoreError(
+          'conflict',
+          `${label} was issued ${certCount} certificate(s) and is never deleted, so they stay attributable: disable it instead`,
+        );
+      }
+      const runCount = count(c, 'SELECT COUNT(*) AS n FROM runs WHERE owner_id = ?', id);
+      if (runCount > 0) throw new StoreError('conflict', `${label} owns ${runCount} run(s) and is never deleted: disable it instead`);
+      c.run('DELETE FROM identities WHERE id = ?', id);
+    });
+  }
+
+  async insertProject(p: Omit<Project, 'id'>): Promise<Project> {
+    const row = rows.projects.toRow(p);
+    const id = this.write(`project "${p.name}"`, (c) => c.run(insertSql('projects', row), row).lastInsertRowid);
+    return this.inserted(await this.getProject(Number(id)), 'project');
+  }
+
+  /** Deletes a project and its memberships. Refused while it has runs (they and their
+   *  certificates are kept forever) or bots (delete those first). */
+  async deleteProject(id: number): Promise<void> {
+    this.write(`project ${id}`, (c) => {
+      const project = c.get('SELECT name FROM projects WHERE id = ?', intParam(id, 'project id'));
+      if (project === undefined) throw new StoreError('not_found', `project ${id} does not exist`);
+      const label = `project "${String(project.name)}" (id ${id})`;
+      const runCount = count(c, 'SELECT COUNT(*) AS n FROM runs WHERE project_id = ?', id);
+      if (runCount > 0) throw new StoreError('conflict', `${label} has ${runCount} run(s), which are kept with their certificates: it is never deleted`);
+      const botCount = count(c, 'SELECT COUNT(*) AS n FROM identities WHERE bot_project_id = ?', id);
+      if (botCount > 0) throw new StoreError('conflict', `${label} still has ${botCount} bot(s): delete or keep them first`);
+      c.run('DELETE FROM projects WHERE id = ?', id);
+    });
+  }
+
+  async upsertMembership(projectId: number, identityId: number, role: ProjectRole): Promise<void> {
+    const row = rows.memberships.toRow({ projectId, identityId, role });
+    this.write(`membership of identity ${identityId} in project ${projectId}`, (c) =>
+      c.run(`${insertSql('memberships', row)} ON CONFLICT (project_id, identity_id) DO UPDATE SET role = excluded.role`, row),
+    );
+  }
+
+  async deleteMembership(projectId: number, identityId: number): Promise<void> {
+    const what = `membership of identity ${identityId} in project ${projectId}`;
+    const { changes } = this.write(what, (c) => c.run('DELETE FROM memberships WHERE project_id = ? AND identity_id = ?', projectId, identityId));
+    this.mustChange(changes, what);
+  }
+
+  async insertRun(r: Omit<Run, 'id'>): Promise<Run> {
+    const row = rows.runs.toRow(r);
+    const id = this.write(`run "${r.name}" (principal ${r.principal})`, (c) => c.run(insertSql('runs', row), row).lastInsertRowid);
+    return this.inserted(await this.getRun(Number(id)), 'run');
+  }
+
+  async updateRunPolicy(id: number, policy: AttachablePolicy): Promise<void> {
+    const json = jsonParam(policy, 'run policy');
+    const { changes } = this.write(`run ${id}`, (c) => c.run('UPDATE runs SET policy = ? WHERE id = ?', json, id));
+    this.mustChange(changes, `run ${id}`);
+  }
+
+  /** Marks a run finished; a run already finished keeps its first finish time. */
+  async finishRun(id: number, at: number): Promise<void> {
+    this.write(`run ${id}`, (c) => {
+      const { changes } = c.run(
+        `UPDATE runs SET state = 'finished', finished_at = ? WHERE id = ? AND state = 'running'`,
+        intParam(at, 'finish time'),
+        id,
+      );
+      if (changes === 0 && c.get('SELECT 1 AS hit FROM runs WHERE id = ?', id) === undefined) {
+        throw new StoreError('not_found', `run ${id} does not exist`);
+      }
+    });
+  }
+
+  async insertToken(t: Omit<TokenRecord, 'id'>): Promise<TokenRecord> {
+    const row = rows.tokens.toRow(t);
+    const id = this.write(`token "${t.name}" (${t.kind})`, (c) => c.run(insertSql('tokens', row), row).lastInsertRowid);
+    return this.inserted(await this.getTokenById(Number(id)), 'token');
+  }
+
+  /** Consumes a one-time token: refused if it was already used, so it cannot be used twice. */
+  async markTokenUsed(id: number, at: number): Promise<void> {
+    this.write(`token ${id}`, (c) => {
+      const { changes } = c.run('UPDATE tokens SET used_at = ? WHERE id = ? AND used_at IS NULL', intParam(at, 'use time'), id);
+      if (changes === 1) return;
+      const row = c.get('SELECT used_at FROM tokens WHERE id = ?', id);
+      if (row === undefined) throw new StoreError('not_found', `token ${id} does not exist`);
+      throw new StoreError('conflict', `token ${id} was already used (at ${String(row.used_at)})`);
+    });
+  }
+
+  /** Revokes a token; one already revoked keeps its first revocation time. */
+  async revokeToken(id: number, at: number): Promise<void> {
+    this.write(`token ${id}`, (c) => {
+      const { changes } = c.run('UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL', intParam(at, 'revocation time'), id);
+      if (changes === 0 && c.get('SELECT 1 AS hit FROM tokens WHERE id = ?', id) === undefined) {
+        throw new StoreError('not_found', `token ${id} does not exist`);
+      }
+    });
+  }
+
+  async reserveSerials(count: number): Promise<bigint> {
+    if (!Number.isSafeInteger(count) || count < 1) throw new StoreError('invalid', `reserveSerials needs a positive integer count, got ${count}`);
+    return this.write('serial reservation', (c) => {
+      const hw = highWater(c);
+      const next = hw + BigInt(count);
+      if (next > MAX_SERIAL) {
+        throw new StoreError('invalid', `cannot reserve ${count} serial(s) above ${hw}: serials must stay below 2^63`);
+      }
+      c.run('UPDATE serial_high_water SET high_water = ? WHERE id = 1', next);
+      return hw + 1n;
+    });
+  }
+
+  /** Inserts certificate rows; every serial must come from a reserved block. */
+  async insertCerts(certs: readonly CertRecord[]): Promise<void> {
+    if (certs.length === 0) return;
+    const prepared = certs.map((cert) => rows.certs.toRow(cert));
+    this.write(certs.length === 1 ? `certificate ${certs[0]?.serial}` : `${certs.length} certificates`, (c) => {
+      const hw = highWater(c);
+      for (const row of prepared) {
+        const serial = row.serial as bigint;
+        if (serial > hw) throw new StoreError('invalid', `certificate serial ${serial} was never reserved (high-water mark ${hw})`);
+        try {
+          c.run(insertSql('certs', row), row);
+        } catch (e) {
+          throw translateSqliteError(e, `certificate ${serial}`);
+        }
+      }
+    });
+  }
+
+  async revokeCerts(serials: readonly bigint[], at: number, reason: string): Promise<number> {
+    const time = intParam(at, 'revocation time');
+    const checked = [...new Set(serials.map((s) => serialParam(s, 'certificate serial')))];
+    return this.write('certificate revocation', (c) => {
+      let changed = 0;
+      for (const serial of checked) {
+        changed += c.run('UPDATE certs SET revoked_at = ?, revoke_reason = ? WHERE serial = ? AND revoked_at IS NULL', time, reason, serial).changes;
+      }
+      return changed;
+    });
+  }
+
+  async insertRevocationTarget(t: Omit<StoredRevocationTarget, 'id'>): Promise<StoredRevocationTarget> {
+    const row = rows.revocationTargets.toRow(t);
+    const id = this.write(`revocation target (${t.target.kind})`, (c) => c.run(insertSql('revocation_targets', row), row).lastInsertRowid);
+    const stored = this.c().get(`SELECT ${rows.revocationTargets.columns()} FROM revocation_targets WHERE id = ?`, id);
+    return this.inserted(one(rows.revocationTargets, stored), 'revocation target');
+  }
+
+  async insertKrl(blob: Buffer, at: number): Promise<StoredKrl> {
+    if (!Buffer.isBuffer(blob)) throw new StoreError('invalid', 'a KRL must be a Buffer');
+    return this.write('KRL', (c) => {
+      const last = rows.scalarBigInt(c.get('SELECT MAX(version) AS v FROM krls'), 'v') ?? 0n;
+      const k: StoredKrl = { version: Number(last) + 1, blob, signature: null, createdAt: at };
+      const row = rows.krls.toRow(k);
+      c.run(insertSql('krls', row), row);
+      return k;
+    });
+  }
+
+  async setKrlSignature(version: number, signature: string): Promise<void> {
+    const { changes } = this.write(`KRL version ${version}`, (c) => c.run('UPDATE krls SET signature = ? WHERE version = ?', signature, version));
+    this.mustChange(changes, `KRL version ${version}`);
+  }
+
+  /** Inserts a CA key or changes its state. At most one key is active at any time, so demote
+   *  the old active key before promoting the new one in the same transaction. */
+  async upsertCaKey(k: CaKeyRecord): Promise<void> {
+    const row = rows.caKeys.toRow(k);
+    this.write(`CA key ${k.fingerprint}`, (c) => {
+      const existing = c.get('SELECT public_key FROM ca_keys WHERE fingerprint = ?', k.fingerprint);
+      if (existing !== undefined && existing.public_key !== k.publicKey) {
+        throw new StoreError('conflict', `CA key ${k.fingerprint} is already stored with a different public key`);
+      }
+      if (k.state === 'active') {
+        const active = c.get(`SELECT fingerprint FROM ca_keys WHERE state = 'active' AND fingerprint <> ?`, k.fingerprint);
+        if (active !== undefined) {
+          throw new StoreError('conflict', `CA key ${String(active.fingerprint)} is active: demote it before making ${k.fingerprint} active`);
+        }
+      }
+      c.run(`${insertSql('ca_keys', row)} ON CONFLICT (fingerprint) DO UPDATE SET state = excluded.state`, row);
+    });
+  }
+
+  /** Appends an audit event exactly as given; its seq must be the last one + 1 (1 first). */
+  async appendAuditEvent(e: AuditEvent): Promise<void> {
+    const row = rows.auditEvents.toRow(e);
+    this.write(`audit event ${e.seq}`, (c) => {
+      const last = rows.scalarBigInt(c.get('SELECT MAX(seq) AS s FROM audit_events'), 's') ?? 0n;
+      if (BigInt(e.seq) !== last + 1n) {
+        throw new StoreError('conflict', `audit event seq ${e.seq} does not follow the last one (${last}): expected ${last + 1n}`);
+      }
+      c.run(insertSql('audit_events', row), row);
+    });
+  }
+
+  private async getTokenById(id: number): Promise<TokenRecord | null> {
+    return one(rows.tokens, this.c().get(`SELECT ${rows.tokens.columns()} FROM tokens WHERE id = ?`, id));
+  }
+
+  private inserted<R>(r: R | null, what: string): R {
+    if (r === null) throw new Error(`the ${what} just inserted cannot be read back`);
+    return r;
+  }
+}
+
+const insertSql = rows.insertSql;
+
+function count(c: Conn, sql: string, ...params: unknown[]): number {
+  return Number(rows.scalarBigInt(c.get(sql, ...params), 'n') ?? 0n);
+}
+
+function highWater(c: Conn): bigint {
+  const hw = rows.scalarBigInt(c.get('SELECT high_water FROM serial_high_water WHERE id = 1'), 'high_water');
+  if (hw === null) throw new Error('database is missing its serial_high_water row');
+  return hw;
+}
+
+/** Creates the file 0600 if missing (never wider, whatever the umask) and forces 0600. */
+function prepareFile(path: string): void {
+  const fd = openSync(path, 'a', FILE_MODE);
+  closeSync(fd);
+  chmodSync(path, FILE_MODE);
+  // Make the new directory entry durable too (SQLite syncs only its own journals' entries).
+  const dir = openSync(dirname(path), 'r');
+  try {
+    fsyncSync(dir);
+  } finally {
+    closeSync(dir);
+  }
+  tightenSidecars(path);
+}
+
+function tightenSidecars(path: string): void {
+  for (const suffix of ['-wal', '-shm']) {
+    try {
+      chmodSync(path + suffix, FILE_MODE);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+  }
+}
+
+function openConnection(path: string, busyTimeoutMs: number): Database.Database {
+  const db = new Database(path, { fileMustExist: true, timeout: busyTimeoutMs });
+  try {
+    db.defaultSafeIntegers(true);
+    db.pragma(`busy_timeout = ${busyTimeoutMs}`);
+    // Before WAL mode is set, which is persistent: a foreign or newer file stays as it was.
+    // (applyMigrations checks again under the write lock.)
+    checkCompatible(db);
+    const mode = db.pragma('journal_mode = WAL', { simple: true });
+    if (mode !== 'wal') throw new StoreError('schema', `${path}: SQLite refused WAL mode (journal_mode is ${String(mode)})`);
+    db.pragma('synchronous = FULL');
+    db.pragma('foreign_keys = ON');
+    db.pragma('trusted_schema = OFF');
+    return db;
+  } catch (e) {
+    db.close();
+    throw e;
+  }
+}
+
+export interface ConnectionSettings {
+  journalMode: string;
+  synchronous: 'off' | 'normal' | 'full' | 'extra';
+  foreignKeys: boolean;
+  busyTimeoutMs: number;
+  queryOnly: boolean;
+}
+
+function settingsOf(db: Database.Database): ConnectionSettings {
+  const p = (name: string) => db.pragma(name, { simple: true });
+  const sync = (['off', 'normal', 'full', 'extra'] as const)[Number(p('synchronous'))];
+  if (sync === undefined) throw new Error(`unexpected synchronous level ${String(p('synchronous'))}`);
+  return {
+    journalMode: String(p('journal_mode')),
+    synchronous: sync,
+    foreignKeys: Number(p('foreign_keys')) === 1,
+    busyTimeoutMs: Number(p('busy_timeout')),
+    queryOnly: Number(p('query_only')) === 1,
+  };
+}
+
+interface TxContext {
+  store: SqliteStore;
+  active: boolean;
+}
+
+const currentTx = new AsyncLocalStorage<TxContext>();
+
+export class SqliteStore extends Reads implements Store {
+  private queue: Promise<void> = Promise.resolve();
+  private closing = false;
+  private closed = false;
+
+  private constructor(
+    private readonly path: string,
+    private readonly writer: Conn,
+    reader: Conn,
+  ) {
+    super(
+      () => reader,
+      () => this.assertOpen(),
+    );
+  }
+
+  static async open(path: string, options: SqliteStoreOptions = {}): Promise<SqliteStore> {
+    if (path === '' || path === ':memory:' || path.startsWith('file:')) {
+      throw new StoreError('invalid', `the SQLite store needs a plain file path, got "${path}" (two connections must share the file)`);
+    }
+    const busy = options.busyTimeoutMs ?? 5000;
+    prepareFile(path);
+    const writerDb = openConnection(path, busy);
+    let readerDb: Database.Database | undefined;
+    try {
+      applyMigrations(writerDb);
+      tightenSidecars(path);
+      readerDb = openConnection(path, busy);
+      readerDb.pragma('query_only = ON');
+    } catch (e) {
+      readerDb?.close();
+      writerDb.close();
+      throw e;
+    }
+    return new SqliteStore(path, new Conn(writerDb), new Conn(readerDb));
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new StoreError('closed', `the store on ${this.path} is closed`);
+  }
+
+  async tx<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
+    if (this.closing) throw new StoreError('closed', `the store on ${this.path} is closed`);
+    if (currentTx.getStore()?.store === this && currentTx.getStore()?.active === true) {
+      throw new StoreError(
+        'nested_transaction',
+        'store.tx() was called inside a transaction of the same store: use the StoreTx passed to the outer fn (a nested tx would wait for itself forever)',
+      );
+    }
+    const run = this.queue.then(() => this.runTx(fn));
+    this.queue = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
+  }
+
+  private async runTx<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
+    this.assertOpen();
+    const db = this.writer.db;
+    const ctx: TxContext = { store: this, active: true };
+    const t = new SqliteTx(
+      () => this.writer,
+      () => {
+        if (!ctx.active) throw new StoreError('closed', 'this StoreTx was used after its transaction ended');
+      },
+    );
+    db.exec('BEGIN IMMEDIATE');
+    try {
+      const result = await currentTx.run(ctx, () => fn(t));
+      ctx.active = false;
+      if (!db.inTransaction) throw new Error('SQLite aborted the transaction (see the error fn caught); nothing was committed');
+      db.exec('COMMIT');
+      return result;
+    } catch (e) {
+      ctx.active = false;
+      if (db.inTransaction) db.exec('ROLLBACK');
+      throw e;
+    }
+  }
+
+  /** The pragmas each connection runs with, for diagnostics and tests. */
+  connectionSettings(): { writer: ConnectionSettings; reader: ConnectionSettings } {
+    this.assertOpen();
+    return { writer: settingsOf(this.writer.db), reader: settingsOf(this.conn().db) };
+  }
+
+  /** Waits for queued transactions, then closes both connections (reader first, so the
+   *  writer, last out, checkpoints the WAL). Further calls fail with code "closed". */
+  async close(): Promise<void> {
+    if (currentTx.getStore()?.store === this && currentTx.getStore()?.active === true) {
+      throw new StoreError('nested_transaction', 'store.close() was called inside one of its own transactions');
+    }
+    if (this.closing) {
+      await this.queue;
+      return;
+    }
+    this.closing = true;
+    await this.queue;
+    this.closed = true;
+    this.conn().db.close();
+    this.writer.db.close();
+  }
+}

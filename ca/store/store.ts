@@ -1,0 +1,148 @@
+// The narrow storage interface of the CA. Services see only this; SQLite (embedded default)
+// implements it today and PostgreSQL will for several replicas (DESIGN.md section 12), so
+// every method is async and every write happens inside `tx`.
+//
+// Transaction rules:
+// - `tx(fn)` runs fn in one serialisable write transaction: all of it commits or none does.
+//   Writers are serialised; fn must not do slow work (signing happens before, outside).
+// - Reads outside a transaction see committed data only.
+
+import type {
+  AttachablePolicy,
+  AuditEvent,
+  CertRecord,
+  Identity,
+  Membership,
+  Project,
+  ProjectRole,
+  RevocationTarget,
+  Run,
+  TokenRecord,
+} from '../domain/model.js';
+
+export interface CertFilter {
+  runId?: number;
+  identityId?: number;
+  /** Certificates of runs in this project. */
+  projectId?: number;
+  keyFingerprint?: string;
+  keyId?: string;
+  caFingerprint?: string;
+  /** Only certificates not revoked and with validBefore > liveAt. */
+  liveAt?: number;
+}
+
+export interface StoredRevocationTarget {
+  id: number;
+  target: RevocationTarget;
+  reason: string;
+  createdAt: number;
+  /** When it may drop out of the KRL (null: never), e.g. the last expiry of a key id's certs. */
+  expiresAt: number | null;
+}
+
+export interface StoredKrl {
+  version: number;
+  blob: Buffer;
+  /** Armored SSHSIG (namespace dstack-ca-krl); null until signed right after commit. */
+  signature: string | null;
+  createdAt: number;
+}
+
+export type CaKeyState = 'active' | 'trusted' | 'retired';
+
+export interface CaKeyRecord {
+  fingerprint: string;
+  publicKey: string;
+  /** active: signs new certs (exactly one); trusted: published, not signing; retired: neither. */
+  state: CaKeyState;
+  createdAt: number;
+}
+
+export interface StoreReader {
+  getMeta(key: string): Promise<string | null>;
+
+  getIdentity(id: number): Promise<Identity | null>;
+  getIdentityByName(name: string): Promise<Identity | null>;
+  listIdentities(filter?: { kind?: Identity['kind']; projectId?: number }): Promise<Identity[]>;
+
+  getProject(id: number): Promise<Project | null>;
+  getProjectByName(name: string): Promise<Project | null>;
+  listProjects(): Promise<Project[]>;
+
+  getMembership(projectId: number, identityId: number): Promise<Membership | null>;
+  listMembers(projectId: number): Promise<Membership[]>;
+  listMembershipsOf(identityId: number): Promise<Membership[]>;
+
+  getRun(id: number): Promise<Run | null>;
+  getRunByName(projectId: number, name: string): Promise<Run | null>;
+  getRunByPrincipal(principal: string): Promise<Run | null>;
+  listRuns(filter?: { projectId?: number; state?: Run['state'] }): Promise<Run[]>;
+
+  getTokenByHash(hash: string): Promise<TokenRecord | null>;
+  listTokens(filter: { identityId?: number; runId?: number; kind?: TokenRecord['kind'] }): Promise<TokenRecord[]>;
+
+  getCert(serial: bigint): Promise<CertRecord | null>;
+  listCerts(filter: CertFilter): Promise<CertRecord[]>;
+  /** Revoked certificates still valid at `now`: the serial part of the KRL. */
+  listRevokedLiveCerts(now: number): Promise<CertRecord[]>;
+  /** Targets not expired at `now`: the key-id, key and CA-key part of the KRL. */
+  listRevocationTargets(now: number): Promise<StoredRevocationTarget[]>;
+  isPublicKeyRevoked(publicKey: string): Promise<boolean>;
+
+  latestKrl(): Promise<StoredKrl | null>;
+
+  listCaKeys(): Promise<CaKeyRecord[]>;
+
+  /** Highest serial ever reserved (0 if none). */
+  serialHighWater(): Promise<bigint>;
+
+  lastAuditEvent(): Promise<AuditEvent | null>;
+  listAuditEvents(filter: { afterSeq?: number; limit?: number }): Promise<AuditEvent[]>;
+}
+
+export interface StoreTx extends StoreReader {
+  setMeta(key: string, value: string): Promise<void>;
+
+  insertIdentity(i: Omit<Identity, 'id'>): Promise<Identity>;
+  updateIdentity(id: number, patch: Partial<Pick<Identity, 'globalAdmin' | 'disabled' | 'botMaxTtl'>>): Promise<void>;
+  deleteIdentity(id: number): Promise<void>;
+
+  insertProject(p: Omit<Project, 'id'>): Promise<Project>;
+  deleteProject(id: number): Promise<void>;
+
+  upsertMembership(projectId: number, identityId: number, role: ProjectRole): Promise<void>;
+  deleteMembership(projectId: number, identityId: number): Promise<void>;
+
+  insertRun(r: Omit<Run, 'id'>): Promise<Run>;
+  updateRunPolicy(id: number, policy: AttachablePolicy): Promise<void>;
+  finishRun(id: number, at: number): Promise<void>;
+
+  insertToken(t: Omit<TokenRecord, 'id'>): Promise<TokenRecord>;
+  markTokenUsed(id: number, at: number): Promise<void>;
+  revokeToken(id: number, at: number): Promise<void>;
+
+  /**
+   * Durably raises the serial high-water mark by `count` and returns the first serial of
+   * the new block [first, first + count). Serials handed out come only from committed
+   * blocks, so none is ever reused after a crash (gaps are fine).
+   */
+  reserveSerials(count: number): Promise<bigint>;
+  insertCerts(certs: readonly CertRecord[]): Promise<void>;
+  /** Marks certificates revoked (already revoked ones keep their first reason); returns how many changed. */
+  revokeCerts(serials: readonly bigint[], at: number, reason: string): Promise<number>;
+  insertRevocationTarget(t: Omit<StoredRevocationTarget, 'id'>): Promise<StoredRevocationTarget>;
+
+  /** Stores a new KRL; its version is the previous one + 1 (1 for the first). */
+  insertKrl(blob: Buffer, at: number): Promise<StoredKrl>;
+  setKrlSignature(version: number, signature: string): Promise<void>;
+
+  upsertCaKey(k: CaKeyRecord): Promise<void>;
+
+  appendAuditEvent(e: AuditEvent): Promise<void>;
+}
+
+export interface Store extends StoreReader {
+  tx<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T>;
+  close(): Promise<void>;
+}
