@@ -3,6 +3,7 @@
 import { Command, CommanderError } from 'commander';
 import { SshParseError } from '../ca/ssh/wire.js';
 import { registerCert } from './commands/cert.js';
+import { registerServer } from './commands/server.js';
 import { registerKrl } from './commands/krl.js';
 import type { CliContext } from './context.js';
 import { CliError, EXIT, type ExitCode } from './errors.js';
@@ -13,6 +14,7 @@ export function buildProgram(ctx: CliContext): Command {
     .configureOutput({ writeOut: (s) => ctx.stdout.write(s), writeErr: (s) => ctx.stderr.write(s) })
     .exitOverride()
     .showHelpAfterError('(run with --help for usage)');
+  registerServer(program, ctx);
   registerCert(program, ctx);
   registerKrl(program, ctx);
   // Every subcommand inherits the output routing and exit override.

@@ -1,0 +1,84 @@
+// Builds the Fastify app around an Authority. Only server.ts listens; tests call `inject`.
+import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import { jsonSchemaTransform, serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { resolveActor, type Actor } from '../authority/actors.js';
+import type { Authority } from '../authority/authority.js';
+import { handleError } from './errors.js';
+import { adminRoutes } from './routes/admin.js';
+import { krlRoutes } from './routes/krl.js';
+import { revocationRoutes } from './routes/revocations.js';
+import { runRoutes } from './routes/runs.js';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    actor: Actor;
+  }
+}
+
+/** Request bodies are small JSON documents; a public key line is the largest part. */
+export const BODY_LIMIT = 64 * 1024;
+
+export interface AppOptions {
+  logger?: FastifyServerOptions['logger'];
+}
+
+/** Log redaction: tokens travel in headers, and nothing secret is ever logged. */
+export const LOG_REDACT = ['req.headers.authorization', 'req.headers.cookie', 'headers.authorization', 'token', 'joinToken', '*.token', '*.joinToken'];
+
+export async function buildApp(authority: Authority, opts: AppOptions = {}): Promise<FastifyInstance> {
+  const app = Fastify({ logger: opts.logger ?? false, bodyLimit: BODY_LIMIT });
+  app.setValidatorCompiler(validatorCompiler);
+  app.setSerializerCompiler(serializerCompiler);
+  app.setErrorHandler(handleError);
+  authority.ctx.krlEvents.setMaxListeners(0);
+
+  const metrics = new Registry();
+  collectDefaultMetrics({ register: metrics });
+  const certsIssued = new Counter({ name: 'dstack_ca_certs_issued_total', help: 'Certificates issued', registers: [metrics] });
+  const certsRevoked = new Counter({ name: 'dstack_ca_certs_revoked_total', help: 'Certificates revoked explicitly', registers: [metrics] });
+  new Gauge({
+    name: 'dstack_ca_krl_version',
+    help: 'Current KRL version',
+    registers: [metrics],
+    collect: async function (this: Gauge) {
+      this.set((await authority.ctx.store.latestKrl())?.version ?? 0);
+    },
+  });
+  const latency = new Histogram({
+    name: 'dstack_ca_http_request_duration_seconds',
+    help: 'HTTP request latency',
+    labelNames: ['method', 'route', 'status'],
+    buckets: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1],
+    registers: [metrics],
+  });
+
+  await app.register(swagger, {
+    openapi: { info: { title: 'dstack-ca', description: 'SSH certificate authority for dstack runs', version: '1' } },
+    transform: jsonSchemaTransform,
+  });
+  await app.register(swaggerUi, { routePrefix: '/docs' });
+
+  app.decorateRequest('actor', null as never); // set per request by the onRequest hook
+  app.addHook('onRequest', async (req) => {
+    const header = req.headers.authorization;
+    const bearer = header?.startsWith('Bearer ') ? header.slice('Bearer '.length).trim() : undefined;
+    req.actor = await resolveActor(authority.ctx.store, bearer, authority.ctx.now());
+  });
+  app.addHook('onResponse', async (req, reply) => {
+    const route = req.routeOptions.url ?? 'unknown';
+    latency.labels(req.method, route, String(reply.statusCode)).observe(reply.elapsedTime / 1000);
+    if (route === '/v1/runs/:project/:run/certs' && reply.statusCode === 201) certsIssued.inc();
+  });
+
+  app.get('/healthz', { schema: { hide: true } }, async () => ({ ok: true }));
+  app.get('/metrics', { schema: { hide: true } }, async (_req, reply) => reply.type(metrics.contentType).send(await metrics.metrics()));
+
+  krlRoutes(app, authority);
+  runRoutes(app, authority);
+  adminRoutes(app, authority);
+  revocationRoutes(app, authority, (n) => certsRevoked.inc(n));
+  return app;
+}

@@ -1,0 +1,47 @@
+// Routes the orchestrator and callers of runs use: register, read, update, finish, issue.
+import type { FastifyInstance } from 'fastify';
+import type { ZodTypeProvider } from 'fastify-type-provider-zod';
+import { z } from 'zod';
+import type { Authority } from '../../authority/authority.js';
+import { proofMessage } from '../../authority/proof.js';
+import { finishRun, getRun, listRuns, registerRun, updateRunPolicy } from '../../authority/runs.js';
+import { certView, issueCertBody, projectParam, registerRunBody, runParams, runView, updateRunBody } from '../schemas.js';
+import { toRunView } from '../views.js';
+
+export function runRoutes(app: FastifyInstance, authority: Authority): void {
+  const r = app.withTypeProvider<ZodTypeProvider>();
+  const store = authority.ctx.store;
+
+  r.post('/v1/runs', { schema: { body: registerRunBody, response: { 201: runView.extend({ joinToken: z.string() }) } } }, async (req, reply) => {
+    const { run, joinToken } = await registerRun(authority.ctx, req.actor, req.body);
+    return reply.code(201).send({ ...(await toRunView(store, run)), joinToken });
+  });
+
+  r.get('/v1/projects/:project/runs', { schema: { params: projectParam, response: { 200: z.array(runView) } } }, async (req) => {
+    const runs = await listRuns(authority.ctx, req.actor, req.params.project);
+    return Promise.all(runs.map((run) => toRunView(store, run)));
+  });
+
+  r.get('/v1/runs/:project/:run', { schema: { params: runParams, response: { 200: runView } } }, async (req) =>
+    toRunView(store, await getRun(authority.ctx, req.actor, req.params.project, req.params.run)),
+  );
+
+  r.patch('/v1/runs/:project/:run', { schema: { params: runParams, body: updateRunBody, response: { 200: runView.extend({ revokedCerts: z.number() }) } } }, async (req) => {
+    const { run, revokedCerts } = await updateRunPolicy(authority.ctx, req.actor, req.params.project, req.params.run, req.body.attachableBy);
+    return { ...(await toRunView(store, run)), revokedCerts };
+  });
+
+  r.post('/v1/runs/:project/:run/finish', { schema: { params: runParams, response: { 200: z.object({ revokedCerts: z.number() }) } } }, async (req) =>
+    finishRun(authority.ctx, req.actor, req.params.project, req.params.run),
+  );
+
+  r.post('/v1/runs/:project/:run/nonces', { schema: { params: runParams, response: { 200: z.object({ nonce: z.string(), expiresAt: z.number(), message: z.string() }) } } }, async (req) => {
+    const { nonce, expiresAt } = authority.issuer.nonces.issue(authority.ctx.now());
+    return { nonce, expiresAt, message: proofMessage(`${req.params.project}/${req.params.run}`, nonce).toString('utf8') };
+  });
+
+  r.post('/v1/runs/:project/:run/certs', { schema: { params: runParams, body: issueCertBody, response: { 201: certView } } }, async (req, reply) => {
+    const res = await authority.issuer.issue(req.actor, { project: req.params.project, run: req.params.run, ...req.body });
+    return reply.code(201).send({ ...res, serial: res.serial.toString() });
+  });
+}

@@ -1,0 +1,81 @@
+// Who is calling: resolved once per request from its bearer token, then only facts about
+// the actor reach authorization.
+import type { Identity, ProjectRole } from '../domain/model.js';
+import { CaError } from '../domain/errors.js';
+import { isAllowed, type Action, type ActorFacts } from '../policy/authorize.js';
+import type { StoreReader } from '../store/store.js';
+import { hashToken, looksLikeToken } from './tokens.js';
+
+export type Actor =
+  | { kind: 'anonymous' }
+  | { kind: 'admin' | 'user' | 'bot'; identity: Identity; tokenId: number }
+  | { kind: 'orchestrator'; name: string; tokenId: number }
+  | { kind: 'agent'; runId: number; tokenId: number };
+
+export const ANONYMOUS: Actor = { kind: 'anonymous' };
+
+const unauthenticated = () => new CaError('unauthenticated', 'invalid, expired or revoked token');
+
+/** Resolves a bearer token; no token is the anonymous actor, a bad one is an error. */
+export async function resolveActor(store: StoreReader, bearer: string | undefined, now: number): Promise<Actor> {
+  if (bearer === undefined) return ANONYMOUS;
+  if (!looksLikeToken(bearer)) throw unauthenticated();
+  const t = await store.getTokenByHash(hashToken(bearer));
+  if (!t || t.revokedAt !== null || (t.expiresAt !== null && t.expiresAt <= now)) throw unauthenticated();
+  switch (t.kind) {
+    case 'admin':
+    case 'user':
+    case 'bot': {
+      const identity = t.identityId === null ? null : await store.getIdentity(t.identityId);
+      if (!identity || identity.disabled) throw unauthenticated();
+      return { kind: t.kind, identity, tokenId: t.id };
+    }
+    case 'orchestrator':
+      return { kind: 'orchestrator', name: t.name, tokenId: t.id };
+    case 'agent':
+      return { kind: 'agent', runId: t.runId as number, tokenId: t.id };
+    case 'agent-join':
+      // Join tokens are only good for the join exchange, which looks them up itself.
+      throw new CaError('forbidden', 'a join token can only be exchanged by dstack-ca-agent');
+  }
+}
+
+export function actorFacts(a: Actor): ActorFacts {
+  if (a.kind === 'admin' || a.kind === 'user' || a.kind === 'bot') return { kind: a.kind, globalAdmin: a.kind !== 'bot' && a.identity.globalAdmin };
+  return { kind: a.kind, globalAdmin: false };
+}
+
+/** How the actor appears in audit events and logs. */
+export function actorLabel(a: Actor): string {
+  switch (a.kind) {
+    case 'anonymous':
+      return 'anonymous';
+    case 'admin':
+    case 'user':
+      return `user:${a.identity.name}`;
+    case 'bot':
+      return `bot:${a.identity.name}`;
+    case 'orchestrator':
+      return `orchestrator:${a.name}`;
+    case 'agent':
+      return `agent:run-${a.runId}`;
+  }
+}
+
+export function identityOf(a: Actor): Identity | null {
+  return a.kind === 'admin' || a.kind === 'user' || a.kind === 'bot' ? a.identity : null;
+}
+
+/** The actor's role in a project, for authorization. */
+export async function roleIn(store: StoreReader, a: Actor, projectId: number): Promise<ProjectRole | null> {
+  const identity = identityOf(a);
+  if (!identity) return null;
+  return (await store.getMembership(projectId, identity.id))?.role ?? null;
+}
+
+/** Throws the right error unless the actor may act: 401 for anonymous, 403 otherwise. */
+export function requireAllowed(a: Actor, action: Action, scope: Parameters<typeof isAllowed>[2] = {}): void {
+  if (isAllowed(actorFacts(a), action, scope)) return;
+  if (a.kind === 'anonymous') throw new CaError('unauthenticated', 'authentication required');
+  throw new CaError('forbidden', `${actorLabel(a)} may not ${action.replace('.', ' ')}`);
+}

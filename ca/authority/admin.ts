@@ -1,0 +1,247 @@
+// Users, projects, members, bots and orchestrators. Every change that can take access
+// away revokes, in its own transaction, exactly the certificates it ungranted.
+import { badRequest, conflict } from '../domain/errors.js';
+import type { Identity, Membership, Project, ProjectRole, TokenRecord } from '../domain/model.js';
+import type { StoreTx } from '../store/store.js';
+import { isAllowed } from '../policy/authorize.js';
+import { actorFacts, actorLabel, requireAllowed, roleIn, type Actor } from './actors.js';
+import { audit } from './audit.js';
+import type { AuthorityContext } from './context.js';
+import { publishKrl } from './krl.js';
+import { requireIdentity, requireProject } from './lookup.js';
+import { revokeUngranted } from './recheck.js';
+import { newToken } from './tokens.js';
+
+export interface Issued<T> {
+  value: T;
+  /** A secret shown once (tokens), never stored in clear. */
+  secret?: string;
+}
+
+async function publishIf(ctx: AuthorityContext, krlVersion: number | null): Promise<void> {
+  if (krlVersion !== null) await publishKrl(ctx);
+}
+
+async function insertToken(tx: StoreTx, now: number, t: Pick<TokenRecord, 'kind' | 'identityId' | 'runId' | 'name' | 'expiresAt'>): Promise<string> {
+  const { secret, hash } = newToken(t.kind);
+  await tx.insertToken({ ...t, hash, usedAt: null, revokedAt: null, createdAt: now });
+  return secret;
+}
+
+async function revokeTokens(tx: StoreTx, now: number, filter: Parameters<StoreTx['listTokens']>[0]): Promise<void> {
+  for (const t of await tx.listTokens(filter)) if (t.revokedAt === null) await tx.revokeToken(t.id, now);
+}
+
+async function requireFreeName(tx: StoreTx, name: string): Promise<void> {
+  if (await tx.getIdentityByName(name)) throw conflict(`the name "${name}" is already taken by a user or bot`);
+}
+
+// ---- users ----
+
+export async function addUser(ctx: AuthorityContext, actor: Actor, req: { name: string; admin?: boolean }): Promise<Identity> {
+  requireAllowed(actor, 'user.manage');
+  const now = ctx.now();
+  return ctx.store.tx(async (tx) => {
+    await requireFreeName(tx, req.name);
+    const user = await tx.insertIdentity({ name: req.name, kind: 'user', globalAdmin: req.admin ?? false, disabled: false, botProjectId: null, botMaxTtl: null, createdAt: now });
+    await audit(tx, now, actor, 'user.add', { name: req.name, admin: user.globalAdmin });
+    return user;
+  });
+}
+
+export async function listUsers(ctx: AuthorityContext, actor: Actor): Promise<Identity[]> {
+  requireAllowed(actor, 'user.manage');
+  return ctx.store.listIdentities({ kind: 'user' });
+}
+
+export async function updateUser(ctx: AuthorityContext, actor: Actor, name: string, patch: { disabled?: boolean; admin?: boolean }): Promise<Identity> {
+  requireAllowed(actor, 'user.manage');
+  const now = ctx.now();
+  const { krlVersion, user } = await ctx.store.tx(async (tx) => {
+    const user = await requireIdentity(tx, name, 'user');
+    await tx.updateIdentity(user.id, { disabled: patch.disabled ?? user.disabled, globalAdmin: patch.admin ?? user.globalAdmin });
+    await audit(tx, now, actor, 'user.update', { name, ...patch });
+    const r = patch.disabled ? await revokeUngranted(tx, now, { identityId: user.id }, `user ${name} disabled by ${actorLabel(actor)}`) : null;
+    return { krlVersion: r?.krlVersion ?? null, user: (await tx.getIdentity(user.id)) as Identity };
+  });
+  await publishIf(ctx, krlVersion);
+  return user;
+}
+
+/** A personal API token for a user (passkey login sessions issue the same kind). */
+export async function createUserToken(ctx: AuthorityContext, actor: Actor, name: string, ttl: number | null): Promise<Issued<{ name: string; expiresAt: number | null }>> {
+  requireAllowed(actor, 'user.manage');
+  const now = ctx.now();
+  return ctx.store.tx(async (tx) => {
+    const user = await requireIdentity(tx, name, 'user');
+    const expiresAt = ttl === null ? null : now + ttl;
+    const secret = await insertToken(tx, now, { kind: 'user', identityId: user.id, runId: null, name, expiresAt });
+    await audit(tx, now, actor, 'user.token', { name, expiresAt });
+    return { value: { name, expiresAt }, secret };
+  });
+}
+
+// ---- projects and members ----
+
+export async function addProject(ctx: AuthorityContext, actor: Actor, name: string): Promise<Project> {
+  requireAllowed(actor, 'project.create');
+  const now = ctx.now();
+  return ctx.store.tx(async (tx) => {
+    if (await tx.getProjectByName(name)) throw conflict(`project "${name}" already exists`);
+    const p = await tx.insertProject({ name, createdAt: now });
+    await audit(tx, now, actor, 'project.add', { name });
+    return p;
+  });
+}
+
+/** The projects the actor may see: all for admins and orchestrators, else its own. */
+export async function listProjects(ctx: AuthorityContext, actor: Actor): Promise<Project[]> {
+  if (actor.kind === 'anonymous') requireAllowed(actor, 'project.read');
+  const visible: Project[] = [];
+  for (const p of await ctx.store.listProjects()) {
+    if (isAllowed(actorFacts(actor), 'project.read', { role: await roleIn(ctx.store, actor, p.id) })) visible.push(p);
+  }
+  return visible;
+}
+
+export interface MemberView {
+  name: string;
+  kind: Identity['kind'];
+  role: ProjectRole;
+}
+
+export async function listMembers(ctx: AuthorityContext, actor: Actor, projectName: string): Promise<MemberView[]> {
+  const project = await requireProject(ctx.store, projectName);
+  requireAllowed(actor, 'member.read', { role: await roleIn(ctx.store, actor, project.id) });
+  const out: MemberView[] = [];
+  for (const m of await ctx.store.listMembers(project.id)) {
+    const i = await ctx.store.getIdentity(m.identityId);
+    if (i) out.push({ name: i.name, kind: i.kind, role: m.role });
+  }
+  return out.sort((a, b) => (a.name < b.name ? -1 : 1));
+}
+
+async function authorizeMemberChange(ctx: AuthorityContext, actor: Actor, project: Project, touchesAdmin: boolean): Promise<void> {
+  const role = await roleIn(ctx.store, actor, project.id);
+  requireAllowed(actor, touchesAdmin ? 'member.manage-admins' : 'member.manage', { role });
+}
+
+export async function setMember(ctx: AuthorityContext, actor: Actor, projectName: string, name: string, role: ProjectRole): Promise<Membership> {
+  const project = await requireProject(ctx.store, projectName);
+  const identity = await requireIdentity(ctx.store, name);
+  if (identity.kind === 'bot') throw badRequest('bots belong to the project they were created in; use `dstack-ca bot`', 'name');
+  const current = await ctx.store.getMembership(project.id, identity.id);
+  await authorizeMemberChange(ctx, actor, project, role === 'admin' || current?.role === 'admin');
+  const now = ctx.now();
+  await ctx.store.tx(async (tx) => {
+    await tx.upsertMembership(project.id, identity.id, role);
+    await audit(tx, now, actor, 'member.set', { project: projectName, name, role, previousRole: current?.role ?? null });
+  });
+  return { projectId: project.id, identityId: identity.id, role };
+}
+
+export async function removeMember(ctx: AuthorityContext, actor: Actor, projectName: string, name: string): Promise<{ revokedCerts: number }> {
+  const project = await requireProject(ctx.store, projectName);
+  const identity = await requireIdentity(ctx.store, name);
+  const current = await ctx.store.getMembership(project.id, identity.id);
+  if (!current) throw badRequest(`"${name}" is not a member of project "${projectName}"`, 'name');
+  await authorizeMemberChange(ctx, actor, project, current.role === 'admin');
+  const now = ctx.now();
+  const r = await ctx.store.tx(async (tx) => {
+    await tx.deleteMembership(project.id, identity.id);
+    await audit(tx, now, actor, 'member.remove', { project: projectName, name });
+    return revokeUngranted(tx, now, { identityId: identity.id, projectId: project.id }, `${name} removed from project ${projectName}`);
+  });
+  await publishIf(ctx, r.krlVersion);
+  return { revokedCerts: r.revoked.length };
+}
+
+// ---- bots ----
+
+export interface BotView {
+  name: string;
+  project: string;
+  maxTtl: number | null;
+  disabled: boolean;
+}
+
+export async function addBot(
+  ctx: AuthorityContext,
+  actor: Actor,
+  projectName: string,
+  req: { name: string; maxTtl: number; role?: ProjectRole },
+): Promise<Issued<BotView>> {
+  const project = await requireProject(ctx.store, projectName);
+  requireAllowed(actor, 'bot.manage', { role: await roleIn(ctx.store, actor, project.id) });
+  const now = ctx.now();
+  return ctx.store.tx(async (tx) => {
+    await requireFreeName(tx, req.name);
+    const bot = await tx.insertIdentity({ name: req.name, kind: 'bot', globalAdmin: false, disabled: false, botProjectId: project.id, botMaxTtl: req.maxTtl, createdAt: now });
+    await tx.upsertMembership(project.id, bot.id, req.role ?? 'user');
+    const secret = await insertToken(tx, now, { kind: 'bot', identityId: bot.id, runId: null, name: req.name, expiresAt: null });
+    await audit(tx, now, actor, 'bot.add', { project: projectName, name: req.name, maxTtl: req.maxTtl, role: req.role ?? 'user' });
+    return { value: { name: req.name, project: projectName, maxTtl: req.maxTtl, disabled: false }, secret };
+  });
+}
+
+async function requireBot(ctx: AuthorityContext, actor: Actor, projectName: string, name: string): Promise<{ project: Project; bot: Identity }> {
+  const project = await requireProject(ctx.store, projectName);
+  requireAllowed(actor, 'bot.manage', { role: await roleIn(ctx.store, actor, project.id) });
+  const bot = await requireIdentity(ctx.store, name, 'bot');
+  if (bot.botProjectId !== project.id) throw badRequest(`bot "${name}" does not belong to project "${projectName}"`, 'name');
+  return { project, bot };
+}
+
+/** Removing a bot disables it (its certificates stay on record), drops its tokens and revokes its certs. */
+export async function removeBot(ctx: AuthorityContext, actor: Actor, projectName: string, name: string): Promise<{ revokedCerts: number }> {
+  const { project, bot } = await requireBot(ctx, actor, projectName, name);
+  const now = ctx.now();
+  const r = await ctx.store.tx(async (tx) => {
+    await tx.updateIdentity(bot.id, { disabled: true });
+    await tx.deleteMembership(project.id, bot.id);
+    await revokeTokens(tx, now, { identityId: bot.id });
+    await audit(tx, now, actor, 'bot.remove', { project: projectName, name });
+    return revokeUngranted(tx, now, { identityId: bot.id }, `bot ${name} removed`);
+  });
+  await publishIf(ctx, r.krlVersion);
+  return { revokedCerts: r.revoked.length };
+}
+
+export async function listBots(ctx: AuthorityContext, actor: Actor, projectName: string): Promise<BotView[]> {
+  const project = await requireProject(ctx.store, projectName);
+  requireAllowed(actor, 'member.read', { role: await roleIn(ctx.store, actor, project.id) });
+  const bots = await ctx.store.listIdentities({ kind: 'bot', projectId: project.id });
+  return bots.map((b) => ({ name: b.name, project: projectName, maxTtl: b.botMaxTtl, disabled: b.disabled }));
+}
+
+// ---- orchestrators ----
+
+export async function addOrchestrator(ctx: AuthorityContext, actor: Actor, name: string): Promise<Issued<{ name: string }>> {
+  requireAllowed(actor, 'orchestrator.manage');
+  const now = ctx.now();
+  return ctx.store.tx(async (tx) => {
+    const existing = (await tx.listTokens({ kind: 'orchestrator' })).filter((t) => t.name === name && t.revokedAt === null);
+    if (existing.length > 0) throw conflict(`orchestrator "${name}" already exists`);
+    const secret = await insertToken(tx, now, { kind: 'orchestrator', identityId: null, runId: null, name, expiresAt: null });
+    await audit(tx, now, actor, 'orchestrator.add', { name });
+    return { value: { name }, secret };
+  });
+}
+
+export async function listOrchestrators(ctx: AuthorityContext, actor: Actor): Promise<{ name: string; createdAt: number }[]> {
+  requireAllowed(actor, 'orchestrator.manage');
+  return (await ctx.store.listTokens({ kind: 'orchestrator' })).filter((t) => t.revokedAt === null).map((t) => ({ name: t.name, createdAt: t.createdAt }));
+}
+
+export async function removeOrchestrator(ctx: AuthorityContext, actor: Actor, name: string): Promise<void> {
+  requireAllowed(actor, 'orchestrator.manage');
+  const now = ctx.now();
+  await ctx.store.tx(async (tx) => {
+    const live = (await tx.listTokens({ kind: 'orchestrator' })).filter((t) => t.name === name && t.revokedAt === null);
+    if (live.length === 0) throw badRequest(`no orchestrator named "${name}"`, 'name');
+    for (const t of live) await tx.revokeToken(t.id, now);
+    await audit(tx, now, actor, 'orchestrator.remove', { name });
+  });
+}
+
+export { insertToken };

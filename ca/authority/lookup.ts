@@ -1,0 +1,23 @@
+// Finding what a request names, with one "not found" message per kind of thing.
+import { notFound } from '../domain/errors.js';
+import type { Identity, Project, Run } from '../domain/model.js';
+import type { StoreReader } from '../store/store.js';
+
+export async function requireProject(store: StoreReader, name: string): Promise<Project> {
+  const p = await store.getProjectByName(name);
+  if (!p) throw notFound(`no project named "${name}"`);
+  return p;
+}
+
+export async function requireRun(store: StoreReader, projectName: string, runName: string): Promise<{ project: Project; run: Run }> {
+  const project = await requireProject(store, projectName);
+  const run = await store.getRunByName(project.id, runName);
+  if (!run) throw notFound(`no run named "${projectName}/${runName}"`);
+  return { project, run };
+}
+
+export async function requireIdentity(store: StoreReader, name: string, kind?: Identity['kind']): Promise<Identity> {
+  const i = await store.getIdentityByName(name);
+  if (!i || (kind && i.kind !== kind)) throw notFound(`no ${kind ?? 'user or bot'} named "${name}"`);
+  return i;
+}

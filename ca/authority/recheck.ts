@@ -1,0 +1,39 @@
+// Automatic revocation: after a change that can take access away (policy edit, member or
+// bot removal, user disabled, run finished), every live certificate it touches is judged
+// again against the current state, and those no longer granted are revoked in the same
+// transaction. "Exactly the certs whose grant disappeared": a cert that another rule
+// still allows survives.
+import type { CertRecord } from '../domain/model.js';
+import { grantFor } from '../policy/attachable-by.js';
+import { parseAuthorizedKey } from '../ssh/keys.js';
+import type { CertFilter, StoreReader, StoreTx } from '../store/store.js';
+import { rebuildKrl } from './krl.js';
+
+/** Would this certificate be issued now? The same rule issuance applies. */
+export async function stillGranted(store: StoreReader, c: CertRecord): Promise<boolean> {
+  const run = await store.getRun(c.runId);
+  if (!run || run.state !== 'running') return false;
+  const identity = c.identityId === null ? null : await store.getIdentity(c.identityId);
+  if (c.identityId !== null && (!identity || identity.disabled)) return false;
+  const isProjectMember = identity ? (await store.getMembership(run.projectId, identity.id)) !== null : false;
+  // Possession of a listed key was proven at issuance; the key is the cert's own.
+  const provenKey = c.grant.kind === 'public_key' ? parseAuthorizedKey(c.publicKey).key : null;
+  return grantFor(run.policy, { identityName: identity?.name ?? null, isProjectMember, provenKey }) !== null;
+}
+
+export interface RecheckResult {
+  revoked: bigint[];
+  /** The new KRL version, if anything was revoked. */
+  krlVersion: number | null;
+}
+
+/** Revokes the live certs matching `filter` that are no longer granted; rebuilds the KRL if any. */
+export async function revokeUngranted(tx: StoreTx, now: number, filter: CertFilter, reason: string): Promise<RecheckResult> {
+  const revoked: bigint[] = [];
+  for (const c of await tx.listCerts({ ...filter, liveAt: now })) {
+    if (!(await stillGranted(tx, c))) revoked.push(c.serial);
+  }
+  if (revoked.length === 0) return { revoked, krlVersion: null };
+  await tx.revokeCerts(revoked, now, reason);
+  return { revoked, krlVersion: await rebuildKrl(tx, now) };
+}

@@ -1,0 +1,126 @@
+// Explicit revocation by serial, key id, user, run, bot, public key or CA key. The
+// certificates are marked, targets recorded, the KRL rebuilt and the event audited in one
+// transaction; the call returns once that transaction (the new KRL version) is durable.
+import { badRequest, notFound } from '../domain/errors.js';
+import type { CertRecord, RevocationTarget } from '../domain/model.js';
+import { splitQualified } from '../domain/names.js';
+import { formatAuthorizedKey, parseAuthorizedKey, fingerprint } from '../ssh/keys.js';
+import type { CertFilter } from '../store/store.js';
+import { actorLabel, requireAllowed, roleIn, type Actor } from './actors.js';
+import { audit } from './audit.js';
+import type { AuthorityContext } from './context.js';
+import { publishKrl, rebuildKrl } from './krl.js';
+import { requireIdentity, requireProject, requireRun } from './lookup.js';
+
+export type RevokeBy =
+  | { serial: bigint }
+  | { keyId: string }
+  | { user: string; project?: string }
+  | { run: string }
+  | { bot: string }
+  | { publicKey: string }
+  | { caKey: string };
+
+export type RevokeRequest = RevokeBy & { reason: string };
+
+export interface RevokeResult {
+  revokedCerts: number;
+  krlVersion: number;
+}
+
+interface Plan {
+  /** Live certificates to mark revoked. */
+  filter: CertFilter | null;
+  serials: bigint[];
+  /** A lasting KRL entry (key id, key, CA key). */
+  target: RevocationTarget | null;
+  /** What the audit event says was revoked. */
+  what: Record<string, unknown>;
+}
+
+function normalizedKey(line: string, field: string): string {
+  try {
+    return formatAuthorizedKey(parseAuthorizedKey(line).key);
+  } catch (e) {
+    throw badRequest((e as Error).message.replace(/^public key: /, ''), field);
+  }
+}
+
+function qualified(text: string, what: 'run' | 'bot', field: string): { project: string; name: string } {
+  try {
+    return splitQualified(text, what);
+  } catch (e) {
+    throw badRequest((e as Error).message, field);
+  }
+}
+
+/** Works out what a request revokes, authorizing it on the way (project admins stay in their projects). */
+async function plan(ctx: AuthorityContext, actor: Actor, req: RevokeBy): Promise<Plan> {
+  const store = ctx.store;
+  const inProject = async (projectId: number) => requireAllowed(actor, 'revoke.project', { role: await roleIn(store, actor, projectId) });
+  if ('serial' in req) {
+    const cert = await store.getCert(req.serial);
+    if (!cert) throw notFound(`no certificate with serial ${req.serial}`);
+    const run = await store.getRun(cert.runId);
+    await inProject(run?.projectId ?? -1);
+    return { filter: null, serials: [cert.serial], target: null, what: { serial: req.serial.toString(), keyId: cert.keyId } };
+  }
+  if ('run' in req) {
+    const { project, name } = qualified(req.run, 'run', 'run');
+    const { run } = await requireRun(store, project, name);
+    await inProject(run.projectId);
+    return { filter: { runId: run.id }, serials: [], target: null, what: { run: req.run } };
+  }
+  if ('bot' in req) {
+    const { project: projectName, name } = qualified(req.bot, 'bot', 'bot');
+    const project = await requireProject(store, projectName);
+    await inProject(project.id);
+    const bot = await requireIdentity(store, name, 'bot');
+    if (bot.botProjectId !== project.id) throw badRequest(`bot "${name}" does not belong to project "${projectName}"`, 'bot');
+    return { filter: { identityId: bot.id }, serials: [], target: null, what: { bot: req.bot } };
+  }
+  if ('user' in req) {
+    const user = await requireIdentity(store, req.user);
+    if (req.project === undefined) {
+      requireAllowed(actor, 'revoke.global');
+      return { filter: { identityId: user.id }, serials: [], target: null, what: { user: req.user } };
+    }
+    const project = await requireProject(store, req.project);
+    await inProject(project.id);
+    return { filter: { identityId: user.id, projectId: project.id }, serials: [], target: null, what: { user: req.user, project: req.project } };
+  }
+  requireAllowed(actor, 'revoke.global');
+  if ('keyId' in req) {
+    if (req.keyId === '') throw badRequest('must not be empty', 'keyId');
+    return { filter: { keyId: req.keyId }, serials: [], target: { kind: 'key_id', keyId: req.keyId }, what: { keyId: req.keyId } };
+  }
+  if ('publicKey' in req) {
+    const line = normalizedKey(req.publicKey, 'publicKey');
+    const fp = fingerprint(parseAuthorizedKey(line).key);
+    return { filter: { keyFingerprint: fp }, serials: [], target: { kind: 'public_key', publicKey: line }, what: { publicKey: fp } };
+  }
+  const line = normalizedKey(req.caKey, 'caKey');
+  const fp = fingerprint(parseAuthorizedKey(line).key);
+  return { filter: { caFingerprint: fp }, serials: [], target: { kind: 'ca_key', publicKey: line }, what: { caKey: fp } };
+}
+
+export async function revoke(ctx: AuthorityContext, actor: Actor, req: RevokeRequest): Promise<RevokeResult> {
+  if (req.reason.trim() === '') throw badRequest('a reason is required', 'reason');
+  const p = await plan(ctx, actor, req);
+  const now = ctx.now();
+  const result = await ctx.store.tx(async (tx) => {
+    const live: CertRecord[] = p.filter ? await tx.listCerts({ ...p.filter, liveAt: now }) : [];
+    const serials = [...p.serials, ...live.map((c) => c.serial)];
+    const revokedCerts = await tx.revokeCerts(serials, now, req.reason);
+    if (p.target) {
+      // Key ids drop out of the KRL when the last cert carrying one expires; keys never do.
+      const expiresAt = p.target.kind === 'key_id' && live.length > 0 ? Math.max(...live.map((c) => c.validBefore)) : null;
+      await tx.insertRevocationTarget({ target: p.target, reason: req.reason, createdAt: now, expiresAt });
+    }
+    const krlVersion = await rebuildKrl(tx, now);
+    await audit(tx, now, actor, 'revoke', { ...p.what, reason: req.reason, revokedCerts, krlVersion, by: actorLabel(actor) });
+    return { revokedCerts, krlVersion };
+  });
+  await publishKrl(ctx);
+  return result;
+}

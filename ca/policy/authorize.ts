@@ -1,0 +1,78 @@
+// The authorization matrix (DESIGN.md sections 2 and 9): who may do what, in one table.
+// Pure: the caller supplies the facts (actor kind, global admin, role in the project,
+// run ownership). Issuing certificates is not here: `attachable_by` decides that.
+import type { ProjectRole } from '../domain/model.js';
+
+export type ActorKind = 'admin' | 'user' | 'bot' | 'orchestrator' | 'agent' | 'anonymous';
+
+export type Action =
+  | 'user.manage' // add, disable, update, list users; issue user tokens
+  | 'project.create'
+  | 'project.delete'
+  | 'project.read'
+  | 'member.read'
+  | 'member.manage' // add or remove members with role user or manager
+  | 'member.manage-admins' // grant or take the project admin role
+  | 'bot.manage'
+  | 'orchestrator.manage'
+  | 'run.register'
+  | 'run.read'
+  | 'run.update-policy'
+  | 'run.finish'
+  | 'revoke.project' // revoke certs of the project's runs, users in it, its bots
+  | 'revoke.global' // revoke a user everywhere, a public key, or a CA key
+  | 'audit.read'
+  | 'ca.manage';
+
+export interface ActorFacts {
+  kind: ActorKind;
+  /** Global admin (the bootstrap admin token, or a user flagged admin). */
+  globalAdmin: boolean;
+}
+
+export interface Scope {
+  /** The actor's role in the project the action touches (null: not a member). */
+  role?: ProjectRole | null;
+  /** The actor owns the run the action touches. */
+  isRunOwner?: boolean;
+}
+
+type Rule = (a: ActorFacts, s: Scope) => boolean;
+
+const globalAdmin: Rule = (a) => a.globalAdmin;
+const projectRole =
+  (...roles: ProjectRole[]): Rule =>
+  (a, s) =>
+    (a.kind === 'user' || a.kind === 'admin') && s.role != null && roles.includes(s.role);
+const memberOrBot: Rule = (a, s) => (a.kind === 'user' || a.kind === 'admin' || a.kind === 'bot') && s.role != null;
+const orchestrator: Rule = (a) => a.kind === 'orchestrator';
+const runOwner: Rule = (a, s) => a.kind === 'user' && s.isRunOwner === true;
+const anyOf =
+  (...rules: Rule[]): Rule =>
+  (a, s) =>
+    rules.some((r) => r(a, s));
+
+export const RULES: Record<Action, Rule> = {
+  'user.manage': globalAdmin,
+  'project.create': globalAdmin,
+  'project.delete': globalAdmin,
+  'project.read': anyOf(globalAdmin, memberOrBot, orchestrator),
+  'member.read': anyOf(globalAdmin, memberOrBot),
+  'member.manage': anyOf(globalAdmin, projectRole('admin', 'manager')),
+  'member.manage-admins': anyOf(globalAdmin, projectRole('admin')),
+  'bot.manage': anyOf(globalAdmin, projectRole('admin')),
+  'orchestrator.manage': globalAdmin,
+  'run.register': anyOf(globalAdmin, orchestrator),
+  'run.read': anyOf(globalAdmin, memberOrBot, orchestrator),
+  'run.update-policy': anyOf(globalAdmin, orchestrator, projectRole('admin'), runOwner),
+  'run.finish': anyOf(globalAdmin, orchestrator, projectRole('admin')),
+  'revoke.project': anyOf(globalAdmin, projectRole('admin')),
+  'revoke.global': globalAdmin,
+  'audit.read': globalAdmin,
+  'ca.manage': globalAdmin,
+};
+
+export function isAllowed(actor: ActorFacts, action: Action, scope: Scope = {}): boolean {
+  if (actor.kind === 'anonymous' || actor.kind === 'agent') return false;
+  return RULES[action](actor, scope);
+}

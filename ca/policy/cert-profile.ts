@@ -1,0 +1,90 @@
+// Everything a certificate says, decided from the run, the caller and the server limits,
+// as a row of small rules (Vault's calculateTTL, calculateExtensions, ...). Pure: the
+// clock, the serial and the nonce come in as arguments.
+import { certOptions, type CertificateFields } from '../ssh/certificate.js';
+import type { PublicKey } from '../ssh/keys.js';
+import { badRequest, CaError } from '../domain/errors.js';
+
+/** No certificate lives longer than a day, whatever the configuration says. */
+export const MAX_TTL_CAP = 24 * 3600;
+/** validAfter is backdated so hosts with a slow clock accept a fresh cert. */
+export const CLOCK_SKEW = 60;
+export const DEFAULT_EXTENSIONS = ['permit-pty', 'permit-port-forwarding'] as const;
+
+export interface CertLimits {
+  /** TTL when the caller asks for none (seconds). */
+  defaultTtl: number;
+  /** Largest TTL for this caller (server max, or a bot's own cap), before MAX_TTL_CAP. */
+  maxTtl: number;
+}
+
+export interface Restrictions {
+  forceCommand?: string;
+  sourceAddress?: string;
+}
+
+export interface ProfileInput {
+  now: number;
+  serial: bigint;
+  nonce: Buffer;
+  key: PublicKey;
+  run: { principal: string; qualifiedName: string; endsAt: number | null; state: 'running' | 'finished' };
+  /** Who the cert is for, as it appears in the key id: "user:alice", "bot:ci", "key:SHA256:...". */
+  holder: string;
+  requestedTtl?: number;
+  limits: CertLimits;
+  restrictions?: Restrictions;
+}
+
+/** The TTL granted: the request (or default), clamped to the caller's max and the 24 h cap. */
+export function grantedTtl(requested: number | undefined, limits: CertLimits): number {
+  if (requested !== undefined && (!Number.isInteger(requested) || requested < 1)) {
+    throw badRequest('must be a positive number of seconds', 'ttl');
+  }
+  return Math.min(requested ?? limits.defaultTtl, limits.maxTtl, MAX_TTL_CAP);
+}
+
+/** Greppable in sshd logs: "user:alice run:ml/train-1 serial:4711". */
+export function keyIdFor(holder: string, runName: string, serial: bigint): string {
+  return `${holder} run:${runName} serial:${serial}`;
+}
+
+// Option maps are reused across certs so their encoding is cached (see certificate.ts).
+const EXTENSIONS = certOptions(Object.fromEntries(DEFAULT_EXTENSIONS.map((e) => [e, true])));
+const NO_OPTIONS = certOptions({});
+const criticalCache = new Map<string, ReturnType<typeof certOptions>>();
+
+function criticalOptions(r: Restrictions | undefined): ReturnType<typeof certOptions> {
+  if (r?.forceCommand === undefined && r?.sourceAddress === undefined) return NO_OPTIONS;
+  const entries: Record<string, string> = {};
+  if (r.forceCommand !== undefined) entries['force-command'] = r.forceCommand;
+  if (r.sourceAddress !== undefined) entries['source-address'] = r.sourceAddress;
+  const cacheKey = JSON.stringify(entries);
+  let options = criticalCache.get(cacheKey);
+  if (!options) {
+    if (criticalCache.size > 1000) criticalCache.clear();
+    options = certOptions(entries);
+    criticalCache.set(cacheKey, options);
+  }
+  return options;
+}
+
+export function certificateProfile(p: ProfileInput): CertificateFields {
+  if (p.run.state !== 'running') throw new CaError('gone', `run ${p.run.qualifiedName} has finished`);
+  if (p.run.endsAt !== null && p.run.endsAt <= p.now) throw new CaError('gone', `run ${p.run.qualifiedName} has ended`);
+  const ttl = grantedTtl(p.requestedTtl, p.limits);
+  const end = p.now + ttl;
+  const validBefore = p.run.endsAt !== null ? Math.min(end, p.run.endsAt) : end;
+  return {
+    certType: 'user',
+    nonce: p.nonce,
+    key: p.key,
+    serial: p.serial,
+    keyId: keyIdFor(p.holder, p.run.qualifiedName, p.serial),
+    principals: [p.run.principal],
+    validAfter: BigInt(p.now - CLOCK_SKEW),
+    validBefore: BigInt(validBefore),
+    criticalOptions: criticalOptions(p.restrictions),
+    extensions: EXTENSIONS,
+  };
+}

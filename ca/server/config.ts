@@ -1,0 +1,69 @@
+// Server configuration: file (YAML or JSON), then flags. Validated at boot: a bad value
+// stops the server with a message naming it.
+import { readFile } from 'node:fs/promises';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { CA_KEY_TYPES } from '../keys/ca-key-store.js';
+import { MAX_TTL_CAP } from '../policy/cert-profile.js';
+import { parseDuration } from '../domain/duration.js';
+
+const duration = z.union([z.number().int().positive(), z.string()]).transform((v, ctx) => {
+  try {
+    const s = typeof v === 'number' ? v : parseDuration(v);
+    if (s <= 0) throw new Error('must be positive');
+    return s;
+  } catch (e) {
+    ctx.addIssue({ code: 'custom', message: (e as Error).message });
+    return z.NEVER;
+  }
+});
+
+const listen = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'must be HOST:PORT, e.g. 127.0.0.1:8443');
+
+export const serverConfigSchema = z.strictObject({
+  dataDir: z.string().min(1).default('./data'),
+  listen: listen.default('127.0.0.1:8443'),
+  /** URL clients use to reach the server (printed in links); default http://LISTEN. */
+  publicUrl: z.url().optional(),
+  /** "ID:BASE64" entries; else DSTACK_CA_KEYRING; else a keyring file made in the data dir. */
+  keyring: z.array(z.string()).min(1).optional(),
+  caKeyType: z.enum(CA_KEY_TYPES).default('ed25519'),
+  certs: z
+    .strictObject({ defaultTtl: duration.default(3600), maxTtl: duration.default(12 * 3600) })
+    .default({ defaultTtl: 3600, maxTtl: 12 * 3600 })
+    .refine((c) => c.maxTtl <= MAX_TTL_CAP, { message: `maxTtl may not exceed ${MAX_TTL_CAP / 3600}h`, path: ['maxTtl'] })
+    .refine((c) => c.defaultTtl <= c.maxTtl, { message: 'defaultTtl may not exceed maxTtl', path: ['defaultTtl'] }),
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+});
+
+export type ServerConfig = z.output<typeof serverConfigSchema>;
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+}
+
+function describe(e: z.ZodError, source: string): string {
+  return e.issues.map((i) => `${source}: ${i.path.join('.') || '(top level)'}: ${i.message}`).join('\n');
+}
+
+/** Reads the optional config file and lays flags over it. */
+export async function loadServerConfig(file: string | undefined, flags: Record<string, unknown>): Promise<ServerConfig> {
+  let fromFile: unknown = {};
+  if (file) {
+    let text: string;
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (e) {
+      throw new ConfigError(`${file}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`);
+    }
+    try {
+      fromFile = parseYaml(text) ?? {};
+    } catch (e) {
+      throw new ConfigError(`${file}: not valid YAML or JSON: ${(e as Error).message.split('\n')[0]}`);
+    }
+  }
+  const merged = { ...(fromFile as Record<string, unknown>), ...Object.fromEntries(Object.entries(flags).filter(([, v]) => v !== undefined)) };
+  const parsed = serverConfigSchema.safeParse(merged);
+  if (!parsed.success) throw new ConfigError(describe(parsed.error, file ?? 'config'));
+  return parsed.data;
+}

@@ -1,0 +1,112 @@
+// Bad input on every route: a 4xx whose message names the field, and nothing changed.
+// Every change writes an audit event, so an unchanged audit head (plus row counts and
+// the KRL version) is the proof that nothing was written.
+import { generateKeyPairSync } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { formatAuthorizedKey, fromKeyObject } from '../ca/ssh/keys.js';
+import { SshWriter } from '../ca/ssh/wire.js';
+import { openTestCa, userWithToken, type TestCa } from './fixtures/ca.js';
+import { subjectKey } from './fixtures/keys.js';
+import { cleanupTempDirs } from './harness/index.js';
+
+let ca: TestCa;
+let orchestrator: string;
+let alice: string;
+const good = formatAuthorizedKey(subjectKey('ed25519'));
+const weakRsa = formatAuthorizedKey(fromKeyObject(generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey));
+const dsa = `ssh-dss ${new SshWriter().string('ssh-dss').mpint(Buffer.alloc(128, 0x7f)).mpint(Buffer.alloc(20, 1)).mpint(Buffer.alloc(128, 2)).mpint(Buffer.alloc(128, 3)).toBuffer().toString('base64')}`;
+const runBody = (over: Record<string, unknown>) => ({ project: 'ml', name: 'train-9', owner: 'alice', loginUser: 'root', ...over });
+
+beforeAll(async () => {
+  ca = await openTestCa();
+  await ca.admin('POST', '/v1/projects', { name: 'ml' });
+  alice = await userWithToken(ca, 'alice');
+  await ca.admin('PUT', '/v1/projects/ml/members/alice', { role: 'user' });
+  orchestrator = (await ca.admin<{ token: string }>('POST', '/v1/orchestrators', { name: 'dstack' })).token;
+  await ca.api('POST', '/v1/runs', { token: orchestrator, body: runBody({ name: 'train-1', attachableBy: { users: ['alice'] } }) });
+});
+
+afterAll(async () => {
+  await ca?.close();
+  await cleanupTempDirs();
+});
+
+async function snapshot() {
+  const s = ca.store;
+  return {
+    audit: (await s.lastAuditEvent())?.seq,
+    krl: (await s.latestKrl())?.version,
+    identities: (await s.listIdentities()).length,
+    projects: (await s.listProjects()).length,
+    runs: (await s.listRuns()).length,
+    certs: (await s.listCerts({})).length,
+    memberships: (await s.listMembers((await s.getProjectByName('ml'))!.id)).length,
+  };
+}
+
+type Case = [label: string, who: 'admin' | 'orchestrator' | 'alice', method: 'POST' | 'PUT' | 'PATCH', url: string, body: unknown, status: number, message: RegExp];
+
+const CASES: Case[] = [
+  ['malformed policy key', 'orchestrator', 'POST', '/v1/runs', runBody({ attachableBy: { public_keys: ['ssh-ed25519 AAAA'] } }), 400, /^attachableBy\.public_keys\[0\]: /],
+  ['weak RSA policy key', 'orchestrator', 'POST', '/v1/runs', runBody({ attachableBy: { public_keys: [good, weakRsa] } }), 400, /^attachableBy\.public_keys\[1\]: RSA key has 1024 bits/],
+  ['DSA policy key', 'orchestrator', 'POST', '/v1/runs', runBody({ attachableBy: { public_keys: [dsa] } }), 400, /^attachableBy\.public_keys\[0\]: DSA keys/],
+  ['unknown policy field', 'orchestrator', 'POST', '/v1/runs', runBody({ attachableBy: { users: ['alice'], admins: ['x'] } }), 400, /^attachableBy\.admins: unknown field/],
+  ['policy user not a valid name', 'orchestrator', 'POST', '/v1/runs', runBody({ attachableBy: { users: ['Bob Smith'] } }), 400, /^attachableBy\.users\[0\]: must be/],
+  ['policy user that does not exist', 'orchestrator', 'POST', '/v1/runs', runBody({ attachableBy: { users: ['alice', 'bbo'] } }), 400, /^attachableBy\.users\[1\]: no user or bot named "bbo"/],
+  ['project_members not a boolean', 'orchestrator', 'POST', '/v1/runs', runBody({ attachableBy: { project_members: 'yes' } }), 400, /^attachableBy\.project_members: /],
+  ['bad run name', 'orchestrator', 'POST', '/v1/runs', runBody({ name: '../etc' }), 400, /^name: must be/],
+  ['bad login user', 'orchestrator', 'POST', '/v1/runs', runBody({ loginUser: 'root; rm -rf' }), 400, /^loginUser: must be a valid POSIX login name/],
+  ['unknown top-level field', 'orchestrator', 'POST', '/v1/runs', runBody({ admin: true }), 400, /^admin: unknown field/],
+  ['run end in the past', 'orchestrator', 'POST', '/v1/runs', runBody({ endsAt: 1000 }), 400, /^endsAt: must be in the future/],
+  ['owner that does not exist', 'orchestrator', 'POST', '/v1/runs', runBody({ owner: 'ghost' }), 404, /no user or bot named "ghost"/],
+  ['policy edit with a bad key', 'orchestrator', 'PATCH', '/v1/runs/ml/train-1', { attachableBy: { public_keys: [weakRsa] } }, 400, /^attachableBy\.public_keys\[0\]: RSA key has 1024 bits/],
+  ['cert for a malformed key', 'alice', 'POST', '/v1/runs/ml/train-1/certs', { publicKey: 'not a key' }, 400, /^publicKey: /],
+  ['cert for a weak RSA key', 'alice', 'POST', '/v1/runs/ml/train-1/certs', { publicKey: weakRsa }, 400, /^publicKey: RSA key has 1024 bits/],
+  ['cert for a DSA key', 'alice', 'POST', '/v1/runs/ml/train-1/certs', { publicKey: dsa }, 400, /^publicKey: DSA keys/],
+  ['cert with a negative ttl', 'alice', 'POST', '/v1/runs/ml/train-1/certs', { publicKey: good, ttl: -5 }, 400, /^ttl: /],
+  ['cert with a text ttl', 'alice', 'POST', '/v1/runs/ml/train-1/certs', { publicKey: good, ttl: '1h' }, 400, /^ttl: /],
+  ['cert for a run that does not exist', 'alice', 'POST', '/v1/runs/ml/nope/certs', { publicKey: good }, 404, /no run named "ml\/nope"/],
+  ['revoke with two targets', 'admin', 'POST', '/v1/revocations', { serial: '1', user: 'alice', reason: 'x' }, 400, /exactly one of serial, keyId, user/],
+  ['revoke without a reason', 'admin', 'POST', '/v1/revocations', { user: 'alice' }, 400, /^reason: /],
+  ['revoke serial 0', 'admin', 'POST', '/v1/revocations', { serial: '0', reason: 'x' }, 400, /^serial: must be a decimal serial/],
+  ['revoke a serial over 64 bits', 'admin', 'POST', '/v1/revocations', { serial: '18446744073709551616', reason: 'x' }, 400, /^serial: must fit in 64 bits/],
+  ['revoke a malformed public key', 'admin', 'POST', '/v1/revocations', { publicKey: 'ssh-ed25519 !!', reason: 'x' }, 400, /^publicKey: /],
+  ['revoke a bad run name', 'admin', 'POST', '/v1/revocations', { run: 'no-slash', reason: 'x' }, 400, /^run: run must be written PROJECT\/RUN/],
+  ['project with a bad name', 'admin', 'POST', '/v1/projects', { name: 'ML Team' }, 400, /^name: must be/],
+  ['user with a bad name', 'admin', 'POST', '/v1/users', { name: 'Alice' }, 400, /^name: must be/],
+  ['user that exists', 'admin', 'POST', '/v1/users', { name: 'alice' }, 409, /already taken/],
+  ['member with an unknown role', 'admin', 'PUT', '/v1/projects/ml/members/alice', { role: 'owner' }, 400, /^role: /],
+  ['bot with zero max TTL', 'admin', 'POST', '/v1/projects/ml/bots', { name: 'ci', maxTtl: 0 }, 400, /^maxTtl: /],
+  ['bot with a bad name', 'admin', 'POST', '/v1/projects/ml/bots', { name: 'CI!', maxTtl: 60 }, 400, /^name: must be/],
+  ['oversized body', 'orchestrator', 'POST', '/v1/runs', runBody({ attachableBy: { public_keys: Array(2000).fill(good) } }), 413, /request body is larger than 65536 bytes/],
+];
+
+describe('bad input is refused with the field named, and changes nothing', () => {
+  it.each(CASES)('%s', async (_label, who, method, url, body, status, message) => {
+    const before = await snapshot();
+    const token = who === 'admin' ? ca.adminToken : who === 'orchestrator' ? orchestrator : alice;
+    const res = await ca.api(method, url, { token, body });
+    expect(res.statusCode, res.body).toBe(status);
+    expect(res.json().message).toMatch(message);
+    expect(await snapshot()).toEqual(before);
+  });
+
+  it('invalid JSON and a wrong content type are refused', async () => {
+    const before = await snapshot();
+    const bad = await ca.app.inject({ method: 'POST', url: '/v1/runs', headers: { authorization: `Bearer ${orchestrator}`, 'content-type': 'application/json' }, payload: '{"project":' });
+    expect(bad.statusCode).toBe(400);
+    const text = await ca.app.inject({ method: 'POST', url: '/v1/runs', headers: { authorization: `Bearer ${orchestrator}`, 'content-type': 'application/xml' }, payload: '<x/>' });
+    expect(text.statusCode).toBe(415);
+    expect(await snapshot()).toEqual(before);
+  });
+
+  it('a malformed or unknown token is 401 and changes nothing', async () => {
+    const before = await snapshot();
+    for (const token of ['garbage', `dsca_user_${'A'.repeat(43)}`]) {
+      const res = await ca.api('POST', '/v1/projects', { token, body: { name: 'x' } });
+      expect(res.statusCode).toBe(401);
+      expect(res.json()).toEqual({ error: 'unauthenticated', message: 'invalid, expired or revoked token' });
+    }
+    expect(await snapshot()).toEqual(before);
+  });
+});
