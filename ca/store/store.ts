@@ -88,6 +88,7 @@ export interface StoreReader {
   listRevokedLiveCerts(now: number): Promise<CertRecord[]>;
   /** Targets not expired at `now`: the key-id, key and CA-key part of the KRL. */
   listRevocationTargets(now: number): Promise<StoredRevocationTarget[]>;
+  /** True if a public_key or ca_key target names this key (the KRL lists both as revoked keys). */
   isPublicKeyRevoked(publicKey: string): Promise<boolean>;
 
   latestKrl(): Promise<StoredKrl | null>;

@@ -586,7 +586,7 @@ describe('revocation targets', () => {
     expect(await store.listRevocationTargets(6000)).toEqual([t.pub, t.trap]);
     expect(await store.isPublicKeyRevoked('ssh-ed25519 AAAA1')).toBe(true);
     expect(await store.isPublicKeyRevoked('ssh-ed25519 AAAA2')).toBe(false); // only a key id
-    expect(await store.isPublicKeyRevoked('ssh-ed25519 CA01')).toBe(false); // a CA key, not a subject key
+    expect(await store.isPublicKeyRevoked('ssh-ed25519 CA01')).toBe(true); // a revoked CA key is refused in any role, as in the KRL
     expect(await store.isPublicKeyRevoked('ssh-ed25519 AAAA1 comment')).toBe(false); // callers normalise
     await expect(
       store.tx((tx) => tx.insertRevocationTarget({ target: { kind: 'serial' as 'key_id', keyId: 'x' }, reason: 'r', createdAt: 1, expiresAt: null })),

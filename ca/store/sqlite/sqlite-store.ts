@@ -256,7 +256,8 @@ class Reads implements StoreReader {
   }
 
   async isPublicKeyRevoked(publicKey: string): Promise<boolean> {
-    return this.c().get(`SELECT 1 AS hit FROM revocation_targets WHERE kind = 'public_key' AND value = ? LIMIT 1`, publicKey) !== undefined;
+    // Both kinds become explicit-key entries in the KRL, which sshd refuses in any role.
+    return this.c().get(`SELECT 1 AS hit FROM revocation_targets WHERE kind IN ('public_key', 'ca_key') AND value = ? LIMIT 1`, publicKey) !== undefined;
   }
 
   async latestKrl(): Promise<StoredKrl | null> {

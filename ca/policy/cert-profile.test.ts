@@ -1,0 +1,55 @@
+import { describe, expect, it } from 'vitest';
+import { subjectKey } from '../../test/fixtures/keys.js';
+import { CaError } from '../domain/errors.js';
+import { certificateProfile, CLOCK_SKEW, grantedTtl, MAX_TTL_CAP, type ProfileInput } from './cert-profile.js';
+
+const now = 1_800_000_000;
+const input = (over: Partial<ProfileInput> = {}): ProfileInput => ({
+  now,
+  serial: 4711n,
+  nonce: Buffer.alloc(32, 7),
+  key: subjectKey('ed25519'),
+  run: { principal: 'dstack-run-abc', qualifiedName: 'ml/train-1', endsAt: null, state: 'running' },
+  holder: 'user:alice',
+  limits: { defaultTtl: 3600, maxTtl: 12 * 3600 },
+  ...over,
+});
+
+describe('certificate profile', () => {
+  it('one principal, a greppable key id, backdated validity, default extensions', () => {
+    const f = certificateProfile(input());
+    expect(f.principals).toEqual(['dstack-run-abc']);
+    expect(f.keyId).toBe('user:alice run:ml/train-1 serial:4711');
+    expect(f.validAfter).toBe(BigInt(now - CLOCK_SKEW));
+    expect(f.validBefore).toBe(BigInt(now + 3600));
+    expect([...f.extensions.keys()]).toEqual(['permit-pty', 'permit-port-forwarding']);
+    expect(f.criticalOptions.size).toBe(0);
+  });
+
+  it.each([
+    [undefined, { defaultTtl: 3600, maxTtl: 7200 }, 3600],
+    [600, { defaultTtl: 3600, maxTtl: 7200 }, 600],
+    [99_999, { defaultTtl: 3600, maxTtl: 7200 }, 7200], // clamped to the caller's max
+    [99_999, { defaultTtl: 3600, maxTtl: 900 }, 900], // a bot's cap
+    [200_000, { defaultTtl: 3600, maxTtl: 1_000_000 }, MAX_TTL_CAP], // never over a day
+  ])('ttl %s with %o -> %i', (requested, limits, expected) => {
+    expect(grantedTtl(requested, limits)).toBe(expected);
+  });
+
+  it('refuses a non-positive ttl, naming the field', () => {
+    expect(() => grantedTtl(0, { defaultTtl: 1, maxTtl: 2 })).toThrow('ttl: must be a positive number of seconds');
+  });
+
+  it('never outlives the run, and refuses a finished or ended run', () => {
+    expect(certificateProfile(input({ run: { principal: 'p', qualifiedName: 'ml/r', endsAt: now + 100, state: 'running' } })).validBefore).toBe(BigInt(now + 100));
+    expect(() => certificateProfile(input({ run: { principal: 'p', qualifiedName: 'ml/r', endsAt: now, state: 'running' } }))).toThrow(CaError);
+    expect(() => certificateProfile(input({ run: { principal: 'p', qualifiedName: 'ml/r', endsAt: null, state: 'finished' } }))).toThrow(/has finished/);
+  });
+
+  it('restrictions become critical options, and equal restrictions share one map', () => {
+    const a = certificateProfile(input({ restrictions: { forceCommand: 'nvidia-smi', sourceAddress: '10.0.0.0/8' } }));
+    const b = certificateProfile(input({ restrictions: { forceCommand: 'nvidia-smi', sourceAddress: '10.0.0.0/8' } }));
+    expect([...a.criticalOptions.keys()]).toEqual(['force-command', 'source-address']);
+    expect(a.criticalOptions).toBe(b.criticalOptions);
+  });
+});

@@ -1,0 +1,173 @@
+// Automatic and explicit revocation revoke exactly the certificates whose grant went
+// away, and the served KRL says so: each case checks the database and the decoded KRL.
+import { generateKeyPairSync } from 'node:crypto';
+import { beforeEach, afterEach, describe, expect, it } from 'vitest';
+import { parseCertificateLine } from '../ca/ssh/certificate.js';
+import { formatAuthorizedKey, fromKeyObject } from '../ca/ssh/keys.js';
+import { isRevoked } from '../ca/ssh/krl/check.js';
+import { decodeKrl } from '../ca/ssh/krl/decode.js';
+import { nodeSigner } from '../ca/ssh/signature.js';
+import { armorSshsig, sshsigSign } from '../ca/ssh/sshsig.js';
+import { openTestCa, userWithToken, type TestCa } from './fixtures/ca.js';
+import { cleanupTempDirs } from './harness/index.js';
+
+const holderKey = generateKeyPairSync('ed25519').privateKey;
+const holderPub = formatAuthorizedKey(fromKeyObject(holderKey));
+const pub = (n: number) => formatAuthorizedKey(fromKeyObject(generateKeyPairSync('ed25519').publicKey), `k${n}`);
+
+let ca: TestCa;
+const tok: Record<string, string> = {};
+const certs: Record<string, string> = {};
+
+async function issue(who: string, run = 'r1'): Promise<{ status: number; certificate?: string; message?: string }> {
+  const res = await ca.api('POST', `/v1/runs/ml/${run}/certs`, { token: tok[who], body: { publicKey: pub(1) } });
+  return { status: res.statusCode, ...res.json() };
+}
+
+async function proveAndIssue(run = 'r1', signer = nodeSigner(holderKey)) {
+  const { nonce, message } = (await ca.api('POST', `/v1/runs/ml/${run}/nonces`)).json() as { nonce: string; message: string };
+  const signature = armorSshsig(await sshsigSign(signer, 'dstack-ca', Buffer.from(message)));
+  return ca.api('POST', `/v1/runs/ml/${run}/certs`, { body: { publicKey: holderPub, proof: { nonce, signature } } });
+}
+
+/** Which of the issued certs the served KRL revokes. */
+async function krlRevokes(): Promise<string[]> {
+  const res = await ca.api('GET', '/v1/krl');
+  const set = decodeKrl(res.rawPayload).set;
+  return Object.entries(certs)
+    .filter(([, line]) => isRevoked(set, parseCertificateLine(line).cert) !== null)
+    .map(([who]) => who)
+    .sort();
+}
+
+beforeEach(async () => {
+  ca = await openTestCa();
+  await ca.admin('POST', '/v1/projects', { name: 'ml' });
+  for (const u of ['alice', 'bob', 'carol']) tok[u] = await userWithToken(ca, u);
+  await ca.admin('PUT', '/v1/projects/ml/members/alice', { role: 'user' });
+  await ca.admin('PUT', '/v1/projects/ml/members/bob', { role: 'user' });
+  tok.ci = (await ca.admin<{ token: string }>('POST', '/v1/projects/ml/bots', { name: 'ci', maxTtl: 900 })).token;
+  await ca.admin('POST', '/v1/runs', {
+    project: 'ml',
+    name: 'r1',
+    owner: 'alice',
+    loginUser: 'root',
+    attachableBy: { users: ['alice', 'ci'], project_members: true, public_keys: [holderPub] },
+  });
+  for (const who of ['alice', 'bob', 'ci']) {
+    const r = await issue(who);
+    expect(r.status, r.message).toBe(201);
+    certs[who] = r.certificate as string;
+  }
+  const k = await proveAndIssue();
+  expect(k.statusCode, k.body).toBe(201);
+  certs.key = k.json().certificate;
+});
+
+afterEach(async () => {
+  await ca.close();
+  await cleanupTempDirs();
+  for (const k of Object.keys(certs)) delete certs[k];
+});
+
+describe('who gets a certificate', () => {
+  it('a non-member not named by the policy is refused; anonymous needs a proof', async () => {
+    expect((await issue('carol')).status).toBe(403);
+    expect((await ca.api('POST', '/v1/runs/ml/r1/certs', { body: { publicKey: pub(2) } })).statusCode).toBe(401);
+  });
+
+  it('each grant is recorded and the key id names the holder', async () => {
+    const grants = Object.fromEntries((await ca.store.listCerts({})).map((c) => [c.keyId.split(' ')[0], c.grant.kind]));
+    expect(grants).toMatchObject({ 'user:alice': 'user', 'user:bob': 'project_members', 'bot:ci': 'user' });
+    expect(Object.entries(grants).find(([k]) => k.startsWith('key:SHA256:'))?.[1]).toBe('public_key');
+  });
+
+  it('possession proofs are single-use, bound to the run and to the key', async () => {
+    const { nonce, message } = (await ca.api('POST', '/v1/runs/ml/r1/nonces')).json() as { nonce: string; message: string };
+    const signature = armorSshsig(await sshsigSign(nodeSigner(holderKey), 'dstack-ca', Buffer.from(message)));
+    const body = { publicKey: holderPub, proof: { nonce, signature } };
+    expect((await ca.api('POST', '/v1/runs/ml/r1/certs', { body })).statusCode).toBe(201);
+    const replay = await ca.api('POST', '/v1/runs/ml/r1/certs', { body });
+    expect([replay.statusCode, replay.json().message]).toEqual([403, 'proof nonce was already used']);
+    const otherKey = await proveAndIssue('r1', nodeSigner(generateKeyPairSync('ed25519').privateKey));
+    expect([otherKey.statusCode, otherKey.json().message]).toEqual([403, 'proof is signed by a different key than the one to certify']);
+    await ca.admin('POST', '/v1/runs', { project: 'ml', name: 'r2', owner: 'alice', loginUser: 'root', attachableBy: { public_keys: [holderPub] } });
+    const { nonce: n2 } = (await ca.api('POST', '/v1/runs/ml/r2/nonces')).json() as { nonce: string };
+    const forR1 = armorSshsig(await sshsigSign(nodeSigner(holderKey), 'dstack-ca', Buffer.from(`dstack-ca attach ml/r1 ${n2}\n`)));
+    const wrongRun = await ca.api('POST', '/v1/runs/ml/r2/certs', { body: { publicKey: holderPub, proof: { nonce: n2, signature: forR1 } } });
+    expect([wrongRun.statusCode, wrongRun.json().message]).toEqual([403, 'proof signature: signature does not verify']);
+  });
+});
+
+describe('a change revokes exactly what it ungrants', () => {
+  it('policy edit dropping project_members: only the member-only cert goes', async () => {
+    const res = await ca.admin<{ revokedCerts: number }>('PATCH', '/v1/runs/ml/r1', { attachableBy: { users: ['alice', 'ci'], public_keys: [holderPub] } });
+    expect(res.revokedCerts).toBe(1);
+    expect(await krlRevokes()).toEqual(['bob']);
+  });
+
+  it('policy edit dropping alice from users keeps her cert while project_members holds', async () => {
+    const res = await ca.admin<{ revokedCerts: number }>('PATCH', '/v1/runs/ml/r1', { attachableBy: { users: ['ci'], project_members: true, public_keys: [holderPub] } });
+    expect(res.revokedCerts).toBe(0);
+    expect(await krlRevokes()).toEqual([]);
+  });
+
+  it('policy edit dropping the listed key revokes the key holder only', async () => {
+    await ca.admin('PATCH', '/v1/runs/ml/r1', { attachableBy: { users: ['alice', 'ci'], project_members: true } });
+    expect(await krlRevokes()).toEqual(['key']);
+  });
+
+  it('member removal: bob (member only) loses access, alice (also named) keeps it', async () => {
+    expect((await ca.admin<{ revokedCerts: number }>('DELETE', '/v1/projects/ml/members/bob')).revokedCerts).toBe(1);
+    expect((await ca.admin<{ revokedCerts: number }>('DELETE', '/v1/projects/ml/members/alice')).revokedCerts).toBe(0);
+    expect(await krlRevokes()).toEqual(['bob']);
+  });
+
+  it('disabling a user revokes their certs and their token', async () => {
+    await ca.admin('PATCH', '/v1/users/alice', { disabled: true });
+    expect(await krlRevokes()).toEqual(['alice']);
+    expect((await issue('alice')).status).toBe(401);
+  });
+
+  it('removing a bot revokes its certs and its token', async () => {
+    expect((await ca.admin<{ revokedCerts: number }>('DELETE', '/v1/projects/ml/bots/ci')).revokedCerts).toBe(1);
+    expect(await krlRevokes()).toEqual(['ci']);
+    expect((await issue('ci')).status).toBe(401);
+  });
+
+  it('finishing the run revokes everything on it', async () => {
+    expect((await ca.admin<{ revokedCerts: number }>('POST', '/v1/runs/ml/r1/finish')).revokedCerts).toBe(4);
+    expect(await krlRevokes()).toEqual(['alice', 'bob', 'ci', 'key']);
+    expect((await issue('alice')).status).toBe(410);
+  });
+
+  it('explicit revocations: serial, user in project, public key (which also blocks new certs)', async () => {
+    const serial = parseCertificateLine(certs.bob as string).cert.serial.toString();
+    const before = Number((await ca.api('GET', '/v1/krl')).headers['x-krl-version']);
+    const bySerial = await ca.admin<{ revokedCerts: number; krlVersion: number }>('POST', '/v1/revocations', { serial, reason: 'lost laptop' });
+    expect(bySerial).toEqual({ revokedCerts: 1, krlVersion: before + 1 });
+    expect(await krlRevokes()).toEqual(['bob']);
+    await ca.admin('POST', '/v1/revocations', { user: 'alice', project: 'ml', reason: 'left the team' });
+    expect(await krlRevokes()).toEqual(['alice', 'bob']);
+    await ca.admin('POST', '/v1/revocations', { publicKey: holderPub, reason: 'key leaked' });
+    expect(await krlRevokes()).toEqual(['alice', 'bob', 'key']);
+    const again = await proveAndIssue();
+    expect([again.statusCode, again.json().message]).toEqual([403, 'this public key is revoked']);
+  });
+
+  it('revoking the CA key revokes every cert it signed, and stops issuance', async () => {
+    const caKey = ((await ca.api('GET', '/v1/ca')).json() as { keys: string[] }).keys[0];
+    await ca.admin('POST', '/v1/revocations', { caKey, reason: 'break glass' });
+    expect(await krlRevokes()).toEqual(['alice', 'bob', 'ci', 'key']);
+    expect((await issue('alice')).status).toBe(410);
+  });
+
+  it('every change is in the audit log, and the chain verifies', async () => {
+    await ca.admin('DELETE', '/v1/projects/ml/members/bob');
+    const events = await ca.admin<{ action: string }[]>('GET', '/v1/audit');
+    const actions = events.map((e) => e.action);
+    expect(actions).toEqual(expect.arrayContaining(['bootstrap', 'project.add', 'member.set', 'bot.add', 'run.register', 'cert.issue', 'member.remove']));
+    const { verifyChain } = await import('../ca/authority/audit-chain.js');
+    expect(verifyChain(events as never)).toEqual({ ok: true, events: events.length });
+  });
+});
