@@ -1,0 +1,85 @@
+// The KRL feed agents rely on: ETag revalidation, a version header that only goes up,
+// and server-sent events that announce each version and let a reconnecting client
+// catch up at once.
+import type { AddressInfo } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { decodeKrl } from '../ca/ssh/krl/decode.js';
+import { openTestCa, userWithToken, type TestCa } from './fixtures/ca.js';
+import { cleanupTempDirs } from './harness/index.js';
+
+let ca: TestCa;
+let base: string;
+
+beforeAll(async () => {
+  ca = await openTestCa();
+  await ca.admin('POST', '/v1/projects', { name: 'ml' });
+  await userWithToken(ca, 'alice');
+  await ca.admin('PUT', '/v1/projects/ml/members/alice', { role: 'user' });
+  await ca.app.listen({ host: '127.0.0.1', port: 0 });
+  base = `http://127.0.0.1:${(ca.app.server.address() as AddressInfo).port}`;
+});
+
+afterAll(async () => {
+  await ca?.close();
+  await cleanupTempDirs();
+});
+
+/** Reads server-sent events until `count` have arrived. */
+async function readEvents(res: Response, count: number): Promise<{ id: string; data: { version: number } }[]> {
+  const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+  const events: { id: string; data: { version: number } }[] = [];
+  let buf = '';
+  while (events.length < count) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buf += Buffer.from(value).toString('utf8');
+    let end: number;
+    while ((end = buf.indexOf('\n\n')) >= 0) {
+      const block = buf.slice(0, end);
+      buf = buf.slice(end + 2);
+      if (block.startsWith(':')) continue; // keepalive comment
+      const field = (name: string) => block.split('\n').find((l) => l.startsWith(`${name}: `))?.slice(name.length + 2) ?? '';
+      events.push({ id: field('id'), data: JSON.parse(field('data')) as { version: number } });
+    }
+  }
+  await reader.cancel();
+  return events;
+}
+
+describe('GET /v1/krl', () => {
+  it('serves a valid KRL from the first start on, with version, ETag and 304 on revalidation', async () => {
+    const first = await fetch(`${base}/v1/krl`);
+    expect(first.status).toBe(200);
+    const version = Number(first.headers.get('x-krl-version'));
+    expect(version).toBeGreaterThanOrEqual(1);
+    expect(first.headers.get('etag')).toBe(`"krl-${version}"`);
+    const body = Buffer.from(await first.arrayBuffer());
+    expect(decodeKrl(body).header.krlVersion).toBe(BigInt(version));
+    const again = await fetch(`${base}/v1/krl`, { headers: { 'if-none-match': `"krl-${version}"` } });
+    expect(again.status).toBe(304);
+    const stale = await fetch(`${base}/v1/krl`, { headers: { 'if-none-match': `"krl-${version - 1}"` } });
+    expect(stale.status).toBe(200);
+  });
+});
+
+describe('GET /v1/krl/events', () => {
+  it('announces the current version at once, then each new one', async () => {
+    const start = Number((await fetch(`${base}/v1/krl`)).headers.get('x-krl-version'));
+    const res = await fetch(`${base}/v1/krl/events`);
+    expect(res.headers.get('content-type')).toBe('text/event-stream');
+    const pending = readEvents(res, 3);
+    await new Promise((r) => setTimeout(r, 100));
+    await ca.admin('POST', '/v1/revocations', { user: 'alice', project: 'ml', reason: 'one' });
+    await ca.admin('POST', '/v1/revocations', { user: 'alice', project: 'ml', reason: 'two' });
+    const events = await pending;
+    expect(events.map((e) => e.data.version)).toEqual([start, start + 1, start + 2]);
+    expect(events.map((e) => e.id)).toEqual([start, start + 1, start + 2].map(String));
+  });
+
+  it('a client reconnecting after missing versions learns the newest at once', async () => {
+    const before = Number((await fetch(`${base}/v1/krl`)).headers.get('x-krl-version'));
+    await ca.admin('POST', '/v1/revocations', { user: 'alice', project: 'ml', reason: 'while disconnected' });
+    const res = await fetch(`${base}/v1/krl/events`, { headers: { 'last-event-id': String(before) } });
+    expect((await readEvents(res, 1))[0]?.data.version).toBe(before + 1);
+  });
+});
