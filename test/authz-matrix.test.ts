@@ -6,7 +6,7 @@ import { openTestCa, userWithToken, type TestCa } from './fixtures/ca.js';
 import { subjectKey } from './fixtures/keys.js';
 import { cleanupTempDirs } from './harness/index.js';
 
-const ACTORS = ['global-admin', 'project-admin', 'manager', 'user', 'run-owner', 'non-member', 'bot', 'orchestrator', 'anonymous'] as const;
+const ACTORS = ['global-admin', 'project-admin', 'manager', 'user', 'run-owner', 'non-member', 'bot', 'orchestrator', 'agent', 'anonymous'] as const;
 type ActorName = (typeof ACTORS)[number];
 
 let ca: TestCa;
@@ -45,6 +45,8 @@ beforeAll(async () => {
   await ca.admin('PUT', '/v1/projects/other/members/nobody', { role: 'admin' }); // admin elsewhere: no power in ml
   tokens.bot = (await ca.admin<{ token: string }>('POST', '/v1/projects/ml/bots', { name: 'ci', maxTtl: 900 })).token;
   tokens.orchestrator = (await ca.admin<{ token: string }>('POST', '/v1/orchestrators', { name: 'dstack' })).token;
+  const { joinToken } = await ca.admin<{ joinToken: string }>('POST', '/v1/runs', { project: 'ml', name: 'agent-run', owner: 'owner', loginUser: 'root' });
+  tokens.agent = ((await ca.api('POST', '/v1/agents/join', { body: { joinToken } })).json() as { token: string }).token;
   tokens.anonymous = undefined;
 });
 
@@ -166,6 +168,7 @@ const CELLS: Cell[] = [
     request: async () => ({ method: 'POST', url: '/v1/revocations', body: { publicKey: formatAuthorizedKey(subjectKey('ecdsa256')), reason: 'matrix' } }),
   },
   { route: 'GET /v1/audit', allowed: ['global-admin'], request: async () => ({ method: 'GET', url: '/v1/audit' }) },
+  { route: 'GET /v1/agents/config', allowed: ['agent'], request: async () => ({ method: 'GET', url: '/v1/agents/config' }) },
 ];
 
 describe('authorization matrix', () => {
@@ -193,7 +196,8 @@ describe('authorization matrix', () => {
     const covered = new Set(CELLS.map((c) => c.route.replace(/ \(.*\)$/, '').replace(/:p\b/, ':project').replace(/:r\b/, ':run')));
     // Outside the matrix on purpose: public, or they authorize by other means (nonces are
     // useless without a key; orchestrator removal shares its rule with POST /v1/orchestrators).
-    const exempt = ['GET /v1/krl/signature', 'GET /v1/krl/events', 'POST /v1/runs/:project/:run/nonces', 'DELETE /v1/orchestrators/:name'];
+    // The join exchange authenticates by the one-time token in its body (test/agent-join.test.ts).
+    const exempt = ['GET /v1/krl/signature', 'GET /v1/krl/events', 'POST /v1/runs/:project/:run/nonces', 'DELETE /v1/orchestrators/:name', 'POST /v1/agents/join'];
     expect(routes.filter((r) => !covered.has(r) && !exempt.includes(r))).toEqual([]);
   });
 });

@@ -8,6 +8,7 @@ import { resolveActor, type Actor } from '../authority/actors.js';
 import type { Authority } from '../authority/authority.js';
 import { handleError } from './errors.js';
 import { adminRoutes } from './routes/admin.js';
+import { agentRoutes } from './routes/agents.js';
 import { krlRoutes } from './routes/krl.js';
 import { revocationRoutes } from './routes/revocations.js';
 import { runRoutes } from './routes/runs.js';
@@ -80,5 +81,6 @@ export async function buildApp(authority: Authority, opts: AppOptions = {}): Pro
   runRoutes(app, authority);
   adminRoutes(app, authority);
   revocationRoutes(app, authority, (n) => certsRevoked.inc(n));
+  agentRoutes(app, authority);
   return app;
 }

@@ -94,3 +94,13 @@ export const certView = z.object({
 });
 
 export const revokeView = z.object({ revokedCerts: z.number(), krlVersion: z.number() });
+
+export const agentJoinBody = z.strictObject({ joinToken: z.string().min(1).max(200) });
+export const agentConfigView = z.object({
+  project: z.string(),
+  run: z.string(),
+  principal: z.string(),
+  loginUser: z.string(),
+  state: z.enum(['running', 'finished']),
+  caKeys: z.array(z.string()),
+});

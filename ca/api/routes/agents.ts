@@ -1,0 +1,15 @@
+// Routes for dstack-ca-agent: the one-time join exchange and the run's sshd settings.
+import type { FastifyInstance } from 'fastify';
+import type { ZodTypeProvider } from 'fastify-type-provider-zod';
+import { z } from 'zod';
+import { agentConfig, joinAgent } from '../../authority/agents.js';
+import type { Authority } from '../../authority/authority.js';
+import { agentConfigView, agentJoinBody } from '../schemas.js';
+
+export function agentRoutes(app: FastifyInstance, authority: Authority): void {
+  const r = app.withTypeProvider<ZodTypeProvider>();
+  r.post('/v1/agents/join', { schema: { body: agentJoinBody, response: { 201: z.object({ token: z.string(), config: agentConfigView }) } } }, async (req, reply) =>
+    reply.code(201).send(await joinAgent(authority.ctx, req.body.joinToken, req.ip)),
+  );
+  r.get('/v1/agents/config', { schema: { response: { 200: agentConfigView } } }, async (req) => agentConfig(authority.ctx, req.actor));
+}
