@@ -72,6 +72,8 @@ const CASES: Case[] = [
   ['revoke a serial over 64 bits', 'admin', 'POST', '/v1/revocations', { serial: '18446744073709551616', reason: 'x' }, 400, /^serial: must fit in 64 bits/],
   ['revoke a malformed public key', 'admin', 'POST', '/v1/revocations', { publicKey: 'ssh-ed25519 !!', reason: 'x' }, 400, /^publicKey: /],
   ['revoke a bad run name', 'admin', 'POST', '/v1/revocations', { run: 'no-slash', reason: 'x' }, 400, /^run: run must be written PROJECT\/RUN/],
+  ['revoke as CA key a key that is not one', 'admin', 'POST', '/v1/revocations', { caKey: good, reason: 'x' }, 400, /^caKey: is not a key of this CA/],
+  ['nonce for a run that does not exist', 'alice', 'POST', '/v1/runs/ml/nope/nonces', undefined, 404, /no run named "ml\/nope"/],
   ['project with a bad name', 'admin', 'POST', '/v1/projects', { name: 'ML Team' }, 400, /^name: must be/],
   ['user with a bad name', 'admin', 'POST', '/v1/users', { name: 'Alice' }, 400, /^name: must be/],
   ['user that exists', 'admin', 'POST', '/v1/users', { name: 'alice' }, 409, /already taken/],

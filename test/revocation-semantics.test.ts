@@ -155,6 +155,23 @@ describe('a change revokes exactly what it ungrants', () => {
     expect([again.statusCode, again.json().message]).toEqual([403, 'this public key is revoked']);
   });
 
+  it('a revocation that changes nothing publishes no new KRL', async () => {
+    const serial = parseCertificateLine(certs.bob as string).cert.serial.toString();
+    const first = await ca.admin<{ revokedCerts: number; krlVersion: number }>('POST', '/v1/revocations', { serial, reason: 'once' });
+    const again = await ca.admin<{ revokedCerts: number; krlVersion: number }>('POST', '/v1/revocations', { serial, reason: 'twice' });
+    expect(again).toEqual({ revokedCerts: 0, krlVersion: first.krlVersion });
+    await ca.admin('POST', '/v1/revocations', { publicKey: holderPub, reason: 'once' });
+    const v = Number((await ca.api('GET', '/v1/krl')).headers['x-krl-version']);
+    expect((await ca.admin<{ krlVersion: number }>('POST', '/v1/revocations', { publicKey: holderPub, reason: 'twice' })).krlVersion).toBe(v);
+    const events = await ca.admin<{ action: string; details: { changed?: boolean } }[]>('GET', '/v1/audit');
+    expect(events.filter((e) => e.action === 'revoke').map((e) => e.details.changed)).toEqual([true, false, true, false]);
+  });
+
+  it('a refusal says in words what was refused', async () => {
+    const res = await ca.api('GET', '/v1/users', { token: tok.bob });
+    expect(res.json()).toEqual({ error: 'forbidden', message: 'user:bob may not manage users' });
+  });
+
   it('revoking the CA key revokes every cert it signed, and stops issuance', async () => {
     const caKey = ((await ca.api('GET', '/v1/ca')).json() as { keys: string[] }).keys[0];
     await ca.admin('POST', '/v1/revocations', { caKey, reason: 'break glass' });

@@ -104,3 +104,23 @@ export const agentConfigView = z.object({
   state: z.enum(['running', 'finished']),
   caKeys: z.array(z.string()),
 });
+
+export const userView = z.object({ name: z.string(), admin: z.boolean(), disabled: z.boolean(), createdAt: z.number() });
+export const userTokenView = z.object({ name: z.string(), token: z.string(), expiresAt: z.number().nullable() });
+export const projectView = z.object({ name: z.string() });
+export const memberView = z.object({ name: z.string(), kind: z.enum(['user', 'bot']), role: z.enum(PROJECT_ROLES) });
+export const botView = z.object({ name: z.string(), project: z.string(), maxTtl: z.number().nullable(), disabled: z.boolean() });
+export const orchestratorView = z.object({ name: z.string(), createdAt: z.number() });
+export const tokenView = z.object({ name: z.string(), token: z.string() });
+export const revokedCountView = z.object({ revokedCerts: z.number() });
+export const caView = z.object({ keys: z.array(z.string()), trustedUserCaKeys: z.string() });
+export const nonceView = z.object({ nonce: z.string(), expiresAt: z.number(), message: z.string() });
+export const auditEventView = z.object({
+  seq: z.number(),
+  at: z.number(),
+  actor: z.string(),
+  action: z.string(),
+  details: z.record(z.string(), z.unknown()),
+  prevHash: z.string(),
+  hash: z.string(),
+});

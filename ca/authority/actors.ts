@@ -2,7 +2,7 @@
 // the actor reach authorization.
 import type { Identity, ProjectRole } from '../domain/model.js';
 import { CaError } from '../domain/errors.js';
-import { isAllowed, type Action, type ActorFacts } from '../policy/authorize.js';
+import { ACTION_TEXT, isAllowed, type Action, type ActorFacts } from '../policy/authorize.js';
 import type { StoreReader } from '../store/store.js';
 import { hashToken, looksLikeToken } from './tokens.js';
 
@@ -77,5 +77,5 @@ export async function roleIn(store: StoreReader, a: Actor, projectId: number): P
 export function requireAllowed(a: Actor, action: Action, scope: Parameters<typeof isAllowed>[2] = {}): void {
   if (isAllowed(actorFacts(a), action, scope)) return;
   if (a.kind === 'anonymous') throw new CaError('unauthenticated', 'authentication required');
-  throw new CaError('forbidden', `${actorLabel(a)} may not ${action.replace('.', ' ')}`);
+  throw new CaError('forbidden', `${actorLabel(a)} may not ${ACTION_TEXT[action]}`);
 }

@@ -5,7 +5,7 @@ import { badRequest, notFound } from '../domain/errors.js';
 import type { CertRecord, RevocationTarget } from '../domain/model.js';
 import { splitQualified } from '../domain/names.js';
 import { formatAuthorizedKey, parseAuthorizedKey, fingerprint } from '../ssh/keys.js';
-import type { CertFilter } from '../store/store.js';
+import type { CertFilter, StoreTx } from '../store/store.js';
 import { actorLabel, requireAllowed, roleIn, type Actor } from './actors.js';
 import { audit } from './audit.js';
 import type { AuthorityContext } from './context.js';
@@ -100,8 +100,17 @@ async function plan(ctx: AuthorityContext, actor: Actor, req: RevokeBy): Promise
     return { filter: { keyFingerprint: fp }, serials: [], target: { kind: 'public_key', publicKey: line }, what: { publicKey: fp } };
   }
   const line = normalizedKey(req.caKey, 'caKey');
+  // Break glass on a mistyped key must not add a permanent entry that revokes nothing.
+  if (!(await store.listCaKeys()).some((k) => k.publicKey === line)) {
+    throw badRequest('is not a key of this CA (see `dstack-ca ca show`)', 'caKey');
+  }
   const fp = fingerprint(parseAuthorizedKey(line).key);
   return { filter: { caFingerprint: fp }, serials: [], target: { kind: 'ca_key', publicKey: line }, what: { caKey: fp } };
+}
+
+async function targetExists(tx: StoreTx, target: RevocationTarget, now: number): Promise<boolean> {
+  if (target.kind !== 'key_id') return tx.isPublicKeyRevoked(target.publicKey);
+  return (await tx.listRevocationTargets(now)).some((t) => t.target.kind === 'key_id' && t.target.keyId === target.keyId);
 }
 
 export async function revoke(ctx: AuthorityContext, actor: Actor, req: RevokeRequest): Promise<RevokeResult> {
@@ -112,15 +121,18 @@ export async function revoke(ctx: AuthorityContext, actor: Actor, req: RevokeReq
     const live: CertRecord[] = p.filter ? await tx.listCerts({ ...p.filter, liveAt: now }) : [];
     const serials = [...p.serials, ...live.map((c) => c.serial)];
     const revokedCerts = await tx.revokeCerts(serials, now, req.reason);
-    if (p.target) {
+    const targetAdded = p.target !== null && !(await targetExists(tx, p.target, now));
+    if (p.target && targetAdded) {
       // Key ids drop out of the KRL when the last cert carrying one expires; keys never do.
       const expiresAt = p.target.kind === 'key_id' && live.length > 0 ? Math.max(...live.map((c) => c.validBefore)) : null;
       await tx.insertRevocationTarget({ target: p.target, reason: req.reason, createdAt: now, expiresAt });
     }
-    const krlVersion = await rebuildKrl(tx, now);
-    await audit(tx, now, actor, 'revoke', { ...p.what, reason: req.reason, revokedCerts, krlVersion, by: actorLabel(actor) });
-    return { revokedCerts, krlVersion };
+    // A revocation that changes nothing is recorded, but wakes no agent with a new KRL.
+    const changed = revokedCerts > 0 || targetAdded;
+    const krlVersion = changed ? await rebuildKrl(tx, now) : ((await tx.latestKrl())?.version ?? 0);
+    await audit(tx, now, actor, 'revoke', { ...p.what, reason: req.reason, revokedCerts, krlVersion, changed, by: actorLabel(actor) });
+    return { revokedCerts, krlVersion, changed };
   });
-  await publishKrl(ctx);
-  return result;
+  if (result.changed) await publishKrl(ctx);
+  return { revokedCerts: result.revokedCerts, krlVersion: result.krlVersion };
 }

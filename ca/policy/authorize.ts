@@ -72,6 +72,27 @@ export const RULES: Record<Action, Rule> = {
   'ca.manage': globalAdmin,
 };
 
+/** How a refusal reads: "user:bob may not manage users". */
+export const ACTION_TEXT: Record<Action, string> = {
+  'user.manage': 'manage users',
+  'project.create': 'create projects',
+  'project.delete': 'delete projects',
+  'project.read': 'see this project',
+  'member.read': 'see the members of this project',
+  'member.manage': 'manage the members of this project',
+  'member.manage-admins': 'grant or take the admin role in this project',
+  'bot.manage': 'manage the bots of this project',
+  'orchestrator.manage': 'manage orchestrators',
+  'run.register': 'register runs',
+  'run.read': 'see this run',
+  'run.update-policy': 'change who may attach to this run',
+  'run.finish': 'finish this run',
+  'revoke.project': 'revoke access in this project',
+  'revoke.global': 'revoke across all projects',
+  'audit.read': 'read the audit log',
+  'ca.manage': 'manage the CA keys',
+};
+
 export function isAllowed(actor: ActorFacts, action: Action, scope: Scope = {}): boolean {
   if (actor.kind === 'anonymous' || actor.kind === 'agent') return false;
   return RULES[action](actor, scope);

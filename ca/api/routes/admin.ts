@@ -27,8 +27,17 @@ import {
   addOrchestratorBody,
   addProjectBody,
   addUserBody,
+  auditEventView,
   auditQuery,
+  botView,
   memberParams,
+  memberView,
+  orchestratorView,
+  projectView,
+  revokedCountView,
+  tokenView,
+  userTokenView,
+  userView,
   nameParam,
   projectParam,
   setMemberBody,
@@ -36,10 +45,7 @@ import {
   userTokenBody,
 } from '../schemas.js';
 
-const userView = z.object({ name: z.string(), admin: z.boolean(), disabled: z.boolean(), createdAt: z.number() });
 const toUserView = (i: Identity) => ({ name: i.name, admin: i.globalAdmin, disabled: i.disabled, createdAt: i.createdAt });
-const botView = z.object({ name: z.string(), project: z.string(), maxTtl: z.number().nullable(), disabled: z.boolean() });
-const memberBody = projectParam.extend({ name: z.string() });
 
 export function adminRoutes(app: FastifyInstance, authority: Authority): void {
   const r = app.withTypeProvider<ZodTypeProvider>();
@@ -52,7 +58,7 @@ export function adminRoutes(app: FastifyInstance, authority: Authority): void {
   r.patch('/v1/users/:name', { schema: { params: nameParam, body: updateUserBody, response: { 200: userView } } }, async (req) =>
     toUserView(await updateUser(ctx, req.actor, req.params.name, req.body)),
   );
-  r.post('/v1/users/:name/tokens', { schema: { params: nameParam, body: userTokenBody, response: { 201: z.object({ name: z.string(), token: z.string(), expiresAt: z.number().nullable() }) } } }, async (req, reply) => {
+  r.post('/v1/users/:name/tokens', { schema: { params: nameParam, body: userTokenBody, response: { 201: userTokenView } } }, async (req, reply) => {
     const { value, secret } = await createUserToken(ctx, req.actor, req.params.name, req.body.ttl ?? null);
     return reply.code(201).send({ ...value, token: secret as string });
   });
@@ -60,19 +66,18 @@ export function adminRoutes(app: FastifyInstance, authority: Authority): void {
   r.post('/v1/projects', { schema: { body: addProjectBody, response: { 201: z.object({ name: z.string() }) } } }, async (req, reply) =>
     reply.code(201).send({ name: (await addProject(ctx, req.actor, req.body.name)).name }),
   );
-  r.get('/v1/projects', { schema: { response: { 200: z.array(z.object({ name: z.string() })) } } }, async (req) =>
+  r.get('/v1/projects', { schema: { response: { 200: z.array(projectView) } } }, async (req) =>
     (await listProjects(ctx, req.actor)).map((p) => ({ name: p.name })),
   );
 
-  const memberView = z.object({ name: z.string(), kind: z.enum(['user', 'bot']), role: z.string() });
   r.get('/v1/projects/:project/members', { schema: { params: projectParam, response: { 200: z.array(memberView) } } }, async (req) =>
     listMembers(ctx, req.actor, req.params.project),
   );
-  r.put('/v1/projects/:project/members/:name', { schema: { params: memberParams, body: setMemberBody, response: { 200: memberBody.extend({ role: z.string() }) } } }, async (req) => {
+  r.put('/v1/projects/:project/members/:name', { schema: { params: memberParams, body: setMemberBody, response: { 200: memberView.omit({ kind: true }).extend({ project: z.string() }) } } }, async (req) => {
     await setMember(ctx, req.actor, req.params.project, req.params.name, req.body.role);
     return { ...req.params, role: req.body.role };
   });
-  r.delete('/v1/projects/:project/members/:name', { schema: { params: memberParams, response: { 200: z.object({ revokedCerts: z.number() }) } } }, async (req) =>
+  r.delete('/v1/projects/:project/members/:name', { schema: { params: memberParams, response: { 200: revokedCountView } } }, async (req) =>
     removeMember(ctx, req.actor, req.params.project, req.params.name),
   );
 
@@ -81,22 +86,21 @@ export function adminRoutes(app: FastifyInstance, authority: Authority): void {
     return reply.code(201).send({ ...value, token: secret as string });
   });
   r.get('/v1/projects/:project/bots', { schema: { params: projectParam, response: { 200: z.array(botView) } } }, async (req) => listBots(ctx, req.actor, req.params.project));
-  r.delete('/v1/projects/:project/bots/:name', { schema: { params: memberParams, response: { 200: z.object({ revokedCerts: z.number() }) } } }, async (req) =>
+  r.delete('/v1/projects/:project/bots/:name', { schema: { params: memberParams, response: { 200: revokedCountView } } }, async (req) =>
     removeBot(ctx, req.actor, req.params.project, req.params.name),
   );
 
-  r.post('/v1/orchestrators', { schema: { body: addOrchestratorBody, response: { 201: z.object({ name: z.string(), token: z.string() }) } } }, async (req, reply) => {
+  r.post('/v1/orchestrators', { schema: { body: addOrchestratorBody, response: { 201: tokenView } } }, async (req, reply) => {
     const { value, secret } = await addOrchestrator(ctx, req.actor, req.body.name);
     return reply.code(201).send({ ...value, token: secret as string });
   });
-  r.get('/v1/orchestrators', { schema: { response: { 200: z.array(z.object({ name: z.string(), createdAt: z.number() })) } } }, async (req) => listOrchestrators(ctx, req.actor));
+  r.get('/v1/orchestrators', { schema: { response: { 200: z.array(orchestratorView) } } }, async (req) => listOrchestrators(ctx, req.actor));
   r.delete('/v1/orchestrators/:name', { schema: { params: nameParam, response: { 204: z.null() } } }, async (req, reply) => {
     await removeOrchestrator(ctx, req.actor, req.params.name);
     return reply.code(204).send(null);
   });
 
-  const auditEvent = z.object({ seq: z.number(), at: z.number(), actor: z.string(), action: z.string(), details: z.record(z.string(), z.unknown()), prevHash: z.string(), hash: z.string() });
-  r.get('/v1/audit', { schema: { querystring: auditQuery, response: { 200: z.array(auditEvent) } } }, async (req) => {
+  r.get('/v1/audit', { schema: { querystring: auditQuery, response: { 200: z.array(auditEventView) } } }, async (req) => {
     requireAllowed(req.actor, 'audit.read');
     return ctx.store.listAuditEvents({ afterSeq: req.query.after, limit: req.query.limit ?? 1000 });
   });

@@ -2,11 +2,11 @@
 // stream announcing each new version. No authentication: hosts need them to fail safe.
 import type { FastifyInstance } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
-import { z } from 'zod';
 import type { Authority } from '../../authority/authority.js';
 import { currentKrl } from '../../authority/krl.js';
 import { dearmorSshsig, encodeSshsig } from '../../ssh/sshsig.js';
 import { formatAuthorizedKey } from '../../ssh/keys.js';
+import { caView } from '../schemas.js';
 
 const KEEPALIVE_MS = 15_000;
 
@@ -14,7 +14,7 @@ export function krlRoutes(app: FastifyInstance, authority: Authority): void {
   const r = app.withTypeProvider<ZodTypeProvider>();
   const ctx = authority.ctx;
 
-  r.get('/v1/ca', { schema: { response: { 200: z.object({ keys: z.array(z.string()), trustedUserCaKeys: z.string() }) } } }, async () => {
+  r.get('/v1/ca', { schema: { response: { 200: caView } } }, async () => {
     const keys = ctx.caKeys.trusted.map((k) => formatAuthorizedKey(k));
     return { keys, trustedUserCaKeys: keys.map((k) => `${k}\n`).join('') };
   });

@@ -5,7 +5,8 @@ import { z } from 'zod';
 import type { Authority } from '../../authority/authority.js';
 import { proofMessage } from '../../authority/proof.js';
 import { finishRun, getRun, listRuns, registerRun, updateRunPolicy } from '../../authority/runs.js';
-import { certView, issueCertBody, projectParam, registerRunBody, runParams, runView, updateRunBody } from '../schemas.js';
+import { requireRun } from '../../authority/lookup.js';
+import { certView, issueCertBody, nonceView, revokedCountView, projectParam, registerRunBody, runParams, runView, updateRunBody } from '../schemas.js';
 import { toRunView } from '../views.js';
 
 export function runRoutes(app: FastifyInstance, authority: Authority): void {
@@ -31,11 +32,12 @@ export function runRoutes(app: FastifyInstance, authority: Authority): void {
     return { ...(await toRunView(store, run)), revokedCerts };
   });
 
-  r.post('/v1/runs/:project/:run/finish', { schema: { params: runParams, response: { 200: z.object({ revokedCerts: z.number() }) } } }, async (req) =>
+  r.post('/v1/runs/:project/:run/finish', { schema: { params: runParams, response: { 200: revokedCountView } } }, async (req) =>
     finishRun(authority.ctx, req.actor, req.params.project, req.params.run),
   );
 
-  r.post('/v1/runs/:project/:run/nonces', { schema: { params: runParams, response: { 200: z.object({ nonce: z.string(), expiresAt: z.number(), message: z.string() }) } } }, async (req) => {
+  r.post('/v1/runs/:project/:run/nonces', { schema: { params: runParams, response: { 200: nonceView } } }, async (req) => {
+    await requireRun(store, req.params.project, req.params.run);
     const { nonce, expiresAt } = authority.issuer.nonces.issue(authority.ctx.now());
     return { nonce, expiresAt, message: proofMessage(`${req.params.project}/${req.params.run}`, nonce).toString('utf8') };
   });
