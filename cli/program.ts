@@ -5,6 +5,17 @@ import { SshParseError } from '../ca/ssh/wire.js';
 import { registerCert } from './commands/cert.js';
 import { registerServer } from './commands/server.js';
 import { registerKrl } from './commands/krl.js';
+import { registerAudit } from './commands/audit.js';
+import { registerBot } from './commands/bot.js';
+import { registerCa } from './commands/ca.js';
+import { registerKrlFetch } from './commands/krl-fetch.js';
+import { registerMember } from './commands/member.js';
+import { registerOrchestrator } from './commands/orchestrator.js';
+import { registerProject } from './commands/project.js';
+import { registerRevoke } from './commands/revoke.js';
+import { registerRun } from './commands/run.js';
+import { registerUser } from './commands/user.js';
+import { registerApiOptions } from './client.js';
 import type { CliContext } from './context.js';
 import { CliError, EXIT, type ExitCode } from './errors.js';
 
@@ -17,6 +28,18 @@ export function buildProgram(ctx: CliContext): Command {
   registerServer(program, ctx);
   registerCert(program, ctx);
   registerKrl(program, ctx);
+  registerApiOptions(program);
+  registerUser(program, ctx);
+  registerProject(program, ctx);
+  registerMember(program, ctx);
+  registerOrchestrator(program, ctx);
+  registerRun(program, ctx);
+  registerBot(program, ctx);
+  registerRevoke(program, ctx);
+  registerCa(program, ctx);
+  registerAudit(program, ctx);
+  const krl = program.commands.find((c) => c.name() === 'krl');
+  if (krl) registerKrlFetch(krl, ctx);
   // Every subcommand inherits the output routing and exit override.
   const wire = (cmd: Command) => {
     for (const sub of cmd.commands) {

@@ -1,0 +1,262 @@
+// The HTTP client every API verb uses: where the server is and who we are (flags, then
+// environment, then the config file), one request helper that maps failures to the
+// documented exit codes, and nothing that could ever print the bearer token.
+import { readFile, stat } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import type { Command } from 'commander';
+import type { z } from 'zod';
+import { errorBody } from '../ca/api/schemas.js';
+import type { CliContext } from './context.js';
+import { CliError, EXIT, UsageError } from './errors.js';
+
+/** Request timeout: revocations wait for a durable KRL, so be generous. */
+const TIMEOUT_MS = 60_000;
+
+export interface ApiFlags {
+  url?: string;
+  token?: string;
+}
+
+export interface ApiConfig {
+  /** Base URL without a trailing slash, e.g. http://127.0.0.1:8443 */
+  url: string;
+  /** Where the URL came from, for error messages. */
+  urlSource: string;
+  token: string | undefined;
+}
+
+/** Adds --url and --token to the root command; every API verb reads them with optsWithGlobals(). */
+export function registerApiOptions(program: Command): void {
+  program
+    .option('--url <url>', 'CA server URL (default: $DSTACK_CA_URL, then the config file)')
+    .option('--token <token>', 'API token (default: $DSTACK_CA_TOKEN, then the config file)');
+}
+
+/** The config file: $XDG_CONFIG_HOME/dstack-ca/config.json, default ~/.config/dstack-ca/config.json. */
+export function configPath(env: NodeJS.ProcessEnv): string {
+  const xdg = env.XDG_CONFIG_HOME;
+  const base = xdg && xdg.startsWith('/') ? xdg : join(env.HOME || homedir(), '.config');
+  return join(base, 'dstack-ca', 'config.json');
+}
+
+interface FileConfig {
+  url?: string;
+  token?: string;
+}
+
+async function readConfigFile(ctx: CliContext): Promise<FileConfig> {
+  const path = configPath(ctx.env);
+  let text: string;
+  try {
+    const st = await stat(path);
+    // It may hold a token: like ssh with a private key, complain when others can read it.
+    if ((st.mode & 0o077) !== 0) {
+      ctx.stderr.write(`dstack-ca: warning: ${path} has mode ${(st.mode & 0o777).toString(8).padStart(4, '0')}; it may hold a token, run: chmod 600 ${path}\n`);
+    }
+    text = await readFile(path, 'utf8');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return {};
+    throw new CliError(`${path}: ${code === 'EACCES' ? 'permission denied' : (e as Error).message}`);
+  }
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch {
+    throw new UsageError(`${path}: not valid JSON`);
+  }
+  if (typeof data !== 'object' || data === null || Array.isArray(data)) throw new UsageError(`${path}: expected a JSON object with "url" and "token"`);
+  const out: FileConfig = {};
+  for (const key of ['url', 'token'] as const) {
+    const v = (data as Record<string, unknown>)[key];
+    if (v === undefined || v === null) continue;
+    if (typeof v !== 'string') throw new UsageError(`${path}: "${key}" must be a string`);
+    out[key] = v;
+  }
+  return out;
+}
+
+const nonEmpty = (s: string | undefined): string | undefined => (s === undefined || s.trim() === '' ? undefined : s.trim());
+
+/** Resolves URL and token: flags, then environment, then the config file (read only if needed). */
+export async function resolveApiConfig(ctx: CliContext, flags: ApiFlags): Promise<ApiConfig> {
+  let url = nonEmpty(flags.url);
+  let urlSource = '--url';
+  if (url === undefined && nonEmpty(ctx.env.DSTACK_CA_URL) !== undefined) {
+    url = nonEmpty(ctx.env.DSTACK_CA_URL);
+    urlSource = 'DSTACK_CA_URL';
+  }
+  let token = nonEmpty(flags.token) ?? nonEmpty(ctx.env.DSTACK_CA_TOKEN);
+  if (url === undefined || token === undefined) {
+    const file = await readConfigFile(ctx);
+    const fileUrl = nonEmpty(file.url);
+    if (url === undefined && fileUrl !== undefined) {
+      url = fileUrl;
+      urlSource = configPath(ctx.env);
+    }
+    // The file's token belongs to the file's server: `--url elsewhere` must not carry it there.
+    if (token === undefined && (fileUrl === undefined || sameServer(fileUrl, url))) token = nonEmpty(file.token);
+  }
+  if (url === undefined) {
+    throw new UsageError(`no CA server URL: set DSTACK_CA_URL, pass --url, or put "url" in ${configPath(ctx.env)}`);
+  }
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new UsageError(`${urlSource}: "${url}" is not a URL (expected e.g. https://ca.example.com)`);
+  }
+  if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new UsageError(`${urlSource}: "${url}" must be an http:// or https:// URL`);
+  if (parsed.username || parsed.password) throw new UsageError(`${urlSource}: the URL must not carry credentials; use DSTACK_CA_TOKEN`);
+  // A token goes into an HTTP header; fetch would quote a bad one in its error, so check it here.
+  if (token !== undefined && !/^[\x21-\x7e]+$/.test(token)) throw new UsageError('the API token contains spaces or control characters');
+  return { url: parsed.toString().replace(/\/+$/, ''), urlSource, token };
+}
+
+function sameServer(a: string, b: string | undefined): boolean {
+  if (b === undefined) return false;
+  try {
+    return new URL(a).href.replace(/\/+$/, '') === new URL(b).href.replace(/\/+$/, '');
+  } catch {
+    return false;
+  }
+}
+
+export interface RequestOptions<S extends z.ZodType> {
+  body?: unknown;
+  query?: Record<string, string | number | undefined>;
+  /** Send the token (default true). Public routes get none, so a stale token cannot break them. */
+  auth?: boolean;
+  /** Validates and types the response body. */
+  schema?: S;
+}
+
+/** An API client bound to one server and (maybe) one token. */
+export class ApiClient {
+  constructor(
+    private readonly ctx: CliContext,
+    readonly config: ApiConfig,
+  ) {}
+
+  /** The client for an action: reads --url/--token from the command and its parents. */
+  static async forCommand(ctx: CliContext, cmd: Command): Promise<ApiClient> {
+    return new ApiClient(ctx, await resolveApiConfig(ctx, cmd.optsWithGlobals<ApiFlags>()));
+  }
+
+  get url(): string {
+    return this.config.url;
+  }
+
+  get hasToken(): boolean {
+    return this.config.token !== undefined;
+  }
+
+  /** JSON request; returns the parsed (and, with a schema, validated) response body. */
+  async request<S extends z.ZodType = z.ZodUnknown>(method: string, path: string, opts: RequestOptions<S> = {}): Promise<z.output<S>> {
+    const res = await this.fetchOk(method, path, opts);
+    if (res.status === 204) return undefined as z.output<S>;
+    const text = await res.text();
+    let data: unknown;
+    try {
+      data = text === '' ? undefined : JSON.parse(text);
+    } catch {
+      throw new CliError(`unexpected response from ${this.url}: ${method} ${path} did not return JSON`);
+    }
+    if (!opts.schema) return data as z.output<S>;
+    const parsed = opts.schema.safeParse(data);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      throw new CliError(`unexpected response from ${this.url}: ${method} ${path}: ${issue ? `${issue.path.join('.') || 'body'}: ${issue.message}` : 'invalid body'}`);
+    }
+    return parsed.data;
+  }
+
+  /** JSON request typed by the caller (for responses whose schema is not exported). */
+  async call<T>(method: string, path: string, opts: Omit<RequestOptions<z.ZodType>, 'schema'> = {}): Promise<T> {
+    return (await this.request(method, path, opts)) as T;
+  }
+
+  /** A request whose successful response the caller reads itself (binary bodies, headers). */
+  async fetchOk(method: string, path: string, opts: Omit<RequestOptions<z.ZodType>, 'schema'> = {}): Promise<Response> {
+    const url = new URL(this.url + path);
+    for (const [k, v] of Object.entries(opts.query ?? {})) if (v !== undefined) url.searchParams.set(k, String(v));
+    const headers: Record<string, string> = { accept: 'application/json' };
+    if (opts.auth !== false && this.config.token !== undefined) headers.authorization = `Bearer ${this.config.token}`;
+    let body: string | undefined;
+    if (opts.body !== undefined) {
+      headers['content-type'] = 'application/json';
+      body = JSON.stringify(opts.body, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
+    }
+    const started = Date.now();
+    let res: Response;
+    try {
+      res = await fetch(url, { method, headers, body, redirect: 'error', signal: AbortSignal.timeout(TIMEOUT_MS) });
+    } catch (e) {
+      throw new CliError(this.scrub(`cannot reach ${this.url}: ${describeFetchError(e)}`));
+    }
+    this.debug(`${method} ${url.pathname}${url.search} -> ${res.status} (${Date.now() - started} ms)`);
+    if (res.ok) return res;
+    throw await this.httpError(res, method, path);
+  }
+
+  private async httpError(res: Response, method: string, path: string): Promise<CliError> {
+    let message: string;
+    const text = await res.text().catch(() => '');
+    let parsed: z.output<typeof errorBody> | undefined;
+    try {
+      const r = errorBody.safeParse(JSON.parse(text));
+      if (r.success) parsed = r.data;
+    } catch {
+      // not JSON: a proxy's error page, say
+    }
+    if (parsed) message = parsed.message;
+    else message = `${method} ${path}: HTTP ${res.status}${res.statusText ? ` ${res.statusText}` : ''} from ${this.url}`;
+    const line = this.scrub(oneLine(message));
+    if (res.status === 401) return new CliError(line === '' ? 'not authenticated' : `not authenticated: ${line}`, EXIT.auth);
+    if (res.status === 403) return new CliError(line === '' ? 'permission denied' : `permission denied: ${line}`, EXIT.auth);
+    return new HttpError(line, res.status, parsed?.field);
+  }
+
+  private debug(line: string): void {
+    if (this.ctx.env.DSTACK_CA_DEBUG) this.ctx.stderr.write(`dstack-ca: debug: ${this.scrub(line)}\n`);
+  }
+
+  /** Belt and braces: whatever a message quotes, the token never reaches the terminal. */
+  scrub(text: string): string {
+    const t = this.config.token;
+    return t === undefined ? text : text.split(t).join('[token]');
+  }
+}
+
+/** A non-auth HTTP failure, with the field the server blamed (if it named one). */
+export class HttpError extends CliError {
+  constructor(
+    message: string,
+    readonly status: number,
+    readonly field: string | undefined,
+  ) {
+    super(message, EXIT.error);
+  }
+}
+
+/** Server text on one line, without control characters a terminal would interpret. */
+function oneLine(text: string): string {
+  return text
+    .replace(/\s*[\r\n]+\s*/g, ' ')
+    // eslint-disable-next-line no-control-regex
+    .replace(/[\x00-\x1f\x7f]/g, '')
+    .trim();
+}
+
+function describeFetchError(e: unknown): string {
+  const err = e as Error & { cause?: unknown };
+  if (err?.name === 'TimeoutError') return `no answer within ${TIMEOUT_MS / 1000}s`;
+  const cause = err?.cause as (Error & { code?: string; errors?: Error[] }) | undefined;
+  if (cause) {
+    // Node reports "connect ECONNREFUSED 127.0.0.1:1"; AggregateErrors (IPv4 and IPv6) hold one each.
+    const inner = cause.errors?.[0] ?? cause;
+    return inner.message || cause.code || String(cause);
+  }
+  return err?.message ?? String(e);
+}

@@ -1,0 +1,109 @@
+// `dstack-ca krl fetch -o FILE`: download the current KRL and install it only if its
+// detached SSHSIG signature (namespace dstack-ca-krl) verifies against a trusted CA key.
+// Attached to the `krl` command of krl.ts (owned separately) by registerKrlFetch.
+import { readFile } from 'node:fs/promises';
+import type { Command } from 'commander';
+import { KRL_NAMESPACE } from '../../ca/authority/krl.js';
+import { writeFileAtomic } from '../../ca/io/atomic-file.js';
+import { fingerprint, parseAuthorizedKey, type PublicKey } from '../../ca/ssh/keys.js';
+import { decodeKrl } from '../../ca/ssh/krl/decode.js';
+import { decodeSshsig, sshsigVerify, type Sshsig } from '../../ca/ssh/sshsig.js';
+import { apiCommand } from '../args.js';
+import { ApiClient } from '../client.js';
+import { printJson, readInput, type CliContext } from '../context.js';
+import { CliError } from '../errors.js';
+import type { CaKeysView } from './ca.js';
+
+interface FetchFlags {
+  output: string;
+  caKeys?: string;
+  allowOlder?: boolean;
+  json?: boolean;
+}
+
+export function registerKrlFetch(krl: Command, ctx: CliContext): void {
+  apiCommand(krl, 'fetch', "download the CA's current KRL, check its signature, and write it atomically")
+    .requiredOption('-o, --output <file>', 'KRL file to write (replaced atomically, mode 0644)')
+    .option('--ca-keys <file>', 'trust only these CA keys (a TrustedUserCAKeys file) instead of the server\'s GET /v1/ca')
+    .option('--allow-older', 'replace FILE even if it holds a newer KRL version')
+    .action(async (opts: FetchFlags, cmd: Command) => {
+      const api = await ApiClient.forCommand(ctx, cmd);
+      const refuse = (why: string) => new CliError(`${why}; ${opts.output} not written`);
+      // Everything here is public: no token is sent, so a stale one cannot break a host.
+      const trusted = opts.caKeys !== undefined ? await readTrustedKeys(ctx, opts.caKeys) : await serverKeys(api);
+      const res = await api.fetchOk('GET', '/v1/krl', { auth: false });
+      const body = Buffer.from(await res.arrayBuffer());
+      const header = res.headers.get('x-krl-signature');
+      if (!header) throw refuse('the server sent no x-krl-signature header');
+      let sig: Sshsig;
+      try {
+        if (!/^[A-Za-z0-9+/]+={0,2}$/.test(header.trim())) throw new Error('not base64');
+        sig = decodeSshsig(Buffer.from(header.trim(), 'base64'));
+      } catch (e) {
+        throw refuse(`the KRL signature is malformed (${(e as Error).message})`);
+      }
+      const verdict = sshsigVerify(sig, KRL_NAMESPACE, body, trusted);
+      if (!verdict.ok) throw refuse(`the KRL signature does not verify: ${verdict.reason}`);
+      let version: bigint;
+      try {
+        version = decodeKrl(body).header.krlVersion;
+      } catch (e) {
+        throw refuse(`the signed KRL does not parse (${(e as Error).message})`);
+      }
+      const claimed = res.headers.get('x-krl-version');
+      if (claimed !== null && claimed !== version.toString()) throw refuse(`x-krl-version says ${claimed} but the KRL is version ${version}`);
+      // A signature proves who made a KRL, not that it is current: an old, validly signed KRL
+      // replayed over a newer one would un-revoke keys. Never go back, as the agent does.
+      const installed = await installedVersion(opts.output);
+      if (installed !== null && installed > version && !opts.allowOlder) {
+        throw refuse(`the file holds KRL version ${installed}, newer than the server's ${version} (--allow-older replaces it anyway)`);
+      }
+      try {
+        await writeFileAtomic(opts.output, body, { mode: 0o644 });
+      } catch (e) {
+        throw new CliError(`${opts.output}: cannot write: ${(e as Error).message}`);
+      }
+      const signedBy = fingerprint(verdict.publicKey);
+      if (opts.json) printJson(ctx, { file: opts.output, krlVersion: version.toString(), bytes: body.length, signedBy });
+      else ctx.stdout.write(`${opts.output}: KRL version ${version}, ${body.length} bytes, signature good (${signedBy})\n`);
+    });
+}
+
+/** The krl_version of the KRL already at `path`, or null if there is none (or it is not a KRL). */
+async function installedVersion(path: string): Promise<bigint | null> {
+  let data: Buffer;
+  try {
+    data = await readFile(path);
+  } catch {
+    return null;
+  }
+  try {
+    return decodeKrl(data).header.krlVersion;
+  } catch {
+    return null;
+  }
+}
+
+async function serverKeys(api: ApiClient): Promise<PublicKey[]> {
+  const view = await api.call<CaKeysView>('GET', '/v1/ca', { auth: false });
+  try {
+    return view.keys.map((k) => parseAuthorizedKey(k).key);
+  } catch (e) {
+    throw new CliError(`unexpected response from ${api.url}: GET /v1/ca: ${(e as Error).message}`);
+  }
+}
+
+async function readTrustedKeys(ctx: CliContext, file: string): Promise<PublicKey[]> {
+  const keys: PublicKey[] = [];
+  for (const [i, raw] of (await readInput(ctx, file)).toString('utf8').split('\n').entries()) {
+    const line = raw.trim();
+    if (line === '' || line.startsWith('#')) continue;
+    try {
+      keys.push(parseAuthorizedKey(line).key);
+    } catch (e) {
+      throw new CliError(`${file}: line ${i + 1}: ${(e as Error).message}`);
+    }
+  }
+  if (keys.length === 0) throw new CliError(`${file}: no CA keys in the file`);
+  return keys;
+}

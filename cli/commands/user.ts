@@ -1,0 +1,77 @@
+// `dstack-ca user add|ls|disable|enable|token`: people who get certificates (admin only).
+import type { Command } from 'commander';
+import { addUserBody, nameParam, userTokenBody } from '../../ca/api/schemas.js';
+import { formatDuration } from '../../ca/domain/duration.js';
+import { apiCommand, checkArgs, durationArg } from '../args.js';
+import { ApiClient } from '../client.js';
+import { printJson, type CliContext } from '../context.js';
+import { formatTime, printTable } from '../output.js';
+import type { UserTokenView, UserView } from '../views.js';
+
+interface JsonFlag {
+  json?: boolean;
+}
+
+export function registerUser(program: Command, ctx: CliContext): void {
+  const user = program.command('user').description('manage users (global admins only)');
+
+  apiCommand(user, 'add', 'add a user')
+    .argument('<name>', 'user name (a-z, 0-9, ".", "_", "-")')
+    .option('--admin', 'make the user a global admin')
+    .action(async (name: string, opts: JsonFlag & { admin?: boolean }, cmd: Command) => {
+      const body = { name, ...(opts.admin ? { admin: true } : {}) };
+      checkArgs(addUserBody, body, { name: 'NAME' });
+      const api = await ApiClient.forCommand(ctx, cmd);
+      const created = await api.call<UserView>('POST', '/v1/users', { body });
+      if (opts.json) printJson(ctx, created);
+      else ctx.stdout.write(`added user ${created.name}${created.admin ? ' (global admin)' : ''}\n`);
+    });
+
+  apiCommand(user, 'ls', 'list users')
+    .action(async (opts: JsonFlag, cmd: Command) => {
+      const api = await ApiClient.forCommand(ctx, cmd);
+      const users = await api.call<UserView[]>('GET', '/v1/users');
+      if (opts.json) printJson(ctx, users);
+      else
+        printTable(
+          ctx,
+          ['NAME', 'ADMIN', 'STATE', 'CREATED'],
+          users.map((u) => [u.name, u.admin ? 'yes' : 'no', u.disabled ? 'disabled' : 'active', formatTime(u.createdAt)]),
+          'no users',
+        );
+    });
+
+  for (const [verb, disabled, help] of [
+    ['disable', true, 'disable a user: its tokens stop working and its certificates are revoked'],
+    ['enable', false, 'enable a disabled user again'],
+  ] as const) {
+    apiCommand(user, verb, help)
+      .argument('<name>', 'user name')
+      .action(async (name: string, opts: JsonFlag, cmd: Command) => {
+        checkArgs(nameParam, { name }, { name: 'NAME' });
+        const api = await ApiClient.forCommand(ctx, cmd);
+        const updated = await api.call<UserView>('PATCH', `/v1/users/${encodeURIComponent(name)}`, { body: { disabled } });
+        if (opts.json) printJson(ctx, updated);
+        else ctx.stdout.write(`user ${updated.name} ${updated.disabled ? 'disabled' : 'enabled'}\n`);
+      });
+  }
+
+  apiCommand(user, 'token', 'create an API token for a user; it is printed once')
+    .argument('<name>', 'user name')
+    .option('--ttl <duration>', 'token lifetime, e.g. 12h or 30d (default: no expiry)')
+    .action(async (name: string, opts: JsonFlag & { ttl?: string }, cmd: Command) => {
+      const body = opts.ttl === undefined ? {} : { ttl: durationArg(opts.ttl, '--ttl') };
+      checkArgs(nameParam, { name }, { name: 'NAME' });
+      checkArgs(userTokenBody, body, { ttl: '--ttl' });
+      const api = await ApiClient.forCommand(ctx, cmd);
+      const t = await api.call<UserTokenView>('POST', `/v1/users/${encodeURIComponent(name)}/tokens`, { body });
+      if (opts.json) {
+        printJson(ctx, { name: t.name, token: t.token, expiresAt: t.expiresAt });
+        return;
+      }
+      // The token alone on stdout, so TOKEN=$(dstack-ca user token alice) works.
+      ctx.stdout.write(`${t.token}\n`);
+      const expiry = t.expiresAt === null ? 'does not expire' : `expires ${formatTime(t.expiresAt)} (in ${formatDuration(Math.max(0, t.expiresAt - Math.floor(Date.now() / 1000)))})`;
+      ctx.stderr.write(`dstack-ca: token for ${t.name}; it ${expiry} and is not shown again\n`);
+    });
+}

@@ -1,0 +1,44 @@
+// The `--attachable-by FILE.yml` policy file: either the `attachable_by:` mapping or its
+// content (users, project_members, public_keys) directly. Only the YAML is read here; the
+// server validates the policy itself, so its error (naming the field) is what users see.
+import { parseDocument } from 'yaml';
+import type { AttachableByInput } from '../ca/policy/attachable-by.js';
+import { HttpError } from './client.js';
+import { readInput, type CliContext } from './context.js';
+import { CliError } from './errors.js';
+
+const isMapping = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/** Reads the policy; YAML or shape problems are errors (exit 1) naming the file. */
+export async function readPolicyFile(ctx: CliContext, path: string): Promise<AttachableByInput> {
+  const text = (await readInput(ctx, path)).toString('utf8');
+  const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true });
+  const yamlError = doc.errors[0];
+  if (yamlError) {
+    const pos = yamlError.linePos?.[0];
+    const what = (yamlError.message.split('\n')[0] ?? '').replace(/ at line \d+, column \d+:?$/, '') || 'invalid YAML';
+    throw new CliError(`${path}: ${pos ? `line ${pos.line}: ` : ''}${what}`);
+  }
+  let data: unknown;
+  try {
+    data = doc.toJS({ maxAliasCount: 100 });
+  } catch (e) {
+    throw new CliError(`${path}: ${(e as Error).message.split('\n')[0]}`);
+  }
+  if (data === null || data === undefined) throw new CliError(`${path}: the policy file is empty`);
+  if (!isMapping(data)) throw new CliError(`${path}: expected a mapping with attachable_by (or users, project_members, public_keys)`);
+  if (!('attachable_by' in data)) return data as AttachableByInput;
+  // A key beside attachable_by is usually a field that lost its indentation: refuse rather
+  // than drop it, since a dropped grant or a silently ignored one is never what was meant.
+  const others = Object.keys(data).filter((k) => k !== 'attachable_by');
+  if (others.length > 0) throw new CliError(`${path}: unexpected top-level field "${others[0]}" beside attachable_by (should it be indented under it?)`);
+  const inner = data.attachable_by;
+  if (!isMapping(inner)) throw new CliError(`${path}: attachable_by must be a mapping of users, project_members and public_keys`);
+  return inner as AttachableByInput;
+}
+
+/** A server error about the policy names the file it came from. */
+export function blamePolicyFile(e: unknown, path: string): unknown {
+  if (e instanceof HttpError && e.field?.startsWith('attachableBy')) return new HttpError(`${path}: ${e.message}`, e.status, e.field);
+  return e;
+}
