@@ -4,6 +4,7 @@
 const BENCHES: Record<string, () => Promise<{ run: () => Promise<void> }>> = {
   'cert-sign': () => import('./cert-sign.js'),
   krl: () => import('./krl.js'),
+  'issue-http': () => import('./issue-http.js'),
 };
 
 const wanted = process.argv.slice(2);

@@ -9,7 +9,7 @@ import { certificateProfile } from '../policy/cert-profile.js';
 import { formatCertificateLine, signCertificate } from '../ssh/certificate.js';
 import { assertStrongKey, fingerprint, formatAuthorizedKey, parseAuthorizedKey, type PublicKey } from '../ssh/keys.js';
 import { identityOf, type Actor } from './actors.js';
-import { audit } from './audit.js';
+import { auditMany } from './audit.js';
 import type { AuthorityContext } from './context.js';
 import { GroupCommitter } from './group-commit.js';
 import { requireRun } from './lookup.js';
@@ -51,10 +51,14 @@ function parseSubjectKey(line: string): PublicKey {
 
 export class Issuer {
   readonly nonces = new NonceBook();
+  /** Whether the active CA key is revoked; unknown (null) until asked, and after each new KRL. */
+  private activeCaRevoked: boolean | null = null;
   private readonly serials: SerialAllocator;
   private readonly committer: GroupCommitter<PendingCert>;
 
   constructor(private readonly ctx: AuthorityContext) {
+    // Every revocation publishes a KRL; only then can the answer change.
+    ctx.krlEvents.on('krl', () => (this.activeCaRevoked = null));
     this.serials = new SerialAllocator(ctx.store);
     this.committer = new GroupCommitter(ctx.store, async (tx, items) => {
       const written: boolean[] = [];
@@ -65,12 +69,17 @@ export class Issuer {
         if (granted) ok.push(record);
       }
       await tx.insertCerts(ok);
-      const now = ctx.now();
-      for (const [i, { record, actor }] of items.entries()) {
-        if (!written[i]) continue;
-        const { serial, keyId, keyFingerprint, grant, validBefore, runId } = record;
-        await audit(tx, now, actor, 'cert.issue', { serial: serial.toString(), keyId, keyFingerprint, grant, validBefore, runId });
-      }
+      await auditMany(
+        tx,
+        ctx.now(),
+        items
+          .filter((_, i) => written[i])
+          .map(({ record: { serial, keyId, keyFingerprint, grant, validBefore, runId }, actor }) => ({
+            actor,
+            action: 'cert.issue',
+            details: { serial: serial.toString(), keyId, keyFingerprint, grant, validBefore, runId },
+          })),
+      );
       return written;
     });
   }
@@ -92,7 +101,8 @@ export class Issuer {
     const line = formatAuthorizedKey(key);
     if (await this.ctx.store.isPublicKeyRevoked(line)) throw forbidden('this public key is revoked');
     const signer = this.ctx.caKeys.active;
-    if (await this.ctx.store.isPublicKeyRevoked(formatAuthorizedKey(signer.publicKey))) {
+    this.activeCaRevoked ??= await this.ctx.store.isPublicKeyRevoked(formatAuthorizedKey(signer.publicKey));
+    if (this.activeCaRevoked) {
       throw new CaError('gone', 'the active CA key is revoked; rotate the CA key before issuing');
     }
 

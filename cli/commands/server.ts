@@ -43,7 +43,10 @@ export function registerServer(program: Command, ctx: CliContext): void {
         await opened.store.close();
         throw new CliError(`cannot listen on ${cfg.listen}: ${(e as Error).message}`);
       }
-      const url = cfg.publicUrl ?? `http://${cfg.listen}`;
+      // The bound address, so `--listen 127.0.0.1:0` prints the port actually chosen.
+      const a = app.server.address();
+      const bound = a && typeof a === 'object' ? `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}` : cfg.listen;
+      const url = cfg.publicUrl ?? `http://${bound}`;
       ctx.stderr.write(`dstack-ca: serving on ${url} (data dir ${cfg.dataDir}, keyring from ${opened.keyringSource})\n`);
       if (opened.adminTokenPath) {
         ctx.stderr.write(
