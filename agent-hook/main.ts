@@ -1,12 +1,84 @@
 #!/usr/bin/env node
-// dstack-ca-agent: runs beside a run's sshd. This build has the `sshd-config` verb; the
-// sync loop (join, KRL push, ending revoked sessions) is tracked in its own issue.
-import { Command, CommanderError } from 'commander';
+// dstack-ca-agent: runs beside a run's sshd and keeps its trust files current (see sync.ts).
+//   dstack-ca-agent --url URL --join-token TOKEN --sshd-dir DIR --login-user USER [--once]
+//   dstack-ca-agent sshd-config [--sshd-dir DIR]
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { parseDuration } from '../ca/domain/duration.js';
+import { loginUser } from '../ca/domain/names.js';
+import { AgentError } from './errors.js';
+import { jsonLogger } from './log.js';
+import { SessionReaper } from './sessions.js';
 import { DEFAULT_SSHD_DIR, sshdConfigSnippet } from './sshd-config.js';
+import { Agent } from './sync.js';
+
+interface RunFlags {
+  url?: string;
+  joinToken?: string;
+  sshdDir: string;
+  loginUser?: string;
+  once?: boolean;
+  maxStaleness?: number;
+  pollInterval?: number;
+  retryMax?: number;
+}
+
+const durationMs = (text: string): number => {
+  try {
+    const s = parseDuration(text);
+    if (s <= 0) throw new Error(`duration "${text}" must be positive`);
+    return s * 1000;
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message);
+  }
+};
 
 const program = new Command('dstack-ca-agent')
-  .description('keeps sshd trust files (CA keys, KRL, principals) current for one dstack run')
-  .exitOverride();
+  .description('keeps sshd trust files (CA keys, KRL, principals) current for one dstack run, and ends sessions of revoked certificates')
+  .addOption(new Option('--url <url>', 'the CA server').env('DSTACK_CA_URL'))
+  .addOption(new Option('--join-token <token>', "the run's one-time join token (first start only; the environment keeps it out of ps)").env('DSTACK_CA_JOIN_TOKEN'))
+  .option('--sshd-dir <dir>', 'where the agent writes its files (see `sshd-config`)', DEFAULT_SSHD_DIR)
+  .option('--login-user <user>', "the run's login user (must match the run)")
+  .option('--once', 'sync once and exit (0 on success)')
+  .option('--max-staleness <duration>', 'fail closed (refuse every certificate) after this long without reaching the CA, e.g. 15m', durationMs)
+  .option('--poll-interval <duration>', 'full sync this often besides the push (default 5m)', durationMs)
+  .option('--retry-max <duration>', 'cap of the reconnect backoff (default 30s)', durationMs)
+  // Options after `sshd-config` are its own (both know --sshd-dir).
+  .enablePositionalOptions()
+  .exitOverride()
+  .action(async (flags: RunFlags) => {
+    if (!flags.url) throw new AgentError('--url (or DSTACK_CA_URL) is required', 2);
+    if (!URL.canParse(flags.url) || !/^https?:$/.test(new URL(flags.url).protocol)) throw new AgentError(`--url "${flags.url}" is not an http(s) URL`, 2);
+    if (!flags.loginUser) throw new AgentError('--login-user is required', 2);
+    const user = loginUser.safeParse(flags.loginUser);
+    if (!user.success) throw new AgentError(`--login-user ${user.error.issues[0]?.message}`, 2);
+    const log = jsonLogger();
+    const agent = await Agent.open({
+      url: flags.url,
+      sshdDir: flags.sshdDir,
+      loginUser: user.data,
+      joinToken: flags.joinToken,
+      maxStalenessMs: flags.maxStaleness,
+      pollIntervalMs: flags.pollInterval,
+      retryMaxMs: flags.retryMax,
+      log,
+      reaper: new SessionReaper({ log }),
+    });
+    if (flags.once) {
+      try {
+        await agent.once();
+      } finally {
+        await agent.stop();
+      }
+      return;
+    }
+    agent.start();
+    await new Promise<void>((resolve) => {
+      const stop = () => void agent.stop().then(resolve);
+      process.once('SIGTERM', stop);
+      process.once('SIGINT', stop);
+    });
+  });
+
 program
   .command('sshd-config')
   .description('print the sshd_config lines that use the files the agent writes')
@@ -18,6 +90,10 @@ program
 try {
   await program.parseAsync(process.argv);
 } catch (e) {
-  process.exitCode = e instanceof CommanderError ? (e.exitCode === 0 ? 0 : 2) : 1;
-  if (!(e instanceof CommanderError)) process.stderr.write(`dstack-ca-agent: ${(e as Error).message}\n`);
+  if (e instanceof CommanderError) process.exitCode = e.exitCode === 0 ? 0 : 2;
+  else {
+    process.exitCode = e instanceof AgentError ? e.exitCode : 1;
+    process.stderr.write(`dstack-ca-agent: ${(e as Error).message}\n`);
+    if (process.env.DSTACK_CA_DEBUG === '1') process.stderr.write(`${(e as Error).stack}\n`);
+  }
 }

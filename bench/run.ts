@@ -4,6 +4,7 @@
 const BENCHES: Record<string, () => Promise<{ run: () => Promise<void> }>> = {
   'cert-sign': () => import('./cert-sign.js'),
   krl: () => import('./krl.js'),
+  'agent-propagation': () => import('./agent-propagation.js'),
   'issue-http': () => import('./issue-http.js'),
 };
 

@@ -1,7 +1,9 @@
 // The KRL feed agents rely on: ETag revalidation, a version header that only goes up,
 // and server-sent events that announce each version and let a reconnecting client
 // catch up at once.
+import { generateKeyPairSync } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
+import { formatAuthorizedKey, fromKeyObject } from '../ca/ssh/keys.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decodeKrl } from '../ca/ssh/krl/decode.js';
 import { openTestCa, userWithToken, type TestCa } from './fixtures/ca.js';
@@ -23,6 +25,12 @@ afterAll(async () => {
   await ca?.close();
   await cleanupTempDirs();
 });
+
+/** A revocation that always changes the KRL (a no-op revocation publishes no new version). */
+async function revokeFreshKey(reason: string): Promise<void> {
+  const key = formatAuthorizedKey(fromKeyObject(generateKeyPairSync('ed25519').publicKey));
+  await ca.admin('POST', '/v1/revocations', { publicKey: key, reason });
+}
 
 /** Reads server-sent events until `count` have arrived. */
 async function readEvents(res: Response, count: number): Promise<{ id: string; data: { version: number } }[]> {
@@ -69,8 +77,8 @@ describe('GET /v1/krl/events', () => {
     expect(res.headers.get('content-type')).toBe('text/event-stream');
     const pending = readEvents(res, 3);
     await new Promise((r) => setTimeout(r, 100));
-    await ca.admin('POST', '/v1/revocations', { user: 'alice', project: 'ml', reason: 'one' });
-    await ca.admin('POST', '/v1/revocations', { user: 'alice', project: 'ml', reason: 'two' });
+    await revokeFreshKey('one');
+    await revokeFreshKey('two');
     const events = await pending;
     expect(events.map((e) => e.data.version)).toEqual([start, start + 1, start + 2]);
     expect(events.map((e) => e.id)).toEqual([start, start + 1, start + 2].map(String));
@@ -78,8 +86,21 @@ describe('GET /v1/krl/events', () => {
 
   it('a client reconnecting after missing versions learns the newest at once', async () => {
     const before = Number((await fetch(`${base}/v1/krl`)).headers.get('x-krl-version'));
-    await ca.admin('POST', '/v1/revocations', { user: 'alice', project: 'ml', reason: 'while disconnected' });
+    await revokeFreshKey('while disconnected');
     const res = await fetch(`${base}/v1/krl/events`, { headers: { 'last-event-id': String(before) } });
     expect((await readEvents(res, 1))[0]?.data.version).toBe(before + 1);
+  });
+});
+
+describe('shutdown', () => {
+  it('closing the app ends open event streams instead of waiting for them', async () => {
+    const other = await openTestCa();
+    await other.app.listen({ host: '127.0.0.1', port: 0 });
+    const url = `http://127.0.0.1:${(other.app.server.address() as AddressInfo).port}`;
+    const res = await fetch(`${url}/v1/krl/events`);
+    await readEvents(res, 1);
+    const started = Date.now();
+    await other.close();
+    expect(Date.now() - started).toBeLessThan(2000);
   });
 });

@@ -13,8 +13,8 @@ export const SSHD = '/usr/sbin/sshd';
 export const SSH = '/usr/bin/ssh';
 
 export interface SshdOptions {
-  /** Lines of the TrustedUserCAKeys file (CA public key lines). */
-  trustedCaKeys: string[];
+  /** Lines of the TrustedUserCAKeys file (CA public key lines). Not used with `filesDir`. */
+  trustedCaKeys?: string[];
   /** Login user -> principals accepted for that user (AuthorizedPrincipalsFile). */
   principals?: Record<string, string[]>;
   /** Initial KRL. RevokedKeys is configured only if given; setKrl then replaces it. */
@@ -23,6 +23,12 @@ export interface SshdOptions {
   extraConfig?: string[];
   /** How long to wait for "Server listening" (default 10 s). */
   startTimeoutMs?: number;
+  /**
+   * Read trusted_user_ca_keys, revoked_keys and auth_principals/%u from this directory (one
+   * that dstack-ca-agent keeps) instead of writing them into sshd's own: RevokedKeys is then
+   * always configured, and trustedCaKeys, principals and krl are not written.
+   */
+  filesDir?: string;
 }
 
 export interface SshOptions {
@@ -163,6 +169,7 @@ function installSafetyNet(): void {
 }
 
 function sshdConfig(dir: string, port: number, o: SshdOptions): string {
+  const files = o.filesDir ?? dir;
   return lines([
     `Port ${port}`,
     'ListenAddress 127.0.0.1',
@@ -174,10 +181,10 @@ function sshdConfig(dir: string, port: number, o: SshdOptions): string {
     'PasswordAuthentication no',
     'KbdInteractiveAuthentication no',
     'PubkeyAuthentication yes',
-    `TrustedUserCAKeys ${join(dir, 'trusted_user_ca_keys')}`,
-    `AuthorizedPrincipalsFile ${join(dir, 'auth_principals')}/%u`,
+    `TrustedUserCAKeys ${join(files, 'trusted_user_ca_keys')}`,
+    `AuthorizedPrincipalsFile ${join(files, 'auth_principals')}/%u`,
     // A missing RevokedKeys file would refuse every key, so only configure one we wrote.
-    ...(o.krl ? [`RevokedKeys ${join(dir, 'revoked_keys')}`] : []),
+    ...(o.krl || o.filesDir ? [`RevokedKeys ${join(files, 'revoked_keys')}`] : []),
     'ExposeAuthInfo yes',
     'LogLevel VERBOSE',
     'PermitRootLogin yes',
@@ -194,18 +201,20 @@ export async function startSshd(o: SshdOptions): Promise<Sshd> {
   const dir = await makeTempDir('dstack-sshd-');
   try {
     const hostKey = await generateKey(dir, 'host_ed25519', 'ed25519', 'test-sshd-host');
-    await writeFile(join(dir, 'trusted_user_ca_keys'), lines(o.trustedCaKeys));
-    await mkdir(join(dir, 'auth_principals'));
-    for (const [user, ps] of Object.entries(o.principals ?? {})) {
-      await writeFile(join(dir, 'auth_principals', user), lines(ps));
+    if (!o.filesDir) {
+      await writeFile(join(dir, 'trusted_user_ca_keys'), lines(o.trustedCaKeys ?? []));
+      await mkdir(join(dir, 'auth_principals'));
+      for (const [user, ps] of Object.entries(o.principals ?? {})) {
+        await writeFile(join(dir, 'auth_principals', user), lines(ps));
+      }
+      if (o.krl) await writeFile(join(dir, 'revoked_keys'), o.krl);
     }
-    if (o.krl) await writeFile(join(dir, 'revoked_keys'), o.krl);
     let lastLog = '';
     for (let attempt = 0; attempt < 5; attempt++) {
       const port = await freePort();
       const started = await launch(dir, port, o);
       if ('proc' in started) {
-        return handle({ ...started, dir, port, hostKeyPublicLine: hostKey.publicLine, hasKrl: !!o.krl });
+        return handle({ ...started, dir, filesDir: o.filesDir ?? dir, port, hostKeyPublicLine: hostKey.publicLine, hasKrl: !!o.krl || !!o.filesDir });
       }
       lastLog = started.log;
       if (!/Address already in use|Cannot bind/i.test(lastLog)) break; // not a port race: don't retry
@@ -243,6 +252,8 @@ async function launch(dir: string, port: number, o: SshdOptions): Promise<Launch
 
 interface Running {
   dir: string;
+  /** Where the trust files are (dir itself unless SshdOptions.filesDir). */
+  filesDir: string;
   port: number;
   hostKeyPublicLine: string;
   proc: ChildProcess;
@@ -250,7 +261,7 @@ interface Running {
   hasKrl: boolean;
 }
 
-async function handle({ dir, port, hostKeyPublicLine, proc, log, hasKrl }: Running): Promise<Sshd> {
+async function handle({ dir, filesDir, port, hostKeyPublicLine, proc, log, hasKrl }: Running): Promise<Sshd> {
   const knownHostsPath = join(dir, 'known_hosts');
   // Host key pinned: StrictHostKeyChecking=yes then proves we talk to this very sshd.
   await writeFile(knownHostsPath, `[127.0.0.1]:${port} ${hostKeyPublicLine}\n`);
@@ -286,10 +297,10 @@ async function handle({ dir, port, hostKeyPublicLine, proc, log, hasKrl }: Runni
         // Fail loudly rather than silently not revoking anything.
         throw new Error('sshd was started without a KRL, so RevokedKeys is not configured: pass opts.krl');
       }
-      await writeAtomic(join(dir, 'revoked_keys'), krl);
+      await writeAtomic(join(filesDir, 'revoked_keys'), krl);
     },
-    setTrustedCaKeys: (ls) => writeAtomic(join(dir, 'trusted_user_ca_keys'), lines(ls)),
-    setPrincipals: (user, ps) => writeAtomic(join(dir, 'auth_principals', user), lines(ps)),
+    setTrustedCaKeys: (ls) => writeAtomic(join(filesDir, 'trusted_user_ca_keys'), lines(ls)),
+    setPrincipals: (user, ps) => writeAtomic(join(filesDir, 'auth_principals', user), lines(ps)),
     ssh: (s) => run(SSH, sshArgs(s), { env, timeoutMs: s.timeoutMs }),
     spawnSsh(s) {
       const child = spawn(SSH, sshArgs(s), { env: childEnv(env), stdio: 'pipe' });

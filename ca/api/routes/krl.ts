@@ -1,5 +1,6 @@
 // Public routes: CA keys and the KRL, with ETag revalidation and a server-sent event
 // stream announcing each new version. No authentication: hosts need them to fail safe.
+import type { ServerResponse } from 'node:http';
 import type { FastifyInstance } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import type { Authority } from '../../authority/authority.js';
@@ -13,6 +14,12 @@ const KEEPALIVE_MS = 15_000;
 export function krlRoutes(app: FastifyInstance, authority: Authority): void {
   const r = app.withTypeProvider<ZodTypeProvider>();
   const ctx = authority.ctx;
+  // Event streams never end by themselves: end them before close, or a graceful stop
+  // waits forever while any agent is connected (agents reconnect with backoff).
+  const streams = new Set<ServerResponse>();
+  app.addHook('preClose', async () => {
+    for (const s of streams) s.end();
+  });
 
   r.get('/v1/ca', { schema: { response: { 200: caView } } }, async () => {
     const keys = ctx.caKeys.trusted.map((k) => formatAuthorizedKey(k));
@@ -49,8 +56,10 @@ export function krlRoutes(app: FastifyInstance, authority: Authority): void {
     const send = (version: number) => res.write(`id: ${version}\nevent: krl\ndata: {"version":${version}}\n\n`);
     send(krl?.version ?? 0);
     ctx.krlEvents.on('krl', send);
+    streams.add(res);
     const keepalive = setInterval(() => res.write(': keepalive\n\n'), KEEPALIVE_MS);
     req.raw.on('close', () => {
+      streams.delete(res);
       clearInterval(keepalive);
       ctx.krlEvents.off('krl', send);
     });

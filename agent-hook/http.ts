@@ -1,0 +1,87 @@
+// A small HTTP client on node:http(s). The agent makes a handful of requests and holds one
+// long-lived event stream; node:http keeps that cheap (no fetch/undici stream machinery per
+// agent, which matters when a benchmark runs a thousand agents in one process).
+import http, { type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
+import https from 'node:https';
+
+/**
+ * A keep-alive pool for one agent's requests (they come one at a time). Idle connections
+ * are dropped after 30 s, before the server's own keep-alive timeout (72 s in fastify)
+ * can close one under a request just being sent.
+ */
+export function connectionPool(url: URL): http.Agent {
+  const options = { keepAlive: true, maxSockets: 1, timeout: 30_000 };
+  return url.protocol === 'https:' ? new https.Agent(options) : new http.Agent(options);
+}
+
+export interface HttpResponse {
+  status: number;
+  headers: IncomingHttpHeaders;
+  body: Buffer;
+}
+
+export interface RequestOptions {
+  method?: 'GET' | 'POST';
+  headers?: Record<string, string | undefined>;
+  /** JSON-encoded and sent with content-type application/json. */
+  json?: unknown;
+  /** No response within this long (default 10 s): the request fails. */
+  timeoutMs?: number;
+  /** Connection pool (default: node's global one); false: a connection of its own. */
+  agent?: http.Agent | false;
+}
+
+/** The server answered, but not with what we asked for. `message` is the server's own. */
+export class HttpError extends Error {
+  override readonly name = 'HttpError';
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+const DEFAULT_TIMEOUT_MS = 10_000;
+
+function definedHeaders(h: Record<string, string | undefined> = {}): Record<string, string> {
+  return Object.fromEntries(Object.entries(h).filter((e): e is [string, string] => e[1] !== undefined));
+}
+
+/** Starts a request; resolves with the response head (the body still streaming). */
+export function openRequest(url: URL, o: RequestOptions = {}): Promise<{ res: IncomingMessage; abort: () => void }> {
+  const body = o.json === undefined ? undefined : Buffer.from(JSON.stringify(o.json));
+  const headers = definedHeaders({ ...o.headers, ...(body ? { 'content-type': 'application/json', 'content-length': String(body.length) } : {}) });
+  const mod = url.protocol === 'https:' ? https : http;
+  return new Promise((resolve, reject) => {
+    const req = mod.request(url, { method: o.method ?? 'GET', headers, ...(o.agent !== undefined ? { agent: o.agent } : {}) });
+    req.setTimeout(o.timeoutMs ?? DEFAULT_TIMEOUT_MS, () => req.destroy(new Error(`${url.origin}: no response within ${o.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms`)));
+    req.once('error', reject);
+    req.once('response', (res) => resolve({ res, abort: () => req.destroy() }));
+    req.end(body);
+  });
+}
+
+/** One request, whole body read. Rejects only when no HTTP response arrived. */
+export async function request(url: URL, o: RequestOptions = {}): Promise<HttpResponse> {
+  const { res, abort } = await openRequest(url, o);
+  const chunks: Buffer[] = [];
+  try {
+    for await (const chunk of res) chunks.push(chunk as Buffer);
+  } catch (e) {
+    abort();
+    throw e;
+  }
+  return { status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) };
+}
+
+/** The `message` of a JSON error body, else a short generic text. */
+export function errorMessage(res: HttpResponse): string {
+  try {
+    const parsed = JSON.parse(res.body.toString('utf8')) as { message?: unknown };
+    if (typeof parsed.message === 'string') return parsed.message;
+  } catch {
+    // not JSON
+  }
+  return `HTTP ${res.status}`;
+}

@@ -1,0 +1,375 @@
+// The agent's sync loop: keeps trusted_user_ca_keys, auth_principals/<login user> and
+// revoked_keys in the sshd dir current. New KRL versions arrive by push (server-sent
+// events; each (re)connect first announces the current version, so nothing is missed); a
+// slow poll is the safety net for a stream that looks alive but is not. Every sync is
+// serialized: one at a time, and a request arriving meanwhile runs once more afterwards.
+import { mkdir, readFile } from 'node:fs/promises';
+import type { Agent as HttpAgent } from 'node:http';
+import { join } from 'node:path';
+import { agentConfigView } from '../ca/api/schemas.js';
+import { writeFileAtomic } from '../ca/io/atomic-file.js';
+import { parseAuthorizedKey, type PublicKey } from '../ca/ssh/keys.js';
+import { decodeKrl } from '../ca/ssh/krl/decode.js';
+import { fullJitter, systemClock, type Clock } from './clock.js';
+import { join as joinCa, loadCredential, type AgentConfig, type Credential } from './credential.js';
+import { AgentError } from './errors.js';
+import { failClosedKrl } from './fail-closed.js';
+import { HttpError, connectionPool, errorMessage, request } from './http.js';
+import { KrlRefused, loadInstalled, saveState, verifyKrl, writeKrl, type Installed } from './krl-install.js';
+import { jsonLogger, type Logger } from './log.js';
+import { agentPaths, type AgentPaths } from './paths.js';
+import type { SessionReaper } from './sessions.js';
+import { SseSubscription } from './sse.js';
+
+export interface AgentOptions {
+  /** The CA's base URL. */
+  url: string;
+  sshdDir: string;
+  /** Must equal the run's login user: auth_principals/<it> is the file written. */
+  loginUser: string;
+  /** Needed only until the first join; afterwards the stored credential is used. */
+  joinToken?: string;
+  /** Fail closed after this long without a successful check with the CA. */
+  maxStalenessMs?: number;
+  /** Full sync this often even when no event arrives (default 5 min, or a third of the staleness). */
+  pollIntervalMs?: number;
+  /** Cap of the backoff between reconnects and between retries of a failed sync (default 30 s). */
+  retryMaxMs?: number;
+  /** After an install, sessions are scanned again this much later (default 2 s), see syncKrl. */
+  rescanDelayMs?: number;
+  clock?: Clock;
+  random?: () => number;
+  log?: Logger;
+  /** Ends sessions of revoked certs after each install; null disables it (benchmark). */
+  reaper?: SessionReaper | null;
+  /** Called the moment a new KRL file is in place (the benchmark times propagation with it). */
+  onInstall?: (version: bigint, failClosed: boolean) => void;
+}
+
+export type SyncReason = 'start' | 'once' | 'push' | 'connect' | 'poll' | 'retry' | 'staleness';
+
+const RETRY_BASE_MS = 500;
+
+const lines = (ls: readonly string[]) => ls.map((l) => `${l}\n`).join('');
+
+export class Agent {
+  readonly paths: AgentPaths;
+  private readonly base: URL;
+  private readonly clock: Clock;
+  private readonly log: Logger;
+  private readonly random: () => number;
+  private readonly pool: HttpAgent;
+  private credential!: Credential;
+  private caKeys: PublicKey[] = [];
+  private caKeysText = '';
+  private principalsText = '';
+  private installed: Installed = { version: 0n, current: false, failClosed: false, set: null };
+  private checkedAt: number | null = null;
+  // The serialized sync loop.
+  private loop: Promise<void> | null = null;
+  private again: SyncReason | null = null;
+  // Running mode.
+  private sse: SseSubscription | null = null;
+  private timers = new Set<unknown>();
+  private staleTimer: unknown = null;
+  private retryTimer: unknown = null;
+  private failures = 0;
+  private running = false;
+  private stopped = false;
+
+  private constructor(private readonly o: AgentOptions) {
+    this.paths = agentPaths(o.sshdDir);
+    this.base = new URL(o.url);
+    this.clock = o.clock ?? systemClock;
+    this.log = o.log ?? jsonLogger();
+    this.random = o.random ?? Math.random;
+    this.pool = connectionPool(this.base);
+  }
+
+  /** Loads (or makes, by joining) the credential and what is installed. Throws AgentError. */
+  static async open(o: AgentOptions): Promise<Agent> {
+    const a = new Agent(o);
+    await a.init();
+    return a;
+  }
+
+  private async init(): Promise<void> {
+    await mkdir(this.paths.principalsDir, { recursive: true, mode: 0o755 });
+    const stored = await loadCredential(this.paths.credential);
+    if (stored) {
+      this.credential = stored;
+      if (this.o.joinToken) this.log('info', 'credential-reused', { credential: this.paths.credential, note: 'the join token is not needed again' });
+      this.caKeys = await this.readCaKeysFile();
+    } else {
+      if (!this.o.joinToken) throw new AgentError(`no credential in ${this.paths.credential}: pass --join-token (the run's one-time join token)`, 2);
+      const { credential, config } = await joinCa(this.base, this.o.joinToken, this.paths.credential, new Date(this.clock.now()));
+      this.credential = credential;
+      this.log('info', 'joined', { project: credential.project, run: credential.run, principal: credential.principal });
+      this.checkLoginUser(config);
+      await this.applyConfig(config);
+    }
+    this.checkLoginUser(this.credential);
+    ({ installed: this.installed, checkedAt: this.checkedAt } = await loadInstalled(this.paths));
+  }
+
+  private checkLoginUser(c: { loginUser: string; project: string; run: string }): void {
+    if (c.loginUser !== this.o.loginUser) {
+      throw new AgentError(`--login-user ${this.o.loginUser} does not match the login user of run ${c.project}/${c.run}, which is "${c.loginUser}"; sshd would look for auth_principals/${c.loginUser}`);
+    }
+  }
+
+  private async readCaKeysFile(): Promise<PublicKey[]> {
+    try {
+      this.caKeysText = await readFile(this.paths.trustedCaKeys, 'utf8');
+      return this.caKeysText.split('\n').filter((l) => l.trim() !== '').map((l) => parseAuthorizedKey(l).key);
+    } catch {
+      return []; // refreshed from the CA on the first sync
+    }
+  }
+
+  /** Writes the CA keys and the principal, each only when it changed. */
+  private async applyConfig(config: AgentConfig): Promise<void> {
+    this.checkLoginUser(config);
+    if (config.principal !== this.credential.principal) throw new AgentError(`the CA now says the run's principal is ${config.principal}, not ${this.credential.principal}`);
+    const keys = config.caKeys.map((k) => parseAuthorizedKey(k).key);
+    if (keys.length === 0) throw new Error('the CA sent no CA keys');
+    const caText = lines(config.caKeys);
+    if (caText !== this.caKeysText) {
+      // Every key, old and new: during a rotation certs of both must log in.
+      await writeFileAtomic(this.paths.trustedCaKeys, caText, { mode: 0o644 });
+      if (this.caKeysText !== '') this.log('info', 'ca-keys-updated', { keys: config.caKeys.length });
+      this.caKeysText = caText;
+    }
+    this.caKeys = keys;
+    const principalsText = lines([config.principal]);
+    if (principalsText !== this.principalsText) {
+      await writeFileAtomic(join(this.paths.principalsDir, config.loginUser), principalsText, { mode: 0o644 });
+      this.principalsText = principalsText;
+    }
+  }
+
+  private async refreshConfig(): Promise<void> {
+    const res = await request(new URL('/v1/agents/config', this.base), { headers: { authorization: `Bearer ${this.credential.token}` }, agent: this.pool });
+    if (res.status !== 200) throw new HttpError(res.status, `GET /v1/agents/config: ${errorMessage(res)}`);
+    await this.applyConfig(agentConfigView.parse(JSON.parse(res.body.toString('utf8'))));
+  }
+
+  /** One sync: config, then the KRL (KRL first on a push, where latency matters). Throws on failure. */
+  async syncOnce(reason: SyncReason): Promise<void> {
+    const configFirst = reason !== 'push' || this.caKeys.length === 0;
+    if (configFirst) await this.refreshConfig();
+    await this.syncKrl(configFirst);
+    if (!configFirst) await this.refreshConfig();
+    this.checkedAt = this.clock.now();
+    this.armStaleness();
+    await saveState(this.paths, this.installed.version, this.checkedAt);
+  }
+
+  private async syncKrl(configFresh: boolean): Promise<void> {
+    const etag = this.installed.current ? `"krl-${this.installed.version}"` : undefined;
+    const res = await request(new URL('/v1/krl', this.base), { headers: { 'if-none-match': etag }, agent: this.pool });
+    if (res.status === 304) return;
+    if (res.status !== 200) throw new HttpError(res.status, `GET /v1/krl: ${errorMessage(res)}`);
+    const header = (name: string) => {
+      const v = res.headers[name];
+      return Array.isArray(v) ? v[0] : v;
+    };
+    const verify = () => verifyKrl(res.body, header('x-krl-signature'), header('x-krl-version'), this.caKeys);
+    let krl;
+    try {
+      krl = verify();
+    } catch (e) {
+      // Signed by a key we do not know yet: a CA key rotation; the config has the new key.
+      if (!(e instanceof KrlRefused && e.unknownSigner && !configFresh)) throw e;
+      await this.refreshConfig();
+      krl = verify();
+    }
+    if (krl.version < this.installed.version) throw new KrlRefused(`KRL version ${krl.version} is older than the installed version ${this.installed.version}`);
+    if (krl.version === this.installed.version && this.installed.current) return;
+    const previous = this.installed.version;
+    await writeKrl(this.paths, krl.body);
+    const wasFailClosed = this.installed.failClosed;
+    this.installed = { version: krl.version, current: true, failClosed: false, set: krl.set };
+    this.o.onInstall?.(krl.version, false);
+    // The state file (written at the end of the sync) is the second record of the version: on
+    // a restart loadInstalled takes the newer of it and the installed KRL's own header.
+    if (wasFailClosed) this.log('warn', 'fail-closed-lifted', { version: krl.version });
+    this.log('info', 'krl-installed', { version: krl.version, previous, bytes: krl.body.length });
+    await this.endRevokedSessions();
+    // A login that passed sshd's KRL check just before the install may start its session
+    // process just after the scan: look once more a little later.
+    this.later(this.o.rescanDelayMs ?? 2000, () => void this.endRevokedSessions());
+  }
+
+  private async endRevokedSessions(): Promise<void> {
+    const set = this.installed.set;
+    if (!this.o.reaper || !set || !this.installed.current) return;
+    try {
+      await this.o.reaper.endRevoked(set, { principal: this.credential.principal, caKeys: this.caKeys });
+    } catch (e) {
+      this.log('error', 'session-scan-failed', { error: (e as Error).message });
+    }
+  }
+
+  /** Staleness: how long since the CA last answered a full sync. */
+  private stale(): boolean {
+    const max = this.o.maxStalenessMs;
+    return max !== undefined && (this.checkedAt === null || this.clock.now() - this.checkedAt >= max);
+  }
+
+  /** Installs the fail-closed KRL (every CA key revoked) if not in place already. */
+  async failClosed(): Promise<void> {
+    if (this.installed.failClosed || this.caKeys.length === 0) return;
+    const body = failClosedKrl(this.caKeys, this.installed.version, this.clock.now());
+    await writeKrl(this.paths, body);
+    this.installed = { ...this.installed, current: false, failClosed: true, set: decodeKrl(body).set };
+    this.o.onInstall?.(this.installed.version, true);
+    const since = this.checkedAt === null ? 'never' : new Date(this.checkedAt).toISOString();
+    this.log('error', 'fail-closed', {
+      message: 'no successful check with the CA within --max-staleness: installed a KRL revoking every CA key; every certificate is refused until the CA answers',
+      lastCheck: since,
+      maxStalenessMs: this.o.maxStalenessMs,
+    });
+  }
+
+  /** --once: sync, and on failure fail closed if stale. Throws the sync error. */
+  async once(): Promise<void> {
+    try {
+      await this.syncOnce('once');
+    } catch (e) {
+      if (this.stale()) await this.failClosed();
+      throw e;
+    }
+  }
+
+  /** Asks for a sync; returns at once. Failures are logged (and may fail closed). */
+  trigger(reason: SyncReason): void {
+    if (this.stopped) return;
+    if (this.loop) {
+      this.again = this.again ?? reason;
+      return;
+    }
+    this.loop = (async () => {
+      for (let r: SyncReason | null = reason; r !== null && !this.stopped; r = this.again) {
+        this.again = null;
+        try {
+          await this.syncOnce(r);
+          this.failures = 0;
+          if (this.retryTimer !== null) this.cancel(this.retryTimer);
+          this.retryTimer = null;
+        } catch (e) {
+          await this.syncFailed(r, e as Error);
+        }
+      }
+      this.loop = null;
+    })();
+  }
+
+  private async syncFailed(reason: SyncReason, e: Error): Promise<void> {
+    const fields = { reason, error: e.message, installedVersion: this.installed.version };
+    if (e instanceof KrlRefused) this.log('error', 'krl-refused', fields);
+    else this.log('warn', 'sync-failed', fields);
+    if (this.stale()) {
+      try {
+        await this.failClosed();
+      } catch (err) {
+        this.log('error', 'fail-closed-failed', { error: (err as Error).message });
+      }
+    }
+    // A failed push must not wait for the next event or poll: retry, backing off.
+    if (this.running && this.retryTimer === null) {
+      this.retryTimer = this.later(fullJitter(this.failures++, RETRY_BASE_MS, this.o.retryMaxMs ?? 30_000, this.random), () => {
+        this.retryTimer = null;
+        this.trigger('retry');
+      });
+    }
+  }
+
+  /** Runs until stop(): the event stream, the poll, the staleness deadline. */
+  start(): void {
+    this.running = true;
+    this.trigger('start');
+    this.sse = new SseSubscription({
+      url: new URL('/v1/krl/events', this.base),
+      clock: this.clock,
+      random: this.random,
+      retryMaxMs: this.o.retryMaxMs,
+      onEvent: (e, first) => this.onEvent(e.event, e.data, first),
+      onDisconnect: (err, retryInMs) => this.log('warn', 'event-stream-down', { error: err.message, retryInMs }),
+    });
+    this.schedulePoll();
+    this.armStaleness();
+  }
+
+  private onEvent(event: string, data: string, first: boolean): void {
+    if (event !== 'krl') return;
+    let version: bigint;
+    try {
+      version = BigInt((JSON.parse(data) as { version: number }).version);
+    } catch {
+      this.log('warn', 'event-ignored', { data });
+      return;
+    }
+    // The first event of a connection is a catch-up (and the CA may have changed while we
+    // were away): a full sync. Later ones matter only if newer than what is installed.
+    if (first) {
+      this.log('info', 'event-stream-up', { version });
+      this.trigger('connect');
+    } else if (version > this.installed.version || !this.installed.current) this.trigger('push');
+  }
+
+  private pollIntervalMs(): number {
+    if (this.o.pollIntervalMs !== undefined) return this.o.pollIntervalMs;
+    // A healthy but quiet CA must be checked often enough never to look stale.
+    return Math.min(300_000, this.o.maxStalenessMs !== undefined ? Math.floor(this.o.maxStalenessMs / 3) : Infinity);
+  }
+
+  private schedulePoll(): void {
+    this.later(this.pollIntervalMs(), () => {
+      this.trigger('poll');
+      // A session that slipped past an earlier scan is found at the next poll.
+      void this.endRevokedSessions();
+      this.schedulePoll();
+    });
+  }
+
+  private armStaleness(): void {
+    if (this.o.maxStalenessMs === undefined || !this.running) return;
+    if (this.staleTimer !== null) this.cancel(this.staleTimer);
+    const due = (this.checkedAt ?? 0) + this.o.maxStalenessMs - this.clock.now();
+    // At the deadline, try once more; if that fails too, syncFailed fails closed.
+    this.staleTimer = this.later(Math.max(0, due), () => {
+      this.staleTimer = null;
+      this.trigger('staleness');
+    });
+  }
+
+  private later(ms: number, fn: () => void): unknown {
+    const t = this.clock.setTimeout(() => {
+      this.timers.delete(t);
+      if (!this.stopped) fn();
+    }, ms);
+    this.timers.add(t);
+    return t;
+  }
+
+  private cancel(t: unknown): void {
+    this.clock.clearTimeout(t);
+    this.timers.delete(t);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.sse?.close();
+    for (const t of this.timers) this.clock.clearTimeout(t);
+    this.timers.clear();
+    await this.loop;
+    this.pool.destroy();
+  }
+
+  /** For logs and tests. */
+  status(): { version: bigint; current: boolean; failClosed: boolean; checkedAt: number | null; streaming: boolean } {
+    const { version, current, failClosed } = this.installed;
+    return { version, current, failClosed, checkedAt: this.checkedAt, streaming: this.sse?.connected ?? false };
+  }
+}
