@@ -12,6 +12,16 @@ import { CliError, EXIT, UsageError } from './errors.js';
 
 /** Request timeout: revocations wait for a durable KRL, so be generous. */
 const TIMEOUT_MS = 60_000;
+/** A 429 is retried this many times, each after its Retry-After (if that is at most RETRY_AFTER_MAX seconds). */
+const RATE_LIMIT_RETRIES = 3;
+const RETRY_AFTER_MAX = 30;
+
+/** Retry-After in whole seconds (1 at least), or null when absent, a date, or too long to wait. */
+function retryAfterSeconds(header: string | null): number | null {
+  if (header === null || !/^\d{1,6}$/.test(header.trim())) return null;
+  const s = Math.max(1, Number(header.trim()));
+  return s <= RETRY_AFTER_MAX ? s : null;
+}
 
 export interface ApiFlags {
   url?: string;
@@ -188,16 +198,26 @@ export class ApiClient {
       headers['content-type'] = 'application/json';
       body = JSON.stringify(opts.body, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
     }
-    const started = Date.now();
-    let res: Response;
-    try {
-      res = await fetch(url, { method, headers, body, redirect: 'error', signal: AbortSignal.timeout(TIMEOUT_MS) });
-    } catch (e) {
-      throw new CliError(this.scrub(`cannot reach ${this.url}: ${describeFetchError(e)}`));
+    for (let attempt = 0; ; attempt++) {
+      const started = Date.now();
+      let res: Response;
+      try {
+        res = await fetch(url, { method, headers, body, redirect: 'error', signal: AbortSignal.timeout(TIMEOUT_MS) });
+      } catch (e) {
+        throw new CliError(this.scrub(`cannot reach ${this.url}: ${describeFetchError(e)}`));
+      }
+      this.debug(`${method} ${url.pathname}${url.search} -> ${res.status} (${Date.now() - started} ms)`);
+      if (res.ok) return res;
+      // Rate limited (a CI fleet starting at once): wait as told and try again, a few times.
+      const wait = res.status === 429 ? retryAfterSeconds(res.headers.get('retry-after')) : null;
+      if (wait !== null && attempt < RATE_LIMIT_RETRIES) {
+        await res.body?.cancel();
+        this.ctx.stderr.write(`dstack-ca: the CA is rate limiting these requests; retrying in ${wait}s\n`);
+        await new Promise((r) => setTimeout(r, wait * 1000));
+        continue;
+      }
+      throw await this.httpError(res, method, path);
     }
-    this.debug(`${method} ${url.pathname}${url.search} -> ${res.status} (${Date.now() - started} ms)`);
-    if (res.ok) return res;
-    throw await this.httpError(res, method, path);
   }
 
   private async httpError(res: Response, method: string, path: string): Promise<CliError> {
@@ -222,10 +242,18 @@ export class ApiClient {
     if (this.ctx.env.DSTACK_CA_DEBUG) this.ctx.stderr.write(`dstack-ca: debug: ${this.scrub(line)}\n`);
   }
 
+  private readonly secrets: string[] = [];
+
+  /** Another credential this client sends (an OIDC token): scrubbed from messages like the API token. */
+  addSecret(secret: string): void {
+    if (secret.length >= 8) this.secrets.push(secret);
+  }
+
   /** Belt and braces: whatever a message quotes, the token never reaches the terminal. */
   scrub(text: string): string {
-    const t = this.config.token;
-    return t === undefined ? text : text.split(t).join('[token]');
+    let out = text;
+    for (const t of [this.config.token, ...this.secrets]) if (t !== undefined) out = out.split(t).join('[token]');
+    return out;
   }
 }
 

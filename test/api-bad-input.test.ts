@@ -24,6 +24,7 @@ beforeAll(async () => {
   await ca.admin('PUT', '/v1/projects/ml/members/alice', { role: 'user' });
   orchestrator = (await ca.admin<{ token: string }>('POST', '/v1/orchestrators', { name: 'dstack' })).token;
   await ca.api('POST', '/v1/runs', { token: orchestrator, body: runBody({ name: 'train-1', attachableBy: { users: ['alice'] } }) });
+  await ca.admin('POST', '/v1/projects/ml/bots', { name: 'ci-old', maxTtl: 600 });
 });
 
 afterAll(async () => {
@@ -45,6 +46,10 @@ async function snapshot() {
 }
 
 type Case = [label: string, who: 'admin' | 'orchestrator' | 'alice', method: 'POST' | 'PUT' | 'PATCH', url: string, body: unknown, status: number, message: RegExp];
+
+const bot = (over: Record<string, unknown>) => ({ name: 'ci-new', maxTtl: 600, ...over });
+const oidc = (over: Record<string, unknown>) => bot({ oidc: { issuer: 'https://token.actions.githubusercontent.com', audience: 'dstack-ca', claims: { repository: 'org/repo' }, ...over } });
+const jwt = 'eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJodHRwczovL3gifQ.c2ln';
 
 const CASES: Case[] = [
   ['malformed policy key', 'orchestrator', 'POST', '/v1/runs', runBody({ attachableBy: { public_keys: ['ssh-ed25519 AAAA'] } }), 400, /^attachableBy\.public_keys\[0\]: /],
@@ -80,6 +85,34 @@ const CASES: Case[] = [
   ['member with an unknown role', 'admin', 'PUT', '/v1/projects/ml/members/alice', { role: 'owner' }, 400, /^role: /],
   ['bot with zero max TTL', 'admin', 'POST', '/v1/projects/ml/bots', { name: 'ci', maxTtl: 0 }, 400, /^maxTtl: /],
   ['bot with a bad name', 'admin', 'POST', '/v1/projects/ml/bots', { name: 'CI!', maxTtl: 60 }, 400, /^name: must be/],
+  ['bot run scope with a regex', 'admin', 'POST', '/v1/projects/ml/bots', bot({ runs: ['train-[0-9]+'] }), 400, /^runs\[0\]: must be a run name or a glob/],
+  ['bot run scope naming another project', 'admin', 'POST', '/v1/projects/ml/bots', bot({ runs: ['train-*', 'other/run-1'] }), 400, /^runs\[1\]: must be a run name or a glob/],
+  ['bot run scope that is empty', 'admin', 'POST', '/v1/projects/ml/bots', bot({ runs: [] }), 400, /^runs: give at least one run name or glob/],
+  ['bot source-address with a bad prefix', 'admin', 'POST', '/v1/projects/ml/bots', bot({ sourceAddress: '10.0.0.0/33' }), 400, /^sourceAddress: "10\.0\.0\.0\/33": the prefix length must be 0-32/],
+  ['bot source-address with host bits set', 'admin', 'POST', '/v1/projects/ml/bots', bot({ sourceAddress: '192.0.2.0/24,10.0.0.1/8' }), 400, /^sourceAddress: "10\.0\.0\.1\/8" has host bits set/],
+  ['bot source-address with a host name', 'admin', 'POST', '/v1/projects/ml/bots', bot({ sourceAddress: '10.0.0.0/8, ci.example.com' }), 400, /^sourceAddress: "ci\.example\.com" is not an IPv4 or IPv6 address/],
+  ['bot source-address with an empty entry', 'admin', 'POST', '/v1/projects/ml/bots', bot({ sourceAddress: '10.0.0.0/8,' }), 400, /^sourceAddress: has an empty entry/],
+  ['bot force-command with a newline', 'admin', 'POST', '/v1/projects/ml/bots', bot({ forceCommand: 'echo ok\nrm -rf /' }), 400, /^forceCommand: must be one line/],
+  ['bot force-command that is empty', 'admin', 'POST', '/v1/projects/ml/bots', bot({ forceCommand: '' }), 400, /^forceCommand: must not be empty/],
+  ['bot token TTL of zero', 'admin', 'POST', '/v1/projects/ml/bots', bot({ tokenTtl: 0 }), 400, /^tokenTtl: /],
+  ['OIDC issuer that is not a URL', 'admin', 'POST', '/v1/projects/ml/bots', oidc({ issuer: 'token.actions' }), 400, /^oidc\.issuer: must be an https:\/\/ URL/],
+  ['OIDC issuer over plain http', 'admin', 'POST', '/v1/projects/ml/bots', oidc({ issuer: 'http://ci.example.com' }), 400, /^oidc\.issuer: must be an https:\/\/ URL \(http:\/\/ only for a loopback address/],
+  ['OIDC issuer with a query', 'admin', 'POST', '/v1/projects/ml/bots', oidc({ issuer: 'https://ci.example.com/?tenant=1' }), 400, /^oidc\.issuer: must not have a query or fragment/],
+  ['OIDC binding without claims', 'admin', 'POST', '/v1/projects/ml/bots', oidc({ claims: {} }), 400, /^oidc\.claims: give at least one claim condition/],
+  ['OIDC claim with a bad name', 'admin', 'POST', '/v1/projects/ml/bots', oidc({ claims: { 'repo name': 'org/repo' } }), 400, /^oidc\.claims\.repo name: a claim name must be/],
+  ['OIDC claim with an empty value', 'admin', 'POST', '/v1/projects/ml/bots', oidc({ claims: { repository: 'org/repo', ref: '' } }), 400, /^oidc\.claims\.ref: must not be empty/],
+  ['OIDC claim that is not a string', 'admin', 'POST', '/v1/projects/ml/bots', oidc({ claims: { repository_id: 42 } }), 400, /^oidc\.claims\.repository_id: must be a string/],
+  ['OIDC claim on a reserved name', 'admin', 'POST', '/v1/projects/ml/bots', oidc({ claims: { aud: 'x', sub: 'repo:org/repo:*' } }), 400, /^oidc\.claims\.aud: iss, aud, exp, nbf and iat are checked by the verification/],
+  ['OIDC claims that pin nothing', 'admin', 'POST', '/v1/projects/ml/bots', oidc({ claims: { sub: '*' } }), 400, /^oidc\.claims: at least one claim condition must pin a value/],
+  ['OIDC binding without an audience', 'admin', 'POST', '/v1/projects/ml/bots', oidc({ audience: '' }), 400, /^oidc\.audience: must not be empty/],
+  ['OIDC binding with an unknown field', 'admin', 'POST', '/v1/projects/ml/bots', oidc({ subject: 'x' }), 400, /^oidc\.subject: unknown field/],
+  ['bot update with nothing to change', 'admin', 'PATCH', '/v1/projects/ml/bots/ci-old', {}, 400, /nothing to change/],
+  ['bot update with a bad glob', 'admin', 'PATCH', '/v1/projects/ml/bots/ci-old', { runs: ['*/*'] }, 400, /^runs\[0\]: must be a run name or a glob/],
+  ['bot update with a zoned IPv6 address', 'admin', 'PATCH', '/v1/projects/ml/bots/ci-old', { sourceAddress: 'fe80::1%eth0' }, 400, /^sourceAddress: "fe80::1%eth0" is not an IPv4 or IPv6 address/],
+  ['bot update of a bot that does not exist', 'admin', 'PATCH', '/v1/projects/ml/bots/ghost', { maxTtl: 60 }, 404, /no bot named "ghost"/],
+  ['bot token rotation with a body field', 'admin', 'POST', '/v1/projects/ml/bots/ci-old/tokens/rotate', { ttl: 60 }, 400, /^ttl: unknown field/],
+  ['cert with a malformed OIDC token', 'alice', 'POST', '/v1/runs/ml/train-1/certs', { publicKey: good, oidcToken: 'not a jwt' }, 400, /^oidcToken: must be a JWT/],
+  ['cert with both a bearer and an OIDC token', 'alice', 'POST', '/v1/runs/ml/train-1/certs', { publicKey: good, oidcToken: jwt }, 400, /^oidcToken: give either a bearer token or an OIDC token, not both/],
   ['oversized body', 'orchestrator', 'POST', '/v1/runs', runBody({ attachableBy: { public_keys: Array(2000).fill(good) } }), 413, /request body is larger than 65536 bytes/],
 ];
 

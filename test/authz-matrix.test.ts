@@ -122,6 +122,24 @@ const CELLS: Cell[] = [
       return { method: 'DELETE', url: `/v1/projects/ml/bots/${name}` };
     },
   },
+  {
+    route: 'PATCH /v1/projects/:p/bots/:name',
+    allowed: admins,
+    request: async () => {
+      const name = fresh('bot');
+      await ca.admin('POST', '/v1/projects/ml/bots', { name, maxTtl: 600 });
+      return { method: 'PATCH', url: `/v1/projects/ml/bots/${name}`, body: { maxTtl: 300, runs: ['train-*'], forceCommand: '/bin/true' } };
+    },
+  },
+  {
+    route: 'POST /v1/projects/:p/bots/:name/tokens/rotate',
+    allowed: admins,
+    request: async () => {
+      const name = fresh('bot');
+      await ca.admin('POST', '/v1/projects/ml/bots', { name, maxTtl: 600 });
+      return { method: 'POST', url: `/v1/projects/ml/bots/${name}/tokens/rotate`, body: {} };
+    },
+  },
   { route: 'POST /v1/orchestrators', allowed: ['global-admin'], request: async () => ({ method: 'POST', url: '/v1/orchestrators', body: { name: fresh('o') } }) },
   { route: 'GET /v1/orchestrators', allowed: ['global-admin'], request: async () => ({ method: 'GET', url: '/v1/orchestrators' }) },
   {

@@ -232,7 +232,7 @@ describe('walkthrough (DESIGN.md section 10)', () => {
     const c = json<{ certificate: string; serial: string; keyId: string; principal: string; validAfter: number; validBefore: number }>(
       await ca(['cert', 'ml/train-1', '--public-key', botKey.publicPath, '--ttl', '5m', '--json'], { token: botToken }),
     );
-    expect(Object.keys(c).sort()).toEqual(['certificate', 'keyId', 'principal', 'serial', 'validAfter', 'validBefore']);
+    expect(Object.keys(c).sort()).toEqual(['certificate', 'keyId', 'principal', 'serial', 'ttlClamped', 'validAfter', 'validBefore']);
     expect(c.principal).toBe(principal);
     expect(BigInt(c.serial)).toBeGreaterThan(BigInt(serial));
     expect(c.validBefore - before).toBeLessThanOrEqual(300 + 30); // the call itself may take a while on a busy machine
@@ -241,8 +241,9 @@ describe('walkthrough (DESIGN.md section 10)', () => {
     const plain = ok(await ca(['cert', 'ml/train-1', '--public-key', '-'], { token: botToken, input: `${botKey.publicLine}\n` }));
     expect(plain.stdout).toMatch(/^ssh-ed25519-cert-v01@openssh\.com \S+\n$/);
     // The bot's cap is 15m: asking for more is clamped.
-    const capped = json<{ validBefore: number }>(await ca(['cert', 'ml/train-1', '--public-key', botKey.publicPath, '--ttl', '2h', '--json'], { token: botToken }));
+    const capped = json<{ validBefore: number; ttlClamped: boolean }>(await ca(['cert', 'ml/train-1', '--public-key', botKey.publicPath, '--ttl', '2h', '--json'], { token: botToken }));
     expect(capped.validBefore - now()).toBeLessThanOrEqual(900 + 5);
+    expect(capped.ttlClamped).toBe(true);
   });
 
   it('revoke --serial, then krl fetch verifies, writes, and ssh-keygen finds the cert revoked', async () => {

@@ -4,7 +4,7 @@ import swaggerUi from '@fastify/swagger-ui';
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import { jsonSchemaTransform, serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { resolveActor, type Actor } from '../authority/actors.js';
+import { BadTokenError, resolveActor, type Actor } from '../authority/actors.js';
 import type { Authority } from '../authority/authority.js';
 import { handleError } from './errors.js';
 import { adminRoutes } from './routes/admin.js';
@@ -27,7 +27,7 @@ export interface AppOptions {
 }
 
 /** Log redaction: tokens travel in headers, and nothing secret is ever logged. */
-export const LOG_REDACT = ['req.headers.authorization', 'req.headers.cookie', 'headers.authorization', 'token', 'joinToken', '*.token', '*.joinToken'];
+export const LOG_REDACT = ['req.headers.authorization', 'req.headers.cookie', 'headers.authorization', 'token', 'joinToken', 'oidcToken', '*.token', '*.joinToken', '*.oidcToken'];
 
 export async function buildApp(authority: Authority, opts: AppOptions = {}): Promise<FastifyInstance> {
   const app = Fastify({ logger: opts.logger ?? false, bodyLimit: BODY_LIMIT });
@@ -66,7 +66,12 @@ export async function buildApp(authority: Authority, opts: AppOptions = {}): Pro
   app.addHook('onRequest', async (req) => {
     const header = req.headers.authorization;
     const bearer = header?.startsWith('Bearer ') ? header.slice('Bearer '.length).trim() : undefined;
-    req.actor = await resolveActor(authority.ctx.store, bearer, authority.ctx.now());
+    try {
+      req.actor = await resolveActor(authority.ctx.store, bearer, authority.ctx.now());
+    } catch (e) {
+      if (e instanceof BadTokenError && e.bot) await authority.issuer.auditBotTokenRefusal(e.bot, { address: req.ip, route: `${req.method} ${req.url.split('?')[0] ?? ''}` });
+      throw e;
+    }
   });
   app.addHook('onResponse', async (req, reply) => {
     const route = req.routeOptions.url ?? 'unknown';

@@ -2,7 +2,7 @@
 // unexpected is logged and answered with a bare 500.
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod';
-import { CaError } from '../domain/errors.js';
+import { CaError, RateLimitedError } from '../domain/errors.js';
 
 function fieldPath(prefix: string, path: readonly PropertyKey[]): string {
   return path.reduce<string>((acc, p) => (typeof p === 'number' ? `${acc}[${p}]` : acc ? `${acc}.${String(p)}` : String(p)), prefix);
@@ -10,6 +10,7 @@ function fieldPath(prefix: string, path: readonly PropertyKey[]): string {
 
 export function handleError(err: FastifyError, req: FastifyRequest, reply: FastifyReply): void {
   if (err instanceof CaError) {
+    if (err instanceof RateLimitedError) void reply.header('retry-after', String(err.retryAfterSeconds));
     void reply.code(err.status).send({ error: err.code, message: err.message, ...(err.field ? { field: err.field } : {}) });
     return;
   }

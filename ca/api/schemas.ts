@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { PROJECT_ROLES } from '../domain/model.js';
 import { identityName, loginUser, projectName, runName } from '../domain/names.js';
 import { attachableBySchema } from '../policy/attachable-by.js';
+import { forceCommandSchema, oidcBindingSchema, runScopesSchema, sourceAddressSchema } from '../policy/bot-scope.js';
 
 const seconds = z.number().int().positive();
 const reason = z.string().trim().min(1, 'a reason is required').max(1000);
@@ -25,9 +26,21 @@ export const updateRunBody = z.strictObject({ attachableBy: attachableBySchema.o
 
 export const runParams = z.strictObject({ project: projectName, run: runName });
 
+/** A JWT as it travels (three base64url parts; the last is empty for alg "none", refused with a reason). */
+const jwtText = z.string().min(1).max(16 * 1024).regex(/^[A-Za-z0-9_.-]+$/, 'must be a JWT (base64url parts separated by dots)');
+
 export const issueCertBody = z.strictObject({
   publicKey: keyLine.describe('OpenSSH public key line to certify'),
-  ttl: seconds.optional().describe('Requested lifetime in seconds; clamped to the caller’s maximum'),
+  ttl: seconds
+    .optional()
+    .describe(
+      'Requested lifetime in seconds. A ttl above the caller’s cap (the server maxTtl, a bot’s maxTtl, 24 h at most) is clamped to the cap, not refused: the response says so in ttlClamped, and the certificate’s validity shows the TTL granted. Certificates never outlive the run’s end.',
+    ),
+  oidcToken: jwtText
+    .optional()
+    .describe(
+      'OIDC workload-identity JWT (e.g. from GitHub Actions or GitLab CI) standing for a bot of the run’s project, instead of an Authorization bearer token (send no Authorization header with it). It is exchanged on this one request and never stored or logged.',
+    ),
   proof: z
     .strictObject({ nonce: z.string().max(200), signature: z.string().max(16 * 1024) })
     .optional()
@@ -62,11 +75,38 @@ export const addProjectBody = z.strictObject({ name: projectName });
 export const projectParam = z.strictObject({ project: projectName });
 export const memberParams = z.strictObject({ project: projectName, name: identityName });
 export const setMemberBody = z.strictObject({ role: z.enum(PROJECT_ROLES) });
+const botRuns = runScopesSchema.describe('Run names or globs ("*": any characters, "?": one) within the bot’s project that it may reach; absent: every run of the project');
+const botForceCommand = forceCommandSchema.describe('force-command critical option put in every certificate of the bot');
+const botSourceAddress = sourceAddressSchema.describe('source-address critical option for every certificate of the bot: comma-separated IPv4/IPv6 addresses or CIDR blocks');
+const botTokenTtl = seconds.describe('Lifetime of the bot’s API tokens (seconds), at creation and at each rotation; absent: they do not expire');
+const botOidc = oidcBindingSchema.describe('Trust OIDC tokens from this issuer whose aud holds audience and whose claims match: the bot then needs no API token (none is created)');
+
 export const addBotBody = z.strictObject({
   name: identityName,
-  maxTtl: seconds.describe('Largest certificate TTL for this bot (seconds)'),
+  maxTtl: seconds.describe('Largest certificate TTL for this bot (seconds); a larger requested ttl is clamped to it'),
   role: z.enum(PROJECT_ROLES).optional(),
+  runs: botRuns.optional(),
+  forceCommand: botForceCommand.optional(),
+  sourceAddress: botSourceAddress.optional(),
+  tokenTtl: botTokenTtl.optional(),
+  oidc: botOidc.optional(),
 });
+
+/** Absent: unchanged; null: back to the default (every run, no restriction, no expiry, no OIDC). */
+export const updateBotBody = z
+  .strictObject({
+    maxTtl: seconds.optional().describe('Largest certificate TTL for this bot (seconds)'),
+    runs: botRuns.nullable().optional(),
+    forceCommand: botForceCommand.nullable().optional(),
+    sourceAddress: botSourceAddress.nullable().optional(),
+    tokenTtl: botTokenTtl.nullable().optional(),
+    oidc: botOidc.nullable().optional(),
+  })
+  .refine((b) => Object.values(b).some((v) => v !== undefined), { message: 'nothing to change: give at least one of maxTtl, runs, forceCommand, sourceAddress, tokenTtl, oidc' });
+
+export const botParams = z.strictObject({ project: projectName, name: identityName });
+/** No fields: the request may have no body at all, or {}. */
+export const rotateTokenBody = z.strictObject({}).nullish();
 export const addOrchestratorBody = z.strictObject({ name: identityName });
 export const nonceBody = z.strictObject({});
 export const auditQuery = z.strictObject({ after: z.coerce.number().int().min(0).optional(), limit: z.coerce.number().int().min(1).max(10000).optional() });
@@ -91,6 +131,7 @@ export const certView = z.object({
   principal: z.string(),
   validAfter: z.number(),
   validBefore: z.number(),
+  ttlClamped: z.boolean().describe('The requested ttl was above the caller’s cap and was lowered to it'),
 });
 
 export const revokeView = z.object({ revokedCerts: z.number(), krlVersion: z.number() });
@@ -109,7 +150,20 @@ export const userView = z.object({ name: z.string(), admin: z.boolean(), disable
 export const userTokenView = z.object({ name: z.string(), token: z.string(), expiresAt: z.number().nullable() });
 export const projectView = z.object({ name: z.string() });
 export const memberView = z.object({ name: z.string(), kind: z.enum(['user', 'bot']), role: z.enum(PROJECT_ROLES) });
-export const botView = z.object({ name: z.string(), project: z.string(), maxTtl: z.number().nullable(), disabled: z.boolean() });
+export const oidcBindingView = z.object({ issuer: z.string(), audience: z.string(), claims: z.record(z.string(), z.string()) });
+export const botView = z.object({
+  name: z.string(),
+  project: z.string(),
+  maxTtl: z.number().nullable(),
+  disabled: z.boolean(),
+  runs: z.array(z.string()).nullable(),
+  forceCommand: z.string().nullable(),
+  sourceAddress: z.string().nullable(),
+  tokenTtl: z.number().nullable(),
+  oidc: oidcBindingView.nullable(),
+  liveTokens: z.number(),
+});
+export const botTokenView = z.object({ name: z.string(), project: z.string(), token: z.string(), expiresAt: z.number().nullable(), revokedTokens: z.number() });
 export const orchestratorView = z.object({ name: z.string(), createdAt: z.number() });
 export const tokenView = z.object({ name: z.string(), token: z.string() });
 export const revokedCountView = z.object({ revokedCerts: z.number() });

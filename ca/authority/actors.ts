@@ -8,26 +8,43 @@ import { hashToken, looksLikeToken } from './tokens.js';
 
 export type Actor =
   | { kind: 'anonymous' }
-  | { kind: 'admin' | 'user' | 'bot'; identity: Identity; tokenId: number }
+  /** tokenId null: a bot that authenticated with an OIDC token (see oidc.ts), not an API token. */
+  | { kind: 'admin' | 'user' | 'bot'; identity: Identity; tokenId: number | null }
   | { kind: 'orchestrator'; name: string; tokenId: number }
   | { kind: 'agent'; runId: number; tokenId: number };
 
 export const ANONYMOUS: Actor = { kind: 'anonymous' };
 
-const unauthenticated = () => new CaError('unauthenticated', 'invalid, expired or revoked token');
+/**
+ * A refused bearer token. The message is the same whatever the cause (no oracle for token
+ * guessers); `bot` says, for a real bot token, why it was refused, so the refusal is audited.
+ */
+export class BadTokenError extends CaError {
+  constructor(readonly bot?: { name: string; why: 'expired' | 'revoked' | 'disabled' }) {
+    super('unauthenticated', 'invalid, expired or revoked token');
+  }
+}
+
+const unauthenticated = () => new BadTokenError();
 
 /** Resolves a bearer token; no token is the anonymous actor, a bad one is an error. */
 export async function resolveActor(store: StoreReader, bearer: string | undefined, now: number): Promise<Actor> {
   if (bearer === undefined) return ANONYMOUS;
   if (!looksLikeToken(bearer)) throw unauthenticated();
   const t = await store.getTokenByHash(hashToken(bearer));
-  if (!t || t.revokedAt !== null || (t.expiresAt !== null && t.expiresAt <= now)) throw unauthenticated();
+  if (!t) throw unauthenticated();
+  const revoked = t.revokedAt !== null;
+  const expired = t.expiresAt !== null && t.expiresAt <= now;
+  if (revoked || expired) {
+    if (t.kind === 'bot') throw new BadTokenError({ name: t.name, why: revoked ? 'revoked' : 'expired' });
+    throw unauthenticated();
+  }
   switch (t.kind) {
     case 'admin':
     case 'user':
     case 'bot': {
       const identity = t.identityId === null ? null : await store.getIdentity(t.identityId);
-      if (!identity || identity.disabled) throw unauthenticated();
+      if (!identity || identity.disabled) throw identity && t.kind === 'bot' ? new BadTokenError({ name: identity.name, why: 'disabled' }) : unauthenticated();
       return { kind: t.kind, identity, tokenId: t.id };
     }
     case 'orchestrator':

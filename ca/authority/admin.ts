@@ -1,13 +1,13 @@
 // Users, projects, members, bots and orchestrators. Every change that can take access
 // away revokes, in its own transaction, exactly the certificates it ungranted.
 import { badRequest, conflict } from '../domain/errors.js';
-import type { Identity, Membership, Project, ProjectRole, TokenRecord } from '../domain/model.js';
-import type { StoreTx } from '../store/store.js';
+import { DEFAULT_BOT_SETTINGS, type BotSettings, type Identity, type Membership, type Project, type ProjectRole, type TokenRecord } from '../domain/model.js';
+import type { StoreReader, StoreTx } from '../store/store.js';
 import { isAllowed } from '../policy/authorize.js';
 import { actorFacts, actorLabel, requireAllowed, roleIn, type Actor } from './actors.js';
 import { audit } from './audit.js';
 import type { AuthorityContext } from './context.js';
-import { publishKrl } from './krl.js';
+import { publishKrl, rebuildKrl } from './krl.js';
 import { requireIdentity, requireProject } from './lookup.js';
 import { revokeUngranted } from './recheck.js';
 import { newToken } from './tokens.js';
@@ -158,18 +158,61 @@ export async function removeMember(ctx: AuthorityContext, actor: Actor, projectN
 
 // ---- bots ----
 
+/** A bot's OIDC trust, as the API shows and takes it. */
+export interface OidcBindingView {
+  issuer: string;
+  audience: string;
+  claims: Record<string, string>;
+}
+
 export interface BotView {
   name: string;
   project: string;
   maxTtl: number | null;
   disabled: boolean;
+  /** Run names or globs the bot may reach; null: every run of its project. */
+  runs: string[] | null;
+  forceCommand: string | null;
+  sourceAddress: string | null;
+  /** Lifetime of the API tokens it is given; null: they do not expire. */
+  tokenTtl: number | null;
+  oidc: OidcBindingView | null;
+  /** API tokens not revoked and not expired. */
+  liveTokens: number;
+}
+
+/** Settings given when a bot is added (validated by the API schema). */
+export interface BotSettingsInput {
+  runs?: string[];
+  forceCommand?: string;
+  sourceAddress?: string;
+  tokenTtl?: number;
+  oidc?: OidcBindingView;
+}
+
+async function botView(store: StoreReader, bot: Identity, projectName: string, now: number): Promise<BotView> {
+  const settings = (await store.getBotSettings(bot.id)) ?? { ...DEFAULT_BOT_SETTINGS };
+  const [binding] = await store.listOidcBindings({ identityId: bot.id });
+  const tokens = await store.listTokens({ identityId: bot.id, kind: 'bot' });
+  return {
+    name: bot.name,
+    project: projectName,
+    maxTtl: bot.botMaxTtl,
+    disabled: bot.disabled,
+    runs: settings.runScopes,
+    forceCommand: settings.forceCommand,
+    sourceAddress: settings.sourceAddress,
+    tokenTtl: settings.tokenTtl,
+    oidc: binding ? { issuer: binding.issuer, audience: binding.audience, claims: binding.claims } : null,
+    liveTokens: tokens.filter((t) => t.revokedAt === null && (t.expiresAt === null || t.expiresAt > now)).length,
+  };
 }
 
 export async function addBot(
   ctx: AuthorityContext,
   actor: Actor,
   projectName: string,
-  req: { name: string; maxTtl: number; role?: ProjectRole },
+  req: { name: string; maxTtl: number; role?: ProjectRole } & BotSettingsInput,
 ): Promise<Issued<BotView>> {
   const project = await requireProject(ctx.store, projectName);
   requireAllowed(actor, 'bot.manage', { role: await roleIn(ctx.store, actor, project.id) });
@@ -178,11 +221,35 @@ export async function addBot(
     await requireFreeName(tx, req.name);
     const bot = await tx.insertIdentity({ name: req.name, kind: 'bot', globalAdmin: false, disabled: false, botProjectId: project.id, botMaxTtl: req.maxTtl, createdAt: now });
     await tx.upsertMembership(project.id, bot.id, req.role ?? 'user');
-    const secret = await insertToken(tx, now, { kind: 'bot', identityId: bot.id, runId: null, name: req.name, expiresAt: null });
-    await audit(tx, now, actor, 'bot.add', { project: projectName, name: req.name, maxTtl: req.maxTtl, role: req.role ?? 'user' });
-    return { value: { name: req.name, project: projectName, maxTtl: req.maxTtl, disabled: false }, secret };
+    const settings: BotSettings = {
+      identityId: bot.id,
+      runScopes: req.runs ?? null,
+      forceCommand: req.forceCommand ?? null,
+      sourceAddress: req.sourceAddress ?? null,
+      tokenTtl: req.tokenTtl ?? null,
+      updatedAt: now,
+    };
+    await tx.putBotSettings(settings);
+    if (req.oidc) await tx.replaceOidcBindings(bot.id, [{ ...req.oidc, createdAt: now }]);
+    // A bot that federates with an OIDC issuer gets no long-lived secret (`bot token rotate` can still make one).
+    const secret = req.oidc ? undefined : await insertToken(tx, now, { kind: 'bot', identityId: bot.id, runId: null, name: req.name, expiresAt: tokenExpiry(now, settings.tokenTtl) });
+    await audit(tx, now, actor, 'bot.add', {
+      project: projectName,
+      name: req.name,
+      maxTtl: req.maxTtl,
+      role: req.role ?? 'user',
+      runs: settings.runScopes,
+      forceCommand: settings.forceCommand,
+      sourceAddress: settings.sourceAddress,
+      tokenTtl: settings.tokenTtl,
+      oidc: req.oidc ?? null,
+      token: secret !== undefined,
+    });
+    return { value: await botView(tx, bot, projectName, now), ...(secret !== undefined ? { secret } : {}) };
   });
 }
+
+const tokenExpiry = (now: number, ttl: number | null): number | null => (ttl === null ? null : now + ttl);
 
 async function requireBot(ctx: AuthorityContext, actor: Actor, projectName: string, name: string): Promise<{ project: Project; bot: Identity }> {
   const project = await requireProject(ctx.store, projectName);
@@ -190,6 +257,88 @@ async function requireBot(ctx: AuthorityContext, actor: Actor, projectName: stri
   const bot = await requireIdentity(ctx.store, name, 'bot');
   if (bot.botProjectId !== project.id) throw badRequest(`bot "${name}" does not belong to project "${projectName}"`, 'name');
   return { project, bot };
+}
+
+/** Changes to a bot; absent fields are kept, null clears (back to the default). */
+export interface BotPatch {
+  maxTtl?: number;
+  runs?: string[] | null;
+  forceCommand?: string | null;
+  sourceAddress?: string | null;
+  tokenTtl?: number | null;
+  oidc?: OidcBindingView | null;
+}
+
+/**
+ * Updates a bot's settings. What takes access away takes effect at once, in the same
+ * transaction: a narrower run scope revokes the bot's live certificates for runs now
+ * outside it, and a new force-command or source-address revokes every live certificate
+ * of the bot (they carry the old restrictions or none). Dropping a restriction, changing
+ * the TTL cap or the token TTL (applied from the next rotation) revokes nothing.
+ */
+export async function updateBot(ctx: AuthorityContext, actor: Actor, projectName: string, name: string, patch: BotPatch): Promise<BotView & { revokedCerts: number }> {
+  const { bot } = await requireBot(ctx, actor, projectName, name);
+  if (bot.disabled) throw conflict(`bot ${projectName}/${name} was removed; add a new one`);
+  const now = ctx.now();
+  const { view, krlVersion, revokedCerts } = await ctx.store.tx(async (tx) => {
+    const old = (await tx.getBotSettings(bot.id)) ?? { ...DEFAULT_BOT_SETTINGS, identityId: bot.id, updatedAt: now };
+    const next: BotSettings = {
+      identityId: bot.id,
+      runScopes: patch.runs !== undefined ? patch.runs : old.runScopes,
+      forceCommand: patch.forceCommand !== undefined ? patch.forceCommand : old.forceCommand,
+      sourceAddress: patch.sourceAddress !== undefined ? patch.sourceAddress : old.sourceAddress,
+      tokenTtl: patch.tokenTtl !== undefined ? patch.tokenTtl : old.tokenTtl,
+      updatedAt: now,
+    };
+    await tx.putBotSettings(next);
+    if (patch.maxTtl !== undefined) await tx.updateIdentity(bot.id, { botMaxTtl: patch.maxTtl });
+    if (patch.oidc !== undefined) await tx.replaceOidcBindings(bot.id, patch.oidc === null ? [] : [{ ...patch.oidc, createdAt: now }]);
+    await audit(tx, now, actor, 'bot.update', { project: projectName, name, ...patch });
+
+    const tightened = (k: 'forceCommand' | 'sourceAddress') => next[k] !== null && next[k] !== old[k];
+    let revoked: bigint[] = [];
+    let krl: number | null = null;
+    if (tightened('forceCommand') || tightened('sourceAddress')) {
+      revoked = (await tx.listCerts({ identityId: bot.id, liveAt: now })).map((c) => c.serial);
+      if (revoked.length > 0) {
+        await tx.revokeCerts(revoked, now, `restrictions of bot ${projectName}/${name} changed by ${actorLabel(actor)}`);
+        krl = await rebuildKrl(tx, now);
+      }
+    } else if (patch.runs !== undefined) {
+      const r = await revokeUngranted(tx, now, { identityId: bot.id }, `run scope of bot ${projectName}/${name} narrowed by ${actorLabel(actor)}`);
+      revoked = r.revoked;
+      krl = r.krlVersion;
+    }
+    const updated = (await tx.getIdentity(bot.id)) as Identity;
+    return { view: await botView(tx, updated, projectName, now), krlVersion: krl, revokedCerts: revoked.length };
+  });
+  await publishIf(ctx, krlVersion);
+  return { ...view, revokedCerts };
+}
+
+/**
+ * Rotates a bot's API token: every token it has is revoked and one new token (with the
+ * bot's token TTL) is returned, once, in the same transaction, so the old token fails from
+ * the very next request.
+ */
+export async function rotateBotToken(
+  ctx: AuthorityContext,
+  actor: Actor,
+  projectName: string,
+  name: string,
+): Promise<Issued<{ name: string; project: string; expiresAt: number | null; revokedTokens: number }>> {
+  const { bot } = await requireBot(ctx, actor, projectName, name);
+  if (bot.disabled) throw conflict(`bot ${projectName}/${name} was removed; add a new one`);
+  const now = ctx.now();
+  return ctx.store.tx(async (tx) => {
+    const live = (await tx.listTokens({ identityId: bot.id })).filter((t) => t.revokedAt === null);
+    for (const t of live) await tx.revokeToken(t.id, now);
+    const settings = await tx.getBotSettings(bot.id);
+    const expiresAt = tokenExpiry(now, settings?.tokenTtl ?? null);
+    const secret = await insertToken(tx, now, { kind: 'bot', identityId: bot.id, runId: null, name, expiresAt });
+    await audit(tx, now, actor, 'bot.token.rotate', { project: projectName, name, revokedTokens: live.length, expiresAt });
+    return { value: { name, project: projectName, expiresAt, revokedTokens: live.length }, secret };
+  });
 }
 
 /** Removing a bot disables it (its certificates stay on record), drops its tokens and revokes its certs. */
@@ -200,6 +349,7 @@ export async function removeBot(ctx: AuthorityContext, actor: Actor, projectName
     await tx.updateIdentity(bot.id, { disabled: true });
     await tx.deleteMembership(project.id, bot.id);
     await revokeTokens(tx, now, { identityId: bot.id });
+    await tx.replaceOidcBindings(bot.id, []);
     await audit(tx, now, actor, 'bot.remove', { project: projectName, name });
     return revokeUngranted(tx, now, { identityId: bot.id }, `bot ${name} removed`);
   });
@@ -210,8 +360,9 @@ export async function removeBot(ctx: AuthorityContext, actor: Actor, projectName
 export async function listBots(ctx: AuthorityContext, actor: Actor, projectName: string): Promise<BotView[]> {
   const project = await requireProject(ctx.store, projectName);
   requireAllowed(actor, 'member.read', { role: await roleIn(ctx.store, actor, project.id) });
+  const now = ctx.now();
   const bots = await ctx.store.listIdentities({ kind: 'bot', projectId: project.id });
-  return bots.map((b) => ({ name: b.name, project: projectName, maxTtl: b.botMaxTtl, disabled: b.disabled }));
+  return Promise.all(bots.map((b) => botView(ctx.store, b, projectName, now)));
 }
 
 // ---- orchestrators ----

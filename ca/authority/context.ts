@@ -2,6 +2,7 @@
 // the clock as a variable so tests can move time.
 import { EventEmitter } from 'node:events';
 import type { PublicKey } from '../ssh/keys.js';
+import type { BucketLimit } from './rate-limit.js';
 import type { Signer } from '../ssh/signature.js';
 import type { Store } from '../store/store.js';
 
@@ -12,6 +13,41 @@ export interface CaKeys {
   trusted: readonly PublicKey[];
 }
 
+/** Token buckets for certificate requests of bots (DESIGN.md section 2); null: no limit. */
+export interface RateLimitConfig {
+  /** Per bot (token or OIDC). */
+  bot: BucketLimit | null;
+  /** Per source address of bot requests and OIDC exchanges (checked before any JWT work). */
+  address: BucketLimit | null;
+}
+
+export const DEFAULT_RATE_LIMITS: RateLimitConfig = { bot: { perSecond: 10, burst: 20 }, address: { perSecond: 50, burst: 100 } };
+
+/** How OIDC tokens (workload identity JWTs) are checked; see ca/authority/oidc.ts. */
+export interface OidcConfig {
+  /** Leeway for exp, nbf and iat against the CA clock (seconds). */
+  clockTolerance: number;
+  /** Tokens issued (iat) longer ago than this are refused, whatever their exp (seconds). */
+  maxTokenAge: number;
+  /** An unknown kid refetches the issuer's JWKS at most this often (milliseconds). */
+  jwksCooldownMs: number;
+  /** Keys are refetched after this long even when every kid is known (milliseconds). */
+  jwksMaxAgeMs: number;
+  /** Timeout of each discovery and JWKS request (milliseconds). */
+  httpTimeoutMs: number;
+  /** The discovery document (issuer -> jwks_uri) is refetched after this long (seconds). */
+  discoveryMaxAge: number;
+}
+
+export const DEFAULT_OIDC_CONFIG: OidcConfig = {
+  clockTolerance: 60,
+  maxTokenAge: 3600,
+  jwksCooldownMs: 30_000,
+  jwksMaxAgeMs: 10 * 60_000,
+  httpTimeoutMs: 5_000,
+  discoveryMaxAge: 3600,
+};
+
 export interface AuthorityConfig {
   /** Default certificate TTL (seconds). */
   defaultTtl: number;
@@ -19,6 +55,10 @@ export interface AuthorityConfig {
   maxTtl: number;
   /** How long a run's agent join token stays usable (seconds). */
   joinTokenTtl: number;
+  /** Default DEFAULT_RATE_LIMITS. */
+  rateLimits?: RateLimitConfig;
+  /** Default DEFAULT_OIDC_CONFIG. */
+  oidc?: OidcConfig;
 }
 
 export const DEFAULT_AUTHORITY_CONFIG: AuthorityConfig = { defaultTtl: 3600, maxTtl: 12 * 3600, joinTokenTtl: 24 * 3600 };

@@ -1,19 +1,30 @@
 // Issuing a certificate for one run: authorize by the run's policy, decide the profile,
 // sign, and return only after the cert row is durably committed (group commit), so no
 // issued certificate is ever unknown to the CA.
+//
+// Bots (DESIGN.md section 2) go through more, in this order, each step before any work the
+// next one costs: the per-address rate limit, OIDC resolution when the bot comes with a JWT
+// instead of a bearer token (oidc.ts), the per-bot rate limit, then the bot's run scope
+// (an authorization decision made before `attachable_by`, which must allow the bot too), and
+// its restrictions (force-command, source-address) and TTL cap go into the certificate.
+// Every issuance and every refusal of a bot is audited with what decided it (for OIDC: the
+// issuer, sub and matched claims; never the token).
 import { pooledRandomBytes } from '../crypto/random-pool.js';
-import { badRequest, CaError, forbidden } from '../domain/errors.js';
-import type { CertRecord } from '../domain/model.js';
+import { badRequest, CaError, forbidden, RateLimitedError } from '../domain/errors.js';
+import { DEFAULT_BOT_SETTINGS, type CertRecord, type Identity, type Project } from '../domain/model.js';
 import { grantFor } from '../policy/attachable-by.js';
-import { certificateProfile } from '../policy/cert-profile.js';
+import { botScopeRefusal } from '../policy/bot-scope.js';
+import { certificateProfile, grantedTtl, type Restrictions } from '../policy/cert-profile.js';
 import { formatCertificateLine, signCertificate } from '../ssh/certificate.js';
 import { assertStrongKey, fingerprint, formatAuthorizedKey, parseAuthorizedKey, type PublicKey } from '../ssh/keys.js';
-import { identityOf, type Actor } from './actors.js';
-import { auditMany } from './audit.js';
-import type { AuthorityContext } from './context.js';
+import { actorLabel, identityOf, type Actor } from './actors.js';
+import { audit, auditMany } from './audit.js';
+import { DEFAULT_OIDC_CONFIG, DEFAULT_RATE_LIMITS, type AuthorityContext, type OidcConfig } from './context.js';
 import { GroupCommitter } from './group-commit.js';
-import { requireRun } from './lookup.js';
+import { requireProject, requireRun } from './lookup.js';
+import { OidcRefusal, OidcVerifier, resolveOidcBot, type OidcEvidence } from './oidc.js';
 import { NonceBook, verifyPossession } from './proof.js';
+import { RateLimiter } from './rate-limit.js';
 import { stillGranted } from './recheck.js';
 import { SerialAllocator } from './serials.js';
 
@@ -23,6 +34,14 @@ export interface IssueRequest {
   publicKey: string;
   ttl?: number;
   proof?: { nonce: string; signature: string };
+  /** An OIDC JWT standing for a bot of the project, instead of a bearer token. */
+  oidcToken?: string;
+}
+
+/** Facts about the request itself. */
+export interface IssueMeta {
+  /** The caller's IP address, for the per-address rate limit of bot requests. */
+  address?: string;
 }
 
 export interface IssueResult {
@@ -32,12 +51,28 @@ export interface IssueResult {
   principal: string;
   validAfter: number;
   validBefore: number;
+  /** True when the requested ttl was above the caller's cap (or the 24 h cap) and was lowered to it. */
+  ttlClamped: boolean;
 }
 
 interface PendingCert {
   record: CertRecord;
   actor: string;
+  /** Extra audit details (how a bot authenticated, the TTL it asked for). */
+  details: Record<string, unknown>;
 }
+
+/** What is known about a bot request so far, for the audit of its outcome. */
+interface BotTrail {
+  actor: string;
+  via: 'token' | 'oidc';
+  oidc?: OidcEvidence;
+  /** False for a rate-limit refusal that is not the first of its run (coalesced). */
+  audit: boolean;
+}
+
+/** Refused bot tokens are audited at most once per bot and reason in this many seconds. */
+const AUTH_AUDIT_EVERY = 10;
 
 function parseSubjectKey(line: string): PublicKey {
   try {
@@ -55,11 +90,22 @@ export class Issuer {
   private activeCaRevoked: boolean | null = null;
   private readonly serials: SerialAllocator;
   private readonly committer: GroupCommitter<PendingCert>;
+  private readonly oidcConfig: OidcConfig;
+  readonly oidc: OidcVerifier;
+  private readonly botLimit: RateLimiter | null;
+  private readonly addressLimit: RateLimiter | null;
+  /** Refused bot tokens: when each bot and reason was last audited, and refusals since. */
+  private readonly authRefusals = new Map<string, { at: number; count: number }>();
 
   constructor(private readonly ctx: AuthorityContext) {
     // Every revocation publishes a KRL; only then can the answer change.
     ctx.krlEvents.on('krl', () => (this.activeCaRevoked = null));
     this.serials = new SerialAllocator(ctx.store);
+    this.oidcConfig = ctx.config.oidc ?? DEFAULT_OIDC_CONFIG;
+    this.oidc = new OidcVerifier(this.oidcConfig, ctx.now);
+    const limits = ctx.config.rateLimits ?? DEFAULT_RATE_LIMITS;
+    this.botLimit = limits.bot ? new RateLimiter(limits.bot) : null;
+    this.addressLimit = limits.address ? new RateLimiter(limits.address) : null;
     this.committer = new GroupCommitter(ctx.store, async (tx, items) => {
       const written: boolean[] = [];
       const ok: CertRecord[] = [];
@@ -74,23 +120,96 @@ export class Issuer {
         ctx.now(),
         items
           .filter((_, i) => written[i])
-          .map(({ record: { serial, keyId, keyFingerprint, grant, validBefore, runId }, actor }) => ({
+          .map(({ record: { serial, keyId, keyFingerprint, grant, validBefore, runId }, actor, details }) => ({
             actor,
             action: 'cert.issue',
-            details: { serial: serial.toString(), keyId, keyFingerprint, grant, validBefore, runId },
+            details: { serial: serial.toString(), keyId, keyFingerprint, grant, validBefore, runId, ...details },
           })),
       );
       return written;
     });
   }
 
-  async issue(actor: Actor, req: IssueRequest): Promise<IssueResult> {
+  async issue(actor: Actor, req: IssueRequest, meta: IssueMeta = {}): Promise<IssueResult> {
+    const trail: BotTrail | null =
+      req.oidcToken !== undefined ? { actor: 'anonymous', via: 'oidc', audit: true } : actor.kind === 'bot' ? { actor: actorLabel(actor), via: 'token', audit: true } : null;
+    try {
+      return await this.issueFor(actor, req, meta, trail);
+    } catch (e) {
+      // Decisions are audited; malformed requests (400) are bad input that changes nothing.
+      if (trail?.audit && e instanceof CaError && e.code !== 'bad_request') await this.auditRefusal(trail, req, meta, e);
+      throw e;
+    }
+  }
+
+  private async auditRefusal(trail: BotTrail, req: IssueRequest, meta: IssueMeta, e: CaError): Promise<void> {
+    const oidc = e instanceof OidcRefusal ? e.evidence : trail.oidc;
+    const details: Record<string, unknown> = {
+      run: `${req.project}/${req.run}`,
+      status: e.status,
+      reason: e.message,
+      via: trail.via,
+      ...(meta.address !== undefined ? { address: meta.address } : {}),
+      ...(oidc ? { oidc } : {}),
+    };
+    const actor = oidc?.bot !== undefined ? `bot:${oidc.bot}` : trail.actor;
+    try {
+      await this.ctx.store.tx((tx) => audit(tx, this.ctx.now(), actor, 'cert.refuse', details));
+    } catch {
+      // The refusal stands even if it cannot be recorded (the store is failing anyway).
+    }
+  }
+
+  private limit(limiter: RateLimiter | null, key: string, what: string, trail: BotTrail | null): void {
+    if (!limiter) return;
+    const r = limiter.take(key);
+    if (r.ok) return;
+    if (trail) trail.audit = r.first;
+    const seconds = Math.max(1, Math.ceil(r.retryAfterMs / 1000));
+    throw new RateLimitedError(
+      `too many certificate requests from ${what} (limit ${limiter.limit.perSecond}/s, burst ${limiter.limit.burst}); retry in ${seconds}s`,
+      seconds,
+    );
+  }
+
+  private async issueFor(actor: Actor, req: IssueRequest, meta: IssueMeta, trail: BotTrail | null): Promise<IssueResult> {
     const now = this.ctx.now();
     const key = parseSubjectKey(req.publicKey);
     if (actor.kind === 'orchestrator' || actor.kind === 'agent') throw forbidden(`${actor.kind} tokens cannot obtain certificates`);
-    const { project, run } = await requireRun(this.ctx.store, req.project, req.run);
+    if (trail && meta.address !== undefined) this.limit(this.addressLimit, `addr:${meta.address}`, `address ${meta.address}`, trail);
+
+    let project: Project;
+    let caller = actor;
+    const details: Record<string, unknown> = {};
+    if (req.oidcToken !== undefined) {
+      if (actor.kind !== 'anonymous') throw badRequest('give either a bearer token or an OIDC token, not both', 'oidcToken');
+      if (req.proof) throw badRequest('a possession proof does not go with an OIDC token', 'proof');
+      project = await requireProject(this.ctx.store, req.project);
+      const match = await resolveOidcBot(this.ctx.store, this.oidc, this.oidcConfig, project, req.oidcToken);
+      caller = { kind: 'bot', identity: match.bot, tokenId: null };
+      if (trail) {
+        trail.actor = `bot:${match.bot.name}`;
+        trail.oidc = match.evidence;
+      }
+      details.via = 'oidc';
+      details.oidc = { issuer: match.evidence.issuer, sub: match.evidence.sub, claims: match.evidence.claims };
+    } else if (actor.kind === 'bot') {
+      details.via = 'token';
+    }
+    const identity = identityOf(caller);
+    const bot = identity?.kind === 'bot' ? identity : null;
+    if (bot) this.limit(this.botLimit, `bot:${bot.id}`, `bot ${bot.name}`, trail);
+
+    const found = await requireRun(this.ctx.store, req.project, req.run);
+    project = found.project;
+    const run = found.run;
     const qualifiedName = `${project.name}/${run.name}`;
-    const identity = identityOf(actor);
+    const settings = bot ? ((await this.ctx.store.getBotSettings(bot.id)) ?? { ...DEFAULT_BOT_SETTINGS, identityId: bot.id, updatedAt: 0 }) : null;
+    if (bot && settings) {
+      const refusal = botScopeRefusal({ name: bot.name, projectName: await this.botProjectName(bot) }, settings.runScopes, { projectName: project.name, name: run.name });
+      if (refusal) throw forbidden(refusal);
+    }
+
     const provenKey = req.proof ? verifyPossession(this.nonces, req.proof, qualifiedName, key, now) : null;
     const isProjectMember = identity ? (await this.ctx.store.getMembership(project.id, identity.id)) !== null : false;
     const grant = grantFor(run.policy, { identityName: identity?.name ?? null, isProjectMember, provenKey });
@@ -107,7 +226,11 @@ export class Issuer {
     }
 
     const holder = identity ? `${identity.kind}:${identity.name}` : `key:${fingerprint(key)}`;
-    const botCap = identity?.kind === 'bot' ? identity.botMaxTtl : null;
+    const limits = { defaultTtl: this.ctx.config.defaultTtl, maxTtl: Math.min(this.ctx.config.maxTtl, bot?.botMaxTtl ?? Infinity) };
+    const ttlClamped = req.ttl !== undefined && grantedTtl(req.ttl, limits) < req.ttl;
+    const restrictions: Restrictions = {};
+    if (settings?.forceCommand) restrictions.forceCommand = settings.forceCommand;
+    if (settings?.sourceAddress) restrictions.sourceAddress = settings.sourceAddress;
     const serial = await this.serials.take();
     const fields = certificateProfile({
       now,
@@ -117,7 +240,8 @@ export class Issuer {
       run: { principal: run.principal, qualifiedName, endsAt: run.endsAt, state: run.state },
       holder,
       requestedTtl: req.ttl,
-      limits: { defaultTtl: this.ctx.config.defaultTtl, maxTtl: Math.min(this.ctx.config.maxTtl, botCap ?? Infinity) },
+      limits,
+      restrictions,
     });
     const cert = await signCertificate(fields, signer);
     const record: CertRecord = {
@@ -135,7 +259,14 @@ export class Issuer {
       revokedAt: null,
       revokeReason: null,
     };
-    if (!(await this.committer.submit({ record, actor: holder }))) {
+    if (bot) {
+      if (req.ttl !== undefined) details.requestedTtl = req.ttl;
+      if (ttlClamped) details.ttlClampedTo = grantedTtl(req.ttl, limits);
+      if (restrictions.forceCommand !== undefined) details.forceCommand = restrictions.forceCommand;
+      if (restrictions.sourceAddress !== undefined) details.sourceAddress = restrictions.sourceAddress;
+      if (meta.address !== undefined) details.address = meta.address;
+    }
+    if (!(await this.committer.submit({ record, actor: holder, details }))) {
       throw forbidden(`access to run ${qualifiedName} was removed while the certificate was being issued`);
     }
     return {
@@ -145,6 +276,38 @@ export class Issuer {
       principal: run.principal,
       validAfter: record.validAfter,
       validBefore: record.validBefore,
+      ttlClamped,
     };
+  }
+
+  /**
+   * Audits a refused bot API token (expired, revoked, or its bot removed). Coalesced: at
+   * most one event per bot and reason every AUTH_AUDIT_EVERY seconds, with the number of
+   * refusals it stands for, so a CI loop retrying a dead token cannot flood the log.
+   */
+  async auditBotTokenRefusal(bot: { name: string; why: string }, meta: IssueMeta & { route?: string }): Promise<void> {
+    const key = `${bot.name}\0${bot.why}`;
+    const now = this.ctx.now();
+    const seen = this.authRefusals.get(key);
+    if (seen && now - seen.at < AUTH_AUDIT_EVERY) {
+      seen.count++;
+      return;
+    }
+    if (this.authRefusals.size > 10_000) this.authRefusals.clear();
+    const count = (seen?.count ?? 0) + 1;
+    this.authRefusals.set(key, { at: now, count: 0 });
+    const details: Record<string, unknown> = { reason: `bot token ${bot.why}`, refusals: count };
+    if (meta.route !== undefined) details.route = meta.route;
+    if (meta.address !== undefined) details.address = meta.address;
+    try {
+      await this.ctx.store.tx((tx) => audit(tx, now, `bot:${bot.name}`, 'bot.auth.refuse', details));
+    } catch {
+      // The 401 stands even if it cannot be recorded.
+    }
+  }
+
+  private async botProjectName(bot: Identity): Promise<string> {
+    const p = bot.botProjectId === null ? null : await this.ctx.store.getProject(bot.botProjectId);
+    return p?.name ?? '?';
   }
 }

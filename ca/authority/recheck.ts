@@ -5,6 +5,7 @@
 // still allows survives.
 import type { CertRecord } from '../domain/model.js';
 import { grantFor } from '../policy/attachable-by.js';
+import { runInScope } from '../policy/bot-scope.js';
 import { parseAuthorizedKey } from '../ssh/keys.js';
 import type { CertFilter, StoreReader, StoreTx } from '../store/store.js';
 import { rebuildKrl } from './krl.js';
@@ -15,6 +16,11 @@ export async function stillGranted(store: StoreReader, c: CertRecord): Promise<b
   if (!run || run.state !== 'running') return false;
   const identity = c.identityId === null ? null : await store.getIdentity(c.identityId);
   if (c.identityId !== null && (!identity || identity.disabled)) return false;
+  // A bot reaches only runs of its project within its run scope (ca/policy/bot-scope.ts).
+  if (identity?.kind === 'bot') {
+    if (identity.botProjectId !== run.projectId) return false;
+    if (!runInScope((await store.getBotSettings(identity.id))?.runScopes ?? null, run.name)) return false;
+  }
   const isProjectMember = identity ? (await store.getMembership(run.projectId, identity.id)) !== null : false;
   // Possession of a listed key was proven at issuance; the key is the cert's own.
   const provenKey = c.grant.kind === 'public_key' ? parseAuthorizedKey(c.publicKey).key : null;

@@ -1,6 +1,6 @@
 // Errors a caller can act on carry their HTTP status and a stable code; their message is
 // shown as is. Anything else is an internal error whose message is logged, never sent.
-export type ErrorCode = 'bad_request' | 'unauthenticated' | 'forbidden' | 'not_found' | 'conflict' | 'gone' | 'too_large';
+export type ErrorCode = 'bad_request' | 'unauthenticated' | 'forbidden' | 'not_found' | 'conflict' | 'gone' | 'too_large' | 'too_many_requests' | 'unavailable';
 
 const STATUS: Record<ErrorCode, number> = {
   bad_request: 400,
@@ -10,6 +10,8 @@ const STATUS: Record<ErrorCode, number> = {
   conflict: 409,
   gone: 410,
   too_large: 413,
+  too_many_requests: 429,
+  unavailable: 503,
 };
 
 export class CaError extends Error {
@@ -23,6 +25,16 @@ export class CaError extends Error {
   ) {
     super(field ? `${field}: ${message}` : message);
     this.status = STATUS[code];
+  }
+}
+
+/** 429: answered with a Retry-After header (whole seconds, at least 1). */
+export class RateLimitedError extends CaError {
+  constructor(
+    message: string,
+    readonly retryAfterSeconds: number,
+  ) {
+    super('too_many_requests', message);
   }
 }
 

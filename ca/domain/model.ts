@@ -113,3 +113,43 @@ export interface AuditEvent {
   prevHash: string;
   hash: string;
 }
+
+/**
+ * What a bot may reach and what its certificates carry, beyond its Identity. A bot without
+ * a stored row has DEFAULT_BOT_SETTINGS.
+ */
+export interface BotSettings {
+  identityId: number;
+  /** Run names or globs (`*`, `?`) within the bot's project; null: every run of the project. */
+  runScopes: string[] | null;
+  /** `force-command` critical option put in every certificate of the bot. */
+  forceCommand: string | null;
+  /** `source-address` critical option (comma list of CIDRs/addresses, normalised). */
+  sourceAddress: string | null;
+  /** Lifetime of the API tokens the bot is given (at creation and rotation), seconds; null: no expiry. */
+  tokenTtl: number | null;
+  updatedAt: number;
+}
+
+export const DEFAULT_BOT_SETTINGS: Omit<BotSettings, 'identityId' | 'updatedAt'> = {
+  runScopes: null,
+  forceCommand: null,
+  sourceAddress: null,
+  tokenTtl: null,
+};
+
+/**
+ * A bot's trust in an OIDC issuer (workload identity): a JWT signed by `issuer` whose `aud`
+ * holds `audience` and whose string claims match every entry of `claims` (exact, or a glob
+ * with `*` and `?`) stands for the bot, with no long-lived secret.
+ */
+export interface OidcBinding {
+  id: number;
+  identityId: number;
+  /** Compared exactly with the JWT's `iss`. */
+  issuer: string;
+  audience: string;
+  /** Claim name -> wanted value or glob; at least one entry. */
+  claims: Record<string, string>;
+  createdAt: number;
+}

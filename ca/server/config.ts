@@ -6,6 +6,7 @@ import { z } from 'zod';
 import { CA_KEY_TYPES } from '../keys/ca-key-store.js';
 import { MAX_TTL_CAP } from '../policy/cert-profile.js';
 import { parseDuration } from '../domain/duration.js';
+import { DEFAULT_OIDC_CONFIG, DEFAULT_RATE_LIMITS, type OidcConfig, type RateLimitConfig } from '../authority/context.js';
 
 const duration = z.union([z.number().int().positive(), z.string()]).transform((v, ctx) => {
   try {
@@ -17,6 +18,54 @@ const duration = z.union([z.number().int().positive(), z.string()]).transform((v
     return z.NEVER;
   }
 });
+
+/** Durations of at most a few hours, allowing 0 (e.g. a JWKS cooldown of 0 in tests). */
+const durationOrZero = z.union([z.number().int().min(0), z.string()]).transform((v, ctx) => {
+  try {
+    return typeof v === 'number' ? v : v.trim() === '0' ? 0 : parseDuration(v);
+  } catch (e) {
+    ctx.addIssue({ code: 'custom', message: (e as Error).message });
+    return z.NEVER;
+  }
+});
+
+const bucket = z.strictObject({
+  perSecond: z.number().positive().max(1_000_000),
+  burst: z.number().int().min(1).max(1_000_000),
+});
+
+/** Per-bot and per-address token buckets for bot certificate requests; false (or null for one of them) turns a limit off. */
+const rateLimits = z
+  .union([
+    z.literal(false),
+    z.strictObject({
+      bot: z.union([bucket, z.null(), z.literal(false)]).default(DEFAULT_RATE_LIMITS.bot as z.input<typeof bucket>),
+      address: z.union([bucket, z.null(), z.literal(false)]).default(DEFAULT_RATE_LIMITS.address as z.input<typeof bucket>),
+    }),
+  ])
+  .default({ bot: DEFAULT_RATE_LIMITS.bot as z.input<typeof bucket>, address: DEFAULT_RATE_LIMITS.address as z.input<typeof bucket> })
+  .transform((r): RateLimitConfig => (r === false ? { bot: null, address: null } : { bot: r.bot || null, address: r.address || null }));
+
+const oidc = z
+  .strictObject({
+    clockTolerance: durationOrZero.default(DEFAULT_OIDC_CONFIG.clockTolerance).refine((s) => s <= 600, 'at most 10m'),
+    maxTokenAge: duration.default(DEFAULT_OIDC_CONFIG.maxTokenAge).refine((s) => s <= 24 * 3600, 'at most 24h'),
+    jwksCooldown: durationOrZero.default(DEFAULT_OIDC_CONFIG.jwksCooldownMs / 1000),
+    jwksMaxAge: duration.default(DEFAULT_OIDC_CONFIG.jwksMaxAgeMs / 1000),
+    httpTimeout: duration.default(DEFAULT_OIDC_CONFIG.httpTimeoutMs / 1000).refine((s) => s <= 60, 'at most 60s'),
+    discoveryMaxAge: duration.default(DEFAULT_OIDC_CONFIG.discoveryMaxAge),
+  })
+  .prefault({})
+  .transform(
+    (o): OidcConfig => ({
+      clockTolerance: o.clockTolerance,
+      maxTokenAge: o.maxTokenAge,
+      jwksCooldownMs: o.jwksCooldown * 1000,
+      jwksMaxAgeMs: o.jwksMaxAge * 1000,
+      httpTimeoutMs: o.httpTimeout * 1000,
+      discoveryMaxAge: o.discoveryMaxAge,
+    }),
+  );
 
 const listen = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'must be HOST:PORT, e.g. 127.0.0.1:8443');
 
@@ -33,6 +82,10 @@ export const serverConfigSchema = z.strictObject({
     .default({ defaultTtl: 3600, maxTtl: 12 * 3600 })
     .refine((c) => c.maxTtl <= MAX_TTL_CAP, { message: `maxTtl may not exceed ${MAX_TTL_CAP / 3600}h`, path: ['maxTtl'] })
     .refine((c) => c.defaultTtl <= c.maxTtl, { message: 'defaultTtl may not exceed maxTtl', path: ['defaultTtl'] }),
+  /** Token buckets for bot certificate requests (defaults: 10/s burst 20 per bot, 50/s burst 100 per address). */
+  rateLimits,
+  /** OIDC workload identity for bots: clock tolerance, max token age, JWKS refresh and timeouts. */
+  oidc,
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 

@@ -10,9 +10,11 @@
 import type {
   AttachablePolicy,
   AuditEvent,
+  BotSettings,
   CertRecord,
   Identity,
   Membership,
+  OidcBinding,
   Project,
   ProjectRole,
   RevocationTarget,
@@ -79,6 +81,14 @@ export interface StoreReader {
   getRunByPrincipal(principal: string): Promise<Run | null>;
   listRuns(filter?: { projectId?: number; state?: Run['state'] }): Promise<Run[]>;
 
+  /** A bot's stored settings; null when none were ever stored (the defaults apply). */
+  getBotSettings(identityId: number): Promise<BotSettings | null>;
+  /**
+   * OIDC bindings, ordered by id. identityId: that bot's; projectId: those of the project's
+   * bots (disabled ones included: callers decide); issuer: exact match.
+   */
+  listOidcBindings(filter: { identityId?: number; projectId?: number; issuer?: string }): Promise<OidcBinding[]>;
+
   getTokenByHash(hash: string): Promise<TokenRecord | null>;
   listTokens(filter: { identityId?: number; runId?: number; kind?: TokenRecord['kind'] }): Promise<TokenRecord[]>;
 
@@ -108,6 +118,14 @@ export interface StoreTx extends StoreReader {
   insertIdentity(i: Omit<Identity, 'id'>): Promise<Identity>;
   updateIdentity(id: number, patch: Partial<Pick<Identity, 'globalAdmin' | 'disabled' | 'botMaxTtl'>>): Promise<void>;
   deleteIdentity(id: number): Promise<void>;
+
+  /** Inserts or replaces a bot's settings; refused for identities that are not bots. */
+  putBotSettings(s: BotSettings): Promise<void>;
+  /**
+   * Replaces every OIDC binding of a bot with `bindings` (an empty list removes them all) and
+   * returns the new rows; refused for identities that are not bots.
+   */
+  replaceOidcBindings(identityId: number, bindings: readonly Omit<OidcBinding, 'id' | 'identityId'>[]): Promise<OidcBinding[]>;
 
   insertProject(p: Omit<Project, 'id'>): Promise<Project>;
   deleteProject(id: number): Promise<void>;

@@ -1,5 +1,9 @@
 // `dstack-ca cert PROJECT/RUN`: how bots (and key holders) get a certificate.
 // --public-key FILE: the caller's token decides (users, project_members grants).
+// --oidc-token FILE|- (or $DSTACK_CA_OIDC_TOKEN, the JWT itself): a CI job's workload
+// identity JWT stands for a bot that trusts its issuer; it travels in the request body
+// (`oidcToken`), never as the Authorization header, which stays for dstack-ca's own tokens,
+// so the two kinds of credential are never confused; no API token is sent with it.
 // --ssh-identity KEY: prove possession of KEY by signing a server nonce with the real
 // `ssh-keygen -Y sign` (so encrypted keys, agents and FIDO keys work), for public_keys
 // grants; no token needed.
@@ -14,13 +18,16 @@ import { PROOF_NAMESPACE, proofMessage } from '../../ca/authority/proof.js';
 import { writeFileAtomic } from '../../ca/io/atomic-file.js';
 import { checkArgs, durationArg, qualifiedArg } from '../args.js';
 import { ApiClient } from '../client.js';
-import { printJson, type CliContext } from '../context.js';
+import { printJson, readInput, type CliContext } from '../context.js';
 import { CliError, UsageError } from '../errors.js';
 import { readPublicKeyFile } from '../key-file.js';
 import { formatTime } from '../output.js';
+import { formatDuration } from '../../ca/domain/duration.js';
+import { CLOCK_SKEW } from '../../ca/policy/cert-profile.js';
 
 interface CertFlags {
   publicKey?: string;
+  oidcToken?: string;
   sshIdentity?: string;
   ttl?: string;
   out?: string;
@@ -35,7 +42,8 @@ export function configureCertIssue(cert: Command, ctx: CliContext): void {
     .argument('<run>', 'PROJECT/RUN to get a certificate for')
     .option('--public-key <file>', 'public key to certify (id_*.pub), or - for standard input')
     .option('--ssh-identity <key>', 'private key (or .pub of a key in ssh-agent) to prove possession of, for public_keys grants')
-    .option('--ttl <duration>', 'requested lifetime, e.g. 10m (capped by policy and the run end)')
+    .option('--oidc-token <file>', 'OIDC JWT (workload identity) standing for a bot, from FILE or - for standard input (default: $DSTACK_CA_OIDC_TOKEN, the token itself); no API token is sent with it')
+    .option('--ttl <duration>', 'requested lifetime, e.g. 10m; a longer one than your cap (e.g. a bot\'s --max-ttl) is clamped to the cap, with a warning, and never outlives the run')
     .option('--out <file>', 'write the certificate here (default: standard output)')
     .option('--json', 'machine-readable output on stdout')
     .configureHelp({ showGlobalOptions: true })
@@ -46,11 +54,15 @@ export function configureCertIssue(cert: Command, ctx: CliContext): void {
       }
       const ttl = opts.ttl === undefined ? undefined : durationArg(opts.ttl, '--ttl');
       const keyFile = opts.publicKey ?? publicHalfOf(opts.sshIdentity as string);
+      if (opts.oidcToken === '-' && keyFile === '-') throw new UsageError('--public-key - and --oidc-token - cannot both read standard input');
+      if (opts.oidcToken !== undefined && opts.sshIdentity !== undefined) throw new UsageError('--oidc-token goes with --public-key, not --ssh-identity');
+      const oidcToken = await readOidcToken(ctx, opts.oidcToken, opts.sshIdentity === undefined);
       const publicKey = await readPublicKeyFile(ctx, keyFile);
-      const body: z.input<typeof issueCertBody> = { publicKey, ...(ttl !== undefined ? { ttl } : {}) };
-      checkArgs(issueCertBody, body, { publicKey: keyFile, ttl: '--ttl' });
+      const body: z.input<typeof issueCertBody> = { publicKey, ...(ttl !== undefined ? { ttl } : {}), ...(oidcToken !== undefined ? { oidcToken } : {}) };
+      checkArgs(issueCertBody, body, { publicKey: keyFile, ttl: '--ttl', oidcToken: opts.oidcToken ?? 'DSTACK_CA_OIDC_TOKEN' });
 
       const api = await ApiClient.forCommand(ctx, cmd);
+      if (oidcToken !== undefined) api.addSecret(oidcToken);
       const runPath = `/v1/runs/${encodeURIComponent(project)}/${encodeURIComponent(name)}`;
       if (opts.sshIdentity !== undefined) {
         // The nonce route needs no token; only the certs call carries one (if configured).
@@ -63,13 +75,42 @@ export function configureCertIssue(cert: Command, ctx: CliContext): void {
         if (publicKey.startsWith('sk-')) ctx.stderr.write('dstack-ca: confirm user presence on your security key\n');
         body.proof = { nonce, signature: await sshKeygenSign(opts.sshIdentity, message) };
       }
-      const issued = await api.request('POST', `${runPath}/certs`, { body, schema: certView });
+      // With an OIDC token, it alone authenticates: the server refuses a request carrying both.
+      const issued = await api.request('POST', `${runPath}/certs`, { body, schema: certView, ...(oidcToken !== undefined ? { auth: false } : {}) });
+      if (issued.ttlClamped && ttl !== undefined) {
+        const granted = issued.validBefore - issued.validAfter - CLOCK_SKEW;
+        ctx.stderr.write(`dstack-ca: warning: the requested --ttl ${formatDuration(ttl)} is above your cap; the certificate is valid for ${formatDuration(Math.max(0, granted))}\n`);
+      }
 
       if (opts.out !== undefined) await writeCert(opts.out, issued.certificate);
       if (opts.json) printJson(ctx, issued);
       else if (opts.out === undefined) ctx.stdout.write(`${issued.certificate}\n`);
       else ctx.stdout.write(`${opts.out}: serial ${issued.serial}, principal ${issued.principal}, valid until ${formatTime(issued.validBefore)}\n`);
     });
+}
+
+/**
+ * The OIDC token: --oidc-token FILE (or - for standard input), else $DSTACK_CA_OIDC_TOKEN
+ * (the JWT itself, as CI systems put it in the environment). Surrounding whitespace goes.
+ */
+async function readOidcToken(ctx: CliContext, flag: string | undefined, envAllowed: boolean): Promise<string | undefined> {
+  let token: string;
+  let source: string;
+  if (flag !== undefined) {
+    token = (await readInput(ctx, flag)).toString('utf8');
+    source = flag === '-' ? 'standard input' : flag;
+  } else {
+    const env = ctx.env.DSTACK_CA_OIDC_TOKEN;
+    if (!envAllowed || env === undefined || env.trim() === '') return undefined;
+    token = env;
+    source = 'DSTACK_CA_OIDC_TOKEN';
+  }
+  token = token.trim();
+  if (token === '') throw new UsageError(`--oidc-token: ${source} is empty`);
+  if (!/^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/.test(token)) {
+    throw new UsageError(`--oidc-token: ${source} does not hold a JWT (three base64url parts separated by dots)`);
+  }
+  return token;
 }
 
 /** ssh-keygen's convention: KEY's public half is KEY.pub; a .pub given directly is used as is (agent keys). */

@@ -16,7 +16,9 @@ import {
   removeBot,
   removeMember,
   removeOrchestrator,
+  rotateBotToken,
   setMember,
+  updateBot,
   updateUser,
 } from '../../authority/admin.js';
 import { requireAllowed } from '../../authority/actors.js';
@@ -29,7 +31,11 @@ import {
   addUserBody,
   auditEventView,
   auditQuery,
+  botParams,
+  botTokenView,
   botView,
+  rotateTokenBody,
+  updateBotBody,
   memberParams,
   memberView,
   orchestratorView,
@@ -81,10 +87,48 @@ export function adminRoutes(app: FastifyInstance, authority: Authority): void {
     removeMember(ctx, req.actor, req.params.project, req.params.name),
   );
 
-  r.post('/v1/projects/:project/bots', { schema: { params: projectParam, body: addBotBody, response: { 201: botView.extend({ token: z.string() }) } } }, async (req, reply) => {
-    const { value, secret } = await addBot(ctx, req.actor, req.params.project, req.body);
-    return reply.code(201).send({ ...value, token: secret as string });
-  });
+  r.post(
+    '/v1/projects/:project/bots',
+    {
+      schema: {
+        description: 'Add a bot. Its API token is returned once (absent for a bot that trusts an OIDC issuer: it needs no long-lived secret).',
+        params: projectParam,
+        body: addBotBody,
+        response: { 201: botView.extend({ token: z.string().optional() }) },
+      },
+    },
+    async (req, reply) => {
+      const { value, secret } = await addBot(ctx, req.actor, req.params.project, req.body);
+      return reply.code(201).send({ ...value, ...(secret !== undefined ? { token: secret } : {}) });
+    },
+  );
+  r.patch(
+    '/v1/projects/:project/bots/:name',
+    {
+      schema: {
+        description: 'Change a bot’s settings (absent: kept; null: back to the default). A narrower run scope, or a new force-command or source-address, revokes the live certificates it no longer allows.',
+        params: botParams,
+        body: updateBotBody,
+        response: { 200: botView.extend({ revokedCerts: z.number() }) },
+      },
+    },
+    async (req) => updateBot(ctx, req.actor, req.params.project, req.params.name, req.body),
+  );
+  r.post(
+    '/v1/projects/:project/bots/:name/tokens/rotate',
+    {
+      schema: {
+        description: 'Rotate a bot’s API token: every token it had is revoked at once and a new one (with the bot’s token TTL) is returned, once.',
+        params: botParams,
+        body: rotateTokenBody,
+        response: { 201: botTokenView },
+      },
+    },
+    async (req, reply) => {
+      const { value, secret } = await rotateBotToken(ctx, req.actor, req.params.project, req.params.name);
+      return reply.code(201).send({ ...value, token: secret as string });
+    },
+  );
   r.get('/v1/projects/:project/bots', { schema: { params: projectParam, response: { 200: z.array(botView) } } }, async (req) => listBots(ctx, req.actor, req.params.project));
   r.delete('/v1/projects/:project/bots/:name', { schema: { params: memberParams, response: { 200: revokedCountView } } }, async (req) =>
     removeBot(ctx, req.actor, req.params.project, req.params.name),

@@ -6,7 +6,7 @@ import type { Authority } from '../../authority/authority.js';
 import { proofMessage } from '../../authority/proof.js';
 import { finishRun, getRun, listRuns, registerRun, updateRunPolicy } from '../../authority/runs.js';
 import { requireRun } from '../../authority/lookup.js';
-import { certView, issueCertBody, nonceView, revokedCountView, projectParam, registerRunBody, runParams, runView, updateRunBody } from '../schemas.js';
+import { certView, errorBody, issueCertBody, nonceView, revokedCountView, projectParam, registerRunBody, runParams, runView, updateRunBody } from '../schemas.js';
 import { toRunView } from '../views.js';
 
 export function runRoutes(app: FastifyInstance, authority: Authority): void {
@@ -42,8 +42,8 @@ export function runRoutes(app: FastifyInstance, authority: Authority): void {
     return { nonce, expiresAt, message: proofMessage(`${req.params.project}/${req.params.run}`, nonce).toString('utf8') };
   });
 
-  r.post('/v1/runs/:project/:run/certs', { schema: { params: runParams, body: issueCertBody, response: { 201: certView } } }, async (req, reply) => {
-    const res = await authority.issuer.issue(req.actor, { project: req.params.project, run: req.params.run, ...req.body });
+  r.post('/v1/runs/:project/:run/certs', { schema: { params: runParams, body: issueCertBody, response: { 201: certView, 429: errorBody } } }, async (req, reply) => {
+    const res = await authority.issuer.issue(req.actor, { project: req.params.project, run: req.params.run, ...req.body }, { address: req.ip });
     return reply.code(201).send({ ...res, serial: res.serial.toString() });
   });
 }

@@ -49,12 +49,14 @@ describe('the real migrations', () => {
     expect(db.pragma('application_id', { simple: true })).toBe(APPLICATION_ID);
     expect(tables(db)).toEqual([
       'audit_events',
+      'bot_settings',
       'ca_keys',
       'certs',
       'identities',
       'krls',
       'memberships',
       'meta',
+      'oidc_bindings',
       'projects',
       'revocation_targets',
       'runs',

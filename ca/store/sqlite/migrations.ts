@@ -222,6 +222,51 @@ CREATE TRIGGER krls_never_deleted BEFORE DELETE ON krls
 BEGIN SELECT RAISE(ABORT, 'KRL versions are never deleted'); END;
 `,
   },
+  {
+    version: 3,
+    name: 'bot_settings_and_oidc_bindings',
+    // Bot scopes and restrictions, and the OIDC issuers a bot trusts (workload identity).
+    // Both hang off a bot identity and go with it (ON DELETE CASCADE); the triggers keep them
+    // off users (SQLite: a CHECK cannot read another table; PostgreSQL would use the same
+    // trigger logic in a function).
+    sql: `
+CREATE TABLE bot_settings (
+  identity_id BIGINT NOT NULL PRIMARY KEY REFERENCES identities (id) ON DELETE CASCADE,
+  -- JSON array of run names or globs within the bot's project; NULL: every run of it.
+  run_scopes TEXT,
+  force_command TEXT,
+  source_address TEXT,
+  -- Lifetime (seconds) of the API tokens the bot is given; NULL: they do not expire.
+  token_ttl BIGINT,
+  updated_at BIGINT NOT NULL,
+  CONSTRAINT bot_settings_token_ttl_positive CHECK (token_ttl IS NULL OR token_ttl > 0),
+  CONSTRAINT bot_settings_force_command_not_empty CHECK (force_command IS NULL OR force_command <> ''),
+  CONSTRAINT bot_settings_source_address_not_empty CHECK (source_address IS NULL OR source_address <> '')
+);
+
+CREATE TABLE oidc_bindings (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  identity_id BIGINT NOT NULL REFERENCES identities (id) ON DELETE CASCADE,
+  issuer TEXT NOT NULL,
+  audience TEXT NOT NULL,
+  -- JSON object: claim name -> wanted value or glob.
+  claims TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  CONSTRAINT oidc_bindings_issuer_not_empty CHECK (issuer <> ''),
+  CONSTRAINT oidc_bindings_audience_not_empty CHECK (audience <> '')
+);
+CREATE INDEX oidc_bindings_identity ON oidc_bindings (identity_id);
+CREATE INDEX oidc_bindings_issuer ON oidc_bindings (issuer);
+
+CREATE TRIGGER bot_settings_only_for_bots BEFORE INSERT ON bot_settings
+WHEN (SELECT kind FROM identities WHERE id = NEW.identity_id) IS NOT 'bot'
+BEGIN SELECT RAISE(ABORT, 'bot settings belong to bot identities only'); END;
+
+CREATE TRIGGER oidc_bindings_only_for_bots BEFORE INSERT ON oidc_bindings
+WHEN (SELECT kind FROM identities WHERE id = NEW.identity_id) IS NOT 'bot'
+BEGIN SELECT RAISE(ABORT, 'OIDC bindings belong to bot identities only'); END;
+`,
+  },
 ];
 
 export const SCHEMA_VERSION: number = MIGRATIONS[MIGRATIONS.length - 1]?.version ?? 0;

@@ -7,10 +7,12 @@
 import type {
   AttachablePolicy,
   AuditEvent,
+  BotSettings,
   CertRecord,
   Grant,
   Identity,
   Membership,
+  OidcBinding,
   Project,
   ProjectRole,
   RevocationTarget,
@@ -403,6 +405,62 @@ export const auditEvents: Codec<AuditEvent, AuditEvent> = {
     details: readJson<Record<string, unknown>>(r, 'details'),
     prevHash: readText(r, 'prev_hash'),
     hash: readText(r, 'hash'),
+  }),
+};
+
+function readStringArrayOrNull(row: Row, col: string): string[] | null {
+  if (row[col] === null) return null;
+  const v = readJson<unknown>(row, col);
+  if (Array.isArray(v) && v.every((x) => typeof x === 'string')) return v as string[];
+  throw corrupt(col, row[col], 'a JSON array of strings or NULL');
+}
+
+function readStringRecord(row: Row, col: string): Record<string, string> {
+  const v = readJson<unknown>(row, col);
+  if (typeof v === 'object' && v !== null && !Array.isArray(v) && Object.values(v).every((x) => typeof x === 'string')) {
+    return v as Record<string, string>;
+  }
+  throw corrupt(col, row[col], 'a JSON object of strings');
+}
+
+export const botSettings: Codec<BotSettings, BotSettings> = {
+  table: 'bot_settings',
+  columns: columnList(['identity_id', 'run_scopes', 'force_command', 'source_address', 'token_ttl', 'updated_at']),
+  toRow: (s) => ({
+    identity_id: intParam(s.identityId, 'bot settings identityId'),
+    run_scopes: s.runScopes === null ? null : jsonParam(s.runScopes, 'bot settings runScopes'),
+    force_command: s.forceCommand,
+    source_address: s.sourceAddress,
+    token_ttl: intOrNullParam(s.tokenTtl, 'bot settings tokenTtl'),
+    updated_at: intParam(s.updatedAt, 'bot settings updatedAt'),
+  }),
+  fromRow: (r) => ({
+    identityId: readInt(r, 'identity_id'),
+    runScopes: readStringArrayOrNull(r, 'run_scopes'),
+    forceCommand: readTextOrNull(r, 'force_command'),
+    sourceAddress: readTextOrNull(r, 'source_address'),
+    tokenTtl: readIntOrNull(r, 'token_ttl'),
+    updatedAt: readInt(r, 'updated_at'),
+  }),
+};
+
+export const oidcBindings: Codec<OidcBinding, Omit<OidcBinding, 'id'>> = {
+  table: 'oidc_bindings',
+  columns: columnList(['id', 'identity_id', 'issuer', 'audience', 'claims', 'created_at']),
+  toRow: (b) => ({
+    identity_id: intParam(b.identityId, 'OIDC binding identityId'),
+    issuer: b.issuer,
+    audience: b.audience,
+    claims: jsonParam(b.claims, 'OIDC binding claims'),
+    created_at: intParam(b.createdAt, 'OIDC binding createdAt'),
+  }),
+  fromRow: (r) => ({
+    id: readInt(r, 'id'),
+    identityId: readInt(r, 'identity_id'),
+    issuer: readText(r, 'issuer'),
+    audience: readText(r, 'audience'),
+    claims: readStringRecord(r, 'claims'),
+    createdAt: readInt(r, 'created_at'),
   }),
 };
 

@@ -3,7 +3,7 @@ import { chmod, mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { AttachablePolicy, AuditEvent, CertRecord, Identity, Run, TokenRecord } from '../../domain/model.js';
+import type { AttachablePolicy, AuditEvent, BotSettings, CertRecord, Identity, OidcBinding, Run, TokenRecord } from '../../domain/model.js';
 import type { Store, StoreTx } from '../store.js';
 import { StoreError } from './errors.js';
 import { openSqliteStore, SqliteStore } from './sqlite-store.js';
@@ -294,6 +294,87 @@ describe('identities', () => {
     // Disabling is the way out.
     await store.tx((tx) => tx.updateIdentity(carol.id, { disabled: true }));
     expect((await store.getIdentity(carol.id))?.disabled).toBe(true);
+  });
+});
+
+describe('bot settings and OIDC bindings', () => {
+  const settings = (identityId: number, extra: Partial<BotSettings> = {}): BotSettings => ({
+    identityId,
+    runScopes: ['train-*', 'eval-?'],
+    forceCommand: '/usr/bin/smoke-check --quick',
+    sourceAddress: '10.0.0.0/8,::1',
+    tokenTtl: 3600,
+    updatedAt: 1000,
+    ...extra,
+  });
+  const binding = (issuer: string, extra: Partial<Omit<OidcBinding, 'id' | 'identityId'>> = {}) => ({
+    issuer,
+    audience: 'dstack-ca',
+    claims: { repository: 'org/repo', ref: 'refs/heads/*' },
+    createdAt: 1000,
+    ...extra,
+  });
+
+  it('settings round-trip, are replaced whole, survive reopen and go with the bot', async () => {
+    const { store, path } = await fresh();
+    const { ci } = await seed(store);
+    expect(await store.getBotSettings(ci.id)).toBeNull();
+    await store.tx((tx) => tx.putBotSettings(settings(ci.id)));
+    expect(await store.getBotSettings(ci.id)).toEqual(settings(ci.id));
+    const cleared = settings(ci.id, { runScopes: null, forceCommand: null, sourceAddress: null, tokenTtl: null, updatedAt: 2000 });
+    await store.tx((tx) => tx.putBotSettings(cleared));
+    expect(await store.getBotSettings(ci.id)).toEqual(cleared);
+    const again = await reopen(store, path);
+    expect(await again.getBotSettings(ci.id)).toEqual(cleared);
+    // Deleting the bot (never issued anything) takes its settings and bindings along.
+    await again.tx(async (tx) => {
+      await tx.replaceOidcBindings(ci.id, [binding('https://issuer.example')]);
+      await tx.deleteIdentity(ci.id);
+    });
+    expect(await again.getBotSettings(ci.id)).toBeNull();
+    expect(await again.listOidcBindings({})).toEqual([]);
+  });
+
+  it('settings are refused for users, unknown identities and values the schema forbids', async () => {
+    const { store } = await fresh();
+    const { alice, ci } = await seed(store);
+    await expect(store.tx((tx) => tx.putBotSettings(settings(alice.id)))).rejects.toThrow(/identity \d+ is not a bot/);
+    await expect(store.tx((tx) => tx.putBotSettings(settings(4242)))).rejects.toEqual(code('not_found'));
+    await expect(store.tx((tx) => tx.putBotSettings(settings(ci.id, { tokenTtl: 0 })))).rejects.toThrow(/bot_settings_token_ttl_positive/);
+    await expect(store.tx((tx) => tx.putBotSettings(settings(ci.id, { forceCommand: '' })))).rejects.toThrow(/force_command_not_empty/);
+    await expect(store.tx((tx) => tx.putBotSettings(settings(ci.id, { tokenTtl: 1.5 })))).rejects.toThrow(/tokenTtl must be an integer/);
+    expect(await store.getBotSettings(alice.id)).toBeNull();
+    expect(await store.getBotSettings(ci.id)).toBeNull();
+  });
+
+  it('bindings are replaced as a set and listed by bot, project and issuer', async () => {
+    const { store } = await fresh();
+    const { p1, p2, alice, ci } = await seed(store);
+    const other = await store.tx((tx) => tx.insertIdentity(bot('deploy', p2.id)));
+    const first = await store.tx((tx) => tx.replaceOidcBindings(ci.id, [binding('https://a.example'), binding('https://b.example', { audience: 'x' })]));
+    expect(first).toEqual([
+      { id: expect.any(Number), identityId: ci.id, ...binding('https://a.example') },
+      { id: expect.any(Number), identityId: ci.id, ...binding('https://b.example', { audience: 'x' }) },
+    ]);
+    await store.tx((tx) => tx.replaceOidcBindings(other.id, [binding('https://a.example', { claims: { sub: 'repo:org/*' } })]));
+    const issuers = (bs: OidcBinding[]) => bs.map((b) => `${b.identityId}:${b.issuer}`);
+    expect(issuers(await store.listOidcBindings({ identityId: ci.id }))).toEqual([`${ci.id}:https://a.example`, `${ci.id}:https://b.example`]);
+    expect(issuers(await store.listOidcBindings({ projectId: p1.id }))).toEqual([`${ci.id}:https://a.example`, `${ci.id}:https://b.example`]);
+    expect(issuers(await store.listOidcBindings({ projectId: p2.id }))).toEqual([`${other.id}:https://a.example`]);
+    expect(issuers(await store.listOidcBindings({ issuer: 'https://a.example' }))).toEqual([`${ci.id}:https://a.example`, `${other.id}:https://a.example`]);
+    expect(issuers(await store.listOidcBindings({ projectId: p1.id, issuer: 'https://b.example' }))).toEqual([`${ci.id}:https://b.example`]);
+    expect((await store.listOidcBindings({ issuer: 'https://a.example/' })).length).toBe(0); // exact, as `iss` is compared
+    // Replacing: the old rows go, claims round-trip exactly.
+    const second = await store.tx((tx) => tx.replaceOidcBindings(ci.id, [binding('https://c.example', { claims: { 'https://x/claims/team': 'ml', sub: '*' } })]));
+    expect(second.map((b) => [b.issuer, b.claims])).toEqual([['https://c.example', { 'https://x/claims/team': 'ml', sub: '*' }]]);
+    expect(second[0]?.id).toBeGreaterThan(first[1]?.id ?? Infinity);
+    expect(await store.listOidcBindings({ identityId: ci.id })).toEqual(second);
+    await store.tx((tx) => tx.replaceOidcBindings(ci.id, []));
+    expect(await store.listOidcBindings({ identityId: ci.id })).toEqual([]);
+    // Refused for users; a failed replace keeps the old set.
+    await expect(store.tx((tx) => tx.replaceOidcBindings(alice.id, [binding('https://a.example')]))).rejects.toThrow(/is not a bot/);
+    await expect(store.tx((tx) => tx.replaceOidcBindings(other.id, [binding('https://d.example'), binding('', {})]))).rejects.toThrow(/oidc_bindings_issuer_not_empty/);
+    expect(issuers(await store.listOidcBindings({ identityId: other.id }))).toEqual([`${other.id}:https://a.example`]);
   });
 });
 

@@ -30,7 +30,7 @@ import Database from 'better-sqlite3';
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { chmodSync, closeSync, fsyncSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
-import type { AttachablePolicy, AuditEvent, CertRecord, Identity, Membership, Project, ProjectRole, Run, TokenRecord } from '../../domain/model.js';
+import type { AttachablePolicy, AuditEvent, BotSettings, CertRecord, Identity, Membership, OidcBinding, Project, ProjectRole, Run, TokenRecord } from '../../domain/model.js';
 import type { CaKeyRecord, CertFilter, Store, StoredKrl, StoredRevocationTarget, StoreReader, StoreTx } from '../store.js';
 import { StoreError, translateSqliteError } from './errors.js';
 import { applyMigrations, checkCompatible } from './migrations.js';
@@ -185,6 +185,32 @@ class Reads implements StoreReader {
     return this.c()
       .all(`SELECT ${rows.runs.columns()} FROM runs${whereClause(conds)} ORDER BY id`, params)
       .map(rows.runs.fromRow);
+  }
+
+  async getBotSettings(identityId: number): Promise<BotSettings | null> {
+    return one(rows.botSettings, this.c().get(`SELECT ${rows.botSettings.columns()} FROM bot_settings WHERE identity_id = ?`, identityId));
+  }
+
+  async listOidcBindings(filter: { identityId?: number; projectId?: number; issuer?: string }): Promise<OidcBinding[]> {
+    const conds: string[] = [];
+    const params: Row = {};
+    let from = 'oidc_bindings b';
+    if (filter.identityId !== undefined) {
+      conds.push('b.identity_id = @identityId');
+      params.identityId = filter.identityId;
+    }
+    if (filter.projectId !== undefined) {
+      from = 'oidc_bindings b JOIN identities i ON i.id = b.identity_id';
+      conds.push('i.bot_project_id = @projectId');
+      params.projectId = filter.projectId;
+    }
+    if (filter.issuer !== undefined) {
+      conds.push('b.issuer = @issuer');
+      params.issuer = filter.issuer;
+    }
+    return this.c()
+      .all(`SELECT ${rows.oidcBindings.columns('b')} FROM ${from}${whereClause(conds)} ORDER BY b.id`, params)
+      .map(rows.oidcBindings.fromRow);
   }
 
   async getTokenByHash(hash: string): Promise<TokenRecord | null> {
@@ -356,6 +382,29 @@ class SqliteTx extends Reads implements StoreTx {
       if (runCount > 0) throw new StoreError('conflict', `${label} owns ${runCount} run(s) and is never deleted: disable it instead`);
       c.run('DELETE FROM identities WHERE id = ?', id);
     });
+  }
+
+  async putBotSettings(settings: BotSettings): Promise<void> {
+    const row = rows.botSettings.toRow(settings);
+    const what = `settings of bot ${settings.identityId}`;
+    this.write(what, (c) => {
+      requireBot(c, settings.identityId, what);
+      const updates = Object.keys(row)
+        .filter((col) => col !== 'identity_id')
+        .map((col) => `${col} = excluded.${col}`);
+      c.run(`${insertSql('bot_settings', row)} ON CONFLICT (identity_id) DO UPDATE SET ${updates.join(', ')}`, row);
+    });
+  }
+
+  async replaceOidcBindings(identityId: number, bindings: readonly Omit<OidcBinding, 'id' | 'identityId'>[]): Promise<OidcBinding[]> {
+    const prepared = bindings.map((b) => rows.oidcBindings.toRow({ ...b, identityId }));
+    const what = `OIDC bindings of bot ${identityId}`;
+    this.write(what, (c) => {
+      requireBot(c, identityId, what);
+      c.run('DELETE FROM oidc_bindings WHERE identity_id = ?', identityId);
+      for (const row of prepared) c.run(insertSql('oidc_bindings', row), row);
+    });
+    return this.listOidcBindings({ identityId });
   }
 
   async insertProject(p: Omit<Project, 'id'>): Promise<Project> {
@@ -556,6 +605,13 @@ const insertSql = rows.insertSql;
 
 function count(c: Conn, sql: string, ...params: unknown[]): number {
   return Number(rows.scalarBigInt(c.get(sql, ...params), 'n') ?? 0n);
+}
+
+/** Bot settings and OIDC bindings hang off bot identities only. */
+function requireBot(c: Conn, identityId: number, what: string): void {
+  const row = c.get('SELECT kind FROM identities WHERE id = ?', intParam(identityId, 'identity id'));
+  if (row === undefined) throw new StoreError('not_found', `${what}: identity ${identityId} does not exist`);
+  if (row.kind !== 'bot') throw new StoreError('invalid', `${what}: identity ${identityId} is not a bot`);
 }
 
 function highWater(c: Conn): bigint {
