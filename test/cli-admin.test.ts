@@ -1,18 +1,18 @@
 // The admin and bot verbs against a real server process, as DESIGN.md section 10 types
 // them: every CLI call is a separate process, with its exit code, stdout and stderr.
-import { spawn, type ChildProcess } from 'node:child_process';
 import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { createServer as createNetServer, type AddressInfo } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, dstackCa } from './fixtures/cli.js';
-import { cleanupTempDirs, generateKey, krlCheck, listCert, makeTempDir, parseListing, run, type KeyFiles, type RunResult } from './harness/index.js';
+import { cliAgainst, fails, json, ok } from './fixtures/cli.js';
+import { freePort, startServerProcess, type ServerProcess } from './fixtures/server-process.js';
+import { cleanupTempDirs, generateKey, krlCheck, listCert, makeTempDir, parseListing, run, type KeyFiles } from './harness/index.js';
 
 let dir: string;
 let url: string;
-let server: ChildProcess;
-let serverLog = '';
+let server: ServerProcess;
+let ca: ReturnType<typeof cliAgainst>;
 let adminToken: string;
 let configHome: string;
 let botKey: KeyFiles;
@@ -22,73 +22,6 @@ let holderKey: KeyFiles;
 const secrets = new Set<string>();
 /** Every stderr any CLI process wrote. */
 const stderrs: string[] = [];
-
-async function freePort(): Promise<number> {
-  const srv = createNetServer();
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-  const { port } = srv.address() as AddressInfo;
-  await new Promise<void>((resolve) => srv.close(() => resolve()));
-  return port;
-}
-
-async function waitHealthy(base: string, proc: ChildProcess): Promise<void> {
-  const deadline = Date.now() + 30_000;
-  while (Date.now() < deadline) {
-    if (proc.exitCode !== null) throw new Error(`server exited with ${proc.exitCode}:\n${serverLog}`);
-    try {
-      const res = await fetch(`${base}/healthz`);
-      if (res.ok) return;
-    } catch {
-      // not listening yet
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`server did not become healthy:\n${serverLog}`);
-}
-
-interface CaOptions {
-  /** Token to use; default the admin token; null for none. */
-  token?: string | null;
-  env?: Record<string, string | undefined>;
-  input?: string;
-}
-
-/** Runs `dstack-ca ARGS` against the test server. The user's own config never leaks in. */
-async function ca(args: string[], opts: CaOptions = {}): Promise<RunResult> {
-  const token = opts.token === undefined ? adminToken : opts.token;
-  const r = await dstackCa(args, {
-    env: {
-      DSTACK_CA_URL: url,
-      DSTACK_CA_TOKEN: token ?? undefined,
-      DSTACK_CA_DEBUG: undefined,
-      XDG_CONFIG_HOME: configHome,
-      TZ: 'UTC',
-      ...opts.env,
-    },
-    ...(opts.input !== undefined ? { input: opts.input } : {}),
-  });
-  stderrs.push(r.stderr);
-  return r;
-}
-
-/** Expects exit 0 and returns stdout parsed as JSON. */
-function json<T = Record<string, unknown>>(r: RunResult): T {
-  expect(r.stderr, r.stderr).not.toMatch(/internal error/);
-  expect(r.code, r.stderr).toBe(0);
-  return JSON.parse(r.stdout) as T;
-}
-
-function ok(r: RunResult): RunResult {
-  expect(r.code, r.stderr).toBe(0);
-  return r;
-}
-
-/** A failure: the expected exit code and one `dstack-ca: ...` line on stderr. */
-function fails(r: RunResult, code: number, message: RegExp): void {
-  expect(r.code, `stdout: ${r.stdout}\nstderr: ${r.stderr}`).toBe(code);
-  expect(r.stderr).toMatch(message);
-  expect(r.stderr).not.toMatch(/\n\s+at /); // no stack trace
-}
 
 async function api(method: string, path: string, body?: unknown, token: string | null = adminToken): Promise<{ status: number; body: unknown }> {
   const headers: Record<string, string> = {};
@@ -105,27 +38,15 @@ beforeAll(async () => {
   dir = await makeTempDir('cli-admin-');
   configHome = join(dir, 'config');
   await mkdir(configHome);
-  const dataDir = join(dir, 'data');
-  const port = await freePort();
-  url = `http://127.0.0.1:${port}`;
-  server = spawn(process.execPath, [CLI, 'server', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, DSTACK_CA_URL: undefined, DSTACK_CA_TOKEN: undefined },
-  });
-  server.stdout?.on('data', (d: Buffer) => (serverLog += d.toString()));
-  server.stderr?.on('data', (d: Buffer) => (serverLog += d.toString()));
-  await waitHealthy(url, server);
-  adminToken = (await readFile(join(dataDir, 'admin-token'), 'utf8')).trim();
+  server = await startServerProcess(dir);
+  ({ url, adminToken } = server);
+  ca = cliAgainst({ url, adminToken, configHome, stderrs });
   secrets.add(adminToken);
   [botKey, holderKey] = await Promise.all([generateKey(dir, 'bot', 'ed25519'), generateKey(dir, 'holder', 'ecdsa256')]);
 });
 
 afterAll(async () => {
-  if (server && server.exitCode === null) {
-    const exited = new Promise((r) => server.once('exit', r));
-    server.kill('SIGTERM');
-    await exited;
-  }
+  await server?.stop();
   await cleanupTempDirs();
 });
 
@@ -711,7 +632,7 @@ describe('secrets', () => {
     expect(secrets.size).toBeGreaterThanOrEqual(7);
     expect(stderrs.length).toBeGreaterThan(50);
     for (const s of stderrs) for (const t of secrets) expect(s.includes(t), `a token leaked into stderr: ${s.replace(t, '[token]')}`).toBe(false);
-    expect(serverLog).toMatch(/"url":"\/v1\/runs"/); // the log does record requests
-    for (const t of secrets) expect(serverLog.includes(t), 'a token leaked into the server log').toBe(false);
+    expect(server.log()).toMatch(/"url":"\/v1\/runs"/); // the log does record requests
+    for (const t of secrets) expect(server.log().includes(t), 'a token leaked into the server log').toBe(false);
   });
 });

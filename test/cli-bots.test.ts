@@ -2,19 +2,18 @@
 // with OIDC flags (no token at all), bot update, bot token rotate, and a CI job's
 // `cert RUN --oidc-token -` (stdin), `--oidc-token FILE` and $DSTACK_CA_OIDC_TOKEN, with a
 // local OIDC issuer the server fetches its keys from. No token ever reaches stderr.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import { createServer as createNetServer, type AddressInfo } from 'node:net';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, dstackCa } from './fixtures/cli.js';
+import { cliAgainst, fails, json, ok } from './fixtures/cli.js';
+import { startServerProcess, type ServerProcess } from './fixtures/server-process.js';
 import { startTestIssuer, type TestIssuer } from './fixtures/oidc-issuer.js';
 import { cleanupTempDirs, generateKey, listCert, makeTempDir, parseListing, type KeyFiles, type RunResult } from './harness/index.js';
 
 let dir: string;
 let url: string;
-let server: ChildProcess;
-let serverLog = '';
+let server: ServerProcess;
+let ca: ReturnType<typeof cliAgainst>;
 let adminToken: string;
 let configHome: string;
 let issuer: TestIssuer;
@@ -24,63 +23,6 @@ let orchToken: string;
 /** Every secret handed out or used; none may ever show up on a CLI's stderr or in the server log. */
 const secrets = new Set<string>();
 const stderrs: string[] = [];
-
-async function freePort(): Promise<number> {
-  const srv = createNetServer();
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-  const { port } = srv.address() as AddressInfo;
-  await new Promise<void>((resolve) => srv.close(() => resolve()));
-  return port;
-}
-
-async function waitHealthy(base: string, proc: ChildProcess): Promise<void> {
-  const deadline = Date.now() + 30_000;
-  while (Date.now() < deadline) {
-    if (proc.exitCode !== null) throw new Error(`server exited with ${proc.exitCode}:\n${serverLog}`);
-    try {
-      if ((await fetch(`${base}/healthz`)).ok) return;
-    } catch {
-      // not listening yet
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`server did not become healthy:\n${serverLog}`);
-}
-
-async function ca(args: string[], opts: { token?: string | null; env?: Record<string, string | undefined>; input?: string } = {}): Promise<RunResult> {
-  const token = opts.token === undefined ? adminToken : opts.token;
-  const r = await dstackCa(args, {
-    env: {
-      DSTACK_CA_URL: url,
-      DSTACK_CA_TOKEN: token ?? undefined,
-      DSTACK_CA_OIDC_TOKEN: undefined,
-      DSTACK_CA_DEBUG: undefined,
-      XDG_CONFIG_HOME: configHome,
-      TZ: 'UTC',
-      ...opts.env,
-    },
-    ...(opts.input !== undefined ? { input: opts.input } : {}),
-  });
-  stderrs.push(r.stderr);
-  return r;
-}
-
-function json<T = Record<string, unknown>>(r: RunResult): T {
-  expect(r.stderr, r.stderr).not.toMatch(/internal error/);
-  expect(r.code, r.stderr).toBe(0);
-  return JSON.parse(r.stdout) as T;
-}
-
-function ok(r: RunResult): RunResult {
-  expect(r.code, r.stderr).toBe(0);
-  return r;
-}
-
-function fails(r: RunResult, code: number, message: RegExp): void {
-  expect(r.code, `stdout: ${r.stdout}\nstderr: ${r.stderr}`).toBe(code);
-  expect(r.stderr).toMatch(message);
-  expect(r.stderr).not.toMatch(/\n\s+at /);
-}
 
 const now = () => Math.floor(Date.now() / 1000);
 const CLAIMS = { repository: 'org/app', ref: 'refs/heads/main' };
@@ -96,20 +38,12 @@ beforeAll(async () => {
   configHome = join(dir, 'config');
   await mkdir(configHome);
   issuer = await startTestIssuer();
-  const dataDir = join(dir, 'data');
   const config = join(dir, 'server.yaml');
   // Per-bot limit low enough for the retry test below to hit it, high enough for the sequential calls elsewhere.
   await writeFile(config, 'logLevel: info\noidc:\n  jwksCooldown: 0\nrateLimits:\n  bot: { perSecond: 2, burst: 5 }\n');
-  const port = await freePort();
-  url = `http://127.0.0.1:${port}`;
-  server = spawn(process.execPath, [CLI, 'server', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--config', config], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, DSTACK_CA_URL: undefined, DSTACK_CA_TOKEN: undefined },
-  });
-  server.stdout?.on('data', (d: Buffer) => (serverLog += d.toString()));
-  server.stderr?.on('data', (d: Buffer) => (serverLog += d.toString()));
-  await waitHealthy(url, server);
-  adminToken = (await readFile(join(dataDir, 'admin-token'), 'utf8')).trim();
+  server = await startServerProcess(dir, { config });
+  ({ url, adminToken } = server);
+  ca = cliAgainst({ url, adminToken, configHome, stderrs });
   secrets.add(adminToken);
   botKey = await generateKey(dir, 'bot', 'ed25519');
   ok(await ca(['project', 'add', 'ml']));
@@ -118,11 +52,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  if (server && server.exitCode === null) {
-    const exited = new Promise((r) => server.once('exit', r));
-    server.kill('SIGTERM');
-    await exited;
-  }
+  await server?.stop();
   await issuer?.close();
   await cleanupTempDirs();
 });
@@ -339,8 +269,8 @@ describe('secrets', () => {
     expect(secrets.size).toBeGreaterThan(8);
     for (const s of secrets) {
       for (const e of stderrs) expect(e.includes(s), 'a secret on stderr').toBe(false);
-      expect(serverLog.includes(s), 'a secret in the server log').toBe(false);
+      expect(server.log().includes(s), 'a secret in the server log').toBe(false);
     }
-    expect(serverLog).toMatch(/"url":"\/v1\/runs\/ml\/train-1\/certs"/); // the log did record the requests
+    expect(server.log()).toMatch(/"url":"\/v1\/runs\/ml\/train-1\/certs"/); // the log did record the requests
   });
 });
