@@ -36,13 +36,6 @@ export interface ApiConfig {
   token: string | undefined;
 }
 
-/** Adds --url and --token to the root command; every API verb reads them with optsWithGlobals(). */
-export function registerApiOptions(program: Command): void {
-  program
-    .option('--url <url>', 'CA server URL (default: $DSTACK_CA_URL, then the config file)')
-    .option('--token <token>', 'API token (default: $DSTACK_CA_TOKEN, then the config file)');
-}
-
 /** The config file: $XDG_CONFIG_HOME/dstack-ca/config.json, default ~/.config/dstack-ca/config.json. */
 export function configPath(env: NodeJS.ProcessEnv): string {
   const xdg = env.XDG_CONFIG_HOME;

@@ -2,44 +2,57 @@
 // maps every failure to the documented exit codes and a one-line message.
 import { Command, CommanderError } from 'commander';
 import { SshParseError } from '../ca/ssh/wire.js';
-import { registerCert } from './commands/cert.js';
-import { registerServer } from './commands/server.js';
-import { registerKrl } from './commands/krl.js';
-import { registerAudit } from './commands/audit.js';
-import { registerBot } from './commands/bot.js';
-import { registerCa } from './commands/ca.js';
-import { registerKrlFetch } from './commands/krl-fetch.js';
-import { registerMember } from './commands/member.js';
-import { registerOrchestrator } from './commands/orchestrator.js';
-import { registerProject } from './commands/project.js';
-import { registerRevoke } from './commands/revoke.js';
-import { registerRun } from './commands/run.js';
-import { registerUser } from './commands/user.js';
-import { registerApiOptions } from './client.js';
+import { API_OPTIONS_WITH_VALUES, registerApiOptions } from './api-options.js';
 import type { CliContext } from './context.js';
 import { CliError, EXIT, type ExitCode } from './errors.js';
 
-export function buildProgram(ctx: CliContext): Command {
+type Registrar = (program: Command, ctx: CliContext) => void;
+
+// Verbs load on demand: importing every verb (zod, the API schemas, YAML, ...) cost about
+// 250 ms of start-up on every call, more than `krl encode` needs for a whole file.
+const VERBS: Record<string, () => Promise<Registrar>> = {
+  server: async () => (await import('./commands/server.js')).registerServer,
+  cert: async () => (await import('./commands/cert.js')).registerCert,
+  krl: async () => {
+    const [{ registerKrl }, { registerKrlFetch }] = await Promise.all([import('./commands/krl.js'), import('./commands/krl-fetch.js')]);
+    return (program, ctx) => {
+      registerKrl(program, ctx);
+      const krl = program.commands.find((c) => c.name() === 'krl');
+      if (krl) registerKrlFetch(krl, ctx);
+    };
+  },
+  user: async () => (await import('./commands/user.js')).registerUser,
+  project: async () => (await import('./commands/project.js')).registerProject,
+  member: async () => (await import('./commands/member.js')).registerMember,
+  orchestrator: async () => (await import('./commands/orchestrator.js')).registerOrchestrator,
+  run: async () => (await import('./commands/run.js')).registerRun,
+  bot: async () => (await import('./commands/bot.js')).registerBot,
+  revoke: async () => (await import('./commands/revoke.js')).registerRevoke,
+  ca: async () => (await import('./commands/ca.js')).registerCa,
+  audit: async () => (await import('./commands/audit.js')).registerAudit,
+};
+
+/** The verb the arguments name (the first operand, skipping global options), if any. */
+function verbOf(argv: readonly string[]): string | undefined {
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i] as string;
+    if (API_OPTIONS_WITH_VALUES.includes(a)) i++;
+    else if (!a.startsWith('-')) return a;
+  }
+  return undefined;
+}
+
+/** The command tree for `argv`: just its verb when it names one, every verb otherwise (help, typos). */
+export async function buildProgram(ctx: CliContext, argv: readonly string[] = []): Promise<Command> {
   const program = new Command('dstack-ca')
     .description('SSH certificate authority for dstack runs')
     .configureOutput({ writeOut: (s) => ctx.stdout.write(s), writeErr: (s) => ctx.stderr.write(s) })
     .exitOverride()
     .showHelpAfterError('(run with --help for usage)');
-  registerServer(program, ctx);
-  registerCert(program, ctx);
-  registerKrl(program, ctx);
   registerApiOptions(program);
-  registerUser(program, ctx);
-  registerProject(program, ctx);
-  registerMember(program, ctx);
-  registerOrchestrator(program, ctx);
-  registerRun(program, ctx);
-  registerBot(program, ctx);
-  registerRevoke(program, ctx);
-  registerCa(program, ctx);
-  registerAudit(program, ctx);
-  const krl = program.commands.find((c) => c.name() === 'krl');
-  if (krl) registerKrlFetch(krl, ctx);
+  const verb = verbOf(argv);
+  const wanted = verb !== undefined && Object.hasOwn(VERBS, verb) ? [verb] : Object.keys(VERBS);
+  for (const register of await Promise.all(wanted.map((v) => (VERBS[v] as () => Promise<Registrar>)()))) register(program, ctx);
   // Every subcommand inherits the output routing and exit override.
   const wire = (cmd: Command) => {
     for (const sub of cmd.commands) {
@@ -53,7 +66,12 @@ export function buildProgram(ctx: CliContext): Command {
 
 /** Runs the CLI and returns its exit code; never throws. */
 export async function runCli(argv: readonly string[], ctx: CliContext): Promise<ExitCode> {
-  const program = buildProgram(ctx);
+  let program: Command;
+  try {
+    program = await buildProgram(ctx, argv);
+  } catch (e) {
+    return reportError(e, ctx);
+  }
   try {
     await program.parseAsync([...argv], { from: 'user' });
     return EXIT.ok;

@@ -1,0 +1,13 @@
+// The global --url and --token options, apart from the client so that registering them
+// loads nothing else.
+import type { Command } from 'commander';
+
+/** Adds --url and --token to the root command; every API verb reads them with optsWithGlobals(). */
+export function registerApiOptions(program: Command): void {
+  program
+    .option('--url <url>', 'CA server URL (default: $DSTACK_CA_URL, then the config file)')
+    .option('--token <token>', 'API token (default: $DSTACK_CA_TOKEN, then the config file)');
+}
+
+/** Global options that take a value, which the verb lookup must skip. */
+export const API_OPTIONS_WITH_VALUES = ['--url', '--token'];
