@@ -6,8 +6,8 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cliAgainst, fails, json, ok } from './fixtures/cli.js';
-import { freePort, startServerProcess, type ServerProcess } from './fixtures/server-process.js';
-import { cleanupTempDirs, generateKey, krlCheck, listCert, makeTempDir, parseListing, run, type KeyFiles } from './harness/index.js';
+import { startServerProcess, type ServerProcess } from './fixtures/server-process.js';
+import { cleanupTempDirs, freePort, generateKey, krlCheck, listCert, makeTempDir, parseListing, run, type KeyFiles } from './harness/index.js';
 
 let dir: string;
 let url: string;

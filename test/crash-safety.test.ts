@@ -16,7 +16,6 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
-import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -27,7 +26,7 @@ import { decodeKrl } from '../ca/ssh/krl/decode.js';
 import { formatAuthorizedKey, fromKeyObject } from '../ca/ssh/keys.js';
 import { openSqliteStore } from '../ca/store/sqlite/sqlite-store.js';
 import { CLI } from './fixtures/cli.js';
-import { cleanupTempDirs, makeTempDir } from './harness/index.js';
+import { cleanupTempDirs, freePort, makeTempDir } from './harness/index.js';
 
 const CYCLES = 3;
 const IN_FLIGHT = 32;
@@ -51,13 +50,6 @@ interface Server {
 
 const running = new Set<ChildProcess>();
 
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((resolve, reject) => s.once('error', reject).listen(0, '127.0.0.1', resolve));
-  const { port } = s.address() as AddressInfo;
-  await new Promise<void>((resolve) => s.close(() => resolve()));
-  return port;
-}
 
 /** Starts the server and waits until it listens; retries on a port taken in between. */
 async function startServer(dataDir: string, configPath: string): Promise<Server> {

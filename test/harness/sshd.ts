@@ -75,7 +75,7 @@ async function writeAtomic(path: string, data: string | Buffer): Promise<void> {
 const lines = (ls: string[]): string => ls.map((l) => `${l}\n`).join('');
 
 /** A port that was free a moment ago (bind 0, read it, close). Racy, hence the retry in startSshd. */
-function freePort(): Promise<number> {
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = createServer();
     srv.once('error', reject);
