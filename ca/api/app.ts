@@ -10,6 +10,8 @@ import { handleError } from './errors.js';
 import { adminRoutes } from './routes/admin.js';
 import { agentRoutes } from './routes/agents.js';
 import { krlRoutes } from './routes/krl.js';
+import { loginRoutes } from './routes/login.js';
+import { pageRoutes } from '../web/pages.js';
 import { revocationRoutes } from './routes/revocations.js';
 import { runRoutes } from './routes/runs.js';
 
@@ -27,7 +29,25 @@ export interface AppOptions {
 }
 
 /** Log redaction: tokens travel in headers, and nothing secret is ever logged. */
-export const LOG_REDACT = ['req.headers.authorization', 'req.headers.cookie', 'headers.authorization', 'token', 'joinToken', 'oidcToken', '*.token', '*.joinToken', '*.oidcToken'];
+export const LOG_REDACT = [
+  'req.headers.authorization',
+  'req.headers.cookie',
+  'req.headers["x-dstack-ca-csrf"]',
+  'res.headers["set-cookie"]',
+  'headers.authorization',
+  'token',
+  'joinToken',
+  'oidcToken',
+  'deviceCode',
+  'enrollment',
+  'csrf',
+  '*.token',
+  '*.joinToken',
+  '*.oidcToken',
+  '*.deviceCode',
+  '*.enrollment',
+  '*.csrf',
+];
 
 export async function buildApp(authority: Authority, opts: AppOptions = {}): Promise<FastifyInstance> {
   const app = Fastify({ logger: opts.logger ?? false, bodyLimit: BODY_LIMIT });
@@ -87,5 +107,7 @@ export async function buildApp(authority: Authority, opts: AppOptions = {}): Pro
   adminRoutes(app, authority);
   revocationRoutes(app, authority, (n) => certsRevoked.inc(n));
   agentRoutes(app, authority);
+  loginRoutes(app, authority);
+  pageRoutes(app);
   return app;
 }

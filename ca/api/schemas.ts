@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { PROJECT_ROLES } from '../domain/model.js';
 import { identityName, loginUser, projectName, runName } from '../domain/names.js';
 import { attachableBySchema } from '../policy/attachable-by.js';
+import { assertStrongKey, formatAuthorizedKey, parseAuthorizedKey } from '../ssh/keys.js';
 import { forceCommandSchema, oidcBindingSchema, runScopesSchema, sourceAddressSchema } from '../policy/bot-scope.js';
 
 const seconds = z.number().int().positive();
@@ -13,6 +14,31 @@ const serialText = z.string().regex(/^[1-9][0-9]{0,19}$/, 'must be a decimal ser
 
 export const errorBody = z.object({ error: z.string(), message: z.string(), field: z.string().optional() });
 
+/** A host public key line as the orchestrator or agent reports it; stored in normal form (no comment). */
+const hostKeyLine = z.string().max(16 * 1024).transform((line, ctx) => {
+  try {
+    const { key } = parseAuthorizedKey(line);
+    assertStrongKey(key);
+    return formatAuthorizedKey(key);
+  } catch (e) {
+    ctx.addIssue({ code: 'custom', message: (e as Error).message.replace(/^public key: /, '') });
+    return z.NEVER;
+  }
+});
+
+/** Where users reach the run's sshd. The host is written into users' ssh_config, so only plain host characters pass. */
+export const sshEndpointSchema = z
+  .strictObject({
+    host: z
+      .string()
+      .min(1)
+      .max(253)
+      .regex(/^([A-Za-z0-9][A-Za-z0-9.-]*|[0-9A-Fa-f:]+)$/, 'must be a host name or an IP address'),
+    port: z.number().int().min(1).max(65535),
+    hostKeys: z.array(hostKeyLine).max(16).optional().describe('The sshd host public keys (OpenSSH one-line form); users pin them in known_hosts'),
+  })
+  .describe('Where the run’s sshd listens, for `dstack-ca config ssh` and `dstack-ca ssh`');
+
 export const registerRunBody = z.strictObject({
   project: projectName,
   name: runName,
@@ -20,9 +46,11 @@ export const registerRunBody = z.strictObject({
   loginUser,
   attachableBy: attachableBySchema.optional(),
   endsAt: seconds.optional().describe('Unix time the run is planned to end; certs never outlive it'),
+  ssh: sshEndpointSchema.optional(),
 });
 
-export const updateRunBody = z.strictObject({ attachableBy: attachableBySchema.optional() });
+/** attachableBy absent (and no ssh): back to the default policy (the owner only); ssh alone changes only the endpoint; ssh null forgets it. */
+export const updateRunBody = z.strictObject({ attachableBy: attachableBySchema.optional(), ssh: sshEndpointSchema.nullable().optional() });
 
 export const runParams = z.strictObject({ project: projectName, run: runName });
 
@@ -122,6 +150,7 @@ export const runView = z.object({
   attachableBy: z.object({ users: z.array(z.string()), project_members: z.boolean(), public_keys: z.array(z.string()) }),
   state: z.enum(['running', 'finished']),
   endsAt: z.number().nullable(),
+  ssh: z.object({ host: z.string(), port: z.number(), hostKeys: z.array(z.string()) }).nullable(),
 });
 
 export const certView = z.object({
@@ -177,4 +206,65 @@ export const auditEventView = z.object({
   details: z.record(z.string(), z.unknown()),
   prevHash: z.string(),
   hash: z.string(),
+});
+
+// ---- people: passkeys, device-code login, the logged-in caller ----
+
+export const enrollBody = z.strictObject({ reset: z.boolean().optional().describe('Also remove the user’s passkeys and end every login session (a lost device)') }).nullish();
+export const enrollmentView = z.object({ url: z.string().describe('One-time passkey enrollment link'), expiresAt: z.number() });
+export const passkeyView = z.object({ id: z.number(), name: z.string(), createdAt: z.number(), lastUsedAt: z.number().nullable() });
+
+export const deviceCodeBody = z.strictObject({ client: z.string().trim().min(1).max(100).regex(/^[\x20-\x7e]+$/, 'must be printable ASCII').describe('The CLI’s host name, shown on the approval page') });
+export const deviceCodeView = z.object({
+  deviceCode: z.string(),
+  userCode: z.string(),
+  verificationUri: z.string(),
+  verificationUriComplete: z.string(),
+  expiresIn: z.number(),
+  interval: z.number(),
+});
+export const deviceTokenBody = z.strictObject({ deviceCode: z.string().min(1).max(200) });
+export const deviceTokenView = z.object({ token: z.string(), expiresAt: z.number(), user: z.string() });
+export const userCodeBody = z.strictObject({ userCode: z.string().min(1).max(20) });
+
+/** A WebAuthn response as @simplewebauthn/browser sends it; the library checks its insides. */
+const b64url = z.string().max(64 * 1024).regex(/^[A-Za-z0-9_-]*$/, 'must be base64url');
+const webauthnCommon = {
+  id: b64url,
+  rawId: b64url,
+  type: z.literal('public-key'),
+  clientExtensionResults: z.record(z.string(), z.unknown()),
+  authenticatorAttachment: z.enum(['platform', 'cross-platform']).optional(),
+};
+export const registrationResponse = z.object({
+  ...webauthnCommon,
+  response: z.object({
+    clientDataJSON: b64url,
+    attestationObject: b64url,
+    authenticatorData: b64url.optional(),
+    transports: z.array(z.string().max(32)).max(10).optional(),
+    publicKeyAlgorithm: z.number().optional(),
+    publicKey: b64url.optional(),
+  }),
+});
+export const authenticationResponse = z.object({
+  ...webauthnCommon,
+  response: z.object({ clientDataJSON: b64url, authenticatorData: b64url, signature: b64url, userHandle: b64url.optional() }),
+});
+export const enrollOptionsBody = z.strictObject({ enrollment: z.string().min(1).max(200) });
+export const enrollVerifyBody = z.strictObject({ enrollment: z.string().min(1).max(200), name: z.string().max(64).optional(), response: registrationResponse });
+export const addPasskeyBody = z.strictObject({ name: z.string().max(64).optional(), response: registrationResponse });
+export const loginVerifyBody = z.strictObject({ response: authenticationResponse });
+export const deviceDecisionBody = z.strictObject({ userCode: z.string().min(1).max(20), approve: z.boolean(), response: authenticationResponse });
+export const passkeyParam = z.strictObject({ id: z.coerce.number().int().positive() });
+
+export const meView = z.object({ name: z.string(), kind: z.enum(['user', 'bot']), admin: z.boolean(), sessionExpiresAt: z.number().nullable() });
+export const myRunView = z.object({
+  project: z.string(),
+  name: z.string(),
+  principal: z.string(),
+  loginUser: z.string(),
+  state: z.enum(['running', 'finished']),
+  endsAt: z.number().nullable(),
+  ssh: z.object({ host: z.string(), port: z.number(), hostKeys: z.array(z.string()) }).nullable(),
 });

@@ -16,5 +16,6 @@ export async function toRunView(store: StoreReader, run: Run): Promise<z.output<
     attachableBy: policyToWire(run.policy),
     state: run.state,
     endsAt: run.endsAt,
+    ssh: run.ssh,
   };
 }

@@ -38,14 +38,20 @@ async function requireFreeName(tx: StoreTx, name: string): Promise<void> {
 
 // ---- users ----
 
-export async function addUser(ctx: AuthorityContext, actor: Actor, req: { name: string; admin?: boolean }): Promise<Identity> {
+/** Adds a user; `andThen` runs in the same transaction (the first enrollment link is made there). */
+export async function addUser<T = undefined>(
+  ctx: AuthorityContext,
+  actor: Actor,
+  req: { name: string; admin?: boolean },
+  andThen?: (tx: StoreTx, user: Identity, now: number) => Promise<T>,
+): Promise<{ user: Identity; extra: T | undefined }> {
   requireAllowed(actor, 'user.manage');
   const now = ctx.now();
   return ctx.store.tx(async (tx) => {
     await requireFreeName(tx, req.name);
     const user = await tx.insertIdentity({ name: req.name, kind: 'user', globalAdmin: req.admin ?? false, disabled: false, botProjectId: null, botMaxTtl: null, createdAt: now });
     await audit(tx, now, actor, 'user.add', { name: req.name, admin: user.globalAdmin });
-    return user;
+    return { user, extra: andThen ? await andThen(tx, user, now) : undefined };
   });
 }
 

@@ -1,10 +1,19 @@
 // The CA's domain core, as the HTTP layer sees it: a context plus the stateful parts
 // (serial blocks, group commit, proof nonces). Operations live in their own modules.
-import type { AuthorityContext } from './context.js';
+import { webConfigFor, type AuthorityContext, type WebConfig } from './context.js';
 import { Issuer } from './issuance.js';
+import { ChallengeBook } from './login/challenges.js';
 
 export class Authority {
   readonly issuer: Issuer;
+  /** WebAuthn challenges in flight (single-use). */
+  readonly challenges = new ChallengeBook();
+  /**
+   * Where browsers reach the CA; the server sets it once it knows its bound port. The default
+   * suits tests that never listen.
+   */
+  web: WebConfig = webConfigFor('http://localhost');
+
   constructor(readonly ctx: AuthorityContext) {
     this.issuer = new Issuer(ctx);
   }

@@ -48,6 +48,41 @@ export const DEFAULT_OIDC_CONFIG: OidcConfig = {
   discoveryMaxAge: 3600,
 };
 
+/** People's logins: passkey enrollment links, CLI device-code logins, sessions (seconds). */
+export interface LoginConfig {
+  /** How long an enrollment link stays usable. */
+  enrollmentTtl: number;
+  /** Lifetime of the login session `dstack-ca login` receives. */
+  sessionTtl: number;
+  /** Lifetime of a browser session after a passkey assertion. */
+  webSessionTtl: number;
+  /** How long a device code waits for approval. */
+  deviceCodeTtl: number;
+  /** Seconds the CLI waits between polls; faster polls get slow_down. */
+  deviceInterval: number;
+}
+
+export const DEFAULT_LOGIN_CONFIG: LoginConfig = { enrollmentTtl: 24 * 3600, sessionTtl: 12 * 3600, webSessionTtl: 3600, deviceCodeTtl: 600, deviceInterval: 5 };
+
+/**
+ * Where people reach the CA with a browser. WebAuthn binds passkeys to rpId (a host name,
+ * never an IP address) and checks the page origin, so links and pages use publicUrl.
+ */
+export interface WebConfig {
+  /** e.g. http://localhost:8443 (no trailing slash). */
+  publicUrl: string;
+  /** The page origin WebAuthn responses must come from (scheme://host[:port]). */
+  origin: string;
+  rpId: string;
+  rpName: string;
+}
+
+/** publicUrl -> the WebAuthn settings it implies. */
+export function webConfigFor(publicUrl: string, rpName = 'dstack-ca'): WebConfig {
+  const u = new URL(publicUrl);
+  return { publicUrl: u.href.replace(/\/+$/, ''), origin: u.origin, rpId: u.hostname, rpName };
+}
+
 export interface AuthorityConfig {
   /** Default certificate TTL (seconds). */
   defaultTtl: number;
@@ -59,6 +94,8 @@ export interface AuthorityConfig {
   rateLimits?: RateLimitConfig;
   /** Default DEFAULT_OIDC_CONFIG. */
   oidc?: OidcConfig;
+  /** Default DEFAULT_LOGIN_CONFIG. */
+  login?: LoginConfig;
 }
 
 export const DEFAULT_AUTHORITY_CONFIG: AuthorityConfig = { defaultTtl: 3600, maxTtl: 12 * 3600, joinTokenTtl: 24 * 3600 };

@@ -2,7 +2,7 @@
 // (revoking what an edit removes), finished (revoking everything).
 import { randomBytes } from 'node:crypto';
 import { badRequest, conflict } from '../domain/errors.js';
-import type { Run } from '../domain/model.js';
+import type { Run, RunSshEndpoint } from '../domain/model.js';
 import { normalizePolicy, type attachableBySchema } from '../policy/attachable-by.js';
 import type { StoreReader } from '../store/store.js';
 import type { z } from 'zod';
@@ -23,7 +23,11 @@ export interface RegisterRunRequest {
   loginUser: string;
   attachableBy?: PolicyInput;
   endsAt?: number;
+  ssh?: { host: string; port: number; hostKeys?: string[] | undefined };
 }
+
+const toEndpoint = (ssh: RegisterRunRequest['ssh'] | null | undefined): RunSshEndpoint | null =>
+  ssh ? { host: ssh.host, port: ssh.port, hostKeys: [...new Set(ssh.hostKeys ?? [])] } : null;
 
 /** Every name in `users` must exist: a typo must not silently grant nobody (or somebody later). */
 async function checkPolicyNames(store: StoreReader, policy: Run['policy']): Promise<void> {
@@ -54,6 +58,7 @@ export async function registerRun(ctx: AuthorityContext, actor: Actor, req: Regi
       endsAt: req.endsAt ?? null,
       createdAt: now,
       finishedAt: null,
+      ssh: toEndpoint(req.ssh),
     });
     const joinToken = await insertToken(tx, now, { kind: 'agent-join', identityId: null, runId: run.id, name: `${req.project}/${req.name}`, expiresAt: now + ctx.config.joinTokenTtl });
     await audit(tx, now, actor, 'run.register', { run: `${req.project}/${req.name}`, principal: run.principal, owner: owner.name, policy });
@@ -98,6 +103,19 @@ export async function updateRunPolicy(
   });
   if (r.krlVersion !== null) await publishKrl(ctx);
   return { run: { ...run, policy }, revokedCerts: r.revoked.length };
+}
+
+/** Sets (or, with null, forgets) where users reach the run's sshd and its host keys. */
+export async function updateRunSsh(ctx: AuthorityContext, actor: Actor, projectName: string, runName: string, ssh: RegisterRunRequest['ssh'] | null): Promise<Run> {
+  const { run } = await requireRun(ctx.store, projectName, runName);
+  await authorizeRun(ctx, actor, 'run.update-policy', run);
+  const endpoint = toEndpoint(ssh);
+  const now = ctx.now();
+  await ctx.store.tx(async (tx) => {
+    await tx.updateRunSsh(run.id, endpoint);
+    await audit(tx, now, actor, 'run.update-ssh', { run: `${projectName}/${runName}`, from: run.ssh, to: endpoint });
+  });
+  return { ...run, ssh: endpoint };
 }
 
 export async function finishRun(ctx: AuthorityContext, actor: Actor, projectName: string, runName: string): Promise<{ revokedCerts: number }> {

@@ -26,3 +26,16 @@ export function hashToken(secret: string): string {
 export function looksLikeToken(secret: string): boolean {
   return /^dsca_[a-z]+_[A-Za-z0-9_-]{43}$/.test(secret);
 }
+
+/** One-time and session secrets that are not API tokens (enrollment links, device codes, browser sessions). */
+export type SecretKind = 'enroll' | 'device' | 'web';
+
+export function newSecret(kind: SecretKind): { secret: string; hash: string } {
+  const secret = `dsca_${kind}_${randomBytes(32).toString('base64url')}`;
+  return { secret, hash: hashToken(secret) };
+}
+
+/** The hash to look a presented secret up by, or null when it cannot be one of `kind`. */
+export function secretLookupHash(kind: SecretKind, presented: string): string | null {
+  return presented.startsWith(`dsca_${kind}_`) && looksLikeToken(presented) ? hashToken(presented) : null;
+}

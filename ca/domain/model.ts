@@ -51,8 +51,17 @@ export interface Run {
   state: 'running' | 'finished';
   /** Optional planned end: certificates never outlive it. */
   endsAt: number | null;
+  /** Where the run's sshd listens and its host keys (for users' known_hosts); null: unknown. */
+  ssh: RunSshEndpoint | null;
   createdAt: number;
   finishedAt: number | null;
+}
+
+export interface RunSshEndpoint {
+  host: string;
+  port: number;
+  /** OpenSSH one-line host public keys, normalised (type + base64, no comment). */
+  hostKeys: string[];
 }
 
 /** Which rule of the policy allowed a certificate; kept for audit and re-checks. */
@@ -151,5 +160,59 @@ export interface OidcBinding {
   audience: string;
   /** Claim name -> wanted value or glob; at least one entry. */
   claims: Record<string, string>;
+  createdAt: number;
+}
+
+/** A WebAuthn credential (passkey) of a user. */
+export interface Passkey {
+  id: number;
+  identityId: number;
+  /** base64url, as WebAuthn clients send it. */
+  credentialId: string;
+  /** COSE public key. */
+  publicKey: Buffer;
+  /** Signature counter last seen; a lower or equal non-zero one is a cloned authenticator. */
+  counter: number;
+  transports: string[];
+  name: string;
+  createdAt: number;
+  lastUsedAt: number | null;
+}
+
+/** A one-time passkey enrollment link (only the hash of its secret is stored). */
+export interface Enrollment {
+  id: number;
+  hash: string;
+  identityId: number;
+  expiresAt: number;
+  usedAt: number | null;
+  revokedAt: number | null;
+  createdAt: number;
+}
+
+/** A CLI login waiting for (or given) approval in the browser (RFC 8628 device grant). */
+export interface DeviceCode {
+  id: number;
+  /** sha256 of the device code the CLI polls with. */
+  deviceHash: string;
+  /** What the user types or checks on the page, e.g. "BCDF-GHJK". */
+  userCode: string;
+  client: string;
+  createdAt: number;
+  expiresAt: number;
+  lastPolledAt: number | null;
+  approvedBy: number | null;
+  decidedAt: number | null;
+  denied: boolean;
+  consumedAt: number | null;
+}
+
+/** A browser session (cookie) after a passkey assertion; only its hash is stored. */
+export interface WebSession {
+  id: number;
+  hash: string;
+  identityId: number;
+  expiresAt: number;
+  revokedAt: number | null;
   createdAt: number;
 }

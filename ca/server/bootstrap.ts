@@ -7,6 +7,7 @@ import { Authority } from '../authority/authority.js';
 import { audit } from '../authority/audit.js';
 import { KrlEvents, type AuthorityContext } from '../authority/context.js';
 import { rebuildKrl } from '../authority/krl.js';
+import { createEnrollment } from '../authority/login/passkeys.js';
 import { newToken } from '../authority/tokens.js';
 import { writeFileAtomic } from '../io/atomic-file.js';
 import { CaKeyStore, type StoredCaKey } from '../keys/ca-key-store.js';
@@ -21,6 +22,8 @@ export interface OpenedCa {
   store: Store;
   /** Set on the first start only: where the admin token was written. */
   adminTokenPath: string | null;
+  /** Set on the first start only: the admin's one-time passkey enrollment secret (make a link with enrollmentUrl). */
+  adminEnrollment: string | null;
   keyringSource: 'config' | 'environment' | 'data-dir';
 }
 
@@ -68,6 +71,7 @@ export async function openCa(cfg: ServerConfig, env: NodeJS.ProcessEnv = process
   try {
     const { active, trusted } = await loadCaKeys(store, new CaKeyStore(join(cfg.dataDir, 'ca-keys'), keyring), cfg, now());
     let adminTokenPath: string | null = null;
+    let adminEnrollment: string | null = null;
     if ((await store.getMeta('bootstrapped')) === null) {
       // The token file is written before the commit: a crash in between leaves a token
       // that is simply replaced on the next start, never a committed admin nobody can use.
@@ -78,6 +82,7 @@ export async function openCa(cfg: ServerConfig, env: NodeJS.ProcessEnv = process
       await store.tx(async (tx) => {
         const admin = (await tx.getIdentityByName('admin')) ?? (await tx.insertIdentity({ name: 'admin', kind: 'user', globalAdmin: true, disabled: false, botProjectId: null, botMaxTtl: null, createdAt: t }));
         await tx.insertToken({ kind: 'admin', hash, identityId: admin.id, runId: null, name: 'bootstrap', expiresAt: null, usedAt: null, revokedAt: null, createdAt: t });
+        adminEnrollment = (await createEnrollment(tx, admin, t, cfg.login.enrollmentTtl)).secret;
         if ((await tx.latestKrl()) === null) await rebuildKrl(tx, t); // hosts always get a valid KRL, never an empty file
         await tx.setMeta('bootstrapped', String(t));
         await audit(tx, t, 'system', 'bootstrap', { admin: 'admin' });
@@ -86,11 +91,11 @@ export async function openCa(cfg: ServerConfig, env: NodeJS.ProcessEnv = process
     const ctx: AuthorityContext = {
       store,
       caKeys: { active: active.signer, trusted: trusted.map((k) => parseAuthorizedKey(k.publicKey).key) },
-      config: { defaultTtl: cfg.certs.defaultTtl, maxTtl: cfg.certs.maxTtl, joinTokenTtl: 24 * 3600, rateLimits: cfg.rateLimits, oidc: cfg.oidc },
+      config: { defaultTtl: cfg.certs.defaultTtl, maxTtl: cfg.certs.maxTtl, joinTokenTtl: 24 * 3600, rateLimits: cfg.rateLimits, oidc: cfg.oidc, login: cfg.login },
       now,
       krlEvents: new KrlEvents(),
     };
-    return { authority: new Authority(ctx), store, adminTokenPath, keyringSource: source };
+    return { authority: new Authority(ctx), store, adminTokenPath, adminEnrollment, keyringSource: source };
   } catch (e) {
     await store.close();
     throw e;

@@ -6,7 +6,7 @@ import { z } from 'zod';
 import { CA_KEY_TYPES } from '../keys/ca-key-store.js';
 import { MAX_TTL_CAP } from '../policy/cert-profile.js';
 import { parseDuration } from '../domain/duration.js';
-import { DEFAULT_OIDC_CONFIG, DEFAULT_RATE_LIMITS, type OidcConfig, type RateLimitConfig } from '../authority/context.js';
+import { DEFAULT_LOGIN_CONFIG, DEFAULT_OIDC_CONFIG, DEFAULT_RATE_LIMITS, type LoginConfig, type OidcConfig, type RateLimitConfig } from '../authority/context.js';
 
 const duration = z.union([z.number().int().positive(), z.string()]).transform((v, ctx) => {
   try {
@@ -67,13 +67,33 @@ const oidc = z
     }),
   );
 
+const login = z
+  .strictObject({
+    enrollmentTtl: duration.default(DEFAULT_LOGIN_CONFIG.enrollmentTtl).refine((s) => s <= 30 * 24 * 3600, 'at most 30d'),
+    sessionTtl: duration.default(DEFAULT_LOGIN_CONFIG.sessionTtl).refine((s) => s <= 30 * 24 * 3600, 'at most 30d'),
+    webSessionTtl: duration.default(DEFAULT_LOGIN_CONFIG.webSessionTtl).refine((s) => s <= 24 * 3600, 'at most 24h'),
+    deviceCodeTtl: duration.default(DEFAULT_LOGIN_CONFIG.deviceCodeTtl).refine((s) => s >= 60 && s <= 3600, 'between 1m and 1h'),
+    deviceInterval: z.number().int().min(1).max(60).default(DEFAULT_LOGIN_CONFIG.deviceInterval),
+  })
+  .prefault({})
+  .transform((l): LoginConfig => l);
+
 const listen = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'must be HOST:PORT, e.g. 127.0.0.1:8443');
 
 export const serverConfigSchema = z.strictObject({
   dataDir: z.string().min(1).default('./data'),
   listen: listen.default('127.0.0.1:8443'),
-  /** URL clients use to reach the server (printed in links); default http://LISTEN. */
-  publicUrl: z.url().optional(),
+  /**
+   * URL people and clients use to reach the server: links, and the passkey pages' origin
+   * and WebAuthn RP id (a host name: passkeys cannot bind to an IP address). Default: http://localhost:PORT
+   * when listening on loopback, else http://LISTEN.
+   */
+  publicUrl: z
+    .url()
+    .refine((u) => /^https?:\/\/[^/]+\/?$/.test(u), 'must be scheme://host[:port] with no path (e.g. https://ca.example.com)')
+    .optional(),
+  /** People's logins: enrollment links, CLI sessions, browser sessions, device codes. */
+  login,
   /** "ID:BASE64" entries; else DSTACK_CA_KEYRING; else a keyring file made in the data dir. */
   keyring: z.array(z.string()).min(1).optional(),
   caKeyType: z.enum(CA_KEY_TYPES).default('ed25519'),

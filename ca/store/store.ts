@@ -12,14 +12,19 @@ import type {
   AuditEvent,
   BotSettings,
   CertRecord,
+  DeviceCode,
+  Enrollment,
   Identity,
   Membership,
   OidcBinding,
+  Passkey,
   Project,
   ProjectRole,
   RevocationTarget,
   Run,
+  RunSshEndpoint,
   TokenRecord,
+  WebSession,
 } from '../domain/model.js';
 
 export interface CertFilter {
@@ -110,6 +115,14 @@ export interface StoreReader {
 
   lastAuditEvent(): Promise<AuditEvent | null>;
   listAuditEvents(filter: { afterSeq?: number; limit?: number }): Promise<AuditEvent[]>;
+
+  listPasskeys(identityId: number): Promise<Passkey[]>;
+  getPasskeyByCredentialId(credentialId: string): Promise<Passkey | null>;
+  getEnrollmentByHash(hash: string): Promise<Enrollment | null>;
+  getDeviceCodeByHash(deviceHash: string): Promise<DeviceCode | null>;
+  /** The device code with this user code that is still waiting for a decision at `now`, if any. */
+  getPendingDeviceCode(userCode: string, now: number): Promise<DeviceCode | null>;
+  getWebSessionByHash(hash: string): Promise<WebSession | null>;
 }
 
 export interface StoreTx extends StoreReader {
@@ -159,6 +172,30 @@ export interface StoreTx extends StoreReader {
   upsertCaKey(k: CaKeyRecord): Promise<void>;
 
   appendAuditEvent(e: AuditEvent): Promise<void>;
+
+  updateRunSsh(id: number, ssh: RunSshEndpoint | null): Promise<void>;
+
+  insertPasskey(p: Omit<Passkey, 'id'>): Promise<Passkey>;
+  /** Records an assertion: the new counter and the time. */
+  recordPasskeyUse(id: number, counter: number, at: number): Promise<void>;
+  deletePasskey(id: number): Promise<void>;
+
+  insertEnrollment(e: Omit<Enrollment, 'id'>): Promise<Enrollment>;
+  /** Consumes an enrollment link: refused (conflict) if it was already used. */
+  markEnrollmentUsed(id: number, at: number): Promise<void>;
+  /** Revokes every unused link of a user; returns how many. */
+  revokeEnrollments(identityId: number, at: number): Promise<number>;
+
+  insertDeviceCode(d: Omit<DeviceCode, 'id'>): Promise<DeviceCode>;
+  markDeviceCodePolled(id: number, at: number): Promise<void>;
+  /** Approves or denies once: refused (conflict) if already decided. */
+  decideDeviceCode(id: number, decision: { approvedBy: number } | { denied: true }, at: number): Promise<void>;
+  /** Hands the login session out once: refused (conflict) if already consumed. */
+  consumeDeviceCode(id: number, at: number): Promise<void>;
+
+  insertWebSession(w: Omit<WebSession, 'id'>): Promise<WebSession>;
+  /** Revokes one session (id) or all of a user's (identityId); returns how many changed. */
+  revokeWebSessions(filter: { id?: number; identityId?: number }, at: number): Promise<number>;
 }
 
 export interface Store extends StoreReader {

@@ -20,10 +20,12 @@ export function registerServer(program: Command, ctx: CliContext): void {
     .option('--ca-key-type <type>', 'CA key type on first start: ed25519, ecdsa-p256/384/521, rsa-3072/4096')
     .action(async (flags: ServerFlags) => {
       // Loaded here, not at the top: every other verb would pay for fastify and SQLite.
-      const [{ buildApp, LOG_REDACT }, { openCa }, { ConfigError, loadServerConfig }] = await Promise.all([
+      const [{ buildApp, LOG_REDACT }, { openCa }, { ConfigError, loadServerConfig }, { webConfigFor }, { enrollmentUrl }] = await Promise.all([
         import('../../ca/api/app.js'),
         import('../../ca/server/bootstrap.js'),
         import('../../ca/server/config.js'),
+        import('../../ca/authority/context.js'),
+        import('../../ca/authority/login/passkeys.js'),
       ]);
       let cfg;
       try {
@@ -47,12 +49,20 @@ export function registerServer(program: Command, ctx: CliContext): void {
       const a = app.server.address();
       const bound = a && typeof a === 'object' ? `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}` : cfg.listen;
       const url = cfg.publicUrl ?? `http://${bound}`;
+      opened.authority.web = webConfigFor(cfg.publicUrl ?? defaultPublicUrl(a && typeof a === 'object' ? a.address : host, a && typeof a === 'object' ? a.port : port));
       ctx.stderr.write(`dstack-ca: serving on ${url} (data dir ${cfg.dataDir}, keyring from ${opened.keyringSource})\n`);
+      ctx.stderr.write(`dstack-ca: passkey pages at ${opened.authority.web.publicUrl} (WebAuthn RP id ${opened.authority.web.rpId})\n`);
+      if (/^[\d.]+$|:/.test(opened.authority.web.rpId)) {
+        ctx.stderr.write('dstack-ca: warning: passkeys need a host name, not an IP address: set publicUrl in the config\n');
+      }
       if (opened.adminTokenPath) {
         ctx.stderr.write(
           `dstack-ca: first start: admin token written to ${opened.adminTokenPath} (mode 0600); use it with\n` +
             `  export DSTACK_CA_URL=${url} DSTACK_CA_TOKEN=$(cat ${opened.adminTokenPath})\n`,
         );
+      }
+      if (opened.adminEnrollment) {
+        ctx.stderr.write(`dstack-ca: enroll the admin's passkey (one-time link): ${enrollmentUrl(opened.authority, opened.adminEnrollment)}\n`);
       }
       await new Promise<void>((resolve) => {
         const stop = () => resolve();
@@ -62,4 +72,11 @@ export function registerServer(program: Command, ctx: CliContext): void {
       await app.close();
       await opened.store.close();
     });
+}
+
+/** Loopback is served to browsers as localhost: WebAuthn needs a host name, and localhost is a secure context without TLS. */
+function defaultPublicUrl(host: string, port: number): string {
+  const loopback = host === 'localhost' || host === '::1' || /^127\./.test(host);
+  const h = loopback ? 'localhost' : host.includes(':') ? `[${host}]` : host;
+  return `http://${h}:${port}`;
 }

@@ -22,6 +22,8 @@ import {
   updateUser,
 } from '../../authority/admin.js';
 import { requireAllowed } from '../../authority/actors.js';
+import { createEnrollment, enrollmentUrl, loginConfig } from '../../authority/login/passkeys.js';
+import { issueEnrollment, listPasskeysOf, logoutUser } from '../../authority/login/people.js';
 import type { Authority } from '../../authority/authority.js';
 import type { Identity } from '../../domain/model.js';
 import {
@@ -34,6 +36,9 @@ import {
   botParams,
   botTokenView,
   botView,
+  enrollBody,
+  enrollmentView,
+  passkeyView,
   rotateTokenBody,
   updateBotBody,
   memberParams,
@@ -57,9 +62,18 @@ export function adminRoutes(app: FastifyInstance, authority: Authority): void {
   const r = app.withTypeProvider<ZodTypeProvider>();
   const ctx = authority.ctx;
 
-  r.post('/v1/users', { schema: { body: addUserBody, response: { 201: userView } } }, async (req, reply) =>
-    reply.code(201).send(toUserView(await addUser(ctx, req.actor, req.body))),
+  r.post('/v1/users', { schema: { body: addUserBody, response: { 201: userView.extend({ enrollment: enrollmentView }) } } }, async (req, reply) => {
+    const { user, extra } = await addUser(ctx, req.actor, req.body, async (tx, u, now) => createEnrollment(tx, u, now, loginConfig(authority).enrollmentTtl));
+    const link = extra as { secret: string; expiresAt: number };
+    return reply.code(201).send({ ...toUserView(user), enrollment: { url: enrollmentUrl(authority, link.secret), expiresAt: link.expiresAt } });
+  });
+  r.post('/v1/users/:name/enrollments', { schema: { params: nameParam, body: enrollBody, response: { 201: enrollmentView.extend({ removedPasskeys: z.number(), endedSessions: z.number() }) } } }, async (req, reply) =>
+    reply.code(201).send(await issueEnrollment(authority, req.actor, req.params.name, { reset: req.body?.reset ?? false })),
   );
+  r.post('/v1/users/:name/logout', { schema: { params: nameParam, body: rotateTokenBody, response: { 200: z.object({ endedSessions: z.number() }) } } }, async (req) =>
+    logoutUser(authority, req.actor, req.params.name),
+  );
+  r.get('/v1/users/:name/passkeys', { schema: { params: nameParam, response: { 200: z.array(passkeyView) } } }, async (req) => listPasskeysOf(authority, req.actor, req.params.name));
   r.get('/v1/users', { schema: { response: { 200: z.array(userView) } } }, async (req) => (await listUsers(ctx, req.actor)).map(toUserView));
   r.patch('/v1/users/:name', { schema: { params: nameParam, body: updateUserBody, response: { 200: userView } } }, async (req) =>
     toUserView(await updateUser(ctx, req.actor, req.params.name, req.body)),

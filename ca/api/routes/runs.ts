@@ -4,7 +4,7 @@ import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import type { Authority } from '../../authority/authority.js';
 import { proofMessage } from '../../authority/proof.js';
-import { finishRun, getRun, listRuns, registerRun, updateRunPolicy } from '../../authority/runs.js';
+import { finishRun, getRun, listRuns, registerRun, updateRunPolicy, updateRunSsh } from '../../authority/runs.js';
 import { requireRun } from '../../authority/lookup.js';
 import { certView, errorBody, issueCertBody, nonceView, revokedCountView, projectParam, registerRunBody, runParams, runView, updateRunBody } from '../schemas.js';
 import { toRunView } from '../views.js';
@@ -28,7 +28,11 @@ export function runRoutes(app: FastifyInstance, authority: Authority): void {
   );
 
   r.patch('/v1/runs/:project/:run', { schema: { params: runParams, body: updateRunBody, response: { 200: runView.extend({ revokedCerts: z.number() }) } } }, async (req) => {
-    const { run, revokedCerts } = await updateRunPolicy(authority.ctx, req.actor, req.params.project, req.params.run, req.body.attachableBy);
+    const { project, run: name } = req.params;
+    let run = req.body.ssh !== undefined ? await updateRunSsh(authority.ctx, req.actor, project, name, req.body.ssh) : null;
+    let revokedCerts = 0;
+    // ssh alone changes only the endpoint; otherwise this is a policy edit (absent: the default).
+    if (run === null || req.body.attachableBy !== undefined) ({ run, revokedCerts } = await updateRunPolicy(authority.ctx, req.actor, project, name, req.body.attachableBy));
     return { ...(await toRunView(store, run)), revokedCerts };
   });
 

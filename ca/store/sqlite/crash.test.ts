@@ -133,6 +133,7 @@ describe('crash safety', () => {
         projectId: p.id,
         name: 'r',
         principal: 'dstack-run-crash',
+        ssh: null,
         ownerId: alice.id,
         loginUser: 'ubuntu',
         policy: { users: ['alice'], projectMembers: false, publicKeys: [] },

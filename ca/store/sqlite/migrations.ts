@@ -267,6 +267,76 @@ WHEN (SELECT kind FROM identities WHERE id = NEW.identity_id) IS NOT 'bot'
 BEGIN SELECT RAISE(ABORT, 'OIDC bindings belong to bot identities only'); END;
 `,
   },
+  {
+    version: 4,
+    name: 'passkeys_enrollments_device_codes_sessions',
+    // People log in with passkeys (WebAuthn). An enrollment link registers the first one; the
+    // CLI's device-code login and the browser's session cookie hang off a passkey assertion.
+    // Only SHA-256 hashes of link, device-code and session secrets are stored. runs.ssh is
+    // where a run's sshd listens and its host keys, as the orchestrator registered them.
+    sql: `
+ALTER TABLE runs ADD COLUMN ssh TEXT;
+
+CREATE TABLE passkeys (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  identity_id BIGINT NOT NULL REFERENCES identities (id) ON DELETE CASCADE,
+  -- base64url credential id, as WebAuthn clients send it.
+  credential_id TEXT NOT NULL,
+  -- COSE public key.
+  public_key BLOB NOT NULL,
+  counter BIGINT NOT NULL,
+  -- JSON array of transports ("internal", "usb", ...).
+  transports TEXT NOT NULL,
+  name TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  last_used_at BIGINT,
+  CONSTRAINT passkeys_credential_unique UNIQUE (credential_id),
+  CONSTRAINT passkeys_counter_not_negative CHECK (counter >= 0)
+);
+CREATE INDEX passkeys_identity ON passkeys (identity_id);
+
+CREATE TABLE enrollments (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  hash TEXT NOT NULL,
+  identity_id BIGINT NOT NULL REFERENCES identities (id) ON DELETE CASCADE,
+  expires_at BIGINT NOT NULL,
+  used_at BIGINT,
+  revoked_at BIGINT,
+  created_at BIGINT NOT NULL,
+  CONSTRAINT enrollments_hash_unique UNIQUE (hash)
+);
+CREATE INDEX enrollments_identity ON enrollments (identity_id);
+
+CREATE TABLE device_codes (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  device_hash TEXT NOT NULL,
+  user_code TEXT NOT NULL,
+  -- What the CLI said about itself (its host name), shown on the approval page.
+  client TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  expires_at BIGINT NOT NULL,
+  last_polled_at BIGINT,
+  approved_by BIGINT REFERENCES identities (id) ON DELETE CASCADE,
+  decided_at BIGINT,
+  denied BOOLEAN NOT NULL DEFAULT FALSE,
+  consumed_at BIGINT,
+  CONSTRAINT device_codes_hash_unique UNIQUE (device_hash),
+  CONSTRAINT device_codes_denied_boolean CHECK (denied IN (FALSE, TRUE))
+);
+CREATE INDEX device_codes_user_code ON device_codes (user_code);
+
+CREATE TABLE web_sessions (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  hash TEXT NOT NULL,
+  identity_id BIGINT NOT NULL REFERENCES identities (id) ON DELETE CASCADE,
+  expires_at BIGINT NOT NULL,
+  revoked_at BIGINT,
+  created_at BIGINT NOT NULL,
+  CONSTRAINT web_sessions_hash_unique UNIQUE (hash)
+);
+CREATE INDEX web_sessions_identity ON web_sessions (identity_id);
+`,
+  },
 ];
 
 export const SCHEMA_VERSION: number = MIGRATIONS[MIGRATIONS.length - 1]?.version ?? 0;

@@ -17,6 +17,11 @@ import type {
   ProjectRole,
   RevocationTarget,
   Run,
+  RunSshEndpoint,
+  Passkey,
+  Enrollment,
+  DeviceCode,
+  WebSession,
   TokenKind,
   TokenRecord,
 } from '../../domain/model.js';
@@ -206,6 +211,7 @@ export const runs: Codec<Run, Omit<Run, 'id'>> = {
     'ends_at',
     'created_at',
     'finished_at',
+    'ssh',
   ]),
   toRow: (r) => ({
     project_id: intParam(r.projectId, 'run projectId'),
@@ -218,6 +224,7 @@ export const runs: Codec<Run, Omit<Run, 'id'>> = {
     ends_at: intOrNullParam(r.endsAt, 'run endsAt'),
     created_at: intParam(r.createdAt, 'run createdAt'),
     finished_at: intOrNullParam(r.finishedAt, 'run finishedAt'),
+    ssh: r.ssh === null ? null : jsonParam(r.ssh, 'run ssh'),
   }),
   fromRow: (r) => ({
     id: readInt(r, 'id'),
@@ -231,6 +238,7 @@ export const runs: Codec<Run, Omit<Run, 'id'>> = {
     endsAt: readIntOrNull(r, 'ends_at'),
     createdAt: readInt(r, 'created_at'),
     finishedAt: readIntOrNull(r, 'finished_at'),
+    ssh: r.ssh === null ? null : readJson<RunSshEndpoint>(r, 'ssh'),
   }),
 };
 
@@ -469,3 +477,101 @@ export function scalarBigInt(row: Row | undefined, col: string): bigint | null {
   if (row === undefined || row[col] === null) return null;
   return readBigInt(row, col);
 }
+
+export const passkeys: Codec<Passkey, Omit<Passkey, 'id'>> = {
+  table: 'passkeys',
+  columns: columnList(['id', 'identity_id', 'credential_id', 'public_key', 'counter', 'transports', 'name', 'created_at', 'last_used_at']),
+  toRow: (p) => ({
+    identity_id: intParam(p.identityId, 'passkey identityId'),
+    credential_id: p.credentialId,
+    public_key: p.publicKey,
+    counter: intParam(p.counter, 'passkey counter'),
+    transports: jsonParam(p.transports, 'passkey transports'),
+    name: p.name,
+    created_at: intParam(p.createdAt, 'passkey createdAt'),
+    last_used_at: intOrNullParam(p.lastUsedAt, 'passkey lastUsedAt'),
+  }),
+  fromRow: (r) => ({
+    id: readInt(r, 'id'),
+    identityId: readInt(r, 'identity_id'),
+    credentialId: readText(r, 'credential_id'),
+    publicKey: readBlob(r, 'public_key'),
+    counter: readInt(r, 'counter'),
+    transports: readJson<string[]>(r, 'transports'),
+    name: readText(r, 'name'),
+    createdAt: readInt(r, 'created_at'),
+    lastUsedAt: readIntOrNull(r, 'last_used_at'),
+  }),
+};
+
+export const enrollments: Codec<Enrollment, Omit<Enrollment, 'id'>> = {
+  table: 'enrollments',
+  columns: columnList(['id', 'hash', 'identity_id', 'expires_at', 'used_at', 'revoked_at', 'created_at']),
+  toRow: (e) => ({
+    hash: e.hash,
+    identity_id: intParam(e.identityId, 'enrollment identityId'),
+    expires_at: intParam(e.expiresAt, 'enrollment expiresAt'),
+    used_at: intOrNullParam(e.usedAt, 'enrollment usedAt'),
+    revoked_at: intOrNullParam(e.revokedAt, 'enrollment revokedAt'),
+    created_at: intParam(e.createdAt, 'enrollment createdAt'),
+  }),
+  fromRow: (r) => ({
+    id: readInt(r, 'id'),
+    hash: readText(r, 'hash'),
+    identityId: readInt(r, 'identity_id'),
+    expiresAt: readInt(r, 'expires_at'),
+    usedAt: readIntOrNull(r, 'used_at'),
+    revokedAt: readIntOrNull(r, 'revoked_at'),
+    createdAt: readInt(r, 'created_at'),
+  }),
+};
+
+export const deviceCodes: Codec<DeviceCode, Omit<DeviceCode, 'id'>> = {
+  table: 'device_codes',
+  columns: columnList(['id', 'device_hash', 'user_code', 'client', 'created_at', 'expires_at', 'last_polled_at', 'approved_by', 'decided_at', 'denied', 'consumed_at']),
+  toRow: (d) => ({
+    device_hash: d.deviceHash,
+    user_code: d.userCode,
+    client: d.client,
+    created_at: intParam(d.createdAt, 'device code createdAt'),
+    expires_at: intParam(d.expiresAt, 'device code expiresAt'),
+    last_polled_at: intOrNullParam(d.lastPolledAt, 'device code lastPolledAt'),
+    approved_by: intOrNullParam(d.approvedBy, 'device code approvedBy'),
+    decided_at: intOrNullParam(d.decidedAt, 'device code decidedAt'),
+    denied: boolParam(d.denied, 'device code denied'),
+    consumed_at: intOrNullParam(d.consumedAt, 'device code consumedAt'),
+  }),
+  fromRow: (r) => ({
+    id: readInt(r, 'id'),
+    deviceHash: readText(r, 'device_hash'),
+    userCode: readText(r, 'user_code'),
+    client: readText(r, 'client'),
+    createdAt: readInt(r, 'created_at'),
+    expiresAt: readInt(r, 'expires_at'),
+    lastPolledAt: readIntOrNull(r, 'last_polled_at'),
+    approvedBy: readIntOrNull(r, 'approved_by'),
+    decidedAt: readIntOrNull(r, 'decided_at'),
+    denied: readBool(r, 'denied'),
+    consumedAt: readIntOrNull(r, 'consumed_at'),
+  }),
+};
+
+export const webSessions: Codec<WebSession, Omit<WebSession, 'id'>> = {
+  table: 'web_sessions',
+  columns: columnList(['id', 'hash', 'identity_id', 'expires_at', 'revoked_at', 'created_at']),
+  toRow: (w) => ({
+    hash: w.hash,
+    identity_id: intParam(w.identityId, 'web session identityId'),
+    expires_at: intParam(w.expiresAt, 'web session expiresAt'),
+    revoked_at: intOrNullParam(w.revokedAt, 'web session revokedAt'),
+    created_at: intParam(w.createdAt, 'web session createdAt'),
+  }),
+  fromRow: (r) => ({
+    id: readInt(r, 'id'),
+    hash: readText(r, 'hash'),
+    identityId: readInt(r, 'identity_id'),
+    expiresAt: readInt(r, 'expires_at'),
+    revokedAt: readIntOrNull(r, 'revoked_at'),
+    createdAt: readInt(r, 'created_at'),
+  }),
+};

@@ -67,6 +67,7 @@ const run = (projectId: number, ownerId: number, name: string, extra: Partial<Om
   endsAt: null,
   createdAt: 1000,
   finishedAt: null,
+  ssh: null,
   ...extra,
 });
 

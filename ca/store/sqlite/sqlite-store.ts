@@ -30,7 +30,7 @@ import Database from 'better-sqlite3';
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { chmodSync, closeSync, fsyncSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
-import type { AttachablePolicy, AuditEvent, BotSettings, CertRecord, Identity, Membership, OidcBinding, Project, ProjectRole, Run, TokenRecord } from '../../domain/model.js';
+import type { AttachablePolicy, AuditEvent, BotSettings, CertRecord, DeviceCode, Enrollment, Identity, Membership, OidcBinding, Passkey, Project, ProjectRole, Run, RunSshEndpoint, TokenRecord, WebSession } from '../../domain/model.js';
 import type { CaKeyRecord, CertFilter, Store, StoredKrl, StoredRevocationTarget, StoreReader, StoreTx } from '../store.js';
 import { StoreError, translateSqliteError } from './errors.js';
 import { applyMigrations, checkCompatible } from './migrations.js';
@@ -323,7 +323,40 @@ class Reads implements StoreReader {
       .all(`SELECT ${rows.auditEvents.columns()} FROM audit_events${whereClause(conds)} ORDER BY seq${limit}`, params)
       .map(rows.auditEvents.fromRow);
   }
+  async listPasskeys(identityId: number): Promise<Passkey[]> {
+    return this.c()
+      .all(`SELECT ${rows.passkeys.columns()} FROM passkeys WHERE identity_id = ? ORDER BY id`, intParam(identityId, 'identity id'))
+      .map(rows.passkeys.fromRow);
+  }
+
+  async getPasskeyByCredentialId(credentialId: string): Promise<Passkey | null> {
+    return one(rows.passkeys, this.c().get(`SELECT ${rows.passkeys.columns()} FROM passkeys WHERE credential_id = ?`, credentialId));
+  }
+
+  async getEnrollmentByHash(hash: string): Promise<Enrollment | null> {
+    return one(rows.enrollments, this.c().get(`SELECT ${rows.enrollments.columns()} FROM enrollments WHERE hash = ?`, hash));
+  }
+
+  async getDeviceCodeByHash(deviceHash: string): Promise<DeviceCode | null> {
+    return one(rows.deviceCodes, this.c().get(`SELECT ${rows.deviceCodes.columns()} FROM device_codes WHERE device_hash = ?`, deviceHash));
+  }
+
+  async getPendingDeviceCode(userCode: string, now: number): Promise<DeviceCode | null> {
+    return one(
+      rows.deviceCodes,
+      this.c().get(
+        `SELECT ${rows.deviceCodes.columns()} FROM device_codes WHERE user_code = ? AND expires_at > ? AND decided_at IS NULL ORDER BY id DESC LIMIT 1`,
+        userCode,
+        intParam(now, 'now'),
+      ),
+    );
+  }
+
+  async getWebSessionByHash(hash: string): Promise<WebSession | null> {
+    return one(rows.webSessions, this.c().get(`SELECT ${rows.webSessions.columns()} FROM web_sessions WHERE hash = ?`, hash));
+  }
 }
+
 
 /** The write side; valid only while its transaction is open. */
 class SqliteTx extends Reads implements StoreTx {
@@ -589,6 +622,108 @@ class SqliteTx extends Reads implements StoreTx {
       }
       c.run(insertSql('audit_events', row), row);
     });
+  }
+
+  async updateRunSsh(id: number, ssh: RunSshEndpoint | null): Promise<void> {
+    const json = ssh === null ? null : jsonParam(ssh, 'run ssh');
+    const { changes } = this.write(`run ${id}`, (c) => c.run('UPDATE runs SET ssh = ? WHERE id = ?', json, intParam(id, 'run id')));
+    this.mustChange(changes, `run ${id}`);
+  }
+
+  async insertPasskey(p: Omit<Passkey, 'id'>): Promise<Passkey> {
+    const row = rows.passkeys.toRow(p);
+    const id = this.write('passkey', (c) => c.run(insertSql('passkeys', row), row).lastInsertRowid);
+    return this.inserted(one(rows.passkeys, this.c().get(`SELECT ${rows.passkeys.columns()} FROM passkeys WHERE id = ?`, id)), 'passkey');
+  }
+
+  async recordPasskeyUse(id: number, counter: number, at: number): Promise<void> {
+    const { changes } = this.write(`passkey ${id}`, (c) =>
+      c.run('UPDATE passkeys SET counter = ?, last_used_at = ? WHERE id = ?', intParam(counter, 'passkey counter'), intParam(at, 'use time'), intParam(id, 'passkey id')),
+    );
+    this.mustChange(changes, `passkey ${id}`);
+  }
+
+  async deletePasskey(id: number): Promise<void> {
+    const { changes } = this.write(`passkey ${id}`, (c) => c.run('DELETE FROM passkeys WHERE id = ?', intParam(id, 'passkey id')));
+    this.mustChange(changes, `passkey ${id}`);
+  }
+
+  async insertEnrollment(e: Omit<Enrollment, 'id'>): Promise<Enrollment> {
+    const row = rows.enrollments.toRow(e);
+    const id = this.write('enrollment', (c) => c.run(insertSql('enrollments', row), row).lastInsertRowid);
+    return this.inserted(one(rows.enrollments, this.c().get(`SELECT ${rows.enrollments.columns()} FROM enrollments WHERE id = ?`, id)), 'enrollment');
+  }
+
+  async markEnrollmentUsed(id: number, at: number): Promise<void> {
+    this.write(`enrollment ${id}`, (c) => {
+      const { changes } = c.run('UPDATE enrollments SET used_at = ? WHERE id = ? AND used_at IS NULL', intParam(at, 'use time'), intParam(id, 'enrollment id'));
+      if (changes === 1) return;
+      if (c.get('SELECT 1 AS hit FROM enrollments WHERE id = ?', id) === undefined) throw new StoreError('not_found', `enrollment ${id} does not exist`);
+      throw new StoreError('conflict', `enrollment ${id} was already used`);
+    });
+  }
+
+  async revokeEnrollments(identityId: number, at: number): Promise<number> {
+    return this.write('enrollments', (c) =>
+      c.run('UPDATE enrollments SET revoked_at = ? WHERE identity_id = ? AND used_at IS NULL AND revoked_at IS NULL', intParam(at, 'revocation time'), intParam(identityId, 'identity id')).changes,
+    );
+  }
+
+  async insertDeviceCode(d: Omit<DeviceCode, 'id'>): Promise<DeviceCode> {
+    const row = rows.deviceCodes.toRow(d);
+    const id = this.write('device code', (c) => c.run(insertSql('device_codes', row), row).lastInsertRowid);
+    return this.inserted(one(rows.deviceCodes, this.c().get(`SELECT ${rows.deviceCodes.columns()} FROM device_codes WHERE id = ?`, id)), 'device code');
+  }
+
+  async markDeviceCodePolled(id: number, at: number): Promise<void> {
+    const { changes } = this.write(`device code ${id}`, (c) => c.run('UPDATE device_codes SET last_polled_at = ? WHERE id = ?', intParam(at, 'poll time'), intParam(id, 'device code id')));
+    this.mustChange(changes, `device code ${id}`);
+  }
+
+  async decideDeviceCode(id: number, decision: { approvedBy: number } | { denied: true }, at: number): Promise<void> {
+    const approvedBy = 'approvedBy' in decision ? intParam(decision.approvedBy, 'approver id') : null;
+    this.write(`device code ${id}`, (c) => {
+      const { changes } = c.run(
+        'UPDATE device_codes SET approved_by = ?, denied = ?, decided_at = ? WHERE id = ? AND decided_at IS NULL',
+        approvedBy,
+        approvedBy === null ? 1 : 0,
+        intParam(at, 'decision time'),
+        intParam(id, 'device code id'),
+      );
+      if (changes === 1) return;
+      if (c.get('SELECT 1 AS hit FROM device_codes WHERE id = ?', id) === undefined) throw new StoreError('not_found', `device code ${id} does not exist`);
+      throw new StoreError('conflict', `device code ${id} was already approved or denied`);
+    });
+  }
+
+  async consumeDeviceCode(id: number, at: number): Promise<void> {
+    this.write(`device code ${id}`, (c) => {
+      const { changes } = c.run('UPDATE device_codes SET consumed_at = ? WHERE id = ? AND consumed_at IS NULL', intParam(at, 'use time'), intParam(id, 'device code id'));
+      if (changes === 1) return;
+      if (c.get('SELECT 1 AS hit FROM device_codes WHERE id = ?', id) === undefined) throw new StoreError('not_found', `device code ${id} does not exist`);
+      throw new StoreError('conflict', `device code ${id} was already used`);
+    });
+  }
+
+  async insertWebSession(w: Omit<WebSession, 'id'>): Promise<WebSession> {
+    const row = rows.webSessions.toRow(w);
+    const id = this.write('web session', (c) => c.run(insertSql('web_sessions', row), row).lastInsertRowid);
+    return this.inserted(one(rows.webSessions, this.c().get(`SELECT ${rows.webSessions.columns()} FROM web_sessions WHERE id = ?`, id)), 'web session');
+  }
+
+  async revokeWebSessions(filter: { id?: number; identityId?: number }, at: number): Promise<number> {
+    const conds = ['revoked_at IS NULL'];
+    const params: Row = { at: intParam(at, 'revocation time') };
+    if (filter.id !== undefined) {
+      conds.push('id = @id');
+      params.id = intParam(filter.id, 'web session id');
+    }
+    if (filter.identityId !== undefined) {
+      conds.push('identity_id = @identityId');
+      params.identityId = intParam(filter.identityId, 'identity id');
+    }
+    if (conds.length === 1) throw new StoreError('invalid', 'revokeWebSessions needs an id or an identityId');
+    return this.write('web sessions', (c) => c.run(`UPDATE web_sessions SET revoked_at = @at${whereClause(conds)}`, params).changes);
   }
 
   private async getTokenById(id: number): Promise<TokenRecord | null> {

@@ -1,0 +1,114 @@
+// The logged-in caller (`/v1/me`): who it is, which runs it may attach to now, logging out;
+// and the admin side of people's logins: enrollment links, resets, ending sessions.
+import { CaError } from '../../domain/errors.js';
+import type { Identity, Run } from '../../domain/model.js';
+import { grantFor } from '../../policy/attachable-by.js';
+import { identityOf, requireAllowed, type Actor } from '../actors.js';
+import { audit } from '../audit.js';
+import type { Authority } from '../authority.js';
+import { requireIdentity } from '../lookup.js';
+import { createEnrollment, enrollmentUrl, loginConfig } from './passkeys.js';
+
+function requirePerson(actor: Actor): Identity {
+  const identity = identityOf(actor);
+  if (identity) return identity;
+  if (actor.kind === 'anonymous') throw new CaError('unauthenticated', 'authentication required: run dstack-ca login');
+  throw new CaError('forbidden', `a ${actor.kind} token does not belong to a user or bot`);
+}
+
+export async function whoAmI(a: Authority, actor: Actor): Promise<{ name: string; kind: Identity['kind']; admin: boolean; sessionExpiresAt: number | null }> {
+  const identity = requirePerson(actor);
+  const tokenId = 'tokenId' in actor ? actor.tokenId : null;
+  const token = tokenId === null ? null : ((await a.ctx.store.listTokens({ identityId: identity.id })).find((t) => t.id === tokenId) ?? null);
+  return { name: identity.name, kind: identity.kind, admin: identity.globalAdmin, sessionExpiresAt: token?.expiresAt ?? null };
+}
+
+/**
+ * Running runs whose policy grants the caller by name or project membership right now (key
+ * holders prove possession per request instead). Bots' run scopes are checked at issue time.
+ */
+export async function attachableRuns(a: Authority, actor: Actor): Promise<{ run: Run; project: string }[]> {
+  const identity = requirePerson(actor);
+  const store = a.ctx.store;
+  const memberOf = new Set((await store.listMembershipsOf(identity.id)).map((m) => m.projectId));
+  const out: { run: Run; project: string }[] = [];
+  const projectNames = new Map((await store.listProjects()).map((p) => [p.id, p.name]));
+  for (const run of await store.listRuns({ state: 'running' })) {
+    const grant = grantFor(run.policy, { identityName: identity.name, isProjectMember: memberOf.has(run.projectId), provenKey: null });
+    if (grant !== null) out.push({ run, project: projectNames.get(run.projectId) ?? '?' });
+  }
+  return out;
+}
+
+/** Ends the caller's own login session (the bearer token it used). */
+export async function logoutSelf(a: Authority, actor: Actor): Promise<void> {
+  const identity = requirePerson(actor);
+  if (actor.kind === 'bot') throw new CaError('forbidden', 'bots do not log out; rotate their token with dstack-ca bot token rotate');
+  const tokenId = 'tokenId' in actor ? actor.tokenId : null;
+  if (tokenId === null) return;
+  const now = a.ctx.now();
+  await a.ctx.store.tx(async (tx) => {
+    await tx.revokeToken(tokenId, now);
+    await audit(tx, now, actor, 'logout', { user: identity.name, via: 'cli' });
+  });
+}
+
+export interface EnrollmentLink {
+  url: string;
+  expiresAt: number;
+}
+
+/**
+ * A new enrollment link for a user (older unused links stop working). With `reset`, the
+ * user's passkeys and every login session (CLI and browser) go too: a lost or stolen device.
+ */
+export async function issueEnrollment(a: Authority, actor: Actor, name: string, opts: { reset?: boolean } = {}): Promise<EnrollmentLink & { removedPasskeys: number; endedSessions: number }> {
+  requireAllowed(actor, 'user.manage');
+  const now = a.ctx.now();
+  return a.ctx.store.tx(async (tx) => {
+    const user = await requireIdentity(tx, name, 'user');
+    if (user.disabled) throw new CaError('conflict', `user ${name} is disabled: enable it first`);
+    await tx.revokeEnrollments(user.id, now);
+    let removedPasskeys = 0;
+    let endedSessions = 0;
+    if (opts.reset) {
+      for (const p of await tx.listPasskeys(user.id)) {
+        await tx.deletePasskey(p.id);
+        removedPasskeys++;
+      }
+      endedSessions = await endSessions(tx, user, now);
+    }
+    const { secret, expiresAt } = await createEnrollment(tx, user, now, loginConfig(a).enrollmentTtl);
+    await audit(tx, now, actor, opts.reset ? 'user.reset' : 'user.enroll', { name, expiresAt, removedPasskeys, endedSessions });
+    return { url: enrollmentUrl(a, secret), expiresAt, removedPasskeys, endedSessions };
+  });
+}
+
+async function endSessions(tx: Parameters<Parameters<Authority['ctx']['store']['tx']>[0]>[0], user: Identity, now: number): Promise<number> {
+  let n = await tx.revokeWebSessions({ identityId: user.id }, now);
+  for (const t of await tx.listTokens({ identityId: user.id, kind: 'user' })) {
+    if (t.revokedAt === null && (t.expiresAt === null || t.expiresAt > now)) {
+      await tx.revokeToken(t.id, now);
+      n++;
+    }
+  }
+  return n;
+}
+
+/** Ends every login session of a user (CLI sessions and user tokens, browser sessions). */
+export async function logoutUser(a: Authority, actor: Actor, name: string): Promise<{ endedSessions: number }> {
+  requireAllowed(actor, 'user.manage');
+  const now = a.ctx.now();
+  return a.ctx.store.tx(async (tx) => {
+    const user = await requireIdentity(tx, name, 'user');
+    const endedSessions = await endSessions(tx, user, now);
+    await audit(tx, now, actor, 'user.logout', { name, endedSessions });
+    return { endedSessions };
+  });
+}
+
+export async function listPasskeysOf(a: Authority, actor: Actor, name: string) {
+  requireAllowed(actor, 'user.manage');
+  const user = await requireIdentity(a.ctx.store, name, 'user');
+  return (await a.ctx.store.listPasskeys(user.id)).map((p) => ({ id: p.id, name: p.name, createdAt: p.createdAt, lastUsedAt: p.lastUsedAt }));
+}

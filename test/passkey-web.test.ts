@@ -1,0 +1,275 @@
+// Passkeys in a real browser: Debian's Chromium with a CDP virtual authenticator against the
+// CA's own pages. Enrollment, login, adding and removing passkeys, device-code approval, and
+// the refusals: a reused challenge, a wrong origin, a response made for another purpose, an
+// expired or already-used device code, an enrollment link used twice, a missing CSRF token.
+import type { AddressInfo } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { webConfigFor } from '../ca/authority/context.js';
+import { launchPasskeyBrowser, pageStatus, type PasskeyBrowser } from './fixtures/browser.js';
+import { openTestCa, type TestCa } from './fixtures/ca.js';
+import { cleanupTempDirs } from './harness/index.js';
+
+let ca: TestCa;
+let pb: PasskeyBrowser;
+let base: string;
+let clock = Math.floor(Date.now() / 1000);
+let aliceLink: string;
+
+type Json = Record<string, unknown>;
+
+/** A request as a page on our origin would make it (Origin header, cookies as given). */
+async function web(method: 'GET' | 'POST' | 'DELETE', url: string, body?: unknown, headers: Record<string, string> = {}) {
+  return ca.app.inject({ method, url, headers: { origin: base, ...headers }, ...(body !== undefined ? { payload: body as object } : {}) });
+}
+
+/** Runs one WebAuthn assertion in the page for options fetched from `optionsPath`, without sending the result anywhere. */
+async function rawAssertion(optionsPath: string, optionsBody: unknown): Promise<Json> {
+  return pb.page.evaluate(
+    async ([path, body]) => {
+      const res = await fetch(path as string, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+      const options = await res.json();
+      if (!res.ok) throw new Error(JSON.stringify(options));
+      return (window as unknown as { SimpleWebAuthnBrowser: { startAuthentication(o: unknown): Promise<Json> } }).SimpleWebAuthnBrowser.startAuthentication({ optionsJSON: options });
+    },
+    [optionsPath, optionsBody] as const,
+  );
+}
+
+const passkeysOf = async (name: string) => ca.store.listPasskeys((await ca.store.getIdentityByName(name))!.id);
+
+beforeAll(async () => {
+  ca = await openTestCa({ now: () => clock });
+  await ca.app.listen({ host: '127.0.0.1', port: 0 });
+  const port = (ca.app.server.address() as AddressInfo).port;
+  base = `http://localhost:${port}`;
+  ca.authority.web = webConfigFor(base);
+  pb = await launchPasskeyBrowser();
+  aliceLink = (await ca.admin<{ enrollment: { url: string } }>('POST', '/v1/users', { name: 'alice' })).enrollment.url;
+});
+
+afterAll(async () => {
+  await pb?.close();
+  await ca?.close();
+  await cleanupTempDirs();
+});
+
+describe('passkeys in the browser', () => {
+  it('serves the pages with a strict CSP and no inline script', async () => {
+    const res = await ca.app.inject({ method: 'GET', url: '/enroll' });
+    expect(res.headers['content-security-policy']).toContain("script-src 'self'");
+    expect(res.headers['content-security-policy']).toContain("default-src 'none'");
+    expect(res.headers['x-frame-options']).toBe('DENY');
+    expect(res.body).not.toMatch(/<script>(?!<\/script>)|<script [^>]*>[^<]/);
+    expect(res.body).not.toMatch(/\son[a-z]+=/);
+  });
+
+  it('enrolls a passkey from the one-time link, and the secret leaves the address bar', async () => {
+    expect(aliceLink).toMatch(new RegExp(`^${base}/enroll#dsca_enroll_`));
+    const errors: string[] = [];
+    pb.page.on('console', (m) => m.type() === 'error' && errors.push(m.text()));
+    await pb.page.goto(aliceLink);
+    expect(pb.page.url()).toBe(`${base}/enroll`);
+    await pb.page.fill('#name', 'laptop');
+    await pb.page.click('#go');
+    expect(await pageStatus(pb.page, 'ok')).toContain('Passkey saved for alice');
+    const keys = await passkeysOf('alice');
+    expect(keys.map((k) => k.name)).toEqual(['laptop']);
+    // CDP speaks standard base64, WebAuthn base64url.
+    expect((await pb.credentials()).map((c) => Buffer.from(c.credentialId, 'base64').toString('base64url'))).toEqual([keys[0]!.credentialId]);
+    expect(errors.filter((e) => /Content Security Policy/i.test(e))).toEqual([]);
+  });
+
+  it('refuses the same enrollment link a second time and changes nothing', async () => {
+    await pb.page.goto(aliceLink);
+    await pb.page.click('#go');
+    expect(await pageStatus(pb.page, 'error')).toContain('already used');
+    expect(await passkeysOf('alice')).toHaveLength(1);
+  });
+
+  it('logs in with the passkey; the signature counter advances', async () => {
+    const before = (await passkeysOf('alice'))[0]!.counter;
+    await pb.page.goto(`${base}/login`);
+    await pb.page.click('#go');
+    await pb.page.waitForURL(`${base}/account`);
+    await pb.page.waitForSelector('#passkeys li');
+    expect(await pb.page.textContent('#who')).toBe('Logged in as alice.');
+    const after = (await passkeysOf('alice'))[0]!;
+    expect(after.counter).toBeGreaterThan(before);
+    expect(after.lastUsedAt).toBe(clock);
+    expect((await pb.credentials())[0]!.signCount).toBe(after.counter);
+  });
+
+  it('refuses a replayed assertion (single-use challenge) and one made for another purpose', async () => {
+    await pb.page.goto(`${base}/login`);
+    const response = await rawAssertion('/v1/web/login/options', {});
+    const first = await web('POST', '/v1/web/login/verify', { response });
+    expect(first.statusCode).toBe(200);
+    const replay = await web('POST', '/v1/web/login/verify', { response });
+    expect(replay.statusCode).toBe(401);
+    expect(replay.json().message).toMatch(/challenge is unknown, expired or already used/);
+
+    // An assertion made to approve a device code does not log a browser in.
+    const { userCode } = (await web('POST', '/v1/device/codes', { client: 'elsewhere' })).json() as { userCode: string };
+    const forDevice = await rawAssertion('/v1/web/device/options', { userCode });
+    const misused = await web('POST', '/v1/web/login/verify', { response: forDevice });
+    expect(misused.statusCode).toBe(401);
+    expect((await web('GET', `/v1/web/device?userCode=${userCode}`)).statusCode).toBe(200); // still waiting
+  });
+
+  it('refuses a response from another origin, and cross-origin requests', async () => {
+    await pb.page.goto(`${base}/login`);
+    const response = await rawAssertion('/v1/web/login/options', {});
+    const real = ca.authority.web;
+    try {
+      // Same RP id, another origin: what a look-alike site relaying a real assertion would present.
+      ca.authority.web = webConfigFor('http://localhost:1');
+      const res = await ca.app.inject({ method: 'POST', url: '/v1/web/login/verify', headers: { origin: 'http://localhost:1' }, payload: { response } });
+      expect(res.statusCode).toBe(401);
+      expect(res.json().message).toMatch(/wrong origin/);
+    } finally {
+      ca.authority.web = real;
+    }
+    const evil = await ca.app.inject({ method: 'POST', url: '/v1/web/login/options', headers: { origin: 'http://evil.example' }, payload: {} });
+    expect(evil.statusCode).toBe(403);
+    expect(evil.json().message).toMatch(/cross-origin request refused/);
+    const noOrigin = await ca.app.inject({ method: 'POST', url: '/v1/web/login/options', payload: {} });
+    expect(noOrigin.statusCode).toBe(403);
+  });
+
+  it('adds a second passkey and removes the first from the account page; the removed one no longer logs in', async () => {
+    // One virtual authenticator holds one credential per site: the second passkey lives on a second one.
+    const first = await pb.credentials();
+    await pb.cdp.send('WebAuthn.removeVirtualAuthenticator', { authenticatorId: pb.authenticatorId });
+    const { authenticatorId: second } = await pb.cdp.send('WebAuthn.addVirtualAuthenticator', {
+      options: { protocol: 'ctap2', transport: 'internal', hasResidentKey: true, hasUserVerification: true, isUserVerified: true, automaticPresenceSimulation: true },
+    });
+    await pb.page.goto(`${base}/account`);
+    await pb.page.waitForSelector('#passkeys li');
+    await pb.page.fill('#name', 'phone');
+    await pb.page.click('#add');
+    expect(await pageStatus(pb.page, 'ok')).toBe('Passkey added.');
+    expect((await passkeysOf('alice')).map((k) => k.name)).toEqual(['laptop', 'phone']);
+
+    // Without the CSRF token the session cookie alone cannot remove anything.
+    const cookies = await pb.page.context().cookies();
+    const cookie = cookies.map((c) => `${c.name}=${c.value}`).join('; ');
+    expect(cookies.find((c) => c.name === 'dsca_session')).toMatchObject({ httpOnly: true, sameSite: 'Strict' });
+    const laptop = (await passkeysOf('alice'))[0]!;
+    const forged = await web('DELETE', `/v1/web/passkeys/${laptop.id}`, undefined, { cookie });
+    expect(forged.statusCode).toBe(403);
+    expect(await passkeysOf('alice')).toHaveLength(2);
+
+    await pb.page.click('#passkeys li:first-child button');
+    expect(await pageStatus(pb.page, 'ok')).toBe('Removed laptop.');
+    expect((await passkeysOf('alice')).map((k) => k.name)).toEqual(['phone']);
+    // The last passkey cannot be removed: that would lock the user out.
+    await pb.page.click('#passkeys li:first-child button');
+    expect(await pageStatus(pb.page, 'error')).toContain('only passkey');
+
+    // The removed credential, brought back on its own authenticator, is refused.
+    await pb.cdp.send('WebAuthn.removeVirtualAuthenticator', { authenticatorId: second });
+    const { authenticatorId: old } = await pb.cdp.send('WebAuthn.addVirtualAuthenticator', {
+      options: { protocol: 'ctap2', transport: 'internal', hasResidentKey: true, hasUserVerification: true, isUserVerified: true, automaticPresenceSimulation: true },
+    });
+    for (const c of first) await pb.cdp.send('WebAuthn.addCredential', { authenticatorId: old, credential: c as never });
+    await pb.page.goto(`${base}/login`);
+    await pb.page.click('#go');
+    expect(await pageStatus(pb.page, 'error')).toContain('not registered');
+    // Back to the current passkey for the tests below.
+    await pb.cdp.send('WebAuthn.removeVirtualAuthenticator', { authenticatorId: old });
+    const again = await pb.cdp.send('WebAuthn.addVirtualAuthenticator', {
+      options: { protocol: 'ctap2', transport: 'internal', hasResidentKey: true, hasUserVerification: true, isUserVerified: true, automaticPresenceSimulation: true },
+    });
+    pb.authenticatorId = again.authenticatorId;
+    await pb.page.goto(`${base}/account`);
+    await pb.page.fill('#name', 'spare');
+    await pb.page.click('#add');
+    expect(await pageStatus(pb.page, 'ok')).toBe('Passkey added.');
+  });
+});
+
+describe('device-code login', () => {
+  const start = async () => (await web('POST', '/v1/device/codes', { client: 'laptop.example' })).json() as { deviceCode: string; userCode: string; verificationUriComplete: string; interval: number };
+  const poll = (deviceCode: string) => ca.app.inject({ method: 'POST', url: '/v1/device/token', payload: { deviceCode } });
+
+  it('approves in the browser; the CLI receives an expiring session exactly once', async () => {
+    const d = await start();
+    expect(d.userCode).toMatch(/^[BCDFGHJKLMNPQRSTVWXZ]{4}-[BCDFGHJKLMNPQRSTVWXZ]{4}$/);
+    const pending = await poll(d.deviceCode);
+    expect(pending.statusCode).toBe(400);
+    expect(pending.json().error).toBe('authorization_pending');
+    const tooFast = await poll(d.deviceCode);
+    expect(tooFast.json().error).toBe('slow_down');
+
+    await pb.page.goto(d.verificationUriComplete);
+    await pb.page.waitForFunction(() => document.getElementById('client')?.textContent?.includes('laptop.example'));
+    await pb.page.click('#approve');
+    expect(await pageStatus(pb.page, 'ok')).toContain('Approved for alice');
+
+    const got = await poll(d.deviceCode);
+    expect(got.statusCode).toBe(200);
+    const session = got.json() as { token: string; expiresAt: number; user: string };
+    expect(session.user).toBe('alice');
+    expect(session.expiresAt).toBe(clock + 12 * 3600);
+    const me = await ca.api('GET', '/v1/me', { token: session.token });
+    expect(me.json()).toEqual({ name: 'alice', kind: 'user', admin: false, sessionExpiresAt: session.expiresAt });
+
+    const again = await poll(d.deviceCode);
+    expect(again.statusCode).toBe(400);
+    expect(again.json().error).toBe('expired_token');
+    // Approving an already-approved code finds nothing waiting.
+    await pb.page.goto(d.verificationUriComplete);
+    expect(await pageStatus(pb.page, 'error')).toContain(`no login is waiting for code ${d.userCode}`);
+
+    const events = (await ca.store.listAuditEvents({})).map((e) => e.action);
+    expect(events).toContain('login.device.approve');
+    expect(events).toContain('login');
+    // Logging out kills the session at once.
+    expect((await ca.api('DELETE', '/v1/me/session', { token: session.token })).statusCode).toBe(204);
+    expect((await ca.api('GET', '/v1/me', { token: session.token })).statusCode).toBe(401);
+  });
+
+  it('refuses an expired device code, on the page and to the CLI', async () => {
+    const d = await start();
+    clock += 601;
+    await pb.page.goto(d.verificationUriComplete);
+    expect(await pageStatus(pb.page, 'error')).toContain('no login is waiting');
+    const res = await poll(d.deviceCode);
+    expect(res.json()).toMatchObject({ error: 'expired_token' });
+  });
+
+  it('a denied login is access_denied', async () => {
+    const d = await start();
+    await pb.page.goto(d.verificationUriComplete);
+    await pb.page.waitForFunction(() => document.getElementById('client')?.textContent?.includes('laptop.example'));
+    await pb.page.click('#deny');
+    expect(await pageStatus(pb.page, 'ok')).toContain('Denied');
+    expect((await poll(d.deviceCode)).json()).toMatchObject({ error: 'access_denied' });
+  });
+
+  it('an admin reset removes passkeys and ends sessions; the new link enrolls again', async () => {
+    const d = await start();
+    await pb.page.goto(d.verificationUriComplete);
+    await pb.page.waitForFunction(() => document.getElementById('client')?.textContent?.includes('laptop.example'));
+    await pb.page.click('#approve');
+    await pageStatus(pb.page, 'ok');
+    clock += 10;
+    const { token } = (await poll(d.deviceCode)).json() as { token: string };
+    expect((await ca.api('GET', '/v1/me', { token })).statusCode).toBe(200);
+
+    const reset = await ca.admin<{ url: string; removedPasskeys: number; endedSessions: number }>('POST', '/v1/users/alice/enrollments', { reset: true });
+    expect(reset.removedPasskeys).toBe(2);
+    expect(reset.endedSessions).toBeGreaterThanOrEqual(2); // the CLI session and the browser sessions
+    expect((await ca.api('GET', '/v1/me', { token })).statusCode).toBe(401);
+    expect(await passkeysOf('alice')).toEqual([]);
+    // The browser session is gone too.
+    await pb.page.goto(`${base}/account`);
+    await pb.page.waitForURL(`${base}/login`);
+
+    await pb.cdp.send('WebAuthn.clearCredentials', { authenticatorId: pb.authenticatorId });
+    await pb.page.goto(reset.url);
+    await pb.page.click('#go');
+    expect(await pageStatus(pb.page, 'ok')).toContain('Passkey saved for alice');
+    expect(await passkeysOf('alice')).toHaveLength(1);
+  });
+});
