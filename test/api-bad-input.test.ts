@@ -45,7 +45,7 @@ async function snapshot() {
   };
 }
 
-type Case = [label: string, who: 'admin' | 'orchestrator' | 'alice', method: 'POST' | 'PUT' | 'PATCH', url: string, body: unknown, status: number, message: RegExp];
+type Case = [label: string, who: 'admin' | 'orchestrator' | 'alice' | 'anonymous', method: 'POST' | 'PUT' | 'PATCH', url: string, body: unknown, status: number, message: RegExp];
 
 const bot = (over: Record<string, unknown>) => ({ name: 'ci-new', maxTtl: 600, ...over });
 const oidc = (over: Record<string, unknown>) => bot({ oidc: { issuer: 'https://token.actions.githubusercontent.com', audience: 'dstack-ca', claims: { repository: 'org/repo' }, ...over } });
@@ -113,13 +113,22 @@ const CASES: Case[] = [
   ['bot token rotation with a body field', 'admin', 'POST', '/v1/projects/ml/bots/ci-old/tokens/rotate', { ttl: 60 }, 400, /^ttl: unknown field/],
   ['cert with a malformed OIDC token', 'alice', 'POST', '/v1/runs/ml/train-1/certs', { publicKey: good, oidcToken: 'not a jwt' }, 400, /^oidcToken: must be a JWT/],
   ['cert with both a bearer and an OIDC token', 'alice', 'POST', '/v1/runs/ml/train-1/certs', { publicKey: good, oidcToken: jwt }, 400, /^oidcToken: give either a bearer token or an OIDC token, not both/],
+  ['run ssh host with a space', 'orchestrator', 'POST', '/v1/runs', runBody({ ssh: { host: 'a b', port: 22 } }), 400, /^ssh\.host: must be a host name or an IP address/],
+  ['run ssh port out of range', 'orchestrator', 'PATCH', '/v1/runs/ml/train-1', { ssh: { host: 'gpu-1', port: 70000 } }, 400, /^ssh\.port: /],
+  ['run ssh host key malformed', 'orchestrator', 'PATCH', '/v1/runs/ml/train-1', { ssh: { host: 'gpu-1', port: 22, hostKeys: [good, 'ssh-ed25519 AAAA'] } }, 400, /^ssh\.hostKeys\[1\]: /],
+  ['run ssh with an unknown field', 'orchestrator', 'PATCH', '/v1/runs/ml/train-1', { ssh: { host: 'gpu-1', port: 22, user: 'root' } }, 400, /^ssh\.user: unknown field/],
+  ['enrollment for a user that does not exist', 'admin', 'POST', '/v1/users/ghost/enrollments', {}, 404, /no user named "ghost"/],
+  ['enrollment with an unknown field', 'admin', 'POST', '/v1/users/alice/enrollments', { rest: true }, 400, /^rest: unknown field/],
+  ['device login without a client', 'anonymous', 'POST', '/v1/device/codes', {}, 400, /^client: /],
+  ['device login with a control character in the client', 'anonymous', 'POST', '/v1/device/codes', { client: 'host\u0007' }, 400, /^client: must be printable ASCII/],
+  ['device token poll without a code', 'anonymous', 'POST', '/v1/device/token', { device_code: 'x' }, 400, /^deviceCode: /],
   ['oversized body', 'orchestrator', 'POST', '/v1/runs', runBody({ attachableBy: { public_keys: Array(2000).fill(good) } }), 413, /request body is larger than 65536 bytes/],
 ];
 
 describe('bad input is refused with the field named, and changes nothing', () => {
   it.each(CASES)('%s', async (_label, who, method, url, body, status, message) => {
     const before = await snapshot();
-    const token = who === 'admin' ? ca.adminToken : who === 'orchestrator' ? orchestrator : alice;
+    const token = who === 'admin' ? ca.adminToken : who === 'orchestrator' ? orchestrator : who === 'alice' ? alice : undefined;
     const res = await ca.api(method, url, { token, body });
     expect(res.statusCode, res.body).toBe(status);
     expect(res.json().message).toMatch(message);

@@ -80,6 +80,27 @@ const CELLS: Cell[] = [
     },
   },
   { route: 'POST /v1/users/:name/tokens', allowed: ['global-admin'], request: async () => ({ method: 'POST', url: '/v1/users/alice/tokens', body: {} }) },
+  {
+    route: 'POST /v1/users/:name/enrollments',
+    allowed: ['global-admin'],
+    request: async () => {
+      const name = fresh('u');
+      await ca.admin('POST', '/v1/users', { name });
+      return { method: 'POST', url: `/v1/users/${name}/enrollments`, body: { reset: true } };
+    },
+  },
+  {
+    route: 'POST /v1/users/:name/logout',
+    allowed: ['global-admin'],
+    request: async () => {
+      const name = fresh('u');
+      await ca.admin('POST', '/v1/users', { name });
+      return { method: 'POST', url: `/v1/users/${name}/logout`, body: {} };
+    },
+  },
+  { route: 'GET /v1/users/:name/passkeys', allowed: ['global-admin'], request: async () => ({ method: 'GET', url: '/v1/users/alice/passkeys' }) },
+  { route: 'GET /v1/me', allowed: [...members, 'non-member'], request: async () => ({ method: 'GET', url: '/v1/me' }) },
+  { route: 'GET /v1/me/runs', allowed: [...members, 'non-member'], request: async () => ({ method: 'GET', url: '/v1/me/runs' }) },
   { route: 'POST /v1/projects', allowed: ['global-admin'], request: async () => ({ method: 'POST', url: '/v1/projects', body: { name: fresh('p') } }) },
   { route: 'GET /v1/projects', allowed: ACTORS.filter((a) => a !== 'anonymous'), request: async () => ({ method: 'GET', url: '/v1/projects' }) },
   { route: 'GET /v1/projects/:p/members', allowed: members, request: async () => ({ method: 'GET', url: '/v1/projects/ml/members' }) },
@@ -215,7 +236,39 @@ describe('authorization matrix', () => {
     // Outside the matrix on purpose: public, or they authorize by other means (nonces are
     // useless without a key; orchestrator removal shares its rule with POST /v1/orchestrators).
     // The join exchange authenticates by the one-time token in its body (test/agent-join.test.ts).
-    const exempt = ['GET /v1/krl/signature', 'GET /v1/krl/events', 'POST /v1/runs/:project/:run/nonces', 'DELETE /v1/orchestrators/:name', 'POST /v1/agents/join'];
+    // Device-code login is public by design: the device code and a passkey assertion are the
+    // credentials (test/passkey-web.test.ts). DELETE /v1/me/session ends the caller's own
+    // token, so it has its own table below.
+    const exempt = [
+      'GET /v1/krl/signature',
+      'GET /v1/krl/events',
+      'POST /v1/runs/:project/:run/nonces',
+      'DELETE /v1/orchestrators/:name',
+      'POST /v1/agents/join',
+      'POST /v1/device/codes',
+      'POST /v1/device/token',
+      'DELETE /v1/me/session',
+    ];
     expect(routes.filter((r) => !covered.has(r) && !exempt.includes(r))).toEqual([]);
+  });
+
+  it('DELETE /v1/me/session: people end their own session; bots, orchestrators, agents and anonymous cannot', async () => {
+    // Fresh credentials per actor kind: the allowed call destroys the token it used.
+    const { joinToken } = await ca.admin<{ joinToken: string }>('POST', '/v1/runs', { project: 'ml', name: fresh('run-'), owner: 'owner', loginUser: 'root' });
+    const fresh_ = {
+      user: await userWithToken(ca, fresh('leaver')),
+      admin: await userWithToken(ca, fresh('admin-leaver'), true),
+      bot: (await ca.admin<{ token: string }>('POST', '/v1/projects/ml/bots', { name: fresh('b'), maxTtl: 900 })).token,
+      orchestrator: (await ca.admin<{ token: string }>('POST', '/v1/orchestrators', { name: fresh('o') })).token,
+      agent: ((await ca.api('POST', '/v1/agents/join', { body: { joinToken } })).json() as { token: string }).token,
+      anonymous: undefined,
+    };
+    const outcomes: string[] = [];
+    for (const [who, token] of Object.entries(fresh_)) {
+      const res = await ca.api('DELETE', '/v1/me/session', { token });
+      const after = token ? (await ca.api('GET', who === 'agent' ? '/v1/agents/config' : '/v1/projects', { token })).statusCode : 0;
+      outcomes.push(`${who}: ${res.statusCode} then ${after}`);
+    }
+    expect(outcomes).toEqual(['user: 204 then 401', 'admin: 204 then 401', 'bot: 403 then 200', 'orchestrator: 403 then 200', 'agent: 403 then 200', 'anonymous: 401 then 0']);
   });
 });

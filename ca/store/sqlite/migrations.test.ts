@@ -52,17 +52,21 @@ describe('the real migrations', () => {
       'bot_settings',
       'ca_keys',
       'certs',
+      'device_codes',
+      'enrollments',
       'identities',
       'krls',
       'memberships',
       'meta',
       'oidc_bindings',
+      'passkeys',
       'projects',
       'revocation_targets',
       'runs',
       'schema_migrations',
       'serial_high_water',
       'tokens',
+      'web_sessions',
     ]);
     expect(db.pragma('integrity_check', { simple: true })).toBe('ok');
     expect(db.pragma('foreign_key_check')).toEqual([]);
