@@ -59,7 +59,12 @@ describe('walkthrough (DESIGN.md section 10)', () => {
   const certPath = () => join(dir, 'bot-cert.pub');
 
   it('user add, project add, member add', async () => {
-    expect(ok(await ca(['user', 'add', 'alice'])).stdout).toBe('added user alice\n');
+    const added = ok(await ca(['user', 'add', 'alice']));
+    expect(added.stdout).toMatch(new RegExp(`^added user alice\n${url.replace('127.0.0.1', 'localhost').replace(/[.:/]/g, '\\$&')}/enroll#dsca_enroll_[A-Za-z0-9_-]{43}\n$`));
+    expect(added.stderr).toMatch(/one-time passkey enrollment link; it expires/);
+    // A new link replaces the old one; --reset also removes passkeys and ends sessions.
+    const again = ok(await ca(['user', 'enroll', 'alice', '--reset', '--json']));
+    expect(JSON.parse(again.stdout)).toMatchObject({ name: 'alice', removedPasskeys: 0, endedSessions: 0 });
     ok(await ca(['user', 'add', 'bob']));
     expect(json(await ca(['user', 'add', 'carol', '--admin', '--json']))).toMatchObject({ name: 'carol', admin: true, disabled: false });
     const users = json<{ name: string; admin: boolean }[]>(await ca(['user', 'ls', '--json']));

@@ -29,7 +29,7 @@ async function rawAssertion(optionsPath: string, optionsBody: unknown): Promise<
       const res = await fetch(path as string, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
       const options = await res.json();
       if (!res.ok) throw new Error(JSON.stringify(options));
-      return (window as unknown as { SimpleWebAuthnBrowser: { startAuthentication(o: unknown): Promise<Json> } }).SimpleWebAuthnBrowser.startAuthentication({ optionsJSON: options });
+      return (globalThis as unknown as { SimpleWebAuthnBrowser: { startAuthentication(o: unknown): Promise<Json> } }).SimpleWebAuthnBrowser.startAuthentication({ optionsJSON: options });
     },
     [optionsPath, optionsBody] as const,
   );
@@ -202,7 +202,7 @@ describe('device-code login', () => {
     expect(tooFast.json().error).toBe('slow_down');
 
     await pb.page.goto(d.verificationUriComplete);
-    await pb.page.waitForFunction(() => document.getElementById('client')?.textContent?.includes('laptop.example'));
+    await pb.page.waitForSelector('#client:has-text("laptop.example")');
     await pb.page.click('#approve');
     expect(await pageStatus(pb.page, 'ok')).toContain('Approved for alice');
 
@@ -241,7 +241,7 @@ describe('device-code login', () => {
   it('a denied login is access_denied', async () => {
     const d = await start();
     await pb.page.goto(d.verificationUriComplete);
-    await pb.page.waitForFunction(() => document.getElementById('client')?.textContent?.includes('laptop.example'));
+    await pb.page.waitForSelector('#client:has-text("laptop.example")');
     await pb.page.click('#deny');
     expect(await pageStatus(pb.page, 'ok')).toContain('Denied');
     expect((await poll(d.deviceCode)).json()).toMatchObject({ error: 'access_denied' });
@@ -250,7 +250,7 @@ describe('device-code login', () => {
   it('an admin reset removes passkeys and ends sessions; the new link enrolls again', async () => {
     const d = await start();
     await pb.page.goto(d.verificationUriComplete);
-    await pb.page.waitForFunction(() => document.getElementById('client')?.textContent?.includes('laptop.example'));
+    await pb.page.waitForSelector('#client:has-text("laptop.example")');
     await pb.page.click('#approve');
     await pageStatus(pb.page, 'ok');
     clock += 10;

@@ -6,10 +6,39 @@ import { z } from 'zod';
 import { projectParam, registerRunBody, runView } from '../../ca/api/schemas.js';
 import { apiCommand, checkArgs, qualifiedArg, timeArg } from '../args.js';
 import { ApiClient } from '../client.js';
-import { printJson, type CliContext } from '../context.js';
+import { printJson, readInput, type CliContext } from '../context.js';
+import { UsageError } from '../errors.js';
 import { formatTime, plural, printTable } from '../output.js';
 import { blamePolicyFile, readPolicyFile } from '../policy-file.js';
 import type { RevokedCountView } from '../views.js';
+
+interface SshFlags {
+  sshAddress?: string;
+  hostKey: string[];
+}
+
+const collect = (value: string, previous: string[]): string[] => [...previous, value];
+
+/** `--ssh-address HOST:PORT` (IPv6 as [ADDR]:PORT) and `--host-key FILE`s, as the API takes them. */
+async function sshEndpointArg(ctx: CliContext, opts: SshFlags): Promise<{ host: string; port: number; hostKeys: string[] } | undefined> {
+  if (opts.sshAddress === undefined) {
+    if (opts.hostKey.length > 0) throw new UsageError('--host-key goes with --ssh-address');
+    return undefined;
+  }
+  const m = /^(?:\[([0-9A-Fa-f:]+)\]|([^:\s]+)):(\d{1,5})$/.exec(opts.sshAddress);
+  if (!m) throw new UsageError(`--ssh-address: "${opts.sshAddress}" is not HOST:PORT (IPv6: [ADDR]:PORT)`);
+  const hostKeys: string[] = [];
+  for (const file of opts.hostKey) {
+    for (const raw of (await readInput(ctx, file)).toString('utf8').split('\n')) {
+      const line = raw.trim();
+      if (line === '' || line.startsWith('#')) continue;
+      // ssh-keyscan prints "HOST TYPE BASE64": drop the host.
+      const words = line.split(/\s+/);
+      hostKeys.push(words.length >= 3 && !/^(ssh-|ecdsa-|sk-)/.test(words[0] as string) ? words.slice(1).join(' ') : line);
+    }
+  }
+  return { host: (m[1] ?? m[2]) as string, port: Number(m[3]), hostKeys };
+}
 
 type RunView = z.output<typeof runView>;
 
@@ -26,16 +55,20 @@ export function registerRun(program: Command, ctx: CliContext): void {
     .requiredOption('--login-user <user>', 'the account users log in as on the host (e.g. root)')
     .option('--attachable-by <file>', 'YAML policy file: attachable_by (default: only the owner)')
     .option('--ends-at <time>', 'when the run ends (ISO 8601 or Unix seconds); certificates never outlive it')
-    .action(async (qualified: string, opts: { json?: boolean; owner: string; loginUser: string; attachableBy?: string; endsAt?: string }, cmd: Command) => {
+    .option('--ssh-address <host:port>', "where users reach the run's sshd (for dstack-ca config ssh and dstack-ca ssh)")
+    .option('--host-key <file>', "the sshd's host public key file (repeatable; ssh-keyscan output works too); users pin it", collect, [])
+    .action(async (qualified: string, opts: { json?: boolean; owner: string; loginUser: string; attachableBy?: string; endsAt?: string } & SshFlags, cmd: Command) => {
       const { project, name } = qualifiedArg(qualified, 'run');
+      const ssh = await sshEndpointArg(ctx, opts);
       const body = {
         project,
         name,
         owner: opts.owner,
         loginUser: opts.loginUser,
         ...(opts.endsAt !== undefined ? { endsAt: timeArg(opts.endsAt, '--ends-at') } : {}),
+        ...(ssh ? { ssh } : {}),
       };
-      checkArgs(registerRunBody, body, { project: 'PROJECT/RUN', name: 'PROJECT/RUN', owner: '--owner', loginUser: '--login-user', endsAt: '--ends-at' });
+      checkArgs(registerRunBody, body, { project: 'PROJECT/RUN', name: 'PROJECT/RUN', owner: '--owner', loginUser: '--login-user', endsAt: '--ends-at', 'ssh.host': '--ssh-address', 'ssh.port': '--ssh-address', 'ssh.hostKeys': '--host-key' });
       const attachableBy = opts.attachableBy === undefined ? undefined : await readPolicyFile(ctx, opts.attachableBy);
       const api = await ApiClient.forCommand(ctx, cmd);
       let created: z.output<typeof registeredView>;
@@ -78,21 +111,26 @@ export function registerRun(program: Command, ctx: CliContext): void {
         );
     });
 
-  apiCommand(run, 'update', "replace a run's policy; certificates it no longer allows are revoked at once")
+  apiCommand(run, 'update', "replace a run's policy (certificates it no longer allows are revoked at once) or its ssh endpoint")
     .argument('<run>', 'PROJECT/RUN')
-    .requiredOption('--attachable-by <file>', 'YAML policy file: attachable_by')
-    .action(async (qualified: string, opts: { json?: boolean; attachableBy: string }, cmd: Command) => {
+    .option('--attachable-by <file>', 'YAML policy file: attachable_by')
+    .option('--ssh-address <host:port>', "where users reach the run's sshd")
+    .option('--host-key <file>', "the sshd's host public key file (repeatable), with --ssh-address", collect, [])
+    .action(async (qualified: string, opts: { json?: boolean; attachableBy?: string } & SshFlags, cmd: Command) => {
       const { project, name } = qualifiedArg(qualified, 'run');
-      const attachableBy = await readPolicyFile(ctx, opts.attachableBy);
+      if (opts.attachableBy === undefined && opts.sshAddress === undefined) throw new UsageError('give --attachable-by FILE, --ssh-address HOST:PORT, or both');
+      const attachableBy = opts.attachableBy === undefined ? undefined : await readPolicyFile(ctx, opts.attachableBy);
+      const ssh = await sshEndpointArg(ctx, opts);
       const api = await ApiClient.forCommand(ctx, cmd);
       let updated: z.output<typeof updatedView>;
       try {
-        updated = await api.request('PATCH', runPath(project, name), { body: { attachableBy }, schema: updatedView });
+        updated = await api.request('PATCH', runPath(project, name), { body: { ...(attachableBy ? { attachableBy } : {}), ...(ssh ? { ssh } : {}) }, schema: updatedView });
       } catch (e) {
-        throw blamePolicyFile(e, opts.attachableBy);
+        throw blamePolicyFile(e, opts.attachableBy ?? '');
       }
       if (opts.json) printJson(ctx, updated);
-      else ctx.stdout.write(`updated the policy of ${updated.project}/${updated.name}; ${plural(updated.revokedCerts, 'certificate')} revoked\n`);
+      else if (attachableBy) ctx.stdout.write(`updated the policy of ${updated.project}/${updated.name}; ${plural(updated.revokedCerts, 'certificate')} revoked\n`);
+      else ctx.stdout.write(`updated the ssh endpoint of ${updated.project}/${updated.name}\n`);
     });
 
   apiCommand(run, 'finish', 'mark a run finished; all its certificates are revoked')
@@ -117,6 +155,7 @@ function describeRun(r: RunView): string {
       `owner:       ${r.owner}`,
       `login user:  ${r.loginUser}`,
       `ends at:     ${formatTime(r.endsAt, 'when finished')}`,
+      `ssh:         ${r.ssh ? `${r.ssh.host}:${r.ssh.port} (${plural(r.ssh.hostKeys.length, 'host key')})` : 'unknown'}`,
       policy,
     ].join('\n') + '\n'
   );

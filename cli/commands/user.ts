@@ -5,11 +5,22 @@ import { formatDuration } from '../../ca/domain/duration.js';
 import { apiCommand, checkArgs, durationArg } from '../args.js';
 import { ApiClient } from '../client.js';
 import { printJson, type CliContext } from '../context.js';
-import { formatTime, printTable } from '../output.js';
+import { formatTime, plural, printTable } from '../output.js';
 import type { UserTokenView, UserView } from '../views.js';
 
 interface JsonFlag {
   json?: boolean;
+}
+
+interface EnrollmentView {
+  url: string;
+  expiresAt: number;
+}
+
+/** The link alone on stdout's last line, so LINK=$(dstack-ca user enroll alice | tail -1) works. */
+function printEnrollment(ctx: CliContext, name: string, e: EnrollmentView): void {
+  ctx.stderr.write(`dstack-ca: send ${name} this one-time passkey enrollment link; it expires ${formatTime(e.expiresAt)}\n`);
+  ctx.stdout.write(`${e.url}\n`);
 }
 
 export function registerUser(program: Command, ctx: CliContext): void {
@@ -22,9 +33,50 @@ export function registerUser(program: Command, ctx: CliContext): void {
       const body = { name, ...(opts.admin ? { admin: true } : {}) };
       checkArgs(addUserBody, body, { name: 'NAME' });
       const api = await ApiClient.forCommand(ctx, cmd);
-      const created = await api.call<UserView>('POST', '/v1/users', { body });
-      if (opts.json) printJson(ctx, created);
-      else ctx.stdout.write(`added user ${created.name}${created.admin ? ' (global admin)' : ''}\n`);
+      const created = await api.call<UserView & { enrollment: EnrollmentView }>('POST', '/v1/users', { body });
+      if (opts.json) {
+        printJson(ctx, created);
+        return;
+      }
+      ctx.stdout.write(`added user ${created.name}${created.admin ? ' (global admin)' : ''}\n`);
+      printEnrollment(ctx, created.name, created.enrollment);
+    });
+
+  apiCommand(user, 'enroll', 'print a new one-time passkey enrollment link for a user (older unused links stop working)')
+    .argument('<name>', 'user name')
+    .option('--reset', "also remove the user's passkeys and end all its login sessions (a lost or stolen device)")
+    .action(async (name: string, opts: JsonFlag & { reset?: boolean }, cmd: Command) => {
+      checkArgs(nameParam, { name }, { name: 'NAME' });
+      const api = await ApiClient.forCommand(ctx, cmd);
+      const r = await api.call<EnrollmentView & { removedPasskeys: number; endedSessions: number }>('POST', `/v1/users/${encodeURIComponent(name)}/enrollments`, {
+        body: opts.reset ? { reset: true } : {},
+      });
+      if (opts.json) {
+        printJson(ctx, { name, ...r });
+        return;
+      }
+      if (opts.reset) ctx.stdout.write(`reset ${name}: ${plural(r.removedPasskeys, 'passkey')} removed, ${plural(r.endedSessions, 'session')} ended\n`);
+      printEnrollment(ctx, name, r);
+    });
+
+  apiCommand(user, 'logout', "end every login session of a user (CLI and browser); certificates already issued stay until revoked")
+    .argument('<name>', 'user name')
+    .action(async (name: string, opts: JsonFlag, cmd: Command) => {
+      checkArgs(nameParam, { name }, { name: 'NAME' });
+      const api = await ApiClient.forCommand(ctx, cmd);
+      const r = await api.call<{ endedSessions: number }>('POST', `/v1/users/${encodeURIComponent(name)}/logout`, { body: {} });
+      if (opts.json) printJson(ctx, { name, ...r });
+      else ctx.stdout.write(`${plural(r.endedSessions, 'session')} of ${name} ended\n`);
+    });
+
+  apiCommand(user, 'passkeys', "list a user's passkeys")
+    .argument('<name>', 'user name')
+    .action(async (name: string, opts: JsonFlag, cmd: Command) => {
+      checkArgs(nameParam, { name }, { name: 'NAME' });
+      const api = await ApiClient.forCommand(ctx, cmd);
+      const keys = await api.call<{ id: number; name: string; createdAt: number; lastUsedAt: number | null }[]>('GET', `/v1/users/${encodeURIComponent(name)}/passkeys`);
+      if (opts.json) printJson(ctx, keys);
+      else printTable(ctx, ['ID', 'NAME', 'ADDED', 'LAST USED'], keys.map((k) => [String(k.id), k.name, formatTime(k.createdAt), formatTime(k.lastUsedAt, 'never')]), `${name} has no passkeys`);
     });
 
   apiCommand(user, 'ls', 'list users')
