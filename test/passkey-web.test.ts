@@ -273,3 +273,32 @@ describe('device-code login', () => {
     expect(await passkeysOf('alice')).toHaveLength(1);
   });
 });
+
+describe('limits on what anyone may start', () => {
+  it('device codes and passkey ceremonies are rationed per address (429 with Retry-After)', async () => {
+    const from = (ip: string) => ca.app.inject({ method: 'POST', url: '/v1/device/codes', remoteAddress: ip, payload: { client: 'flood' } });
+    const codes: number[] = [];
+    for (let i = 0; i < 31; i++) codes.push((await from('192.0.2.7')).statusCode);
+    expect(codes.slice(0, 30).every((c) => c === 201)).toBe(true);
+    const refused = await from('192.0.2.7');
+    expect(refused.statusCode).toBe(429);
+    expect(Number(refused.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+    // Another address is unaffected.
+    expect((await from('192.0.2.8')).statusCode).toBe(201);
+  });
+
+  it('at most MAX_PENDING_DEVICE_CODES logins wait at once', async () => {
+    const { MAX_PENDING_DEVICE_CODES } = await import('../ca/authority/login/device.js');
+    const pending = await ca.store.countPendingDeviceCodes(clock);
+    await ca.store.tx(async (tx) => {
+      for (let i = pending; i < MAX_PENDING_DEVICE_CODES; i++) {
+        await tx.insertDeviceCode({ deviceHash: `filler-${i}`, userCode: 'BBBB-BBBB', client: 'filler', createdAt: clock, expiresAt: clock + 600, lastPolledAt: null, approvedBy: null, decidedAt: null, denied: false, consumedAt: null });
+      }
+    });
+    const res = await ca.app.inject({ method: 'POST', url: '/v1/device/codes', remoteAddress: '192.0.2.9', payload: { client: 'one too many' } });
+    expect(res.statusCode).toBe(503);
+    expect(res.json().message).toMatch(/too many logins are waiting/);
+    clock += 601; // they expire, and logins can start again
+    expect((await ca.app.inject({ method: 'POST', url: '/v1/device/codes', remoteAddress: '192.0.2.9', payload: { client: 'later' } })).statusCode).toBe(201);
+  });
+});

@@ -3,11 +3,17 @@
 import { webConfigFor, type AuthorityContext, type WebConfig } from './context.js';
 import { Issuer } from './issuance.js';
 import { ChallengeBook } from './login/challenges.js';
+import { RateLimiter } from './rate-limit.js';
 
 export class Authority {
   readonly issuer: Issuer;
   /** WebAuthn challenges in flight (single-use). */
   readonly challenges = new ChallengeBook();
+  /**
+   * Per source address, for the login steps anyone may start (device codes, passkey
+   * ceremonies): they cost a row or a challenge each, so they are rationed.
+   */
+  readonly loginStarts = new RateLimiter({ perSecond: 1, burst: 30 });
   /**
    * Where browsers reach the CA; the server sets it once it knows its bound port. The default
    * suits tests that never listen.

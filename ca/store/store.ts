@@ -123,6 +123,8 @@ export interface StoreReader {
   /** The device code with this user code that is still waiting for a decision at `now`, if any. */
   getPendingDeviceCode(userCode: string, now: number): Promise<DeviceCode | null>;
   getWebSessionByHash(hash: string): Promise<WebSession | null>;
+  /** Device codes still waiting for a decision at `now`. */
+  countPendingDeviceCodes(now: number): Promise<number>;
 }
 
 export interface StoreTx extends StoreReader {

@@ -23,7 +23,7 @@ import {
   type WebSessionIssued,
 } from '../../authority/login/passkeys.js';
 import { attachableRuns, logoutSelf, whoAmI } from '../../authority/login/people.js';
-import { CaError } from '../../domain/errors.js';
+import { CaError, RateLimitedError } from '../../domain/errors.js';
 import type { Identity } from '../../domain/model.js';
 import {
   addPasskeyBody,
@@ -77,6 +77,14 @@ export function loginRoutes(app: FastifyInstance, authority: Authority): void {
     if (req.headers.origin !== authority.web.origin) {
       throw new CaError('forbidden', `cross-origin request refused: Origin must be ${authority.web.origin}`);
     }
+  });
+
+  /** Login steps anyone may start are rationed per source address. */
+  const LIMITED = new Set(['/v1/device/codes', '/v1/web/login/options', '/v1/web/enroll/options', '/v1/web/device/options']);
+  app.addHook('preHandler', async (req) => {
+    if (req.method !== 'POST' || !LIMITED.has(req.routeOptions.url ?? '')) return;
+    const t = authority.loginStarts.take(req.ip);
+    if (!t.ok) throw new RateLimitedError('too many login attempts from this address; slow down', Math.max(1, Math.ceil(t.retryAfterMs / 1000)));
   });
 
   /** The session's user; with `csrf`, the request must also carry the session's CSRF token. */

@@ -43,6 +43,7 @@ export async function startDeviceLogin(a: Authority, client: string): Promise<De
   const now = a.ctx.now();
   const { secret, hash } = newSecret('device');
   const userCode = await a.ctx.store.tx(async (tx) => {
+    if ((await tx.countPendingDeviceCodes(now)) >= MAX_PENDING_DEVICE_CODES) throw new CaError('unavailable', 'too many logins are waiting for approval; try again in a few minutes');
     let code = newUserCode();
     // A clash with a waiting code is astronomically rare; redraw rather than ever show two logins one code.
     for (let i = 0; (await tx.getPendingDeviceCode(code, now)) !== null; i++) {

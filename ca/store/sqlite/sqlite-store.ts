@@ -355,6 +355,10 @@ class Reads implements StoreReader {
   async getWebSessionByHash(hash: string): Promise<WebSession | null> {
     return one(rows.webSessions, this.c().get(`SELECT ${rows.webSessions.columns()} FROM web_sessions WHERE hash = ?`, hash));
   }
+
+  async countPendingDeviceCodes(now: number): Promise<number> {
+    return count(this.c(), 'SELECT COUNT(*) AS n FROM device_codes WHERE expires_at > ? AND decided_at IS NULL', intParam(now, 'now'));
+  }
 }
 
 
