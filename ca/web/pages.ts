@@ -66,7 +66,8 @@ const PAGES: Page[] = [
     path: '/device',
     id: 'device',
     title: 'Approve a CLI login',
-    body: `<p>A <code>dstack-ca login</code> is waiting. Check that the code below is the one your terminal shows.</p>
+    body: `<p>A <code>dstack-ca login</code> is waiting. Check that the code below is the one your terminal shows.
+Approve only a login you started yourself: whoever started it gets your access.</p>
 <label for="code">Code</label>
 <input id="code" maxlength="20" autocomplete="off" autocapitalize="characters" placeholder="BCDF-GHJK">
 <p id="client" class="muted"></p>
