@@ -5,8 +5,8 @@ import type { Command } from 'commander';
 /** Adds --url and --token to the root command; every API verb reads them with optsWithGlobals(). */
 export function registerApiOptions(program: Command): void {
   program
-    .option('--url <url>', 'CA server URL (default: $DSTACK_CA_URL, then the config file)')
-    .option('--token <token>', 'API token (default: $DSTACK_CA_TOKEN, then the config file)');
+    .option('--url <url>', 'CA server URL (default: $DSTACK_CA_URL, then the config file, then the login session)')
+    .option('--token <token>', 'API token (default: $DSTACK_CA_TOKEN, then the config file, then the login session for its server)');
 }
 
 /** Global options that take a value, which the verb lookup must skip. */

@@ -3,12 +3,13 @@
 // documented exit codes, and nothing that could ever print the bearer token.
 import { readFile, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { Command } from 'commander';
 import type { z } from 'zod';
 import { errorBody } from '../ca/api/schemas.js';
 import type { CliContext } from './context.js';
 import { CliError, EXIT, UsageError } from './errors.js';
+import { readSession, type Session } from './login/session.js';
 
 /** Request timeout: revocations wait for a durable KRL, so be generous. */
 const TIMEOUT_MS = 60_000;
@@ -34,6 +35,8 @@ export interface ApiConfig {
   /** Where the URL came from, for error messages. */
   urlSource: string;
   token: string | undefined;
+  /** 'session' when the token is the `dstack-ca login` session (a 401 then means: log in again). */
+  tokenSource?: 'flag' | 'env' | 'file' | 'session' | 'login';
 }
 
 /** The config file: $XDG_CONFIG_HOME/dstack-ca/config.json, default ~/.config/dstack-ca/config.json. */
@@ -80,9 +83,30 @@ async function readConfigFile(ctx: CliContext): Promise<FileConfig> {
   return out;
 }
 
+/** session.json beside config.json: the `dstack-ca login` session. */
+export function sessionPath(env: NodeJS.ProcessEnv): string {
+  return join(dirname(configPath(env)), 'session.json');
+}
+
+/** The login session, if any; a group- or world-readable file gets the same warning as config.json. */
+async function readSessionFile(ctx: CliContext): Promise<Session | undefined> {
+  const path = sessionPath(ctx.env);
+  const session = await readSession(path);
+  if (session !== undefined) {
+    const st = await stat(path).catch(() => undefined);
+    if (st && (st.mode & 0o077) !== 0) {
+      ctx.stderr.write(`dstack-ca: warning: ${path} has mode ${(st.mode & 0o777).toString(8).padStart(4, '0')}; it holds a token, run: chmod 600 ${path}\n`);
+    }
+  }
+  return session;
+}
+
 const nonEmpty = (s: string | undefined): string | undefined => (s === undefined || s.trim() === '' ? undefined : s.trim());
 
-/** Resolves URL and token: flags, then environment, then the config file (read only if needed). */
+/**
+ * Resolves URL and token: flags, then environment, then the config file, then the login
+ * session (session.json; its token only for its own server). Files are read only if needed.
+ */
 export async function resolveApiConfig(ctx: CliContext, flags: ApiFlags): Promise<ApiConfig> {
   let url = nonEmpty(flags.url);
   let urlSource = '--url';
@@ -90,7 +114,12 @@ export async function resolveApiConfig(ctx: CliContext, flags: ApiFlags): Promis
     url = nonEmpty(ctx.env.DSTACK_CA_URL);
     urlSource = 'DSTACK_CA_URL';
   }
-  let token = nonEmpty(flags.token) ?? nonEmpty(ctx.env.DSTACK_CA_TOKEN);
+  let token = nonEmpty(flags.token);
+  let tokenSource: ApiConfig['tokenSource'] = token === undefined ? undefined : 'flag';
+  if (token === undefined && nonEmpty(ctx.env.DSTACK_CA_TOKEN) !== undefined) {
+    token = nonEmpty(ctx.env.DSTACK_CA_TOKEN);
+    tokenSource = 'env';
+  }
   if (url === undefined || token === undefined) {
     const file = await readConfigFile(ctx);
     const fileUrl = nonEmpty(file.url);
@@ -99,7 +128,24 @@ export async function resolveApiConfig(ctx: CliContext, flags: ApiFlags): Promis
       urlSource = configPath(ctx.env);
     }
     // The file's token belongs to the file's server: `--url elsewhere` must not carry it there.
-    if (token === undefined && (fileUrl === undefined || sameServer(fileUrl, url))) token = nonEmpty(file.token);
+    if (token === undefined && (fileUrl === undefined || sameServer(fileUrl, url))) {
+      token = nonEmpty(file.token);
+      if (token !== undefined) tokenSource = 'file';
+    }
+  }
+  if (url === undefined || token === undefined) {
+    const session = await readSessionFile(ctx);
+    if (session !== undefined) {
+      if (url === undefined) {
+        url = session.url;
+        urlSource = sessionPath(ctx.env);
+      }
+      // Like the config file's: the session's token only ever goes to the server that issued it.
+      if (token === undefined && sameServer(session.url, url)) {
+        token = session.token;
+        tokenSource = 'session';
+      }
+    }
   }
   if (url === undefined) {
     throw new UsageError(`no CA server URL: set DSTACK_CA_URL, pass --url, or put "url" in ${configPath(ctx.env)}`);
@@ -114,10 +160,10 @@ export async function resolveApiConfig(ctx: CliContext, flags: ApiFlags): Promis
   if (parsed.username || parsed.password) throw new UsageError(`${urlSource}: the URL must not carry credentials; use DSTACK_CA_TOKEN`);
   // A token goes into an HTTP header; fetch would quote a bad one in its error, so check it here.
   if (token !== undefined && !/^[\x21-\x7e]+$/.test(token)) throw new UsageError('the API token contains spaces or control characters');
-  return { url: parsed.toString().replace(/\/+$/, ''), urlSource, token };
+  return { url: parsed.toString().replace(/\/+$/, ''), urlSource, token, ...(tokenSource !== undefined ? { tokenSource } : {}) };
 }
 
-function sameServer(a: string, b: string | undefined): boolean {
+export function sameServer(a: string, b: string | undefined): boolean {
   if (b === undefined) return false;
   try {
     return new URL(a).href.replace(/\/+$/, '') === new URL(b).href.replace(/\/+$/, '');
@@ -226,6 +272,9 @@ export class ApiClient {
     if (parsed) message = parsed.message;
     else message = `${method} ${path}: HTTP ${res.status}${res.statusText ? ` ${res.statusText}` : ''} from ${this.url}`;
     const line = this.scrub(oneLine(message));
+    if (res.status === 401 && (this.config.tokenSource === 'session' || this.config.tokenSource === 'login')) {
+      return new CliError(`not logged in: the login session expired or was revoked (${line || 'HTTP 401'}); run: dstack-ca login`, EXIT.auth);
+    }
     if (res.status === 401) return new CliError(line === '' ? 'not authenticated' : `not authenticated: ${line}`, EXIT.auth);
     if (res.status === 403) return new CliError(line === '' ? 'permission denied' : `permission denied: ${line}`, EXIT.auth);
     return new HttpError(line, res.status, parsed?.field);

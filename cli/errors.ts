@@ -18,3 +18,14 @@ export class UsageError extends CliError {
     super(message, EXIT.usage);
   }
 }
+
+/**
+ * Ends the CLI with this exit code and no message: `dstack-ca ssh` passes on ssh's own
+ * code, and `renew --ssh-match` always exits nonzero so its `Match exec` applies nothing.
+ */
+export class ExitWith extends Error {
+  override readonly name = 'ExitWith';
+  constructor(readonly code: number) {
+    super(`exit ${code}`);
+  }
+}

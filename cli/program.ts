@@ -4,7 +4,7 @@ import { Command, CommanderError } from 'commander';
 import { SshParseError } from '../ca/ssh/wire.js';
 import { API_OPTIONS_WITH_VALUES, registerApiOptions } from './api-options.js';
 import type { CliContext } from './context.js';
-import { CliError, EXIT, type ExitCode } from './errors.js';
+import { CliError, EXIT, ExitWith } from './errors.js';
 
 type Registrar = (program: Command, ctx: CliContext) => void;
 
@@ -30,6 +30,12 @@ const VERBS: Record<string, () => Promise<Registrar>> = {
   revoke: async () => (await import('./commands/revoke.js')).registerRevoke,
   ca: async () => (await import('./commands/ca.js')).registerCa,
   audit: async () => (await import('./commands/audit.js')).registerAudit,
+  login: async () => (await import('./commands/login.js')).registerLogin,
+  logout: async () => (await import('./commands/logout.js')).registerLogout,
+  status: async () => (await import('./commands/status.js')).registerStatus,
+  config: async () => (await import('./commands/config-ssh.js')).registerConfig,
+  renew: async () => (await import('./commands/renew.js')).registerRenew,
+  ssh: async () => (await import('./commands/ssh.js')).registerSsh,
 };
 
 /** The verb the arguments name (the first operand, skipping global options), if any. */
@@ -64,8 +70,8 @@ export async function buildProgram(ctx: CliContext, argv: readonly string[] = []
   return program;
 }
 
-/** Runs the CLI and returns its exit code; never throws. */
-export async function runCli(argv: readonly string[], ctx: CliContext): Promise<ExitCode> {
+/** Runs the CLI and returns its exit code (an ExitCode, or ssh's own from `dstack-ca ssh`); never throws. */
+export async function runCli(argv: readonly string[], ctx: CliContext): Promise<number> {
   let program: Command;
   try {
     program = await buildProgram(ctx, argv);
@@ -80,7 +86,8 @@ export async function runCli(argv: readonly string[], ctx: CliContext): Promise<
   }
 }
 
-function reportError(e: unknown, ctx: CliContext): ExitCode {
+function reportError(e: unknown, ctx: CliContext): number {
+  if (e instanceof ExitWith) return e.code;
   if (e instanceof CommanderError) {
     // Commander already printed its message; help and version are successes.
     return e.exitCode === 0 ? EXIT.ok : EXIT.usage;

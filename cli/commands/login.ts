@@ -1,0 +1,101 @@
+// `dstack-ca login`: device-code login (docs/login-api.md). Shows a URL and a code (and opens
+// a browser when there is a display), polls until the passkey login is approved, stores the
+// session (session.json, 0600), then syncs: a cert per run for the login key, loaded into
+// the ssh-agent if one runs, and ssh_config/known_hosts rewritten. It does not touch
+// ~/.ssh/config: `dstack-ca config ssh` adds the Include line once.
+import { spawn } from 'node:child_process';
+import { hostname } from 'node:os';
+import type { Command } from 'commander';
+import { apiCommand } from '../args.js';
+import { ApiClient, resolveApiConfig, type ApiFlags } from '../client.js';
+import { printJson, type CliContext } from '../context.js';
+import { CliError } from '../errors.js';
+import { deviceCodesSchema, pollForToken, pollOnce } from '../login/device.js';
+import { loginPaths } from '../login/paths.js';
+import { writeSession, type Session } from '../login/session.js';
+import { syncRuns, type RunCert } from '../login/sync.js';
+import { userConfigIncludes } from '../login/user-config.js';
+import { formatTime, printTable } from '../output.js';
+
+interface LoginFlags {
+  browser: boolean;
+  json?: boolean;
+}
+
+export function registerLogin(program: Command, ctx: CliContext): void {
+  apiCommand(program, 'login', 'log in with your passkey in a browser (URL + code; works over SSH), then fetch certificates for your runs')
+    .option('--no-browser', 'only print the URL and code; do not try to open a browser')
+    .addHelpText('after', '\nAfterwards `dstack-ca ssh PROJECT/RUN` works, and plain `ssh PROJECT/RUN` once `dstack-ca config ssh` has been run.')
+    .action(async (opts: LoginFlags, cmd: Command) => {
+      // The token (if any) is irrelevant: login makes a new one. The URL: --url, env, config, the last session.
+      const config = await resolveApiConfig(ctx, { url: cmd.optsWithGlobals<ApiFlags>().url });
+      const api = new ApiClient(ctx, { url: config.url, urlSource: config.urlSource, token: undefined });
+      const client = (hostname() || 'unknown host').slice(0, 100);
+      const codes = await api.request('POST', '/v1/device/codes', { body: { client }, auth: false, schema: deviceCodesSchema });
+      ctx.stderr.write(`dstack-ca: Open ${codes.verificationUriComplete} and check the code ${codes.userCode}\n`);
+      if (opts.browser && (ctx.env.DISPLAY || ctx.env.WAYLAND_DISPLAY || ctx.env.BROWSER || process.platform === 'darwin')) {
+        openBrowser(codes.verificationUriComplete, ctx.env);
+      }
+      ctx.stderr.write(`dstack-ca: waiting for the approval (the code is valid for ${Math.round(codes.expiresIn / 60) || 1} min)...\n`);
+      const granted = await pollForToken(codes, {
+        poll: () => pollOnce(api.url, codes.deviceCode),
+        sleep: (s) => new Promise((r) => setTimeout(r, s * 1000)),
+        now: () => Date.now() / 1000,
+        note: (line) => ctx.stderr.write(`dstack-ca: ${line}\n`),
+      });
+
+      const paths = loginPaths(ctx.env);
+      const session: Session = { url: api.url, token: granted.token, user: granted.user, expiresAt: granted.expiresAt };
+      await writeSession(paths.session, session);
+      const user = new ApiClient(ctx, { url: api.url, urlSource: paths.session, token: granted.token, tokenSource: 'login' });
+      let synced;
+      try {
+        synced = await syncRuns(ctx, user, paths, granted.user);
+      } catch (e) {
+        if (e instanceof CliError) throw new CliError(`logged in as ${granted.user}, but fetching certificates failed: ${e.message}`, e.exitCode);
+        throw e;
+      }
+      const included = await userConfigIncludes(ctx.env, paths.sshConfig);
+      if (opts.json) {
+        printJson(ctx, { url: api.url, user: granted.user, expiresAt: granted.expiresAt, agent: synced.agent, sshConfig: paths.sshConfig, sshConfigIncluded: included, runs: synced.runs });
+        return;
+      }
+      printLoginSummary(ctx, api.url, session, synced.runs, synced.agent);
+      if (!included) ctx.stderr.write('dstack-ca: run `dstack-ca config ssh` once so that plain `ssh PROJECT/RUN` works (`dstack-ca ssh PROJECT/RUN` works already)\n');
+    });
+}
+
+function printLoginSummary(ctx: CliContext, url: string, session: Session, runs: RunCert[], agent: boolean): void {
+  ctx.stdout.write(`logged in as ${session.user} at ${url}; the session ${session.expiresAt === null ? 'does not expire' : `expires ${formatTime(session.expiresAt)}`}\n`);
+  printTable(
+    ctx,
+    ['RUN', 'CERT VALID UNTIL', 'IN AGENT'],
+    runs.map((r) => [r.run, r.validBefore !== undefined ? formatTime(r.validBefore) : `- (${r.error ?? 'none'})`, r.agent ? 'yes' : agent ? 'no' : '-']),
+    'no runs you can attach to right now',
+  );
+}
+
+/** $BROWSER (first of a colon list; %s is the URL) or xdg-open/open, detached; failures are ignored. */
+export function openBrowser(url: string, env: NodeJS.ProcessEnv): void {
+  try {
+    const u = new URL(url);
+    if (u.protocol !== 'https:' && u.protocol !== 'http:') return;
+  } catch {
+    return;
+  }
+  let argv: string[];
+  const browser = env.BROWSER?.split(':').find((b) => b.trim() !== '');
+  if (browser !== undefined) {
+    const words = browser.trim().split(/\s+/);
+    argv = words.some((w) => w.includes('%s')) ? words.map((w) => w.replace(/%s/g, url)) : [...words, url];
+  } else {
+    argv = [process.platform === 'darwin' ? 'open' : 'xdg-open', url];
+  }
+  try {
+    const child = spawn(argv[0] as string, argv.slice(1), { detached: true, stdio: 'ignore', env });
+    child.on('error', () => {});
+    child.unref();
+  } catch {
+    // no browser: the URL is on the screen
+  }
+}

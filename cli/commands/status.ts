@@ -1,0 +1,80 @@
+// `dstack-ca status`: who the server says we are (GET /v1/me), when the session ends, and
+// the run certificates on disk with principal, serial and expiry (parsed here, expired ones
+// marked). A dead or missing session is "not logged in", exit 4.
+import { readFile } from 'node:fs/promises';
+import type { Command } from 'commander';
+import { z } from 'zod';
+import { parseCertificateLine } from '../../ca/ssh/certificate.js';
+import { apiCommand } from '../args.js';
+import { ApiClient } from '../client.js';
+import { printJson, type CliContext } from '../context.js';
+import { CliError, EXIT, UsageError } from '../errors.js';
+import { certPath, loginPaths, type LoginPaths } from '../login/paths.js';
+import { listRunDirs } from '../login/sync.js';
+import { formatTime, printTable } from '../output.js';
+
+const meSchema = z.object({
+  name: z.string(),
+  kind: z.string(),
+  admin: z.boolean().optional().default(false),
+  sessionExpiresAt: z.number().nullable().optional().transform((v) => v ?? null),
+});
+
+export interface HeldCert {
+  run: string;
+  path: string;
+  principals: string[];
+  serial: string;
+  validBefore: number;
+  expired: boolean;
+  error?: string;
+}
+
+/** The certs under certs/, parsed with the CA's own parser. */
+export async function heldCerts(paths: LoginPaths, now = Math.floor(Date.now() / 1000)): Promise<HeldCert[]> {
+  const out: HeldCert[] = [];
+  for (const { project, run } of await listRunDirs(paths.certsDir, '-cert.pub')) {
+    const path = certPath(paths, project, run);
+    try {
+      const { cert } = parseCertificateLine((await readFile(path, 'utf8')).trim());
+      const validBefore = Number(cert.validBefore);
+      out.push({ run: `${project}/${run}`, path, principals: [...cert.principals], serial: cert.serial.toString(), validBefore, expired: validBefore <= now });
+    } catch (e) {
+      out.push({ run: `${project}/${run}`, path, principals: [], serial: '', validBefore: 0, expired: true, error: (e as Error).message });
+    }
+  }
+  return out;
+}
+
+export function registerStatus(program: Command, ctx: CliContext): void {
+  apiCommand(program, 'status', 'show who you are logged in as, when the session ends, and the run certificates held').action(
+    async (opts: { json?: boolean }, cmd: Command) => {
+      const api = await ApiClient.forCommand(ctx, cmd).catch((e: unknown) => {
+        // No server at all (no session, no DSTACK_CA_URL): that is "not logged in" too.
+        if (e instanceof UsageError && e.message.startsWith('no CA server URL')) throw new CliError('not logged in; run: dstack-ca login --url URL', EXIT.auth);
+        throw e;
+      });
+      if (!api.hasToken) throw new CliError('not logged in; run: dstack-ca login', EXIT.auth);
+      let me: z.output<typeof meSchema>;
+      try {
+        me = await api.request('GET', '/v1/me', { schema: meSchema });
+      } catch (e) {
+        if (e instanceof CliError && e.exitCode === EXIT.auth) throw new CliError(/^not logged in/.test(e.message) ? e.message : `not logged in (${e.message}); run: dstack-ca login`, EXIT.auth);
+        throw e;
+      }
+      const certs = await heldCerts(loginPaths(ctx.env));
+      if (opts.json) {
+        printJson(ctx, { url: api.url, user: me.name, kind: me.kind, admin: me.admin, sessionExpiresAt: me.sessionExpiresAt, certs });
+        return;
+      }
+      const who = `${me.name} (${me.kind}${me.admin ? ', admin' : ''})`;
+      ctx.stdout.write(`logged in as ${who} at ${api.url}; ${me.sessionExpiresAt === null ? 'the token does not expire' : `the session expires ${formatTime(me.sessionExpiresAt)}`}\n`);
+      printTable(
+        ctx,
+        ['RUN', 'PRINCIPAL', 'SERIAL', 'VALID UNTIL'],
+        certs.map((c) => [c.run, c.principals.join(',') || '-', c.serial || '-', c.error !== undefined ? `unreadable: ${c.error}` : `${formatTime(c.validBefore)}${c.expired ? ' (expired)' : ''}`]),
+        'no run certificates held',
+      );
+    },
+  );
+}

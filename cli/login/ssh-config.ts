@@ -1,0 +1,173 @@
+// Pure text: the ssh_config include, the known_hosts file, and the one `Include` line in
+// ~/.ssh/config. No file or process access here; the callers write what these return.
+//
+// Quoting facts (OpenSSH 9.2, checked with `ssh -G -vvv`):
+// - IdentityFile, CertificateFile and UserKnownHostsFile expand %-tokens and ${ENV}; a
+//   literal % is written %%, and "${" cannot be escaped at all.
+// - A `Match exec` argument is one double-quoted word in which backslashes are NOT escapes
+//   and a double quote cannot appear; its %-tokens expand, and it runs under the user's shell.
+// - Include takes a double-quoted path without %-expansion.
+// So paths are always double-quoted, and the few characters that cannot be written safely
+// are refused with an error naming the path, rather than written wrongly.
+import { parseAuthorizedKey, formatAuthorizedKey } from '../../ca/ssh/keys.js';
+import { CliError } from '../errors.js';
+import type { MeRun } from './session.js';
+
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\x00-\x1f\x7f]/;
+
+/** A path as a double-quoted ssh_config value; `tokens`: the keyword expands %-tokens and ${ENV}. */
+export function configPathValue(path: string, tokens = true): string {
+  if (CONTROL.test(path) || path.includes('"') || path.includes('\\')) {
+    throw new CliError(`${JSON.stringify(path)}: ssh_config cannot hold a path with quotes, backslashes or control characters`);
+  }
+  if (tokens && path.includes('${')) throw new CliError(`${JSON.stringify(path)}: ssh_config cannot hold a path containing "\${"`);
+  return `"${tokens ? path.replace(/%/g, '%%') : path}"`;
+}
+
+/** A word for the shell that runs a `Match exec` command: single-quoted, % doubled for ssh. */
+export function execShellWord(word: string): string {
+  if (CONTROL.test(word) || /['"\\]/.test(word)) {
+    throw new CliError(`${JSON.stringify(word)}: cannot be written into an ssh_config Match exec line (quotes, backslashes or control characters)`);
+  }
+  return `'${word.replace(/%/g, '%%')}'`;
+}
+
+/** An `ssh -o Keyword=VALUE` argument for a path (ssh parses -o like a config line). */
+export function sshOption(keyword: string, path: string): string {
+  return `${keyword}=${configPathValue(path)}`;
+}
+
+export interface SshConfigInput {
+  /** Absolute paths of what the Host blocks point at. */
+  key: string;
+  knownHosts: string;
+  certFile: (project: string, run: string) => string;
+  /** argv of the renew command run by `Match exec` (without its PROJECT/RUN argument); null: no Match line. */
+  renewCommand: readonly string[] | null;
+  runs: readonly MeRun[];
+}
+
+/** What can go into a Host block for a run, or why it cannot. */
+export interface RunSshTarget {
+  host: string;
+  port: number;
+  user: string;
+  hostKeys: string[];
+  principal: string;
+}
+
+const HOST_RE = /^[A-Za-z0-9._:-]{1,253}$/;
+const PRINCIPAL_RE = /^[A-Za-z0-9._@:+-]{1,255}$/;
+const LOGIN_USER_RE = /^[a-z_][a-z0-9_-]{0,31}\$?$/;
+const QUALIFIED_RE = /^[a-z0-9][a-z0-9._-]{0,62}\/[a-zA-Z0-9][a-zA-Z0-9._-]{0,127}$/;
+
+/**
+ * The run's ssh target, with every value the server sent checked before it goes into a config
+ * file (a value with a space or newline would otherwise add directives). A string: why not.
+ */
+export function sshTarget(run: MeRun): RunSshTarget | string {
+  if (!QUALIFIED_RE.test(`${run.project}/${run.name}`)) return 'the run name is not valid';
+  if (run.ssh === null) return 'the run has no ssh address yet';
+  const { host, port, hostKeys } = run.ssh;
+  if (!HOST_RE.test(host)) return 'the ssh host is not a valid host name';
+  if (!Number.isInteger(port) || port < 1 || port > 65535) return `the ssh port ${port} is not valid`;
+  if (!LOGIN_USER_RE.test(run.loginUser)) return 'the login user is not a valid user name';
+  if (!PRINCIPAL_RE.test(run.principal)) return 'the principal is not valid';
+  const keys: string[] = [];
+  for (const line of hostKeys) {
+    try {
+      keys.push(formatAuthorizedKey(parseAuthorizedKey(line).key));
+    } catch {
+      return 'a host key is not a valid public key';
+    }
+  }
+  return { host, port, user: run.loginUser, hostKeys: keys, principal: run.principal };
+}
+
+export const SSH_CONFIG_HEADER = '# Written by dstack-ca (login, config ssh); rewritten on every sync, do not edit.';
+
+/** CONFIGDIR/ssh_config: the renewing Match line, then one Host block per run. */
+export function renderSshConfig(input: SshConfigInput): string {
+  const out: string[] = [SSH_CONFIG_HEADER];
+  if (input.renewCommand !== null) {
+    // The command always exits nonzero, so this Match block applies nothing: it only runs
+    // `dstack-ca renew` (quiet, no network when the cert is fresh) before ssh connects.
+    const cmd = [...input.renewCommand.map(execShellWord), "'%n'"].join(' ');
+    out.push(`Match originalhost */* exec "${cmd}"`);
+  }
+  const key = (r: MeRun) => `${r.project}/${r.name}`;
+  const sorted = [...input.runs].sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
+  for (const run of sorted) {
+    const qualified = `${run.project}/${run.name}`;
+    const target = sshTarget(run);
+    out.push('');
+    if (typeof target === 'string') {
+      // eslint-disable-next-line no-control-regex
+      out.push(`# ${qualified.replace(/[\x00-\x1f\x7f]/g, '?')}: no Host block: ${target}`);
+      continue;
+    }
+    out.push(
+      `Host ${qualified}`,
+      `  HostName ${target.host}`,
+      `  Port ${target.port}`,
+      `  User ${target.user}`,
+      `  IdentityFile ${configPathValue(input.key)}`,
+      `  CertificateFile ${configPathValue(input.certFile(run.project, run.name))}`,
+      '  IdentitiesOnly yes',
+    );
+    if (target.hostKeys.length > 0) {
+      out.push(`  HostKeyAlias ${target.principal}`, `  UserKnownHostsFile ${configPathValue(input.knownHosts)}`, '  StrictHostKeyChecking yes');
+    }
+  }
+  return out.join('\n') + '\n';
+}
+
+/** CONFIGDIR/known_hosts: `<principal> <host key>` for every run with host keys (used with HostKeyAlias). */
+export function renderKnownHosts(runs: readonly MeRun[]): string {
+  const lines = ['# Written by dstack-ca: host keys of dstack runs, by principal (HostKeyAlias).'];
+  for (const run of runs) {
+    const target = sshTarget(run);
+    if (typeof target === 'string') continue;
+    for (const key of target.hostKeys) lines.push(`${target.principal} ${key}`);
+  }
+  return lines.join('\n') + '\n';
+}
+
+/** The Include line for ~/.ssh/config. */
+export function includeLine(sshConfigPath: string): string {
+  return `Include ${configPathValue(sshConfigPath, false)}`;
+}
+
+/** Whether some line of an ssh config text includes `path`. */
+export function hasInclude(text: string, path: string): boolean {
+  return text.split('\n').some((l) => includesPath(l, path));
+}
+
+/** A path for `ssh -i` (not parsed as a config line, but %-tokens and ${ENV} still expand). */
+export function identityArg(path: string): string {
+  configPathValue(path);
+  return path.replace(/%/g, '%%');
+}
+
+/** Whether `line` is an Include of `path` (quoted or not, any case, any indentation). */
+function includesPath(line: string, path: string): boolean {
+  const m = /^\s*include(?:\s*=\s*|\s+)(.*)$/i.exec(line);
+  if (!m) return false;
+  const rest = (m[1] ?? '').trim();
+  const words: string[] = [];
+  for (const w of rest.matchAll(/"([^"]*)"|(\S+)/g)) words.push(w[1] ?? w[2] ?? '');
+  return words.includes(path);
+}
+
+/**
+ * ~/.ssh/config with `Include PATH` as its first line; unchanged (changed: false) when any
+ * line already includes PATH, wherever it is (the user may have moved it on purpose).
+ */
+export function addInclude(existing: string, sshConfigPath: string): { text: string; changed: boolean } {
+  if (hasInclude(existing, sshConfigPath)) return { text: existing, changed: false };
+  // First in the file: ssh takes the first value it finds, and a Host or Match block opened
+  // before the Include would swallow it (the included Host blocks would only apply inside it).
+  const text = `${includeLine(sshConfigPath)}\n${existing}`;
+  return { text, changed: true };
+}

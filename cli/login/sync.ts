@@ -1,0 +1,254 @@
+// After login (and on demand): the login key, one certificate per run the user may attach
+// to, those certs in the ssh-agent with their own lifetime, and the ssh_config/known_hosts
+// that make plain `ssh PROJECT/RUN` work.
+import { lstat, mkdir, readdir, readFile, readlink, rm, rmdir, symlink } from 'node:fs/promises';
+import { dirname, join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { certView } from '../../ca/api/schemas.js';
+import { writeFileAtomic } from '../../ca/io/atomic-file.js';
+import { parseCertificateLine, type Certificate } from '../../ca/ssh/certificate.js';
+import { parseAuthorizedKey, publicKeysEqual } from '../../ca/ssh/keys.js';
+import type { ApiClient } from '../client.js';
+import type { CliContext } from '../context.js';
+import { CliError } from '../errors.js';
+import { agentKeyPath, certPath, type LoginPaths } from './paths.js';
+import { ensurePrivateDir, meRunsSchema, readRuns, writeRuns, type MeRun } from './session.js';
+import { renderKnownHosts, renderSshConfig } from './ssh-config.js';
+import { agentAdd, agentDelete, agentDeleteLines, agentList, agentReachable, ensureLoginKey } from './tools.js';
+
+/** A cert expiring within this many seconds is renewed. */
+export const RENEW_MARGIN = 60;
+
+const nowSeconds = () => Math.floor(Date.now() / 1000);
+
+export interface RunCert {
+  run: string;
+  principal: string;
+  serial?: string;
+  validBefore?: number;
+  certificate?: string;
+  /** Loaded into the ssh-agent. */
+  agent?: boolean;
+  /** Why there is no cert (not running, or the issue failed). */
+  error?: string;
+}
+
+/** The command `Match exec` runs: this very CLI (dist/cli/main.js), with this node. */
+export function renewCommand(): string[] {
+  return [process.execPath, fileURLToPath(new URL('../main.js', import.meta.url)), 'renew', '--ssh-match'];
+}
+
+/** Rewrites CONFIGDIR/ssh_config and known_hosts from a run list. */
+export async function writeSshFiles(paths: LoginPaths, runs: readonly MeRun[]): Promise<void> {
+  await ensurePrivateDir(paths.dir);
+  const config = renderSshConfig({
+    key: paths.key,
+    knownHosts: paths.knownHosts,
+    certFile: (p, r) => certPath(paths, p, r),
+    renewCommand: renewCommand(),
+    runs,
+  });
+  await writeFileAtomic(paths.sshConfig, config, { mode: 0o644 });
+  await writeFileAtomic(paths.knownHosts, renderKnownHosts(runs), { mode: 0o644 });
+}
+
+/** The cert on disk for a run, or undefined when missing or unreadable. */
+export async function readRunCert(paths: LoginPaths, project: string, run: string): Promise<Certificate | undefined> {
+  try {
+    return parseCertificateLine((await readFile(certPath(paths, project, run), 'utf8')).trim()).cert;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Issues a cert for the login key and writes certs/PROJECT/RUN-cert.pub. */
+export async function issueRunCert(api: ApiClient, paths: LoginPaths, project: string, run: string, publicKey: string) {
+  const issued = await api.request('POST', `/v1/runs/${encodeURIComponent(project)}/${encodeURIComponent(run)}/certs`, { body: { publicKey }, schema: certView });
+  // The server must have certified our key, not another one.
+  const { cert } = parseCertificateLine(issued.certificate);
+  if (!publicKeysEqual(cert.key, parseAuthorizedKey(publicKey).key)) throw new CliError(`unexpected response from ${api.url}: the certificate for ${project}/${run} is not for the login key`);
+  const path = certPath(paths, project, run);
+  await mkdir(dirname(path), { recursive: true, mode: 0o755 });
+  await writeFileAtomic(path, `${issued.certificate.trim()}\n`, { mode: 0o644 });
+  return { ...issued, path };
+}
+
+/**
+ * Loads a run's cert into the agent for the rest of its validity: `ssh-add` takes FILE and
+ * FILE-cert.pub, so agent/PROJECT/RUN links to the login key and RUN-cert.pub to the cert.
+ */
+export async function loadIntoAgent(ctx: CliContext, paths: LoginPaths, project: string, run: string, validBefore: number): Promise<string | null> {
+  const lifetime = validBefore - nowSeconds();
+  if (lifetime <= 0) return 'the certificate has expired';
+  const file = agentKeyPath(paths, project, run);
+  await mkdir(dirname(file), { recursive: true, mode: 0o700 });
+  await replaceSymlink(relative(dirname(file), paths.key), file);
+  await replaceSymlink(relative(dirname(file), certPath(paths, project, run)), `${file}-cert.pub`);
+  return agentAdd(file, lifetime, ctx.env);
+}
+
+async function replaceSymlink(target: string, path: string): Promise<void> {
+  const current = await readlink(path).catch(() => undefined);
+  if (current === target) return;
+  await rm(path, { force: true });
+  await symlink(target, path);
+}
+
+/** Every PROJECT/RUN with a cert under certs/ (or a link under agent/). */
+export async function listRunDirs(dir: string, suffix: string): Promise<{ project: string; run: string }[]> {
+  const out: { project: string; run: string }[] = [];
+  const projects = await readdir(dir).catch(() => [] as string[]);
+  for (const project of projects.sort()) {
+    const st = await lstat(join(dir, project)).catch(() => undefined);
+    if (!st?.isDirectory()) continue;
+    for (const f of (await readdir(join(dir, project)).catch(() => [] as string[])).sort()) {
+      if (suffix === '' ? !f.endsWith('-cert.pub') && !f.startsWith('.') : f.endsWith(suffix)) out.push({ project, run: suffix === '' ? f : f.slice(0, -suffix.length) });
+    }
+  }
+  return out;
+}
+
+/** Takes a run's cert out of the agent and drops its files. */
+async function forgetRun(ctx: CliContext, paths: LoginPaths, project: string, run: string, agent: boolean): Promise<void> {
+  const file = agentKeyPath(paths, project, run);
+  if (agent && (await lstat(file).catch(() => undefined))) await agentDelete(file, ctx.env);
+  await rm(file, { force: true });
+  await rm(`${file}-cert.pub`, { force: true });
+  await rm(certPath(paths, project, run), { force: true });
+  await rmdir(dirname(file)).catch(() => undefined);
+  await rmdir(dirname(certPath(paths, project, run))).catch(() => undefined);
+}
+
+/**
+ * Takes out of the agent every cert of the login key that is not a current one on disk: a
+ * renewal loads a new cert beside the old, which would otherwise stay until it expires (and
+ * survive a logout). `all`: the plain login key goes too (logout).
+ */
+export async function pruneAgent(ctx: CliContext, paths: LoginPaths, all = false): Promise<void> {
+  let key;
+  try {
+    key = parseAuthorizedKey((await readFile(paths.publicKey, 'utf8')).trim()).key;
+  } catch {
+    return; // no login key: nothing of ours can be in the agent
+  }
+  const keep = new Set<string>();
+  if (!all) {
+    for (const { project, run } of await listRunDirs(paths.certsDir, '-cert.pub')) {
+      const cert = await readRunCert(paths, project, run);
+      if (cert) keep.add(cert.blob.toString('base64'));
+    }
+  }
+  const stale: string[] = [];
+  for (const line of await agentList(ctx.env)) {
+    try {
+      if (line.split(/\s+/)[0]?.endsWith('-cert-v01@openssh.com')) {
+        const { cert } = parseCertificateLine(line);
+        if (publicKeysEqual(cert.key, key) && !keep.has(cert.blob.toString('base64'))) stale.push(line);
+      } else if (all && publicKeysEqual(parseAuthorizedKey(line).key, key)) {
+        stale.push(line);
+      }
+    } catch {
+      // a key type we cannot parse is not ours
+    }
+  }
+  await agentDeleteLines(stale, ctx.env);
+}
+
+export interface SyncResult {
+  agent: boolean;
+  runs: RunCert[];
+}
+
+/** GET /v1/me/runs, a cert per running run (and in the agent), stale certs dropped, ssh files rewritten. */
+export async function syncRuns(ctx: CliContext, api: ApiClient, paths: LoginPaths, user: string): Promise<SyncResult> {
+  await ensurePrivateDir(paths.dir);
+  const publicKey = await ensureLoginKey(paths.key, paths.publicKey, ctx.env);
+  const runs = await api.request('GET', '/v1/me/runs', { schema: meRunsSchema });
+  const agent = await agentReachable(ctx.env);
+  const results: RunCert[] = [];
+  const keep = new Set<string>();
+  for (const run of runs) {
+    const qualified = `${run.project}/${run.name}`;
+    const result: RunCert = { run: qualified, principal: run.principal };
+    results.push(result);
+    if (run.state !== 'running') {
+      result.error = `the run is ${run.state}`;
+      continue;
+    }
+    keep.add(qualified);
+    try {
+      const issued = await issueRunCert(api, paths, run.project, run.name, publicKey);
+      Object.assign(result, { serial: issued.serial, validBefore: issued.validBefore, certificate: issued.path });
+      if (agent) {
+        const err = await loadIntoAgent(ctx, paths, run.project, run.name, issued.validBefore);
+        result.agent = err === null;
+        if (err !== null) ctx.stderr.write(`dstack-ca: warning: ${qualified}: ssh-add failed: ${err}\n`);
+      }
+    } catch (e) {
+      // One run refusing (its policy changed a second ago) must not fail the others.
+      if (e instanceof CliError && e.exitCode === 4 && /not logged in|not authenticated/.test(e.message)) throw e;
+      result.error = (e as Error).message;
+      ctx.stderr.write(`dstack-ca: warning: ${qualified}: no certificate: ${result.error}\n`);
+    }
+  }
+  // Certs of runs that are gone (finished, access removed) go, from the agent too.
+  const held = [...(await listRunDirs(paths.certsDir, '-cert.pub')), ...(await listRunDirs(paths.agentDir, ''))];
+  for (const { project, run } of held) if (!keep.has(`${project}/${run}`)) await forgetRun(ctx, paths, project, run, agent);
+  if (agent) await pruneAgent(ctx, paths);
+  await writeRuns(paths.runs, { url: api.url, user, syncedAt: nowSeconds(), runs });
+  await writeSshFiles(paths, runs);
+  return { agent, runs: results };
+}
+
+export interface RenewResult {
+  run: string;
+  renewed: boolean;
+  validBefore: number;
+  serial: string;
+  certificate: string;
+  agent?: boolean;
+}
+
+/** Re-issues the run's cert when it is missing, for another key, or expires within RENEW_MARGIN. */
+export async function renewRun(ctx: CliContext, api: ApiClient, paths: LoginPaths, project: string, run: string): Promise<RenewResult> {
+  const publicKey = await ensureLoginKey(paths.key, paths.publicKey, ctx.env);
+  const current = await readRunCert(paths, project, run);
+  const path = certPath(paths, project, run);
+  if (current !== undefined && publicKeysEqual(current.key, parseAuthorizedKey(publicKey).key) && Number(current.validBefore) - nowSeconds() > RENEW_MARGIN) {
+    return { run: `${project}/${run}`, renewed: false, validBefore: Number(current.validBefore), serial: current.serial.toString(), certificate: path };
+  }
+  await ensurePrivateDir(paths.dir);
+  const issued = await issueRunCert(api, paths, project, run, publicKey);
+  const result: RenewResult = { run: `${project}/${run}`, renewed: true, validBefore: issued.validBefore, serial: issued.serial, certificate: path };
+  if (await agentReachable(ctx.env)) {
+    const err = await loadIntoAgent(ctx, paths, project, run, issued.validBefore);
+    result.agent = err === null;
+    if (err !== null) ctx.stderr.write(`dstack-ca: warning: ${project}/${run}: ssh-add failed: ${err}\n`);
+    await pruneAgent(ctx, paths);
+  }
+  return result;
+}
+
+/** The run from runs.json, refreshed from GET /v1/me/runs (and the ssh files rewritten) when unknown there or without an address. */
+export async function findRun(api: ApiClient, paths: LoginPaths, project: string, run: string): Promise<MeRun | undefined> {
+  const stored = await readRuns(paths.runs);
+  const hit = stored?.runs.find((r) => r.project === project && r.name === run);
+  if (hit && hit.ssh !== null) return hit;
+  const runs = await api.request('GET', '/v1/me/runs', { schema: meRunsSchema });
+  await writeRuns(paths.runs, { url: api.url, user: stored?.user ?? '', syncedAt: nowSeconds(), runs });
+  await writeSshFiles(paths, runs);
+  return runs.find((r) => r.project === project && r.name === run);
+}
+
+/** Drops every run's cert, from the agent (if reachable) and from disk. */
+export async function forgetAllRuns(ctx: CliContext, paths: LoginPaths): Promise<number> {
+  const agent = await agentReachable(ctx.env);
+  const held = await listRunDirs(paths.certsDir, '-cert.pub');
+  if (agent) {
+    for (const { project, run } of await listRunDirs(paths.agentDir, '')) await agentDelete(agentKeyPath(paths, project, run), ctx.env);
+    await pruneAgent(ctx, paths, true);
+  }
+  await rm(paths.certsDir, { recursive: true, force: true });
+  await rm(paths.agentDir, { recursive: true, force: true });
+  return held.length;
+}
