@@ -1,41 +1,43 @@
 // `dstack-ca login`, `config ssh`, plain `ssh`, `dstack-ca ssh`, `renew`, `status` and `logout`
-// end to end, as separate CLI processes, against a STAND-IN for the server side of
-// docs/login-api.md (a node:http server implementing the contract, signing real certificates
-// with a test CA) and a real sshd that trusts that CA, with a real ssh-agent.
+// end to end, as separate CLI processes, against the REAL server side of docs/login-api.md: a
+// CA on a real SQLite file (test/fixtures/ca.ts) listening on a real port, set up by an admin
+// through the API (users, project, membership, runs with their ssh endpoint and the host key
+// of a real sshd that trusts GET /v1/ca and the run's principal), with a real ssh-agent.
+//
+// The one step no browser does here is the passkey approval of the device code. The test
+// commits what the approval page's decision commits (ca/authority/login/device.ts,
+// decideDeviceLogin): the decision on the waiting code, through the real store, and its audit
+// line; there is no passkey assertion to record. The passkey path itself (Chromium with a
+// virtual authenticator approving `dstack-ca login`) is tested in test/passkey-web.test.ts
+// and test/login-ssh.test.ts. The CLI's poll loop (pending, slow_down adds 5 s, the deadline)
+// is unit-tested with an injected clock in cli/login/device.test.ts.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { access, chmod, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { userInfo } from 'node:os';
+import { hostname, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { formatCertificateLine, signCertificate } from '../ca/ssh/certificate.js';
-import { formatAuthorizedKey, parseAuthorizedKey } from '../ca/ssh/keys.js';
-import { dstackCa, fails, json, ok } from './fixtures/cli.js';
-import { caSigner, certFields } from './fixtures/keys.js';
-import { cleanupTempDirs, makeTempDir, run, startSshd, type RunResult, type Sshd } from './harness/index.js';
+import { audit } from '../ca/authority/audit.js';
+import { webConfigFor } from '../ca/authority/context.js';
+import type { DeviceCode } from '../ca/domain/model.js';
+import { openTestCa, type TestCa } from './fixtures/ca.js';
+import { CLI, dstackCa, fails, json, ok } from './fixtures/cli.js';
+import { childEnv, cleanupTempDirs, makeTempDir, run, startSshd, type RunResult, type Sshd } from './harness/index.js';
 
-type Answer = 'authorization_pending' | 'slow_down' | 'expired_token' | 'access_denied' | 'token';
-
-/** The stand-in server's state, inspected by the tests. */
-const state = {
-  script: [] as Answer[],
-  interval: 0.2,
-  expiresIn: 600,
-  polls: [] as number[],
-  clients: [] as string[],
-  tokens: new Map<string, string>(),
-  issued: 0,
-  certTtl: 3600,
-  deletes: 0,
-};
-const TOKEN = 'dsca_user_0123456789abcdefSECRET';
 const now = () => Math.floor(Date.now() / 1000);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-let dir: string;
+/** The CA under test. */
+let ca: TestCa;
+/** Its API as the CLI reaches it (127.0.0.1), and its public URL (localhost, as the pages need). */
 let url: string;
-let server: Server;
+let web: string;
+/** A second, separate CA whose clock the tests move (device code expiry); also "another server". */
+let other: TestCa;
+let otherUrl: string;
+let otherSkew = 0;
+
+let dir: string;
 let sshd: Sshd;
 let agent: ChildProcess;
 let sock: string;
@@ -43,61 +45,15 @@ let home: string;
 let xdg: string;
 let cfg: string;
 let browserLog: string;
+let browser: string;
 let sshWrapper: string;
+let trainPrincipal: string;
+let pendingPrincipal: string;
+let aliceId: number;
 const loginUser = userInfo().username;
+/** Every stdout and stderr of the CLI, and every session token the server handed out. */
 const outputs: string[] = [];
-
-function runs() {
-  return [
-    { project: 'ml', name: 'train-1', principal: 'dstack-run-train-1', loginUser, state: 'running', endsAt: null, ssh: { host: '127.0.0.1', port: sshd.port, hostKeys: [sshd.hostKeyPublicLine] } },
-    { project: 'ml', name: 'pending', principal: 'dstack-run-pending', loginUser, state: 'running', endsAt: null, ssh: null },
-  ];
-}
-
-async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-  let raw = '';
-  for await (const chunk of req) raw += chunk;
-  const body = raw ? (JSON.parse(raw) as Record<string, unknown>) : {};
-  const send = (status: number, data?: unknown) => {
-    res.writeHead(status, data === undefined ? {} : { 'content-type': 'application/json' });
-    res.end(data === undefined ? undefined : JSON.stringify(data));
-  };
-  const bearer = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1];
-  const user = bearer === undefined ? undefined : state.tokens.get(bearer);
-  const path = req.url ?? '';
-  if (req.method === 'POST' && path === '/v1/device/codes') {
-    state.clients.push(String(body.client));
-    return send(201, { deviceCode: 'dev-code-1', userCode: 'BCDF-GHJK', verificationUri: `${url}/device`, verificationUriComplete: `${url}/device?code=BCDF-GHJK`, expiresIn: state.expiresIn, interval: state.interval });
-  }
-  if (req.method === 'POST' && path === '/v1/device/token') {
-    state.polls.push(Date.now());
-    const answer = state.script.shift() ?? 'authorization_pending';
-    if (answer !== 'token') return send(400, { error: answer, message: answer });
-    state.tokens.set(TOKEN, 'alice');
-    return send(200, { token: TOKEN, expiresAt: now() + 12 * 3600, user: 'alice' });
-  }
-  if (user === undefined) return send(401, { error: 'unauthorized', message: 'invalid or expired token' });
-  if (req.method === 'GET' && path === '/v1/me') return send(200, { name: user, kind: 'user', admin: false, sessionExpiresAt: now() + 12 * 3600 });
-  if (req.method === 'GET' && path === '/v1/me/runs') return send(200, runs());
-  if (req.method === 'DELETE' && path === '/v1/me/session') {
-    state.deletes++;
-    state.tokens.delete(bearer as string);
-    return send(204);
-  }
-  const m = /^\/v1\/runs\/([^/]+)\/([^/]+)\/certs$/.exec(path);
-  if (req.method === 'POST' && m) {
-    const r = runs().find((x) => x.project === m[1] && x.name === m[2]);
-    if (!r) return send(404, { error: 'not_found', message: 'no such run' });
-    state.issued++;
-    const validBefore = now() + state.certTtl;
-    const cert = await signCertificate(
-      certFields(parseAuthorizedKey(String(body.publicKey)).key, { serial: BigInt(state.issued), principals: [r.principal], validBefore: BigInt(validBefore), keyId: `user:${user} run:${r.project}/${r.name} serial:${state.issued}` }),
-      caSigner('ed25519'),
-    );
-    return send(201, { certificate: formatCertificateLine(cert), serial: String(state.issued), keyId: cert.keyId, principal: r.principal, validAfter: now() - 60, validBefore, ttlClamped: false });
-  }
-  send(404, { error: 'not_found', message: `no route ${req.method} ${path}` });
-}
+const tokens: string[] = [];
 
 function env(over: Record<string, string | undefined> = {}): Record<string, string | undefined> {
   return { HOME: home, XDG_CONFIG_HOME: xdg, SSH_AUTH_SOCK: sock, DSTACK_CA_URL: undefined, DSTACK_CA_TOKEN: undefined, DSTACK_CA_DEBUG: undefined, DISPLAY: undefined, WAYLAND_DISPLAY: undefined, BROWSER: undefined, DSTACK_CA_SSH: sshWrapper, TZ: 'UTC', ...over };
@@ -113,6 +69,84 @@ const exists = (p: string) => access(p).then(() => true, () => false);
 const sshAdd = (...args: string[]) => run('ssh-add', args, { env: { SSH_AUTH_SOCK: sock } });
 /** Plain ssh, as a user types it, reading the user's config (ssh takes ~ from passwd, so -F names it). */
 const plainSsh = (...args: string[]) => run('ssh', ['-F', join(home, '.ssh', 'config'), '-o', 'BatchMode=yes', '-o', 'LogLevel=ERROR', ...args], { env: env() });
+const session = async () => JSON.parse(await readFile(join(cfg, 'session.json'), 'utf8')) as { url: string; token: string; user: string; expiresAt: number };
+/** Certificates the CA has issued to alice so far. */
+const issuedToAlice = async () => (await ca.store.listCerts({ identityId: aliceId })).length;
+const keyFields = (line: string) => line.split(' ').slice(0, 2).join(' ');
+
+interface PendingLogin {
+  link: string;
+  userCode: string;
+  /** The login process's end. */
+  done: Promise<RunResult>;
+}
+
+/** Starts `dstack-ca login ...` and resolves once it shows the URL and the code. */
+function startLogin(args: string[], over: Record<string, string | undefined> = {}): Promise<PendingLogin> {
+  const child = spawn(process.execPath, [CLI, 'login', ...args], { env: childEnv(env(over)), stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  const killer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+  const done = new Promise<RunResult>((resolve) =>
+    child.once('close', (code, signal) => {
+      clearTimeout(killer);
+      outputs.push(stdout, stderr);
+      resolve({ code, signal, stdout, stderr });
+    }),
+  );
+  return new Promise<PendingLogin>((resolve, reject) => {
+    child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr?.on('data', (d: Buffer) => {
+      stderr += d.toString();
+      const m = /Open (\S+) and check the code ([A-Z]{4}-[A-Z]{4})\n/.exec(stderr);
+      if (m) resolve({ link: m[1] as string, userCode: m[2] as string, done });
+    });
+    void done.then((r) => reject(new Error(`login ended (exit ${r.code}) without showing a code:\n${r.stderr}`)));
+  });
+}
+
+/** The waiting code, once the CLI has polled it at least once (and been told authorization_pending). */
+async function polledCode(target: TestCa, userCode: string): Promise<DeviceCode> {
+  for (let i = 0; i < 400; i++) {
+    const d = await target.store.getPendingDeviceCode(userCode, target.authority.ctx.now());
+    if (d === null) throw new Error(`no login is waiting for ${userCode}`);
+    if (d.lastPolledAt !== null) return d;
+    await sleep(25);
+  }
+  throw new Error(`the CLI never polled for ${userCode}`);
+}
+
+/** What the approval page commits when alice approves (or denies) the code with her passkey. */
+async function decide(target: TestCa, userCode: string, approve: boolean): Promise<DeviceCode> {
+  const d = await polledCode(target, userCode);
+  const alice = await target.store.getIdentityByName('alice');
+  if (!alice) throw new Error('no user alice');
+  const at = target.authority.ctx.now();
+  await target.store.tx(async (tx) => {
+    await tx.decideDeviceCode(d.id, approve ? { approvedBy: alice.id } : { denied: true }, at);
+    await audit(tx, at, `user:${alice.name}`, approve ? 'login.device.approve' : 'login.device.deny', { user: alice.name, client: d.client, userCode: d.userCode, passkey: 'test' });
+  });
+  return d;
+}
+
+/** `dstack-ca login ARGS`, approved by alice; returns the process's result and the code's row. */
+async function login(args: string[], over: Record<string, string | undefined> = {}): Promise<{ r: RunResult; pending: PendingLogin; device: DeviceCode }> {
+  const pending = await startLogin(args, over);
+  const device = await decide(ca, pending.userCode, true);
+  const r = await pending.done;
+  expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
+  tokens.push((await session()).token);
+  return { r, pending, device };
+}
+
+/** A listening CA with the given server config; browsers would reach it as http://localhost:PORT. */
+async function listeningCa(opts: Parameters<typeof openTestCa>[0]): Promise<{ ca: TestCa; url: string; web: string }> {
+  const c = await openTestCa(opts);
+  await c.app.listen({ host: '127.0.0.1', port: 0 });
+  const port = (c.app.server.address() as AddressInfo).port;
+  c.authority.web = webConfigFor(`http://localhost:${port}`);
+  return { ca: c, url: `http://127.0.0.1:${port}`, web: `http://localhost:${port}` };
+}
 
 beforeAll(async () => {
   dir = await makeTempDir('cli-login-flow-');
@@ -123,58 +157,82 @@ beforeAll(async () => {
   sock = join(dir, 'agent.sock');
   agent = spawn('ssh-agent', ['-D', '-a', sock], { stdio: 'ignore' });
   browserLog = join(dir, 'browser.log');
-  const browser = join(dir, 'browser.sh');
+  browser = join(dir, 'browser.sh');
   await writeFile(browser, `#!/bin/sh\necho "$@" >> '${browserLog}'\n`);
   await chmod(browser, 0o755);
   sshWrapper = join(dir, 'ssh.sh');
   await writeFile(sshWrapper, `#!/bin/sh\nexec ssh -F /dev/null -o BatchMode=yes -o LogLevel=ERROR "$@"\n`);
   await chmod(sshWrapper, 0o755);
-  sshd = await startSshd({ trustedCaKeys: [formatAuthorizedKey(caSigner('ed25519').publicKey)], principals: { [loginUser]: ['dstack-run-train-1'] } });
-  server = createServer((req, res) => {
-    handle(req, res).catch((e: Error) => {
-      res.writeHead(500);
-      res.end(e.message);
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+
+  ({ ca, url, web } = await listeningCa({ config: { login: { deviceInterval: 1 } } }));
+  ({ ca: other, url: otherUrl } = await listeningCa({ now: () => now() + otherSkew, config: { login: { deviceInterval: 1, deviceCodeTtl: 60 } } }));
+
+  // The admin's setup, through the API: alice and bob in project ml; bob's run train-1, which
+  // project members may attach to, with the ssh endpoint of a real sshd; and a run with no
+  // ssh endpoint yet.
+  await ca.admin('POST', '/v1/users', { name: 'alice' });
+  await ca.admin('POST', '/v1/users', { name: 'bob' });
+  aliceId = (await ca.store.getIdentityByName('alice'))!.id;
+  await ca.admin('POST', '/v1/projects', { name: 'ml' });
+  await ca.admin('PUT', '/v1/projects/ml/members/alice', { role: 'user' });
+  await ca.admin('PUT', '/v1/projects/ml/members/bob', { role: 'user' });
+  const caKeys = await ca.admin<{ keys: string[] }>('GET', '/v1/ca');
+  sshd = await startSshd({ trustedCaKeys: caKeys.keys, principals: {} });
+  ({ principal: trainPrincipal } = await ca.admin<{ principal: string }>('POST', '/v1/runs', {
+    project: 'ml',
+    name: 'train-1',
+    owner: 'bob',
+    loginUser,
+    attachableBy: { project_members: true },
+    ssh: { host: '127.0.0.1', port: sshd.port, hostKeys: [sshd.hostKeyPublicLine] },
+  }));
+  await sshd.setPrincipals(loginUser, [trainPrincipal]);
+  ({ principal: pendingPrincipal } = await ca.admin<{ principal: string }>('POST', '/v1/runs', { project: 'ml', name: 'pending', owner: 'bob', loginUser, attachableBy: { project_members: true } }));
+  // The other server has a run of the same name, so only the token can make a difference there.
+  await other.admin('POST', '/v1/users', { name: 'alice' });
+  await other.admin('POST', '/v1/projects', { name: 'ml' });
+  await other.admin('PUT', '/v1/projects/ml/members/alice', { role: 'user' });
+  await other.admin('POST', '/v1/runs', { project: 'ml', name: 'train-1', owner: 'alice', loginUser });
   for (let i = 0; i < 200 && !(await exists(sock)); i++) await sleep(25);
 });
 
 afterAll(async () => {
-  await new Promise((r) => server?.close(r));
+  await ca?.close();
+  await other?.close();
   await sshd?.stop();
   agent?.kill('SIGTERM');
   await cleanupTempDirs();
 });
 
 describe('login, then plain ssh', () => {
-  it('login: shows URL and code, opens $BROWSER, polls (pending, slow_down +5 s, success), stores the session 0600', async () => {
-    state.script = ['authorization_pending', 'slow_down', 'token'];
-    state.polls = [];
-    const r = await cli(['login', '--url', url], { BROWSER: join(dir, 'browser.sh') });
-    expect(r.code, r.stderr).toBe(0);
-    expect(r.stderr).toContain(`dstack-ca: Open ${url}/device?code=BCDF-GHJK and check the code BCDF-GHJK\n`);
-    expect(await readFile(browserLog, 'utf8')).toBe(`${url}/device?code=BCDF-GHJK\n`);
-    expect(state.polls).toHaveLength(3);
-    expect((state.polls[1] as number) - (state.polls[0] as number)).toBeLessThan(2000);
-    expect((state.polls[2] as number) - (state.polls[1] as number)).toBeGreaterThanOrEqual(5000);
-    expect(state.clients.at(-1)).toBeTruthy();
-    expect(r.stdout).toMatch(/^logged in as alice at http:\/\/127\.0\.0\.1:\d+; the session expires \d{4}-/);
+  it('login: shows URL and code, opens $BROWSER, polls until approved, stores the session 0600', async () => {
+    const { r, pending, device } = await login(['--url', url], { BROWSER: browser });
+    expect(pending.link).toBe(`${web}/device?code=${pending.userCode}`);
+    expect(r.stderr).toContain(`dstack-ca: Open ${web}/device?code=${pending.userCode} and check the code ${pending.userCode}\n`);
+    expect(await readFile(browserLog, 'utf8')).toBe(`${pending.link}\n`);
+    // The approval page shows where the login comes from: the CLI's host name.
+    expect(device.client).toBe(hostname().slice(0, 100));
+    expect(r.stdout).toMatch(new RegExp(`^logged in as alice at ${url.replace(/\./g, '\\.')}; the session expires \\d{4}-`));
     expect(r.stdout).toMatch(/ml\/train-1\s+\d{4}-\S+\s+yes/);
     // A running run gets its cert even before it has an ssh address (`dstack-ca ssh` picks that up later).
     expect(r.stdout).toMatch(/ml\/pending\s+\d{4}-\S+\s+yes/);
     expect(r.stderr).toMatch(/run `dstack-ca config ssh` once/);
 
-    const session = JSON.parse(await readFile(join(cfg, 'session.json'), 'utf8')) as Record<string, unknown>;
-    expect(session).toMatchObject({ url, token: TOKEN, user: 'alice' });
+    const s = await session();
+    expect(s).toMatchObject({ url, user: 'alice' });
+    expect(s.token).toMatch(/^dsca_user_/);
+    // The session is a real one: the server knows it, and when it ends.
+    const me = await ca.api('GET', '/v1/me', { token: s.token });
+    expect(me.json()).toEqual({ name: 'alice', kind: 'user', admin: false, sessionExpiresAt: s.expiresAt });
+    expect(s.expiresAt).toBeGreaterThan(now() + 11 * 3600);
     expect((await stat(join(cfg, 'session.json'))).mode & 0o777).toBe(0o600);
     expect((await stat(cfg)).mode & 0o777).toBe(0o700);
     expect((await stat(join(cfg, 'id_ed25519'))).mode & 0o777).toBe(0o600);
     expect(await exists(join(cfg, 'certs', 'ml', 'train-1-cert.pub'))).toBe(true);
+    expect(await issuedToAlice()).toBe(2);
     expect((await sshAdd('-l')).stdout).toMatch(/ED25519-CERT/);
     expect(await readFile(join(cfg, 'ssh_config'), 'utf8')).toMatch(/^Host ml\/train-1$/m);
-    expect(await readFile(join(cfg, 'known_hosts'), 'utf8')).toContain(`dstack-run-train-1 ${sshd.hostKeyPublicLine.split(' ').slice(0, 2).join(' ')}\n`);
+    expect(await readFile(join(cfg, 'known_hosts'), 'utf8')).toContain(`${trainPrincipal} ${keyFields(sshd.hostKeyPublicLine)}\n`);
   });
 
   it('config ssh: adds the Include line first in ~/.ssh/config, once', async () => {
@@ -197,37 +255,42 @@ describe('login, then plain ssh', () => {
 
   it('plain ssh PROJECT/RUN logs in, through the agent and through the cert file', async () => {
     const r = await plainSsh('ml/train-1', 'echo', 'hello-from-run');
-    expect(r.stderr).toBe('');
+    expect(r.stderr, sshd.log()).toBe('');
     expect(r.code).toBe(0);
     expect(r.stdout).toBe('hello-from-run\n');
     const noAgent = await plainSsh('-o', 'IdentityAgent=none', 'ml/train-1', 'echo', 'file-cert');
     expect(noAgent.stdout, noAgent.stderr).toBe('file-cert\n');
+    // sshd saw the CA's certificate for alice and this run.
+    expect(sshd.log()).toMatch(new RegExp(`Accepted publickey for ${loginUser} .* ID user:alice run:ml/train-1 serial:\\d+`));
   });
 
   it('plain ssh renews a missing cert through the Match exec line, quietly', async () => {
-    const before = state.issued;
+    const before = await issuedToAlice();
     await rm(join(cfg, 'certs', 'ml', 'train-1-cert.pub'));
     const r = await plainSsh('-o', 'IdentityAgent=none', 'ml/train-1', 'echo', 'renewed');
     expect(r.stdout, r.stderr).toBe('renewed\n');
     expect(r.stderr).toBe('');
-    expect(state.issued).toBe(before + 1);
+    expect(await issuedToAlice()).toBe(before + 1);
     // A fresh cert is not re-issued: renew is quiet and exits 0 when called directly.
     const again = await cli(['renew', 'ml/train-1']);
     expect(again).toMatchObject({ code: 0, stdout: '', stderr: '' });
-    expect(state.issued).toBe(before + 1);
+    expect(await issuedToAlice()).toBe(before + 1);
     expect((await cli(['renew', '--ssh-match', 'ml/train-1'])).code).toBe(1);
   });
 
   it('renew re-issues a cert expiring within 60 s', async () => {
-    state.certTtl = 30;
-    await rm(join(cfg, 'certs', 'ml', 'train-1-cert.pub'));
-    ok(await cli(['renew', 'ml/train-1']));
-    state.certTtl = 3600;
-    const before = state.issued;
-    const r = json<{ renewed: boolean; validBefore: number }>(await cli(['renew', 'ml/train-1', '--json']));
+    // A 30 s cert for the login key, from the server (the issue route's ttl), in the run's cert file.
+    const publicKey = (await readFile(join(cfg, 'id_ed25519.pub'), 'utf8')).trim();
+    const short = await ca.api('POST', '/v1/runs/ml/train-1/certs', { token: (await session()).token, body: { publicKey, ttl: 30 } });
+    expect(short.statusCode, short.body).toBe(201);
+    expect(short.json<{ validBefore: number }>().validBefore).toBeLessThanOrEqual(now() + 30);
+    await writeFile(join(cfg, 'certs', 'ml', 'train-1-cert.pub'), `${short.json<{ certificate: string }>().certificate}\n`);
+    const before = await issuedToAlice();
+    const r = json<{ renewed: boolean; validBefore: number; serial: string }>(await cli(['renew', 'ml/train-1', '--json']));
     expect(r.renewed).toBe(true);
     expect(r.validBefore).toBeGreaterThan(now() + 3000);
-    expect(state.issued).toBe(before + 1);
+    expect(await issuedToAlice()).toBe(before + 1);
+    expect((await ca.store.getCert(BigInt(r.serial)))?.identityId).toBe(aliceId);
     // Renewals replace certs in the agent instead of piling them up: one per run.
     expect((await sshAdd('-L')).stdout.match(/-cert-v01@openssh\.com/g)).toHaveLength(2);
   });
@@ -245,7 +308,7 @@ describe('login, then plain ssh', () => {
       '-o', 'IdentitiesOnly=yes',
       '-p', String(sshd.port),
       '-l', loginUser,
-      '-o', 'HostKeyAlias=dstack-run-train-1',
+      '-o', `HostKeyAlias=${trainPrincipal}`,
       '-o', `UserKnownHostsFile="${join(cfg, 'known_hosts')}"`,
       '-o', 'StrictHostKeyChecking=yes',
       '127.0.0.1',
@@ -257,33 +320,45 @@ describe('login, then plain ssh', () => {
   });
 
   it('status shows the user, session expiry and the certs held, marking expired ones', async () => {
-    const old = await signCertificate(certFields(parseAuthorizedKey((await readFile(join(cfg, 'id_ed25519.pub'), 'utf8')).trim()).key, { serial: 99n, principals: ['dstack-run-old'], validAfter: BigInt(now() - 7200), validBefore: BigInt(now() - 3600) }), caSigner('ed25519'));
-    await writeFile(join(cfg, 'certs', 'ml', 'old-cert.pub'), `${formatCertificateLine(old)}\n`);
+    // A cert left over from a run that has since finished: issued by the server for 1 s, then the run ends.
+    const { principal: oldPrincipal } = await ca.admin<{ principal: string }>('POST', '/v1/runs', { project: 'ml', name: 'old', owner: 'bob', loginUser, attachableBy: { project_members: true } });
+    const publicKey = (await readFile(join(cfg, 'id_ed25519.pub'), 'utf8')).trim();
+    const res = await ca.api('POST', '/v1/runs/ml/old/certs', { token: (await session()).token, body: { publicKey, ttl: 1 } });
+    expect(res.statusCode, res.body).toBe(201);
+    const old = res.json<{ certificate: string; serial: string; validBefore: number }>();
+    await writeFile(join(cfg, 'certs', 'ml', 'old-cert.pub'), `${old.certificate}\n`);
+    await ca.admin('POST', '/v1/runs/ml/old/finish');
+    while (Date.now() / 1000 < old.validBefore) await sleep(100);
+
     const s = json<{ user: string; sessionExpiresAt: number; certs: { run: string; principals: string[]; serial: string; expired: boolean }[] }>(await cli(['status', '--json']));
     expect(s.user).toBe('alice');
-    expect(s.sessionExpiresAt).toBeGreaterThan(now());
+    expect(s.sessionExpiresAt).toBe((await session()).expiresAt);
     expect(s.certs).toEqual([
-      expect.objectContaining({ run: 'ml/old', principals: ['dstack-run-old'], serial: '99', expired: true }),
-      expect.objectContaining({ run: 'ml/pending', principals: ['dstack-run-pending'], expired: false }),
-      expect.objectContaining({ run: 'ml/train-1', principals: ['dstack-run-train-1'], expired: false }),
+      expect.objectContaining({ run: 'ml/old', principals: [oldPrincipal], serial: old.serial, expired: true }),
+      expect.objectContaining({ run: 'ml/pending', principals: [pendingPrincipal], expired: false }),
+      expect.objectContaining({ run: 'ml/train-1', principals: [trainPrincipal], expired: false }),
     ]);
     const text = ok(await cli(['status'])).stdout;
     expect(text).toMatch(/^logged in as alice \(user\) at /);
-    expect(text).toMatch(/ml\/old\s+dstack-run-old\s+99\s+\S+ \(expired\)/);
-    expect(text).toMatch(/ml\/train-1\s+dstack-run-train-1\s+\d+\s+\d{4}-\S+Z$/m);
+    expect(text).toMatch(new RegExp(`ml/old\\s+${oldPrincipal}\\s+${old.serial}\\s+\\S+ \\(expired\\)`));
+    expect(text).toMatch(new RegExp(`ml/train-1\\s+${trainPrincipal}\\s+\\d+\\s+\\d{4}-\\S+Z$`, 'm'));
   });
 
   it('the session token serves the admin verbs too, and only for its own server', async () => {
-    // GET /v1/me/runs through the generic client: the token comes from session.json.
-    const r = await cli(['status'], { DSTACK_CA_URL: 'http://127.0.0.1:9' });
-    fails(r, 4, /not logged in/);
+    // No --token, no DSTACK_CA_TOKEN, no config file: the URL and the token come from session.json.
+    expect(json<{ principal: string }>(await cli(['run', 'show', 'ml/train-1', '--json']))).toMatchObject({ principal: trainPrincipal, owner: 'bob' });
+    // Another server gets no token at all (anonymous: "authentication required", not a bad token).
+    fails(await cli(['run', 'show', 'ml/train-1', '--url', otherUrl]), 4, /not authenticated: authentication required/);
+    fails(await cli(['status'], { DSTACK_CA_URL: otherUrl }), 4, /not logged in/);
   });
 
   it('logout ends the session, empties the agent, removes session and certs, keeps the key', async () => {
+    const { token } = await session();
     const r = ok(await cli(['logout']));
-    expect(r.stdout).toMatch(/^logged out alice from http:\/\/127\.0\.0\.1:\d+; removed 3 certificates\n$/);
-    expect(state.deletes).toBe(1);
-    expect(state.tokens.size).toBe(0);
+    expect(r.stdout).toBe(`logged out alice from ${url}; removed 3 certificates\n`);
+    // Ended on the server: the token is revoked.
+    expect((await ca.api('GET', '/v1/me', { token })).statusCode).toBe(401);
+    expect((await ca.store.listTokens({ identityId: aliceId, kind: 'user' })).every((t) => t.revokedAt !== null)).toBe(true);
     expect((await sshAdd('-L')).stdout).not.toMatch(/cert-v01/);
     for (const f of ['session.json', 'certs', 'agent', 'runs.json']) expect(await exists(join(cfg, f))).toBe(false);
     expect(await exists(join(cfg, 'id_ed25519'))).toBe(true);
@@ -293,46 +368,56 @@ describe('login, then plain ssh', () => {
   });
 
   it('a session the server already ended: logout still cleans up, status says not logged in', async () => {
-    state.script = ['token'];
     // The URL went with session.json: give it again.
-    ok(await cli(['login', '--no-browser', '--json', '--url', url], { BROWSER: join(dir, 'browser.sh') }));
-    state.tokens.clear();
+    const { r } = await login(['--no-browser', '--json', '--url', url], { BROWSER: browser });
+    expect(JSON.parse(r.stdout)).toMatchObject({ url, user: 'alice', agent: true, sshConfigIncluded: true });
+    // The admin ends alice's sessions.
+    expect(await ca.admin('POST', '/v1/users/alice/logout')).toEqual({ endedSessions: 1 });
     fails(await cli(['status']), 4, /not logged in: the login session expired or was revoked/);
-    const r = json<{ session: string; removedCerts: number }>(await cli(['logout', '--json']));
-    expect(r).toEqual({ user: 'alice', url, session: 'already ended', removedCerts: 2 });
+    fails(await cli(['run', 'show', 'ml/train-1']), 4, /not logged in: the login session expired or was revoked/);
+    const out = json<{ session: string; removedCerts: number }>(await cli(['logout', '--json']));
+    expect(out).toEqual({ user: 'alice', url, session: 'already ended', removedCerts: 2 });
+    expect((await sshAdd('-L')).stdout).not.toMatch(/cert-v01/);
+    expect(await exists(join(cfg, 'session.json'))).toBe(false);
   });
 
   it('never prints the token', () => {
-    for (const o of outputs) expect(o).not.toContain(TOKEN);
+    expect(tokens).toHaveLength(2);
+    for (const o of outputs) for (const t of tokens) expect(o).not.toContain(t);
   });
 });
 
 describe('login failures', () => {
-  it.each([
-    ['expired_token', /the code expired or was already used/],
-    ['access_denied', /denied in the browser/],
-  ] as const)('%s: exit 4 with a clear message, nothing stored', async (answer, message) => {
-    state.script = ['authorization_pending', answer];
-    fails(await cli(['login', '--no-browser', '--url', url]), 4, message);
+  it('access_denied: exit 4 with a clear message, nothing stored', async () => {
+    const pending = await startLogin(['--no-browser', '--url', url]);
+    await decide(ca, pending.userCode, false);
+    fails(await pending.done, 4, /denied in the browser/);
     expect(await exists(join(cfg, 'session.json'))).toBe(false);
   });
 
-  it('gives up when the code expires unapproved', async () => {
-    state.script = [];
-    state.expiresIn = 1;
+  it('a code that expires unapproved: exit 4, nothing stored', async () => {
+    const pending = await startLogin(['--no-browser', '--url', otherUrl]);
+    const d = await polledCode(other, pending.userCode);
+    expect(d.expiresAt - d.createdAt).toBe(60);
+    // The server's clock passes the code's expiry while the CLI keeps polling.
+    otherSkew = 61;
     try {
-      fails(await cli(['login', '--url', url]), 4, /not approved within 1 s/);
+      const r = await pending.done;
+      fails(r, 4, /the code expired or was already used; run dstack-ca login again/);
     } finally {
-      state.expiresIn = 600;
+      otherSkew = 0;
     }
+    expect(await exists(join(cfg, 'session.json'))).toBe(false);
   });
 
   it('no browser without a display or --no-browser', async () => {
     await rm(browserLog, { force: true });
-    state.script = ['access_denied'];
-    await cli(['login', '--url', url, '--no-browser'], { BROWSER: join(dir, 'browser.sh') });
-    state.script = ['access_denied'];
-    await cli(['login', '--url', url], { DISPLAY: undefined });
+    const flagged = await startLogin(['--url', url, '--no-browser'], { BROWSER: browser });
+    await decide(ca, flagged.userCode, false);
+    expect((await flagged.done).code).toBe(4);
+    const headless = await startLogin(['--url', url], { DISPLAY: undefined });
+    await decide(ca, headless.userCode, false);
+    expect((await headless.done).code).toBe(4);
     await sleep(200);
     expect(await exists(browserLog)).toBe(false);
   });

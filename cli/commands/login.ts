@@ -10,7 +10,7 @@ import { apiCommand } from '../args.js';
 import { ApiClient, resolveApiConfig, type ApiFlags } from '../client.js';
 import { printJson, type CliContext } from '../context.js';
 import { CliError } from '../errors.js';
-import { deviceCodesSchema, pollForToken, pollOnce } from '../login/device.js';
+import { clientName, deviceCodesSchema, pollForToken, pollOnce } from '../login/device.js';
 import { loginPaths } from '../login/paths.js';
 import { writeSession, type Session } from '../login/session.js';
 import { syncRuns, type RunCert } from '../login/sync.js';
@@ -30,7 +30,7 @@ export function registerLogin(program: Command, ctx: CliContext): void {
       // The token (if any) is irrelevant: login makes a new one. The URL: --url, env, config, the last session.
       const config = await resolveApiConfig(ctx, { url: cmd.optsWithGlobals<ApiFlags>().url });
       const api = new ApiClient(ctx, { url: config.url, urlSource: config.urlSource, token: undefined });
-      const client = (hostname() || 'unknown host').slice(0, 100);
+      const client = clientName(hostname());
       const codes = await api.request('POST', '/v1/device/codes', { body: { client }, auth: false, schema: deviceCodesSchema });
       ctx.stderr.write(`dstack-ca: Open ${codes.verificationUriComplete} and check the code ${codes.userCode}\n`);
       if (opts.browser && (ctx.env.DISPLAY || ctx.env.WAYLAND_DISPLAY || ctx.env.BROWSER || process.platform === 'darwin')) {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { CliError } from '../errors.js';
-import { pollForToken, type DeviceCodes, type PollAnswer } from './device.js';
+import { clientName, pollForToken, type DeviceCodes, type PollAnswer } from './device.js';
 
 const codes = (over: Partial<DeviceCodes> = {}): DeviceCodes => ({
   deviceCode: 'dc',
@@ -78,5 +78,15 @@ describe('pollForToken', () => {
     const { interval: _interval, ...rest } = codes();
     await pollForToken(rest, h.deps);
     expect(h.polls).toEqual([5]);
+  });
+});
+
+describe('clientName', () => {
+  it('is the host name as the server takes it: printable ASCII, trimmed, at most 100 characters', () => {
+    expect(clientName('laptop.local')).toBe('laptop.local');
+    expect(clientName('café\n')).toBe('caf??');
+    expect(clientName(` ${'h'.repeat(150)}`)).toBe('h'.repeat(100));
+    expect(clientName('  ')).toBe('unknown host');
+    expect(clientName('')).toBe('unknown host');
   });
 });

@@ -35,6 +35,15 @@ export interface PollDeps {
   note?: (line: string) => void;
 }
 
+/**
+ * The `client` of POST /v1/device/codes: the host name, as the server takes it (printable
+ * ASCII, trimmed, 1 to 100 characters); anything else in a host name becomes '?'.
+ */
+export function clientName(host: string): string {
+  const name = host.replace(/[^\x20-\x7e]/g, '?').trim().slice(0, 100).trim();
+  return name === '' ? 'unknown host' : name;
+}
+
 /** RFC 8628's default when the server names no interval. */
 const DEFAULT_INTERVAL = 5;
 /** A server asking for less would make us hammer it. */
