@@ -1,6 +1,7 @@
 // The authorization matrix (DESIGN.md section 9): every actor x every route, as one table.
 // Each cell makes its own fixtures, so the order of cells does not matter.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ANONYMOUS_ROUTES } from '../ca/api/app.js';
 import { formatAuthorizedKey } from '../ca/ssh/keys.js';
 import { openTestCa, userWithToken, type TestCa } from './fixtures/ca.js';
 import { subjectKey } from './fixtures/keys.js';
@@ -270,5 +271,22 @@ describe('authorization matrix', () => {
       outcomes.push(`${who}: ${res.statusCode} then ${after}`);
     }
     expect(outcomes).toEqual(['user: 204 then 401', 'admin: 204 then 401', 'bot: 403 then 200', 'orchestrator: 403 then 200', 'agent: 403 then 200', 'anonymous: 401 then 0']);
+  });
+
+  it('anonymous callers learn nothing: every other /v1 route is 401 before it looks a name up', async () => {
+    const paths = (ca.app as unknown as { swagger(): { paths: Record<string, Record<string, unknown>> } }).swagger().paths;
+    const outcomes: string[] = [];
+    for (const [path, ops] of Object.entries(paths)) {
+      for (const method of Object.keys(ops)) {
+        const route = `${method.toUpperCase()} ${path.replace(/\{(\w+)\}/g, ':$1')}`;
+        if (!route.includes(' /v1/') || ANONYMOUS_ROUTES.has(route)) continue;
+        // Names that exist nowhere: a lookup before authentication would answer 404.
+        const url = path.replace(/\{(\w+)\}/g, (_m, p: string) => (p === 'id' ? '424242' : `no-such-${p}`));
+        const res = await ca.api(method.toUpperCase() as Method, url, { body: method === 'get' || method === 'delete' ? undefined : {} });
+        outcomes.push(`${route}: ${res.statusCode}`);
+      }
+    }
+    expect(outcomes.length).toBeGreaterThan(25);
+    expect(outcomes.filter((o) => !o.endsWith(': 401'))).toEqual([]);
   });
 });

@@ -6,6 +6,7 @@ import { jsonSchemaTransform, serializerCompiler, validatorCompiler } from 'fast
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { BadTokenError, resolveActor, type Actor } from '../authority/actors.js';
 import type { Authority } from '../authority/authority.js';
+import { CaError } from '../domain/errors.js';
 import { handleError } from './errors.js';
 import { adminRoutes } from './routes/admin.js';
 import { agentRoutes } from './routes/agents.js';
@@ -20,6 +21,24 @@ declare module 'fastify' {
     actor: Actor;
   }
 }
+
+/**
+ * /v1 routes open to callers without a bearer token: public keys and the KRL feed, the agent's
+ * join exchange (the join token is in the body), key holders' nonces and certificates (an
+ * SSHSIG proof or an OIDC token is in the body), and the device-code login. /v1/web/* is the
+ * pages' API: passkeys and session cookies authenticate there.
+ */
+export const ANONYMOUS_ROUTES: ReadonlySet<string> = new Set([
+  'GET /v1/ca',
+  'GET /v1/krl',
+  'GET /v1/krl/signature',
+  'GET /v1/krl/events',
+  'POST /v1/agents/join',
+  'POST /v1/runs/:project/:run/nonces',
+  'POST /v1/runs/:project/:run/certs',
+  'POST /v1/device/codes',
+  'POST /v1/device/token',
+]);
 
 /** Request bodies are small JSON documents; a public key line is the largest part. */
 export const BODY_LIMIT = 64 * 1024;
@@ -92,6 +111,15 @@ export async function buildApp(authority: Authority, opts: AppOptions = {}): Pro
       if (e instanceof BadTokenError && e.bot) await authority.issuer.auditBotTokenRefusal(e.bot, { address: req.ip, route: `${req.method} ${req.url.split('?')[0] ?? ''}` });
       throw e;
     }
+  });
+  // Under /v1, only these answer callers without credentials; every other route refuses them
+  // before it validates or looks anything up, so anonymous callers learn nothing (not even
+  // which names exist).
+  app.addHook('preValidation', async (req) => {
+    if (req.actor.kind !== 'anonymous') return;
+    const route = req.routeOptions.url ?? '';
+    if (!route.startsWith('/v1/') || route.startsWith('/v1/web/') || ANONYMOUS_ROUTES.has(`${req.method} ${route}`)) return;
+    throw new CaError('unauthenticated', 'authentication required');
   });
   app.addHook('onResponse', async (req, reply) => {
     const route = req.routeOptions.url ?? 'unknown';
