@@ -4,6 +4,7 @@ import type { Identity, ProjectRole } from '../domain/model.js';
 import { CaError } from '../domain/errors.js';
 import { ACTION_TEXT, isAllowed, type Action, type ActorFacts } from '../policy/authorize.js';
 import type { StoreReader } from '../store/store.js';
+import { cachedReader } from './fact-cache.js';
 import { hashToken, looksLikeToken } from './tokens.js';
 
 export type Actor =
@@ -27,10 +28,15 @@ export class BadTokenError extends CaError {
 
 const unauthenticated = () => new BadTokenError();
 
-/** Resolves a bearer token; no token is the anonymous actor, a bad one is an error. */
-export async function resolveActor(store: StoreReader, bearer: string | undefined, now: number): Promise<Actor> {
+/**
+ * Resolves a bearer token; no token is the anonymous actor, a bad one is an error. The token
+ * and identity rows come from the store's fact cache when it has one (fact-cache.ts: dropped
+ * by any committed change to them); expiry is judged against `now` every time.
+ */
+export async function resolveActor(reader: StoreReader, bearer: string | undefined, now: number): Promise<Actor> {
   if (bearer === undefined) return ANONYMOUS;
   if (!looksLikeToken(bearer)) throw unauthenticated();
+  const store = cachedReader(reader);
   const t = await store.getTokenByHash(hashToken(bearer));
   if (!t) throw unauthenticated();
   const revoked = t.revokedAt !== null;

@@ -1,6 +1,8 @@
 // Issuing a certificate for one run: authorize by the run's policy, decide the profile,
 // sign, and return only after the cert row is durably committed (group commit), so no
-// issued certificate is ever unknown to the CA.
+// issued certificate is ever unknown to the CA. The facts a request is judged on come from
+// the fact cache (fact-cache.ts), and the commit judges each cert again, with whether its
+// key is revoked, inside the transaction that records it.
 //
 // Bots (DESIGN.md section 2) go through more, in this order, each step before any work the
 // next one costs: the per-address rate limit, OIDC resolution when the bot comes with a JWT
@@ -11,15 +13,19 @@
 // issuer, sub and matched claims; never the token).
 import { pooledRandomBytes } from '../crypto/random-pool.js';
 import { badRequest, CaError, forbidden, RateLimitedError } from '../domain/errors.js';
-import { DEFAULT_BOT_SETTINGS, type CertRecord, type Identity, type Project } from '../domain/model.js';
+import { DEFAULT_BOT_SETTINGS, type AuditEvent, type CertRecord, type Identity, type Project } from '../domain/model.js';
 import { grantFor } from '../policy/attachable-by.js';
 import { botScopeRefusal } from '../policy/bot-scope.js';
 import { certificateProfile, grantedTtl, type Restrictions } from '../policy/cert-profile.js';
 import { formatCertificateLine, signCertificate } from '../ssh/certificate.js';
 import { assertStrongKey, fingerprint, formatAuthorizedKey, parseAuthorizedKey, type PublicKey } from '../ssh/keys.js';
+import type { Signer } from '../ssh/signature.js';
+import type { StoreReader } from '../store/store.js';
 import { actorLabel, identityOf, type Actor } from './actors.js';
-import { audit, auditMany } from './audit.js';
+import { audit } from './audit.js';
+import { nextEvent } from './audit-chain.js';
 import { DEFAULT_OIDC_CONFIG, DEFAULT_RATE_LIMITS, type AuthorityContext, type OidcConfig } from './context.js';
+import { cachedReader, factCacheOf } from './fact-cache.js';
 import { GroupCommitter } from './group-commit.js';
 import { requireProject, requireRun } from './lookup.js';
 import { OidcRefusal, OidcVerifier, resolveOidcBot, type OidcEvidence } from './oidc.js';
@@ -60,6 +66,8 @@ interface PendingCert {
   actor: string;
   /** Extra audit details (how a bot authenticated, the TTL it asked for). */
   details: Record<string, unknown>;
+  /** Set by the commit when it refuses the cert for a reason of its own (a revoked key). */
+  refusal?: CaError;
 }
 
 /** What is known about a bot request so far, for the audit of its outcome. */
@@ -96,8 +104,16 @@ export class Issuer {
   private readonly addressLimit: RateLimiter | null;
   /** Refused bot tokens: when each bot and reason was last audited, and refusals since. */
   private readonly authRefusals = new Map<string, { at: number; count: number }>();
+  /**
+   * The store's reads of the facts a request is judged on, cached while no transaction that
+   * could change them commits (fact-cache.ts); the store itself if it offers no cache.
+   */
+  private readonly facts: StoreReader;
+  /** The active CA key's fingerprint, computed once per key. */
+  private caFingerprint: { signer: Signer; fingerprint: string } | null = null;
 
   constructor(private readonly ctx: AuthorityContext) {
+    this.facts = cachedReader(ctx.store);
     // Every revocation publishes a KRL; only then can the answer change.
     ctx.krlEvents.on('krl', () => (this.activeCaRevoked = null));
     this.serials = new SerialAllocator(ctx.store);
@@ -109,23 +125,37 @@ export class Issuer {
     this.committer = new GroupCommitter(ctx.store, async (tx, items) => {
       const written: boolean[] = [];
       const ok: CertRecord[] = [];
-      for (const { record } of items) {
-        const granted = await stillGranted(tx, record);
+      // The re-check reads through the fact cache: this transaction has written nothing yet,
+      // so the committed state the cache holds (or reads on a miss) is the transaction's own,
+      // and no other transaction can commit before this one ends. Unchanged facts cost
+      // nothing to re-check; any fact-changing commit since the request was judged empties
+      // the cache, and then the re-check reads the rows again.
+      const facts = factCacheOf(ctx.store)?.reader ?? tx;
+      for (const item of items) {
+        // The subject key's revocation is checked here, once, on the transaction's own
+        // connection: no revocation of the key can commit between this check and the
+        // cert row (a check made before signing could be overtaken by one).
+        if (await tx.isPublicKeyRevoked(item.record.publicKey)) {
+          item.refusal = forbidden('this public key is revoked');
+          written.push(false);
+          continue;
+        }
+        const granted = await stillGranted(facts, item.record);
         written.push(granted);
-        if (granted) ok.push(record);
+        if (granted) ok.push(item.record);
       }
       await tx.insertCerts(ok);
-      await auditMany(
-        tx,
-        ctx.now(),
-        items
-          .filter((_, i) => written[i])
-          .map(({ record: { serial, keyId, keyFingerprint, grant, validBefore, runId }, actor, details }) => ({
-            actor,
-            action: 'cert.issue',
-            details: { serial: serial.toString(), keyId, keyFingerprint, grant, validBefore, runId, ...details },
-          })),
-      );
+      // The batch's events chained from the last stored one and appended in one statement
+      // batch (auditMany's chain, without a SAVEPOINT and a MAX(seq) per event).
+      const at = ctx.now();
+      let prev = await tx.lastAuditEvent();
+      const events: AuditEvent[] = [];
+      items.forEach(({ record: { serial, keyId, keyFingerprint, grant, validBefore, runId }, actor, details }, i) => {
+        if (!written[i]) return;
+        prev = nextEvent(prev, at, actor, 'cert.issue', { serial: serial.toString(), keyId, keyFingerprint, grant, validBefore, runId, ...details });
+        events.push(prev);
+      });
+      await tx.appendAuditEvents(events);
       return written;
     });
   }
@@ -200,25 +230,25 @@ export class Issuer {
     const bot = identity?.kind === 'bot' ? identity : null;
     if (bot) this.limit(this.botLimit, `bot:${bot.id}`, `bot ${bot.name}`, trail);
 
-    const found = await requireRun(this.ctx.store, req.project, req.run);
+    const found = await requireRun(this.facts, req.project, req.run);
     project = found.project;
     const run = found.run;
     const qualifiedName = `${project.name}/${run.name}`;
-    const settings = bot ? ((await this.ctx.store.getBotSettings(bot.id)) ?? { ...DEFAULT_BOT_SETTINGS, identityId: bot.id, updatedAt: 0 }) : null;
+    const settings = bot ? ((await this.facts.getBotSettings(bot.id)) ?? { ...DEFAULT_BOT_SETTINGS, identityId: bot.id, updatedAt: 0 }) : null;
     if (bot && settings) {
       const refusal = botScopeRefusal({ name: bot.name, projectName: await this.botProjectName(bot) }, settings.runScopes, { projectName: project.name, name: run.name });
       if (refusal) throw forbidden(refusal);
     }
 
     const provenKey = req.proof ? verifyPossession(this.nonces, req.proof, qualifiedName, key, now) : null;
-    const isProjectMember = identity ? (await this.ctx.store.getMembership(project.id, identity.id)) !== null : false;
+    const isProjectMember = identity ? (await this.facts.getMembership(project.id, identity.id)) !== null : false;
     const grant = grantFor(run.policy, { identityName: identity?.name ?? null, isProjectMember, provenKey });
     if (!grant) {
       if (!identity && !provenKey) throw new CaError('unauthenticated', 'authentication or a possession proof is required');
       throw forbidden(`not allowed by the attachable_by policy of run ${qualifiedName}`);
     }
     const line = formatAuthorizedKey(key);
-    if (await this.ctx.store.isPublicKeyRevoked(line)) throw forbidden('this public key is revoked');
+    // Whether this key is revoked is decided in the commit (see the constructor).
     const signer = this.ctx.caKeys.active;
     this.activeCaRevoked ??= await this.ctx.store.isPublicKeyRevoked(formatAuthorizedKey(signer.publicKey));
     if (this.activeCaRevoked) {
@@ -251,7 +281,7 @@ export class Issuer {
       keyFingerprint: fingerprint(key),
       publicKey: line,
       keyId: fields.keyId,
-      caFingerprint: fingerprint(signer.publicKey),
+      caFingerprint: this.fingerprintOf(signer),
       grant,
       validAfter: Number(fields.validAfter),
       validBefore: Number(fields.validBefore),
@@ -266,8 +296,9 @@ export class Issuer {
       if (restrictions.sourceAddress !== undefined) details.sourceAddress = restrictions.sourceAddress;
       if (meta.address !== undefined) details.address = meta.address;
     }
-    if (!(await this.committer.submit({ record, actor: holder, details }))) {
-      throw forbidden(`access to run ${qualifiedName} was removed while the certificate was being issued`);
+    const pending: PendingCert = { record, actor: holder, details };
+    if (!(await this.committer.submit(pending))) {
+      throw pending.refusal ?? forbidden(`access to run ${qualifiedName} was removed while the certificate was being issued`);
     }
     return {
       certificate: formatCertificateLine(cert),
@@ -306,8 +337,13 @@ export class Issuer {
     }
   }
 
+  private fingerprintOf(signer: Signer): string {
+    if (this.caFingerprint?.signer !== signer) this.caFingerprint = { signer, fingerprint: fingerprint(signer.publicKey) };
+    return this.caFingerprint.fingerprint;
+  }
+
   private async botProjectName(bot: Identity): Promise<string> {
-    const p = bot.botProjectId === null ? null : await this.ctx.store.getProject(bot.botProjectId);
+    const p = bot.botProjectId === null ? null : await this.facts.getProject(bot.botProjectId);
     return p?.name ?? '?';
   }
 }

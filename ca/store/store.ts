@@ -174,6 +174,8 @@ export interface StoreTx extends StoreReader {
   upsertCaKey(k: CaKeyRecord): Promise<void>;
 
   appendAuditEvent(e: AuditEvent): Promise<void>;
+  /** Several events at once (all or none), each following the one before. */
+  appendAuditEvents(events: readonly AuditEvent[]): Promise<void>;
 
   updateRunSsh(id: number, ssh: RunSshEndpoint | null): Promise<void>;
 
@@ -202,5 +204,14 @@ export interface StoreTx extends StoreReader {
 
 export interface Store extends StoreReader {
   tx<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T>;
+  /**
+   * A number that changes after every committed transaction that may have changed anything
+   * but certificate rows, audit events and serial blocks (tokens, identities, memberships,
+   * runs, bot settings, revocation targets, CA keys, ...). Reads cached under one value are
+   * current while it stays the same. Absent: nothing may be cached. A store shared by
+   * several processes (PostgreSQL replicas, DESIGN.md section 12) must move it on other
+   * replicas' commits too (LISTEN/NOTIFY), or leave it out.
+   */
+  factsGeneration?(): number;
   close(): Promise<void>;
 }

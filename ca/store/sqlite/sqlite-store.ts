@@ -364,8 +364,21 @@ class Reads implements StoreReader {
 
 /** The write side; valid only while its transaction is open. */
 class SqliteTx extends Reads implements StoreTx {
+  /**
+   * Whether this transaction wrote anything but certificate rows, audit events or serial
+   * blocks: then the store's facts generation moves on when it ends (see factsGeneration).
+   */
+  factsChanged = false;
+
   /** Runs a write: atomically (SAVEPOINT), with SQLite constraint errors made readable. */
   private write<T>(what: string, fn: (c: Conn) => T): T {
+    this.factsChanged = true;
+    return this.append(what, fn);
+  }
+
+  /** A write that changes no cacheable fact (cert rows, audit events, serial blocks); every
+   *  other write goes through `write`, so a new write method invalidates caches by default. */
+  private append<T>(what: string, fn: (c: Conn) => T): T {
     const c = this.c();
     try {
       return c.atomic(() => fn(c));
@@ -533,7 +546,7 @@ class SqliteTx extends Reads implements StoreTx {
 
   async reserveSerials(count: number): Promise<bigint> {
     if (!Number.isSafeInteger(count) || count < 1) throw new StoreError('invalid', `reserveSerials needs a positive integer count, got ${count}`);
-    return this.write('serial reservation', (c) => {
+    return this.append('serial reservation', (c) => {
       const hw = highWater(c);
       const next = hw + BigInt(count);
       if (next > MAX_SERIAL) {
@@ -548,7 +561,7 @@ class SqliteTx extends Reads implements StoreTx {
   async insertCerts(certs: readonly CertRecord[]): Promise<void> {
     if (certs.length === 0) return;
     const prepared = certs.map((cert) => rows.certs.toRow(cert));
-    this.write(certs.length === 1 ? `certificate ${certs[0]?.serial}` : `${certs.length} certificates`, (c) => {
+    this.append(certs.length === 1 ? `certificate ${certs[0]?.serial}` : `${certs.length} certificates`, (c) => {
       const hw = highWater(c);
       for (const row of prepared) {
         const serial = row.serial as bigint;
@@ -619,12 +632,29 @@ class SqliteTx extends Reads implements StoreTx {
   /** Appends an audit event exactly as given; its seq must be the last one + 1 (1 first). */
   async appendAuditEvent(e: AuditEvent): Promise<void> {
     const row = rows.auditEvents.toRow(e);
-    this.write(`audit event ${e.seq}`, (c) => {
+    this.append(`audit event ${e.seq}`, (c) => {
       const last = rows.scalarBigInt(c.get('SELECT MAX(seq) AS s FROM audit_events'), 's') ?? 0n;
       if (BigInt(e.seq) !== last + 1n) {
         throw new StoreError('conflict', `audit event seq ${e.seq} does not follow the last one (${last}): expected ${last + 1n}`);
       }
       c.run(insertSql('audit_events', row), row);
+    });
+  }
+
+  /** appendAuditEvent for several events in one SAVEPOINT: each seq must follow the one before. */
+  async appendAuditEvents(events: readonly AuditEvent[]): Promise<void> {
+    if (events.length === 0) return;
+    const prepared = events.map((e) => rows.auditEvents.toRow(e));
+    this.append(`${events.length} audit events`, (c) => {
+      let last = rows.scalarBigInt(c.get('SELECT MAX(seq) AS s FROM audit_events'), 's') ?? 0n;
+      prepared.forEach((row, i) => {
+        const seq = (events[i] as AuditEvent).seq;
+        if (BigInt(seq) !== last + 1n) {
+          throw new StoreError('conflict', `audit event seq ${seq} does not follow the last one (${last}): expected ${last + 1n}`);
+        }
+        c.run(insertSql('audit_events', row), row);
+        last += 1n;
+      });
     });
   }
 
@@ -834,6 +864,7 @@ const currentTx = new AsyncLocalStorage<TxContext>();
 
 export class SqliteStore extends Reads implements Store {
   private queue: Promise<void> = Promise.resolve();
+  private factsGen = 0;
   private closing = false;
   private closed = false;
 
@@ -910,7 +941,20 @@ export class SqliteStore extends Reads implements Store {
       ctx.active = false;
       if (db.inTransaction) db.exec('ROLLBACK');
       throw e;
+    } finally {
+      // Synchronously after COMMIT (or ROLLBACK: a harmless extra bump), so no read can see
+      // the new facts while the old generation is still current.
+      if (t.factsChanged) this.factsGen++;
     }
+  }
+
+  /**
+   * Moves on after every transaction that wrote anything but certificate rows, audit events
+   * or serial blocks. In-process only: caches keyed on it (ca/authority/fact-cache.ts) assume
+   * this process is the only writer, which holds for the embedded SQLite store.
+   */
+  factsGeneration(): number {
+    return this.factsGen;
   }
 
   /** The pragmas each connection runs with, for diagnostics and tests. */
