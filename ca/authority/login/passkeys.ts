@@ -88,16 +88,21 @@ function passkeyName(name: string | undefined, fallback: string): string {
   return n === '' ? fallback : n;
 }
 
+/** The library's challenge check: ours answers once, and only for a ceremony `accept` allows. */
+function takeChallenge(a: Authority, accept: (p: CeremonyPurpose) => boolean, now: number): (challenge: string) => boolean {
+  return (challenge) => {
+    const purpose = a.challenges.take(challenge, now);
+    return purpose !== null && accept(purpose);
+  };
+}
+
 async function verifyRegistration(a: Authority, response: RegistrationResponseJSON, accept: (p: CeremonyPurpose) => boolean) {
   const now = a.ctx.now();
   let result;
   try {
     result = await verifyRegistrationResponse({
       response,
-      expectedChallenge: (c) => {
-        const purpose = a.challenges.take(c, now);
-        return purpose !== null && accept(purpose);
-      },
+      expectedChallenge: takeChallenge(a, accept, now),
       expectedOrigin: a.web.origin,
       expectedRPID: a.web.rpId,
       requireUserVerification: true,
@@ -209,10 +214,7 @@ export async function verifyAssertion(
   try {
     result = await verifyAuthenticationResponse({
       response,
-      expectedChallenge: (c) => {
-        const purpose = a.challenges.take(c, now);
-        return purpose !== null && accept(purpose);
-      },
+      expectedChallenge: takeChallenge(a, accept, now),
       expectedOrigin: a.web.origin,
       expectedRPID: a.web.rpId,
       credential: { id: passkey.credentialId, publicKey: new Uint8Array(passkey.publicKey), counter: passkey.counter, transports: passkey.transports },
