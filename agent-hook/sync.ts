@@ -1,21 +1,23 @@
 // The agent's sync loop: keeps trusted_user_ca_keys, auth_principals/<login user> and
 // revoked_keys in the sshd dir current. New KRL versions arrive by push (server-sent
 // events; each (re)connect first announces the current version, so nothing is missed); a
-// slow poll is the safety net for a stream that looks alive but is not. Every sync is
-// serialized: one at a time, and a request arriving meanwhile runs once more afterwards.
+// small KRL comes inside the event, signed, and is checked exactly as GET /v1/krl's answer
+// would be, a large one (or a refused one) is fetched with GET. A slow poll is the safety net
+// for a stream that looks alive but is not. Every sync is serialized: one at a time, and a
+// request arriving meanwhile runs once more afterwards.
 import { mkdir, readFile } from 'node:fs/promises';
 import type { Agent as HttpAgent } from 'node:http';
 import { join } from 'node:path';
 import { agentConfigView } from '../ca/api/schemas.js';
-import { writeFileAtomic } from '../ca/io/atomic-file.js';
 import { parseAuthorizedKey, type PublicKey } from '../ca/ssh/keys.js';
 import { decodeKrl } from '../ca/ssh/krl/decode.js';
+import { writeFileAtomic } from './atomic-write.js';
 import { fullJitter, systemClock, type Clock } from './clock.js';
 import { join as joinCa, loadCredential, type AgentConfig, type Credential } from './credential.js';
 import { AgentError } from './errors.js';
 import { failClosedKrl } from './fail-closed.js';
 import { HttpError, connectionPool, errorMessage, request } from './http.js';
-import { KrlRefused, loadInstalled, saveState, verifyKrl, writeKrl, type Installed } from './krl-install.js';
+import { KrlRefused, loadInstalled, saveState, verifyKrl, writeKrl, type Installed, type VerifiedKrl } from './krl-install.js';
 import { jsonLogger, type Logger } from './log.js';
 import { agentPaths, type AgentPaths } from './paths.js';
 import type { SessionReaper } from './sessions.js';
@@ -35,8 +37,13 @@ export interface AgentOptions {
   pollIntervalMs?: number;
   /** Cap of the backoff between reconnects and between retries of a failed sync (default 30 s). */
   retryMaxMs?: number;
-  /** After an install, sessions are scanned again this much later (default 2 s), see syncKrl. */
+  /** After an install, sessions are scanned again this much later (default 2 s), see install. */
   rescanDelayMs?: number;
+  /**
+   * After a push whose KRL came inside the event, the rest of that sync (config, state file)
+   * runs this much later, jittered to between half and one and a half times it (default 2 s).
+   */
+  followupDelayMs?: number;
   clock?: Clock;
   random?: () => number;
   log?: Logger;
@@ -46,11 +53,31 @@ export interface AgentOptions {
   onInstall?: (version: bigint, failClosed: boolean) => void;
 }
 
-export type SyncReason = 'start' | 'once' | 'push' | 'connect' | 'poll' | 'retry' | 'staleness';
+export type SyncReason = 'start' | 'once' | 'push' | 'followup' | 'connect' | 'poll' | 'retry' | 'staleness';
 
 const RETRY_BASE_MS = 500;
 
 const lines = (ls: readonly string[]) => ls.map((l) => `${l}\n`).join('');
+
+/** A KRL carried by an event (see ca/api/routes/krl.ts): unverified until syncKrl checks it. */
+interface OfferedKrl {
+  version: bigint;
+  body: Buffer;
+  /** Base64 SSHSIG, as in the x-krl-signature header. */
+  signature: string;
+}
+
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+
+/** The data of a `krl` event: `{"version":V}`, or with `krl` and `signature` (both base64). Throws if malformed. */
+export function parseKrlEvent(data: string): { version: bigint; offered: OfferedKrl | null } {
+  const d = JSON.parse(data) as { version?: unknown; krl?: unknown; signature?: unknown };
+  if (typeof d.version !== 'number' || !Number.isSafeInteger(d.version) || d.version < 0) throw new Error('no version');
+  const version = BigInt(d.version);
+  if (d.krl === undefined && d.signature === undefined) return { version, offered: null };
+  if (typeof d.krl !== 'string' || typeof d.signature !== 'string' || d.krl === '' || !BASE64.test(d.krl)) throw new Error('krl and signature must both be base64 strings');
+  return { version, offered: { version, body: Buffer.from(d.krl, 'base64'), signature: d.signature } };
+}
 
 export class Agent {
   readonly paths: AgentPaths;
@@ -65,6 +92,8 @@ export class Agent {
   private principalsText = '';
   private installed: Installed = { version: 0n, current: false, failClosed: false, set: null };
   private checkedAt: number | null = null;
+  /** The newest KRL an event carried, not yet looked at by syncKrl. */
+  private offered: OfferedKrl | null = null;
   // The serialized sync loop.
   private loop: Promise<void> | null = null;
   private again: SyncReason | null = null;
@@ -73,6 +102,7 @@ export class Agent {
   private timers = new Set<unknown>();
   private staleTimer: unknown = null;
   private retryTimer: unknown = null;
+  private followupTimer: unknown = null;
   private failures = 0;
   private running = false;
   private stopped = false;
@@ -136,14 +166,14 @@ export class Agent {
     const caText = lines(config.caKeys);
     if (caText !== this.caKeysText) {
       // Every key, old and new: during a rotation certs of both must log in.
-      await writeFileAtomic(this.paths.trustedCaKeys, caText, { mode: 0o644 });
+      await writeFileAtomic(this.paths.trustedCaKeys, caText, 0o644);
       if (this.caKeysText !== '') this.log('info', 'ca-keys-updated', { keys: config.caKeys.length });
       this.caKeysText = caText;
     }
     this.caKeys = keys;
     const principalsText = lines([config.principal]);
     if (principalsText !== this.principalsText) {
-      await writeFileAtomic(join(this.paths.principalsDir, config.loginUser), principalsText, { mode: 0o644 });
+      await writeFileAtomic(join(this.paths.principalsDir, config.loginUser), principalsText, 0o644);
       this.principalsText = principalsText;
     }
   }
@@ -158,23 +188,54 @@ export class Agent {
   async syncOnce(reason: SyncReason): Promise<void> {
     const configFirst = reason !== 'push' || this.caKeys.length === 0;
     if (configFirst) await this.refreshConfig();
-    await this.syncKrl(configFirst);
+    // A follow-up comes right after an install from an event; a newer KRL would come by an
+    // event of its own (then it is offered, or a push is pending), so no GET here.
+    const from = reason === 'followup' && this.offered === null ? null : await this.syncKrl(configFirst);
+    if (from === 'event' && !configFirst && this.running) {
+      // Installed with no request at all. The rest of this sync (the config, the check with the
+      // CA that staleness counts, the state file: the installed KRL's own header is the first
+      // record of its version) follows a moment later, jittered: every agent gets the event at
+      // once, and a thousand of them must not all ask the CA for their config in the same
+      // millisecond, nor queue that and a second fsynced write ahead of the next agent's install.
+      this.scheduleFollowup();
+      return;
+    }
     if (!configFirst) await this.refreshConfig();
     this.checkedAt = this.clock.now();
     this.armStaleness();
     await saveState(this.paths, this.installed.version, this.checkedAt);
   }
 
-  private async syncKrl(configFresh: boolean): Promise<void> {
+  /** Where an installed KRL came from (null: nothing new was installed). */
+  private async syncKrl(configFresh: boolean): Promise<'event' | 'get' | null> {
+    // A KRL that came inside an event saves the GET. It is checked exactly like a GET's
+    // answer; if refused, the GET below asks the CA itself.
+    const offered = this.offered;
+    this.offered = null;
+    if (offered && (offered.version > this.installed.version || (offered.version === this.installed.version && !this.installed.current))) {
+      try {
+        if (await this.install(() => verifyKrl(offered.body, offered.signature, offered.version.toString(), this.caKeys), configFresh)) return 'event';
+      } catch (e) {
+        if (!(e instanceof KrlRefused)) throw e;
+        this.log('error', 'krl-refused', { source: 'event', error: e.message, installedVersion: this.installed.version });
+      }
+    }
     const etag = this.installed.current ? `"krl-${this.installed.version}"` : undefined;
     const res = await request(new URL('/v1/krl', this.base), { headers: { 'if-none-match': etag }, agent: this.pool });
-    if (res.status === 304) return;
+    if (res.status === 304) return null;
     if (res.status !== 200) throw new HttpError(res.status, `GET /v1/krl: ${errorMessage(res)}`);
     const header = (name: string) => {
       const v = res.headers[name];
       return Array.isArray(v) ? v[0] : v;
     };
-    const verify = () => verifyKrl(res.body, header('x-krl-signature'), header('x-krl-version'), this.caKeys);
+    return (await this.install(() => verifyKrl(res.body, header('x-krl-signature'), header('x-krl-version'), this.caKeys), configFresh)) ? 'get' : null;
+  }
+
+  /**
+   * Verifies (see verifyKrl) and installs a KRL; false when it is the one in place already.
+   * Throws KrlRefused when it does not verify or is older than what is in place.
+   */
+  private async install(verify: () => VerifiedKrl, configFresh: boolean): Promise<boolean> {
     let krl;
     try {
       krl = verify();
@@ -185,7 +246,7 @@ export class Agent {
       krl = verify();
     }
     if (krl.version < this.installed.version) throw new KrlRefused(`KRL version ${krl.version} is older than the installed version ${this.installed.version}`);
-    if (krl.version === this.installed.version && this.installed.current) return;
+    if (krl.version === this.installed.version && this.installed.current) return false;
     const previous = this.installed.version;
     await writeKrl(this.paths, krl.body);
     const wasFailClosed = this.installed.failClosed;
@@ -199,6 +260,16 @@ export class Agent {
     // A login that passed sshd's KRL check just before the install may start its session
     // process just after the scan: look once more a little later.
     this.later(this.o.rescanDelayMs ?? 2000, () => void this.endRevokedSessions());
+    return true;
+  }
+
+  private scheduleFollowup(): void {
+    if (this.followupTimer !== null) return;
+    const base = this.o.followupDelayMs ?? 2000;
+    this.followupTimer = this.later(base / 2 + this.random() * base, () => {
+      this.followupTimer = null;
+      this.trigger('followup');
+    });
   }
 
   private async endRevokedSessions(): Promise<void> {
@@ -304,11 +375,20 @@ export class Agent {
   private onEvent(event: string, data: string, first: boolean): void {
     if (event !== 'krl') return;
     let version: bigint;
+    let offered: OfferedKrl | null;
     try {
-      version = BigInt((JSON.parse(data) as { version: number }).version);
+      ({ version, offered } = parseKrlEvent(data));
     } catch {
-      this.log('warn', 'event-ignored', { data });
+      this.log('warn', 'event-ignored', { data: data.length > 200 ? `${data.slice(0, 200)}...` : data });
       return;
+    }
+    if (offered) {
+      if (version < this.installed.version) {
+        // Never installed, not even looked at further: older than what is in place.
+        this.log('error', 'krl-refused', { source: 'event', error: `KRL version ${version} is older than the installed version ${this.installed.version}`, installedVersion: this.installed.version });
+      } else if (!this.offered || version >= this.offered.version) {
+        this.offered = offered;
+      }
     }
     // The first event of a connection is a catch-up (and the CA may have changed while we
     // were away): a full sync. Later ones matter only if newer than what is installed.

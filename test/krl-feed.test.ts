@@ -33,9 +33,15 @@ async function revokeFreshKey(reason: string): Promise<void> {
 }
 
 /** Reads server-sent events until `count` have arrived. */
-async function readEvents(res: Response, count: number): Promise<{ id: string; data: { version: number } }[]> {
+interface KrlEventData {
+  version: number;
+  krl?: string;
+  signature?: string;
+}
+
+async function readEvents(res: Response, count: number): Promise<{ id: string; data: KrlEventData }[]> {
   const reader = (res.body as ReadableStream<Uint8Array>).getReader();
-  const events: { id: string; data: { version: number } }[] = [];
+  const events: { id: string; data: KrlEventData }[] = [];
   let buf = '';
   while (events.length < count) {
     const { value, done } = await reader.read();
@@ -47,7 +53,7 @@ async function readEvents(res: Response, count: number): Promise<{ id: string; d
       buf = buf.slice(end + 2);
       if (block.startsWith(':')) continue; // keepalive comment
       const field = (name: string) => block.split('\n').find((l) => l.startsWith(`${name}: `))?.slice(name.length + 2) ?? '';
-      events.push({ id: field('id'), data: JSON.parse(field('data')) as { version: number } });
+      events.push({ id: field('id'), data: JSON.parse(field('data')) as KrlEventData });
     }
   }
   await reader.cancel();
@@ -82,6 +88,24 @@ describe('GET /v1/krl/events', () => {
     const events = await pending;
     expect(events.map((e) => e.data.version)).toEqual([start, start + 1, start + 2]);
     expect(events.map((e) => e.id)).toEqual([start, start + 1, start + 2].map(String));
+  });
+
+  it('each event carries the signed KRL itself: the bytes and signature GET /v1/krl serves', async () => {
+    const res = await fetch(`${base}/v1/krl/events`);
+    const pending = readEvents(res, 2);
+    await new Promise((r) => setTimeout(r, 100));
+    await revokeFreshKey('inline');
+    const events = await pending;
+    for (const e of events) {
+      expect(e.data.krl).toBeTypeOf('string');
+      expect(e.data.signature).toBeTypeOf('string');
+      expect(decodeKrl(Buffer.from(e.data.krl as string, 'base64')).header.krlVersion).toBe(BigInt(e.data.version));
+    }
+    const last = events[1] as { data: KrlEventData };
+    const got = await fetch(`${base}/v1/krl`);
+    expect(Number(got.headers.get('x-krl-version'))).toBe(last.data.version);
+    expect(Buffer.from(await got.arrayBuffer()).toString('base64')).toBe(last.data.krl);
+    expect(got.headers.get('x-krl-signature')).toBe(last.data.signature);
   });
 
   it('a client reconnecting after missing versions learns the newest at once', async () => {

@@ -1,5 +1,11 @@
 // Public routes: CA keys and the KRL, with ETag revalidation and a server-sent event
 // stream announcing each new version. No authentication: hosts need them to fail safe.
+//
+// A new version is announced to every connected agent at once, so the event carries the
+// signed KRL itself when it is small (most are: a few hundred bytes), and the agent needs no
+// GET: a thousand agents would otherwise all ask for the same bytes within milliseconds.
+// Above EVENT_INLINE_MAX the event only names the version and agents GET it. Either way the
+// agent verifies the SSHSIG: the event stream is no more trusted than GET /v1/krl.
 import type { ServerResponse } from 'node:http';
 import type { FastifyInstance } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
@@ -7,9 +13,34 @@ import type { Authority } from '../../authority/authority.js';
 import { currentKrl } from '../../authority/krl.js';
 import { dearmorSshsig, encodeSshsig } from '../../ssh/sshsig.js';
 import { formatAuthorizedKey } from '../../ssh/keys.js';
+import type { StoredKrl } from '../../store/store.js';
 import { caView } from '../schemas.js';
 
 const KEEPALIVE_MS = 15_000;
+
+/** KRLs up to this size (bytes, before base64) travel inside the event. */
+export const EVENT_INLINE_MAX = 64 * 1024;
+
+/** What is served for one KRL version, computed once per version (not per request or stream). */
+interface Served {
+  version: number;
+  etag: string;
+  blob: Buffer;
+  armored: string;
+  /** The detached SSHSIG, unarmored, base64: the x-krl-signature header and the event's `signature`. */
+  signature: string;
+  /** The whole server-sent event announcing this version. */
+  event: string;
+}
+
+/**
+ * The event: `data` is `{"version":V,"krl":"<base64 KRL>","signature":"<base64 SSHSIG>"}`, or
+ * `{"version":V}` alone for a KRL above EVENT_INLINE_MAX (or when there is no KRL yet).
+ */
+function eventText(version: number, inline?: { blob: Buffer; signature: string }): string {
+  const data = inline ? `{"version":${version},"krl":"${inline.blob.toString('base64')}","signature":"${inline.signature}"}` : `{"version":${version}}`;
+  return `id: ${version}\nevent: krl\ndata: ${data}\n\n`;
+}
 
 export function krlRoutes(app: FastifyInstance, authority: Authority): void {
   const r = app.withTypeProvider<ZodTypeProvider>();
@@ -17,7 +48,36 @@ export function krlRoutes(app: FastifyInstance, authority: Authority): void {
   // Event streams never end by themselves: end them before close, or a graceful stop
   // waits forever while any agent is connected (agents reconnect with backoff).
   const streams = new Set<ServerResponse>();
+
+  let cache: Served | null = null;
+  const served = (krl: StoredKrl): Served => {
+    if (cache?.version === krl.version && cache.armored === krl.signature) return cache;
+    const armored = krl.signature as string;
+    const signature = encodeSshsig(dearmorSshsig(armored)).toString('base64');
+    const inline = krl.blob.length <= EVENT_INLINE_MAX ? { blob: krl.blob, signature } : undefined;
+    const s: Served = { version: krl.version, etag: `"krl-${krl.version}"`, blob: krl.blob, armored, signature, event: eventText(krl.version, inline) };
+    // Never let the cache go back to an older version (a slow request finishing late).
+    if (!cache || s.version >= cache.version) cache = s;
+    return s;
+  };
+
+  // One listener fans each new version out to every stream, built once. Broadcasts run one
+  // at a time and never go backwards, so a stream sees versions in increasing order.
+  let sent = 0;
+  let broadcasting: Promise<void> = Promise.resolve();
+  const broadcast = async (): Promise<void> => {
+    const krl = await currentKrl(ctx);
+    if (!krl || krl.version <= sent) return;
+    sent = krl.version;
+    const { event } = served(krl);
+    for (const s of streams) s.write(event);
+  };
+  const onKrl = (): void => {
+    broadcasting = broadcasting.then(broadcast).catch((e: unknown) => app.log.error({ err: e }, 'KRL event broadcast failed'));
+  };
+  ctx.krlEvents.on('krl', onKrl);
   app.addHook('preClose', async () => {
+    ctx.krlEvents.off('krl', onKrl);
     for (const s of streams) s.end();
   });
 
@@ -29,15 +89,15 @@ export function krlRoutes(app: FastifyInstance, authority: Authority): void {
   r.get('/v1/krl', async (req, reply) => {
     const krl = await currentKrl(ctx);
     if (!krl) return reply.code(503).send({ error: 'unavailable', message: 'no KRL has been generated yet' });
-    const etag = `"krl-${krl.version}"`;
+    const s = served(krl);
     void reply
-      .header('etag', etag)
-      .header('x-krl-version', String(krl.version))
+      .header('etag', s.etag)
+      .header('x-krl-version', String(s.version))
       // The detached SSHSIG, unarmored, in one header line, so one request is enough.
-      .header('x-krl-signature', encodeSshsig(dearmorSshsig(krl.signature as string)).toString('base64'))
+      .header('x-krl-signature', s.signature)
       .header('cache-control', 'no-cache');
-    if (req.headers['if-none-match'] === etag) return reply.code(304).send();
-    return reply.type('application/octet-stream').send(krl.blob);
+    if (req.headers['if-none-match'] === s.etag) return reply.code(304).send();
+    return reply.type('application/octet-stream').send(s.blob);
   });
 
   r.get('/v1/krl/signature', async (_req, reply) => {
@@ -49,19 +109,20 @@ export function krlRoutes(app: FastifyInstance, authority: Authority): void {
   // Server-sent events: the current version at once (so a reconnecting agent catches up),
   // then one event per new version.
   r.get('/v1/krl/events', async (req, reply) => {
-    const krl = await ctx.store.latestKrl();
+    const krl = await currentKrl(ctx);
     reply.hijack();
     const res = reply.raw;
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
-    const send = (version: number) => res.write(`id: ${version}\nevent: krl\ndata: {"version":${version}}\n\n`);
-    send(krl?.version ?? 0);
-    ctx.krlEvents.on('krl', send);
+    let first = krl ? served(krl) : null;
+    // A newer version broadcast while we awaited the store: announce that one instead.
+    // From here to streams.add nothing awaits, so every later broadcast reaches this stream.
+    if (cache && (!first || cache.version > first.version)) first = cache;
+    res.write(first ? first.event : eventText(0));
     streams.add(res);
     const keepalive = setInterval(() => res.write(': keepalive\n\n'), KEEPALIVE_MS);
     req.raw.on('close', () => {
       streams.delete(res);
       clearInterval(keepalive);
-      ctx.krlEvents.off('krl', send);
     });
   });
 }
