@@ -56,4 +56,32 @@ describe('logs', () => {
     expect(log.length).toBeGreaterThan(500); // the requests were logged
     for (const secret of [ca.adminToken, bot, 'not-a-real-token', 'dsca_']) expect(log).not.toContain(secret);
   });
+
+  it('never contain enrollment links, device codes, login sessions or session cookies', async () => {
+    let log = '';
+    const sink = new Writable({ write: (chunk, _enc, done) => ((log += chunk.toString()), done()) });
+    const app = await buildApp(ca.authority, { logger: { level: 'trace', redact: LOG_REDACT, stream: sink } as never });
+    const admin = { authorization: `Bearer ${ca.adminToken}` };
+    const link = ((await app.inject({ method: 'POST', url: '/v1/users', headers: admin, payload: { name: 'carol' } })).json() as { enrollment: { url: string } }).enrollment.url;
+    const enrollment = link.slice(link.indexOf('#') + 1);
+    const origin = { origin: ca.authority.web.origin };
+    await app.inject({ method: 'POST', url: '/v1/web/enroll/options', headers: origin, payload: { enrollment } });
+    await app.inject({ method: 'POST', url: '/v1/web/enroll/options', headers: origin, payload: { enrollment: `${enrollment}x` } });
+    const { deviceCode, userCode } = (await app.inject({ method: 'POST', url: '/v1/device/codes', payload: { client: 'laptop' } })).json() as { deviceCode: string; userCode: string };
+    await app.inject({ method: 'POST', url: '/v1/device/token', payload: { deviceCode } });
+    // Approved as the passkey page commits it; then the CLI's poll receives its login session.
+    const carol = (await ca.store.getIdentityByName('carol'))!;
+    const pending = (await ca.store.getPendingDeviceCode(userCode, ca.authority.ctx.now()))!;
+    await ca.store.tx((tx) => tx.decideDeviceCode(pending.id, { approvedBy: carol.id }, ca.authority.ctx.now()));
+    const session = await app.inject({ method: 'POST', url: '/v1/device/token', payload: { deviceCode } });
+    const { token } = session.json() as { token: string };
+    expect(token).toMatch(/^dsca_user_/);
+    await app.inject({ method: 'GET', url: '/v1/me', headers: { authorization: `Bearer ${token}` } });
+    const cookie = 'dsca_session=dsca_web_cookie-secret-value-that-must-not-be-logged-xxxxxx';
+    await app.inject({ method: 'GET', url: '/v1/web/session', headers: { cookie } });
+    await app.inject({ method: 'POST', url: '/v1/web/logout', headers: { ...origin, cookie, 'x-dstack-ca-csrf': 'csrf-secret-value' } });
+    await app.close();
+    expect(log).toContain('/v1/device/token'); // the requests were logged
+    for (const secret of [enrollment, deviceCode, token, 'cookie-secret-value', 'csrf-secret-value', 'dsca_']) expect(log).not.toContain(secret);
+  });
 });
