@@ -3,6 +3,7 @@
 import { CaError } from '../../domain/errors.js';
 import type { Identity, Run } from '../../domain/model.js';
 import { grantFor } from '../../policy/attachable-by.js';
+import type { StoreTx } from '../../store/store.js';
 import { identityOf, requireAllowed, type Actor } from '../actors.js';
 import { audit } from '../audit.js';
 import type { Authority } from '../authority.js';
@@ -84,7 +85,7 @@ export async function issueEnrollment(a: Authority, actor: Actor, name: string, 
   });
 }
 
-async function endSessions(tx: Parameters<Parameters<Authority['ctx']['store']['tx']>[0]>[0], user: Identity, now: number): Promise<number> {
+async function endSessions(tx: StoreTx, user: Identity, now: number): Promise<number> {
   let n = await tx.revokeWebSessions({ identityId: user.id }, now);
   for (const t of await tx.listTokens({ identityId: user.id, kind: 'user' })) {
     if (t.revokedAt === null && (t.expiresAt === null || t.expiresAt > now)) {
