@@ -99,6 +99,25 @@ describe('passkeys in the browser', () => {
     expect((await pb.credentials())[0]!.signCount).toBe(after.counter);
   });
 
+  it('refuses an assertion whose signature counter went backwards (a cloned authenticator)', async () => {
+    const [cred] = await pb.credentials();
+    const stored = (await passkeysOf('alice'))[0]!.counter;
+    expect(stored).toBeGreaterThan(0);
+    // The same private key on an authenticator whose counter starts over: what a clone looks like.
+    await pb.cdp.send('WebAuthn.removeCredential', { authenticatorId: pb.authenticatorId, credentialId: cred!.credentialId });
+    await pb.cdp.send('WebAuthn.addCredential', { authenticatorId: pb.authenticatorId, credential: { ...(cred as object), signCount: 0 } as never });
+    await pb.page.goto(`${base}/login`);
+    await pb.page.click('#go');
+    expect(await pageStatus(pb.page, 'error')).toContain('signature counter did not advance');
+    expect((await passkeysOf('alice'))[0]!.counter).toBe(stored);
+    // The genuine authenticator (its counter ahead of the stored one) goes on working.
+    await pb.cdp.send('WebAuthn.removeCredential', { authenticatorId: pb.authenticatorId, credentialId: cred!.credentialId });
+    await pb.cdp.send('WebAuthn.addCredential', { authenticatorId: pb.authenticatorId, credential: cred as never });
+    await pb.page.goto(`${base}/login`);
+    await pb.page.click('#go');
+    await pb.page.waitForURL(`${base}/account`);
+  });
+
   it('refuses a replayed assertion (single-use challenge) and one made for another purpose', async () => {
     await pb.page.goto(`${base}/login`);
     const response = await rawAssertion('/v1/web/login/options', {});
