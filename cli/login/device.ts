@@ -79,7 +79,8 @@ export async function pollForToken(codes: DeviceCodes, deps: PollDeps): Promise<
       case 'expired_token':
         throw new CliError('login failed: the code expired or was already used; run dstack-ca login again', EXIT.auth);
       case 'access_denied':
-        throw new CliError('login failed: the request was denied in the browser', EXIT.auth);
+        // The server says why (denied on the page, or the approving user is disabled).
+        throw new CliError(`login failed: ${answer.message ?? 'the request was denied in the browser'}`, EXIT.auth);
       default:
         throw new CliError(`login failed: ${answer.message ?? answer.error}`, EXIT.auth);
     }
