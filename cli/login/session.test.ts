@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { resolveApiConfig } from '../client.js';
 import type { CliContext } from '../context.js';
 import { loginPaths } from './paths.js';
-import { readSession, writeSession } from './session.js';
+import { meRunSchema, readSession, writeSession } from './session.js';
 
 let root: string;
 beforeAll(async () => {
@@ -95,5 +95,15 @@ describe('token resolution with a login session', () => {
     expect(ctx.err()).toMatch(/session\.json has mode 0644; it holds a token/);
     expect(ctx.err()).not.toContain('dsca_user_session');
     expect(await readFile(paths.session, 'utf8')).toContain('alice');
+  });
+});
+
+describe('runs from the server', () => {
+  it('only valid project and run names pass: they become paths under certs/', () => {
+    const run = { project: 'ml', name: 'train-1', principal: 'p', loginUser: 'root', state: 'running', ssh: null };
+    expect(meRunSchema.safeParse(run).success).toBe(true);
+    for (const bad of [{ project: '..' }, { project: '../../.ssh' }, { name: '../x' }, { name: '.hidden' }, { name: 'a/b' }]) {
+      expect(meRunSchema.safeParse({ ...run, ...bad }).success, JSON.stringify(bad)).toBe(false);
+    }
   });
 });

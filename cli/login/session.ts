@@ -5,6 +5,7 @@ import { chmod, mkdir, readFile, rm, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { z } from 'zod';
 import { writeFileAtomic } from '../../ca/io/atomic-file.js';
+import { projectName, runName } from '../../ca/domain/names.js';
 import { CliError } from '../errors.js';
 
 export const sessionSchema = z.object({
@@ -17,8 +18,9 @@ export type Session = z.output<typeof sessionSchema>;
 
 /** One entry of GET /v1/me/runs (docs/login-api.md). */
 export const meRunSchema = z.object({
-  project: z.string(),
-  name: z.string(),
+  // Names become paths (certs/PROJECT/RUN-cert.pub): only valid names, never "..".
+  project: projectName,
+  name: runName,
   principal: z.string(),
   loginUser: z.string(),
   state: z.string(),
