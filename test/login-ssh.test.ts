@@ -111,7 +111,9 @@ describe('dstack-ca login, then plain ssh', () => {
     expect(link).toBe(`${server.url.replace('127.0.0.1', 'localhost')}/device?code=${code}`);
 
     await pb.page.goto(link!);
-    await pb.page.waitForSelector('#client:has-text("Requested from")');
+    await pb.page.waitForSelector('#client:has-text("Requested at")');
+    // Started from this very machine: no warning.
+    expect(await pb.page.textContent('#warning')).toBe('');
     expect(await pb.page.inputValue('#code')).toBe(code);
     await pb.page.click('#approve');
     expect(await pageStatus(pb.page, 'ok')).toContain('Approved for alice');

@@ -293,6 +293,91 @@ describe('device-code login', () => {
   });
 });
 
+describe('device codes after approval', () => {
+  const start = async () => (await web('POST', '/v1/device/codes', { client: 'laptop.example' })).json() as { deviceCode: string; userCode: string; verificationUriComplete: string };
+  const poll = (deviceCode: string) => ca.app.inject({ method: 'POST', url: '/v1/device/token', payload: { deviceCode } });
+  /** The commit the approval page makes after the passkey assertion (the assertion itself is tested above). */
+  async function approve(userCode: string, name = 'alice'): Promise<void> {
+    const d = (await ca.store.getPendingDeviceCode(userCode, clock))!;
+    const id = (await ca.store.getIdentityByName(name))!.id;
+    await ca.store.tx((tx) => tx.decideDeviceCode(d.id, { approvedBy: id }, clock));
+  }
+
+  it('an approved code not collected in time expires', async () => {
+    const d = await start();
+    await approve(d.userCode);
+    clock += 600 + 5 + 5; // past the code's life plus a poll interval
+    expect((await poll(d.deviceCode)).json()).toMatchObject({ error: 'expired_token' });
+  });
+
+  it('an admin reset or logout spends approved codes that were not collected yet', async () => {
+    await ca.admin('POST', '/v1/users', { name: 'dave' });
+    const ends: [string, () => Promise<{ endedSessions: number }>][] = [
+      ['logout', () => ca.admin('POST', '/v1/users/dave/logout', {})],
+      ['reset', () => ca.admin('POST', '/v1/users/dave/enrollments', { reset: true })],
+    ];
+    for (const [what, end] of ends) {
+      const d = await start();
+      await approve(d.userCode, 'dave');
+      expect((await end()).endedSessions, what).toBe(1);
+      expect((await poll(d.deviceCode)).json(), what).toMatchObject({ error: 'expired_token' });
+    }
+    // A plain new link (no reset) leaves a collected session alone: it is not a lost device.
+    const d = await start();
+    await approve(d.userCode, 'dave');
+    await ca.admin('POST', '/v1/users/dave/enrollments', {});
+    expect((await poll(d.deviceCode)).statusCode).toBe(200);
+  });
+
+  it('an approval by a user disabled meanwhile is spent, and does not come back with the user', async () => {
+    const d = await start();
+    await approve(d.userCode);
+    await ca.admin('PATCH', '/v1/users/alice', { disabled: true });
+    expect((await poll(d.deviceCode)).json()).toMatchObject({ error: 'access_denied' });
+    await ca.admin('PATCH', '/v1/users/alice', { disabled: false });
+    expect((await poll(d.deviceCode)).json()).toMatchObject({ error: 'expired_token' });
+  });
+
+  it('polls write nothing that empties the fact cache, and polling too fast writes nothing at all', async () => {
+    const d = await start();
+    const store = ca.store as unknown as { factsGeneration(): number };
+    const gen = store.factsGeneration();
+    const before = (await ca.store.getDeviceCodeByHash((await ca.store.getPendingDeviceCode(d.userCode, clock))!.deviceHash))!;
+    expect((await poll(d.deviceCode)).json().error).toBe('authorization_pending');
+    const polled = (await ca.store.getDeviceCodeByHash(before.deviceHash))!.lastPolledAt;
+    expect(polled).toBe(clock);
+    expect((await poll(d.deviceCode)).json().error).toBe('slow_down');
+    expect(store.factsGeneration()).toBe(gen);
+  });
+
+  it('the approval page shows where the login came from, and warns when that is not where the approver is', async () => {
+    const fromElsewhere = await ca.app.inject({ method: 'POST', url: '/v1/device/codes', remoteAddress: '198.51.100.23', payload: { client: 'alice-laptop' } });
+    const { verificationUriComplete } = fromElsewhere.json() as { verificationUriComplete: string };
+    await pb.page.goto(verificationUriComplete);
+    await pb.page.waitForSelector('#client:has-text("198.51.100.23")');
+    expect(await pb.page.textContent('#client')).toContain('calls itself "alice-laptop"');
+    expect(await pb.page.textContent('#warning')).toMatch(/started from 198\.51\.100\.23 and you are at 127\.0\.0\.1/);
+  });
+
+  it('changing passkeys needs a passkey login in the last 5 minutes; an older session is sent to log in', async () => {
+    await pb.page.goto(`${base}/login`);
+    await pb.page.click('#go');
+    await pb.page.waitForURL(`${base}/account`);
+    await pb.page.waitForSelector('#passkeys li');
+    clock += 301;
+    await pb.page.click('#add');
+    await pb.page.waitForURL(`${base}/login`);
+    expect(await passkeysOf('alice')).toHaveLength(1);
+  });
+
+  it('the Origin check holds for percent-encoded paths too', async () => {
+    const res = await ca.app.inject({ method: 'POST', url: '/v1/%77eb/login/options', headers: { origin: 'http://evil.example' }, payload: {} });
+    expect(res.statusCode).toBe(403);
+    const ok = await web('POST', '/v1/web/login/options', {});
+    expect(ok.headers['cache-control']).toBe('no-store');
+  });
+});
+
 describe('limits on what anyone may start', () => {
   it('device codes and passkey ceremonies are rationed per address (429 with Retry-After)', async () => {
     const from = (ip: string) => ca.app.inject({ method: 'POST', url: '/v1/device/codes', remoteAddress: ip, payload: { client: 'flood' } });
@@ -311,7 +396,7 @@ describe('limits on what anyone may start', () => {
     const pending = await ca.store.countPendingDeviceCodes(clock);
     await ca.store.tx(async (tx) => {
       for (let i = pending; i < MAX_PENDING_DEVICE_CODES; i++) {
-        await tx.insertDeviceCode({ deviceHash: `filler-${i}`, userCode: 'BBBB-BBBB', client: 'filler', createdAt: clock, expiresAt: clock + 600, lastPolledAt: null, approvedBy: null, decidedAt: null, denied: false, consumedAt: null });
+        await tx.insertDeviceCode({ deviceHash: `filler-${i}`, userCode: 'BBBB-BBBB', client: 'filler', requestedFrom: '192.0.2.1', createdAt: clock, expiresAt: clock + 600, lastPolledAt: null, approvedBy: null, decidedAt: null, denied: false, consumedAt: null });
       }
     });
     const res = await ca.app.inject({ method: 'POST', url: '/v1/device/codes', remoteAddress: '192.0.2.9', payload: { client: 'one too many' } });

@@ -14,6 +14,8 @@ export class Authority {
    * ceremonies): they cost a row or a challenge each, so they are rationed.
    */
   readonly loginStarts = new RateLimiter({ perSecond: 1, burst: 30 });
+  /** Per source address, for device-code polls (a CLI polls every few seconds). */
+  readonly devicePolls = new RateLimiter({ perSecond: 2, burst: 20 });
   /**
    * Where browsers reach the CA; the server sets it once it knows its bound port. The default
    * suits tests that never listen.

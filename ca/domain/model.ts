@@ -197,7 +197,10 @@ export interface DeviceCode {
   deviceHash: string;
   /** What the user types or checks on the page, e.g. "BCDF-GHJK". */
   userCode: string;
+  /** The host name the CLI claims. */
   client: string;
+  /** The address the CLI called from. */
+  requestedFrom: string;
   createdAt: number;
   expiresAt: number;
   lastPolledAt: number | null;

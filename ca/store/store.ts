@@ -196,6 +196,10 @@ export interface StoreTx extends StoreReader {
   decideDeviceCode(id: number, decision: { approvedBy: number } | { denied: true }, at: number): Promise<void>;
   /** Hands the login session out once: refused (conflict) if already consumed. */
   consumeDeviceCode(id: number, at: number): Promise<void>;
+  /** Spends every approved, not yet collected device code of a user (a reset or an admin logout); returns how many. */
+  cancelApprovedDeviceCodes(identityId: number, at: number): Promise<number>;
+  /** Deletes device codes that expired before `before` (they only ever served a login that is over). */
+  deleteExpiredDeviceCodes(before: number): Promise<number>;
 
   insertWebSession(w: Omit<WebSession, 'id'>): Promise<WebSession>;
   /** Revokes one session (id) or all of a user's (identityId); returns how many changed. */

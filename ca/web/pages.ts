@@ -71,6 +71,7 @@ Approve only a login you started yourself: whoever started it gets your access.<
 <label for="code">Code</label>
 <input id="code" maxlength="20" autocomplete="off" autocapitalize="characters" placeholder="BCDF-GHJK">
 <p id="client" class="muted"></p>
+<p id="warning" class="warn"></p>
 <button id="approve" type="button">Approve with passkey</button>
 <button id="deny" type="button" class="secondary">Deny</button>`,
   },

@@ -1,4 +1,4 @@
-import { mkdtemp, readdir, readFile, rm, stat, writeFile, mkdir, chmod } from 'node:fs/promises';
+import { chown, mkdtemp, readdir, readFile, rm, stat, writeFile, mkdir, chmod } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -34,6 +34,14 @@ describe('session.json', () => {
     await writeSession(paths.session, { ...session, user: 'bob' });
     expect(await readdir(paths.dir)).toEqual(['session.json']); // no temp file left behind
     expect((await readSession(paths.session))?.user).toBe('bob');
+  });
+
+  // Handing a directory to another user takes root (CI and these machines run as root).
+  it.runIf(process.getuid?.() === 0)('refuses a config dir that belongs to another user (a planted login key would get certified)', async () => {
+    const paths = loginPaths({ XDG_CONFIG_HOME: join(root, 'foreign') });
+    await mkdir(paths.dir, { recursive: true, mode: 0o700 });
+    await chown(paths.dir, 65534, 65534);
+    await expect(writeSession(paths.session, { url: 'http://127.0.0.1:1', token: 't', user: 'u', expiresAt: null })).rejects.toThrow(/belongs to another user \(uid 65534\)/);
   });
 
   it('tightens a too-open config dir, and reads a missing file as no session', async () => {

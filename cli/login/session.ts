@@ -41,7 +41,10 @@ export type RunsFile = z.output<typeof runsFileSchema>;
 export async function ensurePrivateDir(dir: string): Promise<void> {
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const st = await stat(dir);
-  if ((st.mode & 0o077) !== 0 && st.uid === process.getuid?.()) await chmod(dir, 0o700);
+  // Someone else's directory could hold a planted login key we would get certified.
+  const uid = process.getuid?.();
+  if (uid !== undefined && st.uid !== uid) throw new CliError(`${dir} belongs to another user (uid ${st.uid}); set XDG_CONFIG_HOME to a directory of your own`);
+  if ((st.mode & 0o077) !== 0) await chmod(dir, 0o700);
 }
 
 async function readJson(path: string): Promise<unknown> {

@@ -100,6 +100,9 @@ describe('renderSshConfig', () => {
     expect(text.match(/no Host block/g)).toHaveLength(6);
     expect(renderKnownHosts(evil)).not.toMatch(/ssh-ed25519/);
     expect(sshTarget(run())).toMatchObject({ host: '10.0.0.5', port: 2222, user: 'root', hostKeys: [HOST_KEY] });
+    // A host that ssh would read as an option is refused (it becomes an argument of `dstack-ca ssh`).
+    for (const host of ['-oProxyCommand=x', '-A', '.hidden']) expect(typeof sshTarget(run({ ssh: { host, port: 22, hostKeys: [] } }))).toBe('string');
+    expect(sshTarget(run({ ssh: { host: '::1', port: 22, hostKeys: [] } }))).toMatchObject({ host: '::1' });
   });
 
   it('has no Match line when asked for none, and renders known_hosts by principal', () => {

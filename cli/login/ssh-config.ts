@@ -57,7 +57,8 @@ export interface RunSshTarget {
   principal: string;
 }
 
-const HOST_RE = /^[A-Za-z0-9._:-]{1,253}$/;
+// Never a leading '-': the host becomes an ssh argument (`dstack-ca ssh`), and ssh would read an option.
+const HOST_RE = /^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,252}|[0-9A-Fa-f:]{2,45})$/;
 const PRINCIPAL_RE = /^[A-Za-z0-9._@:+-]{1,255}$/;
 const LOGIN_USER_RE = /^[a-z_][a-z0-9_-]{0,31}\$?$/;
 const QUALIFIED_RE = /^[a-z0-9][a-z0-9._-]{0,62}\/[a-zA-Z0-9][a-zA-Z0-9._-]{0,127}$/;

@@ -19,11 +19,13 @@ import {
   enrollmentVerify,
   removePasskey,
   resolveWebSession,
+  STEP_UP_MAX_AGE,
   webLogin,
   type WebSessionIssued,
 } from '../../authority/login/passkeys.js';
 import { attachableRuns, logoutSelf, whoAmI } from '../../authority/login/people.js';
 import { CaError, RateLimitedError } from '../../domain/errors.js';
+import type { RateLimiter } from '../../authority/rate-limit.js';
 import type { Identity } from '../../domain/model.js';
 import {
   addPasskeyBody,
@@ -62,6 +64,17 @@ function setSessionCookie(authority: Authority, reply: FastifyReply, s: WebSessi
   void reply.header('set-cookie', `${SESSION_COOKIE}=${s?.secret ?? ''}; Path=/; HttpOnly; SameSite=Strict; Max-Age=${maxAge}${secure}`);
 }
 
+/** The rate-limit key of an address: IPv4 as is, IPv6 by its /64 (what one host gets). */
+export function addressKey(ip: string): string {
+  const addr = ip.split('%')[0] ?? ip; // no zone id
+  if (!addr.includes(':') || /^::ffff:[\d.]+$/i.test(addr)) return addr.replace(/^::ffff:/i, '');
+  const [head = '', tail] = addr.split('::');
+  const h = head === '' ? [] : head.split(':');
+  const t = tail === undefined || tail === '' ? [] : tail.split(':');
+  const groups = tail === undefined ? h : [...h, ...Array<string>(Math.max(0, 8 - h.length - t.length)).fill('0'), ...t];
+  return `${groups.slice(0, 4).map((g) => parseInt(g || '0', 16).toString(16)).join(':')}::/64`;
+}
+
 const safeEqual = (a: string, b: string): boolean => {
   const x = Buffer.from(a);
   const y = Buffer.from(b);
@@ -73,24 +86,45 @@ export function loginRoutes(app: FastifyInstance, authority: Authority): void {
 
   // Browser routes that change state must come from our own pages.
   app.addHook('preHandler', async (req) => {
-    if (!req.url.startsWith('/v1/web/') || req.method === 'GET' || req.method === 'HEAD') return;
+    // By the matched route, not the raw URL: /v1/%77eb/... routes to /v1/web/... too.
+    if (!(req.routeOptions.url ?? '').startsWith('/v1/web/') || req.method === 'GET' || req.method === 'HEAD') return;
     if (req.headers.origin !== authority.web.origin) {
       throw new CaError('forbidden', `cross-origin request refused: Origin must be ${authority.web.origin}`);
     }
   });
 
-  /** Login steps anyone may start are rationed per source address. */
-  const LIMITED = new Set(['/v1/device/codes', '/v1/web/login/options', '/v1/web/enroll/options', '/v1/web/device/options']);
+  /**
+   * Login steps anyone may start are rationed per source address (an IPv6 /64 counts as one:
+   * it is what one host gets), and so are device-code polls and user-code lookups (guessing).
+   */
+  const LIMITED: Record<string, RateLimiter> = {
+    'POST /v1/device/codes': authority.loginStarts,
+    'POST /v1/web/login/options': authority.loginStarts,
+    'POST /v1/web/enroll/options': authority.loginStarts,
+    'POST /v1/web/device/options': authority.loginStarts,
+    'GET /v1/web/device': authority.loginStarts,
+    'POST /v1/device/token': authority.devicePolls,
+  };
   app.addHook('preHandler', async (req) => {
-    if (req.method !== 'POST' || !LIMITED.has(req.routeOptions.url ?? '')) return;
-    const t = authority.loginStarts.take(req.ip);
-    if (!t.ok) throw new RateLimitedError('too many login attempts from this address; slow down', Math.max(1, Math.ceil(t.retryAfterMs / 1000)));
+    const limiter = LIMITED[`${req.method} ${req.routeOptions.url ?? ''}`];
+    if (!limiter) return;
+    const t = limiter.take(addressKey(req.ip));
+    if (!t.ok) throw new RateLimitedError('too many login requests from this address; slow down', Math.max(1, Math.ceil(t.retryAfterMs / 1000)));
+  });
+  app.addHook('onSend', async (req, reply) => {
+    if ((req.routeOptions.url ?? '').startsWith('/v1/web/')) void reply.header('cache-control', 'no-store');
   });
 
-  /** The session's user; with `csrf`, the request must also carry the session's CSRF token. */
-  async function sessionUser(req: FastifyRequest, csrf: boolean): Promise<{ identity: Identity; sessionId: number; hash: string }> {
+  /**
+   * The session's user; with `csrf`, the request must also carry the session's CSRF token;
+   * with `fresh`, the session must come from a passkey login in the last STEP_UP_MAX_AGE s.
+   */
+  async function sessionUser(req: FastifyRequest, csrf: boolean, fresh = false): Promise<{ identity: Identity; sessionId: number; hash: string }> {
     const s = await resolveWebSession(authority, readCookie(req, SESSION_COOKIE));
     if (!s) throw new CaError('unauthenticated', 'not logged in (or the session expired): log in with your passkey');
+    if (fresh && authority.ctx.now() - s.createdAt > STEP_UP_MAX_AGE) {
+      throw new CaError('unauthenticated', `changing passkeys needs a passkey login in the last ${STEP_UP_MAX_AGE / 60} minutes: log in again`);
+    }
     if (csrf) {
       const sent = req.headers[CSRF_HEADER];
       if (typeof sent !== 'string' || !safeEqual(sent, csrfTokenFor(s.hash))) throw new CaError('forbidden', 'missing or wrong CSRF token: reload the page');
@@ -101,7 +135,7 @@ export function loginRoutes(app: FastifyInstance, authority: Authority): void {
   // ---- device-code login (the CLI) ----
 
   r.post('/v1/device/codes', { schema: { body: deviceCodeBody, response: { 201: deviceCodeView } } }, async (req, reply) =>
-    reply.code(201).send(await startDeviceLogin(authority, req.body.client)),
+    reply.code(201).send(await startDeviceLogin(authority, req.body.client, req.ip)),
   );
 
   r.post('/v1/device/token', { schema: { body: deviceTokenBody, response: { 200: deviceTokenView, 400: errorBody } } }, async (req, reply) => {
@@ -150,7 +184,7 @@ export function loginRoutes(app: FastifyInstance, authority: Authority): void {
     return { user: identity.name };
   });
 
-  r.get('/v1/web/device', { schema: { ...hide, querystring: userCodeBody } }, async (req) => describeDeviceLogin(authority, req.query.userCode));
+  r.get('/v1/web/device', { schema: { ...hide, querystring: userCodeBody } }, async (req) => describeDeviceLogin(authority, req.query.userCode, req.ip));
   r.post('/v1/web/device/options', { schema: { ...hide, body: userCodeBody } }, async (req) => deviceDecisionOptions(authority, req.body.userCode));
   r.post('/v1/web/device/decide', { schema: { ...hide, body: deviceDecisionBody } }, async (req) => {
     const { identity, client } = await decideDeviceLogin(authority, req.body.userCode, req.body.response as never, req.body.approve);
@@ -166,14 +200,14 @@ export function loginRoutes(app: FastifyInstance, authority: Authority): void {
       passkeys: passkeys.map((p) => passkeyView.parse({ id: p.id, name: p.name, createdAt: p.createdAt, lastUsedAt: p.lastUsedAt })),
     };
   });
-  r.post('/v1/web/passkeys/options', { schema: hide }, async (req) => addPasskeyOptions(authority, (await sessionUser(req, true)).identity));
+  r.post('/v1/web/passkeys/options', { schema: hide }, async (req) => addPasskeyOptions(authority, (await sessionUser(req, true, true)).identity));
   r.post('/v1/web/passkeys', { schema: { ...hide, body: addPasskeyBody } }, async (req, reply) => {
-    const { identity } = await sessionUser(req, true);
+    const { identity } = await sessionUser(req, true, true);
     const p = await addPasskeyVerify(authority, identity, req.body.response as never, req.body.name);
     return reply.code(201).send({ id: p.id, name: p.name, createdAt: p.createdAt, lastUsedAt: p.lastUsedAt });
   });
   r.delete('/v1/web/passkeys/:id', { schema: { ...hide, params: passkeyParam } }, async (req, reply) => {
-    const { identity } = await sessionUser(req, true);
+    const { identity } = await sessionUser(req, true, true);
     await removePasskey(authority, identity, req.params.id);
     return reply.code(204).send();
   });

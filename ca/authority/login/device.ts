@@ -38,11 +38,13 @@ export interface DeviceAuthorization {
   interval: number;
 }
 
-export async function startDeviceLogin(a: Authority, client: string): Promise<DeviceAuthorization> {
+export async function startDeviceLogin(a: Authority, client: string, requestedFrom: string): Promise<DeviceAuthorization> {
   const cfg = loginConfig(a);
   const now = a.ctx.now();
   const { secret, hash } = newSecret('device');
   const userCode = await a.ctx.store.tx(async (tx) => {
+    // Codes expired for a day serve nothing any more (a poll of an unknown code is expired_token too).
+    await tx.deleteExpiredDeviceCodes(now - 24 * 3600);
     if ((await tx.countPendingDeviceCodes(now)) >= MAX_PENDING_DEVICE_CODES) throw new CaError('unavailable', 'too many logins are waiting for approval; try again in a few minutes');
     let code = newUserCode();
     // A clash with a waiting code is astronomically rare; redraw rather than ever show two logins one code.
@@ -50,7 +52,7 @@ export async function startDeviceLogin(a: Authority, client: string): Promise<De
       if (i >= 5) throw new CaError('unavailable', 'could not draw a free user code; try again');
       code = newUserCode();
     }
-    await tx.insertDeviceCode({ deviceHash: hash, userCode: code, client, createdAt: now, expiresAt: now + cfg.deviceCodeTtl, lastPolledAt: null, approvedBy: null, decidedAt: null, denied: false, consumedAt: null });
+    await tx.insertDeviceCode({ deviceHash: hash, userCode: code, client, requestedFrom, createdAt: now, expiresAt: now + cfg.deviceCodeTtl, lastPolledAt: null, approvedBy: null, decidedAt: null, denied: false, consumedAt: null });
     return code;
   });
   const verificationUri = `${a.web.publicUrl}/device`;
@@ -81,26 +83,34 @@ export async function pollDeviceLogin(a: Authority, deviceCode: string): Promise
   if (!d) throw new DevicePollError('expired_token', 'unknown device code; run dstack-ca login again');
   if (d.consumedAt !== null) throw new DevicePollError('expired_token', 'this device code was already used; run dstack-ca login again');
   if (d.denied) throw new DevicePollError('access_denied', 'the login was denied in the browser');
+  // An approval is collected within the code's life (plus a poll interval, for an approval in
+  // its last second); later it is gone, so an attacker cannot sit on an approved code.
+  if (now >= d.expiresAt + (d.approvedBy === null ? 0 : cfg.deviceInterval + 5)) {
+    throw new DevicePollError('expired_token', d.approvedBy === null ? 'the device code expired before it was approved; run dstack-ca login again' : 'the device code expired; run dstack-ca login again');
+  }
   if (d.approvedBy === null) {
-    if (d.expiresAt <= now) throw new DevicePollError('expired_token', 'the device code expired before it was approved; run dstack-ca login again');
-    const tooSoon = d.lastPolledAt !== null && now - d.lastPolledAt < cfg.deviceInterval - 1;
+    // Polling too fast changes nothing (no write): a loop of polls costs the caller, not the CA.
+    if (d.lastPolledAt !== null && now - d.lastPolledAt < cfg.deviceInterval - 1) throw new DevicePollError('slow_down', `poll at most every ${cfg.deviceInterval} s`);
     await a.ctx.store.tx((tx) => tx.markDeviceCodePolled(d.id, now));
-    if (tooSoon) throw new DevicePollError('slow_down', `poll at most every ${cfg.deviceInterval} s`);
     throw new DevicePollError('authorization_pending', 'waiting for approval in the browser');
   }
   const approver = d.approvedBy;
-  return a.ctx.store.tx(async (tx) => {
+  const outcome = await a.ctx.store.tx(async (tx): Promise<DeviceLoginSession | 'used' | 'disabled'> => {
     // Writers are serialised: re-read inside the transaction so two polls never both get a session.
-    if ((await tx.getDeviceCodeByHash(d.deviceHash))?.consumedAt !== null) throw new DevicePollError('expired_token', 'this device code was already used; run dstack-ca login again');
+    if ((await tx.getDeviceCodeByHash(d.deviceHash))?.consumedAt !== null) return 'used';
     await tx.consumeDeviceCode(d.id, now);
     const user = await tx.getIdentity(approver);
-    if (!user || user.disabled) throw new DevicePollError('access_denied', 'the approving user is disabled');
+    // Spent either way (committed): re-enabling the user later must not revive this approval.
+    if (!user || user.disabled) return 'disabled';
     const { secret, hash: tokenHash } = newToken('user');
     const expiresAt = now + cfg.sessionTtl;
     await tx.insertToken({ kind: 'user', hash: tokenHash, identityId: user.id, runId: null, name: `login from ${d.client}`, expiresAt, usedAt: null, revokedAt: null, createdAt: now });
     await audit(tx, now, `user:${user.name}`, 'login', { user: user.name, via: 'device-code', client: d.client, userCode: d.userCode, expiresAt });
     return { token: secret, expiresAt, user: user.name };
   });
+  if (outcome === 'used') throw new DevicePollError('expired_token', 'this device code was already used; run dstack-ca login again');
+  if (outcome === 'disabled') throw new DevicePollError('access_denied', 'the approving user is disabled');
+  return outcome;
 }
 
 async function pendingCode(a: Authority, userCode: string): Promise<DeviceCode> {
@@ -110,10 +120,26 @@ async function pendingCode(a: Authority, userCode: string): Promise<DeviceCode> 
   return d;
 }
 
-/** What the approval page shows before the user decides. */
-export async function describeDeviceLogin(a: Authority, userCode: string): Promise<{ userCode: string; client: string; createdAt: number; expiresAt: number }> {
+/**
+ * What the approval page shows before the user decides: the host name the CLI claims, the
+ * address it really called from, and the approver's own address, so a login started by
+ * someone else (a phishing link) stands out.
+ */
+export async function describeDeviceLogin(
+  a: Authority,
+  userCode: string,
+  viewerAddress: string,
+): Promise<{ userCode: string; client: string; requestedFrom: string; yourAddress: string; sameAddress: boolean; createdAt: number; expiresAt: number }> {
   const d = await pendingCode(a, userCode);
-  return { userCode: d.userCode, client: d.client, createdAt: d.createdAt, expiresAt: d.expiresAt };
+  return {
+    userCode: d.userCode,
+    client: d.client,
+    requestedFrom: d.requestedFrom,
+    yourAddress: viewerAddress,
+    sameAddress: d.requestedFrom === viewerAddress,
+    createdAt: d.createdAt,
+    expiresAt: d.expiresAt,
+  };
 }
 
 export async function deviceDecisionOptions(a: Authority, userCode: string) {

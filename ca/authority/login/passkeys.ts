@@ -261,15 +261,21 @@ export async function webLogin(a: Authority, response: AuthenticationResponseJSO
 }
 
 /** The identity behind a session cookie, or null (unknown, expired, revoked, disabled user). */
-export async function resolveWebSession(a: Authority, secret: string | undefined): Promise<{ identity: Identity; sessionId: number; hash: string } | null> {
+export async function resolveWebSession(a: Authority, secret: string | undefined): Promise<{ identity: Identity; sessionId: number; hash: string; createdAt: number } | null> {
   if (secret === undefined) return null;
   const hash = secretLookupHash('web', secret);
   const s = hash === null ? null : await a.ctx.store.getWebSessionByHash(hash);
   if (!s || s.revokedAt !== null || s.expiresAt <= a.ctx.now()) return null;
   const identity = await a.ctx.store.getIdentity(s.identityId);
   if (!identity || identity.disabled) return null;
-  return { identity, sessionId: s.id, hash: s.hash };
+  return { identity, sessionId: s.id, hash: s.hash, createdAt: s.createdAt };
 }
+
+/**
+ * Adding or removing a passkey outlives the session that does it, so it needs a fresh passkey
+ * login (step-up): a session older than this must log in again first.
+ */
+export const STEP_UP_MAX_AGE = 300;
 
 /** CSRF token of a session: derived from its stored hash, so only the server and its page know it. */
 export function csrfTokenFor(sessionHash: string): string {

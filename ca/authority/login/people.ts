@@ -87,6 +87,8 @@ export async function issueEnrollment(a: Authority, actor: Actor, name: string, 
 
 async function endSessions(tx: StoreTx, user: Identity, now: number): Promise<number> {
   let n = await tx.revokeWebSessions({ identityId: user.id }, now);
+  // An approved code not yet collected is a session in waiting: it goes too.
+  n += await tx.cancelApprovedDeviceCodes(user.id, now);
   for (const t of await tx.listTokens({ identityId: user.id, kind: 'user' })) {
     if (t.revokedAt === null && (t.expiresAt === null || t.expiresAt > now)) {
       await tx.revokeToken(t.id, now);

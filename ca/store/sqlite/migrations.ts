@@ -311,8 +311,10 @@ CREATE TABLE device_codes (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   device_hash TEXT NOT NULL,
   user_code TEXT NOT NULL,
-  -- What the CLI said about itself (its host name), shown on the approval page.
+  -- What the CLI said about itself (its host name) and the address it called from, both
+  -- shown on the approval page (the first is only a claim).
   client TEXT NOT NULL,
+  requested_from TEXT NOT NULL,
   created_at BIGINT NOT NULL,
   expires_at BIGINT NOT NULL,
   last_polled_at BIGINT,

@@ -528,11 +528,12 @@ export const enrollments: Codec<Enrollment, Omit<Enrollment, 'id'>> = {
 
 export const deviceCodes: Codec<DeviceCode, Omit<DeviceCode, 'id'>> = {
   table: 'device_codes',
-  columns: columnList(['id', 'device_hash', 'user_code', 'client', 'created_at', 'expires_at', 'last_polled_at', 'approved_by', 'decided_at', 'denied', 'consumed_at']),
+  columns: columnList(['id', 'device_hash', 'user_code', 'client', 'requested_from', 'created_at', 'expires_at', 'last_polled_at', 'approved_by', 'decided_at', 'denied', 'consumed_at']),
   toRow: (d) => ({
     device_hash: d.deviceHash,
     user_code: d.userCode,
     client: d.client,
+    requested_from: d.requestedFrom,
     created_at: intParam(d.createdAt, 'device code createdAt'),
     expires_at: intParam(d.expiresAt, 'device code expiresAt'),
     last_polled_at: intOrNullParam(d.lastPolledAt, 'device code lastPolledAt'),
@@ -546,6 +547,7 @@ export const deviceCodes: Codec<DeviceCode, Omit<DeviceCode, 'id'>> = {
     deviceHash: readText(r, 'device_hash'),
     userCode: readText(r, 'user_code'),
     client: readText(r, 'client'),
+    requestedFrom: readText(r, 'requested_from'),
     createdAt: readInt(r, 'created_at'),
     expiresAt: readInt(r, 'expires_at'),
     lastPolledAt: readIntOrNull(r, 'last_polled_at'),

@@ -376,8 +376,10 @@ class SqliteTx extends Reads implements StoreTx {
     return this.append(what, fn);
   }
 
-  /** A write that changes no cacheable fact (cert rows, audit events, serial blocks); every
-   *  other write goes through `write`, so a new write method invalidates caches by default. */
+  /** A write that changes no cacheable fact (cert rows, audit events, serial blocks, and the
+   *  login tables' device codes and browser sessions, which no cache holds and which anonymous
+   *  callers can make); every other write goes through `write`, so a new write method
+   *  invalidates caches by default. */
   private append<T>(what: string, fn: (c: Conn) => T): T {
     const c = this.c();
     try {
@@ -705,12 +707,12 @@ class SqliteTx extends Reads implements StoreTx {
 
   async insertDeviceCode(d: Omit<DeviceCode, 'id'>): Promise<DeviceCode> {
     const row = rows.deviceCodes.toRow(d);
-    const id = this.write('device code', (c) => c.run(insertSql('device_codes', row), row).lastInsertRowid);
+    const id = this.append('device code', (c) => c.run(insertSql('device_codes', row), row).lastInsertRowid);
     return this.inserted(one(rows.deviceCodes, this.c().get(`SELECT ${rows.deviceCodes.columns()} FROM device_codes WHERE id = ?`, id)), 'device code');
   }
 
   async markDeviceCodePolled(id: number, at: number): Promise<void> {
-    const { changes } = this.write(`device code ${id}`, (c) => c.run('UPDATE device_codes SET last_polled_at = ? WHERE id = ?', intParam(at, 'poll time'), intParam(id, 'device code id')));
+    const { changes } = this.append(`device code ${id}`, (c) => c.run('UPDATE device_codes SET last_polled_at = ? WHERE id = ?', intParam(at, 'poll time'), intParam(id, 'device code id')));
     this.mustChange(changes, `device code ${id}`);
   }
 
@@ -739,9 +741,19 @@ class SqliteTx extends Reads implements StoreTx {
     });
   }
 
+  async cancelApprovedDeviceCodes(identityId: number, at: number): Promise<number> {
+    return this.write('device codes', (c) =>
+      c.run('UPDATE device_codes SET consumed_at = ? WHERE approved_by = ? AND consumed_at IS NULL', intParam(at, 'cancel time'), intParam(identityId, 'identity id')).changes,
+    );
+  }
+
+  async deleteExpiredDeviceCodes(before: number): Promise<number> {
+    return this.append('device codes', (c) => c.run('DELETE FROM device_codes WHERE expires_at < ?', intParam(before, 'expiry')).changes);
+  }
+
   async insertWebSession(w: Omit<WebSession, 'id'>): Promise<WebSession> {
     const row = rows.webSessions.toRow(w);
-    const id = this.write('web session', (c) => c.run(insertSql('web_sessions', row), row).lastInsertRowid);
+    const id = this.append('web session', (c) => c.run(insertSql('web_sessions', row), row).lastInsertRowid);
     return this.inserted(one(rows.webSessions, this.c().get(`SELECT ${rows.webSessions.columns()} FROM web_sessions WHERE id = ?`, id)), 'web session');
   }
 

@@ -34,6 +34,11 @@
       try {
         await fn();
       } catch (e) {
+        if (e && e.status === 401 && document.body.dataset.page === 'account') {
+          // Changing passkeys needs a fresh login (see the server's step-up rule).
+          location.assign('/login');
+          return;
+        }
         // The browser's own refusal (cancelled, timed out) reads better than its class name.
         status(e && e.name === 'NotAllowedError' ? 'The passkey request was cancelled or timed out.' : (e && e.message) || String(e), 'error');
       } finally {
@@ -94,10 +99,14 @@
         if (!code) return;
         try {
           const d = await api('GET', `/v1/web/device?userCode=${encodeURIComponent(code)}`);
-          $('client').textContent = `Requested from ${d.client} at ${new Date(d.createdAt * 1000).toLocaleTimeString()}.`;
+          $('client').textContent = `Requested at ${new Date(d.createdAt * 1000).toLocaleTimeString()} from address ${d.requestedFrom}, by a computer that calls itself "${d.client}".`;
+          $('warning').textContent = d.sameAddress
+            ? ''
+            : `Careful: this login was started from ${d.requestedFrom} and you are at ${d.yourAddress}. If you did not start it on that machine yourself, deny it.`;
           status('');
         } catch (e) {
           $('client').textContent = '';
+          $('warning').textContent = '';
           status(e.message, 'error');
         }
       };
