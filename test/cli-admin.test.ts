@@ -64,7 +64,7 @@ describe('walkthrough (DESIGN.md section 10)', () => {
     expect(added.stderr).toMatch(/one-time passkey enrollment link; it expires/);
     // A new link replaces the old one; --reset also removes passkeys and ends sessions.
     const again = ok(await ca(['user', 'enroll', 'alice', '--reset', '--json']));
-    expect(JSON.parse(again.stdout)).toMatchObject({ name: 'alice', removedPasskeys: 0, endedSessions: 0 });
+    expect(JSON.parse(again.stdout)).toMatchObject({ name: 'alice', removedPasskeys: 0, endedSessions: 0, revokedCerts: 0 });
     ok(await ca(['user', 'add', 'bob']));
     expect(json(await ca(['user', 'add', 'carol', '--admin', '--json']))).toMatchObject({ name: 'carol', admin: true, disabled: false });
     const users = json<{ name: string; admin: boolean }[]>(await ca(['user', 'ls', '--json']));

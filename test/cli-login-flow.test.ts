@@ -352,10 +352,20 @@ describe('login, then plain ssh', () => {
     fails(await cli(['status'], { DSTACK_CA_URL: otherUrl }), 4, /not logged in/);
   });
 
+  it('logging in again ends the session it replaces', async () => {
+    const { token: first } = await session();
+    await login(['--no-browser', '--url', url], { BROWSER: browser });
+    const { token: second } = await session();
+    expect(second).not.toBe(first);
+    expect((await ca.api('GET', '/v1/me', { token: first })).statusCode).toBe(401);
+    expect((await ca.api('GET', '/v1/me', { token: second })).statusCode).toBe(200);
+  });
+
   it('logout ends the session, empties the agent, removes session and certs, keeps the key', async () => {
     const { token } = await session();
     const r = ok(await cli(['logout']));
-    expect(r.stdout).toBe(`logged out alice from ${url}; removed 3 certificates\n`);
+    // ml/train-1 and ml/pending; the re-login above already dropped the finished ml/old's cert.
+    expect(r.stdout).toBe(`logged out alice from ${url}; removed 2 certificates\n`);
     // Ended on the server: the token is revoked.
     expect((await ca.api('GET', '/v1/me', { token })).statusCode).toBe(401);
     expect((await ca.store.listTokens({ identityId: aliceId, kind: 'user' })).every((t) => t.revokedAt !== null)).toBe(true);

@@ -326,7 +326,23 @@ describe('device codes after approval', () => {
     const d = await start();
     await approve(d.userCode, 'dave');
     await ca.admin('POST', '/v1/users/dave/enrollments', {});
-    expect((await poll(d.deviceCode)).statusCode).toBe(200);
+    const got = await poll(d.deviceCode);
+    expect(got.statusCode).toBe(200);
+    // A reset revokes the live certificates too (they were on the lost device), and the KRL says so.
+    await ca.admin('POST', '/v1/projects', { name: 'dev' });
+    await ca.admin('PUT', '/v1/projects/dev/members/dave', { role: 'user' });
+    await ca.admin('POST', '/v1/runs', { project: 'dev', name: 'box', owner: 'dave', loginUser: 'root' });
+    const { token } = got.json() as { token: string };
+    const { generateKeyPairSync } = await import('node:crypto');
+    const { formatAuthorizedKey, fromKeyObject } = await import('../ca/ssh/keys.js');
+    const publicKey = formatAuthorizedKey(fromKeyObject(generateKeyPairSync('ed25519').publicKey));
+    const issued = await ca.api('POST', '/v1/runs/dev/box/certs', { token, body: { publicKey } });
+    expect(issued.statusCode).toBe(201);
+    const krlBefore = (await ca.store.latestKrl())!.version;
+    const reset = await ca.admin<{ revokedCerts: number }>('POST', '/v1/users/dave/enrollments', { reset: true });
+    expect(reset.revokedCerts).toBe(1);
+    expect((await ca.store.getCert(BigInt((issued.json() as { serial: string }).serial)))?.revokedAt).toBe(clock);
+    expect((await ca.store.latestKrl())!.version).toBe(krlBefore + 1);
   });
 
   it('an approval by a user disabled meanwhile is spent, and does not come back with the user', async () => {

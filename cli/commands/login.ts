@@ -7,12 +7,12 @@ import { spawn } from 'node:child_process';
 import { hostname } from 'node:os';
 import type { Command } from 'commander';
 import { apiCommand } from '../args.js';
-import { ApiClient, resolveApiConfig, type ApiFlags } from '../client.js';
+import { ApiClient, resolveApiConfig, sameServer, type ApiFlags } from '../client.js';
 import { printJson, type CliContext } from '../context.js';
 import { CliError } from '../errors.js';
 import { clientName, deviceCodesSchema, pollForToken, pollOnce } from '../login/device.js';
 import { loginPaths } from '../login/paths.js';
-import { writeSession, type Session } from '../login/session.js';
+import { readSession, writeSession, type Session } from '../login/session.js';
 import { syncRuns, type RunCert } from '../login/sync.js';
 import { userConfigIncludes } from '../login/user-config.js';
 import { formatTime, printTable } from '../output.js';
@@ -45,8 +45,14 @@ export function registerLogin(program: Command, ctx: CliContext): void {
       });
 
       const paths = loginPaths(ctx.env);
+      const previous = await readSession(paths.session).catch(() => undefined);
       const session: Session = { url: api.url, token: granted.token, user: granted.user, expiresAt: granted.expiresAt };
       await writeSession(paths.session, session);
+      // The session this one replaces would otherwise stay valid until it expires: end it.
+      if (previous !== undefined && previous.token !== granted.token && sameServer(previous.url, api.url)) {
+        const old = new ApiClient(ctx, { url: api.url, urlSource: paths.session, token: previous.token, tokenSource: 'session' });
+        await old.request('DELETE', '/v1/me/session').catch(() => undefined);
+      }
       const user = new ApiClient(ctx, { url: api.url, urlSource: paths.session, token: granted.token, tokenSource: 'login' });
       let synced;
       try {

@@ -44,18 +44,18 @@ export function registerUser(program: Command, ctx: CliContext): void {
 
   apiCommand(user, 'enroll', 'print a new one-time passkey enrollment link for a user (older unused links stop working)')
     .argument('<name>', 'user name')
-    .option('--reset', "also remove the user's passkeys and end all its login sessions (a lost or stolen device)")
+    .option('--reset', "also remove the user's passkeys, end all its login sessions and revoke its live certificates (a lost or stolen device)")
     .action(async (name: string, opts: JsonFlag & { reset?: boolean }, cmd: Command) => {
       checkArgs(nameParam, { name }, { name: 'NAME' });
       const api = await ApiClient.forCommand(ctx, cmd);
-      const r = await api.call<EnrollmentView & { removedPasskeys: number; endedSessions: number }>('POST', `/v1/users/${encodeURIComponent(name)}/enrollments`, {
+      const r = await api.call<EnrollmentView & { removedPasskeys: number; endedSessions: number; revokedCerts: number }>('POST', `/v1/users/${encodeURIComponent(name)}/enrollments`, {
         body: opts.reset ? { reset: true } : {},
       });
       if (opts.json) {
         printJson(ctx, { name, ...r });
         return;
       }
-      if (opts.reset) ctx.stdout.write(`reset ${name}: ${plural(r.removedPasskeys, 'passkey')} removed, ${plural(r.endedSessions, 'session')} ended\n`);
+      if (opts.reset) ctx.stdout.write(`reset ${name}: ${plural(r.removedPasskeys, 'passkey')} removed, ${plural(r.endedSessions, 'session')} ended, ${plural(r.revokedCerts, 'certificate')} revoked\n`);
       printEnrollment(ctx, name, r);
     });
 

@@ -67,7 +67,7 @@ export function adminRoutes(app: FastifyInstance, authority: Authority): void {
     const link = extra as { secret: string; expiresAt: number };
     return reply.code(201).send({ ...toUserView(user), enrollment: { url: enrollmentUrl(authority, link.secret), expiresAt: link.expiresAt } });
   });
-  r.post('/v1/users/:name/enrollments', { schema: { params: nameParam, body: enrollBody, response: { 201: enrollmentView.extend({ removedPasskeys: z.number(), endedSessions: z.number() }) } } }, async (req, reply) =>
+  r.post('/v1/users/:name/enrollments', { schema: { params: nameParam, body: enrollBody, response: { 201: enrollmentView.extend({ removedPasskeys: z.number(), endedSessions: z.number(), revokedCerts: z.number() }) } } }, async (req, reply) =>
     reply.code(201).send(await issueEnrollment(authority, req.actor, req.params.name, { reset: req.body?.reset ?? false })),
   );
   r.post('/v1/users/:name/logout', { schema: { params: nameParam, body: rotateTokenBody, response: { 200: z.object({ endedSessions: z.number() }) } } }, async (req) =>

@@ -4,7 +4,8 @@ import { CaError } from '../../domain/errors.js';
 import type { Identity, Run } from '../../domain/model.js';
 import { grantFor } from '../../policy/attachable-by.js';
 import type { StoreTx } from '../../store/store.js';
-import { identityOf, requireAllowed, type Actor } from '../actors.js';
+import { actorLabel, identityOf, requireAllowed, type Actor } from '../actors.js';
+import { publishKrl, rebuildKrl } from '../krl.js';
 import { audit } from '../audit.js';
 import type { Authority } from '../authority.js';
 import { requireIdentity } from '../lookup.js';
@@ -61,28 +62,49 @@ export interface EnrollmentLink {
 
 /**
  * A new enrollment link for a user (older unused links stop working). With `reset`, the
- * user's passkeys and every login session (CLI and browser) go too: a lost or stolen device.
+ * user's passkeys, every login session (CLI and browser) and every live certificate go too:
+ * a lost or stolen device.
  */
-export async function issueEnrollment(a: Authority, actor: Actor, name: string, opts: { reset?: boolean } = {}): Promise<EnrollmentLink & { removedPasskeys: number; endedSessions: number }> {
+export async function issueEnrollment(
+  a: Authority,
+  actor: Actor,
+  name: string,
+  opts: { reset?: boolean } = {},
+): Promise<EnrollmentLink & { removedPasskeys: number; endedSessions: number; revokedCerts: number }> {
   requireAllowed(actor, 'user.manage');
   const now = a.ctx.now();
-  return a.ctx.store.tx(async (tx) => {
+  const r = await a.ctx.store.tx(async (tx) => {
     const user = await requireIdentity(tx, name, 'user');
     if (user.disabled) throw new CaError('conflict', `user ${name} is disabled: enable it first`);
     await tx.revokeEnrollments(user.id, now);
     let removedPasskeys = 0;
     let endedSessions = 0;
+    let revokedCerts = 0;
+    let krlVersion: number | null = null;
     if (opts.reset) {
       for (const p of await tx.listPasskeys(user.id)) {
         await tx.deletePasskey(p.id);
         removedPasskeys++;
       }
       endedSessions = await endSessions(tx, user, now);
+      // A lost device holds live certificates too: they go with it, in this transaction.
+      const live = await tx.listCerts({ identityId: user.id, liveAt: now });
+      if (live.length > 0) {
+        revokedCerts = await tx.revokeCerts(
+          live.map((c) => c.serial),
+          now,
+          `user ${name} reset by ${actorLabel(actor)}`,
+        );
+        krlVersion = await rebuildKrl(tx, now);
+      }
     }
     const { secret, expiresAt } = await createEnrollment(tx, user, now, loginConfig(a).enrollmentTtl);
-    await audit(tx, now, actor, opts.reset ? 'user.reset' : 'user.enroll', { name, expiresAt, removedPasskeys, endedSessions });
-    return { url: enrollmentUrl(a, secret), expiresAt, removedPasskeys, endedSessions };
+    await audit(tx, now, actor, opts.reset ? 'user.reset' : 'user.enroll', { name, expiresAt, removedPasskeys, endedSessions, revokedCerts });
+    return { url: enrollmentUrl(a, secret), expiresAt, removedPasskeys, endedSessions, revokedCerts, krlVersion };
   });
+  if (r.krlVersion !== null) await publishKrl(a.ctx);
+  const { krlVersion: _published, ...result } = r;
+  return result;
 }
 
 async function endSessions(tx: StoreTx, user: Identity, now: number): Promise<number> {
