@@ -314,8 +314,9 @@ export class HttpError extends CliError {
 function oneLine(text: string): string {
   return text
     .replace(/\s*[\r\n]+\s*/g, ' ')
+    // C0 and C1 controls alike: a terminal would act on either.
     // eslint-disable-next-line no-control-regex
-    .replace(/[\x00-\x1f\x7f]/g, '')
+    .replace(/[\x00-\x1f\x7f-\x9f]/g, '')
     .trim();
 }
 

@@ -12,10 +12,12 @@ import { CliError, EXIT, UsageError } from '../errors.js';
 import { certPath, loginPaths, type LoginPaths } from '../login/paths.js';
 import { listRunDirs } from '../login/sync.js';
 import { formatTime, printTable } from '../output.js';
+import { identityName } from '../../ca/domain/names.js';
 
+// Printed to the terminal: only what a name and a kind can be.
 const meSchema = z.object({
-  name: z.string(),
-  kind: z.string(),
+  name: identityName,
+  kind: z.enum(['user', 'bot']),
   admin: z.boolean().optional().default(false),
   sessionExpiresAt: z.number().nullable().optional().transform((v) => v ?? null),
 });

@@ -3,13 +3,19 @@
 // The loop takes its clock, sleep and transport as arguments so its every branch is tested
 // without waiting.
 import { z } from 'zod';
+import { identityName } from '../../ca/domain/names.js';
 import { CliError, EXIT } from '../errors.js';
+
+/** An http(s) URL of printable ASCII: it is printed to the terminal and handed to a browser. */
+const printableUrl = z
+  .string()
+  .regex(/^https?:\/\/[\x21-\x7e]+$/, 'must be a printable http(s) URL');
 
 export const deviceCodesSchema = z.object({
   deviceCode: z.string().min(1),
-  userCode: z.string().min(1),
-  verificationUri: z.string().min(1),
-  verificationUriComplete: z.string().min(1),
+  userCode: z.string().regex(/^[A-Z0-9]{4}-?[A-Z0-9]{4}$/, 'must be a code like BCDF-GHJK'),
+  verificationUri: printableUrl,
+  verificationUriComplete: printableUrl,
   expiresIn: z.number().positive(),
   interval: z.number().nonnegative().optional(),
 });
@@ -19,7 +25,7 @@ export type DeviceCodes = z.output<typeof deviceCodesSchema>;
 export const deviceTokenSchema = z.object({
   token: z.string().regex(/^[\x21-\x7e]+$/, 'must be a printable token'),
   expiresAt: z.number().nullable().optional().transform((v) => v ?? null),
-  user: z.union([z.string(), z.object({ name: z.string() }).transform((u) => u.name)]),
+  user: z.union([identityName, z.object({ name: identityName }).transform((u) => u.name)]),
 });
 export type DeviceToken = z.output<typeof deviceTokenSchema>;
 
@@ -124,5 +130,5 @@ export async function pollOnce(url: string, deviceCode: string, timeoutMs = 30_0
 
 function oneLine(text: string): string {
   // eslint-disable-next-line no-control-regex
-  return text.replace(/\s*[\r\n]+\s*/g, ' ').replace(/[\x00-\x1f\x7f]/g, '').slice(0, 300);
+  return text.replace(/\s*[\r\n]+\s*/g, ' ').replace(/[\x00-\x1f\x7f-\x9f]/g, '').slice(0, 300);
 }
