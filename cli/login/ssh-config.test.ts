@@ -43,13 +43,13 @@ describe('quoting', () => {
 });
 
 describe('renderSshConfig', () => {
-  it('writes the Match renew line first, then a Host block per run, sorted', () => {
+  it('writes, per run and sorted, a Match line that renews (the name literal, never %n) and a Host block', () => {
     const text = renderSshConfig(input([run({ name: 'zeta' }), run(), run({ name: 'nossh', ssh: null }), run({ name: 'nokeys', ssh: { host: 'h.example', port: 22, hostKeys: [] } })]));
     expect(text).toBe(
       [
         '# Written by dstack-ca (login, config ssh); rewritten on every sync, do not edit.',
-        `Match originalhost */* exec "'/usr/bin/node' '/opt/dstack ca/dist/cli/main.js' 'renew' '--ssh-match' '%n'"`,
         '',
+        `Match originalhost ml/nokeys exec "'/usr/bin/node' '/opt/dstack ca/dist/cli/main.js' 'renew' '--ssh-match' 'ml/nokeys'"`,
         'Host ml/nokeys',
         '  HostName h.example',
         '  Port 22',
@@ -60,6 +60,7 @@ describe('renderSshConfig', () => {
         '',
         '# ml/nossh: no Host block: the run has no ssh address yet',
         '',
+        `Match originalhost ml/train-1 exec "'/usr/bin/node' '/opt/dstack ca/dist/cli/main.js' 'renew' '--ssh-match' 'ml/train-1'"`,
         'Host ml/train-1',
         '  HostName 10.0.0.5',
         '  Port 2222',
@@ -71,6 +72,7 @@ describe('renderSshConfig', () => {
         '  UserKnownHostsFile "/home/a/.config/dstack-ca/known_hosts"',
         '  StrictHostKeyChecking yes',
         '',
+        `Match originalhost ml/zeta exec "'/usr/bin/node' '/opt/dstack ca/dist/cli/main.js' 'renew' '--ssh-match' 'ml/zeta'"`,
         'Host ml/zeta',
         '  HostName 10.0.0.5',
         '  Port 2222',

@@ -88,15 +88,15 @@ export function sshTarget(run: MeRun): RunSshTarget | string {
 
 export const SSH_CONFIG_HEADER = '# Written by dstack-ca (login, config ssh); rewritten on every sync, do not edit.';
 
-/** CONFIGDIR/ssh_config: the renewing Match line, then one Host block per run. */
+/** CONFIGDIR/ssh_config: per run, a renewing Match line and a Host block. */
 export function renderSshConfig(input: SshConfigInput): string {
   const out: string[] = [SSH_CONFIG_HEADER];
-  if (input.renewCommand !== null) {
-    // The command always exits nonzero, so this Match block applies nothing: it only runs
-    // `dstack-ca renew` (quiet, no network when the cert is fresh) before ssh connects.
-    const cmd = [...input.renewCommand.map(execShellWord), "'%n'"].join(' ');
-    out.push(`Match originalhost */* exec "${cmd}"`);
-  }
+  // Before each Host block, a Match line that runs `dstack-ca renew` (quiet, no network when
+  // the cert is fresh) before ssh connects; it always exits nonzero, so it applies nothing.
+  // The run's name is written literally, never as %n: an ssh older than 9.6 would hand a
+  // hostile host name typed or passed to ssh (CVE-2023-51385) to the shell.
+  const renew = (qualified: string): string | null =>
+    input.renewCommand === null ? null : `Match originalhost ${qualified} exec "${[...input.renewCommand, qualified].map(execShellWord).join(' ')}"`;
   const key = (r: MeRun) => `${r.project}/${r.name}`;
   const sorted = [...input.runs].sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
   for (const run of sorted) {
@@ -108,6 +108,8 @@ export function renderSshConfig(input: SshConfigInput): string {
       out.push(`# ${qualified.replace(/[\x00-\x1f\x7f]/g, '?')}: no Host block: ${target}`);
       continue;
     }
+    const match = renew(qualified);
+    if (match !== null) out.push(match);
     out.push(
       `Host ${qualified}`,
       `  HostName ${target.host}`,
