@@ -386,6 +386,26 @@ describe('device codes after approval', () => {
     expect(await passkeysOf('alice')).toHaveLength(1);
   });
 
+  it('over https the session cookie is __Host- prefixed and Secure; the bare name is not read there', async () => {
+    const real = ca.authority.web;
+    try {
+      ca.authority.web = webConfigFor('https://ca.example.com');
+      const alice = (await ca.store.getIdentityByName('alice'))!;
+      const { startWebSession } = await import('../ca/authority/login/passkeys.js');
+      const { secret } = await ca.store.tx((tx) => startWebSession(tx, ca.authority, alice, clock));
+      const https = { origin: 'https://ca.example.com' };
+      expect((await ca.app.inject({ method: 'GET', url: '/v1/web/session', headers: { ...https, cookie: `dsca_session=${secret}` } })).statusCode).toBe(401);
+      const session = await ca.app.inject({ method: 'GET', url: '/v1/web/session', headers: { ...https, cookie: `__Host-dsca_session=${secret}` } });
+      expect(session.statusCode).toBe(200);
+      const { csrf } = session.json() as { csrf: string };
+      const out = await ca.app.inject({ method: 'POST', url: '/v1/web/logout', headers: { ...https, cookie: `__Host-dsca_session=${secret}`, 'x-dstack-ca-csrf': csrf } });
+      expect(out.statusCode).toBe(204);
+      expect(out.headers['set-cookie']).toBe('__Host-dsca_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0; Secure');
+    } finally {
+      ca.authority.web = real;
+    }
+  });
+
   it('the Origin check holds for percent-encoded paths too', async () => {
     const res = await ca.app.inject({ method: 'POST', url: '/v1/%77eb/login/options', headers: { origin: 'http://evil.example' }, payload: {} });
     expect(res.statusCode).toBe(403);

@@ -46,6 +46,15 @@ import {
 } from '../schemas.js';
 
 export const SESSION_COOKIE = 'dsca_session';
+
+/**
+ * Over https the cookie is `__Host-` prefixed: browsers then insist on Secure, Path=/ and no
+ * Domain, so a sibling subdomain cannot plant or shadow it. Plain http (localhost only) cannot
+ * carry the prefix.
+ */
+export function sessionCookieName(authority: Authority): string {
+  return authority.web.origin.startsWith('https:') ? `__Host-${SESSION_COOKIE}` : SESSION_COOKIE;
+}
 export const CSRF_HEADER = 'x-dstack-ca-csrf';
 
 function readCookie(req: FastifyRequest, name: string): string | undefined {
@@ -61,7 +70,7 @@ function readCookie(req: FastifyRequest, name: string): string | undefined {
 function setSessionCookie(authority: Authority, reply: FastifyReply, s: WebSessionIssued | null): void {
   const secure = authority.web.origin.startsWith('https:') ? '; Secure' : '';
   const maxAge = s === null ? 0 : Math.max(0, s.expiresAt - authority.ctx.now());
-  void reply.header('set-cookie', `${SESSION_COOKIE}=${s?.secret ?? ''}; Path=/; HttpOnly; SameSite=Strict; Max-Age=${maxAge}${secure}`);
+  void reply.header('set-cookie', `${sessionCookieName(authority)}=${s?.secret ?? ''}; Path=/; HttpOnly; SameSite=Strict; Max-Age=${maxAge}${secure}`);
 }
 
 /** The rate-limit key of an address: IPv4 as is, IPv6 by its /64 (what one host gets). */
@@ -120,7 +129,7 @@ export function loginRoutes(app: FastifyInstance, authority: Authority): void {
    * with `fresh`, the session must come from a passkey login in the last STEP_UP_MAX_AGE s.
    */
   async function sessionUser(req: FastifyRequest, csrf: boolean, fresh = false): Promise<{ identity: Identity; sessionId: number; hash: string }> {
-    const s = await resolveWebSession(authority, readCookie(req, SESSION_COOKIE));
+    const s = await resolveWebSession(authority, readCookie(req, sessionCookieName(authority)));
     if (!s) throw new CaError('unauthenticated', 'not logged in (or the session expired): log in with your passkey');
     if (fresh && authority.ctx.now() - s.createdAt > STEP_UP_MAX_AGE) {
       throw new CaError('unauthenticated', `changing passkeys needs a passkey login in the last ${STEP_UP_MAX_AGE / 60} minutes: log in again`);
