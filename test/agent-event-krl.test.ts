@@ -138,8 +138,10 @@ afterAll(async () => {
 
 describe('KRLs inside events', () => {
   it('an event that only names a version: the agent GETs the KRL', async () => {
-    const k = await revokeFreshKey();
+    // Counted before the revocation: the agent's own follow-up sync may fetch the new version
+    // before the event is sent, and that install came by GET too.
     const before = proxy.krlGets;
+    const k = await revokeFreshKey();
     proxy.announce({ version: k.version });
     await until('the new KRL installed', async () => (await installedVersion(sshdDir)) === BigInt(k.version));
     expect(getsAtInstall.get(BigInt(k.version))).toBeGreaterThan(before);
@@ -147,6 +149,10 @@ describe('KRLs inside events', () => {
   });
 
   it('an event carrying the signed KRL: installed with no GET, then the follow-up sync persists it', async () => {
+    // The last install's follow-up sync (which may GET) must be over before the new version exists.
+    const current = String(agent.status().version);
+    await until('the last follow-up sync done', async () => JSON.parse(await readFile(join(sshdDir, 'agent-state.json'), 'utf8')).krlVersion === current);
+    await new Promise((r) => setTimeout(r, 100));
     const k = await revokeFreshKey();
     const before = proxy.krlGets;
     proxy.announce(payload(k));
