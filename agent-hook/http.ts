@@ -21,7 +21,7 @@ export interface HttpResponse {
 }
 
 export interface RequestOptions {
-  method?: 'GET' | 'POST';
+  method?: 'GET' | 'POST' | 'PUT';
   headers?: Record<string, string | undefined>;
   /** JSON-encoded and sent with content-type application/json. */
   json?: unknown;

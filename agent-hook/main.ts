@@ -2,7 +2,9 @@
 // dstack-ca-agent: runs beside a run's sshd and keeps its trust files current (see sync.ts).
 //   dstack-ca-agent --url URL --join-token TOKEN --sshd-dir DIR --login-user USER [--once]
 //   dstack-ca-agent sshd-config [--sshd-dir DIR]
+import { readFile } from 'node:fs/promises';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { formatAuthorizedKey, parseAuthorizedKey } from '../ca/ssh/keys.js';
 import { parseDuration } from '../ca/domain/duration.js';
 import { loginUser } from '../ca/domain/names.js';
 import { AgentError } from './errors.js';
@@ -20,6 +22,29 @@ interface RunFlags {
   maxStaleness?: number;
   pollInterval?: number;
   retryMax?: number;
+  hostKey: string[];
+}
+
+/** Host public key lines from .pub files (comments and blank lines skipped); each must parse. */
+async function readHostKeys(files: readonly string[]): Promise<string[]> {
+  const keys: string[] = [];
+  for (const file of files) {
+    let text: string;
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (e) {
+      throw new AgentError(`--host-key ${file}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`, 2);
+    }
+    for (const line of text.split('\n').map((l) => l.trim())) {
+      if (line === '' || line.startsWith('#')) continue;
+      try {
+        keys.push(formatAuthorizedKey(parseAuthorizedKey(line).key));
+      } catch (e) {
+        throw new AgentError(`--host-key ${file}: ${(e as Error).message}`, 2);
+      }
+    }
+  }
+  return keys;
 }
 
 const durationMs = (text: string): number => {
@@ -42,6 +67,7 @@ const program = new Command('dstack-ca-agent')
   .option('--max-staleness <duration>', 'fail closed (refuse every certificate) after this long without reaching the CA, e.g. 15m', durationMs)
   .option('--poll-interval <duration>', 'full sync this often besides the push (default 5m)', durationMs)
   .option('--retry-max <duration>', 'cap of the reconnect backoff (default 30s)', durationMs)
+  .option('--host-key <file>', "the sshd's host public key file, e.g. /etc/ssh/ssh_host_ed25519_key.pub (repeatable): reported to the CA so users pin it", (v: string, prev: string[]) => [...prev, v], [] as string[])
   // Options after `sshd-config` are its own (both know --sshd-dir).
   .enablePositionalOptions()
   .exitOverride()
@@ -51,8 +77,10 @@ const program = new Command('dstack-ca-agent')
     if (!flags.loginUser) throw new AgentError('--login-user is required', 2);
     const user = loginUser.safeParse(flags.loginUser);
     if (!user.success) throw new AgentError(`--login-user ${user.error.issues[0]?.message}`, 2);
+    const hostKeys = await readHostKeys(flags.hostKey);
     const log = jsonLogger();
     const agent = await Agent.open({
+      hostKeys,
       url: flags.url,
       sshdDir: flags.sshdDir,
       loginUser: user.data,

@@ -51,6 +51,8 @@ export interface AgentOptions {
   reaper?: SessionReaper | null;
   /** Called the moment a new KRL file is in place (the benchmark times propagation with it). */
   onInstall?: (version: bigint, failClosed: boolean) => void;
+  /** The sshd's host public keys (one-line form), reported to the CA once per process so users can pin them. */
+  hostKeys?: readonly string[];
 }
 
 export type SyncReason = 'start' | 'once' | 'push' | 'followup' | 'connect' | 'poll' | 'retry' | 'staleness';
@@ -104,6 +106,8 @@ export class Agent {
   private retryTimer: unknown = null;
   private followupTimer: unknown = null;
   private failures = 0;
+  /** Host keys reported to the CA by this process (they are sent again after a restart). */
+  private hostKeysReported = false;
   private running = false;
   private stopped = false;
 
@@ -182,6 +186,24 @@ export class Agent {
     const res = await request(new URL('/v1/agents/config', this.base), { headers: { authorization: `Bearer ${this.credential.token}` }, agent: this.pool });
     if (res.status !== 200) throw new HttpError(res.status, `GET /v1/agents/config: ${errorMessage(res)}`);
     await this.applyConfig(agentConfigView.parse(JSON.parse(res.body.toString('utf8'))));
+    await this.reportHostKeys();
+  }
+
+  /** Tells the CA the sshd's host keys, once; a failure is logged and retried on the next sync, never fatal. */
+  private async reportHostKeys(): Promise<void> {
+    if (this.hostKeysReported || !this.o.hostKeys || this.o.hostKeys.length === 0) return;
+    const res = await request(new URL('/v1/agents/host-keys', this.base), {
+      method: 'PUT',
+      json: { hostKeys: this.o.hostKeys },
+      headers: { authorization: `Bearer ${this.credential.token}` },
+      agent: this.pool,
+    });
+    if (res.status !== 200) {
+      this.log('warn', 'host-keys-refused', { status: res.status, error: errorMessage(res) });
+      return;
+    }
+    this.hostKeysReported = true;
+    this.log('info', 'host-keys-reported', { keys: this.o.hostKeys.length });
   }
 
   /** One sync: config, then the KRL (KRL first on a push, where latency matters). Throws on failure. */

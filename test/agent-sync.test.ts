@@ -3,7 +3,7 @@
 // within a second with no restart, and the revoked cert's open session is ended.
 import type { ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { readFile, stat } from 'node:fs/promises';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -68,6 +68,21 @@ describe('dstack-ca-agent', () => {
     expect((await run('/usr/bin/find', [sshdDir, '-name', '*.tmp'])).stdout).toBe('');
     expect(await canLogIn(sshd, holders.ci1 as Holder)).toBe(true);
     expect(sshd.log()).toMatch(new RegExp(`Accepted publickey for ${me} .* ID ${holders.ci1?.keyId}`));
+  });
+
+  it('--host-key reports the sshd host key, which users then pin with the run\'s endpoint; a bad key file is a usage error', async () => {
+    const keyFile = join(dir, 'sshd-host-key.pub');
+    await writeFile(keyFile, `# the harness sshd's host key\n${sshd.hostKeyPublicLine}\n`);
+    const once = spawnAgent(agentArgs(sshdDir, '--once', '--host-key', keyFile));
+    expect(await once.exited, once.stderr()).toBe(0);
+    expect(once.stderr()).toContain('"event":"host-keys-reported"');
+    await ca.admin('PATCH', '/v1/runs/ml/train-1', { ssh: { host: '127.0.0.1', port: sshd.port } });
+    const r = await ca.admin<{ ssh: { hostKeys: string[] } }>('GET', '/v1/runs/ml/train-1');
+    expect(r.ssh.hostKeys).toEqual([sshd.hostKeyPublicLine.split(' ').slice(0, 2).join(' ')]);
+    await writeFile(keyFile, 'ssh-ed25519 AAAA\n');
+    const bad = spawnAgent(agentArgs(sshdDir, '--once', '--host-key', keyFile));
+    expect(await bad.exited).toBe(2);
+    expect(bad.stderr()).toMatch(new RegExp(`--host-key ${keyFile.replace(/[.]/g, '\\.')}: `));
   });
 
   it('refuses a replayed join token with a clear message (exit 4)', async () => {

@@ -209,6 +209,11 @@ const CELLS: Cell[] = [
   },
   { route: 'GET /v1/audit', allowed: ['global-admin'], request: async () => ({ method: 'GET', url: '/v1/audit' }) },
   { route: 'GET /v1/agents/config', allowed: ['agent'], request: async () => ({ method: 'GET', url: '/v1/agents/config' }) },
+  {
+    route: 'PUT /v1/agents/host-keys',
+    allowed: ['agent'],
+    request: async () => ({ method: 'PUT', url: '/v1/agents/host-keys', body: { hostKeys: [formatAuthorizedKey(subjectKey('ed25519'))] } }),
+  },
 ];
 
 describe('authorization matrix', () => {

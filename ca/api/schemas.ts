@@ -166,6 +166,7 @@ export const certView = z.object({
 export const revokeView = z.object({ revokedCerts: z.number(), krlVersion: z.number() });
 
 export const agentJoinBody = z.strictObject({ joinToken: z.string().min(1).max(200) });
+export const agentHostKeysBody = z.strictObject({ hostKeys: z.array(hostKeyLine).min(1).max(16).describe("The run's sshd host public keys, as the agent reads them beside it") });
 export const agentConfigView = z.object({
   project: z.string(),
   run: z.string(),

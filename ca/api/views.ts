@@ -5,6 +5,12 @@ import type { StoreReader } from '../store/store.js';
 import type { z } from 'zod';
 import type { runView } from './schemas.js';
 
+/** Where users reach the run: the registered endpoint, with the agent's host keys added to the orchestrator's. */
+export function sshView(run: Run): Run['ssh'] {
+  if (run.ssh === null) return null;
+  return { ...run.ssh, hostKeys: [...new Set([...run.ssh.hostKeys, ...run.agentHostKeys])] };
+}
+
 export async function toRunView(store: StoreReader, run: Run): Promise<z.output<typeof runView>> {
   const [project, owner] = await Promise.all([store.getProject(run.projectId), store.getIdentity(run.ownerId)]);
   return {
@@ -16,6 +22,6 @@ export async function toRunView(store: StoreReader, run: Run): Promise<z.output<
     attachableBy: policyToWire(run.policy),
     state: run.state,
     endsAt: run.endsAt,
-    ssh: run.ssh,
+    ssh: sshView(run),
   };
 }

@@ -3,7 +3,7 @@
 // the login user and the CA keys (the KRL itself is public).
 import { CaError } from '../domain/errors.js';
 import type { Run } from '../domain/model.js';
-import { formatAuthorizedKey } from '../ssh/keys.js';
+import { fingerprint, formatAuthorizedKey, parseAuthorizedKey } from '../ssh/keys.js';
 import { actorLabel, type Actor } from './actors.js';
 import { insertToken } from './admin.js';
 import { audit } from './audit.js';
@@ -54,6 +54,28 @@ export async function joinAgent(ctx: AuthorityContext, joinToken: string, from: 
   });
   if (!result || 'refusedAudit' in result) throw refused();
   return { token: result.token, config: await configFor(ctx, result.run) };
+}
+
+/**
+ * The run's sshd host keys, as its agent reads them beside that sshd: users pin them
+ * (known_hosts with HostKeyAlias) along with any the orchestrator registered. Unchanged keys
+ * write nothing.
+ */
+export async function reportHostKeys(ctx: AuthorityContext, actor: Actor, hostKeys: readonly string[]): Promise<{ hostKeys: string[] }> {
+  if (actor.kind !== 'agent') {
+    throw new CaError(actor.kind === 'anonymous' ? 'unauthenticated' : 'forbidden', `${actorLabel(actor)} is not a host agent`);
+  }
+  const keys = [...new Set(hostKeys)].sort();
+  const now = ctx.now();
+  await ctx.store.tx(async (tx) => {
+    const run = await tx.getRun(actor.runId);
+    if (!run) throw new CaError('not_found', 'the run of this agent no longer exists');
+    if (run.state !== 'running') throw new CaError('conflict', 'the run has finished');
+    if (run.agentHostKeys.join('\n') === keys.join('\n')) return;
+    await tx.updateRunAgentHostKeys(run.id, keys);
+    await audit(tx, now, actor, 'run.host-keys', { principal: run.principal, hostKeys: keys.map((k) => fingerprint(parseAuthorizedKey(k).key)) });
+  });
+  return { hostKeys: keys };
 }
 
 /** What an agent needs to configure sshd for its run. */

@@ -44,6 +44,7 @@ async function world() {
       createdAt: 1,
       finishedAt: null,
       ssh: null,
+      agentHostKeys: [],
     };
     const r = await tx.insertRun(run);
     const token = await tx.insertToken({ kind: 'user', hash, identityId: alice.id, runId: null, name: 'alice', expiresAt: 1000, usedAt: null, revokedAt: null, createdAt: 1 });

@@ -59,6 +59,7 @@ export async function registerRun(ctx: AuthorityContext, actor: Actor, req: Regi
       createdAt: now,
       finishedAt: null,
       ssh: toEndpoint(req.ssh),
+      agentHostKeys: [],
     });
     const joinToken = await insertToken(tx, now, { kind: 'agent-join', identityId: null, runId: run.id, name: `${req.project}/${req.name}`, expiresAt: now + ctx.config.joinTokenTtl });
     await audit(tx, now, actor, 'run.register', { run: `${req.project}/${req.name}`, principal: run.principal, owner: owner.name, policy });

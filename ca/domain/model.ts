@@ -53,6 +53,8 @@ export interface Run {
   endsAt: number | null;
   /** Where the run's sshd listens and its host keys (for users' known_hosts); null: unknown. */
   ssh: RunSshEndpoint | null;
+  /** Host keys the run's agent reported from beside its sshd (normalised one-line keys). */
+  agentHostKeys: string[];
   createdAt: number;
   finishedAt: number | null;
 }

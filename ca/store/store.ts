@@ -178,6 +178,7 @@ export interface StoreTx extends StoreReader {
   appendAuditEvents(events: readonly AuditEvent[]): Promise<void>;
 
   updateRunSsh(id: number, ssh: RunSshEndpoint | null): Promise<void>;
+  updateRunAgentHostKeys(id: number, hostKeys: readonly string[]): Promise<void>;
 
   insertPasskey(p: Omit<Passkey, 'id'>): Promise<Passkey>;
   /** Records an assertion: the new counter and the time. */

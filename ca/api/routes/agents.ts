@@ -2,9 +2,9 @@
 import type { FastifyInstance } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import { agentConfig, joinAgent } from '../../authority/agents.js';
+import { agentConfig, joinAgent, reportHostKeys } from '../../authority/agents.js';
 import type { Authority } from '../../authority/authority.js';
-import { agentConfigView, agentJoinBody } from '../schemas.js';
+import { agentConfigView, agentHostKeysBody, agentJoinBody } from '../schemas.js';
 
 export function agentRoutes(app: FastifyInstance, authority: Authority): void {
   const r = app.withTypeProvider<ZodTypeProvider>();
@@ -12,4 +12,7 @@ export function agentRoutes(app: FastifyInstance, authority: Authority): void {
     reply.code(201).send(await joinAgent(authority.ctx, req.body.joinToken, req.ip)),
   );
   r.get('/v1/agents/config', { schema: { response: { 200: agentConfigView } } }, async (req) => agentConfig(authority.ctx, req.actor));
+  r.put('/v1/agents/host-keys', { schema: { body: agentHostKeysBody, response: { 200: z.object({ hostKeys: z.array(z.string()) }) } } }, async (req) =>
+    reportHostKeys(authority.ctx, req.actor, req.body.hostKeys),
+  );
 }

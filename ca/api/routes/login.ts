@@ -24,6 +24,7 @@ import {
   type WebSessionIssued,
 } from '../../authority/login/passkeys.js';
 import { attachableRuns, logoutSelf, whoAmI } from '../../authority/login/people.js';
+import { sshView } from '../views.js';
 import { CaError, RateLimitedError } from '../../domain/errors.js';
 import type { RateLimiter } from '../../authority/rate-limit.js';
 import type { Identity } from '../../domain/model.js';
@@ -168,7 +169,7 @@ export function loginRoutes(app: FastifyInstance, authority: Authority): void {
       loginUser: run.loginUser,
       state: run.state,
       endsAt: run.endsAt,
-      ssh: run.ssh,
+      ssh: sshView(run),
     })),
   );
   r.delete('/v1/me/session', async (req, reply) => {

@@ -134,6 +134,7 @@ describe('crash safety', () => {
         name: 'r',
         principal: 'dstack-run-crash',
         ssh: null,
+        agentHostKeys: [],
         ownerId: alice.id,
         loginUser: 'ubuntu',
         policy: { users: ['alice'], projectMembers: false, publicKeys: [] },

@@ -276,6 +276,8 @@ BEGIN SELECT RAISE(ABORT, 'OIDC bindings belong to bot identities only'); END;
     // where a run's sshd listens and its host keys, as the orchestrator registered them.
     sql: `
 ALTER TABLE runs ADD COLUMN ssh TEXT;
+-- JSON array of the sshd host keys the run's agent reported (it sits beside that sshd).
+ALTER TABLE runs ADD COLUMN agent_host_keys TEXT;
 
 CREATE TABLE passkeys (
   id INTEGER PRIMARY KEY AUTOINCREMENT,

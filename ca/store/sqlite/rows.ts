@@ -212,6 +212,7 @@ export const runs: Codec<Run, Omit<Run, 'id'>> = {
     'created_at',
     'finished_at',
     'ssh',
+    'agent_host_keys',
   ]),
   toRow: (r) => ({
     project_id: intParam(r.projectId, 'run projectId'),
@@ -225,6 +226,7 @@ export const runs: Codec<Run, Omit<Run, 'id'>> = {
     created_at: intParam(r.createdAt, 'run createdAt'),
     finished_at: intOrNullParam(r.finishedAt, 'run finishedAt'),
     ssh: r.ssh === null ? null : jsonParam(r.ssh, 'run ssh'),
+    agent_host_keys: r.agentHostKeys.length === 0 ? null : jsonParam(r.agentHostKeys, 'run agentHostKeys'),
   }),
   fromRow: (r) => ({
     id: readInt(r, 'id'),
@@ -239,6 +241,7 @@ export const runs: Codec<Run, Omit<Run, 'id'>> = {
     createdAt: readInt(r, 'created_at'),
     finishedAt: readIntOrNull(r, 'finished_at'),
     ssh: r.ssh === null ? null : readJson<RunSshEndpoint>(r, 'ssh'),
+    agentHostKeys: r.agent_host_keys === null ? [] : readJson<string[]>(r, 'agent_host_keys'),
   }),
 };
 

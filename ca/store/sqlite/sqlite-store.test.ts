@@ -68,6 +68,7 @@ const run = (projectId: number, ownerId: number, name: string, extra: Partial<Om
   createdAt: 1000,
   finishedAt: null,
   ssh: null,
+  agentHostKeys: [],
   ...extra,
 });
 

@@ -666,6 +666,12 @@ class SqliteTx extends Reads implements StoreTx {
     this.mustChange(changes, `run ${id}`);
   }
 
+  async updateRunAgentHostKeys(id: number, hostKeys: readonly string[]): Promise<void> {
+    const json = hostKeys.length === 0 ? null : jsonParam(hostKeys, 'run agentHostKeys');
+    const { changes } = this.write(`run ${id}`, (c) => c.run('UPDATE runs SET agent_host_keys = ? WHERE id = ?', json, intParam(id, 'run id')));
+    this.mustChange(changes, `run ${id}`);
+  }
+
   async insertPasskey(p: Omit<Passkey, 'id'>): Promise<Passkey> {
     const row = rows.passkeys.toRow(p);
     const id = this.write('passkey', (c) => c.run(insertSql('passkeys', row), row).lastInsertRowid);
