@@ -143,7 +143,8 @@ describe('KRLs inside events', () => {
     const before = proxy.krlGets;
     const k = await revokeFreshKey();
     proxy.announce({ version: k.version });
-    await until('the new KRL installed', async () => (await installedVersion(sshdDir)) === BigInt(k.version));
+    // onInstall runs once the rename is durable (directory fsynced), a moment after the file shows.
+    await until('the new KRL installed', async () => (await installedVersion(sshdDir)) === BigInt(k.version) && getsAtInstall.has(BigInt(k.version)));
     expect(getsAtInstall.get(BigInt(k.version))).toBeGreaterThan(before);
     expect(await installed()).toEqual(k.body);
   });
@@ -156,7 +157,8 @@ describe('KRLs inside events', () => {
     const k = await revokeFreshKey();
     const before = proxy.krlGets;
     proxy.announce(payload(k));
-    await until('the new KRL installed', async () => (await installedVersion(sshdDir)) === BigInt(k.version));
+    // onInstall runs once the rename is durable (directory fsynced), a moment after the file shows.
+    await until('the new KRL installed', async () => (await installedVersion(sshdDir)) === BigInt(k.version) && getsAtInstall.has(BigInt(k.version)));
     expect(getsAtInstall.get(BigInt(k.version))).toBe(before);
     expect(await installed()).toEqual(k.body);
     // The follow-up (config, state file) comes a moment later.
