@@ -88,28 +88,34 @@ function passkeyName(name: string | undefined, fallback: string): string {
   return n === '' ? fallback : n;
 }
 
-/** The library's challenge check: ours answers once, and only for a ceremony `accept` allows. */
-function takeChallenge(a: Authority, accept: (p: CeremonyPurpose) => boolean, now: number): (challenge: string) => boolean {
-  return (challenge) => {
-    const purpose = a.challenges.take(challenge, now);
-    return purpose !== null && accept(purpose);
+/**
+ * What every ceremony checks alike: our challenge (answering once, and only for a purpose
+ * `accept` allows), the origin, the RP id, and user verification.
+ */
+function expectations(a: Authority, accept: (p: CeremonyPurpose) => boolean) {
+  const now = a.ctx.now();
+  return {
+    expectedChallenge: (challenge: string): boolean => {
+      const purpose = a.challenges.take(challenge, now);
+      return purpose !== null && accept(purpose);
+    },
+    expectedOrigin: a.web.origin,
+    expectedRPID: a.web.rpId,
+    requireUserVerification: true,
   };
 }
 
-async function verifyRegistration(a: Authority, response: RegistrationResponseJSON, accept: (p: CeremonyPurpose) => boolean) {
-  const now = a.ctx.now();
-  let result;
+/** Runs a library check; what it throws becomes a refusal a user can act on. */
+async function libraryCheck<T>(check: () => Promise<T>): Promise<T> {
   try {
-    result = await verifyRegistrationResponse({
-      response,
-      expectedChallenge: takeChallenge(a, accept, now),
-      expectedOrigin: a.web.origin,
-      expectedRPID: a.web.rpId,
-      requireUserVerification: true,
-    });
+    return await check();
   } catch (e) {
     throw refused(describeWebAuthnError(e));
   }
+}
+
+async function verifyRegistration(a: Authority, response: RegistrationResponseJSON, accept: (p: CeremonyPurpose) => boolean) {
+  const result = await libraryCheck(() => verifyRegistrationResponse({ response, ...expectations(a, accept) }));
   if (!result.verified) throw refused('the registration did not verify');
   return result.registrationInfo;
 }
@@ -195,34 +201,22 @@ export async function assertionOptions(a: Authority, purpose: CeremonyPurpose): 
 }
 
 /**
- * Checks an assertion made for `accept`-able purposes and records the new counter in `tx`
- * (the caller's transaction, so a login and what it grants commit together).
+ * Checks an assertion made for `accept`-able purposes; the caller records the new counter
+ * (recordAssertion) in the transaction of what the assertion grants, so both commit together.
  */
 export async function verifyAssertion(
   a: Authority,
   response: AuthenticationResponseJSON,
   accept: (p: CeremonyPurpose) => boolean,
 ): Promise<{ identity: Identity; passkey: Passkey; newCounter: number }> {
-  const now = a.ctx.now();
   const passkey = await a.ctx.store.getPasskeyByCredentialId(response.id);
   if (!passkey) throw refused('this passkey is not registered here');
   const identity = await a.ctx.store.getIdentity(passkey.identityId);
   if (!identity || identity.disabled) throw refused('this user is disabled');
   const handle = response.response.userHandle;
   if (handle !== undefined && handle !== Buffer.from(userHandle(identity)).toString('base64url')) throw refused('the passkey answered for another user');
-  let result;
-  try {
-    result = await verifyAuthenticationResponse({
-      response,
-      expectedChallenge: takeChallenge(a, accept, now),
-      expectedOrigin: a.web.origin,
-      expectedRPID: a.web.rpId,
-      credential: { id: passkey.credentialId, publicKey: new Uint8Array(passkey.publicKey), counter: passkey.counter, transports: passkey.transports },
-      requireUserVerification: true,
-    });
-  } catch (e) {
-    throw refused(describeWebAuthnError(e));
-  }
+  const credential = { id: passkey.credentialId, publicKey: new Uint8Array(passkey.publicKey), counter: passkey.counter, transports: passkey.transports };
+  const result = await libraryCheck(() => verifyAuthenticationResponse({ response, credential, ...expectations(a, accept) }));
   if (!result.verified) throw refused('the signature did not verify');
   return { identity, passkey, newCounter: result.authenticationInfo.newCounter };
 }
