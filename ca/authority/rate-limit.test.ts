@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { serverConfigSchema } from '../server/config.js';
-import { RateLimiter } from './rate-limit.js';
+import { RateLimiter, addressKey } from './rate-limit.js';
 
 describe('RateLimiter', () => {
   it('allows a burst, then refuses with the time to the next token, then refills', () => {
@@ -63,5 +63,21 @@ describe('server config: rate limits and OIDC', () => {
     expect(issues({ rateLimits: { bots: null } }).join('\n')).toMatch(/rateLimits/);
     expect(issues({ oidc: { maxTokenAge: '2d' } })).toContain('oidc.maxTokenAge: at most 24h');
     expect(issues({ oidc: { clockTolerance: 'soon' } }).join('\n')).toMatch(/oidc\.clockTolerance: invalid duration "soon"/);
+  });
+});
+
+describe('addressKey', () => {
+  it('keeps IPv4 (and IPv4-mapped) addresses, folds IPv6 to its /64', () => {
+    expect(addressKey('192.0.2.7')).toBe('192.0.2.7');
+    expect(addressKey('::ffff:192.0.2.7')).toBe('192.0.2.7');
+    expect(addressKey('2001:db8:1:2:3:4:5:6')).toBe('2001:db8:1:2::/64');
+    expect(addressKey('2001:db8:1:2::99')).toBe('2001:db8:1:2::/64');
+    expect(addressKey('2001:DB8:0001:0002:ffff::1')).toBe('2001:db8:1:2::/64');
+    expect(addressKey('2001:db8::1')).toBe('2001:db8:0:0::/64');
+    expect(addressKey('::1')).toBe('0:0:0:0::/64');
+    expect(addressKey('fe80::1%eth0')).toBe('fe80:0:0:0::/64');
+    // Two hosts of one /64 share a bucket; the next /64 does not.
+    expect(addressKey('2001:db8:1:2::a')).toBe(addressKey('2001:db8:1:2:ffff::b'));
+    expect(addressKey('2001:db8:1:2::a')).not.toBe(addressKey('2001:db8:1:3::a'));
   });
 });

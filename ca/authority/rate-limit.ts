@@ -63,3 +63,14 @@ export class RateLimiter {
     return this.buckets.size;
   }
 }
+
+/** The rate-limit key of an address: IPv4 as is, IPv6 by its /64 (what one host gets). */
+export function addressKey(ip: string): string {
+  const addr = ip.split('%')[0] ?? ip; // no zone id
+  if (!addr.includes(':') || /^::ffff:[\d.]+$/i.test(addr)) return addr.replace(/^::ffff:/i, '');
+  const [head = '', tail] = addr.split('::');
+  const h = head === '' ? [] : head.split(':');
+  const t = tail === undefined || tail === '' ? [] : tail.split(':');
+  const groups = tail === undefined ? h : [...h, ...Array<string>(Math.max(0, 8 - h.length - t.length)).fill('0'), ...t];
+  return `${groups.slice(0, 4).map((g) => parseInt(g || '0', 16).toString(16)).join(':')}::/64`;
+}

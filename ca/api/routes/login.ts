@@ -26,7 +26,7 @@ import {
 import { attachableRuns, logoutSelf, whoAmI } from '../../authority/login/people.js';
 import { sshView } from '../views.js';
 import { CaError, RateLimitedError } from '../../domain/errors.js';
-import type { RateLimiter } from '../../authority/rate-limit.js';
+import { addressKey, type RateLimiter } from '../../authority/rate-limit.js';
 import type { Identity } from '../../domain/model.js';
 import {
   addPasskeyBody,
@@ -72,17 +72,6 @@ function setSessionCookie(authority: Authority, reply: FastifyReply, s: WebSessi
   const secure = authority.web.origin.startsWith('https:') ? '; Secure' : '';
   const maxAge = s === null ? 0 : Math.max(0, s.expiresAt - authority.ctx.now());
   void reply.header('set-cookie', `${sessionCookieName(authority)}=${s?.secret ?? ''}; Path=/; HttpOnly; SameSite=Strict; Max-Age=${maxAge}${secure}`);
-}
-
-/** The rate-limit key of an address: IPv4 as is, IPv6 by its /64 (what one host gets). */
-export function addressKey(ip: string): string {
-  const addr = ip.split('%')[0] ?? ip; // no zone id
-  if (!addr.includes(':') || /^::ffff:[\d.]+$/i.test(addr)) return addr.replace(/^::ffff:/i, '');
-  const [head = '', tail] = addr.split('::');
-  const h = head === '' ? [] : head.split(':');
-  const t = tail === undefined || tail === '' ? [] : tail.split(':');
-  const groups = tail === undefined ? h : [...h, ...Array<string>(Math.max(0, 8 - h.length - t.length)).fill('0'), ...t];
-  return `${groups.slice(0, 4).map((g) => parseInt(g || '0', 16).toString(16)).join(':')}::/64`;
 }
 
 const safeEqual = (a: string, b: string): boolean => {
