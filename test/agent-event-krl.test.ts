@@ -3,8 +3,7 @@
 // when the event only names a version. A proxy forwards everything to a real CA except the
 // event stream, which the test writes itself, and can make GET /v1/krl unavailable so that
 // only the event could deliver a KRL. The agent runs in this process (the real sync code).
-import { createServer, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { IncomingMessage } from 'node:http';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -12,6 +11,7 @@ import { Agent } from '../agent-hook/sync.js';
 import { KRL_NAMESPACE } from '../ca/authority/krl.js';
 import { encodeSshsig, sshsigSign } from '../ca/ssh/sshsig.js';
 import { LiveCa, installedVersion, until } from './agent-fixture.js';
+import { FeedProxy, type Answer } from './fixtures/feed-proxy.js';
 import { caSigner } from './fixtures/keys.js';
 import { cleanupTempDirs, makeTempDir } from './harness/index.js';
 import { generateKeyPairSync } from 'node:crypto';
@@ -23,59 +23,22 @@ interface Genuine {
   signature: string;
 }
 
-class EventProxy {
+class EventProxy extends FeedProxy {
   /** GET /v1/krl answers 503 when false: only an event can bring a new KRL then. */
   krlAvailable = true;
   krlGets = 0;
-  private readonly streams = new Set<ServerResponse>();
-  private server!: Server;
-  private last = 'event: krl\ndata: {"version":0}\n\n';
-
-  constructor(private readonly upstream: string) {}
-
-  async listen(): Promise<string> {
-    this.server = createServer((req, res) => void this.handle(req.url ?? '/', req.method ?? 'GET', req.headers, req, res));
-    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', r));
-    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
-  }
 
   /** Sends `data` (an object, JSON-encoded) as a krl event to every open stream. */
   announce(data: object): void {
-    this.last = `event: krl\ndata: ${JSON.stringify(data)}\n\n`;
-    for (const s of this.streams) s.write(this.last);
+    this.broadcast(`event: krl\ndata: ${JSON.stringify(data)}\n\n`);
   }
 
-  async close(): Promise<void> {
-    for (const s of this.streams) s.destroy();
-    this.server.closeAllConnections();
-    await new Promise((r) => this.server.close(r));
-  }
-
-  private async handle(url: string, method: string, headers: Record<string, string | string[] | undefined>, req: NodeJS.ReadableStream, res: ServerResponse): Promise<void> {
-    if (url === '/v1/krl/events') {
-      res.writeHead(200, { 'content-type': 'text/event-stream' });
-      this.streams.add(res);
-      res.once('close', () => this.streams.delete(res));
-      res.write(this.last);
-      return;
-    }
+  protected override async answer(url: string, req: IncomingMessage): Promise<Answer> {
     if (url === '/v1/krl') {
       this.krlGets++;
-      if (!this.krlAvailable) {
-        res.writeHead(503, { 'content-type': 'application/json' }).end('{"error":"unavailable","message":"test: GET /v1/krl is off"}');
-        return;
-      }
+      if (!this.krlAvailable) return { status: 503, headers: { 'content-type': 'application/json' }, body: Buffer.from('{"error":"unavailable","message":"test: GET /v1/krl is off"}') };
     }
-    const chunks: Buffer[] = [];
-    for await (const c of req) chunks.push(c as Buffer);
-    const forward: Record<string, string> = {};
-    for (const h of ['authorization', 'content-type', 'if-none-match']) if (typeof headers[h] === 'string') forward[h] = headers[h];
-    const up = await fetch(this.upstream + url, { method, headers: forward, ...(chunks.length ? { body: Buffer.concat(chunks) } : {}) });
-    const out = Object.fromEntries(up.headers);
-    delete out['content-length'];
-    delete out['transfer-encoding'];
-    delete out['content-encoding'];
-    res.writeHead(up.status, out).end(Buffer.from(await up.arrayBuffer()));
+    return this.forward(url, req);
   }
 }
 

@@ -2,8 +2,7 @@
 // everything but can tamper with GET /v1/krl (flip a byte, lie about the version, re-sign
 // with a foreign key, replay an older genuinely signed KRL); its own event stream lets the
 // test announce versions. Each refused KRL leaves revoked_keys byte for byte as it was.
-import { createServer, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { IncomingMessage } from 'node:http';
 import { readFile } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { join } from 'node:path';
@@ -11,73 +10,35 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KRL_NAMESPACE } from '../ca/authority/krl.js';
 import { encodeSshsig, sshsigSign } from '../ca/ssh/sshsig.js';
 import { LiveCa, canLogIn, installedVersion, issueCert, memberToken, spawnAgent, stopAgents, type AgentProcess, type Holder } from './agent-fixture.js';
+import { FeedProxy, type Answer } from './fixtures/feed-proxy.js';
 import { caSigner } from './fixtures/keys.js';
 import { cleanupTempDirs, makeTempDir, startSshd, type Sshd } from './harness/index.js';
 
 const me = userInfo().username;
 
-interface Captured {
-  status: number;
-  headers: Record<string, string>;
-  body: Buffer;
-}
-
-type Mode = 'pass' | 'flip-byte' | 'lie-version' | 'foreign-signer' | { replay: Captured };
+type Mode = 'pass' | 'flip-byte' | 'lie-version' | 'foreign-signer' | { replay: Answer };
 
 /** Forwards to the CA; GET /v1/krl is altered according to `mode`; /v1/krl/events is ours. */
-class TamperingProxy {
+class TamperingProxy extends FeedProxy {
   mode: Mode = 'pass';
   /** Every genuine 200 answer of GET /v1/krl, by version. */
-  readonly krls = new Map<number, Captured>();
-  private readonly streams = new Set<ServerResponse>();
-  private server!: Server;
-  private announced = 0;
-
-  constructor(private readonly upstream: string) {}
-
-  async listen(): Promise<string> {
-    this.server = createServer((req, res) => void this.handle(req.url ?? '/', req.method ?? 'GET', req.headers, req, res));
-    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', r));
-    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
-  }
+  readonly krls = new Map<number, Answer>();
 
   announce(version: number): void {
-    this.announced = version;
-    for (const s of this.streams) s.write(`id: ${version}\nevent: krl\ndata: {"version":${version}}\n\n`);
+    this.broadcast(`id: ${version}\nevent: krl\ndata: {"version":${version}}\n\n`, `event: krl\ndata: {"version":${version}}\n\n`);
   }
 
-  async close(): Promise<void> {
-    for (const s of this.streams) s.destroy();
-    this.server.closeAllConnections();
-    await new Promise((r) => this.server.close(r));
-  }
-
-  private async handle(url: string, method: string, headers: Record<string, string | string[] | undefined>, req: NodeJS.ReadableStream, res: ServerResponse): Promise<void> {
-    if (url === '/v1/krl/events') {
-      res.writeHead(200, { 'content-type': 'text/event-stream' });
-      this.streams.add(res);
-      res.once('close', () => this.streams.delete(res));
-      res.write(`event: krl\ndata: {"version":${this.announced}}\n\n`);
-      return;
-    }
-    const chunks: Buffer[] = [];
-    for await (const c of req) chunks.push(c as Buffer);
-    const forward: Record<string, string> = {};
-    for (const h of ['authorization', 'content-type', 'if-none-match']) if (typeof headers[h] === 'string') forward[h] = headers[h];
-    const up = await fetch(this.upstream + url, { method, headers: forward, ...(chunks.length ? { body: Buffer.concat(chunks) } : {}) });
-    let answer: Captured = { status: up.status, headers: Object.fromEntries(up.headers), body: Buffer.from(await up.arrayBuffer()) };
-    delete answer.headers['content-length'];
-    delete answer.headers['transfer-encoding'];
-    if (url === '/v1/krl' && up.status === 200) {
+  protected override async answer(url: string, req: IncomingMessage): Promise<Answer> {
+    const answer = await this.forward(url, req);
+    if (url === '/v1/krl' && answer.status === 200) {
       this.krls.set(Number(answer.headers['x-krl-version']), answer);
-      answer = await this.alter(answer);
-    } else if (url === '/v1/krl' && typeof this.mode === 'object') {
-      answer = this.mode.replay; // even on 304: the agent must look at what it gets
+      return this.alter(answer);
     }
-    res.writeHead(answer.status, answer.headers).end(answer.body);
+    if (url === '/v1/krl' && typeof this.mode === 'object') return this.mode.replay; // even on 304: the agent must look at what it gets
+    return answer;
   }
 
-  private async alter(a: Captured): Promise<Captured> {
+  private async alter(a: Answer): Promise<Answer> {
     const m = this.mode;
     if (m === 'pass') return a;
     if (typeof m === 'object') return m.replay;
@@ -179,7 +140,7 @@ describe('the agent installs only genuine, newer KRLs', () => {
 
   it('an older, genuinely signed KRL (a replay) is refused', async () => {
     const before = await installed();
-    proxy.mode = { replay: proxy.krls.get(1) as Captured };
+    proxy.mode = { replay: proxy.krls.get(1) as Answer };
     await refused(3, 'KRL version 1 is older than the installed version 2');
     expect(await installed()).toEqual(before);
     expect(await canLogIn(sshd, revoked)).toBe(false);
