@@ -1,4 +1,4 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -113,5 +113,19 @@ describe('installed state', () => {
     await saveState(p, 2n, null);
     await writeFile(p.revokedKeys, 'garbage');
     expect((await loadInstalled(p)).installed).toEqual({ version: 2n, current: false, failClosed: false, set: null });
+  });
+});
+
+describe('writeKrl', () => {
+  it('never installs an empty KRL (an empty file lets every key in)', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'agent-krl-'));
+    try {
+      const paths = agentPaths(dir);
+      await writeFile(paths.revokedKeys, 'previous');
+      await expect(writeKrl(paths, Buffer.alloc(0))).rejects.toThrow('refusing to install an empty KRL');
+      expect(await readFile(paths.revokedKeys, 'utf8')).toBe('previous');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

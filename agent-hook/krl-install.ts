@@ -9,7 +9,7 @@ import type { PublicKey } from '../ca/ssh/keys.js';
 import { decodeKrl, type DecodedKrl } from '../ca/ssh/krl/decode.js';
 import type { RevocationSet } from '../ca/ssh/krl/revocation-set.js';
 import { decodeSshsig, sshsigVerify } from '../ca/ssh/sshsig.js';
-import { writeFileAtomic } from './atomic-write.js';
+import { writeFileAtomic } from '../ca/io/atomic-file.js';
 import { isFailClosedKrl } from './fail-closed.js';
 import type { AgentPaths } from './paths.js';
 
@@ -104,12 +104,12 @@ export async function loadInstalled(paths: AgentPaths): Promise<{ installed: Ins
 
 export async function saveState(paths: AgentPaths, version: bigint, checkedAt: number | null): Promise<void> {
   const state: StateFile = { krlVersion: version.toString(), checkedAt };
-  await writeFileAtomic(paths.state, JSON.stringify(state) + '\n', 0o644);
+  await writeFileAtomic(paths.state, JSON.stringify(state) + '\n', { mode: 0o644 });
 }
 
 /** sshd reads the KRL as root, but operators (and `ssh-keygen -Q`) read it too. */
 export async function writeKrl(paths: AgentPaths, body: Buffer): Promise<void> {
   // A 0-byte KRL lets every key through sshd: never write one (callers pass decoded KRLs).
   if (body.length === 0) throw new KrlRefused('refusing to install an empty KRL');
-  await writeFileAtomic(paths.revokedKeys, body, 0o644);
+  await writeFileAtomic(paths.revokedKeys, body, { mode: 0o644 });
 }

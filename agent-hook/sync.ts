@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { agentConfigView } from '../ca/api/schemas.js';
 import { parseAuthorizedKey, type PublicKey } from '../ca/ssh/keys.js';
 import { decodeKrl } from '../ca/ssh/krl/decode.js';
-import { writeFileAtomic } from './atomic-write.js';
+import { writeFileAtomic } from '../ca/io/atomic-file.js';
 import { fullJitter, systemClock, type Clock } from './clock.js';
 import { join as joinCa, loadCredential, type AgentConfig, type Credential } from './credential.js';
 import { AgentError } from './errors.js';
@@ -170,14 +170,14 @@ export class Agent {
     const caText = lines(config.caKeys);
     if (caText !== this.caKeysText) {
       // Every key, old and new: during a rotation certs of both must log in.
-      await writeFileAtomic(this.paths.trustedCaKeys, caText, 0o644);
+      await writeFileAtomic(this.paths.trustedCaKeys, caText, { mode: 0o644 });
       if (this.caKeysText !== '') this.log('info', 'ca-keys-updated', { keys: config.caKeys.length });
       this.caKeysText = caText;
     }
     this.caKeys = keys;
     const principalsText = lines([config.principal]);
     if (principalsText !== this.principalsText) {
-      await writeFileAtomic(join(this.paths.principalsDir, config.loginUser), principalsText, 0o644);
+      await writeFileAtomic(join(this.paths.principalsDir, config.loginUser), principalsText, { mode: 0o644 });
       this.principalsText = principalsText;
     }
   }

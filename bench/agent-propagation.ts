@@ -19,7 +19,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { writeFileAtomic } from '../agent-hook/atomic-write.js';
+import { writeFileAtomic } from '../ca/io/atomic-file.js';
 import { Agent } from '../agent-hook/sync.js';
 import { formatAuthorizedKey, fromKeyObject } from '../ca/ssh/keys.js';
 import { table } from './measure.js';
@@ -380,7 +380,7 @@ async function floor(ca: Ca, n: number, get: boolean): Promise<Result> {
 
 /**
  * The disk's floor: n atomic replaces at once (temp, fsync, rename, fsync dir; the agent's
- * own writeFileAtomic) of a KRL-sized file, one per directory, in this process. Nothing
+ * writeFileAtomic the agent uses) of a KRL-sized file, one per directory, in this process. Nothing
  * else: no network, no signature check. Each agent's install costs at least this much.
  */
 async function diskFloor(label: string, root: string, n: number): Promise<Result> {
@@ -391,7 +391,7 @@ async function diskFloor(label: string, root: string, n: number): Promise<Result
   for (let k = 0; k < REVOCATIONS; k++) {
     await new Promise((r) => setTimeout(r, 300));
     const start = nowMs();
-    fromCall.push(...(await Promise.all(dirs.map((d) => writeFileAtomic(join(d, 'revoked_keys'), body, 0o644).then(() => nowMs() - start)))));
+    fromCall.push(...(await Promise.all(dirs.map((d) => writeFileAtomic(join(d, 'revoked_keys'), body, { mode: 0o644 }).then(() => nowMs() - start)))));
   }
   await rm(join(root, 'disk-floor'), { recursive: true, force: true });
   const sorted = fromCall.sort((a, b) => a - b);
