@@ -379,7 +379,7 @@ async function floor(ca: Ca, n: number, get: boolean): Promise<Result> {
 }
 
 /**
- * The disk's floor: n atomic replaces at once (temp, fsync, rename, fsync dir; the agent's
+ * The disk's floor: n atomic replaces at once (temp, fsync, rename, fsync dir; the
  * writeFileAtomic the agent uses) of a KRL-sized file, one per directory, in this process. Nothing
  * else: no network, no signature check. Each agent's install costs at least this much.
  */
