@@ -1,6 +1,7 @@
 // The join exchange. A join token works once, so the agent token it buys is kept on disk
 // (0600, written atomically): a restarted agent reuses it and never needs the join token again.
 import { readFile } from 'node:fs/promises';
+import type { Agent as HttpAgent } from 'node:http';
 import { z } from 'zod';
 import { agentConfigView } from '../ca/api/schemas.js';
 import { writeFileAtomic } from '../ca/io/atomic-file.js';
@@ -41,8 +42,9 @@ export async function loadCredential(path: string): Promise<Credential | null> {
 }
 
 /** POST /v1/agents/join, then the credential is on disk before anything else happens. */
-export async function join(base: URL, joinToken: string, path: string, now: Date): Promise<{ credential: Credential; config: AgentConfig }> {
-  const res = await request(new URL('/v1/agents/join', base), { method: 'POST', json: { joinToken } });
+export async function join(base: URL, joinToken: string, path: string, now: Date, pool: HttpAgent): Promise<{ credential: Credential; config: AgentConfig }> {
+  // Over the pinned pool only: the join token goes to the CA the fingerprint names, or nowhere.
+  const res = await request(new URL('/v1/agents/join', base), { method: 'POST', json: { joinToken }, agent: pool });
   if (res.status === 401 || res.status === 403) {
     throw new AgentError(`join refused by ${base.origin}: ${errorMessage(res)} (a join token works once; a joined agent keeps its credential in ${path})`, 4);
   }

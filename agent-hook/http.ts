@@ -9,9 +9,9 @@ import https from 'node:https';
  * are dropped after 30 s, before the server's own keep-alive timeout (72 s in fastify)
  * can close one under a request just being sent.
  */
-export function connectionPool(url: URL): http.Agent {
+export function connectionPool(url: URL, tls: https.AgentOptions = {}): http.Agent {
   const options = { keepAlive: true, maxSockets: 1, timeout: 30_000 };
-  return url.protocol === 'https:' ? new https.Agent(options) : new http.Agent(options);
+  return url.protocol === 'https:' ? new https.Agent({ ...options, ...tls }) : new http.Agent(options);
 }
 
 export interface HttpResponse {
@@ -29,6 +29,8 @@ export interface RequestOptions {
   timeoutMs?: number;
   /** Connection pool (default: node's global one); false: a connection of its own. */
   agent?: http.Agent | false;
+  /** TLS options for https (pinning, see trust.ts), when the request has no pool of its own. */
+  tls?: https.AgentOptions;
 }
 
 /** The server answered, but not with what we asked for. `message` is the server's own. */
@@ -54,7 +56,8 @@ export function openRequest(url: URL, o: RequestOptions = {}): Promise<{ res: In
   const headers = definedHeaders({ ...o.headers, ...(body ? { 'content-type': 'application/json', 'content-length': String(body.length) } : {}) });
   const mod = url.protocol === 'https:' ? https : http;
   return new Promise((resolve, reject) => {
-    const req = mod.request(url, { method: o.method ?? 'GET', headers, ...(o.agent !== undefined ? { agent: o.agent } : {}) });
+    const tls = url.protocol === 'https:' ? (o.tls ?? {}) : {};
+    const req = mod.request(url, { ...tls, method: o.method ?? 'GET', headers, ...(o.agent !== undefined ? { agent: o.agent } : {}) });
     req.setTimeout(o.timeoutMs ?? DEFAULT_TIMEOUT_MS, () => req.destroy(new Error(`${url.origin}: no response within ${o.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms`)));
     req.once('error', reject);
     req.once('response', (res) => resolve({ res, abort: () => req.destroy() }));

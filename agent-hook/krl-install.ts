@@ -10,6 +10,7 @@ import { decodeKrl, type DecodedKrl } from '../ca/ssh/krl/decode.js';
 import type { RevocationSet } from '../ca/ssh/krl/revocation-set.js';
 import { decodeSshsig, sshsigVerify } from '../ca/ssh/sshsig.js';
 import { writeFileAtomic } from '../ca/io/atomic-file.js';
+import { sha256Hex } from '../ca/trust/krl-status.js';
 import { isFailClosedKrl } from './fail-closed.js';
 import type { AgentPaths } from './paths.js';
 
@@ -67,11 +68,16 @@ export interface Installed {
   failClosed: boolean;
   /** What revoked_keys revokes now (null: nothing usable is installed). */
   set: RevocationSet | null;
+  /** SHA-256 (hex) of the server KRL in place when `current` (what a signed KRL status must name). */
+  sha256?: string;
 }
 
 interface StateFile {
   krlVersion: string;
-  /** Epoch ms of the last successful check with the CA (staleness survives restarts). */
+  /**
+   * Epoch ms of the newest CA-signed time verified for the installed KRL (a KRL status, see
+   * ca/trust/krl-status.ts): staleness counts from it, and survives restarts.
+   */
   checkedAt: number | null;
 }
 
@@ -86,8 +92,10 @@ export async function loadInstalled(paths: AgentPaths): Promise<{ installed: Ins
   let current = false;
   let failClosed = false;
   let set: RevocationSet | null = null;
+  let sha256: string | undefined;
   try {
-    const krl = decodeKrl(await readFile(paths.revokedKeys));
+    const body = await readFile(paths.revokedKeys);
+    const krl = decodeKrl(body);
     set = krl.set;
     failClosed = isFailClosedKrl(krl.header);
     if (!failClosed) {
@@ -95,11 +103,12 @@ export async function loadInstalled(paths: AgentPaths): Promise<{ installed: Ins
       // the file is the newer record.
       if (krl.header.krlVersion > version) version = krl.header.krlVersion;
       current = krl.header.krlVersion === version;
+      if (current) sha256 = sha256Hex(body);
     }
   } catch {
     // missing or undecodable: sshd refuses every key until the next install
   }
-  return { installed: { version, current, failClosed, set }, checkedAt: typeof state.checkedAt === 'number' ? state.checkedAt : null };
+  return { installed: { version, current, failClosed, set, ...(sha256 ? { sha256 } : {}) }, checkedAt: typeof state.checkedAt === 'number' ? state.checkedAt : null };
 }
 
 export async function saveState(paths: AgentPaths, version: bigint, checkedAt: number | null): Promise<void> {

@@ -1,11 +1,12 @@
 #!/usr/bin/env node
 // dstack-ca-agent: runs beside a run's sshd and keeps its trust files current (see sync.ts).
-//   dstack-ca-agent --url URL --join-token TOKEN --sshd-dir DIR --login-user USER [--once]
+//   dstack-ca-agent --url URL --ca-fingerprint SHA256:... --join-token TOKEN --sshd-dir DIR --login-user USER [--once]
 //   dstack-ca-agent sshd-config [--sshd-dir DIR]
 import { readFile } from 'node:fs/promises';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { formatAuthorizedKey, parseAuthorizedKey } from '../ca/ssh/keys.js';
 import { parseDuration } from '../ca/domain/duration.js';
+import { parseFingerprint } from '../ca/trust/bundle.js';
 import { loginUser } from '../ca/domain/names.js';
 import { AgentError } from './errors.js';
 import { jsonLogger } from './log.js';
@@ -23,6 +24,7 @@ interface RunFlags {
   pollInterval?: number;
   retryMax?: number;
   hostKey: string[];
+  caFingerprint?: string;
 }
 
 /** Host public key lines from .pub files (comments and blank lines skipped); each must parse. */
@@ -60,6 +62,7 @@ const durationMs = (text: string): number => {
 const program = new Command('dstack-ca-agent')
   .description('keeps sshd trust files (CA keys, KRL, principals) current for one dstack run, and ends sessions of revoked certificates')
   .addOption(new Option('--url <url>', 'the CA server').env('DSTACK_CA_URL'))
+  .addOption(new Option('--ca-fingerprint <SHA256:...>', "the CA trust root's fingerprint (from the run registration, or `dstack-ca ca show`): required on the first start; only CA keys signed under it are ever trusted").env('DSTACK_CA_FINGERPRINT'))
   .addOption(new Option('--join-token <token>', "the run's one-time join token (first start only; the environment keeps it out of ps)").env('DSTACK_CA_JOIN_TOKEN'))
   .option('--sshd-dir <dir>', 'where the agent writes its files (see `sshd-config`)', DEFAULT_SSHD_DIR)
   .option('--login-user <user>', "the run's login user (must match the run)")
@@ -77,10 +80,19 @@ const program = new Command('dstack-ca-agent')
     if (!flags.loginUser) throw new AgentError('--login-user is required', 2);
     const user = loginUser.safeParse(flags.loginUser);
     if (!user.success) throw new AgentError(`--login-user ${user.error.issues[0]?.message}`, 2);
+    let caFingerprint: string | undefined;
+    if (flags.caFingerprint !== undefined && flags.caFingerprint.trim() !== '') {
+      try {
+        caFingerprint = parseFingerprint(flags.caFingerprint, '--ca-fingerprint');
+      } catch (e) {
+        throw new AgentError((e as Error).message, 2);
+      }
+    }
     const hostKeys = await readHostKeys(flags.hostKey);
     const log = jsonLogger();
     const agent = await Agent.open({
       hostKeys,
+      ...(caFingerprint ? { caFingerprint } : {}),
       url: flags.url,
       sshdDir: flags.sshdDir,
       loginUser: user.data,

@@ -1,5 +1,5 @@
 // The files the agent keeps in its --sshd-dir. sshd reads the first three (see
-// sshd-config.ts); the last two are the agent's own and never read by sshd.
+// sshd-config.ts); the last three are the agent's own and never read by sshd.
 import { join } from 'node:path';
 
 export interface AgentPaths {
@@ -14,6 +14,8 @@ export interface AgentPaths {
   credential: string;
   /** The newest server KRL version ever installed, and when the CA was last heard from. */
   state: string;
+  /** The signed trust bundle the agent holds: the CA root it pinned and the keys it trusts. */
+  trustBundle: string;
 }
 
 export function agentPaths(dir: string): AgentPaths {
@@ -24,5 +26,6 @@ export function agentPaths(dir: string): AgentPaths {
     principalsDir: join(dir, 'auth_principals'),
     credential: join(dir, 'agent-credential.json'),
     state: join(dir, 'agent-state.json'),
+    trustBundle: join(dir, 'trust-bundle.json'),
   };
 }

@@ -3,6 +3,7 @@
 // away is missed. A silent stream (no event or keepalive comment for idleTimeoutMs) counts as
 // dead, so a CA host that vanished without closing the TCP connection is noticed.
 import type { IncomingMessage } from 'node:http';
+import type { AgentOptions } from 'node:https';
 import { fullJitter, type Clock } from './clock.js';
 import { openRequest } from './http.js';
 
@@ -50,6 +51,8 @@ export class SseParser {
 
 export interface SseOptions {
   url: URL;
+  /** TLS options for each (re)connect, read anew each time (the pinned certificates can change). */
+  tls?: () => AgentOptions;
   clock: Clock;
   random: () => number;
   onEvent(e: SseEvent, firstOnConnection: boolean): void;
@@ -86,7 +89,7 @@ export class SseSubscription {
     if (this.closed) return;
     const headers = { accept: 'text/event-stream', 'last-event-id': this.lastId };
     // agent: false: a socket of its own, never parked in (or taken from) a keep-alive pool.
-    openRequest(this.o.url, { headers, agent: false, timeoutMs: this.o.idleTimeoutMs ?? 45_000 }).then(
+    openRequest(this.o.url, { headers, agent: false, tls: this.o.tls?.() ?? {}, timeoutMs: this.o.idleTimeoutMs ?? 45_000 }).then(
       ({ res, abort }) => {
         if (this.closed) return abort();
         this.abort = abort;

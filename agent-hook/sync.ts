@@ -5,11 +5,19 @@
 // would be, a large one (or a refused one) is fetched with GET. A slow poll is the safety net
 // for a stream that looks alive but is not. Every sync is serialized: one at a time, and a
 // request arriving meanwhile runs once more afterwards.
+//
+// Trust (trust.ts): the CA keys written for sshd, the keys KRL signatures and KRL statuses are
+// checked against, and the TLS certificates the pool accepts all come from the signed trust
+// bundle, pinned by --ca-fingerprint on the first start. The config answer only names the
+// run's principal. Staleness counts from the newest CA-signed time verified for the installed
+// KRL (a KRL status), never from "a request went through".
 import { mkdir, readFile } from 'node:fs/promises';
 import type { Agent as HttpAgent } from 'node:http';
 import { join } from 'node:path';
 import { agentConfigView } from '../ca/api/schemas.js';
 import { parseAuthorizedKey, type PublicKey } from '../ca/ssh/keys.js';
+import { rootFingerprint, trustedKeyLines, verifyBundle, type SignedBundle, type VerifiedBundle } from '../ca/trust/bundle.js';
+import { sha256Hex, verifyKrlStatus, type SignedKrlStatus } from '../ca/trust/krl-status.js';
 import { decodeKrl } from '../ca/ssh/krl/decode.js';
 import { writeFileAtomic } from '../ca/io/atomic-file.js';
 import { fullJitter, systemClock, type Clock } from './clock.js';
@@ -22,6 +30,7 @@ import { jsonLogger, type Logger } from './log.js';
 import { agentPaths, type AgentPaths } from './paths.js';
 import type { SessionReaper } from './sessions.js';
 import { SseSubscription } from './sse.js';
+import { fetchTrust, loadInstalledTrust, pinnedTls, saveTrust, TrustError } from './trust.js';
 
 export interface AgentOptions {
   /** The CA's base URL. */
@@ -53,9 +62,11 @@ export interface AgentOptions {
   onInstall?: (version: bigint, failClosed: boolean) => void;
   /** The sshd's host public keys (one-line form), reported to the CA once per process so users can pin them. */
   hostKeys?: readonly string[];
+  /** SHA256:… of the CA trust root: required until a trust bundle is installed, then checked against it. */
+  caFingerprint?: string;
 }
 
-export type SyncReason = 'start' | 'once' | 'push' | 'followup' | 'connect' | 'poll' | 'retry' | 'staleness';
+export type SyncReason = 'start' | 'once' | 'push' | 'followup' | 'connect' | 'poll' | 'retry' | 'staleness' | 'trust';
 
 const RETRY_BASE_MS = 500;
 
@@ -67,18 +78,28 @@ interface OfferedKrl {
   body: Buffer;
   /** Base64 SSHSIG, as in the x-krl-signature header. */
   signature: string;
+  /** The signed KRL status that came with it, if any. */
+  status?: SignedKrlStatus;
 }
 
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
 
-/** The data of a `krl` event: `{"version":V}`, or with `krl` and `signature` (both base64). Throws if malformed. */
-export function parseKrlEvent(data: string): { version: bigint; offered: OfferedKrl | null } {
-  const d = JSON.parse(data) as { version?: unknown; krl?: unknown; signature?: unknown };
+const optionalStatus = (d: { status?: unknown; statusSignature?: unknown }): { status?: SignedKrlStatus } =>
+  typeof d.status === 'string' && typeof d.statusSignature === 'string' ? { status: { status: d.status, signature: d.statusSignature } } : {};
+
+/** The data of a `krl` event: `{"version":V}`, or with `krl` and `signature` (both base64), each maybe with `status` and `statusSignature`. Throws if malformed. */
+export function parseKrlEvent(data: string): { version: bigint; offered: OfferedKrl | null; status?: SignedKrlStatus } {
+  const d = JSON.parse(data) as { version?: unknown; krl?: unknown; signature?: unknown; status?: unknown; statusSignature?: unknown };
   if (typeof d.version !== 'number' || !Number.isSafeInteger(d.version) || d.version < 0) throw new Error('no version');
   const version = BigInt(d.version);
-  if (d.krl === undefined && d.signature === undefined) return { version, offered: null };
+  if (d.krl === undefined && d.signature === undefined) return { version, offered: null, ...optionalStatus(d) };
   if (typeof d.krl !== 'string' || typeof d.signature !== 'string' || d.krl === '' || !BASE64.test(d.krl)) throw new Error('krl and signature must both be base64 strings');
-  return { version, offered: { version, body: Buffer.from(d.krl, 'base64'), signature: d.signature } };
+  return { version, offered: { version, body: Buffer.from(d.krl, 'base64'), signature: d.signature, ...optionalStatus(d) } };
+}
+
+/** Thrown when a sync got no signed proof that the installed KRL is current: it does not count as a check. */
+export class NotFresh extends Error {
+  override readonly name = 'NotFresh';
 }
 
 export class Agent {
@@ -87,7 +108,12 @@ export class Agent {
   private readonly clock: Clock;
   private readonly log: Logger;
   private readonly random: () => number;
-  private readonly pool: HttpAgent;
+  private pool: HttpAgent;
+  private trust!: VerifiedBundle;
+  /** A bundle an event carried, not yet looked at by the sync loop. */
+  private offeredTrust: SignedBundle | null = null;
+  /** Set when this sync verified a KRL status naming the installed KRL (see syncOnce). */
+  private freshThisSync = false;
   private credential!: Credential;
   private caKeys: PublicKey[] = [];
   private caKeysText = '';
@@ -120,6 +146,10 @@ export class Agent {
     this.pool = connectionPool(this.base);
   }
 
+  private url(path: string): URL {
+    return new URL(path, this.base);
+  }
+
   /** Loads (or makes, by joining) the credential and what is installed. Throws AgentError. */
   static async open(o: AgentOptions): Promise<Agent> {
     const a = new Agent(o);
@@ -129,14 +159,30 @@ export class Agent {
 
   private async init(): Promise<void> {
     await mkdir(this.paths.principalsDir, { recursive: true, mode: 0o755 });
+    const installed = await loadInstalledTrust(this.paths.trustBundle, this.o.caFingerprint);
+    this.caKeysText = await this.readCaKeysFile();
+    if (installed) {
+      await this.installTrust(installed, false);
+    } else {
+      if (!this.o.caFingerprint) {
+        throw new AgentError("--ca-fingerprint (or DSTACK_CA_FINGERPRINT) is required on the first start: the CA trust root's fingerprint (SHA256:...), which the orchestrator received with the join token; `dstack-ca ca show` prints it", 2);
+      }
+      let v: VerifiedBundle;
+      try {
+        v = await fetchTrust(this.base, { fingerprint: this.o.caFingerprint });
+      } catch (e) {
+        if (e instanceof TrustError) throw new AgentError(`refusing the CA at ${this.base.origin}: ${e.message}; nothing was written`);
+        throw new AgentError(`cannot reach the CA at ${this.base.origin} to check its trust root: ${(e as Error).message}`);
+      }
+      await this.installTrust(v, true);
+    }
     const stored = await loadCredential(this.paths.credential);
     if (stored) {
       this.credential = stored;
       if (this.o.joinToken) this.log('info', 'credential-reused', { credential: this.paths.credential, note: 'the join token is not needed again' });
-      this.caKeys = await this.readCaKeysFile();
     } else {
       if (!this.o.joinToken) throw new AgentError(`no credential in ${this.paths.credential}: pass --join-token (the run's one-time join token)`, 2);
-      const { credential, config } = await joinCa(this.base, this.o.joinToken, this.paths.credential, new Date(this.clock.now()));
+      const { credential, config } = await joinCa(this.base, this.o.joinToken, this.paths.credential, new Date(this.clock.now()), this.pool);
       this.credential = credential;
       this.log('info', 'joined', { project: credential.project, run: credential.run, principal: credential.principal });
       this.checkLoginUser(config);
@@ -152,29 +198,62 @@ export class Agent {
     }
   }
 
-  private async readCaKeysFile(): Promise<PublicKey[]> {
+  private async readCaKeysFile(): Promise<string> {
     try {
-      this.caKeysText = await readFile(this.paths.trustedCaKeys, 'utf8');
-      return this.caKeysText.split('\n').filter((l) => l.trim() !== '').map((l) => parseAuthorizedKey(l).key);
+      return await readFile(this.paths.trustedCaKeys, 'utf8');
     } catch {
-      return []; // refreshed from the CA on the first sync
+      return ''; // written from the trust bundle
     }
   }
 
-  /** Writes the CA keys and the principal, each only when it changed. */
+  /**
+   * Puts a verified bundle in force: the user CA keys into trusted_user_ca_keys (every key,
+   * next, active and previous: during a rotation certs of both must log in), the bundle file,
+   * and a connection pool that accepts the TLS certificates it lists.
+   */
+  private async installTrust(v: VerifiedBundle, save: boolean): Promise<void> {
+    const keys = trustedKeyLines(v.bundle, 'user');
+    const caText = lines(keys);
+    if (caText !== this.caKeysText) {
+      await writeFileAtomic(this.paths.trustedCaKeys, caText, { mode: 0o644 });
+      if (this.caKeysText !== '') this.log('info', 'ca-keys-updated', { keys: keys.length, bundleVersion: v.bundle.version });
+      this.caKeysText = caText;
+    }
+    if (save) await saveTrust(this.paths.trustBundle, v);
+    const tlsChanged = !this.trust || this.trust.bundle.tlsCertificates.join() !== v.bundle.tlsCertificates.join();
+    const previous = this.trust?.bundle.version;
+    this.trust = v;
+    this.caKeys = keys.map((k) => parseAuthorizedKey(k).key);
+    if (tlsChanged) {
+      const old = this.pool;
+      this.pool = connectionPool(this.base, pinnedTls(v));
+      old.destroy();
+    }
+    if (save) this.log('info', 'trust-bundle-installed', { version: v.bundle.version, previous: previous ?? null, root: rootFingerprint(v.bundle) });
+  }
+
+  /** Fetches the bundle (or takes the one an event offered) and installs it if newer. Throws TrustError if refused. */
+  private async refreshTrust(): Promise<void> {
+    const offered = this.offeredTrust;
+    this.offeredTrust = null;
+    const anchor = { installed: this.trust.bundle };
+    let v: VerifiedBundle | null = null;
+    if (offered) {
+      try {
+        v = verifyBundle(offered, anchor);
+      } catch (e) {
+        if (!(e instanceof TrustError)) throw e;
+        this.log('error', 'trust-refused', { source: 'event', error: e.message, installedVersion: this.trust.bundle.version });
+      }
+    }
+    if (!v || v.unchanged) v = await fetchTrust(this.base, anchor);
+    if (!v.unchanged) await this.installTrust(v, true);
+  }
+
+  /** Writes the principal when it changed (CA keys come from the trust bundle, never from here). */
   private async applyConfig(config: AgentConfig): Promise<void> {
     this.checkLoginUser(config);
     if (config.principal !== this.credential.principal) throw new AgentError(`the CA now says the run's principal is ${config.principal}, not ${this.credential.principal}`);
-    const keys = config.caKeys.map((k) => parseAuthorizedKey(k).key);
-    if (keys.length === 0) throw new Error('the CA sent no CA keys');
-    const caText = lines(config.caKeys);
-    if (caText !== this.caKeysText) {
-      // Every key, old and new: during a rotation certs of both must log in.
-      await writeFileAtomic(this.paths.trustedCaKeys, caText, { mode: 0o644 });
-      if (this.caKeysText !== '') this.log('info', 'ca-keys-updated', { keys: config.caKeys.length });
-      this.caKeysText = caText;
-    }
-    this.caKeys = keys;
     const principalsText = lines([config.principal]);
     if (principalsText !== this.principalsText) {
       await writeFileAtomic(join(this.paths.principalsDir, config.loginUser), principalsText, { mode: 0o644 });
@@ -183,7 +262,7 @@ export class Agent {
   }
 
   private async refreshConfig(): Promise<void> {
-    const res = await request(new URL('/v1/agents/config', this.base), { headers: { authorization: `Bearer ${this.credential.token}` }, agent: this.pool });
+    const res = await request(this.url('/v1/agents/config'), { headers: { authorization: `Bearer ${this.credential.token}` }, agent: this.pool });
     if (res.status !== 200) throw new HttpError(res.status, `GET /v1/agents/config: ${errorMessage(res)}`);
     await this.applyConfig(agentConfigView.parse(JSON.parse(res.body.toString('utf8'))));
     await this.reportHostKeys();
@@ -192,7 +271,7 @@ export class Agent {
   /** Tells the CA the sshd's host keys, once; a failure is logged and retried on the next sync, never fatal. */
   private async reportHostKeys(): Promise<void> {
     if (this.hostKeysReported || !this.o.hostKeys || this.o.hostKeys.length === 0) return;
-    const res = await request(new URL('/v1/agents/host-keys', this.base), {
+    const res = await request(this.url('/v1/agents/host-keys'), {
       method: 'PUT',
       json: { hostKeys: this.o.hostKeys },
       headers: { authorization: `Bearer ${this.credential.token}` },
@@ -206,8 +285,14 @@ export class Agent {
     this.log('info', 'host-keys-reported', { keys: this.o.hostKeys.length });
   }
 
-  /** One sync: config, then the KRL (KRL first on a push, where latency matters). Throws on failure. */
+  /**
+   * One sync: trust bundle, config, then the KRL (KRL first on a push, where latency matters).
+   * Counts as a check with the CA (resets staleness) only if a signed KRL status for the
+   * installed KRL verified. Throws on failure.
+   */
   async syncOnce(reason: SyncReason): Promise<void> {
+    this.freshThisSync = false;
+    if (reason !== 'push' && reason !== 'followup') await this.refreshTrust();
     const configFirst = reason !== 'push' || this.caKeys.length === 0;
     if (configFirst) await this.refreshConfig();
     // A follow-up comes right after an install from an event; a newer KRL would come by an
@@ -223,9 +308,38 @@ export class Agent {
       return;
     }
     if (!configFirst) await this.refreshConfig();
-    this.checkedAt = this.clock.now();
+    // A follow-up completes a push whose event carried the status; every other sync must bring its own.
+    if (reason !== 'followup' && !this.freshThisSync) throw new NotFresh('the CA answered without a valid signed status for the installed KRL: not counted as a check with the CA');
+    if (this.stale()) throw new NotFresh('the newest signed KRL status is older than --max-staleness');
     this.armStaleness();
     await saveState(this.paths, this.installed.version, this.checkedAt);
+  }
+
+  /**
+   * Checks a signed KRL status. If it names the installed KRL (version and SHA-256), its
+   * signed time moves `checkedAt` forward (never back, never past now); if it names a newer
+   * KRL or trust bundle, a sync is asked for. Returns whether it proved the installed KRL current.
+   */
+  private acceptStatus(signed: Partial<SignedKrlStatus> | undefined, source: string): boolean {
+    let st;
+    try {
+      st = verifyKrlStatus(signed, this.caKeys);
+    } catch (e) {
+      this.log('warn', 'krl-status-refused', { source, error: (e as Error).message });
+      return false;
+    }
+    if (st.bundleVersion > this.trust.bundle.version) this.trigger('trust');
+    if (st.krlVersion !== this.installed.version || !this.installed.current || st.krlSha256 !== this.installed.sha256) {
+      if (st.krlVersion > this.installed.version) this.trigger('push');
+      return false;
+    }
+    const at = Math.min(this.clock.now(), st.issuedAt * 1000);
+    if (this.checkedAt === null || at > this.checkedAt) {
+      this.checkedAt = at;
+      this.armStaleness();
+    }
+    this.freshThisSync = true;
+    return true;
   }
 
   /** Where an installed KRL came from (null: nothing new was installed). */
@@ -236,21 +350,31 @@ export class Agent {
     this.offered = null;
     if (offered && (offered.version > this.installed.version || (offered.version === this.installed.version && !this.installed.current))) {
       try {
-        if (await this.install(() => verifyKrl(offered.body, offered.signature, offered.version.toString(), this.caKeys), configFresh)) return 'event';
+        if (await this.install(() => verifyKrl(offered.body, offered.signature, offered.version.toString(), this.caKeys), configFresh)) {
+          this.acceptStatus(offered.status, 'event');
+          return 'event';
+        }
       } catch (e) {
         if (!(e instanceof KrlRefused)) throw e;
         this.log('error', 'krl-refused', { source: 'event', error: e.message, installedVersion: this.installed.version });
       }
     }
     const etag = this.installed.current ? `"krl-${this.installed.version}"` : undefined;
-    const res = await request(new URL('/v1/krl', this.base), { headers: { 'if-none-match': etag }, agent: this.pool });
-    if (res.status === 304) return null;
-    if (res.status !== 200) throw new HttpError(res.status, `GET /v1/krl: ${errorMessage(res)}`);
+    const res = await request(this.url('/v1/krl'), { headers: { 'if-none-match': etag }, agent: this.pool });
     const header = (name: string) => {
       const v = res.headers[name];
       return Array.isArray(v) ? v[0] : v;
     };
-    return (await this.install(() => verifyKrl(res.body, header('x-krl-signature'), header('x-krl-version'), this.caKeys), configFresh)) ? 'get' : null;
+    const status = { status: header('x-krl-status'), signature: header('x-krl-status-signature') };
+    if (res.status === 304) {
+      // A 304 proves nothing by itself (it can be replayed forever): only a fresh signed status does.
+      this.acceptStatus(status, 'get');
+      return null;
+    }
+    if (res.status !== 200) throw new HttpError(res.status, `GET /v1/krl: ${errorMessage(res)}`);
+    const installed = await this.install(() => verifyKrl(res.body, header('x-krl-signature'), header('x-krl-version'), this.caKeys), configFresh);
+    this.acceptStatus(status, 'get');
+    return installed ? 'get' : null;
   }
 
   /**
@@ -262,9 +386,9 @@ export class Agent {
     try {
       krl = verify();
     } catch (e) {
-      // Signed by a key we do not know yet: a CA key rotation; the config has the new key.
+      // Signed by a key we do not know yet: a CA key rotation; the trust bundle has the new key.
       if (!(e instanceof KrlRefused && e.unknownSigner && !configFresh)) throw e;
-      await this.refreshConfig();
+      await this.refreshTrust();
       krl = verify();
     }
     if (krl.version < this.installed.version) throw new KrlRefused(`KRL version ${krl.version} is older than the installed version ${this.installed.version}`);
@@ -272,7 +396,7 @@ export class Agent {
     const previous = this.installed.version;
     await writeKrl(this.paths, krl.body);
     const wasFailClosed = this.installed.failClosed;
-    this.installed = { version: krl.version, current: true, failClosed: false, set: krl.set };
+    this.installed = { version: krl.version, current: true, failClosed: false, set: krl.set, sha256: sha256Hex(krl.body) };
     this.o.onInstall?.(krl.version, false);
     // The state file (written at the end of the sync) is the second record of the version: on
     // a restart loadInstalled takes the newer of it and the installed KRL's own header.
@@ -304,7 +428,7 @@ export class Agent {
     }
   }
 
-  /** Staleness: how long since the CA last answered a full sync. */
+  /** Staleness: how long since the newest CA-signed time verified for the installed KRL. */
   private stale(): boolean {
     const max = this.o.maxStalenessMs;
     return max !== undefined && (this.checkedAt === null || this.clock.now() - this.checkedAt >= max);
@@ -315,7 +439,8 @@ export class Agent {
     if (this.installed.failClosed || this.caKeys.length === 0) return;
     const body = failClosedKrl(this.caKeys, this.installed.version, this.clock.now());
     await writeKrl(this.paths, body);
-    this.installed = { ...this.installed, current: false, failClosed: true, set: decodeKrl(body).set };
+    const { sha256: _gone, ...rest } = this.installed;
+    this.installed = { ...rest, current: false, failClosed: true, set: decodeKrl(body).set };
     this.o.onInstall?.(this.installed.version, true);
     const since = this.checkedAt === null ? 'never' : new Date(this.checkedAt).toISOString();
     this.log('error', 'fail-closed', {
@@ -361,6 +486,8 @@ export class Agent {
   private async syncFailed(reason: SyncReason, e: Error): Promise<void> {
     const fields = { reason, error: e.message, installedVersion: this.installed.version };
     if (e instanceof KrlRefused) this.log('error', 'krl-refused', fields);
+    else if (e instanceof TrustError) this.log('error', 'trust-refused', fields);
+    else if (e instanceof NotFresh) this.log('warn', 'not-fresh', fields);
     else this.log('warn', 'sync-failed', fields);
     if (this.stale()) {
       try {
@@ -383,7 +510,8 @@ export class Agent {
     this.running = true;
     this.trigger('start');
     this.sse = new SseSubscription({
-      url: new URL('/v1/krl/events', this.base),
+      url: this.url('/v1/krl/events'),
+      tls: () => (this.base.protocol === 'https:' ? pinnedTls(this.trust) : {}),
       clock: this.clock,
       random: this.random,
       retryMaxMs: this.o.retryMaxMs,
@@ -395,11 +523,13 @@ export class Agent {
   }
 
   private onEvent(event: string, data: string, first: boolean): void {
+    if (event === 'status' || event === 'trust') return this.onSignedEvent(event, data);
     if (event !== 'krl') return;
     let version: bigint;
     let offered: OfferedKrl | null;
+    let status: SignedKrlStatus | undefined;
     try {
-      ({ version, offered } = parseKrlEvent(data));
+      ({ version, offered, status } = parseKrlEvent(data));
     } catch {
       this.log('warn', 'event-ignored', { data: data.length > 200 ? `${data.slice(0, 200)}...` : data });
       return;
@@ -412,12 +542,32 @@ export class Agent {
         this.offered = offered;
       }
     }
+    if (!offered && status) this.acceptStatus(status, 'event');
     // The first event of a connection is a catch-up (and the CA may have changed while we
     // were away): a full sync. Later ones matter only if newer than what is installed.
     if (first) {
       this.log('info', 'event-stream-up', { version });
       this.trigger('connect');
     } else if (version > this.installed.version || !this.installed.current) this.trigger('push');
+  }
+
+  /** `status`: a fresh signed status (freshness); `trust`: a new bundle, verified in the sync loop. */
+  private onSignedEvent(event: 'status' | 'trust', data: string): void {
+    let d: { status?: unknown; signature?: unknown; bundle?: unknown; version?: unknown };
+    try {
+      d = JSON.parse(data) as typeof d;
+    } catch {
+      this.log('warn', 'event-ignored', { event });
+      return;
+    }
+    if (event === 'status') {
+      if (typeof d.status === 'string' && typeof d.signature === 'string') this.acceptStatus({ status: d.status, signature: d.signature }, 'event');
+      return;
+    }
+    if (typeof d.bundle !== 'string' || typeof d.signature !== 'string' || typeof d.version !== 'number') return;
+    if (d.version <= this.trust.bundle.version) return;
+    this.offeredTrust = { bundle: d.bundle, signature: d.signature };
+    this.trigger('trust');
   }
 
   private pollIntervalMs(): number {
@@ -470,8 +620,8 @@ export class Agent {
   }
 
   /** For logs and tests. */
-  status(): { version: bigint; current: boolean; failClosed: boolean; checkedAt: number | null; streaming: boolean } {
+  status(): { version: bigint; current: boolean; failClosed: boolean; checkedAt: number | null; streaming: boolean; bundleVersion: number } {
     const { version, current, failClosed } = this.installed;
-    return { version, current, failClosed, checkedAt: this.checkedAt, streaming: this.sse?.connected ?? false };
+    return { version, current, failClosed, checkedAt: this.checkedAt, streaming: this.sse?.connected ?? false, bundleVersion: this.trust.bundle.version };
   }
 }

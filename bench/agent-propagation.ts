@@ -80,9 +80,12 @@ async function hostAgents(): Promise<void> {
     void (async () => {
       if (m.type === 'open') {
         const before = memoryKb();
+        // What the orchestrator hands each agent with its join token (public, so read here).
+        const caFingerprint = ((await (await fetch(`${m.url}/v1/ca`)).json()) as { fingerprint: string }).fingerprint;
         agents = await pool(m.dirs, 32, (sshdDir, i) =>
           Agent.open({
             url: m.url,
+            caFingerprint,
             sshdDir,
             loginUser: 'root',
             joinToken: m.joinTokens[i] as string,

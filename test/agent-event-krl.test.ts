@@ -79,6 +79,7 @@ beforeAll(async () => {
   const run = await ca.admin<{ joinToken: string }>('POST', '/v1/runs', { project: 'ml', name: 'train-1', owner: 'alice', loginUser: 'root' });
   agent = await Agent.open({
     url,
+    caFingerprint: ca.fingerprint,
     sshdDir,
     loginUser: 'root',
     joinToken: run.joinToken,

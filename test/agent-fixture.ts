@@ -42,12 +42,15 @@ export class LiveCa {
     private app: FastifyInstance | null,
     private store: Store | null,
     public port: number,
+    /** The trust root's SHA256 fingerprint: what agents pin with --ca-fingerprint. */
+    readonly fingerprint: string,
   ) {}
 
   static async start(): Promise<LiveCa> {
     const ca = await openTestCa();
     await ca.app.listen({ host: '127.0.0.1', port: 0 });
-    return new LiveCa(ca.dir, ca.adminToken, ca.app, ca.store, (ca.app.server.address() as AddressInfo).port);
+    const fp = ((await ca.app.inject({ method: 'GET', url: '/v1/ca' })).json() as { fingerprint: string }).fingerprint;
+    return new LiveCa(ca.dir, ca.adminToken, ca.app, ca.store, (ca.app.server.address() as AddressInfo).port, fp);
   }
 
   get url(): string {

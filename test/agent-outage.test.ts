@@ -26,7 +26,7 @@ async function host(run: string, ...flags: string[]): Promise<Host> {
   const { joinToken } = await ca.admin<{ joinToken: string }>('POST', '/v1/runs', { project: 'ml', name: run, owner: 'alice', loginUser: me });
   const sshdDir = join(dir, run);
   // --retry-max 1s: the reconnect after the CA is back is quick enough for a test.
-  const agent = spawnAgent(['--url', ca.url, '--sshd-dir', sshdDir, '--login-user', me, '--retry-max', '1s', ...flags], { DSTACK_CA_JOIN_TOKEN: joinToken });
+  const agent = spawnAgent(['--url', ca.url, '--ca-fingerprint', ca.fingerprint, '--sshd-dir', sshdDir, '--login-user', me, '--retry-max', '1s', ...flags], { DSTACK_CA_JOIN_TOKEN: joinToken });
   await agent.waitFor((l) => l.event === 'event-stream-up');
   await agent.waitFor((l) => l.event === 'krl-installed');
   return { sshdDir, sshd: await startSshd({ filesDir: sshdDir }), agent };

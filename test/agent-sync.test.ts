@@ -21,7 +21,7 @@ let principal: string;
 let agent: AgentProcess;
 const holders: Record<string, Holder> = {};
 
-const agentArgs = (d: string, ...more: string[]) => ['--url', ca.url, '--sshd-dir', d, '--login-user', me, ...more];
+const agentArgs = (d: string, ...more: string[]) => ['--url', ca.url, '--ca-fingerprint', ca.fingerprint, '--sshd-dir', d, '--login-user', me, ...more];
 
 beforeAll(async () => {
   dir = await makeTempDir('agent-sync-');
@@ -98,7 +98,7 @@ describe('dstack-ca-agent', () => {
     const wrong = spawnAgent(agentArgs(d, '--once', '--join-token', run2.joinToken));
     expect(await wrong.exited).toBe(1);
     expect(wrong.stderr()).toContain(`dstack-ca-agent: --login-user ${me} does not match the login user of run ml/web, which is "ubuntu"`);
-    const right = spawnAgent(['--url', ca.url, '--sshd-dir', d, '--login-user', 'ubuntu', '--once']);
+    const right = spawnAgent(['--url', ca.url, '--ca-fingerprint', ca.fingerprint, '--sshd-dir', d, '--login-user', 'ubuntu', '--once']);
     expect(await right.exited, right.stderr()).toBe(0);
     expect(await readFile(join(d, 'auth_principals', 'ubuntu'), 'utf8')).toMatch(/^dstack-run-[0-9a-f]+\n$/);
   });

@@ -63,7 +63,7 @@ let agent: AgentProcess;
 let revoked: Holder;
 let kept: Holder;
 
-const startAgent = (env: Record<string, string> = {}) => spawnAgent(['--url', proxyUrl, '--sshd-dir', sshdDir, '--login-user', me], env);
+const startAgent = (env: Record<string, string> = {}) => spawnAgent(['--url', proxyUrl, '--ca-fingerprint', ca.fingerprint, '--sshd-dir', sshdDir, '--login-user', me], env);
 
 beforeAll(async () => {
   dir = await makeTempDir('agent-tamper-');

@@ -53,6 +53,7 @@ async function readEvents(res: Response, count: number): Promise<{ id: string; d
       buf = buf.slice(end + 2);
       if (block.startsWith(':')) continue; // keepalive comment
       const field = (name: string) => block.split('\n').find((l) => l.startsWith(`${name}: `))?.slice(name.length + 2) ?? '';
+      if (field('event') !== 'krl') continue; // status and trust events: test/trust-wire.test.ts
       events.push({ id: field('id'), data: JSON.parse(field('data')) as KrlEventData });
     }
   }

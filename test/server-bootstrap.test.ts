@@ -17,18 +17,26 @@ describe('opening a data dir', () => {
     const cfg = serverConfigSchema.parse({ dataDir });
     const first = await openCa(cfg, {});
     expect(first.adminTokenPath).toBe(join(dataDir, 'admin-token'));
-    const caKey = ((await first.authority.ctx.store.listCaKeys())[0])?.publicKey;
+    const keys = await first.authority.ctx.store.listCaKeys();
+    // One active key per purpose: the user CA, the host CA, and the trust root that signs bundles.
+    expect(keys.map((k) => `${k.purpose}:${k.state}`).sort()).toEqual(['host:active', 'root:active', 'user:active']);
+    const caKeys = keys.map((k) => k.publicKey);
+    const bundle = await first.authority.ctx.store.latestTrustBundle();
+    expect(bundle?.signature).toBeTruthy(); // signed by the root at start
     await first.store.close();
     const token = await readFile(join(dataDir, 'admin-token'), 'utf8');
     expect(token).toMatch(/^dsca_admin_[A-Za-z0-9_-]{43}\n$/);
     expect(await mode(dataDir)).toBe(0o700);
     for (const f of ['admin-token', 'keyring', 'ca.db']) expect(await mode(join(dataDir, f)), f).toBe(0o600);
     const sealed = await readdir(join(dataDir, 'ca-keys'));
-    expect(sealed).toHaveLength(1);
+    expect(sealed).toHaveLength(3);
+    for (const f of sealed) expect(await mode(join(dataDir, 'ca-keys', f)), f).toBe(0o600);
 
     const second = await openCa(cfg, {});
     expect(second.adminTokenPath).toBeNull();
-    expect((await second.authority.ctx.store.listCaKeys()).map((k) => k.publicKey)).toEqual([caKey]);
+    expect((await second.authority.ctx.store.listCaKeys()).map((k) => k.publicKey)).toEqual(caKeys);
+    // Nothing changed, so no new trust bundle version.
+    expect((await second.authority.ctx.store.latestTrustBundle())?.version).toBe(bundle?.version);
     expect((await second.authority.ctx.store.listIdentities()).map((i) => i.name)).toEqual(['admin']);
     await second.store.close();
     expect(await readFile(join(dataDir, 'admin-token'), 'utf8')).toBe(token);

@@ -11,6 +11,7 @@ import { handleError } from './errors.js';
 import { adminRoutes } from './routes/admin.js';
 import { agentRoutes } from './routes/agents.js';
 import { krlRoutes } from './routes/krl.js';
+import { caRoutes } from './routes/ca.js';
 import { loginRoutes } from './routes/login.js';
 import { pageRoutes } from '../web/pages.js';
 import { revocationRoutes } from './routes/revocations.js';
@@ -30,6 +31,7 @@ declare module 'fastify' {
  */
 export const ANONYMOUS_ROUTES: ReadonlySet<string> = new Set([
   'GET /v1/ca',
+  'GET /v1/trust',
   'GET /v1/krl',
   'GET /v1/krl/signature',
   'GET /v1/krl/events',
@@ -134,6 +136,7 @@ export async function buildApp(authority: Authority, opts: AppOptions = {}): Pro
   runRoutes(app, authority);
   adminRoutes(app, authority);
   revocationRoutes(app, authority, (n) => certsRevoked.inc(n));
+  caRoutes(app, authority);
   agentRoutes(app, authority);
   loginRoutes(app, authority);
   pageRoutes(app);

@@ -197,7 +197,34 @@ export const botTokenView = z.object({ name: z.string(), project: z.string(), to
 export const orchestratorView = z.object({ name: z.string(), createdAt: z.number() });
 export const tokenView = z.object({ name: z.string(), token: z.string() });
 export const revokedCountView = z.object({ revokedCerts: z.number() });
-export const caView = z.object({ keys: z.array(z.string()), trustedUserCaKeys: z.string() });
+export const caKeyView = z.object({
+  purpose: z.enum(['user', 'host', 'root']),
+  state: z.enum(['next', 'active', 'previous', 'retired']),
+  publicKey: z.string(),
+  fingerprint: z.string(),
+  createdAt: z.number(),
+});
+export const caView = z.object({
+  keys: z.array(z.string()).describe('User CA keys hosts trust (TrustedUserCAKeys), active first'),
+  trustedUserCaKeys: z.string(),
+  hostCaKeys: z.array(z.string()).describe('Host CA keys users trust (@cert-authority), active first'),
+  fingerprint: z.string().describe('SHA256 fingerprint of the trust root: what clients pin (--fingerprint)'),
+  caKeys: z.array(caKeyView).describe('Every CA key with its purpose and rotation state'),
+});
+export const trustView = z.object({
+  version: z.number(),
+  fingerprint: z.string(),
+  bundle: z.string().describe('The signed bundle bytes (JSON), base64'),
+  signature: z.string().describe('SSHSIG (namespace dstack-ca-trust) by the trust root, base64'),
+  userCaKeys: z.array(z.string()),
+  hostCaKeys: z.array(z.string()),
+});
+export const rotateBody = z.strictObject({
+  step: z.enum(['add', 'switch', 'retire', 'emergency']),
+  purpose: z.enum(['user', 'host']).default('user'),
+  reason: z.string().max(500).optional(),
+});
+export const rotateView = z.object({ keys: z.array(caKeyView), bundleVersion: z.number(), krlVersion: z.number() });
 export const nonceView = z.object({ nonce: z.string(), expiresAt: z.number(), message: z.string() });
 export const auditEventView = z.object({
   seq: z.number(),

@@ -7,10 +7,22 @@ import type { Signer } from '../ssh/signature.js';
 import type { Store } from '../store/store.js';
 
 export interface CaKeys {
-  /** Signs new certificates and KRLs. */
+  /** The active user CA key: signs new user certificates, KRLs and KRL status statements. */
   active: Signer;
-  /** Every key hosts should trust (active first), for TrustedUserCAKeys. */
+  /** Every user CA key hosts should trust (active first, then next, then previous), for TrustedUserCAKeys. */
   trusted: readonly PublicKey[];
+  /** The host CA: signs host certificates; its keys go into users' known_hosts (@cert-authority). */
+  host: { active: Signer; trusted: readonly PublicKey[] };
+  /** The trust root: signs trust bundles only; its fingerprint is what clients pin. */
+  root: Signer;
+}
+
+/** Where new CA keys are made and sealed (the server's data dir), for `ca rotate add`. */
+export interface CaKeyVault {
+  /** Makes, seals and stores a new key of the configured type. */
+  create(): Promise<{ publicKey: string; signer: Signer }>;
+  /** The signer of a stored key, by its one-line public key (loads and opens it on first use). */
+  signer(publicKey: string): Promise<Signer>;
 }
 
 /** Token buckets for certificate requests of bots (DESIGN.md section 2); null: no limit. */
@@ -100,8 +112,8 @@ export interface AuthorityConfig {
 
 export const DEFAULT_AUTHORITY_CONFIG: AuthorityConfig = { defaultTtl: 3600, maxTtl: 12 * 3600, joinTokenTtl: 24 * 3600 };
 
-/** Announces each new KRL version (server-sent events fan out from here). */
-export class KrlEvents extends EventEmitter<{ krl: [version: number] }> {}
+/** Announces each new KRL version and trust bundle version (server-sent events fan out from here). */
+export class KrlEvents extends EventEmitter<{ krl: [version: number]; trust: [version: number] }> {}
 
 export interface AuthorityContext {
   store: Store;
@@ -110,4 +122,8 @@ export interface AuthorityContext {
   /** Unix seconds. */
   now: () => number;
   krlEvents: KrlEvents;
+  /** Makes and opens CA keys for rotation; absent: keys cannot be rotated (tests that never rotate). */
+  vault?: CaKeyVault;
+  /** PEM of each certificate the server currently serves TLS with (set at start and on SIGHUP): listed in the trust bundle. */
+  tlsCertificates?: string[];
 }

@@ -5,7 +5,8 @@ import { chmod, mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Authority } from '../authority/authority.js';
 import { audit } from '../authority/audit.js';
-import { KrlEvents, type AuthorityContext } from '../authority/context.js';
+import { KrlEvents, type AuthorityContext, type CaKeyVault } from '../authority/context.js';
+import { caKeysFrom, ensureTrustBundle } from '../authority/trust.js';
 import { rebuildKrl } from '../authority/krl.js';
 import { createEnrollment } from '../authority/login/passkeys.js';
 import { newToken } from '../authority/tokens.js';
@@ -14,7 +15,7 @@ import { CaKeyStore, type StoredCaKey } from '../keys/ca-key-store.js';
 import { parseKeyring, type Keyring } from '../keys/keyring.js';
 import { fingerprint, parseAuthorizedKey } from '../ssh/keys.js';
 import { openSqliteStore } from '../store/sqlite/sqlite-store.js';
-import type { Store } from '../store/store.js';
+import type { CaKeyPurpose, Store } from '../store/store.js';
 import type { ServerConfig } from './config.js';
 
 export interface OpenedCa {
@@ -43,24 +44,46 @@ async function loadKeyring(cfg: ServerConfig, env: NodeJS.ProcessEnv): Promise<{
   return { keyring: parseKeyring([line]), source: 'data-dir' };
 }
 
-/** Makes sure exactly one active CA key exists; returns it and every trusted key. */
-async function loadCaKeys(store: Store, keys: CaKeyStore, cfg: ServerConfig, now: number): Promise<{ active: StoredCaKey; trusted: StoredCaKey[] }> {
-  const stored = await keys.loadAll();
+/**
+ * Makes sure each purpose (user CA, host CA, trust root) has its active key, creating what is
+ * missing (the first start, or a data dir from before host certificates and the trust root),
+ * and returns a vault that opens stored keys on demand and makes new ones for rotation.
+ */
+async function loadCaKeys(store: Store, keys: CaKeyStore, cfg: ServerConfig, now: number): Promise<CaKeyVault> {
+  const stored = new Map((await keys.loadAll()).map((k) => [k.publicKey, k]));
   const records = await store.listCaKeys();
-  if (records.length === 0) {
-    const created = stored[0] ?? (await keys.create(cfg.caKeyType));
+  // The root signs only bundles: always Ed25519 (small, fast, and what ssh-keygen -l shows best).
+  const missing = (['user', 'host', 'root'] as const).filter((p) => !records.some((r) => r.purpose === p && r.state === 'active'));
+  if (missing.length > 0) {
+    const made: { purpose: CaKeyPurpose; key: StoredCaKey }[] = [];
+    const unused = records.length === 0 ? [...stored.values()] : []; // a first start that crashed after sealing its key
+    for (const purpose of missing) {
+      const reuse = purpose === 'user' ? unused.shift() : undefined;
+      made.push({ purpose, key: reuse ?? (await keys.create(purpose === 'root' ? 'ed25519' : cfg.caKeyType)) });
+    }
     await store.tx(async (tx) => {
-      await tx.upsertCaKey({ fingerprint: fingerprint(parseAuthorizedKey(created.publicKey).key), publicKey: created.publicKey, state: 'active', createdAt: now });
-      await audit(tx, now, 'system', 'ca.key.create', { publicKey: created.publicKey });
+      for (const { purpose, key } of made) {
+        await tx.upsertCaKey({ fingerprint: fingerprint(parseAuthorizedKey(key.publicKey).key), publicKey: key.publicKey, purpose, state: 'active', createdAt: now });
+        await audit(tx, now, 'system', 'ca.key.create', { purpose, publicKey: key.publicKey });
+      }
     });
-    return { active: created, trusted: [created] };
+    for (const { key } of made) stored.set(key.publicKey, key);
   }
-  const byLine = new Map(stored.map((k) => [k.publicKey, k]));
-  const pick = (state: string) => records.filter((r) => r.state === state).map((r) => byLine.get(r.publicKey));
-  const active = pick('active');
-  if (active.length !== 1 || !active[0]) throw new Error('the data dir must hold exactly one active CA key whose sealed file is present');
-  const trusted = [...active, ...pick('trusted')].filter((k): k is StoredCaKey => k !== undefined);
-  return { active: active[0], trusted };
+  for (const r of await store.listCaKeys()) {
+    if (r.state !== 'retired' && !stored.has(r.publicKey)) throw new Error(`the sealed file of the ${r.purpose} CA key ${r.fingerprint} is missing from ${join(cfg.dataDir, 'ca-keys')}`);
+  }
+  return {
+    async create() {
+      const k = await keys.create(cfg.caKeyType);
+      stored.set(k.publicKey, k);
+      return { publicKey: k.publicKey, signer: k.signer };
+    },
+    async signer(publicKey: string) {
+      const k = stored.get(publicKey);
+      if (!k) throw new Error(`no sealed file for CA key ${publicKey}`);
+      return k.signer;
+    },
+  };
 }
 
 export async function openCa(cfg: ServerConfig, env: NodeJS.ProcessEnv = process.env, now: () => number = () => Math.floor(Date.now() / 1000)): Promise<OpenedCa> {
@@ -69,7 +92,7 @@ export async function openCa(cfg: ServerConfig, env: NodeJS.ProcessEnv = process
   const { keyring, source } = await loadKeyring(cfg, env);
   const store = await openSqliteStore(join(cfg.dataDir, 'ca.db'));
   try {
-    const { active, trusted } = await loadCaKeys(store, new CaKeyStore(join(cfg.dataDir, 'ca-keys'), keyring), cfg, now());
+    const vault = await loadCaKeys(store, new CaKeyStore(join(cfg.dataDir, 'ca-keys'), keyring), cfg, now());
     let adminTokenPath: string | null = null;
     let adminEnrollment: string | null = null;
     if ((await store.getMeta('bootstrapped')) === null) {
@@ -90,11 +113,13 @@ export async function openCa(cfg: ServerConfig, env: NodeJS.ProcessEnv = process
     }
     const ctx: AuthorityContext = {
       store,
-      caKeys: { active: active.signer, trusted: trusted.map((k) => parseAuthorizedKey(k.publicKey).key) },
+      caKeys: await caKeysFrom(await store.listCaKeys(), (k) => vault.signer(k)),
+      vault,
       config: { defaultTtl: cfg.certs.defaultTtl, maxTtl: cfg.certs.maxTtl, joinTokenTtl: 24 * 3600, rateLimits: cfg.rateLimits, oidc: cfg.oidc, login: cfg.login },
       now,
       krlEvents: new KrlEvents(),
     };
+    await ensureTrustBundle(ctx);
     return { authority: new Authority(ctx), store, adminTokenPath, adminEnrollment, keyringSource: source };
   } catch (e) {
     await store.close();

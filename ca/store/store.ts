@@ -56,13 +56,29 @@ export interface StoredKrl {
   createdAt: number;
 }
 
-export type CaKeyState = 'active' | 'trusted' | 'retired';
+/**
+ * next: trusted, not signing yet (after `ca rotate add`); active: signs (exactly one per
+ * purpose); previous: signed before a switch, still trusted; retired: trusted nowhere.
+ */
+export type CaKeyState = 'next' | 'active' | 'previous' | 'retired';
+
+/** user: signs user certificates and KRLs; host: signs host certificates; root: signs trust bundles. */
+export type CaKeyPurpose = 'user' | 'host' | 'root';
 
 export interface CaKeyRecord {
   fingerprint: string;
   publicKey: string;
-  /** active: signs new certs (exactly one); trusted: published, not signing; retired: neither. */
+  purpose: CaKeyPurpose;
   state: CaKeyState;
+  createdAt: number;
+}
+
+/** One version of the trust bundle (ca/trust/bundle.ts): the exact bytes, signed after commit. */
+export interface StoredTrustBundle {
+  version: number;
+  content: Buffer;
+  /** Base64 SSHSIG by the trust root; null until signed right after commit. */
+  signature: string | null;
   createdAt: number;
 }
 
@@ -109,6 +125,8 @@ export interface StoreReader {
   latestKrl(): Promise<StoredKrl | null>;
 
   listCaKeys(): Promise<CaKeyRecord[]>;
+
+  latestTrustBundle(): Promise<StoredTrustBundle | null>;
 
   /** Highest serial ever reserved (0 if none). */
   serialHighWater(): Promise<bigint>;
@@ -171,7 +189,12 @@ export interface StoreTx extends StoreReader {
   insertKrl(blob: Buffer, at: number): Promise<StoredKrl>;
   setKrlSignature(version: number, signature: string): Promise<void>;
 
+  /** Inserts a CA key or changes its state (demote the old active key of a purpose before promoting another). */
   upsertCaKey(k: CaKeyRecord): Promise<void>;
+
+  /** Stores a new trust bundle version; `content.version` must be the previous one + 1. */
+  insertTrustBundle(version: number, content: Buffer, at: number): Promise<void>;
+  setTrustBundleSignature(version: number, signature: string): Promise<void>;
 
   appendAuditEvent(e: AuditEvent): Promise<void>;
   /** Several events at once (all or none), each following the one before. */

@@ -6,17 +6,27 @@
 // GET: a thousand agents would otherwise all ask for the same bytes within milliseconds.
 // Above EVENT_INLINE_MAX the event only names the version and agents GET it. Either way the
 // agent verifies the SSHSIG: the event stream is no more trusted than GET /v1/krl.
+//
+// Freshness (ca/trust/krl-status.ts): every KRL answer, 304 included, carries the signed
+// status "version N is current at T" in x-krl-status / x-krl-status-signature, each krl event
+// carries it too, and every stream gets a `status` event at least every STATUS_EVENT_MS. The
+// trust bundle (GET /v1/trust) rides the stream as a `trust` event at connect and on change.
 import type { ServerResponse } from 'node:http';
 import type { FastifyInstance } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import type { Authority } from '../../authority/authority.js';
 import { currentKrl } from '../../authority/krl.js';
+import { currentKrlStatus, currentTrustBundle, listCaKeys, rootFingerprint } from '../../authority/trust.js';
+import type { SignedKrlStatus } from '../../trust/krl-status.js';
+import { trustedKeyLines, decodeBundle } from '../../trust/bundle.js';
 import { dearmorSshsig, encodeSshsig } from '../../ssh/sshsig.js';
 import { formatAuthorizedKey } from '../../ssh/keys.js';
 import type { StoredKrl } from '../../store/store.js';
-import { caView } from '../schemas.js';
+import { caView, errorBody, trustView } from '../schemas.js';
 
 const KEEPALIVE_MS = 15_000;
+/** A fresh signed status goes to every stream this often: well inside a minute. */
+export const STATUS_EVENT_MS = 30_000;
 
 /** KRLs up to this size (bytes, before base64) travel inside the event. */
 export const EVENT_INLINE_MAX = 64 * 1024;
@@ -37,10 +47,14 @@ interface Served {
  * The event: `data` is `{"version":V,"krl":"<base64 KRL>","signature":"<base64 SSHSIG>"}`, or
  * `{"version":V}` alone for a KRL above EVENT_INLINE_MAX (or when there is no KRL yet).
  */
-function eventText(version: number, inline?: { blob: Buffer; signature: string }): string {
-  const data = inline ? `{"version":${version},"krl":"${inline.blob.toString('base64')}","signature":"${inline.signature}"}` : `{"version":${version}}`;
+function eventText(version: number, inline?: { blob: Buffer; signature: string }, status?: SignedKrlStatus | null): string {
+  const st = status ? `,"status":"${status.status}","statusSignature":"${status.signature}"` : '';
+  const data = inline ? `{"version":${version},"krl":"${inline.blob.toString('base64')}","signature":"${inline.signature}"${st}}` : `{"version":${version}${st}}`;
   return `id: ${version}\nevent: krl\ndata: ${data}\n\n`;
 }
+
+const statusEvent = (s: SignedKrlStatus) => `event: status\ndata: {"status":"${s.status}","signature":"${s.signature}"}\n\n`;
+const trustEvent = (version: number, b: { bundle: string; signature: string }) => `event: trust\ndata: {"version":${version},"bundle":"${b.bundle}","signature":"${b.signature}"}\n\n`;
 
 export function krlRoutes(app: FastifyInstance, authority: Authority): void {
   const r = app.withTypeProvider<ZodTypeProvider>();
@@ -50,12 +64,12 @@ export function krlRoutes(app: FastifyInstance, authority: Authority): void {
   const streams = new Set<ServerResponse>();
 
   let cache: Served | null = null;
-  const served = (krl: StoredKrl): Served => {
+  const served = (krl: StoredKrl, status: SignedKrlStatus | null): Served => {
     if (cache?.version === krl.version && cache.armored === krl.signature) return cache;
     const armored = krl.signature as string;
     const signature = encodeSshsig(dearmorSshsig(armored)).toString('base64');
     const inline = krl.blob.length <= EVENT_INLINE_MAX ? { blob: krl.blob, signature } : undefined;
-    const s: Served = { version: krl.version, etag: `"krl-${krl.version}"`, blob: krl.blob, armored, signature, event: eventText(krl.version, inline) };
+    const s: Served = { version: krl.version, etag: `"krl-${krl.version}"`, blob: krl.blob, armored, signature, event: eventText(krl.version, inline, status) };
     // Never let the cache go back to an older version (a slow request finishing late).
     if (!cache || s.version >= cache.version) cache = s;
     return s;
@@ -69,33 +83,73 @@ export function krlRoutes(app: FastifyInstance, authority: Authority): void {
     const krl = await currentKrl(ctx);
     if (!krl || krl.version <= sent) return;
     sent = krl.version;
-    const { event } = served(krl);
+    const { event } = served(krl, await currentKrlStatus(ctx));
+    for (const s of streams) s.write(event);
+  };
+  let trustSent = 0;
+  const broadcastTrust = async (): Promise<void> => {
+    const b = await currentTrustBundle(ctx);
+    if (!b || b.version <= trustSent) return;
+    trustSent = b.version;
+    const event = trustEvent(b.version, b.signed);
     for (const s of streams) s.write(event);
   };
   const onKrl = (): void => {
     broadcasting = broadcasting.then(broadcast).catch((e: unknown) => app.log.error({ err: e }, 'KRL event broadcast failed'));
   };
+  const onTrust = (): void => {
+    broadcasting = broadcasting.then(broadcastTrust).catch((e: unknown) => app.log.error({ err: e }, 'trust bundle broadcast failed'));
+  };
+  // One signed status for every stream at once (one signature, not one per stream).
+  const statusTimer = setInterval(() => {
+    if (streams.size === 0) return;
+    broadcasting = broadcasting
+      .then(async () => {
+        const st = await currentKrlStatus(ctx);
+        if (!st) return;
+        const event = statusEvent(st);
+        for (const s of streams) s.write(event);
+      })
+      .catch((e: unknown) => app.log.error({ err: e }, 'KRL status broadcast failed'));
+  }, STATUS_EVENT_MS);
+  statusTimer.unref();
   ctx.krlEvents.on('krl', onKrl);
+  ctx.krlEvents.on('trust', onTrust);
   app.addHook('preClose', async () => {
     ctx.krlEvents.off('krl', onKrl);
+    ctx.krlEvents.off('trust', onTrust);
+    clearInterval(statusTimer);
     for (const s of streams) s.end();
   });
 
   r.get('/v1/ca', { schema: { response: { 200: caView } } }, async () => {
     const keys = ctx.caKeys.trusted.map((k) => formatAuthorizedKey(k));
-    return { keys, trustedUserCaKeys: keys.map((k) => `${k}\n`).join('') };
+    const hostCaKeys = ctx.caKeys.host.trusted.map((k) => formatAuthorizedKey(k));
+    return { keys, trustedUserCaKeys: keys.map((k) => `${k}\n`).join(''), hostCaKeys, fingerprint: rootFingerprint(ctx), caKeys: await listCaKeys(ctx.store) };
+  });
+
+  // The signed trust bundle: what agents and the CLI check against the fingerprint they pinned.
+  r.get('/v1/trust', { schema: { response: { 200: trustView, 503: errorBody } } }, async (_req, reply) => {
+    const b = await currentTrustBundle(ctx);
+    if (!b) return reply.code(503).send({ error: 'unavailable', message: 'no trust bundle has been made yet' });
+    const bundle = decodeBundle(Buffer.from(b.signed.bundle, 'base64'));
+    void reply.header('cache-control', 'no-cache');
+    return { version: b.version, fingerprint: rootFingerprint(ctx), ...b.signed, userCaKeys: trustedKeyLines(bundle, 'user'), hostCaKeys: trustedKeyLines(bundle, 'host') };
   });
 
   r.get('/v1/krl', async (req, reply) => {
     const krl = await currentKrl(ctx);
     if (!krl) return reply.code(503).send({ error: 'unavailable', message: 'no KRL has been generated yet' });
-    const s = served(krl);
+    const status = await currentKrlStatus(ctx);
+    const s = served(krl, status);
     void reply
       .header('etag', s.etag)
       .header('x-krl-version', String(s.version))
       // The detached SSHSIG, unarmored, in one header line, so one request is enough.
       .header('x-krl-signature', s.signature)
       .header('cache-control', 'no-cache');
+    // On a 304 too: the only proof a revalidation is fresh, since a 304 can be replayed.
+    if (status) void reply.header('x-krl-status', status.status).header('x-krl-status-signature', status.signature);
     if (req.headers['if-none-match'] === s.etag) return reply.code(304).send();
     return reply.type('application/octet-stream').send(s.blob);
   });
@@ -110,14 +164,18 @@ export function krlRoutes(app: FastifyInstance, authority: Authority): void {
   // then one event per new version.
   r.get('/v1/krl/events', async (req, reply) => {
     const krl = await currentKrl(ctx);
+    const [status, bundle] = await Promise.all([currentKrlStatus(ctx), currentTrustBundle(ctx)]);
     reply.hijack();
     const res = reply.raw;
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
-    let first = krl ? served(krl) : null;
+    let first = krl ? served(krl, status) : null;
     // A newer version broadcast while we awaited the store: announce that one instead.
     // From here to streams.add nothing awaits, so every later broadcast reaches this stream.
     if (cache && (!first || cache.version > first.version)) first = cache;
     res.write(first ? first.event : eventText(0));
+    // The bundle in force, then a status no older than the one the krl event holds.
+    if (bundle) res.write(trustEvent(bundle.version, bundle.signed));
+    if (status) res.write(statusEvent(status));
     streams.add(res);
     const keepalive = setInterval(() => res.write(': keepalive\n\n'), KEEPALIVE_MS);
     req.raw.on('close', () => {

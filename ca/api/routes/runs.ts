@@ -2,6 +2,7 @@
 import type { FastifyInstance } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
+import { rootFingerprint } from '../../authority/trust.js';
 import type { Authority } from '../../authority/authority.js';
 import { proofMessage } from '../../authority/proof.js';
 import { finishRun, getRun, listRuns, registerRun, updateRunPolicy, updateRunSsh } from '../../authority/runs.js';
@@ -13,9 +14,9 @@ export function runRoutes(app: FastifyInstance, authority: Authority): void {
   const r = app.withTypeProvider<ZodTypeProvider>();
   const store = authority.ctx.store;
 
-  r.post('/v1/runs', { schema: { body: registerRunBody, response: { 201: runView.extend({ joinToken: z.string() }) } } }, async (req, reply) => {
+  r.post('/v1/runs', { schema: { body: registerRunBody, response: { 201: runView.extend({ joinToken: z.string(), caFingerprint: z.string().describe("The CA trust root's fingerprint: hand it to the run's agent with the join token (--ca-fingerprint)") }) } } }, async (req, reply) => {
     const { run, joinToken } = await registerRun(authority.ctx, req.actor, req.body);
-    return reply.code(201).send({ ...(await toRunView(store, run)), joinToken });
+    return reply.code(201).send({ ...(await toRunView(store, run)), joinToken, caFingerprint: rootFingerprint(authority.ctx) });
   });
 
   r.get('/v1/projects/:project/runs', { schema: { params: projectParam, response: { 200: z.array(runView) } } }, async (req) => {

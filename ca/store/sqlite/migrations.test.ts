@@ -66,6 +66,7 @@ describe('the real migrations', () => {
       'schema_migrations',
       'serial_high_water',
       'tokens',
+      'trust_bundles',
       'web_sessions',
     ]);
     expect(db.pragma('integrity_check', { simple: true })).toBe('ok');

@@ -341,6 +341,46 @@ CREATE TABLE web_sessions (
 CREATE INDEX web_sessions_identity ON web_sessions (identity_id);
 `,
   },
+  {
+    version: 5,
+    name: 'ca_key_purposes_rotation_trust_bundles',
+    // CA keys get a purpose (user certificates, host certificates, the trust root that signs
+    // bundles) and the rotation states of `ca rotate add|switch|retire`: next (trusted, not
+    // signing), active (signing, one per purpose), previous (still trusted after a switch),
+    // retired. A key "trusted" before this was an old key still published: previous.
+    // trust_bundles holds each signed bundle version (ca/trust/bundle.ts), append-only.
+    sql: `
+CREATE TABLE ca_keys_v5 (
+  fingerprint TEXT NOT NULL PRIMARY KEY,
+  public_key TEXT NOT NULL,
+  purpose TEXT NOT NULL,
+  state TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  CONSTRAINT ca_keys_public_key_unique UNIQUE (public_key),
+  CONSTRAINT ca_keys_purpose CHECK (purpose IN ('user', 'host', 'root')),
+  CONSTRAINT ca_keys_state CHECK (state IN ('next', 'active', 'previous', 'retired'))
+);
+INSERT INTO ca_keys_v5 (fingerprint, public_key, purpose, state, created_at)
+  SELECT fingerprint, public_key, 'user', CASE state WHEN 'trusted' THEN 'previous' ELSE state END, created_at FROM ca_keys;
+DROP TABLE ca_keys;
+ALTER TABLE ca_keys_v5 RENAME TO ca_keys;
+-- At most one active (signing) and one next key per purpose.
+CREATE UNIQUE INDEX ca_keys_one_active ON ca_keys (purpose) WHERE state = 'active';
+CREATE UNIQUE INDEX ca_keys_one_next ON ca_keys (purpose) WHERE state = 'next';
+
+CREATE TABLE trust_bundles (
+  version BIGINT NOT NULL PRIMARY KEY,
+  content BLOB NOT NULL,
+  signature TEXT,
+  created_at BIGINT NOT NULL,
+  CONSTRAINT trust_bundles_version_positive CHECK (version > 0)
+);
+CREATE TRIGGER trust_bundles_content_immutable BEFORE UPDATE OF version, content, created_at ON trust_bundles
+BEGIN SELECT RAISE(ABORT, 'a trust bundle version is never rewritten'); END;
+CREATE TRIGGER trust_bundles_never_deleted BEFORE DELETE ON trust_bundles
+BEGIN SELECT RAISE(ABORT, 'trust bundle versions are never deleted'); END;
+`,
+  },
 ];
 
 export const SCHEMA_VERSION: number = MIGRATIONS[MIGRATIONS.length - 1]?.version ?? 0;

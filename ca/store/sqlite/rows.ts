@@ -25,7 +25,7 @@ import type {
   TokenKind,
   TokenRecord,
 } from '../../domain/model.js';
-import type { CaKeyRecord, CaKeyState, StoredKrl, StoredRevocationTarget } from '../store.js';
+import type { CaKeyPurpose, CaKeyRecord, CaKeyState, StoredKrl, StoredRevocationTarget, StoredTrustBundle } from '../store.js';
 import { StoreError } from './errors.js';
 
 export type Row = Record<string, unknown>;
@@ -377,21 +377,41 @@ export const krls: Codec<StoredKrl, StoredKrl> = {
   }),
 };
 
-const CA_KEY_STATES: readonly CaKeyState[] = ['active', 'trusted', 'retired'];
+const CA_KEY_STATES: readonly CaKeyState[] = ['next', 'active', 'previous', 'retired'];
+const CA_KEY_PURPOSES: readonly CaKeyPurpose[] = ['user', 'host', 'root'];
 
 export const caKeys: Codec<CaKeyRecord, CaKeyRecord> = {
   table: 'ca_keys',
-  columns: columnList(['fingerprint', 'public_key', 'state', 'created_at']),
+  columns: columnList(['fingerprint', 'public_key', 'purpose', 'state', 'created_at']),
   toRow: (k) => ({
     fingerprint: k.fingerprint,
     public_key: k.publicKey,
+    purpose: k.purpose,
     state: k.state,
     created_at: intParam(k.createdAt, 'CA key createdAt'),
   }),
   fromRow: (r) => ({
     fingerprint: readText(r, 'fingerprint'),
     publicKey: readText(r, 'public_key'),
+    purpose: readEnum(r, 'purpose', CA_KEY_PURPOSES),
     state: readEnum(r, 'state', CA_KEY_STATES),
+    createdAt: readInt(r, 'created_at'),
+  }),
+};
+
+export const trustBundles: Codec<StoredTrustBundle, StoredTrustBundle> = {
+  table: 'trust_bundles',
+  columns: columnList(['version', 'content', 'signature', 'created_at']),
+  toRow: (b) => ({
+    version: intParam(b.version, 'trust bundle version'),
+    content: b.content,
+    signature: b.signature,
+    created_at: intParam(b.createdAt, 'trust bundle createdAt'),
+  }),
+  fromRow: (r) => ({
+    version: readInt(r, 'version'),
+    content: readBlob(r, 'content'),
+    signature: readTextOrNull(r, 'signature'),
     createdAt: readInt(r, 'created_at'),
   }),
 };

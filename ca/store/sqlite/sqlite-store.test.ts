@@ -713,28 +713,43 @@ describe('KRLs', () => {
 describe('CA keys', () => {
   it('upsert inserts and changes state; one active at a time; same fingerprint, same key', async () => {
     const { store } = await fresh();
-    const a = { fingerprint: 'SHA256:a', publicKey: 'ssh-ed25519 A', state: 'active' as const, createdAt: 1000 };
-    const b = { fingerprint: 'SHA256:b', publicKey: 'ssh-ed25519 B', state: 'trusted' as const, createdAt: 2000 };
+    const a = { fingerprint: 'SHA256:a', publicKey: 'ssh-ed25519 A', purpose: 'user' as const, state: 'active' as const, createdAt: 1000 };
+    const b = { fingerprint: 'SHA256:b', publicKey: 'ssh-ed25519 B', purpose: 'user' as const, state: 'next' as const, createdAt: 2000 };
+    // Another purpose has an active key of its own.
+    const h = { fingerprint: 'SHA256:h', publicKey: 'ssh-ed25519 H', purpose: 'host' as const, state: 'active' as const, createdAt: 3000 };
     await store.tx(async (tx) => {
       await tx.upsertCaKey(a);
       await tx.upsertCaKey(b);
+      await tx.upsertCaKey(h);
     });
-    expect(await store.listCaKeys()).toEqual([a, b]);
+    expect(await store.listCaKeys()).toEqual([a, b, h]);
+    await expect(store.tx((tx) => tx.upsertCaKey({ ...h, fingerprint: 'SHA256:n2', publicKey: 'ssh-ed25519 N2', purpose: 'user', state: 'next' }))).rejects.toThrow(/ca_keys.purpose/);
     await expect(store.tx((tx) => tx.upsertCaKey({ ...b, state: 'active' }))).rejects.toThrow(
       /CA key SHA256:a is active: demote it before making SHA256:b active/,
     );
     await store.tx(async (tx) => {
-      await tx.upsertCaKey({ ...a, state: 'trusted', createdAt: 5 }); // createdAt is kept
+      await tx.upsertCaKey({ ...a, state: 'previous', createdAt: 5 }); // createdAt is kept
       await tx.upsertCaKey({ ...b, state: 'active' });
     });
-    expect(await store.listCaKeys()).toEqual([
-      { ...a, state: 'trusted' },
-      { ...b, state: 'active' },
-    ]);
+    expect(await store.listCaKeys()).toEqual([{ ...a, state: 'previous' }, { ...b, state: 'active' }, h]);
     await store.tx((tx) => tx.upsertCaKey({ ...a, state: 'retired' }));
     expect((await store.listCaKeys())[0]?.state).toBe('retired');
     await expect(store.tx((tx) => tx.upsertCaKey({ ...a, publicKey: 'ssh-ed25519 Z' }))).rejects.toThrow(/different public key/);
-    await expect(store.tx((tx) => tx.upsertCaKey({ ...a, fingerprint: 'SHA256:c', state: 'trusted' }))).rejects.toThrow(/ca_keys.public_key/);
+    await expect(store.tx((tx) => tx.upsertCaKey({ ...a, fingerprint: 'SHA256:c', state: 'previous' }))).rejects.toThrow(/ca_keys.public_key/);
+  });
+});
+
+describe('trust bundles', () => {
+  it('versions follow each other, are signed after commit, and are never rewritten', async () => {
+    const { store } = await fresh();
+    expect(await store.latestTrustBundle()).toBeNull();
+    await store.tx((tx) => tx.insertTrustBundle(1, Buffer.from('one'), 10));
+    await expect(store.tx((tx) => tx.insertTrustBundle(3, Buffer.from('three'), 11))).rejects.toThrow(/does not follow the last one \(1\)/);
+    await store.tx((tx) => tx.setTrustBundleSignature(1, 'c2ln'));
+    expect(await store.latestTrustBundle()).toEqual({ version: 1, content: Buffer.from('one'), signature: 'c2ln', createdAt: 10 });
+    await store.tx((tx) => tx.insertTrustBundle(2, Buffer.from('two'), 12));
+    expect((await store.latestTrustBundle())?.version).toBe(2);
+    await expect(store.tx((tx) => tx.setTrustBundleSignature(9, 'x'))).rejects.toThrow(/trust bundle version 9/);
   });
 });
 
@@ -845,7 +860,7 @@ describe('transactions', () => {
         await issue(tx, 3, (s) => cert(s, r1.id, alice.id));
         await tx.insertRevocationTarget({ target: { kind: 'key_id', keyId: 'k' }, reason: 'r', createdAt: 1, expiresAt: null });
         await tx.insertKrl(Buffer.from('krl'), 1);
-        await tx.upsertCaKey({ fingerprint: 'f', publicKey: 'p', state: 'active', createdAt: 1 });
+        await tx.upsertCaKey({ fingerprint: 'f', publicKey: 'p', purpose: 'user', state: 'active', createdAt: 1 });
         await tx.appendAuditEvent(event(1));
         await tx.updateIdentity(alice.id, { globalAdmin: true });
         await tx.finishRun(r1.id, 5);

@@ -31,7 +31,7 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import { chmodSync, closeSync, fsyncSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { AttachablePolicy, AuditEvent, BotSettings, CertRecord, DeviceCode, Enrollment, Identity, Membership, OidcBinding, Passkey, Project, ProjectRole, Run, RunSshEndpoint, TokenRecord, WebSession } from '../../domain/model.js';
-import type { CaKeyRecord, CertFilter, Store, StoredKrl, StoredRevocationTarget, StoreReader, StoreTx } from '../store.js';
+import type { CaKeyRecord, CertFilter, Store, StoredKrl, StoredRevocationTarget, StoredTrustBundle, StoreReader, StoreTx } from '../store.js';
 import { StoreError, translateSqliteError } from './errors.js';
 import { applyMigrations, checkCompatible } from './migrations.js';
 import * as rows from './rows.js';
@@ -294,6 +294,10 @@ class Reads implements StoreReader {
     return this.c()
       .all(`SELECT ${rows.caKeys.columns()} FROM ca_keys ORDER BY created_at, fingerprint`)
       .map(rows.caKeys.fromRow);
+  }
+
+  async latestTrustBundle(): Promise<StoredTrustBundle | null> {
+    return one(rows.trustBundles, this.c().get(`SELECT ${rows.trustBundles.columns()} FROM trust_bundles ORDER BY version DESC LIMIT 1`));
   }
 
   async serialHighWater(): Promise<bigint> {
@@ -622,13 +626,28 @@ class SqliteTx extends Reads implements StoreTx {
         throw new StoreError('conflict', `CA key ${k.fingerprint} is already stored with a different public key`);
       }
       if (k.state === 'active') {
-        const active = c.get(`SELECT fingerprint FROM ca_keys WHERE state = 'active' AND fingerprint <> ?`, k.fingerprint);
+        const active = c.get(`SELECT fingerprint FROM ca_keys WHERE purpose = ? AND state = 'active' AND fingerprint <> ?`, k.purpose, k.fingerprint);
         if (active !== undefined) {
           throw new StoreError('conflict', `CA key ${String(active.fingerprint)} is active: demote it before making ${k.fingerprint} active`);
         }
       }
       c.run(`${insertSql('ca_keys', row)} ON CONFLICT (fingerprint) DO UPDATE SET state = excluded.state`, row);
     });
+  }
+
+  async insertTrustBundle(version: number, content: Buffer, at: number): Promise<void> {
+    if (!Buffer.isBuffer(content)) throw new StoreError('invalid', 'a trust bundle must be a Buffer');
+    this.write('trust bundle', (c) => {
+      const last = rows.scalarBigInt(c.get('SELECT MAX(version) AS v FROM trust_bundles'), 'v') ?? 0n;
+      if (BigInt(version) !== last + 1n) throw new StoreError('conflict', `trust bundle version ${version} does not follow the last one (${last})`);
+      const row = rows.trustBundles.toRow({ version, content, signature: null, createdAt: at });
+      c.run(insertSql('trust_bundles', row), row);
+    });
+  }
+
+  async setTrustBundleSignature(version: number, signature: string): Promise<void> {
+    const { changes } = this.write(`trust bundle version ${version}`, (c) => c.run('UPDATE trust_bundles SET signature = ? WHERE version = ?', signature, version));
+    this.mustChange(changes, `trust bundle version ${version}`);
   }
 
   /** Appends an audit event exactly as given; its seq must be the last one + 1 (1 first). */

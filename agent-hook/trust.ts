@@ -1,0 +1,82 @@
+// What the agent trusts, and why: the CA's trust root, pinned by --ca-fingerprint on the first
+// start, then the signed trust bundle it holds (<sshd-dir>/trust-bundle.json). Every CA key
+// the agent writes for sshd, every KRL signature and KRL status it accepts, and the TLS
+// certificate of every connection that carries its credential come from that bundle; nothing
+// is trusted because of the channel it arrived on. GET /v1/trust carries no secret and its
+// answer is self-authenticating (signed by the pinned root), so it is the one request made
+// before the channel itself is authenticated.
+import { rootCertificates, checkServerIdentity, type PeerCertificate } from 'node:tls';
+import { X509Certificate } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import type { AgentOptions as HttpsOptions } from 'node:https';
+import { z } from 'zod';
+import { writeFileAtomic } from '../ca/io/atomic-file.js';
+import { decodeBundle, rootFingerprint, TrustError, verifyBundle, type SignedBundle, type TrustAnchor, type VerifiedBundle } from '../ca/trust/bundle.js';
+import { AgentError } from './errors.js';
+import { errorMessage, request } from './http.js';
+
+const signedSchema = z.object({ bundle: z.string(), signature: z.string() });
+
+/** The bundle installed in `path`, verified against its own root and, if given, the pinned fingerprint. Null: none yet. */
+export async function loadInstalledTrust(path: string, pinned: string | undefined): Promise<VerifiedBundle | null> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw e;
+  }
+  let verified: VerifiedBundle;
+  try {
+    const signed = signedSchema.parse(JSON.parse(text));
+    // Self-consistency: signed by the root it names (the file is ours, but a disk is no authority).
+    verified = { ...verifyBundle(signed, { fingerprint: rootOf(signed) }), unchanged: true };
+  } catch (e) {
+    throw new AgentError(`${path}: not a trust bundle this agent installed (${(e as Error).message}); remove it and start again with --ca-fingerprint`);
+  }
+  if (pinned !== undefined && rootFingerprint(verified.bundle) !== pinned) {
+    throw new AgentError(`--ca-fingerprint ${pinned} does not match the CA root this agent already trusts (${rootFingerprint(verified.bundle)}, in ${path}); if the CA was really replaced, remove that file`, 2);
+  }
+  return verified;
+}
+
+/** The fingerprint of the key that signed a bundle (to check a stored bundle against itself). */
+function rootOf(signed: SignedBundle): string {
+  return rootFingerprint(decodeBundle(Buffer.from(signed.bundle, 'base64')));
+}
+
+export async function saveTrust(path: string, v: VerifiedBundle): Promise<void> {
+  await writeFileAtomic(path, JSON.stringify(v.signed) + '\n', { mode: 0o644 });
+}
+
+/**
+ * GET /v1/trust and verify it against `anchor`. TLS is not checked for this request only: it
+ * carries no credential, and the answer counts only if the pinned root signed it.
+ * Throws TrustError (refused bundle) or Error (unreachable).
+ */
+export async function fetchTrust(base: URL, anchor: TrustAnchor): Promise<VerifiedBundle> {
+  const res = await request(new URL('/v1/trust', base), { tls: { rejectUnauthorized: false }, agent: false });
+  if (res.status !== 200) throw new Error(`GET /v1/trust: ${errorMessage(res)}`);
+  let signed: SignedBundle;
+  try {
+    signed = signedSchema.parse(JSON.parse(res.body.toString('utf8')));
+  } catch {
+    throw new TrustError('GET /v1/trust did not answer a signed trust bundle');
+  }
+  return verifyBundle(signed, anchor);
+}
+
+/**
+ * TLS options that accept exactly the certificates the bundle lists (whatever name they carry:
+ * the CA vouched for them), or a certificate valid for the host name under the system's roots.
+ */
+export function pinnedTls(v: VerifiedBundle): HttpsOptions {
+  const pems = v.bundle.tlsCertificates;
+  const pinned = new Set(pems.map((p) => new X509Certificate(p).fingerprint256));
+  return {
+    ca: [...rootCertificates, ...pems],
+    checkServerIdentity: (host: string, cert: PeerCertificate) => (pinned.has(cert.fingerprint256) ? undefined : checkServerIdentity(host, cert)),
+  };
+}
+
+export { TrustError };
