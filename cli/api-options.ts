@@ -1,4 +1,4 @@
-// The global --url and --token options, apart from the client so that registering them
+// The global --url, --token and --fingerprint options, apart from the client so that registering them
 // loads nothing else.
 import type { Command } from 'commander';
 
@@ -6,8 +6,9 @@ import type { Command } from 'commander';
 export function registerApiOptions(program: Command): void {
   program
     .option('--url <url>', 'CA server URL (default: $DSTACK_CA_URL, then the config file, then the login session)')
-    .option('--token <token>', 'API token (default: $DSTACK_CA_TOKEN, then the config file, then the login session for its server)');
+    .option('--token <token>', 'API token (default: $DSTACK_CA_TOKEN, then the config file, then the login session for its server)')
+    .option('--fingerprint <SHA256:...>', "pin the CA's trust root (as `dstack-ca server` prints it); kept per server, so needed once (default: $DSTACK_CA_FINGERPRINT, then the config file)");
 }
 
 /** Global options that take a value, which the verb lookup must skip. */
-export const API_OPTIONS_WITH_VALUES = ['--url', '--token'];
+export const API_OPTIONS_WITH_VALUES = ['--url', '--token', '--fingerprint'];

@@ -10,6 +10,8 @@ import { errorBody } from '../ca/api/schemas.js';
 import type { CliContext } from './context.js';
 import { CliError, EXIT, UsageError } from './errors.js';
 import { readSession, type Session } from './login/session.js';
+import { parseFingerprint } from '../ca/trust/bundle.js';
+import type { EstablishedTrust } from './trust.js';
 
 /** Request timeout: revocations wait for a durable KRL, so be generous. */
 const TIMEOUT_MS = 60_000;
@@ -27,6 +29,7 @@ function retryAfterSeconds(header: string | null): number | null {
 export interface ApiFlags {
   url?: string;
   token?: string;
+  fingerprint?: string;
 }
 
 export interface ApiConfig {
@@ -37,6 +40,8 @@ export interface ApiConfig {
   token: string | undefined;
   /** 'session' when the token is the `dstack-ca login` session (a 401 then means: log in again). */
   tokenSource?: 'flag' | 'env' | 'file' | 'session' | 'login';
+  /** The CA trust root to pin (SHA256:…), from --fingerprint, DSTACK_CA_FINGERPRINT or the config file. */
+  fingerprint?: string;
 }
 
 /** The config file: $XDG_CONFIG_HOME/dstack-ca/config.json, default ~/.config/dstack-ca/config.json. */
@@ -49,6 +54,7 @@ export function configPath(env: NodeJS.ProcessEnv): string {
 interface FileConfig {
   url?: string;
   token?: string;
+  fingerprint?: string;
 }
 
 async function readConfigFile(ctx: CliContext): Promise<FileConfig> {
@@ -74,7 +80,7 @@ async function readConfigFile(ctx: CliContext): Promise<FileConfig> {
   }
   if (typeof data !== 'object' || data === null || Array.isArray(data)) throw new UsageError(`${path}: expected a JSON object with "url" and "token"`);
   const out: FileConfig = {};
-  for (const key of ['url', 'token'] as const) {
+  for (const key of ['url', 'token', 'fingerprint'] as const) {
     const v = (data as Record<string, unknown>)[key];
     if (v === undefined || v === null) continue;
     if (typeof v !== 'string') throw new UsageError(`${path}: "${key}" must be a string`);
@@ -120,7 +126,13 @@ export async function resolveApiConfig(ctx: CliContext, flags: ApiFlags): Promis
     token = nonEmpty(ctx.env.DSTACK_CA_TOKEN);
     tokenSource = 'env';
   }
-  if (url === undefined || token === undefined) {
+  let fingerprintText = nonEmpty(flags.fingerprint);
+  let fingerprintSource = '--fingerprint';
+  if (fingerprintText === undefined && nonEmpty(ctx.env.DSTACK_CA_FINGERPRINT) !== undefined) {
+    fingerprintText = nonEmpty(ctx.env.DSTACK_CA_FINGERPRINT);
+    fingerprintSource = 'DSTACK_CA_FINGERPRINT';
+  }
+  if (url === undefined || token === undefined || fingerprintText === undefined) {
     const file = await readConfigFile(ctx);
     const fileUrl = nonEmpty(file.url);
     if (url === undefined && fileUrl !== undefined) {
@@ -131,6 +143,18 @@ export async function resolveApiConfig(ctx: CliContext, flags: ApiFlags): Promis
     if (token === undefined && (fileUrl === undefined || sameServer(fileUrl, url))) {
       token = nonEmpty(file.token);
       if (token !== undefined) tokenSource = 'file';
+    }
+    if (fingerprintText === undefined && (fileUrl === undefined || sameServer(fileUrl, url)) && nonEmpty(file.fingerprint) !== undefined) {
+      fingerprintText = nonEmpty(file.fingerprint);
+      fingerprintSource = `"fingerprint" in ${configPath(ctx.env)}`;
+    }
+  }
+  let fingerprint: string | undefined;
+  if (fingerprintText !== undefined) {
+    try {
+      fingerprint = parseFingerprint(fingerprintText, fingerprintSource);
+    } catch (e) {
+      throw new UsageError((e as Error).message);
     }
   }
   if (url === undefined || token === undefined) {
@@ -160,7 +184,7 @@ export async function resolveApiConfig(ctx: CliContext, flags: ApiFlags): Promis
   if (parsed.username || parsed.password) throw new UsageError(`${urlSource}: the URL must not carry credentials; use DSTACK_CA_TOKEN`);
   // A token goes into an HTTP header; fetch would quote a bad one in its error, so check it here.
   if (token !== undefined && !/^[\x21-\x7e]+$/.test(token)) throw new UsageError('the API token contains spaces or control characters');
-  return { url: parsed.toString().replace(/\/+$/, ''), urlSource, token, ...(tokenSource !== undefined ? { tokenSource } : {}) };
+  return { url: parsed.toString().replace(/\/+$/, ''), urlSource, token, ...(tokenSource !== undefined ? { tokenSource } : {}), ...(fingerprint !== undefined ? { fingerprint } : {}) };
 }
 
 export function sameServer(a: string, b: string | undefined): boolean {
@@ -199,6 +223,29 @@ export class ApiClient {
 
   get hasToken(): boolean {
     return this.config.token !== undefined;
+  }
+
+  private trustPromise: Promise<EstablishedTrust | null> | null = null;
+
+  /**
+   * The verified trust bundle of this server, when a root is pinned for it (--fingerprint, or
+   * one pinned earlier and kept in trust.json); null otherwise. Checked once per client, before
+   * the first request that could carry a credential.
+   */
+  trust(): Promise<EstablishedTrust | null> {
+    this.trustPromise ??= (async () => {
+      const { establishTrust, trustStorePath } = await import('./trust.js');
+      return establishTrust(this.url, this.config.fingerprint, trustStorePath(configPath(this.ctx.env)));
+    })();
+    return this.trustPromise;
+  }
+
+  /** fetch through the pinned TLS dispatcher when the server is pinned, else the global fetch. */
+  async rawFetch(url: string | URL, init: RequestInit): Promise<Response> {
+    const t = await this.trust();
+    if (!t) return fetch(url, init);
+    const { fetch: pinnedFetch } = await import('undici');
+    return (await pinnedFetch(url, { ...(init as object), dispatcher: t.dispatcher } as Parameters<typeof pinnedFetch>[1])) as unknown as Response;
   }
 
   /** JSON request; returns the parsed (and, with a schema, validated) response body. */
@@ -241,8 +288,9 @@ export class ApiClient {
       const started = Date.now();
       let res: Response;
       try {
-        res = await fetch(url, { method, headers, body, redirect: 'error', signal: AbortSignal.timeout(TIMEOUT_MS) });
+        res = await this.rawFetch(url, { method, headers, body: body ?? null, redirect: 'error', signal: AbortSignal.timeout(TIMEOUT_MS) });
       } catch (e) {
+        if (e instanceof CliError) throw e;
         throw new CliError(this.scrub(`cannot reach ${this.url}: ${describeFetchError(e)}`));
       }
       this.debug(`${method} ${url.pathname}${url.search} -> ${res.status} (${Date.now() - started} ms)`);
@@ -320,6 +368,9 @@ function oneLine(text: string): string {
     .trim();
 }
 
+/** OpenSSL's verdicts on a certificate nobody vouches for (self-signed, unknown issuer, wrong name). */
+const TLS_UNTRUSTED = new Set(['DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'ERR_TLS_CERT_ALTNAME_INVALID', 'CERT_HAS_EXPIRED']);
+
 function describeFetchError(e: unknown): string {
   const err = e as Error & { cause?: unknown };
   if (err?.name === 'TimeoutError') return `no answer within ${TIMEOUT_MS / 1000}s`;
@@ -327,7 +378,11 @@ function describeFetchError(e: unknown): string {
   if (cause) {
     // Node reports "connect ECONNREFUSED 127.0.0.1:1"; AggregateErrors (IPv4 and IPv6) hold one each.
     const inner = cause.errors?.[0] ?? cause;
-    return inner.message || cause.code || String(cause);
+    const text = inner.message || cause.code || String(cause);
+    if (TLS_UNTRUSTED.has(cause.code ?? '')) {
+      return `${text}: the server's TLS certificate is not trusted here; pin the CA with --fingerprint SHA256:... (printed by \`dstack-ca server\` at start, and by \`dstack-ca ca show\`)`;
+    }
+    return text;
   }
   return err?.message ?? String(e);
 }

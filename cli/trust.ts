@@ -1,0 +1,113 @@
+// What the CLI trusts about a CA server (DESIGN.md section 14): the trust root pinned once by
+// `--fingerprint` (or DSTACK_CA_FINGERPRINT, or "fingerprint" in config.json), then the newest
+// signed trust bundle it has seen for that server, kept in CONFIGDIR/trust.json (0600) by
+// origin. From then on it accepts only newer bundles signed by that root, and TLS
+// certificates that the bundle lists (or that the system's roots vouch for, for the URL's
+// host name). GET /v1/trust is the one request made before the channel is authenticated: it
+// carries no credential, and its answer counts only if the pinned root signed it.
+import { X509Certificate } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { checkServerIdentity, rootCertificates, type PeerCertificate } from 'node:tls';
+import { dirname, join } from 'node:path';
+import type { Dispatcher } from 'undici';
+import { z } from 'zod';
+import { writeFileAtomic } from '../ca/io/atomic-file.js';
+import { decodeBundle, rootFingerprint, TrustError, verifyBundle, type SignedBundle, type VerifiedBundle } from '../ca/trust/bundle.js';
+import { CliError } from './errors.js';
+import { ensurePrivateDir } from './login/session.js';
+
+const signedSchema = z.object({ bundle: z.string(), signature: z.string() });
+const storeSchema = z.record(z.string(), signedSchema);
+
+/** CONFIGDIR/trust.json: the bundle last verified per server origin. */
+export function trustStorePath(configFile: string): string {
+  return join(dirname(configFile), 'trust.json');
+}
+
+async function readStore(path: string): Promise<Record<string, SignedBundle>> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return {};
+    throw new CliError(`${path}: ${(e as Error).message}`);
+  }
+  const parsed = storeSchema.safeParse(JSON.parse(text));
+  if (!parsed.success) throw new CliError(`${path}: not a dstack-ca trust store; remove it and pass --fingerprint again`);
+  return parsed.data;
+}
+
+/** The bundle this CLI holds for `origin`, checked against itself. Null when it never pinned that server. */
+export async function storedBundle(path: string, origin: string): Promise<VerifiedBundle | null> {
+  const signed = (await readStore(path))[origin];
+  if (!signed) return null;
+  try {
+    const root = rootFingerprint(decodeBundle(Buffer.from(signed.bundle, 'base64')));
+    return { ...verifyBundle(signed, { fingerprint: root }), unchanged: true };
+  } catch (e) {
+    throw new CliError(`${path}: the trust bundle kept for ${origin} is damaged (${(e as Error).message}); remove it and pass --fingerprint again`);
+  }
+}
+
+async function saveBundle(path: string, origin: string, v: VerifiedBundle): Promise<void> {
+  await ensurePrivateDir(dirname(path));
+  const all = await readStore(path);
+  all[origin] = v.signed;
+  await writeFileAtomic(path, JSON.stringify(all, null, 2) + '\n', { mode: 0o600 });
+}
+
+/** undici TLS options accepting the bundle's certificates, or WebPKI for the host name. */
+function pinnedConnect(v: VerifiedBundle): { ca: string[]; checkServerIdentity: (host: string, cert: PeerCertificate) => Error | undefined } {
+  const pems = v.bundle.tlsCertificates;
+  const pinned = new Set(pems.map((p) => new X509Certificate(p).fingerprint256));
+  return { ca: [...rootCertificates, ...pems], checkServerIdentity: (host, cert) => (pinned.has(cert.fingerprint256) ? undefined : checkServerIdentity(host, cert)) };
+}
+
+export interface EstablishedTrust {
+  bundle: VerifiedBundle;
+  /** Every later request goes through this: TLS accepted only as the bundle says. */
+  dispatcher: Dispatcher;
+}
+
+/**
+ * Fetches and verifies the server's trust bundle against what this CLI pinned (the stored
+ * bundle, else `fingerprint`), saves it when newer, and returns a dispatcher that pins TLS.
+ * Null when nothing is pinned for this server (then plain WebPKI TLS applies).
+ * Throws CliError naming expected and received fingerprints; nothing is saved then.
+ */
+export async function establishTrust(url: string, fingerprint: string | undefined, storePath: string): Promise<EstablishedTrust | null> {
+  const origin = new URL(url).origin;
+  const stored = await storedBundle(storePath, origin);
+  if (stored && fingerprint !== undefined && rootFingerprint(stored.bundle) !== fingerprint) {
+    throw new CliError(
+      `--fingerprint ${fingerprint} does not match the CA root this CLI already pinned for ${origin} (${rootFingerprint(stored.bundle)}, in ${storePath}); if the CA was really replaced, remove that entry`,
+    );
+  }
+  if (!stored && fingerprint === undefined) return null;
+  const { Agent, fetch } = await import('undici');
+  // No credential goes out on this connection, so its TLS is not checked: the signature is.
+  const open = new Agent({ connect: { rejectUnauthorized: false } });
+  let signed: SignedBundle;
+  try {
+    const res = await fetch(`${url}/v1/trust`, { dispatcher: open, redirect: 'error', signal: AbortSignal.timeout(30_000) });
+    if (res.status !== 200) throw new CliError(`cannot check the CA's trust root: GET /v1/trust answered HTTP ${res.status} from ${origin}`);
+    const parsed = signedSchema.safeParse(await res.json());
+    if (!parsed.success) throw new CliError(`${origin} did not answer a signed trust bundle`);
+    signed = parsed.data;
+  } catch (e) {
+    if (e instanceof CliError) throw e;
+    const err = e as Error & { cause?: Error };
+    throw new CliError(`cannot reach ${origin} to check its trust root: ${err.cause?.message ?? err.message}`);
+  } finally {
+    void open.close();
+  }
+  let v: VerifiedBundle;
+  try {
+    v = verifyBundle(signed, stored ? { installed: stored.bundle } : { fingerprint: fingerprint as string });
+  } catch (e) {
+    if (e instanceof TrustError) throw new CliError(`refusing ${origin}: ${e.message}`);
+    throw e;
+  }
+  if (!v.unchanged) await saveBundle(storePath, origin, v);
+  return { bundle: v, dispatcher: new Agent({ connect: pinnedConnect(v) }) };
+}
