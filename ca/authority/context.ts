@@ -110,4 +110,10 @@ export interface AuthorityContext {
   /** Unix seconds. */
   now: () => number;
   krlEvents: KrlEvents;
+  /**
+   * Lowercase hex SHA-256 (no colons) of the DER of each TLS certificate the server serves
+   * now (the leaf; chain certificates are not listed), for clients to pin. Set by the server
+   * at start and replaced after every successful SIGHUP reload; undefined while serving plain http.
+   */
+  tlsFingerprints?: string[];
 }

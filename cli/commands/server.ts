@@ -1,14 +1,23 @@
 // `dstack-ca server`: runs the CA. The README's quick start is `npm start`, which runs this.
+import { hostname } from 'node:os';
+import { resolve as resolvePath } from 'node:path';
+import type { Server as TlsServer } from 'node:tls';
 import type { Command } from 'commander';
 import type { CliContext } from '../context.js';
-import { CliError } from '../errors.js';
+import { CliError, UsageError } from '../errors.js';
 
 interface ServerFlags {
   dataDir?: string;
   listen?: string;
   config?: string;
   caKeyType?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  insecureHttp?: boolean;
+  trustProxy?: string[];
 }
+
+const collect = (value: string, previous: string[] | undefined): string[] => [...(previous ?? []), value];
 
 export function registerServer(program: Command, ctx: CliContext): void {
   program
@@ -18,39 +27,97 @@ export function registerServer(program: Command, ctx: CliContext): void {
     .option('--listen <host:port>', 'address to listen on (default 127.0.0.1:8443)')
     .option('--config <file>', 'YAML or JSON configuration file; flags override it')
     .option('--ca-key-type <type>', 'CA key type on first start: ed25519, ecdsa-p256/384/521, rsa-3072/4096')
+    .option('--tls-cert <file>', 'serve HTTPS with this PEM certificate (chain after the leaf allowed); re-read on SIGHUP')
+    .option('--tls-key <file>', 'the PEM private key of --tls-cert; re-read on SIGHUP')
+    .option('--insecure-http', 'serve plain http on a listen address off loopback (tokens travel in clear); default there: a self-signed certificate')
+    .option('--trust-proxy <addr>', 'believe X-Forwarded-For/-Proto/-Host from this reverse proxy address or CIDR block (repeatable)', collect)
     .action(async (flags: ServerFlags) => {
+      if ((flags.tlsCert === undefined) !== (flags.tlsKey === undefined)) {
+        throw new UsageError(`${flags.tlsCert === undefined ? '--tls-cert' : '--tls-key'} is missing: --tls-cert and --tls-key go together`);
+      }
       // Loaded here, not at the top: every other verb would pay for fastify and SQLite.
-      const [{ buildApp, LOG_REDACT }, { openCa }, { ConfigError, loadServerConfig }, { webConfigFor }, { enrollmentUrl }] = await Promise.all([
+      const [{ buildApp, LOG_REDACT }, { openCa }, { ConfigError, loadServerConfig }, { webConfigFor }, { enrollmentUrl }, tlsLib] = await Promise.all([
         import('../../ca/api/app.js'),
         import('../../ca/server/bootstrap.js'),
         import('../../ca/server/config.js'),
         import('../../ca/authority/context.js'),
         import('../../ca/authority/login/passkeys.js'),
+        import('../../ca/server/tls.js'),
       ]);
       let cfg;
       try {
-        cfg = await loadServerConfig(flags.config, { dataDir: flags.dataDir, listen: flags.listen, caKeyType: flags.caKeyType });
+        cfg = await loadServerConfig(flags.config, {
+          dataDir: flags.dataDir,
+          listen: flags.listen,
+          caKeyType: flags.caKeyType,
+          tls: flags.tlsCert !== undefined && flags.tlsKey !== undefined ? { cert: flags.tlsCert, key: flags.tlsKey } : undefined,
+          insecureHttp: flags.insecureHttp,
+          trustProxy: flags.trustProxy,
+        });
       } catch (e) {
         if (e instanceof ConfigError) throw new CliError(`refusing to start: ${e.message}`);
         throw e;
       }
-      const opened = await openCa(cfg, ctx.env);
-      const app = await buildApp(opened.authority, { logger: { level: cfg.logLevel, redact: LOG_REDACT } });
       const sep = cfg.listen.lastIndexOf(':');
-      const host = cfg.listen.slice(0, sep).replace(/^\[|\]$/g, '');
+      const host = tlsLib.bareHost(cfg.listen.slice(0, sep));
       const port = Number(cfg.listen.slice(sep + 1));
+
+      // TLS: the given files; else plain http on loopback or when asked for; else a self-signed certificate.
+      let tls: import('../../ca/server/tls.js').TlsMaterial | null = null;
+      let insecure = false;
+      try {
+        if (cfg.tls) {
+          tls = await tlsLib.readTlsFiles(resolvePath(cfg.tls.cert), resolvePath(cfg.tls.key));
+        } else if (tlsLib.isLoopbackHost(host)) {
+          tls = null;
+        } else if (cfg.insecureHttp) {
+          insecure = true;
+        } else {
+          const names = tlsLib.selfSignedNames(host, cfg.publicUrl);
+          const made = await tlsLib.loadOrCreateSelfSigned(cfg.dataDir, names);
+          ctx.stderr.write(`dstack-ca: ${made.created ? 'made a self-signed TLS certificate' : 'using the self-signed TLS certificate'} ${made.certPath} (no --tls-cert given; listening off loopback)\n`);
+          const missing = tlsLib.uncoveredNames(made.x509, names);
+          if (missing.length > 0) {
+            ctx.stderr.write(`dstack-ca: warning: the self-signed certificate does not name ${missing.join(', ')} (it was made for another address and is kept: clients pin it)\n`);
+          }
+          tls = made;
+        }
+      } catch (e) {
+        if (e instanceof tlsLib.TlsFileError) throw new CliError(`refusing to start: ${e.message}`);
+        throw e;
+      }
+
+      const opened = await openCa(cfg, ctx.env);
+      if (tls) opened.authority.ctx.tlsFingerprints = [tls.fingerprint];
+      const app = await buildApp(opened.authority, {
+        logger: { level: cfg.logLevel, redact: LOG_REDACT },
+        ...(tls ? { https: { cert: tls.cert, key: tls.key } } : {}),
+        ...(cfg.trustProxy ? { trustProxy: cfg.trustProxy } : {}),
+      });
       try {
         await app.listen({ host, port });
       } catch (e) {
         await opened.store.close();
         throw new CliError(`cannot listen on ${cfg.listen}: ${(e as Error).message}`);
       }
+      const scheme = tls ? 'https' : 'http';
       // The bound address, so `--listen 127.0.0.1:0` prints the port actually chosen.
       const a = app.server.address();
-      const bound = a && typeof a === 'object' ? `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}` : cfg.listen;
-      const url = cfg.publicUrl ?? `http://${bound}`;
-      opened.authority.web = webConfigFor(cfg.publicUrl ?? defaultPublicUrl(a && typeof a === 'object' ? a.address : host, a && typeof a === 'object' ? a.port : port));
+      const boundHost = a && typeof a === 'object' ? a.address : host;
+      const boundPort = a && typeof a === 'object' ? a.port : port;
+      const url = cfg.publicUrl ?? `${scheme}://${urlHost(tlsLib.isWildcardHost(boundHost) ? hostname() : boundHost)}:${boundPort}`;
+      const kind = tlsLib.isLoopbackHost(boundHost) ? 'loopback' : tlsLib.isWildcardHost(boundHost) ? 'wildcard' : 'other';
+      opened.authority.web = webConfigFor(cfg.publicUrl ?? defaultPublicUrl(scheme, boundHost, boundPort, kind));
       ctx.stderr.write(`dstack-ca: serving on ${url} (data dir ${cfg.dataDir}, keyring from ${opened.keyringSource})\n`);
+      if (tls) ctx.stderr.write(`dstack-ca: TLS certificate SHA-256 fingerprint: ${tlsLib.formatFingerprint(tls.fingerprint)}\n`);
+      if (insecure) {
+        ctx.stderr.write(
+          `dstack-ca: WARNING: serving plain http on ${cfg.listen} (--insecure-http): bearer tokens, login sessions and the CA trust bundle ` +
+            'travel in clear, so anyone on the network path can steal tokens and log in as their owners, or hand clients CA keys of their own. ' +
+            'Use it only behind a TLS-terminating reverse proxy on a network you trust (and set trustProxy); otherwise drop --insecure-http to serve TLS.\n',
+        );
+      }
+      if (cfg.trustProxy) ctx.stderr.write(`dstack-ca: believing X-Forwarded-For/-Proto/-Host from ${cfg.trustProxy.join(', ')}\n`);
       ctx.stderr.write(`dstack-ca: passkey pages at ${opened.authority.web.publicUrl} (WebAuthn RP id ${opened.authority.web.rpId})\n`);
       if (/^[\d.]+$|:/.test(opened.authority.web.rpId)) {
         ctx.stderr.write('dstack-ca: warning: passkeys need a host name, not an IP address: set publicUrl in the config\n');
@@ -64,19 +131,52 @@ export function registerServer(program: Command, ctx: CliContext): void {
       if (opened.adminEnrollment) {
         ctx.stderr.write(`dstack-ca: enroll the admin's passkey (one-time link): ${enrollmentUrl(opened.authority, opened.adminEnrollment)}\n`);
       }
+      // SIGHUP re-reads the certificate and key (both files) and installs them for new
+      // connections; open ones keep theirs. A bad pair keeps the old certificate. Without a
+      // handler SIGHUP would end the process, so plain http answers it too.
+      let reloading = Promise.resolve();
+      let served = tls;
+      const onHup = () => {
+        reloading = reloading.then(async () => {
+          const current = served;
+          if (!current) {
+            ctx.stderr.write('dstack-ca: SIGHUP: serving plain http, no TLS certificate to reload\n');
+            return;
+          }
+          try {
+            const next = await tlsLib.readTlsFiles(current.certPath, current.keyPath);
+            (app.server as unknown as TlsServer).setSecureContext({ cert: next.cert, key: next.key });
+            served = next;
+            opened.authority.ctx.tlsFingerprints = [next.fingerprint];
+            app.log.info({ certPath: next.certPath, fingerprint: next.fingerprint }, 'TLS certificate reloaded');
+            ctx.stderr.write(`dstack-ca: SIGHUP: TLS certificate reloaded from ${next.certPath}; SHA-256 fingerprint: ${tlsLib.formatFingerprint(next.fingerprint)}\n`);
+          } catch (e) {
+            const why = (e as Error).message;
+            app.log.error({ certPath: current.certPath, keyPath: current.keyPath, err: why }, 'TLS reload failed; the previous certificate stays');
+            ctx.stderr.write(`dstack-ca: error: SIGHUP: TLS reload failed, still serving the previous certificate (${tlsLib.formatFingerprint(current.fingerprint)}): ${why}\n`);
+          }
+        });
+      };
+      process.on('SIGHUP', onHup);
       await new Promise<void>((resolve) => {
         const stop = () => resolve();
         process.once('SIGTERM', stop);
         process.once('SIGINT', stop);
       });
+      process.off('SIGHUP', onHup);
+      await reloading;
       await app.close();
       await opened.store.close();
     });
 }
 
-/** Loopback is served to browsers as localhost: WebAuthn needs a host name, and localhost is a secure context without TLS. */
-function defaultPublicUrl(host: string, port: number): string {
-  const loopback = host === 'localhost' || host === '::1' || /^127\./.test(host);
-  const h = loopback ? 'localhost' : host.includes(':') ? `[${host}]` : host;
-  return `http://${h}:${port}`;
+const urlHost = (host: string): string => (host.includes(':') ? `[${host}]` : host);
+
+/**
+ * Loopback is served to browsers as localhost: WebAuthn needs a host name, and localhost is a
+ * secure context without TLS. Every interface (0.0.0.0, ::) is served as this machine's name.
+ */
+function defaultPublicUrl(scheme: 'http' | 'https', host: string, port: number, kind: 'loopback' | 'wildcard' | 'other'): string {
+  const h = kind === 'loopback' ? 'localhost' : kind === 'wildcard' ? hostname() : urlHost(host);
+  return `${scheme}://${h}:${port}`;
 }
