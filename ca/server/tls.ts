@@ -8,7 +8,7 @@ import { chmod, mkdir, readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
-import { createSecureContext } from 'node:tls';
+import { createSecureContext, type Server as TlsServer } from 'node:tls';
 import forge from 'node-forge';
 import { writeFileAtomic } from '../io/atomic-file.js';
 
@@ -193,4 +193,50 @@ export async function loadOrCreateSelfSigned(dataDir: string, names: Certificate
 /** Names of `names` the certificate does not cover (a reused certificate made for another address). */
 export function uncoveredNames(x509: X509Certificate, names: CertificateNames): string[] {
   return [...names.dns.filter((d) => x509.checkHost(d) === undefined), ...names.ips.filter((ip) => x509.checkIP(ip) === undefined)];
+}
+
+/** Where the server's current TLS fingerprints are published (the AuthorityContext). */
+export interface FingerprintHolder {
+  tlsFingerprints?: string[];
+}
+
+export type ReloadResult = { ok: true; served: TlsMaterial } | { ok: false; error: string; served: TlsMaterial };
+
+/**
+ * Keeps a TLS server's certificate current: `reload()` re-reads both files and installs them
+ * for new connections (open connections keep the certificate they shook hands with); a bad
+ * pair leaves the served certificate in place. Publishes the served fingerprint to `holder`
+ * at once and after each successful reload. Reloads run one at a time.
+ */
+export class TlsReloader {
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    private readonly server: Pick<TlsServer, 'setSecureContext'>,
+    private current: TlsMaterial,
+    private readonly holder: FingerprintHolder,
+  ) {
+    holder.tlsFingerprints = [current.fingerprint];
+  }
+
+  get served(): TlsMaterial {
+    return this.current;
+  }
+
+  reload(): Promise<ReloadResult> {
+    const next = this.queue.then(async (): Promise<ReloadResult> => {
+      let material: TlsMaterial;
+      try {
+        material = await readTlsFiles(this.current.certPath, this.current.keyPath);
+        this.server.setSecureContext({ cert: material.cert, key: material.key });
+      } catch (e) {
+        return { ok: false, error: (e as Error).message, served: this.current };
+      }
+      this.current = material;
+      this.holder.tlsFingerprints = [material.fingerprint];
+      return { ok: true, served: material };
+    });
+    this.queue = next;
+    return next;
+  }
 }

@@ -88,15 +88,37 @@ export function registerServer(program: Command, ctx: CliContext): void {
       }
 
       const opened = await openCa(cfg, ctx.env);
-      if (tls) opened.authority.ctx.tlsFingerprints = [tls.fingerprint];
       const app = await buildApp(opened.authority, {
         logger: { level: cfg.logLevel, redact: LOG_REDACT },
         ...(tls ? { https: { cert: tls.cert, key: tls.key } } : {}),
         ...(cfg.trustProxy ? { trustProxy: cfg.trustProxy } : {}),
       });
+      // Publishes ctx.tlsFingerprints before the first request; SIGHUP reloads through it.
+      const reloader = tls ? new tlsLib.TlsReloader(app.server as unknown as TlsServer, tls, opened.authority.ctx) : null;
+      // SIGHUP re-reads the certificate and key (both files) and installs them for new
+      // connections; open ones keep theirs. A bad pair keeps the old certificate. Without a
+      // handler SIGHUP would end the process, so plain http answers it too.
+      let reloading: Promise<unknown> = Promise.resolve();
+      const onHup = () => {
+        if (!reloader) {
+          ctx.stderr.write('dstack-ca: SIGHUP: serving plain http, no TLS certificate to reload\n');
+          return;
+        }
+        reloading = reloader.reload().then((r) => {
+          if (r.ok) {
+            app.log.info({ certPath: r.served.certPath, fingerprint: r.served.fingerprint }, 'TLS certificate reloaded');
+            ctx.stderr.write(`dstack-ca: SIGHUP: TLS certificate reloaded from ${r.served.certPath}; SHA-256 fingerprint: ${tlsLib.formatFingerprint(r.served.fingerprint)}\n`);
+          } else {
+            app.log.error({ certPath: r.served.certPath, keyPath: r.served.keyPath, err: r.error }, 'TLS reload failed; the previous certificate stays');
+            ctx.stderr.write(`dstack-ca: error: SIGHUP: TLS reload failed, still serving the previous certificate (${tlsLib.formatFingerprint(r.served.fingerprint)}): ${r.error}\n`);
+          }
+        });
+      };
+      process.on('SIGHUP', onHup);
       try {
         await app.listen({ host, port });
       } catch (e) {
+        process.off('SIGHUP', onHup);
         await opened.store.close();
         throw new CliError(`cannot listen on ${cfg.listen}: ${(e as Error).message}`);
       }
@@ -131,33 +153,6 @@ export function registerServer(program: Command, ctx: CliContext): void {
       if (opened.adminEnrollment) {
         ctx.stderr.write(`dstack-ca: enroll the admin's passkey (one-time link): ${enrollmentUrl(opened.authority, opened.adminEnrollment)}\n`);
       }
-      // SIGHUP re-reads the certificate and key (both files) and installs them for new
-      // connections; open ones keep theirs. A bad pair keeps the old certificate. Without a
-      // handler SIGHUP would end the process, so plain http answers it too.
-      let reloading = Promise.resolve();
-      let served = tls;
-      const onHup = () => {
-        reloading = reloading.then(async () => {
-          const current = served;
-          if (!current) {
-            ctx.stderr.write('dstack-ca: SIGHUP: serving plain http, no TLS certificate to reload\n');
-            return;
-          }
-          try {
-            const next = await tlsLib.readTlsFiles(current.certPath, current.keyPath);
-            (app.server as unknown as TlsServer).setSecureContext({ cert: next.cert, key: next.key });
-            served = next;
-            opened.authority.ctx.tlsFingerprints = [next.fingerprint];
-            app.log.info({ certPath: next.certPath, fingerprint: next.fingerprint }, 'TLS certificate reloaded');
-            ctx.stderr.write(`dstack-ca: SIGHUP: TLS certificate reloaded from ${next.certPath}; SHA-256 fingerprint: ${tlsLib.formatFingerprint(next.fingerprint)}\n`);
-          } catch (e) {
-            const why = (e as Error).message;
-            app.log.error({ certPath: current.certPath, keyPath: current.keyPath, err: why }, 'TLS reload failed; the previous certificate stays');
-            ctx.stderr.write(`dstack-ca: error: SIGHUP: TLS reload failed, still serving the previous certificate (${tlsLib.formatFingerprint(current.fingerprint)}): ${why}\n`);
-          }
-        });
-      };
-      process.on('SIGHUP', onHup);
       await new Promise<void>((resolve) => {
         const stop = () => resolve();
         process.once('SIGTERM', stop);
