@@ -86,6 +86,9 @@ export function registerServer(program: Command, ctx: CliContext): void {
         if (e instanceof tlsLib.TlsFileError) throw new CliError(`refusing to start: ${e.message}`);
         throw e;
       }
+      if (tls && Date.parse(tls.x509.validTo) < Date.now()) {
+        ctx.stderr.write(`dstack-ca: warning: the TLS certificate ${tls.certPath} expired on ${tls.x509.validTo}: clients will refuse it\n`);
+      }
 
       const opened = await openCa(cfg, ctx.env);
       const app = await buildApp(opened.authority, {
