@@ -9,7 +9,6 @@ import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createSecureContext, type Server as TlsServer } from 'node:tls';
-import forge from 'node-forge';
 import { writeFileAtomic } from '../io/atomic-file.js';
 
 /** Lowercase hex SHA-256 of a certificate's DER (no colons); PEM (the first certificate) or DER in. */
@@ -128,7 +127,9 @@ export function selfSignedNames(listenHost: string, publicUrl: string | undefine
 const SELF_SIGNED_DAYS = 3650;
 
 /** A self-signed server certificate (RSA 3072, SHA-256) for these names; PEM out. */
-export function makeSelfSignedCertificate(names: CertificateNames, now: Date = new Date()): { cert: string; key: string } {
+export async function makeSelfSignedCertificate(names: CertificateNames, now: Date = new Date()): Promise<{ cert: string; key: string }> {
+  // Loaded only here: a server with given files (or plain http) never needs it.
+  const { default: forge } = await import('node-forge');
   const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 3072 });
   const keyPem = privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
   const c = forge.pki.createCertificate();
@@ -182,7 +183,7 @@ export async function loadOrCreateSelfSigned(dataDir: string, names: Certificate
   await chmod(dir, 0o700);
   let created = false;
   if (!(await exists(certPath))) {
-    const made = makeSelfSignedCertificate(names);
+    const made = await makeSelfSignedCertificate(names);
     await writeFileAtomic(keyPath, made.key, { mode: 0o600 });
     await writeFileAtomic(certPath, made.cert, { mode: 0o644 });
     created = true;
