@@ -47,6 +47,13 @@ export const BODY_LIMIT = 64 * 1024;
 
 export interface AppOptions {
   logger?: FastifyServerOptions['logger'];
+  /** Serve HTTPS with this PEM certificate and key; `app.server` is then a tls.Server (setSecureContext reloads it). */
+  https?: { cert: string; key: string };
+  /**
+   * Addresses or CIDR blocks of reverse proxies: only requests from them have X-Forwarded-For,
+   * -Proto and -Host believed (req.ip, req.protocol, req.host). Default: none, the headers are ignored.
+   */
+  trustProxy?: readonly string[];
 }
 
 /** Log redaction: tokens travel in headers, and nothing secret is ever logged. */
@@ -71,7 +78,9 @@ export const LOG_REDACT = [
 ];
 
 export async function buildApp(authority: Authority, opts: AppOptions = {}): Promise<FastifyInstance> {
-  const app = Fastify({ logger: opts.logger ?? false, bodyLimit: BODY_LIMIT });
+  const base = { logger: opts.logger ?? false, bodyLimit: BODY_LIMIT, trustProxy: opts.trustProxy?.length ? [...opts.trustProxy] : false };
+  // Same app either way; only the server underneath differs (https.Server is a tls.Server).
+  const app = (opts.https ? Fastify({ ...base, https: { cert: opts.https.cert, key: opts.https.key } }) : Fastify(base)) as unknown as FastifyInstance;
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
   app.setErrorHandler(handleError);

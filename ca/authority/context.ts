@@ -126,4 +126,10 @@ export interface AuthorityContext {
   vault?: CaKeyVault;
   /** PEM of each certificate the server currently serves TLS with (set at start and on SIGHUP): listed in the trust bundle. */
   tlsCertificates?: string[];
+  /**
+   * Lowercase hex SHA-256 (no colons) of the DER of each TLS certificate the server serves
+   * now (the leaf; chain certificates are not listed), for clients to pin. Set by the server
+   * at start and replaced after every successful SIGHUP reload; undefined while serving plain http.
+   */
+  tlsFingerprints?: string[];
 }

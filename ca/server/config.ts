@@ -1,11 +1,13 @@
 // Server configuration: file (YAML or JSON), then flags. Validated at boot: a bad value
 // stops the server with a message naming it.
 import { readFile } from 'node:fs/promises';
+import { isIP } from 'node:net';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { CA_KEY_TYPES } from '../keys/ca-key-store.js';
 import { MAX_TTL_CAP } from '../policy/cert-profile.js';
 import { parseDuration } from '../domain/duration.js';
+import { isLocalUrlHost } from './tls.js';
 import { DEFAULT_LOGIN_CONFIG, DEFAULT_OIDC_CONFIG, DEFAULT_RATE_LIMITS, type LoginConfig, type OidcConfig, type RateLimitConfig } from '../authority/context.js';
 
 const duration = z.union([z.number().int().positive(), z.string()]).transform((v, ctx) => {
@@ -80,18 +82,47 @@ const login = z
 
 const listen = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'must be HOST:PORT, e.g. 127.0.0.1:8443');
 
+/** PEM files; paths relative to the working directory. Both or neither. */
+const tls = z.strictObject({
+  cert: z.string({ error: 'required: tls.cert and tls.key go together' }).min(1),
+  key: z.string({ error: 'required: tls.cert and tls.key go together' }).min(1),
+});
+
+/** An IP address or CIDR block (10.0.0.0/8, fd00::/8) of a reverse proxy whose X-Forwarded-* headers are believed. */
+const proxyAddress = z.string().refine((s) => {
+  const [addr = '', bits, ...rest] = s.split('/');
+  const family = isIP(addr);
+  if (family === 0 || rest.length > 0) return false;
+  if (bits === undefined) return true;
+  return /^\d{1,3}$/.test(bits) && Number(bits) <= (family === 4 ? 32 : 128);
+}, 'must be an IP address or CIDR block, e.g. 127.0.0.1 or 10.0.0.0/8');
+
 export const serverConfigSchema = z.strictObject({
   dataDir: z.string().min(1).default('./data'),
   listen: listen.default('127.0.0.1:8443'),
   /**
    * URL people and clients use to reach the server: links, and the passkey pages' origin
    * and WebAuthn RP id (a host name: passkeys cannot bind to an IP address). Default: http://localhost:PORT
-   * when listening on loopback, else http://LISTEN.
+   * when listening on loopback (https:// with TLS), else https://LISTEN (this machine's host name
+   * for 0.0.0.0 or ::). http:// is refused off localhost: browsers give passkeys only to a secure context.
    */
   publicUrl: z
     .url()
     .refine((u) => /^https?:\/\/[^/]+\/?$/.test(u), 'must be scheme://host[:port] with no path (e.g. https://ca.example.com)')
+    .refine(
+      (u) => !u.startsWith('http:') || isLocalUrlHost(new URL(u).hostname),
+      'http:// only for localhost: passkeys need https anywhere else (e.g. https://ca.example.com)',
+    )
     .optional(),
+  /**
+   * Serve HTTPS with this PEM certificate and key (re-read on SIGHUP). Without it, a listen
+   * address off loopback serves a self-signed certificate made in <data-dir>/tls/.
+   */
+  tls: tls.optional(),
+  /** Serve plain http on a listen address off loopback (tokens travel in clear). */
+  insecureHttp: z.boolean().default(false),
+  /** Reverse proxies whose X-Forwarded-For/-Proto/-Host are believed; without it they are ignored. */
+  trustProxy: z.array(proxyAddress).optional(),
   /** People's logins: enrollment links, CLI sessions, browser sessions, device codes. */
   login,
   /** "ID:BASE64" entries; else DSTACK_CA_KEYRING; else a keyring file made in the data dir. */
@@ -107,6 +138,8 @@ export const serverConfigSchema = z.strictObject({
   /** OIDC workload identity for bots: clock tolerance, max token age, JWKS refresh and timeouts. */
   oidc,
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+}).superRefine((c, ctx) => {
+  if (c.insecureHttp && c.tls) ctx.addIssue({ code: 'custom', path: ['insecureHttp'], message: 'contradicts tls: give a certificate or ask for plain http, not both' });
 });
 
 export type ServerConfig = z.output<typeof serverConfigSchema>;

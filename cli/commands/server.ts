@@ -1,14 +1,23 @@
 // `dstack-ca server`: runs the CA. The README's quick start is `npm start`, which runs this.
+import { hostname } from 'node:os';
+import { resolve as resolvePath } from 'node:path';
+import type { Server as TlsServer } from 'node:tls';
 import type { Command } from 'commander';
 import type { CliContext } from '../context.js';
-import { CliError } from '../errors.js';
+import { CliError, UsageError } from '../errors.js';
 
 interface ServerFlags {
   dataDir?: string;
   listen?: string;
   config?: string;
   caKeyType?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  insecureHttp?: boolean;
+  trustProxy?: string[];
 }
+
+const collect = (value: string, previous: string[] | undefined): string[] => [...(previous ?? []), value];
 
 export function registerServer(program: Command, ctx: CliContext): void {
   program
@@ -18,39 +27,128 @@ export function registerServer(program: Command, ctx: CliContext): void {
     .option('--listen <host:port>', 'address to listen on (default 127.0.0.1:8443)')
     .option('--config <file>', 'YAML or JSON configuration file; flags override it')
     .option('--ca-key-type <type>', 'CA key type on first start: ed25519, ecdsa-p256/384/521, rsa-3072/4096')
+    .option('--tls-cert <file>', 'serve HTTPS with this PEM certificate (chain after the leaf allowed); re-read on SIGHUP')
+    .option('--tls-key <file>', 'the PEM private key of --tls-cert; re-read on SIGHUP')
+    .option('--insecure-http', 'serve plain http on a listen address off loopback (tokens travel in clear); default there: a self-signed certificate')
+    .option('--trust-proxy <addr>', 'believe X-Forwarded-For/-Proto/-Host from this reverse proxy address or CIDR block (repeatable)', collect)
     .action(async (flags: ServerFlags) => {
+      if ((flags.tlsCert === undefined) !== (flags.tlsKey === undefined)) {
+        throw new UsageError(`${flags.tlsCert === undefined ? '--tls-cert' : '--tls-key'} is missing: --tls-cert and --tls-key go together`);
+      }
       // Loaded here, not at the top: every other verb would pay for fastify and SQLite.
-      const [{ buildApp, LOG_REDACT }, { openCa }, { ConfigError, loadServerConfig }, { webConfigFor }, { enrollmentUrl }] = await Promise.all([
+      const [{ buildApp, LOG_REDACT }, { openCa }, { ConfigError, loadServerConfig }, { webConfigFor }, { enrollmentUrl }, tlsLib] = await Promise.all([
         import('../../ca/api/app.js'),
         import('../../ca/server/bootstrap.js'),
         import('../../ca/server/config.js'),
         import('../../ca/authority/context.js'),
         import('../../ca/authority/login/passkeys.js'),
+        import('../../ca/server/tls.js'),
       ]);
       let cfg;
       try {
-        cfg = await loadServerConfig(flags.config, { dataDir: flags.dataDir, listen: flags.listen, caKeyType: flags.caKeyType });
+        cfg = await loadServerConfig(flags.config, {
+          dataDir: flags.dataDir,
+          listen: flags.listen,
+          caKeyType: flags.caKeyType,
+          tls: flags.tlsCert !== undefined && flags.tlsKey !== undefined ? { cert: flags.tlsCert, key: flags.tlsKey } : undefined,
+          insecureHttp: flags.insecureHttp,
+          trustProxy: flags.trustProxy,
+        });
       } catch (e) {
         if (e instanceof ConfigError) throw new CliError(`refusing to start: ${e.message}`);
         throw e;
       }
-      const opened = await openCa(cfg, ctx.env);
-      const app = await buildApp(opened.authority, { logger: { level: cfg.logLevel, redact: LOG_REDACT } });
       const sep = cfg.listen.lastIndexOf(':');
-      const host = cfg.listen.slice(0, sep).replace(/^\[|\]$/g, '');
+      const host = tlsLib.bareHost(cfg.listen.slice(0, sep));
       const port = Number(cfg.listen.slice(sep + 1));
+
+      // TLS: the given files; else plain http on loopback or when asked for; else a self-signed certificate.
+      let tls: import('../../ca/server/tls.js').TlsMaterial | null = null;
+      let insecure = false;
+      try {
+        if (cfg.tls) {
+          tls = await tlsLib.readTlsFiles(resolvePath(cfg.tls.cert), resolvePath(cfg.tls.key));
+        } else if (tlsLib.isLoopbackHost(host)) {
+          tls = null;
+        } else if (cfg.insecureHttp) {
+          insecure = true;
+        } else {
+          const names = tlsLib.selfSignedNames(host, cfg.publicUrl);
+          const made = await tlsLib.loadOrCreateSelfSigned(cfg.dataDir, names);
+          ctx.stderr.write(`dstack-ca: ${made.created ? 'made a self-signed TLS certificate' : 'using the self-signed TLS certificate'} ${made.certPath} (no --tls-cert given; listening off loopback)\n`);
+          const missing = tlsLib.uncoveredNames(made.x509, names);
+          if (missing.length > 0) {
+            ctx.stderr.write(`dstack-ca: warning: the self-signed certificate does not name ${missing.join(', ')} (it was made for another address and is kept: clients pin it)\n`);
+          }
+          tls = made;
+        }
+      } catch (e) {
+        if (e instanceof tlsLib.TlsFileError) throw new CliError(`refusing to start: ${e.message}`);
+        throw e;
+      }
+      if (tls && Date.parse(tls.x509.validTo) < Date.now()) {
+        ctx.stderr.write(`dstack-ca: warning: the TLS certificate ${tls.certPath} expired on ${tls.x509.validTo}: clients will refuse it\n`);
+      }
+
+      const opened = await openCa(cfg, ctx.env);
+      const app = await buildApp(opened.authority, {
+        logger: { level: cfg.logLevel, redact: LOG_REDACT },
+        ...(tls ? { https: { cert: tls.cert, key: tls.key } } : {}),
+        ...(cfg.trustProxy ? { trustProxy: cfg.trustProxy } : {}),
+      });
+      // Publishes ctx.tlsFingerprints before the first request; SIGHUP reloads through it.
+      const reloader = tls ? new tlsLib.TlsReloader(app.server as unknown as TlsServer, tls, opened.authority.ctx) : null;
+      // The trust bundle lists the certificate served, so clients that pinned the root accept exactly it.
+      const { ensureTrustBundle, rootFingerprint } = await import('../../ca/authority/trust.js');
+      await ensureTrustBundle(opened.authority.ctx);
+      // SIGHUP re-reads the certificate and key (both files) and installs them for new
+      // connections; open ones keep theirs. A bad pair keeps the old certificate. Without a
+      // handler SIGHUP would end the process, so plain http answers it too.
+      let reloading: Promise<unknown> = Promise.resolve();
+      const onHup = () => {
+        if (!reloader) {
+          ctx.stderr.write('dstack-ca: SIGHUP: serving plain http, no TLS certificate to reload\n');
+          return;
+        }
+        reloading = reloader.reload().then((r) => {
+          if (r.ok) {
+            void ensureTrustBundle(opened.authority.ctx).catch((e: unknown) => app.log.error({ err: e }, 'trust bundle update after the TLS reload failed'));
+            app.log.info({ certPath: r.served.certPath, fingerprint: r.served.fingerprint }, 'TLS certificate reloaded');
+            ctx.stderr.write(`dstack-ca: SIGHUP: TLS certificate reloaded from ${r.served.certPath}; SHA-256 fingerprint: ${tlsLib.formatFingerprint(r.served.fingerprint)}\n`);
+          } else {
+            app.log.error({ certPath: r.served.certPath, keyPath: r.served.keyPath, err: r.error }, 'TLS reload failed; the previous certificate stays');
+            ctx.stderr.write(`dstack-ca: error: SIGHUP: TLS reload failed, still serving the previous certificate (${tlsLib.formatFingerprint(r.served.fingerprint)}): ${r.error}\n`);
+          }
+        });
+      };
+      process.on('SIGHUP', onHup);
       try {
         await app.listen({ host, port });
       } catch (e) {
+        process.off('SIGHUP', onHup);
         await opened.store.close();
         throw new CliError(`cannot listen on ${cfg.listen}: ${(e as Error).message}`);
       }
+      const scheme = tls ? 'https' : 'http';
       // The bound address, so `--listen 127.0.0.1:0` prints the port actually chosen.
       const a = app.server.address();
-      const bound = a && typeof a === 'object' ? `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}` : cfg.listen;
-      const url = cfg.publicUrl ?? `http://${bound}`;
-      opened.authority.web = webConfigFor(cfg.publicUrl ?? defaultPublicUrl(a && typeof a === 'object' ? a.address : host, a && typeof a === 'object' ? a.port : port));
+      const boundHost = a && typeof a === 'object' ? a.address : host;
+      const boundPort = a && typeof a === 'object' ? a.port : port;
+      const url = cfg.publicUrl ?? `${scheme}://${urlHost(tlsLib.isWildcardHost(boundHost) ? hostname() : boundHost)}:${boundPort}`;
+      const kind = tlsLib.isLoopbackHost(boundHost) ? 'loopback' : tlsLib.isWildcardHost(boundHost) ? 'wildcard' : 'other';
+      opened.authority.web = webConfigFor(cfg.publicUrl ?? defaultPublicUrl(scheme, boundHost, boundPort, kind));
       ctx.stderr.write(`dstack-ca: serving on ${url} (data dir ${cfg.dataDir}, keyring from ${opened.keyringSource})\n`);
+      if (tls) ctx.stderr.write(`dstack-ca: TLS certificate SHA-256 fingerprint: ${tlsLib.formatFingerprint(tls.fingerprint)}\n`);
+      // The one value clients and agents pin; TLS and every CA key are checked under it.
+      ctx.stderr.write(`dstack-ca: CA fingerprint (trust root; clients pin it with --fingerprint, agents with --ca-fingerprint): ${rootFingerprint(opened.authority.ctx)}\n`);
+      if (insecure) {
+        ctx.stderr.write(
+          `dstack-ca: WARNING: serving plain http on ${cfg.listen} (--insecure-http): bearer tokens, login sessions and the CA trust bundle ` +
+            'travel in clear, so anyone on the network path can steal tokens and log in as their owners, or hand clients CA keys of their own. ' +
+            'Use it only behind a TLS-terminating reverse proxy on a network you trust (and set trustProxy); otherwise drop --insecure-http to serve TLS.\n',
+        );
+      }
+      if (cfg.trustProxy) ctx.stderr.write(`dstack-ca: believing X-Forwarded-For/-Proto/-Host from ${cfg.trustProxy.join(', ')}\n`);
       ctx.stderr.write(`dstack-ca: passkey pages at ${opened.authority.web.publicUrl} (WebAuthn RP id ${opened.authority.web.rpId})\n`);
       if (/^[\d.]+$|:/.test(opened.authority.web.rpId)) {
         ctx.stderr.write('dstack-ca: warning: passkeys need a host name, not an IP address: set publicUrl in the config\n');
@@ -69,14 +167,20 @@ export function registerServer(program: Command, ctx: CliContext): void {
         process.once('SIGTERM', stop);
         process.once('SIGINT', stop);
       });
+      process.off('SIGHUP', onHup);
+      await reloading;
       await app.close();
       await opened.store.close();
     });
 }
 
-/** Loopback is served to browsers as localhost: WebAuthn needs a host name, and localhost is a secure context without TLS. */
-function defaultPublicUrl(host: string, port: number): string {
-  const loopback = host === 'localhost' || host === '::1' || /^127\./.test(host);
-  const h = loopback ? 'localhost' : host.includes(':') ? `[${host}]` : host;
-  return `http://${h}:${port}`;
+const urlHost = (host: string): string => (host.includes(':') ? `[${host}]` : host);
+
+/**
+ * Loopback is served to browsers as localhost: WebAuthn needs a host name, and localhost is a
+ * secure context without TLS. Every interface (0.0.0.0, ::) is served as this machine's name.
+ */
+function defaultPublicUrl(scheme: 'http' | 'https', host: string, port: number, kind: 'loopback' | 'wildcard' | 'other'): string {
+  const h = kind === 'loopback' ? 'localhost' : kind === 'wildcard' ? hostname() : urlHost(host);
+  return `${scheme}://${h}:${port}`;
 }
