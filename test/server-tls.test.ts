@@ -269,7 +269,7 @@ describe('off loopback without --tls-cert', () => {
     await s.waitFor(/passkey pages at/);
     expect(s.stderr()).toContain(`serving on http://${hostname()}:${port} `);
     expect(s.stderr()).toMatch(/WARNING: serving plain http on 0\.0\.0\.0:\d+ \(--insecure-http\): bearer tokens, login sessions and the CA trust bundle travel in clear, so anyone on the network path can steal tokens/);
-    expect(s.stderr()).not.toMatch(/fingerprint/);
+    expect(s.stderr()).not.toMatch(/TLS certificate SHA-256 fingerprint/);
     expect(await (await fetch(`http://127.0.0.1:${port}/healthz`)).json()).toEqual({ ok: true });
     await expect(stat(join(dataDir, 'tls'))).rejects.toThrow(/ENOENT/);
     // https to the plain port: the handshake fails, the server carries on.
