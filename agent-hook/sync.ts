@@ -229,7 +229,11 @@ export class Agent {
       this.pool = connectionPool(this.base, pinnedTls(v));
       old.destroy();
     }
-    if (save) this.log('info', 'trust-bundle-installed', { version: v.bundle.version, previous: previous ?? null, root: rootFingerprint(v.bundle) });
+    if (save) {
+      this.log('info', 'trust-bundle-installed', { version: v.bundle.version, previous: previous ?? null, root: rootFingerprint(v.bundle) });
+      // A key left the trust file (retired): sessions of its certs end, like revoked ones.
+      await this.endRevokedSessions();
+    }
   }
 
   /** Fetches the bundle (or takes the one an event offered) and installs it if newer. Throws TrustError if refused. */
