@@ -158,7 +158,6 @@ export class Agent {
   }
 
   private async init(): Promise<void> {
-    await mkdir(this.paths.principalsDir, { recursive: true, mode: 0o755 });
     const installed = await loadInstalledTrust(this.paths.trustBundle, this.o.caFingerprint);
     this.caKeysText = await this.readCaKeysFile();
     if (installed) {
@@ -174,8 +173,11 @@ export class Agent {
         if (e instanceof TrustError) throw new AgentError(`refusing the CA at ${this.base.origin}: ${e.message}; nothing was written`);
         throw new AgentError(`cannot reach the CA at ${this.base.origin} to check its trust root: ${(e as Error).message}`);
       }
+      // Only now, with the root checked, does anything go to disk.
+      await mkdir(this.paths.principalsDir, { recursive: true, mode: 0o755 });
       await this.installTrust(v, true);
     }
+    await mkdir(this.paths.principalsDir, { recursive: true, mode: 0o755 });
     const stored = await loadCredential(this.paths.credential);
     if (stored) {
       this.credential = stored;
