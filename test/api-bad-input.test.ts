@@ -42,6 +42,8 @@ async function snapshot() {
     runs: (await s.listRuns()).length,
     certs: (await s.listCerts({})).length,
     memberships: (await s.listMembers((await s.getProjectByName('ml'))!.id)).length,
+    caKeys: JSON.stringify(await s.listCaKeys()),
+    trustBundle: (await s.latestTrustBundle())?.version,
   };
 }
 
@@ -122,6 +124,11 @@ const CASES: Case[] = [
   ['device login without a client', 'anonymous', 'POST', '/v1/device/codes', {}, 400, /^client: /],
   ['device login with a control character in the client', 'anonymous', 'POST', '/v1/device/codes', { client: 'host\u0007' }, 400, /^client: must be printable ASCII/],
   ['device token poll without a code', 'anonymous', 'POST', '/v1/device/token', { device_code: 'x' }, 400, /^deviceCode: /],
+  ['CA rotation with an unknown step', 'admin', 'POST', '/v1/ca/rotate', { step: 'sideways' }, 400, /^step: /],
+  ['CA rotation of an unknown purpose', 'admin', 'POST', '/v1/ca/rotate', { step: 'add', purpose: 'root' }, 400, /^purpose: /],
+  ['CA rotation with an unknown field', 'admin', 'POST', '/v1/ca/rotate', { step: 'add', force: true }, 400, /^force: unknown field/],
+  ['CA switch with no key added', 'admin', 'POST', '/v1/ca/rotate', { step: 'switch' }, 409, /no new user CA key to switch to/],
+  ['CA retire with no previous key', 'admin', 'POST', '/v1/ca/rotate', { step: 'retire', purpose: 'host' }, 409, /no previous host CA key to retire/],
   ['oversized body', 'orchestrator', 'POST', '/v1/runs', runBody({ attachableBy: { public_keys: Array(2000).fill(good) } }), 413, /request body is larger than 65536 bytes/],
 ];
 

@@ -69,6 +69,9 @@ const members = ['global-admin', 'project-admin', 'manager', 'user', 'run-owner'
 const CELLS: Cell[] = [
   { route: 'GET /v1/ca', allowed: ACTORS, request: async () => ({ method: 'GET', url: '/v1/ca' }) },
   { route: 'GET /v1/krl', allowed: ACTORS, request: async () => ({ method: 'GET', url: '/v1/krl' }) },
+  { route: 'GET /v1/trust', allowed: ACTORS, request: async () => ({ method: 'GET', url: '/v1/trust' }) },
+  // Emergency rotation of the host CA has no precondition, so every allowed call succeeds.
+  { route: 'POST /v1/ca/rotate', allowed: ['global-admin'], request: async () => ({ method: 'POST', url: '/v1/ca/rotate', body: { step: 'emergency', purpose: 'host', reason: 'matrix' } }) },
   { route: 'POST /v1/users', allowed: ['global-admin'], request: async () => ({ method: 'POST', url: '/v1/users', body: { name: fresh('u') } }) },
   { route: 'GET /v1/users', allowed: ['global-admin'], request: async () => ({ method: 'GET', url: '/v1/users' }) },
   {
