@@ -295,3 +295,51 @@ describe('authorization matrix', () => {
     expect(outcomes.filter((o) => !o.endsWith(': 401'))).toEqual([]);
   });
 });
+
+// Issue 12, item 1: a relationship (a run's owner, the project a bot was created in) grants
+// nothing without current membership of the project, judged at each use.
+describe('relationships grant nothing without current membership', () => {
+  it('a run owner removed from the project can no longer read, re-grant or re-point the run', async () => {
+    const token = await userWithToken(ca, 'exowner');
+    await ca.admin('PUT', '/v1/projects/ml/members/exowner', { role: 'user' });
+    await ca.admin('POST', '/v1/runs', { project: 'ml', name: 'exowner-run', owner: 'exowner', loginUser: 'root' });
+    const uses: { label: string; method: Method; url: string; body?: unknown }[] = [
+      { label: 'read', method: 'GET', url: '/v1/runs/ml/exowner-run' },
+      { label: 'policy', method: 'PATCH', url: '/v1/runs/ml/exowner-run', body: { attachableBy: { users: ['exowner', 'nobody'] } } },
+      { label: 'ssh endpoint', method: 'PATCH', url: '/v1/runs/ml/exowner-run', body: { ssh: { host: 'attacker.example.com', port: 22 } } },
+      { label: 'finish', method: 'POST', url: '/v1/runs/ml/exowner-run/finish' },
+    ];
+    const run = async () => {
+      const out: string[] = [];
+      for (const u of uses) out.push(`${u.label}: ${(await ca.api(u.method, u.url, { token, body: u.body })).statusCode}`);
+      return out;
+    };
+    // While a member, the owner may read and edit its run (finishing is for admins).
+    expect(await run()).toEqual(['read: 200', 'policy: 200', 'ssh endpoint: 200', 'finish: 403']);
+    await ca.admin('DELETE', '/v1/projects/ml/members/exowner');
+    await ca.admin('PATCH', '/v1/runs/ml/exowner-run', { attachableBy: { users: ['alice'] }, ssh: { host: 'gpu-1.example.com', port: 22 } });
+    expect(await run()).toEqual(['read: 403', 'policy: 403', 'ssh endpoint: 403', 'finish: 403']);
+    const after = await ca.admin<{ attachableBy: { users: string[] }; ssh: { host: string } }>('GET', '/v1/runs/ml/exowner-run');
+    expect(after.attachableBy.users).toEqual(['alice']);
+    expect(after.ssh.host).toBe('gpu-1.example.com');
+    // Membership given back: the relationship counts again, re-checked at this use.
+    await ca.admin('PUT', '/v1/projects/ml/members/exowner', { role: 'user' });
+    expect((await ca.api('GET', '/v1/runs/ml/exowner-run', { token })).statusCode).toBe(200);
+  });
+
+  it('a bot taken out of its project gets no certificate, and its live ones are revoked', async () => {
+    const { token } = await ca.admin<{ token: string }>('POST', '/v1/projects/ml/bots', { name: 'exbot', maxTtl: 900 });
+    await ca.admin('POST', '/v1/runs', { project: 'ml', name: 'exbot-run', owner: 'owner', loginUser: 'root', attachableBy: { users: ['exbot'] } });
+    const issue = () => ca.api('POST', '/v1/runs/ml/exbot-run/certs', { token, body: { publicKey: pub } });
+    const first = await issue();
+    expect(first.statusCode).toBe(201);
+    const removed = await ca.admin<{ revokedCerts: number }>('DELETE', '/v1/projects/ml/members/exbot');
+    expect(removed.revokedCerts).toBe(1);
+    const serial = BigInt((first.json() as { serial: string }).serial);
+    expect((await ca.store.listCerts({})).find((c) => c.serial === serial)?.revokedAt).not.toBeNull();
+    const again = await issue();
+    expect(again.statusCode).toBe(403);
+    expect(again.json().message).toBe('bot exbot is not a member of project ml');
+    expect((await ca.api('GET', '/v1/runs/ml/exbot-run', { token })).statusCode).toBe(403);
+  });
+});

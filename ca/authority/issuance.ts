@@ -240,8 +240,10 @@ export class Issuer {
       if (refusal) throw forbidden(refusal);
     }
 
-    const provenKey = req.proof ? verifyPossession(this.nonces, req.proof, qualifiedName, key, now) : null;
     const isProjectMember = identity ? (await this.facts.getMembership(project.id, identity.id)) !== null : false;
+    // The project a bot was created in grants nothing by itself: only current membership.
+    if (bot && !isProjectMember) throw forbidden(`bot ${bot.name} is not a member of project ${project.name}`);
+    const provenKey = req.proof ? verifyPossession(this.nonces, req.proof, qualifiedName, key, now) : null;
     const grant = grantFor(run.policy, { identityName: identity?.name ?? null, isProjectMember, provenKey });
     if (!grant) {
       if (!identity && !provenKey) throw new CaError('unauthenticated', 'authentication or a possession proof is required');
