@@ -2,9 +2,12 @@
 // Each cell makes its own fixtures, so the order of cells does not matter.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ANONYMOUS_ROUTES } from '../ca/api/app.js';
-import { formatAuthorizedKey } from '../ca/ssh/keys.js';
+import { proofMessage } from '../ca/authority/proof.js';
+import { formatAuthorizedKey, fromKeyObject } from '../ca/ssh/keys.js';
+import { nodeSigner } from '../ca/ssh/signature.js';
+import { armorSshsig, sshsigSign } from '../ca/ssh/sshsig.js';
 import { openTestCa, userWithToken, type TestCa } from './fixtures/ca.js';
-import { subjectKey } from './fixtures/keys.js';
+import { generateSubject, subjectKey } from './fixtures/keys.js';
 import { cleanupTempDirs } from './harness/index.js';
 
 const ACTORS = ['global-admin', 'project-admin', 'manager', 'user', 'run-owner', 'non-member', 'bot', 'orchestrator', 'agent', 'anonymous'] as const;
@@ -341,5 +344,68 @@ describe('relationships grant nothing without current membership', () => {
     expect(again.statusCode).toBe(403);
     expect(again.json().message).toBe('bot exbot is not a member of project ml');
     expect((await ca.api('GET', '/v1/runs/ml/exbot-run', { token })).statusCode).toBe(403);
+  });
+});
+
+// Issue 12, item 6: an anonymous caller gets the same answer (status and body) whether or
+// not the project and run it names exist. Names the caller typed are the only difference.
+describe('anonymous callers cannot tell what exists', () => {
+  const holder = generateSubject('ed25519');
+  const holderPub = formatAuthorizedKey(fromKeyObject(holder));
+  const jwt = (header: object, payload: object) =>
+    `${Buffer.from(JSON.stringify(header)).toString('base64url')}.${Buffer.from(JSON.stringify(payload)).toString('base64url')}.c2lnbmF0dXJl`;
+  const now = Math.floor(Date.now() / 1000);
+  const claims = { iss: 'https://ci.example.com', sub: 'repo:org/x', aud: 'dstack-ca', iat: now, exp: now + 600 };
+
+  async function proofFor(project: string, run: string, signWith = holder): Promise<{ nonce: string; signature: string }> {
+    const res = await ca.api('POST', `/v1/runs/${project}/${run}/nonces`);
+    const { nonce } = res.json() as { nonce: string };
+    const sig = await sshsigSign(nodeSigner(signWith), 'dstack-ca', proofMessage(`${project}/${run}`, nonce));
+    return { nonce, signature: armorSshsig(sig) };
+  }
+
+  const KINDS: [label: string, call: (p: string, r: string) => Promise<{ statusCode: number; body: string }>][] = [
+    [
+      'nonce',
+      async (p, r) => {
+        const res = await ca.api('POST', `/v1/runs/${p}/${r}/nonces`);
+        const j = res.json() as { nonce?: string; message: string };
+        // The nonce and its time are fresh each call: compare the shape of the answer.
+        return { statusCode: res.statusCode, body: JSON.stringify({ keys: Object.keys(j).sort(), message: j.message.replace(j.nonce ?? '-', 'NONCE') }) };
+      },
+    ],
+    ['cert without credentials', (p, r) => ca.api('POST', `/v1/runs/${p}/${r}/certs`, { body: { publicKey: pub } })],
+    ['cert with a proof by a key not listed', async (p, r) => ca.api('POST', `/v1/runs/${p}/${r}/certs`, { body: { publicKey: holderPub, proof: await proofFor(p, r) } })],
+    ['cert with a proof by another key', async (p, r) => ca.api('POST', `/v1/runs/${p}/${r}/certs`, { body: { publicKey: pub, proof: await proofFor(p, r) } })],
+    ['cert with a used nonce', async (p, r) => {
+      const proof = await proofFor(p, r);
+      await ca.api('POST', `/v1/runs/${p}/${r}/certs`, { body: { publicKey: holderPub, proof } });
+      return ca.api('POST', `/v1/runs/${p}/${r}/certs`, { body: { publicKey: holderPub, proof } });
+    }],
+    ['cert with an OIDC token of an issuer no bot trusts', (p, r) => ca.api('POST', `/v1/runs/${p}/${r}/certs`, { body: { publicKey: pub, oidcToken: jwt({ alg: 'ES256', kid: 'k1' }, claims) } })],
+    ['cert with an unsigned OIDC token', (p, r) => ca.api('POST', `/v1/runs/${p}/${r}/certs`, { body: { publicKey: pub, oidcToken: jwt({ alg: 'none' }, claims) } })],
+  ];
+
+  beforeAll(async () => {
+    await ca.admin('POST', '/v1/runs', {
+      project: 'ml',
+      name: 'anon-run',
+      owner: 'owner',
+      loginUser: 'root',
+      attachableBy: { users: ['alice'], public_keys: [formatAuthorizedKey(subjectKey('ecdsa256'))] },
+    });
+  });
+
+  it.each(KINDS)('%s', async (_label, call) => {
+    const answers: string[] = [];
+    for (const [p, r] of [['ml', 'anon-run'], ['ml', 'no-such-run'], ['no-such-project', 'anon-run']] as const) {
+      const res = await call(p, r);
+      const body = JSON.stringify(JSON.parse(res.body)).split(`${p}/${r}`).join('P/R').split(`\\"${p}\\"`).join('\\"P\\"');
+      answers.push(`${res.statusCode} ${body}`);
+    }
+    // A nonce is handed out to anyone; every certificate request here is refused.
+    expect(answers[0]).toMatch(_label === 'nonce' ? /^200 / : /^40[13] /);
+    expect(answers[1]).toBe(answers[0]);
+    expect(answers[2]).toBe(answers[0]);
   });
 });

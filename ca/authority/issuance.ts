@@ -13,7 +13,7 @@
 // issuer, sub and matched claims; never the token).
 import { pooledRandomBytes } from '../crypto/random-pool.js';
 import { badRequest, CaError, forbidden, RateLimitedError } from '../domain/errors.js';
-import { DEFAULT_BOT_SETTINGS, type AuditEvent, type CertRecord, type Identity, type Project } from '../domain/model.js';
+import { DEFAULT_BOT_SETTINGS, type AuditEvent, type CertRecord, type Identity } from '../domain/model.js';
 import { grantFor } from '../policy/attachable-by.js';
 import { botScopeRefusal } from '../policy/bot-scope.js';
 import { certificateProfile, grantedTtl, type Restrictions } from '../policy/cert-profile.js';
@@ -27,7 +27,7 @@ import { nextEvent } from './audit-chain.js';
 import { DEFAULT_OIDC_CONFIG, DEFAULT_RATE_LIMITS, type AuthorityContext, type OidcConfig } from './context.js';
 import { cachedReader, factCacheOf } from './fact-cache.js';
 import { GroupCommitter } from './group-commit.js';
-import { requireProject, requireRun } from './lookup.js';
+import { findRun, requireRun } from './lookup.js';
 import { OidcRefusal, OidcVerifier, resolveOidcBot, type OidcEvidence } from './oidc.js';
 import { NonceBook, verifyPossession } from './proof.js';
 import { RateLimiter } from './rate-limit.js';
@@ -208,14 +208,14 @@ export class Issuer {
     if (actor.kind === 'orchestrator' || actor.kind === 'agent') throw forbidden(`${actor.kind} tokens cannot obtain certificates`);
     if (trail && meta.address !== undefined) this.limit(this.addressLimit, `addr:${meta.address}`, `address ${meta.address}`, trail);
 
-    let project: Project;
     let caller = actor;
     const details: Record<string, unknown> = {};
     if (req.oidcToken !== undefined) {
       if (actor.kind !== 'anonymous') throw badRequest('give either a bearer token or an OIDC token, not both', 'oidcToken');
       if (req.proof) throw badRequest('a possession proof does not go with an OIDC token', 'proof');
-      project = await requireProject(this.ctx.store, req.project);
-      const match = await resolveOidcBot(this.ctx.store, this.oidc, this.oidcConfig, project, req.oidcToken);
+      // An anonymous caller learns nothing about what exists: a project that does not exist
+      // is refused exactly as one where no bot trusts the token's issuer.
+      const match = await resolveOidcBot(this.ctx.store, this.oidc, this.oidcConfig, req.project, await this.ctx.store.getProjectByName(req.project), req.oidcToken);
       caller = { kind: 'bot', identity: match.bot, tokenId: null };
       if (trail) {
         trail.actor = `bot:${match.bot.name}`;
@@ -230,8 +230,17 @@ export class Issuer {
     const bot = identity?.kind === 'bot' ? identity : null;
     if (bot) this.limit(this.botLimit, `bot:${bot.id}`, `bot ${bot.name}`, trail);
 
-    const found = await requireRun(this.facts, req.project, req.run);
-    project = found.project;
+    // An anonymous caller (no account: a key holder, or nobody) gets the same answer whether
+    // or not the project and run exist: the proof is checked first, and a run that does not
+    // exist refuses it exactly as a run whose policy does not list the key.
+    let provenKey: PublicKey | null = null;
+    if (!identity) {
+      if (!req.proof) throw new CaError('unauthenticated', 'authentication or a possession proof is required');
+      provenKey = verifyPossession(this.nonces, req.proof, `${req.project}/${req.run}`, key, now);
+    }
+    const found = identity ? await requireRun(this.facts, req.project, req.run) : await findRun(this.facts, req.project, req.run);
+    if (!found) throw forbidden(`not allowed by the attachable_by policy of run ${req.project}/${req.run}`);
+    const project = found.project;
     const run = found.run;
     const qualifiedName = `${project.name}/${run.name}`;
     const settings = bot ? ((await this.facts.getBotSettings(bot.id)) ?? { ...DEFAULT_BOT_SETTINGS, identityId: bot.id, updatedAt: 0 }) : null;
@@ -243,7 +252,7 @@ export class Issuer {
     const isProjectMember = identity ? (await this.facts.getMembership(project.id, identity.id)) !== null : false;
     // The project a bot was created in grants nothing by itself: only current membership.
     if (bot && !isProjectMember) throw forbidden(`bot ${bot.name} is not a member of project ${project.name}`);
-    const provenKey = req.proof ? verifyPossession(this.nonces, req.proof, qualifiedName, key, now) : null;
+    if (identity && req.proof) provenKey = verifyPossession(this.nonces, req.proof, qualifiedName, key, now);
     const grant = grantFor(run.policy, { identityName: identity?.name ?? null, isProjectMember, provenKey });
     if (!grant) {
       if (!identity && !provenKey) throw new CaError('unauthenticated', 'authentication or a possession proof is required');
