@@ -409,3 +409,28 @@ describe('anonymous callers cannot tell what exists', () => {
     expect(answers[2]).toBe(answers[0]);
   });
 });
+
+// Issue 12, item 12: disabling a user ends its credentials; enabling it again revives none.
+describe('a re-enabled user gets none of its old credentials back', () => {
+  it('API tokens, login tokens and enrollment links stay dead; a new token works', async () => {
+    const token = await userWithToken(ca, 'comeback');
+    const login = (await ca.admin<{ token: string }>('POST', '/v1/users/comeback/tokens', { ttl: 3600 })).token;
+    const { url } = await ca.admin<{ url: string }>('POST', '/v1/users/comeback/enrollments', {});
+    const enrollment = url.split('#')[1] as string;
+    const status = async () => [
+      (await ca.api('GET', '/v1/me', { token })).statusCode,
+      (await ca.api('GET', '/v1/me', { token: login })).statusCode,
+      // The passkey pages' own call (same-origin, as the browser makes it).
+      (await ca.app.inject({ method: 'POST', url: '/v1/web/enroll/options', headers: { origin: ca.authority.web.origin }, payload: { enrollment } })).statusCode,
+    ];
+    expect(await status()).toEqual([200, 200, 200]);
+    await ca.admin('PATCH', '/v1/users/comeback', { disabled: true });
+    expect(await status()).toEqual([401, 401, 401]);
+    await ca.admin('PATCH', '/v1/users/comeback', { disabled: false });
+    expect(await status()).toEqual([401, 401, 401]);
+    const fresh = (await ca.admin<{ token: string }>('POST', '/v1/users/comeback/tokens', {})).token;
+    expect((await ca.api('GET', '/v1/me', { token: fresh })).statusCode).toBe(200);
+    const e = (await ca.store.listAuditEvents({})).filter((x) => x.action === 'user.update').at(-2);
+    expect(e?.details).toMatchObject({ name: 'comeback', disabled: true, endedCredentials: 3 });
+  });
+});

@@ -13,10 +13,10 @@
 // issuer, sub and matched claims; never the token).
 import { pooledRandomBytes } from '../crypto/random-pool.js';
 import { badRequest, CaError, forbidden, RateLimitedError } from '../domain/errors.js';
-import { DEFAULT_BOT_SETTINGS, type AuditEvent, type CertRecord, type Identity } from '../domain/model.js';
+import { DEFAULT_BOT_SETTINGS, type AuditEvent, type BotSettings, type CertRecord, type Identity } from '../domain/model.js';
 import { grantFor } from '../policy/attachable-by.js';
 import { botScopeRefusal } from '../policy/bot-scope.js';
-import { certificateProfile, grantedTtl, type Restrictions } from '../policy/cert-profile.js';
+import { certificateProfile, grantedTtl, profileMismatch, profileSpec, type CertLimits, type ProfileSpec, type Restrictions } from '../policy/cert-profile.js';
 import { formatCertificateLine, signCertificate } from '../ssh/certificate.js';
 import { assertStrongKey, fingerprint, formatAuthorizedKey, parseAuthorizedKey, type PublicKey } from '../ssh/keys.js';
 import type { Signer } from '../ssh/signature.js';
@@ -63,6 +63,8 @@ export interface IssueResult {
 
 interface PendingCert {
   record: CertRecord;
+  /** What the settings decided the cert says, compared again in the commit. */
+  spec: ProfileSpec;
   actor: string;
   /** Extra audit details (how a bot authenticated, the TTL it asked for). */
   details: Record<string, unknown>;
@@ -81,6 +83,15 @@ interface BotTrail {
 
 /** Refused bot tokens are audited at most once per bot and reason in this many seconds. */
 const AUTH_AUDIT_EVERY = 10;
+
+/** The restrictions a bot's settings put in its certs (none for people and key holders). */
+function restrictionsOf(settings: BotSettings | null): Restrictions {
+  const r: Restrictions = {};
+  if (settings?.forceCommand) r.forceCommand = settings.forceCommand;
+  if (settings?.sourceAddress) r.sourceAddress = settings.sourceAddress;
+  if (settings?.permits) r.permits = settings.permits;
+  return r;
+}
 
 function parseSubjectKey(line: string): PublicKey {
   try {
@@ -140,7 +151,17 @@ export class Issuer {
           written.push(false);
           continue;
         }
-        const granted = await stillGranted(facts, item.record);
+        let granted = await stillGranted(facts, item.record);
+        // Not only the grant: the whole profile (restrictions, extensions, TTL cap) must be
+        // what the settings decide now, or a change that committed while this cert was being
+        // signed (bot update --force-command X) would leave it out there with the old one.
+        if (granted) {
+          const why = profileMismatch(item.spec, await this.specNow(facts, item.record), item.record);
+          if (why !== null) {
+            item.refusal = new CaError('conflict', `${why} while the certificate was being issued; ask again`);
+            granted = false;
+          }
+        }
         written.push(granted);
         if (granted) ok.push(item.record);
       }
@@ -267,11 +288,9 @@ export class Issuer {
     }
 
     const holder = identity ? `${identity.kind}:${identity.name}` : `key:${fingerprint(key)}`;
-    const limits = { defaultTtl: this.ctx.config.defaultTtl, maxTtl: Math.min(this.ctx.config.maxTtl, bot?.botMaxTtl ?? Infinity) };
+    const limits = this.limitsFor(bot);
     const ttlClamped = req.ttl !== undefined && grantedTtl(req.ttl, limits) < req.ttl;
-    const restrictions: Restrictions = {};
-    if (settings?.forceCommand) restrictions.forceCommand = settings.forceCommand;
-    if (settings?.sourceAddress) restrictions.sourceAddress = settings.sourceAddress;
+    const restrictions = restrictionsOf(settings);
     const serial = await this.serials.take();
     const fields = certificateProfile({
       now,
@@ -307,7 +326,7 @@ export class Issuer {
       if (restrictions.sourceAddress !== undefined) details.sourceAddress = restrictions.sourceAddress;
       if (meta.address !== undefined) details.address = meta.address;
     }
-    const pending: PendingCert = { record, actor: holder, details };
+    const pending: PendingCert = { record, spec: profileSpec(run, limits, restrictions), actor: holder, details };
     if (!(await this.committer.submit(pending))) {
       throw pending.refusal ?? forbidden(`access to run ${qualifiedName} was removed while the certificate was being issued`);
     }
@@ -346,6 +365,20 @@ export class Issuer {
     } catch {
       // The 401 stands even if it cannot be recorded.
     }
+  }
+
+  private limitsFor(bot: Identity | null): CertLimits {
+    return { defaultTtl: this.ctx.config.defaultTtl, maxTtl: Math.min(this.ctx.config.maxTtl, bot?.botMaxTtl ?? Infinity) };
+  }
+
+  /** The profile the settings decide now for a cert like `record` (read in the commit). */
+  private async specNow(facts: StoreReader, record: CertRecord): Promise<ProfileSpec> {
+    const run = await facts.getRun(record.runId);
+    const identity = record.identityId === null ? null : await facts.getIdentity(record.identityId);
+    const bot = identity?.kind === 'bot' ? identity : null;
+    const settings = bot ? await facts.getBotSettings(bot.id) : null;
+    // stillGranted has just read the run: it exists.
+    return profileSpec(run ?? { principal: '', endsAt: null }, this.limitsFor(bot), restrictionsOf(settings));
   }
 
   private fingerprintOf(signer: Signer): string {

@@ -341,6 +341,24 @@ CREATE TABLE web_sessions (
 CREATE INDEX web_sessions_identity ON web_sessions (identity_id);
 `,
   },
+  {
+    version: 5,
+    name: 'bot_permits_and_disabled_credentials',
+    // bot_settings.permits: the certificate extensions a bot is given explicitly (JSON array
+    // of permit-* names); NULL: the default for its restrictions (none with a force-command).
+    // Disabling a user now ends its credentials in the same transaction; this ends those of
+    // identities disabled before, so enabling them again revives nothing.
+    sql: `
+ALTER TABLE bot_settings ADD COLUMN permits TEXT;
+
+UPDATE tokens SET revoked_at = CAST(strftime('%s', 'now') AS INTEGER)
+WHERE revoked_at IS NULL AND identity_id IN (SELECT id FROM identities WHERE disabled);
+UPDATE web_sessions SET revoked_at = CAST(strftime('%s', 'now') AS INTEGER)
+WHERE revoked_at IS NULL AND identity_id IN (SELECT id FROM identities WHERE disabled);
+UPDATE enrollments SET revoked_at = CAST(strftime('%s', 'now') AS INTEGER)
+WHERE revoked_at IS NULL AND used_at IS NULL AND identity_id IN (SELECT id FROM identities WHERE disabled);
+`,
+  },
 ];
 
 export const SCHEMA_VERSION: number = MIGRATIONS[MIGRATIONS.length - 1]?.version ?? 0;
