@@ -11,6 +11,7 @@
 // its restrictions (force-command, source-address) and TTL cap go into the certificate.
 // Every issuance and every refusal of a bot is audited with what decided it (for OIDC: the
 // issuer, sub and matched claims; never the token).
+import { decodeJwt } from 'jose';
 import { pooledRandomBytes } from '../crypto/random-pool.js';
 import { badRequest, CaError, forbidden, RateLimitedError } from '../domain/errors.js';
 import { DEFAULT_BOT_SETTINGS, type AuditEvent, type BotSettings, type CertRecord, type Identity } from '../domain/model.js';
@@ -29,6 +30,7 @@ import { cachedReader, factCacheOf } from './fact-cache.js';
 import { GroupCommitter } from './group-commit.js';
 import { findRun, requireRun } from './lookup.js';
 import { OidcRefusal, OidcVerifier, resolveOidcBot, type OidcEvidence } from './oidc.js';
+import { OidcReplayGuard } from './oidc-replay.js';
 import { NonceBook, verifyPossession } from './proof.js';
 import { RateLimiter } from './rate-limit.js';
 import { stillGranted } from './recheck.js';
@@ -79,6 +81,8 @@ interface BotTrail {
   oidc?: OidcEvidence;
   /** False for a rate-limit refusal that is not the first of its run (coalesced). */
   audit: boolean;
+  /** The OIDC token's replay keys, claimed once it verified; released if nothing is issued. */
+  claimed?: string[];
 }
 
 /** Refused bot tokens are audited at most once per bot and reason in this many seconds. */
@@ -111,6 +115,8 @@ export class Issuer {
   private readonly committer: GroupCommitter<PendingCert>;
   private readonly oidcConfig: OidcConfig;
   readonly oidc: OidcVerifier;
+  /** OIDC tokens already used, until they expire (oidc-replay.ts). */
+  readonly replay = new OidcReplayGuard();
   private readonly botLimit: RateLimiter | null;
   private readonly addressLimit: RateLimiter | null;
   /** Refused bot tokens: when each bot and reason was last audited, and refusals since. */
@@ -187,6 +193,7 @@ export class Issuer {
     try {
       return await this.issueFor(actor, req, meta, trail);
     } catch (e) {
+      if (trail?.claimed) this.replay.release(trail.claimed);
       // Decisions are audited; malformed requests (400) are bad input that changes nothing.
       if (trail?.audit && e instanceof CaError && e.code !== 'bad_request') await this.auditRefusal(trail, req, meta, e);
       throw e;
@@ -242,6 +249,13 @@ export class Issuer {
         trail.actor = `bot:${match.bot.name}`;
         trail.oidc = match.evidence;
       }
+      // Verified and standing for a bot: from here the token is spent (released if this
+      // request issues nothing), so it cannot be replayed during the rest of its lifetime.
+      const payload = decodeJwt(req.oidcToken);
+      const until = Math.min(Number(payload.exp), Number(payload.iat) + this.oidcConfig.maxTokenAge) + this.oidcConfig.clockTolerance;
+      const keys = OidcReplayGuard.keysOf(req.oidcToken, payload);
+      this.replay.claim(keys, until, now);
+      if (trail) trail.claimed = keys;
       details.via = 'oidc';
       details.oidc = { issuer: match.evidence.issuer, sub: match.evidence.sub, claims: match.evidence.claims };
     } else if (actor.kind === 'bot') {
