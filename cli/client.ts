@@ -179,6 +179,8 @@ export interface RequestOptions<S extends z.ZodType> {
   auth?: boolean;
   /** Validates and types the response body. */
   schema?: S;
+  /** Give up after this long (default TIMEOUT_MS). */
+  timeoutMs?: number;
 }
 
 /** An API client bound to one server and (maybe) one token. */
@@ -241,7 +243,7 @@ export class ApiClient {
       const started = Date.now();
       let res: Response;
       try {
-        res = await fetch(url, { method, headers, body, redirect: 'error', signal: AbortSignal.timeout(TIMEOUT_MS) });
+        res = await fetch(url, { method, headers, body, redirect: 'error', signal: AbortSignal.timeout(opts.timeoutMs ?? TIMEOUT_MS) });
       } catch (e) {
         throw new CliError(this.scrub(`cannot reach ${this.url}: ${describeFetchError(e)}`));
       }
