@@ -336,6 +336,8 @@ describe('relationships grant nothing without current membership', () => {
     const issue = () => ca.api('POST', '/v1/runs/ml/exbot-run/certs', { token, body: { publicKey: pub } });
     const first = await issue();
     expect(first.statusCode).toBe(201);
+    const listed = async () => ((await ca.api('GET', '/v1/me/runs', { token })).json() as { name: string }[]).map((r) => r.name);
+    expect(await listed()).toContain('exbot-run');
     const removed = await ca.admin<{ revokedCerts: number }>('DELETE', '/v1/projects/ml/members/exbot');
     expect(removed.revokedCerts).toBe(1);
     const serial = BigInt((first.json() as { serial: string }).serial);
@@ -344,6 +346,7 @@ describe('relationships grant nothing without current membership', () => {
     expect(again.statusCode).toBe(403);
     expect(again.json().message).toBe('bot exbot is not a member of project ml');
     expect((await ca.api('GET', '/v1/runs/ml/exbot-run', { token })).statusCode).toBe(403);
+    expect(await listed()).not.toContain('exbot-run');
   });
 });
 

@@ -97,6 +97,27 @@ describe('the real migrations', () => {
     expect(applied(raw(path)).map((r) => r.version)).toEqual(MIGRATIONS.map((m) => m.version));
   });
 
+  it('migration 5 ends the credentials of users disabled before it, so enabling them revives nothing', async () => {
+    const path = await tempDbPath();
+    const db = raw(path);
+    applyMigrations(db, MIGRATIONS.slice(0, 4));
+    const user = (name: string, disabled: number) =>
+      Number(db.prepare('INSERT INTO identities (name, kind, global_admin, disabled, created_at) VALUES (?, ?, 0, ?, 1)').run(name, 'user', disabled).lastInsertRowid);
+    const gone = user('gone', 1);
+    const here = user('here', 0);
+    const token = (identity: number, hash: string) => db.prepare("INSERT INTO tokens (kind, hash, identity_id, name, created_at) VALUES ('user', ?, ?, 'x', 1)").run(hash, identity);
+    token(gone, 'h1');
+    token(here, 'h2');
+    db.prepare('INSERT INTO web_sessions (hash, identity_id, expires_at, created_at) VALUES (?, ?, 9999999999, 1)').run('w1', gone);
+    db.prepare('INSERT INTO enrollments (hash, identity_id, expires_at, created_at) VALUES (?, ?, 9999999999, 1)').run('e1', gone);
+    applyMigrations(db);
+    const revoked = (table: string, hash: string) => (db.prepare(`SELECT revoked_at FROM ${table} WHERE hash = ?`).get(hash) as { revoked_at: unknown }).revoked_at;
+    expect(revoked('tokens', 'h1')).not.toBeNull();
+    expect(revoked('web_sessions', 'w1')).not.toBeNull();
+    expect(revoked('enrollments', 'e1')).not.toBeNull();
+    expect(revoked('tokens', 'h2')).toBeNull();
+  });
+
   it('a database written by a newer release is refused, untouched', async () => {
     const path = await tempDbPath();
     await (await openSqliteStore(path)).close();
