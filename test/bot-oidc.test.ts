@@ -316,3 +316,28 @@ describe('one token, one use', () => {
     expect(ca.authority.issuer.replay.size).toBe(before);
   });
 });
+
+describe('one token, one use, across a restart', () => {
+  it('a token that got a certificate is refused by the restarted CA too (recorded with the cert)', async () => {
+    const first = await openTestCa({ config: { oidc: { jwksCooldown: 0 } } });
+    let second: TestCa | undefined;
+    try {
+      await first.admin('POST', '/v1/projects', { name: 'ml' });
+      await first.admin('POST', '/v1/projects/ml/bots', { name: 'ci', maxTtl: 900, oidc: { issuer: issuer.url, audience: 'dstack-ca', claims: { repository: 'org/app' } } });
+      await first.admin('POST', '/v1/runs', { project: 'ml', name: 'train-1', owner: 'admin', loginUser: me, attachableBy: { users: ['ci'] } });
+      const token = await issuer.sign(issuer.claims(now(), CLAIMS));
+      const body = { publicKey: key.publicLine, oidcToken: token };
+      expect((await first.api('POST', '/v1/runs/ml/train-1/certs', { body })).statusCode).toBe(201);
+      await first.close();
+      second = await openTestCa({ dir: first.dir, config: { oidc: { jwksCooldown: 0 } } });
+      expect(second.authority.issuer.replay.size).toBe(0); // a new process: nothing in memory
+      const again = await second.api('POST', '/v1/runs/ml/train-1/certs', { body });
+      expect(again.statusCode).toBe(401);
+      expect(again.json().message).toMatch(/^OIDC token refused: it was already used/);
+      // A fresh token from the same CI job works.
+      expect((await second.api('POST', '/v1/runs/ml/train-1/certs', { body: { ...body, oidcToken: await issuer.sign(issuer.claims(now(), CLAIMS)) } })).statusCode).toBe(201);
+    } finally {
+      await second?.close();
+    }
+  });
+});

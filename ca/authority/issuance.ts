@@ -30,7 +30,7 @@ import { cachedReader, factCacheOf } from './fact-cache.js';
 import { GroupCommitter } from './group-commit.js';
 import { findRun, requireRun } from './lookup.js';
 import { OidcRefusal, OidcVerifier, resolveOidcBot, type OidcEvidence } from './oidc.js';
-import { OidcReplayGuard } from './oidc-replay.js';
+import { OIDC_REPLAYED, OidcReplayGuard } from './oidc-replay.js';
 import { NonceBook, verifyPossession } from './proof.js';
 import { RateLimiter } from './rate-limit.js';
 import { stillGranted } from './recheck.js';
@@ -70,6 +70,8 @@ interface PendingCert {
   actor: string;
   /** Extra audit details (how a bot authenticated, the TTL it asked for). */
   details: Record<string, unknown>;
+  /** OIDC token keys to record as spent with the cert, and until when. */
+  spent?: { keys: string[]; until: number };
   /** Set by the commit when it refuses the cert for a reason of its own (a revoked key). */
   refusal?: CaError;
 }
@@ -172,9 +174,12 @@ export class Issuer {
         if (granted) ok.push(item.record);
       }
       await tx.insertCerts(ok);
+      const at = ctx.now();
+      // The OIDC tokens these certs were issued for are spent in the same transaction: after a
+      // restart the in-memory guard is empty, the table is not.
+      for (const [i, item] of items.entries()) if (written[i] && item.spent) await tx.recordSpentOidcTokens(item.spent.keys, item.spent.until, at);
       // The batch's events chained from the last stored one and appended in one statement
       // batch (auditMany's chain, without a SAVEPOINT and a MAX(seq) per event).
-      const at = ctx.now();
       let prev = await tx.lastAuditEvent();
       const events: AuditEvent[] = [];
       items.forEach(({ record: { serial, keyId, keyFingerprint, grant, validBefore, runId }, actor, details }, i) => {
@@ -237,6 +242,7 @@ export class Issuer {
     if (trail && meta.address !== undefined) this.limit(this.addressLimit, `addr:${meta.address}`, `address ${meta.address}`, trail);
 
     let caller = actor;
+    let spent: PendingCert['spent'];
     const details: Record<string, unknown> = {};
     if (req.oidcToken !== undefined) {
       if (actor.kind !== 'anonymous') throw badRequest('give either a bearer token or an OIDC token, not both', 'oidcToken');
@@ -256,6 +262,8 @@ export class Issuer {
       const keys = OidcReplayGuard.keysOf(req.oidcToken, payload);
       this.replay.claim(keys, until, now);
       if (trail) trail.claimed = keys;
+      if (await this.ctx.store.isOidcTokenSpent(keys, now)) throw new CaError('unauthenticated', OIDC_REPLAYED);
+      spent = { keys, until };
       details.via = 'oidc';
       details.oidc = { issuer: match.evidence.issuer, sub: match.evidence.sub, claims: match.evidence.claims };
     } else if (actor.kind === 'bot') {
@@ -340,7 +348,7 @@ export class Issuer {
       if (restrictions.sourceAddress !== undefined) details.sourceAddress = restrictions.sourceAddress;
       if (meta.address !== undefined) details.address = meta.address;
     }
-    const pending: PendingCert = { record, spec: profileSpec(run, limits, restrictions), actor: holder, details };
+    const pending: PendingCert = { record, spec: profileSpec(run, limits, restrictions), actor: holder, details, ...(spent ? { spent } : {}) };
     if (!(await this.committer.submit(pending))) {
       throw pending.refusal ?? forbidden(`access to run ${qualifiedName} was removed while the certificate was being issued`);
     }

@@ -9,12 +9,15 @@
 // the issuer's `jti` when there is one. Only tokens whose signature verified and that stand
 // for a bot are recorded, so no anonymous caller can fill the table; it is bounded, and a
 // full table (after dropping what has expired) refuses new tokens rather than forgetting
-// live ones. In memory, per process: a restart forgets, and several replicas would need it
-// in the shared database.
+// live ones. This guard is in memory (it also stops two requests racing with one token);
+// the keys of tokens that got a certificate are also written with the certificate, in the
+// same transaction (spent_oidc_tokens), and checked there, so a restart forgets nothing.
 import { createHash } from 'node:crypto';
 import { CaError } from '../domain/errors.js';
 
 export const MAX_REMEMBERED_TOKENS = 100_000;
+
+export const OIDC_REPLAYED = 'OIDC token refused: it was already used; a token is good for one certificate (ask the CI for a fresh one)';
 
 export class OidcReplayGuard {
   /** key -> until when (Unix seconds) it is remembered. */
@@ -37,7 +40,7 @@ export class OidcReplayGuard {
   claim(keys: readonly string[], until: number, now: number): void {
     for (const k of keys) {
       const t = this.seen.get(k);
-      if (t !== undefined && t > now) throw new CaError('unauthenticated', 'OIDC token refused: it was already used; a token is good for one certificate (ask the CI for a fresh one)');
+      if (t !== undefined && t > now) throw new CaError('unauthenticated', OIDC_REPLAYED);
     }
     if (this.seen.size + keys.length > this.capacity) this.prune(now);
     if (this.seen.size + keys.length > this.capacity) {

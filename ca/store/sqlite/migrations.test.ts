@@ -65,6 +65,7 @@ describe('the real migrations', () => {
       'runs',
       'schema_migrations',
       'serial_high_water',
+      'spent_oidc_tokens',
       'tokens',
       'web_sessions',
     ]);
