@@ -19,6 +19,13 @@ export function sshdConfigSnippet(sshdDir: string = DEFAULT_SSHD_DIR): string {
     // Each session gets SSH_USER_AUTH naming its certificate, so the agent can end the
     // sessions of a revoked cert.
     'ExposeAuthInfo yes',
+    // What a session may do besides its command is decided per certificate (permit-pty,
+    // permit-port-forwarding, ...; a force-command bot's certs carry none), so forwarding stays
+    // on for people's `ssh -L`. These close what no certificate should get from a permissive
+    // main config: tun devices, remote forwards on public addresses, ~/.ssh/environment.
+    'PermitTunnel no',
+    'GatewayPorts no',
+    'PermitUserEnvironment no',
     '',
   ].join('\n');
 }

@@ -208,6 +208,8 @@ export interface RequestOptions<S extends z.ZodType> {
   auth?: boolean;
   /** Validates and types the response body. */
   schema?: S;
+  /** Give up after this long (default TIMEOUT_MS). */
+  timeoutMs?: number;
 }
 
 /** An API client bound to one server and (maybe) one token. */
@@ -293,7 +295,7 @@ export class ApiClient {
       const started = Date.now();
       let res: Response;
       try {
-        res = await this.rawFetch(url, { method, headers, body: body ?? null, redirect: 'error', signal: AbortSignal.timeout(TIMEOUT_MS) });
+        res = await this.rawFetch(url, { method, headers, body: body ?? null, redirect: 'error', signal: AbortSignal.timeout(opts.timeoutMs ?? TIMEOUT_MS) });
       } catch (e) {
         if (e instanceof CliError) throw e;
         throw new CliError(this.scrub(`cannot reach ${this.url}: ${describeFetchError(e)}`));
