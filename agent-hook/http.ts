@@ -25,8 +25,12 @@ export interface RequestOptions {
   headers?: Record<string, string | undefined>;
   /** JSON-encoded and sent with content-type application/json. */
   json?: unknown;
-  /** No response within this long (default 10 s): the request fails. */
+  /** No byte within this long (default 10 s): the request fails. */
   timeoutMs?: number;
+  /** The whole exchange, body included, within this long (default 30 s): a slow drip cannot hold a sync. */
+  deadlineMs?: number;
+  /** A body larger than this (bytes, default 32 MiB) fails the request. */
+  maxBytes?: number;
   /** Connection pool (default: node's global one); false: a connection of its own. */
   agent?: http.Agent | false;
   /** TLS options for https (pinning, see trust.ts), when the request has no pool of its own. */
@@ -65,17 +69,46 @@ export function openRequest(url: URL, o: RequestOptions = {}): Promise<{ res: In
   });
 }
 
-/** One request, whole body read. Rejects only when no HTTP response arrived. */
+const DEFAULT_DEADLINE_MS = 30_000;
+const DEFAULT_MAX_BYTES = 32 * 1024 * 1024;
+
+/**
+ * One request, whole body read, within `deadlineMs` overall and `maxBytes` of body (whatever
+ * the server, or someone on the path, does to drip or inflate it). Rejects when no whole answer arrived in time.
+ */
 export async function request(url: URL, o: RequestOptions = {}): Promise<HttpResponse> {
-  const { res, abort } = await openRequest(url, o);
-  const chunks: Buffer[] = [];
+  const deadline = o.deadlineMs ?? DEFAULT_DEADLINE_MS;
+  const max = o.maxBytes ?? DEFAULT_MAX_BYTES;
+  let abortIt: (() => void) | null = null;
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    abortIt?.();
+  }, deadline);
   try {
-    for await (const chunk of res) chunks.push(chunk as Buffer);
+    const { res, abort } = await openRequest(url, o);
+    abortIt = abort;
+    if (timedOut) abort();
+    const chunks: Buffer[] = [];
+    let size = 0;
+    try {
+      for await (const chunk of res) {
+        size += (chunk as Buffer).length;
+        if (size > max) throw new Error(`${url.origin}${url.pathname}: answer larger than ${max} bytes`);
+        chunks.push(chunk as Buffer);
+      }
+    } catch (e) {
+      abort();
+      throw timedOut ? new Error(`${url.origin}${url.pathname}: no whole answer within ${deadline} ms`) : e;
+    }
+    if (timedOut) throw new Error(`${url.origin}${url.pathname}: no whole answer within ${deadline} ms`);
+    return { status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) };
   } catch (e) {
-    abort();
+    if (timedOut) throw new Error(`${url.origin}${url.pathname}: no whole answer within ${deadline} ms`);
     throw e;
+  } finally {
+    clearTimeout(timer);
   }
-  return { status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) };
 }
 
 /** The `message` of a JSON error body, else a short generic text. */

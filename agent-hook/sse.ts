@@ -13,9 +13,13 @@ export interface SseEvent {
   id?: string;
 }
 
+/** A line longer than this (characters) breaks the stream: events carry at most a 64 KiB KRL, base64. */
+export const SSE_MAX_LINE = 1024 * 1024;
+
 /** The text/event-stream format (WHATWG HTML, "Server-sent events"), fed in chunks. */
 export class SseParser {
   private buf = '';
+  private pending = 0;
   private data: string[] = [];
   private event = '';
   private id: string | undefined;
@@ -23,6 +27,8 @@ export class SseParser {
   /** Returns the events completed by this chunk. */
   push(chunk: string): SseEvent[] {
     this.buf += chunk;
+    // Unbounded buffering is a memory exhaustion: a line (or an event's data) past the cap ends the stream.
+    if (this.buf.length > SSE_MAX_LINE && this.buf.search(/\r|\n/) < 0) throw new Error(`event stream line longer than ${SSE_MAX_LINE} characters`);
     const out: SseEvent[] = [];
     let nl: number;
     while ((nl = this.buf.search(/\r\n|\r|\n/)) >= 0) {
@@ -33,6 +39,7 @@ export class SseParser {
       if (line === '') {
         if (this.data.length > 0) out.push({ event: this.event || 'message', data: this.data.join('\n'), ...(this.id !== undefined ? { id: this.id } : {}) });
         this.data = [];
+        this.pending = 0;
         this.event = '';
         continue;
       }
@@ -41,7 +48,11 @@ export class SseParser {
       const field = colon < 0 ? line : line.slice(0, colon);
       let value = colon < 0 ? '' : line.slice(colon + 1);
       if (value.startsWith(' ')) value = value.slice(1);
-      if (field === 'data') this.data.push(value);
+      if (field === 'data') {
+        this.pending += value.length;
+        if (this.pending > SSE_MAX_LINE) throw new Error(`event stream event larger than ${SSE_MAX_LINE} characters`);
+        this.data.push(value);
+      }
       else if (field === 'event') this.event = value;
       else if (field === 'id' && !value.includes('\0')) this.id = value;
     }
@@ -116,7 +127,15 @@ export class SseSubscription {
     };
     res.setEncoding('utf8');
     res.on('data', (chunk: string) => {
-      for (const e of parser.push(chunk)) {
+      let events: SseEvent[];
+      try {
+        events = parser.push(chunk);
+      } catch (e) {
+        res.destroy();
+        end(e as Error);
+        return;
+      }
+      for (const e of events) {
         if (e.id !== undefined) this.lastId = e.id;
         // Only a stream that delivered an event resets the backoff: a server that accepts and
         // drops connections must not be hammered.

@@ -16,8 +16,8 @@ import type { Agent as HttpAgent } from 'node:http';
 import { join } from 'node:path';
 import { agentConfigView } from '../ca/api/schemas.js';
 import { parseAuthorizedKey, type PublicKey } from '../ca/ssh/keys.js';
-import { rootFingerprint, trustedKeyLines, verifyBundle, type SignedBundle, type VerifiedBundle } from '../ca/trust/bundle.js';
-import { sha256Hex, verifyKrlStatus, type SignedKrlStatus } from '../ca/trust/krl-status.js';
+import { rootFingerprint, trustedKeyLines, type SignedBundle, type VerifiedBundle } from '../ca/trust/bundle.js';
+import { sha256Hex, STATUS_CLOCK_SKEW, verifyKrlStatus, type KrlStatus, type SignedKrlStatus } from '../ca/trust/krl-status.js';
 import { decodeKrl } from '../ca/ssh/krl/decode.js';
 import { writeFileAtomic } from '../ca/io/atomic-file.js';
 import { fullJitter, systemClock, type Clock } from './clock.js';
@@ -30,7 +30,7 @@ import { jsonLogger, type Logger } from './log.js';
 import { agentPaths, type AgentPaths } from './paths.js';
 import type { SessionReaper } from './sessions.js';
 import { SseSubscription } from './sse.js';
-import { fetchTrust, loadInstalledTrust, pinnedTls, saveTrust, TrustError } from './trust.js';
+import { fetchTrust, loadInstalledTrust, pinnedTls, saveTrust, TrustError, verifyCurrentBundle } from './trust.js';
 
 export interface AgentOptions {
   /** The CA's base URL. */
@@ -110,8 +110,10 @@ export class Agent {
   private readonly random: () => number;
   private pool: HttpAgent;
   private trust!: VerifiedBundle;
-  /** A bundle an event carried, not yet looked at by the sync loop. */
-  private offeredTrust: SignedBundle | null = null;
+  /** A bundle an event carried (with the status naming it), not yet looked at by the sync loop. */
+  private offeredTrust: (SignedBundle & { status?: string; statusSignature?: string }) | null = null;
+  /** The newest signed status time credited to staleness (seconds): a replay of it credits nothing more. */
+  private creditedIssuedAt = 0;
   /** Set when this sync verified a KRL status naming the installed KRL (see syncOnce). */
   private freshThisSync = false;
   private credential!: Credential;
@@ -120,6 +122,8 @@ export class Agent {
   private principalsText = '';
   private installed: Installed = { version: 0n, current: false, failClosed: false, set: null };
   private checkedAt: number | null = null;
+  /** When this process started: staleness counts from here until the first signed status. */
+  private readonly startedAt: number;
   /** The newest KRL an event carried, not yet looked at by syncKrl. */
   private offered: OfferedKrl | null = null;
   // The serialized sync loop.
@@ -144,6 +148,7 @@ export class Agent {
     this.log = o.log ?? jsonLogger();
     this.random = o.random ?? Math.random;
     this.pool = connectionPool(this.base);
+    this.startedAt = this.clock.now();
   }
 
   private url(path: string): URL {
@@ -168,7 +173,7 @@ export class Agent {
       }
       let v: VerifiedBundle;
       try {
-        v = await fetchTrust(this.base, { fingerprint: this.o.caFingerprint });
+        v = await fetchTrust(this.base, { fingerprint: this.o.caFingerprint }, this.clock.now());
       } catch (e) {
         if (e instanceof TrustError) throw new AgentError(`refusing the CA at ${this.base.origin}: ${e.message}; nothing was written`);
         throw new AgentError(`cannot reach the CA at ${this.base.origin} to check its trust root: ${(e as Error).message}`);
@@ -246,13 +251,13 @@ export class Agent {
     let v: VerifiedBundle | null = null;
     if (offered) {
       try {
-        v = verifyBundle(offered, anchor);
+        v = verifyCurrentBundle(offered, anchor, this.clock.now());
       } catch (e) {
         if (!(e instanceof TrustError)) throw e;
         this.log('error', 'trust-refused', { source: 'event', error: e.message, installedVersion: this.trust.bundle.version });
       }
     }
-    if (!v || v.unchanged) v = await fetchTrust(this.base, anchor);
+    if (!v || v.unchanged) v = await fetchTrust(this.base, anchor, this.clock.now());
     if (!v.unchanged) await this.installTrust(v, true);
   }
 
@@ -327,25 +332,53 @@ export class Agent {
    * KRL or trust bundle, a sync is asked for. Returns whether it proved the installed KRL current.
    */
   private acceptStatus(signed: Partial<SignedKrlStatus> | undefined, source: string): boolean {
-    let st;
-    try {
-      st = verifyKrlStatus(signed, this.caKeys);
-    } catch (e) {
-      this.log('warn', 'krl-status-refused', { source, error: (e as Error).message });
+    const st = this.checkStatus(signed, source);
+    if (!st) return false;
+    if (st.bundleVersion > this.trust.bundle.version) {
+      // A newer bundle exists (a rotation): until it is installed, nothing here is current.
+      this.trigger('trust');
       return false;
     }
-    if (st.bundleVersion > this.trust.bundle.version) this.trigger('trust');
     if (st.krlVersion !== this.installed.version || !this.installed.current || st.krlSha256 !== this.installed.sha256) {
       if (st.krlVersion > this.installed.version) this.trigger('push');
       return false;
     }
-    const at = Math.min(this.clock.now(), st.issuedAt * 1000);
-    if (this.checkedAt === null || at > this.checkedAt) {
-      this.checkedAt = at;
-      this.armStaleness();
+    // Each signed time is credited once (a replay brings nothing), and never beyond this clock.
+    if (st.issuedAt > this.creditedIssuedAt) {
+      this.creditedIssuedAt = st.issuedAt;
+      const at = Math.min(this.clock.now(), st.issuedAt * 1000);
+      if (this.checkedAt === null || at > this.checkedAt) {
+        this.checkedAt = at;
+        this.armStaleness();
+      }
     }
     this.freshThisSync = true;
     return true;
+  }
+
+  /** A status signed by the trust root and not dated in the future (beyond clock skew); null (logged) otherwise. */
+  private checkStatus(signed: Partial<SignedKrlStatus> | undefined, source: string): KrlStatus | null {
+    try {
+      const st = verifyKrlStatus(signed, [parseAuthorizedKey(this.trust.bundle.root).key]);
+      if (st.issuedAt * 1000 > this.clock.now() + STATUS_CLOCK_SKEW * 1000) {
+        throw new TrustError(`signed for ${new Date(st.issuedAt * 1000).toISOString()}, in the future of this machine's clock by more than ${STATUS_CLOCK_SKEW} s`);
+      }
+      return st;
+    } catch (e) {
+      this.log('warn', 'krl-status-refused', { source, error: (e as Error).message });
+      return null;
+    }
+  }
+
+  /**
+   * Leaving fail-closed needs proof the CA is there now: a status for exactly `body`, signed
+   * within --max-staleness. Without it, a replayed (genuine) KRL would re-open the host.
+   */
+  private canLift(signed: Partial<SignedKrlStatus> | undefined, body: Buffer, version: bigint): boolean {
+    if (!this.installed.failClosed) return true;
+    const st = this.checkStatus(signed, 'lift');
+    const max = this.o.maxStalenessMs ?? Infinity;
+    return st !== null && st.krlVersion === version && st.krlSha256 === sha256Hex(body) && st.bundleVersion <= this.trust.bundle.version && this.clock.now() - st.issuedAt * 1000 < max;
   }
 
   /** Where an installed KRL came from (null: nothing new was installed). */
@@ -356,7 +389,7 @@ export class Agent {
     this.offered = null;
     if (offered && (offered.version > this.installed.version || (offered.version === this.installed.version && !this.installed.current))) {
       try {
-        if (await this.install(() => verifyKrl(offered.body, offered.signature, offered.version.toString(), this.caKeys), configFresh)) {
+        if (await this.install(() => verifyKrl(offered.body, offered.signature, offered.version.toString(), this.caKeys), configFresh, offered.status)) {
           this.acceptStatus(offered.status, 'event');
           return 'event';
         }
@@ -378,7 +411,7 @@ export class Agent {
       return null;
     }
     if (res.status !== 200) throw new HttpError(res.status, `GET /v1/krl: ${errorMessage(res)}`);
-    const installed = await this.install(() => verifyKrl(res.body, header('x-krl-signature'), header('x-krl-version'), this.caKeys), configFresh);
+    const installed = await this.install(() => verifyKrl(res.body, header('x-krl-signature'), header('x-krl-version'), this.caKeys), configFresh, status);
     this.acceptStatus(status, 'get');
     return installed ? 'get' : null;
   }
@@ -387,7 +420,7 @@ export class Agent {
    * Verifies (see verifyKrl) and installs a KRL; false when it is the one in place already.
    * Throws KrlRefused when it does not verify or is older than what is in place.
    */
-  private async install(verify: () => VerifiedKrl, configFresh: boolean): Promise<boolean> {
+  private async install(verify: () => VerifiedKrl, configFresh: boolean, status?: Partial<SignedKrlStatus>): Promise<boolean> {
     let krl;
     try {
       krl = verify();
@@ -399,6 +432,7 @@ export class Agent {
     }
     if (krl.version < this.installed.version) throw new KrlRefused(`KRL version ${krl.version} is older than the installed version ${this.installed.version}`);
     if (krl.version === this.installed.version && this.installed.current) return false;
+    if (!this.canLift(status, krl.body, krl.version)) throw new NotFresh('fail-closed stays: no status signed by the CA within --max-staleness names this KRL');
     const previous = this.installed.version;
     await writeKrl(this.paths, krl.body);
     const wasFailClosed = this.installed.failClosed;
@@ -437,7 +471,7 @@ export class Agent {
   /** Staleness: how long since the newest CA-signed time verified for the installed KRL. */
   private stale(): boolean {
     const max = this.o.maxStalenessMs;
-    return max !== undefined && (this.checkedAt === null || this.clock.now() - this.checkedAt >= max);
+    return max !== undefined && this.clock.now() - (this.checkedAt ?? this.startedAt) >= max;
   }
 
   /** Installs the fail-closed KRL (every CA key revoked) if not in place already. */
@@ -572,7 +606,8 @@ export class Agent {
     }
     if (typeof d.bundle !== 'string' || typeof d.signature !== 'string' || typeof d.version !== 'number') return;
     if (d.version <= this.trust.bundle.version) return;
-    this.offeredTrust = { bundle: d.bundle, signature: d.signature };
+    const st = d as { status?: unknown; statusSignature?: unknown };
+    this.offeredTrust = { bundle: d.bundle, signature: d.signature, ...(typeof st.status === 'string' && typeof st.statusSignature === 'string' ? { status: st.status, statusSignature: st.statusSignature } : {}) };
     this.trigger('trust');
   }
 
@@ -594,10 +629,12 @@ export class Agent {
   private armStaleness(): void {
     if (this.o.maxStalenessMs === undefined || !this.running) return;
     if (this.staleTimer !== null) this.cancel(this.staleTimer);
-    const due = (this.checkedAt ?? 0) + this.o.maxStalenessMs - this.clock.now();
-    // At the deadline, try once more; if that fails too, syncFailed fails closed.
+    const due = (this.checkedAt ?? this.startedAt) + this.o.maxStalenessMs - this.clock.now();
+    // At the deadline: fail closed now, whatever the sync loop is doing (a stalled request must
+    // not hold it open), then try once more; a fresh status lifts it again.
     this.staleTimer = this.later(Math.max(0, due), () => {
       this.staleTimer = null;
+      if (this.stale()) void this.failClosed().catch((e: unknown) => this.log('error', 'fail-closed-failed', { error: (e as Error).message }));
       this.trigger('staleness');
     });
   }

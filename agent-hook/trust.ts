@@ -11,11 +11,27 @@ import { readFile } from 'node:fs/promises';
 import type { AgentOptions as HttpsOptions } from 'node:https';
 import { z } from 'zod';
 import { writeFileAtomic } from '../ca/io/atomic-file.js';
+import { parseAuthorizedKey } from '../ca/ssh/keys.js';
 import { decodeBundle, rootFingerprint, TrustError, verifyBundle, type SignedBundle, type TrustAnchor, type VerifiedBundle } from '../ca/trust/bundle.js';
+import { requireCurrentBundle, verifyKrlStatus } from '../ca/trust/krl-status.js';
 import { AgentError } from './errors.js';
 import { errorMessage, request } from './http.js';
 
 const signedSchema = z.object({ bundle: z.string(), signature: z.string() });
+const answerSchema = signedSchema.extend({ status: z.string().optional(), statusSignature: z.string().optional() });
+
+/**
+ * A bundle that verified against `anchor` AND came with a status signed by its root naming
+ * exactly its version at a time close to this machine's clock: proof it is the CA's current
+ * bundle, not a replayed older one (which could list a TLS certificate since replaced, or a
+ * retired CA key). Throws TrustError.
+ */
+export function verifyCurrentBundle(answer: SignedBundle & { status?: string; statusSignature?: string }, anchor: TrustAnchor, nowMs: number): VerifiedBundle {
+  const v = verifyBundle({ bundle: answer.bundle, signature: answer.signature }, anchor);
+  const st = verifyKrlStatus({ status: answer.status ?? '', signature: answer.statusSignature ?? '' }, [parseAuthorizedKey(v.bundle.root).key]);
+  requireCurrentBundle(st, v.bundle.version, Math.floor(nowMs / 1000));
+  return v;
+}
 
 /** The bundle installed in `path`, verified against its own root and, if given, the pinned fingerprint. Null: none yet. */
 export async function loadInstalledTrust(path: string, pinned: string | undefined): Promise<VerifiedBundle | null> {
@@ -54,16 +70,16 @@ export async function saveTrust(path: string, v: VerifiedBundle): Promise<void> 
  * carries no credential, and the answer counts only if the pinned root signed it.
  * Throws TrustError (refused bundle) or Error (unreachable).
  */
-export async function fetchTrust(base: URL, anchor: TrustAnchor): Promise<VerifiedBundle> {
-  const res = await request(new URL('/v1/trust', base), { tls: { rejectUnauthorized: false }, agent: false });
+export async function fetchTrust(base: URL, anchor: TrustAnchor, nowMs: number): Promise<VerifiedBundle> {
+  const res = await request(new URL('/v1/trust', base), { tls: { rejectUnauthorized: false }, agent: false, maxBytes: 1024 * 1024, deadlineMs: 15_000 });
   if (res.status !== 200) throw new Error(`GET /v1/trust: ${errorMessage(res)}`);
-  let signed: SignedBundle;
+  let answer: z.output<typeof answerSchema>;
   try {
-    signed = signedSchema.parse(JSON.parse(res.body.toString('utf8')));
+    answer = answerSchema.parse(JSON.parse(res.body.toString('utf8')));
   } catch {
     throw new TrustError('GET /v1/trust did not answer a signed trust bundle');
   }
-  return verifyBundle(signed, anchor);
+  return verifyCurrentBundle(answer, anchor, nowMs);
 }
 
 /**

@@ -12,11 +12,14 @@ import { dirname, join } from 'node:path';
 import type { Dispatcher } from 'undici';
 import { z } from 'zod';
 import { writeFileAtomic } from '../ca/io/atomic-file.js';
+import { parseAuthorizedKey } from '../ca/ssh/keys.js';
 import { decodeBundle, rootFingerprint, TrustError, verifyBundle, type SignedBundle, type VerifiedBundle } from '../ca/trust/bundle.js';
+import { requireCurrentBundle, verifyKrlStatus } from '../ca/trust/krl-status.js';
 import { CliError } from './errors.js';
 import { ensurePrivateDir } from './login/session.js';
 
 const signedSchema = z.object({ bundle: z.string(), signature: z.string() });
+const answerSchema = signedSchema.extend({ status: z.string().optional(), statusSignature: z.string().optional() });
 const storeSchema = z.record(z.string(), signedSchema);
 
 /** CONFIGDIR/trust.json: the bundle last verified per server origin. */
@@ -63,6 +66,27 @@ function pinnedConnect(v: VerifiedBundle): { ca: string[]; checkServerIdentity: 
   return { ca: [...rootCertificates, ...pems], checkServerIdentity: (host, cert) => (pinned.has(cert.fingerprint256) ? undefined : checkServerIdentity(host, cert)) };
 }
 
+const MAX_TRUST_BYTES = 1024 * 1024;
+
+/** A response body as text, refused past `max` bytes (a bundle is a few KiB). */
+async function readLimited(body: ReadableStream<Uint8Array> | null, max: number, origin: string): Promise<string> {
+  if (!body) return '';
+  const reader = body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    size += value.length;
+    if (size > max) {
+      await reader.cancel();
+      throw new CliError(`${origin}: GET /v1/trust answered more than ${max} bytes`);
+    }
+    chunks.push(value);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
 export interface EstablishedTrust {
   bundle: VerifiedBundle;
   /** Every later request goes through this: TLS accepted only as the bundle says. */
@@ -87,13 +111,13 @@ export async function establishTrust(url: string, fingerprint: string | undefine
   const { Agent, fetch } = await import('undici');
   // No credential goes out on this connection, so its TLS is not checked: the signature is.
   const open = new Agent({ connect: { rejectUnauthorized: false } });
-  let signed: SignedBundle;
+  let answer: z.output<typeof answerSchema>;
   try {
     const res = await fetch(`${url}/v1/trust`, { dispatcher: open, redirect: 'error', signal: AbortSignal.timeout(30_000) });
     if (res.status !== 200) throw new CliError(`cannot check the CA's trust root: GET /v1/trust answered HTTP ${res.status} from ${origin}`);
-    const parsed = signedSchema.safeParse(await res.json());
+    const parsed = answerSchema.safeParse(JSON.parse(await readLimited(res.body, MAX_TRUST_BYTES, origin)));
     if (!parsed.success) throw new CliError(`${origin} did not answer a signed trust bundle`);
-    signed = parsed.data;
+    answer = parsed.data;
   } catch (e) {
     if (e instanceof CliError) throw e;
     const err = e as Error & { cause?: Error };
@@ -103,7 +127,10 @@ export async function establishTrust(url: string, fingerprint: string | undefine
   }
   let v: VerifiedBundle;
   try {
-    v = verifyBundle(signed, stored ? { installed: stored.bundle } : { fingerprint: fingerprint as string });
+    v = verifyBundle({ bundle: answer.bundle, signature: answer.signature }, stored ? { installed: stored.bundle } : { fingerprint: fingerprint as string });
+    // And proof it is the CA's bundle now, not an older one replayed (with a TLS certificate since replaced).
+    const st = verifyKrlStatus({ status: answer.status ?? '', signature: answer.statusSignature ?? '' }, [parseAuthorizedKey(v.bundle.root).key]);
+    requireCurrentBundle(st, v.bundle.version, Math.floor(Date.now() / 1000));
   } catch (e) {
     if (e instanceof TrustError) throw new CliError(`refusing ${origin}: ${e.message}`);
     throw e;

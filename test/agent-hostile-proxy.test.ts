@@ -207,6 +207,7 @@ describe('an attacker on the path cannot fake freshness', () => {
     await stale.waitFor((l) => l.event === 'krl-installed');
     // The control: through an honest path this agent stays fresh well past its --max-staleness.
     await new Promise((r) => setTimeout(r, 5000));
+    if (stale.events().some((l) => l.event === 'fail-closed')) console.log('DEBUG', stale.stderr());
     expect(stale.events().filter((l) => l.event === 'fail-closed')).toEqual([]);
   }, 30_000);
 

@@ -223,6 +223,8 @@ export const trustView = z.object({
   fingerprint: z.string(),
   bundle: z.string().describe('The signed bundle bytes (JSON), base64'),
   signature: z.string().describe('SSHSIG (namespace dstack-ca-trust) by the trust root, base64'),
+  status: z.string().describe('The signed status (KRL and bundle versions current at a time), base64'),
+  statusSignature: z.string().describe('SSHSIG (namespace dstack-ca-krl-status) by the trust root, base64'),
   userCaKeys: z.array(z.string()),
   hostCaKeys: z.array(z.string()),
 });

@@ -141,6 +141,11 @@ async function reloadCaKeys(ctx: AuthorityContext, records: readonly CaKeyRecord
 export async function rotateCaKey(ctx: AuthorityContext, actor: Actor, purpose: KeyPurpose, step: RotateStep, reason = ''): Promise<RotateResult> {
   requireAllowed(actor, 'ca.manage');
   if (!ctx.vault) throw new CaError('conflict', 'this CA cannot make keys (no key vault)');
+  // A refused add must not leave a sealed key behind: check first (the transaction checks again).
+  if (step === 'add') {
+    const pending = (await ctx.store.listCaKeys()).find((r) => r.purpose === purpose && r.state === 'next');
+    if (pending) throw new CaError('conflict', `a new ${purpose} CA key was already added (${pending.fingerprint}): run \`dstack-ca ca rotate switch${purpose === 'host' ? ' --host' : ''}\``);
+  }
   const made = step === 'add' || step === 'emergency' ? await ctx.vault.create() : null;
   const now = ctx.now();
   const result = await ctx.store.tx(async (tx) => {
@@ -222,18 +227,19 @@ export const krlStatusInterval = (ctx: AuthorityContext): number => ctx.config.k
 const statusCache = new WeakMap<AuthorityContext, { key: string; at: number; signed: SignedKrlStatus }>();
 
 /**
- * "KRL version N (SHA-256 H) is current at T, trust bundle at version B", signed by the active
- * user CA key; re-signed whenever the versions change or it is krlStatusInterval old.
+ * "KRL version N (SHA-256 H) and trust bundle version B are current at T", signed by the trust
+ * root (not a CA key: a stolen CA key must not be able to keep hosts fresh on an old bundle);
+ * re-signed whenever the versions change or it is krlStatusInterval old.
  */
 export async function currentKrlStatus(ctx: AuthorityContext): Promise<SignedKrlStatus | null> {
   const [krl, bundle] = await Promise.all([currentKrl(ctx), ctx.store.latestTrustBundle()]);
   if (!krl) return null;
   const bundleVersion = bundle?.version ?? 0;
-  const key = `${krl.version}/${bundleVersion}/${fingerprint(ctx.caKeys.active.publicKey)}`;
+  const key = `${krl.version}/${bundleVersion}/${fingerprint(ctx.caKeys.root.publicKey)}`;
   const now = ctx.now();
   const cached = statusCache.get(ctx);
   if (cached && cached.key === key && now - cached.at < krlStatusInterval(ctx) && now >= cached.at) return cached.signed;
-  const signed = await signKrlStatus({ krlVersion: BigInt(krl.version), krlSha256: sha256Hex(krl.blob), bundleVersion, issuedAt: now }, ctx.caKeys.active);
+  const signed = await signKrlStatus({ krlVersion: BigInt(krl.version), krlSha256: sha256Hex(krl.blob), bundleVersion, issuedAt: now }, ctx.caKeys.root);
   statusCache.set(ctx, { key, at: now, signed });
   return signed;
 }

@@ -1,9 +1,12 @@
 // Freshness that a network path cannot fake (DESIGN.md section 14). The CA signs, at least
-// once a minute, the statement "KRL version N, whose SHA-256 is H, is current at time T, and
-// the trust bundle is at version B" (SSHSIG, namespace dstack-ca-krl-status, by the active
-// user CA key). Every KRL answer (200 and 304) and event carries the newest one. An agent
-// counts its staleness from the newest T it has verified, so a 304 forever, a frozen event
-// stream or a replayed answer cannot keep a host "fresh": none of them brings a newer T.
+// once a minute, the statement "KRL version N, whose SHA-256 is H, and trust bundle version B
+// are current at time T" (SSHSIG, namespace dstack-ca-krl-status, by the trust root). Every
+// KRL answer (200 and 304), every trust answer and every event carries the newest one. An
+// agent counts its staleness from the newest T it has verified for the KRL and bundle it
+// holds, so a 304 forever, a frozen event stream, a replayed answer or a held-back bundle
+// cannot keep a host "fresh": none of them brings a newer T for what is installed. A client
+// accepts a bundle only with a status naming it whose T is close to its own clock, so an old
+// bundle (listing a TLS certificate since replaced) cannot be replayed at first contact.
 import { createHash } from 'node:crypto';
 import type { PublicKey } from '../ssh/keys.js';
 import { decodeSshsig, encodeSshsig, sshsigSign, sshsigVerify } from '../ssh/sshsig.js';
@@ -50,7 +53,10 @@ export async function signKrlStatus(s: KrlStatus, signer: Signer): Promise<Signe
 
 const BASE64 = /^[A-Za-z0-9+/]+={0,2}$/;
 
-/** Checks a signed status against the trusted user CA keys; throws TrustError saying why not. */
+/** How far (seconds) a status's signed time may be from the receiver's clock when it is checked for being current. */
+export const STATUS_CLOCK_SKEW = 300;
+
+/** Checks a signed status against the trust root (one-element list); throws TrustError saying why not. */
 export function verifyKrlStatus(signed: Partial<SignedKrlStatus> | undefined, trusted: readonly PublicKey[]): KrlStatus {
   if (!signed?.status || !signed.signature || !BASE64.test(signed.status) || !BASE64.test(signed.signature)) throw new TrustError('no signed KRL status');
   const bytes = Buffer.from(signed.status, 'base64');
@@ -63,4 +69,18 @@ export function verifyKrlStatus(signed: Partial<SignedKrlStatus> | undefined, tr
   const verdict = sshsigVerify(sig, KRL_STATUS_NAMESPACE, bytes, trusted);
   if (!verdict.ok) throw new TrustError(`KRL status signature refused: ${verdict.reason}`);
   return decodeKrlStatus(bytes);
+}
+
+/**
+ * A status that proves `bundleVersion` is the CA's current trust bundle now: it names exactly
+ * that version and its signed time is within STATUS_CLOCK_SKEW of `nowSeconds`. Throws TrustError.
+ */
+export function requireCurrentBundle(st: KrlStatus, bundleVersion: number, nowSeconds: number): void {
+  if (st.bundleVersion !== bundleVersion) throw new TrustError(`the CA's signed status names trust bundle version ${st.bundleVersion}, not the version ${bundleVersion} it came with`);
+  const off = st.issuedAt - nowSeconds;
+  if (Math.abs(off) > STATUS_CLOCK_SKEW) {
+    throw new TrustError(
+      `the CA's signed status is from ${new Date(st.issuedAt * 1000).toISOString()}, ${Math.abs(off)} s ${off < 0 ? 'before' : 'after'} this machine's clock: a replayed answer, or a clock off by more than ${STATUS_CLOCK_SKEW} s`,
+    );
+  }
 }

@@ -53,7 +53,8 @@ function eventText(version: number, inline?: { blob: Buffer; signature: string }
 }
 
 const statusEvent = (s: SignedKrlStatus) => `event: status\ndata: {"status":"${s.status}","signature":"${s.signature}"}\n\n`;
-const trustEvent = (version: number, b: { bundle: string; signature: string }) => `event: trust\ndata: {"version":${version},"bundle":"${b.bundle}","signature":"${b.signature}"}\n\n`;
+const trustEvent = (version: number, b: { bundle: string; signature: string }, s: SignedKrlStatus | null) =>
+  `event: trust\ndata: {"version":${version},"bundle":"${b.bundle}","signature":"${b.signature}"${s ? `,"status":"${s.status}","statusSignature":"${s.signature}"` : ''}}\n\n`;
 
 export function krlRoutes(app: FastifyInstance, authority: Authority): void {
   const r = app.withTypeProvider<ZodTypeProvider>();
@@ -90,7 +91,7 @@ export function krlRoutes(app: FastifyInstance, authority: Authority): void {
     const b = await currentTrustBundle(ctx);
     if (!b || b.version <= trustSent) return;
     trustSent = b.version;
-    const event = trustEvent(b.version, b.signed);
+    const event = trustEvent(b.version, b.signed, await currentKrlStatus(ctx));
     for (const s of streams) s.write(event);
   };
   const onKrl = (): void => {
@@ -130,10 +131,20 @@ export function krlRoutes(app: FastifyInstance, authority: Authority): void {
   // The signed trust bundle: what agents and the CLI check against the fingerprint they pinned.
   r.get('/v1/trust', { schema: { response: { 200: trustView, 503: errorBody } } }, async (_req, reply) => {
     const b = await currentTrustBundle(ctx);
-    if (!b) return reply.code(503).send({ error: 'unavailable', message: 'no trust bundle has been made yet' });
+    const status = await currentKrlStatus(ctx);
+    if (!b || !status) return reply.code(503).send({ error: 'unavailable', message: 'no trust bundle has been made yet' });
     const bundle = decodeBundle(Buffer.from(b.signed.bundle, 'base64'));
     void reply.header('cache-control', 'no-cache');
-    return { version: b.version, fingerprint: rootFingerprint(ctx), ...b.signed, userCaKeys: trustedKeyLines(bundle, 'user'), hostCaKeys: trustedKeyLines(bundle, 'host') };
+    return {
+      version: b.version,
+      fingerprint: rootFingerprint(ctx),
+      ...b.signed,
+      // Proof that this bundle is the current one, now: a replayed old bundle has no fresh status naming it.
+      status: status.status,
+      statusSignature: status.signature,
+      userCaKeys: trustedKeyLines(bundle, 'user'),
+      hostCaKeys: trustedKeyLines(bundle, 'host'),
+    };
   });
 
   r.get('/v1/krl', async (req, reply) => {
@@ -173,7 +184,7 @@ export function krlRoutes(app: FastifyInstance, authority: Authority): void {
     if (cache && (!first || cache.version > first.version)) first = cache;
     res.write(first ? first.event : eventText(0));
     // The bundle in force, then a status no older than the one the krl event holds.
-    if (bundle) res.write(trustEvent(bundle.version, bundle.signed));
+    if (bundle) res.write(trustEvent(bundle.version, bundle.signed, status));
     if (status) res.write(statusEvent(status));
     streams.add(res);
     const keepalive = setInterval(() => res.write(': keepalive\n\n'), KEEPALIVE_MS);
