@@ -43,7 +43,8 @@ async function endCredentials(tx: StoreTx, identityId: number, now: number): Pro
     }
   }
   n += await tx.revokeWebSessions({ identityId }, now);
-  n += await tx.cancelApprovedDeviceCodes(identityId, now);
+  // An approved code not yet collected is withdrawn: its poll says access_denied (the approver was disabled).
+  n += await tx.withdrawApprovedDeviceCodes(identityId, now);
   n += await tx.revokeEnrollments(identityId, now);
   return n;
 }

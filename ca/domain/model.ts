@@ -215,6 +215,11 @@ export interface DeviceCode {
   lastPolledAt: number | null;
   approvedBy: number | null;
   decidedAt: number | null;
+  /**
+   * Denied in the browser (approvedBy null), or an approval withdrawn before it was collected
+   * because the approver was disabled (approvedBy kept, consumedAt set). Either way a poll
+   * answers access_denied.
+   */
   denied: boolean;
   consumedAt: number | null;
 }

@@ -229,6 +229,12 @@ export interface StoreTx extends StoreReader {
   consumeDeviceCode(id: number, at: number): Promise<void>;
   /** Spends every approved, not yet collected device code of a user (a reset or an admin logout); returns how many. */
   cancelApprovedDeviceCodes(identityId: number, at: number): Promise<number>;
+  /**
+   * Spends and denies every approved, not yet collected device code of a user whose approval
+   * no longer stands (the approver was disabled): a poll answers access_denied, not a session,
+   * and enabling the user again changes neither. Returns how many.
+   */
+  withdrawApprovedDeviceCodes(identityId: number, at: number): Promise<number>;
   /** Deletes device codes that expired before `before` (they only ever served a login that is over). */
   deleteExpiredDeviceCodes(before: number): Promise<number>;
 

@@ -81,8 +81,9 @@ export async function pollDeviceLogin(a: Authority, deviceCode: string): Promise
   const hash = secretLookupHash('device', deviceCode);
   const d = hash === null ? null : await a.ctx.store.getDeviceCodeByHash(hash);
   if (!d) throw new DevicePollError('expired_token', 'unknown device code; run dstack-ca login again');
+  // Before the consumed check: an approval withdrawn is spent too, and says why.
+  if (d.denied) throw deniedError(d);
   if (d.consumedAt !== null) throw new DevicePollError('expired_token', 'this device code was already used; run dstack-ca login again');
-  if (d.denied) throw new DevicePollError('access_denied', 'the login was denied in the browser');
   // An approval is collected within the code's life (plus a poll interval, for an approval in
   // its last second); later it is gone, so an attacker cannot sit on an approved code.
   if (now >= d.expiresAt + (d.approvedBy === null ? 0 : cfg.deviceInterval + 5)) {
@@ -95,13 +96,20 @@ export async function pollDeviceLogin(a: Authority, deviceCode: string): Promise
     throw new DevicePollError('authorization_pending', 'waiting for approval in the browser');
   }
   const approver = d.approvedBy;
-  const outcome = await a.ctx.store.tx(async (tx): Promise<DeviceLoginSession | 'used' | 'disabled'> => {
-    // Writers are serialised: re-read inside the transaction so two polls never both get a session.
-    if ((await tx.getDeviceCodeByHash(d.deviceHash))?.consumedAt !== null) return 'used';
-    await tx.consumeDeviceCode(d.id, now);
+  const outcome = await a.ctx.store.tx(async (tx): Promise<DeviceLoginSession | 'used' | 'withdrawn'> => {
+    // Writers are serialised: re-read inside the transaction so two polls never both get a
+    // session, and an approval withdrawn meanwhile (the approver disabled) is answered as such.
+    const current = await tx.getDeviceCodeByHash(d.deviceHash);
+    if (current?.denied) return 'withdrawn';
+    if (current?.consumedAt !== null) return 'used';
     const user = await tx.getIdentity(approver);
-    // Spent either way (committed): re-enabling the user later must not revive this approval.
-    if (!user || user.disabled) return 'disabled';
+    if (!user || user.disabled) {
+      // Disabling withdraws approvals at once (admin.ts); this catches one left from before
+      // that rule. Withdrawn and spent (committed): re-enabling the user must not revive it.
+      await tx.withdrawApprovedDeviceCodes(approver, now);
+      return 'withdrawn';
+    }
+    await tx.consumeDeviceCode(d.id, now);
     const { secret, hash: tokenHash } = newToken('user');
     const expiresAt = now + cfg.sessionTtl;
     await tx.insertToken({ kind: 'user', hash: tokenHash, identityId: user.id, runId: null, name: `login from ${d.client}`, expiresAt, usedAt: null, revokedAt: null, createdAt: now });
@@ -109,8 +117,15 @@ export async function pollDeviceLogin(a: Authority, deviceCode: string): Promise
     return { token: secret, expiresAt, user: user.name };
   });
   if (outcome === 'used') throw new DevicePollError('expired_token', 'this device code was already used; run dstack-ca login again');
-  if (outcome === 'disabled') throw new DevicePollError('access_denied', 'the approving user is disabled');
+  if (outcome === 'withdrawn') throw deniedError({ approvedBy: approver });
   return outcome;
+}
+
+/** access_denied, saying why: denied on the page, or an approval withdrawn (see DeviceCode.denied). */
+function deniedError(d: Pick<DeviceCode, 'approvedBy'>): DevicePollError {
+  return d.approvedBy === null
+    ? new DevicePollError('access_denied', 'the login was denied in the browser')
+    : new DevicePollError('access_denied', 'the approval was withdrawn: the approving user was disabled before the login was collected; run dstack-ca login again once the user is enabled');
 }
 
 async function pendingCode(a: Authority, userCode: string): Promise<DeviceCode> {

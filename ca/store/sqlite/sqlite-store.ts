@@ -787,6 +787,12 @@ class SqliteTx extends Reads implements StoreTx {
     );
   }
 
+  async withdrawApprovedDeviceCodes(identityId: number, at: number): Promise<number> {
+    return this.write('device codes', (c) =>
+      c.run('UPDATE device_codes SET denied = TRUE, consumed_at = ? WHERE approved_by = ? AND consumed_at IS NULL', intParam(at, 'withdrawal time'), intParam(identityId, 'identity id')).changes,
+    );
+  }
+
   async deleteExpiredDeviceCodes(before: number): Promise<number> {
     return this.append('device codes', (c) => c.run('DELETE FROM device_codes WHERE expires_at < ?', intParam(before, 'expiry')).changes);
   }
