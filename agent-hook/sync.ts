@@ -30,7 +30,7 @@ import { jsonLogger, type Logger } from './log.js';
 import { agentPaths, type AgentPaths } from './paths.js';
 import type { SessionReaper } from './sessions.js';
 import { SseSubscription } from './sse.js';
-import { fetchTrust, loadInstalledTrust, pinnedTls, saveTrust, TrustError, verifyCurrentBundle } from './trust.js';
+import { fetchTrust, loadInstalledTrust, pinnedTls, saveTrust, TrustError } from './trust.js';
 
 export interface AgentOptions {
   /** The CA's base URL. */
@@ -110,8 +110,8 @@ export class Agent {
   private readonly random: () => number;
   private pool: HttpAgent;
   private trust!: VerifiedBundle;
-  /** A bundle an event carried (with the status naming it), not yet looked at by the sync loop. */
-  private offeredTrust: (SignedBundle & { status?: string; statusSignature?: string }) | null = null;
+  /** A newer bundle an event announced, not yet fetched (events cannot carry the live proof). */
+  private offeredTrust: SignedBundle | null = null;
   /** The newest signed status time credited to staleness (seconds): a replay of it credits nothing more. */
   private creditedIssuedAt = 0;
   /** Set when this sync verified a KRL status naming the installed KRL (see syncOnce). */
@@ -173,7 +173,7 @@ export class Agent {
       }
       let v: VerifiedBundle;
       try {
-        v = await fetchTrust(this.base, { fingerprint: this.o.caFingerprint }, this.clock.now());
+        v = await fetchTrust(this.base, { fingerprint: this.o.caFingerprint });
       } catch (e) {
         if (e instanceof TrustError) throw new AgentError(`refusing the CA at ${this.base.origin}: ${e.message}; nothing was written`);
         throw new AgentError(`cannot reach the CA at ${this.base.origin} to check its trust root: ${(e as Error).message}`);
@@ -243,21 +243,13 @@ export class Agent {
     }
   }
 
-  /** Fetches the bundle (or takes the one an event offered) and installs it if newer. Throws TrustError if refused. */
+  /**
+   * Fetches the bundle with a fresh challenge and installs it if newer. A bundle an event
+   * carried is only a hint to fetch: it cannot carry the live proof. Throws TrustError if refused.
+   */
   private async refreshTrust(): Promise<void> {
-    const offered = this.offeredTrust;
     this.offeredTrust = null;
-    const anchor = { installed: this.trust.bundle };
-    let v: VerifiedBundle | null = null;
-    if (offered) {
-      try {
-        v = verifyCurrentBundle(offered, anchor, this.clock.now());
-      } catch (e) {
-        if (!(e instanceof TrustError)) throw e;
-        this.log('error', 'trust-refused', { source: 'event', error: e.message, installedVersion: this.trust.bundle.version });
-      }
-    }
-    if (!v || v.unchanged) v = await fetchTrust(this.base, anchor, this.clock.now());
+    const v = await fetchTrust(this.base, { installed: this.trust.bundle });
     if (!v.unchanged) await this.installTrust(v, true);
   }
 
@@ -606,8 +598,7 @@ export class Agent {
     }
     if (typeof d.bundle !== 'string' || typeof d.signature !== 'string' || typeof d.version !== 'number') return;
     if (d.version <= this.trust.bundle.version) return;
-    const st = d as { status?: unknown; statusSignature?: unknown };
-    this.offeredTrust = { bundle: d.bundle, signature: d.signature, ...(typeof st.status === 'string' && typeof st.statusSignature === 'string' ? { status: st.status, statusSignature: st.statusSignature } : {}) };
+    this.offeredTrust = { bundle: d.bundle, signature: d.signature };
     this.trigger('trust');
   }
 

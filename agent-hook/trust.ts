@@ -6,30 +6,31 @@
 // answer is self-authenticating (signed by the pinned root), so it is the one request made
 // before the channel itself is authenticated.
 import { rootCertificates, checkServerIdentity, type PeerCertificate } from 'node:tls';
-import { X509Certificate } from 'node:crypto';
+import { randomBytes, X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { AgentOptions as HttpsOptions } from 'node:https';
 import { z } from 'zod';
 import { writeFileAtomic } from '../ca/io/atomic-file.js';
 import { parseAuthorizedKey } from '../ca/ssh/keys.js';
 import { decodeBundle, rootFingerprint, TrustError, verifyBundle, type SignedBundle, type TrustAnchor, type VerifiedBundle } from '../ca/trust/bundle.js';
-import { requireCurrentBundle, verifyKrlStatus } from '../ca/trust/krl-status.js';
+import { verifyTrustProof } from '../ca/trust/krl-status.js';
 import { AgentError } from './errors.js';
 import { errorMessage, request } from './http.js';
 
 const signedSchema = z.object({ bundle: z.string(), signature: z.string() });
-const answerSchema = signedSchema.extend({ status: z.string().optional(), statusSignature: z.string().optional() });
+const answerSchema = signedSchema.extend({ proof: z.string().optional(), proofSignature: z.string().optional() });
+
+/** A fresh challenge for GET /v1/trust (32 random bytes, base64url). */
+export const newChallenge = (): string => randomBytes(32).toString('base64url');
 
 /**
- * A bundle that verified against `anchor` AND came with a status signed by its root naming
- * exactly its version at a time close to this machine's clock: proof it is the CA's current
- * bundle, not a replayed older one (which could list a TLS certificate since replaced, or a
- * retired CA key). Throws TrustError.
+ * A bundle that verified against `anchor` AND came with the root's live proof, for our
+ * `challenge`, that its version is the CA's current one: an older bundle (listing a TLS
+ * certificate since replaced, or a retired CA key) replayed or relayed is refused. Throws TrustError.
  */
-export function verifyCurrentBundle(answer: SignedBundle & { status?: string; statusSignature?: string }, anchor: TrustAnchor, nowMs: number): VerifiedBundle {
+export function verifyCurrentBundle(answer: SignedBundle & { proof?: string; proofSignature?: string }, anchor: TrustAnchor, challenge: string): VerifiedBundle {
   const v = verifyBundle({ bundle: answer.bundle, signature: answer.signature }, anchor);
-  const st = verifyKrlStatus({ status: answer.status ?? '', signature: answer.statusSignature ?? '' }, [parseAuthorizedKey(v.bundle.root).key]);
-  requireCurrentBundle(st, v.bundle.version, Math.floor(nowMs / 1000));
+  verifyTrustProof(answer, parseAuthorizedKey(v.bundle.root).key, challenge, v.bundle.version);
   return v;
 }
 
@@ -70,8 +71,11 @@ export async function saveTrust(path: string, v: VerifiedBundle): Promise<void> 
  * carries no credential, and the answer counts only if the pinned root signed it.
  * Throws TrustError (refused bundle) or Error (unreachable).
  */
-export async function fetchTrust(base: URL, anchor: TrustAnchor, nowMs: number): Promise<VerifiedBundle> {
-  const res = await request(new URL('/v1/trust', base), { tls: { rejectUnauthorized: false }, agent: false, maxBytes: 1024 * 1024, deadlineMs: 15_000 });
+export async function fetchTrust(base: URL, anchor: TrustAnchor): Promise<VerifiedBundle> {
+  const challenge = newChallenge();
+  const url = new URL('/v1/trust', base);
+  url.searchParams.set('challenge', challenge);
+  const res = await request(url, { tls: { rejectUnauthorized: false }, agent: false, maxBytes: 1024 * 1024, deadlineMs: 15_000 });
   if (res.status !== 200) throw new Error(`GET /v1/trust: ${errorMessage(res)}`);
   let answer: z.output<typeof answerSchema>;
   try {
@@ -79,7 +83,7 @@ export async function fetchTrust(base: URL, anchor: TrustAnchor, nowMs: number):
   } catch {
     throw new TrustError('GET /v1/trust did not answer a signed trust bundle');
   }
-  return verifyCurrentBundle(answer, anchor, nowMs);
+  return verifyCurrentBundle(answer, anchor, challenge);
 }
 
 /**

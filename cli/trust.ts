@@ -5,7 +5,7 @@
 // certificates that the bundle lists (or that the system's roots vouch for, for the URL's
 // host name). GET /v1/trust is the one request made before the channel is authenticated: it
 // carries no credential, and its answer counts only if the pinned root signed it.
-import { X509Certificate } from 'node:crypto';
+import { randomBytes, X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { checkServerIdentity, rootCertificates, type PeerCertificate } from 'node:tls';
 import { dirname, join } from 'node:path';
@@ -14,12 +14,12 @@ import { z } from 'zod';
 import { writeFileAtomic } from '../ca/io/atomic-file.js';
 import { parseAuthorizedKey } from '../ca/ssh/keys.js';
 import { decodeBundle, rootFingerprint, TrustError, verifyBundle, type SignedBundle, type VerifiedBundle } from '../ca/trust/bundle.js';
-import { requireCurrentBundle, verifyKrlStatus } from '../ca/trust/krl-status.js';
+import { verifyTrustProof } from '../ca/trust/krl-status.js';
 import { CliError } from './errors.js';
 import { ensurePrivateDir } from './login/session.js';
 
 const signedSchema = z.object({ bundle: z.string(), signature: z.string() });
-const answerSchema = signedSchema.extend({ status: z.string().optional(), statusSignature: z.string().optional() });
+const answerSchema = signedSchema.extend({ proof: z.string().optional(), proofSignature: z.string().optional() });
 const storeSchema = z.record(z.string(), signedSchema);
 
 /** CONFIGDIR/trust.json: the bundle last verified per server origin. */
@@ -111,9 +111,11 @@ export async function establishTrust(url: string, fingerprint: string | undefine
   const { Agent, fetch } = await import('undici');
   // No credential goes out on this connection, so its TLS is not checked: the signature is.
   const open = new Agent({ connect: { rejectUnauthorized: false } });
+  // Fresh per fetch: the root's proof must answer it, so no recorded answer can be replayed.
+  const challenge = randomBytes(32).toString('base64url');
   let answer: z.output<typeof answerSchema>;
   try {
-    const res = await fetch(`${url}/v1/trust`, { dispatcher: open, redirect: 'error', signal: AbortSignal.timeout(30_000) });
+    const res = await fetch(`${url}/v1/trust?challenge=${challenge}`, { dispatcher: open, redirect: 'error', signal: AbortSignal.timeout(30_000) });
     if (res.status !== 200) throw new CliError(`cannot check the CA's trust root: GET /v1/trust answered HTTP ${res.status} from ${origin}`);
     const parsed = answerSchema.safeParse(JSON.parse(await readLimited(res.body, MAX_TRUST_BYTES, origin)));
     if (!parsed.success) throw new CliError(`${origin} did not answer a signed trust bundle`);
@@ -128,9 +130,8 @@ export async function establishTrust(url: string, fingerprint: string | undefine
   let v: VerifiedBundle;
   try {
     v = verifyBundle({ bundle: answer.bundle, signature: answer.signature }, stored ? { installed: stored.bundle } : { fingerprint: fingerprint as string });
-    // And proof it is the CA's bundle now, not an older one replayed (with a TLS certificate since replaced).
-    const st = verifyKrlStatus({ status: answer.status ?? '', signature: answer.statusSignature ?? '' }, [parseAuthorizedKey(v.bundle.root).key]);
-    requireCurrentBundle(st, v.bundle.version, Math.floor(Date.now() / 1000));
+    // And the root's live proof that it is the CA's bundle now, not an older one replayed (with a TLS certificate since replaced).
+    verifyTrustProof(answer, parseAuthorizedKey(v.bundle.root).key, challenge, v.bundle.version);
   } catch (e) {
     if (e instanceof TrustError) throw new CliError(`refusing ${origin}: ${e.message}`);
     throw e;

@@ -44,6 +44,7 @@ export class LiveCa {
     public port: number,
     /** The trust root's SHA256 fingerprint: what agents pin with --ca-fingerprint. */
     readonly fingerprint: string,
+    private readonly config: Record<string, unknown> = {},
   ) {}
 
   /** `config`: more server configuration, as the config file would give it (e.g. `{ krl: { statusInterval: 1 } }`). */
@@ -51,7 +52,7 @@ export class LiveCa {
     const ca = await openTestCa(config ? { config } : {});
     await ca.app.listen({ host: '127.0.0.1', port: 0 });
     const fp = ((await ca.app.inject({ method: 'GET', url: '/v1/ca' })).json() as { fingerprint: string }).fingerprint;
-    return new LiveCa(ca.dir, ca.adminToken, ca.app, ca.store, (ca.app.server.address() as AddressInfo).port, fp);
+    return new LiveCa(ca.dir, ca.adminToken, ca.app, ca.store, (ca.app.server.address() as AddressInfo).port, fp, config ?? {});
   }
 
   get url(): string {
@@ -82,7 +83,7 @@ export class LiveCa {
   }
 
   async restart(): Promise<void> {
-    const opened = await openCa(serverConfigSchema.parse({ dataDir: this.dir, certs: { defaultTtl: 3600, maxTtl: 12 * 3600 } }), {});
+    const opened = await openCa(serverConfigSchema.parse({ ...this.config, dataDir: this.dir, certs: { defaultTtl: 3600, maxTtl: 12 * 3600 } }), {});
     const app = await buildApp(opened.authority);
     await app.listen({ host: '127.0.0.1', port: this.port });
     this.app = app;

@@ -36,7 +36,8 @@ const krlBytes = (h: Host) => readFile(join(h.sshdDir, 'revoked_keys'));
 
 beforeAll(async () => {
   dir = await makeTempDir('agent-outage-');
-  ca = await LiveCa.start();
+  // A status re-signed every second, so --max-staleness 3s measures the outage, not the status interval.
+  ca = await LiveCa.start({ krl: { statusInterval: 1 } });
   await ca.admin('POST', '/v1/projects', { name: 'ml' });
   const alice = await memberToken(ca, 'ml', 'alice');
   a = await host('a');

@@ -225,8 +225,17 @@ export const trustView = z.object({
   signature: z.string().describe('SSHSIG (namespace dstack-ca-trust) by the trust root, base64'),
   status: z.string().describe('The signed status (KRL and bundle versions current at a time), base64'),
   statusSignature: z.string().describe('SSHSIG (namespace dstack-ca-krl-status) by the trust root, base64'),
+  proof: z.string().optional().describe('With ?challenge: "bundle version B is current at T, for challenge C", base64'),
+  proofSignature: z.string().optional().describe('SSHSIG (namespace dstack-ca-trust-proof) of proof by the trust root, base64'),
   userCaKeys: z.array(z.string()),
   hostCaKeys: z.array(z.string()),
+});
+export const trustQuery = z.object({
+  challenge: z
+    .string()
+    .regex(/^[A-Za-z0-9_-]{22,86}$/, 'must be 16 to 64 random bytes, base64url')
+    .optional()
+    .describe('A fresh random value: the answer then carries the trust root\'s proof that this bundle is current, for it'),
 });
 export const rotateBody = z.strictObject({
   step: z.enum(['add', 'switch', 'retire', 'emergency']),

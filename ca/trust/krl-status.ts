@@ -4,9 +4,8 @@
 // KRL answer (200 and 304), every trust answer and every event carries the newest one. An
 // agent counts its staleness from the newest T it has verified for the KRL and bundle it
 // holds, so a 304 forever, a frozen event stream, a replayed answer or a held-back bundle
-// cannot keep a host "fresh": none of them brings a newer T for what is installed. A client
-// accepts a bundle only with a status naming it whose T is close to its own clock, so an old
-// bundle (listing a TLS certificate since replaced) cannot be replayed at first contact.
+// cannot keep a host "fresh": none of them brings a newer T for what is installed. Fetching
+// the bundle itself is proven live by a challenge (below).
 import { createHash } from 'node:crypto';
 import type { PublicKey } from '../ssh/keys.js';
 import { decodeSshsig, encodeSshsig, sshsigSign, sshsigVerify } from '../ssh/sshsig.js';
@@ -71,16 +70,51 @@ export function verifyKrlStatus(signed: Partial<SignedKrlStatus> | undefined, tr
   return decodeKrlStatus(bytes);
 }
 
+// --- live proof of the current bundle -------------------------------------------------------
+// A client that fetches the bundle sends a fresh random challenge; the CA answers with the trust
+// root's signature over "trust bundle version B is current at T, for challenge C". A replayed
+// answer cannot name the client's new challenge, and a relayed one names the CA's current
+// version: an older bundle (listing a TLS certificate since replaced, or a retired CA key) is
+// refused whatever the clocks say.
+
+export const TRUST_PROOF_NAMESPACE = 'dstack-ca-trust-proof';
+
+export interface TrustProof {
+  challenge: string;
+  bundleVersion: number;
+  issuedAt: number;
+}
+
+/** 16 to 64 bytes, base64url, as the client makes it (randomBytes(32)). */
+export const CHALLENGE = /^[A-Za-z0-9_-]{22,86}$/;
+
+export function encodeTrustProof(p: TrustProof): Buffer {
+  return Buffer.from(`dstack-ca-trust-proof/v1\nchallenge ${p.challenge}\ntrust-bundle-version ${p.bundleVersion}\nissued-at ${p.issuedAt}\n`);
+}
+
+export async function signTrustProof(p: TrustProof, root: Signer): Promise<{ proof: string; proofSignature: string }> {
+  const bytes = encodeTrustProof(p);
+  return { proof: bytes.toString('base64'), proofSignature: encodeSshsig(await sshsigSign(root, TRUST_PROOF_NAMESPACE, bytes)).toString('base64') };
+}
+
 /**
- * A status that proves `bundleVersion` is the CA's current trust bundle now: it names exactly
- * that version and its signed time is within STATUS_CLOCK_SKEW of `nowSeconds`. Throws TrustError.
+ * Checks that the trust root signed "version `bundleVersion` is current, for `challenge`".
+ * Throws TrustError naming what does not match.
  */
-export function requireCurrentBundle(st: KrlStatus, bundleVersion: number, nowSeconds: number): void {
-  if (st.bundleVersion !== bundleVersion) throw new TrustError(`the CA's signed status names trust bundle version ${st.bundleVersion}, not the version ${bundleVersion} it came with`);
-  const off = st.issuedAt - nowSeconds;
-  if (Math.abs(off) > STATUS_CLOCK_SKEW) {
-    throw new TrustError(
-      `the CA's signed status is from ${new Date(st.issuedAt * 1000).toISOString()}, ${Math.abs(off)} s ${off < 0 ? 'before' : 'after'} this machine's clock: a replayed answer, or a clock off by more than ${STATUS_CLOCK_SKEW} s`,
-    );
+export function verifyTrustProof(signed: { proof?: string; proofSignature?: string }, root: PublicKey, challenge: string, bundleVersion: number): TrustProof {
+  if (!signed.proof || !signed.proofSignature || !BASE64.test(signed.proof) || !BASE64.test(signed.proofSignature)) throw new TrustError('the trust bundle came without the live proof asked for (challenge)');
+  const bytes = Buffer.from(signed.proof, 'base64');
+  let sig;
+  try {
+    sig = decodeSshsig(Buffer.from(signed.proofSignature, 'base64'));
+  } catch (e) {
+    throw new TrustError(`trust proof signature is malformed: ${(e as Error).message}`);
   }
+  const verdict = sshsigVerify(sig, TRUST_PROOF_NAMESPACE, bytes, [root]);
+  if (!verdict.ok) throw new TrustError(`trust proof refused: ${verdict.reason}`);
+  const m = /^dstack-ca-trust-proof\/v1\nchallenge ([A-Za-z0-9_-]{22,86})\ntrust-bundle-version (\d{1,15})\nissued-at (\d{1,15})\n$/.exec(bytes.toString('latin1'));
+  if (!m) throw new TrustError('trust proof is malformed');
+  if (m[1] !== challenge) throw new TrustError('the trust proof answers another challenge: a replayed answer');
+  if (Number(m[2]) !== bundleVersion) throw new TrustError(`the CA's live proof names trust bundle version ${m[2]}, not the version ${bundleVersion} offered: an older bundle replayed`);
+  return { challenge, bundleVersion, issuedAt: Number(m[3]) };
 }

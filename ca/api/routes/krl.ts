@@ -17,12 +17,12 @@ import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import type { Authority } from '../../authority/authority.js';
 import { currentKrl } from '../../authority/krl.js';
 import { currentKrlStatus, currentTrustBundle, krlStatusInterval, listCaKeys, rootFingerprint } from '../../authority/trust.js';
-import type { SignedKrlStatus } from '../../trust/krl-status.js';
+import { signTrustProof, type SignedKrlStatus } from '../../trust/krl-status.js';
 import { trustedKeyLines, decodeBundle } from '../../trust/bundle.js';
 import { dearmorSshsig, encodeSshsig } from '../../ssh/sshsig.js';
 import { formatAuthorizedKey } from '../../ssh/keys.js';
 import type { StoredKrl } from '../../store/store.js';
-import { caView, errorBody, trustView } from '../schemas.js';
+import { caView, errorBody, trustQuery, trustView } from '../schemas.js';
 
 const KEEPALIVE_MS = 15_000;
 
@@ -129,7 +129,7 @@ export function krlRoutes(app: FastifyInstance, authority: Authority): void {
   });
 
   // The signed trust bundle: what agents and the CLI check against the fingerprint they pinned.
-  r.get('/v1/trust', { schema: { response: { 200: trustView, 503: errorBody } } }, async (_req, reply) => {
+  r.get('/v1/trust', { schema: { querystring: trustQuery, response: { 200: trustView, 503: errorBody } } }, async (req, reply) => {
     const b = await currentTrustBundle(ctx);
     const status = await currentKrlStatus(ctx);
     if (!b || !status) return reply.code(503).send({ error: 'unavailable', message: 'no trust bundle has been made yet' });
@@ -142,6 +142,8 @@ export function krlRoutes(app: FastifyInstance, authority: Authority): void {
       // Proof that this bundle is the current one, now: a replayed old bundle has no fresh status naming it.
       status: status.status,
       statusSignature: status.signature,
+      // The root's word that this version is current, for the caller's fresh challenge: no replay can carry it.
+      ...(req.query.challenge ? await signTrustProof({ challenge: req.query.challenge, bundleVersion: b.version, issuedAt: ctx.now() }, ctx.caKeys.root) : {}),
       userCaKeys: trustedKeyLines(bundle, 'user'),
       hostCaKeys: trustedKeyLines(bundle, 'host'),
     };
