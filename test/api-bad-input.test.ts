@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { formatAuthorizedKey, fromKeyObject } from '../ca/ssh/keys.js';
 import { SshWriter } from '../ca/ssh/wire.js';
 import { openTestCa, userWithToken, type TestCa } from './fixtures/ca.js';
+import { degenerateKeys, soundKeys } from './fixtures/bad-keys.js';
 import { subjectKey } from './fixtures/keys.js';
 import { cleanupTempDirs } from './harness/index.js';
 
@@ -122,6 +123,15 @@ const CASES: Case[] = [
   ['device login without a client', 'anonymous', 'POST', '/v1/device/codes', {}, 400, /^client: /],
   ['device login with a control character in the client', 'anonymous', 'POST', '/v1/device/codes', { client: 'host\u0007' }, 400, /^client: must be printable ASCII/],
   ['device token poll without a code', 'anonymous', 'POST', '/v1/device/token', { device_code: 'x' }, 400, /^deviceCode: /],
+  // Degenerate keys (issue 12 item 8): refused in a new policy, a policy edit and at issuance.
+  ...degenerateKeys().flatMap(([label, line, reason]): Case[] => {
+    const why = new RegExp(`: (${reason.source})`);
+    return [
+      [`policy key: ${label}`, 'orchestrator', 'POST', '/v1/runs', runBody({ attachableBy: { public_keys: [good, line] } }), 400, new RegExp(`^attachableBy\\.public_keys\\[1\\]${why.source}`)],
+      [`policy edit key: ${label}`, 'orchestrator', 'PATCH', '/v1/runs/ml/train-1', { attachableBy: { public_keys: [line] } }, 400, new RegExp(`^attachableBy\\.public_keys\\[0\\]${why.source}`)],
+      [`cert for a key: ${label}`, 'alice', 'POST', '/v1/runs/ml/train-1/certs', { publicKey: line }, 400, new RegExp(`^publicKey${why.source}`)],
+    ];
+  }),
   ['oversized body', 'orchestrator', 'POST', '/v1/runs', runBody({ attachableBy: { public_keys: Array(2000).fill(good) } }), 413, /request body is larger than 65536 bytes/],
 ];
 
@@ -133,6 +143,13 @@ describe('bad input is refused with the field named, and changes nothing', () =>
     expect(res.statusCode, res.body).toBe(status);
     expect(res.json().message).toMatch(message);
     expect(await snapshot()).toEqual(before);
+  });
+
+  it.each(soundKeys())('a sound %s key is accepted in a policy and certified', async (_label, line) => {
+    const edit = await ca.api('PATCH', '/v1/runs/ml/train-1', { token: orchestrator, body: { attachableBy: { users: ['alice'], public_keys: [line] } } });
+    expect(edit.statusCode, edit.body).toBe(200);
+    const res = await ca.api('POST', '/v1/runs/ml/train-1/certs', { token: alice, body: { publicKey: line } });
+    expect(res.statusCode, res.body).toBe(201);
   });
 
   it('invalid JSON and a wrong content type are refused', async () => {
