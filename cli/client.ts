@@ -10,6 +10,7 @@ import { errorBody } from '../ca/api/schemas.js';
 import type { CliContext } from './context.js';
 import { CliError, EXIT, UsageError } from './errors.js';
 import { readSession, type Session } from './login/session.js';
+import { oneLine } from './terminal.js';
 
 /** Request timeout: revocations wait for a durable KRL, so be generous. */
 const TIMEOUT_MS = 60_000;
@@ -308,16 +309,6 @@ export class HttpError extends CliError {
   ) {
     super(message, EXIT.error);
   }
-}
-
-/** Server text on one line, without control characters a terminal would interpret. */
-function oneLine(text: string): string {
-  return text
-    .replace(/\s*[\r\n]+\s*/g, ' ')
-    // C0 and C1 controls alike: a terminal would act on either.
-    // eslint-disable-next-line no-control-regex
-    .replace(/[\x00-\x1f\x7f-\x9f]/g, '')
-    .trim();
 }
 
 function describeFetchError(e: unknown): string {

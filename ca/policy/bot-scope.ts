@@ -8,6 +8,7 @@
 // expression is built from user input), O(pattern x text) in the worst case, never exponential.
 import { isIP } from 'node:net';
 import { z } from 'zod';
+import { hasControlChars, NO_CONTROLS_MESSAGE } from '../domain/text.js';
 
 // ---- globs ------------------------------------------------------------------------------
 
@@ -79,6 +80,7 @@ export const forceCommandSchema = z
   .min(1, 'must not be empty')
   .max(MAX_FORCE_COMMAND, `must be at most ${MAX_FORCE_COMMAND} characters`)
   .refine((s) => !/[\0\r\n]/.test(s), 'must be one line: no NUL, carriage return or newline')
+  .refine((s) => !hasControlChars(s), NO_CONTROLS_MESSAGE)
   .refine((s) => s.trim() !== '', 'must not be only spaces');
 
 export const MAX_SOURCE_ADDRESSES = 64;
@@ -171,7 +173,8 @@ export const oidcIssuerSchema = z
       return;
     }
     const fail = (message: string) => ctx.addIssue({ code: 'custom', message });
-    if (url.protocol !== 'https:' && !(url.protocol === 'http:' && isLoopbackHost(url.hostname))) {
+    if (hasControlChars(text)) fail(NO_CONTROLS_MESSAGE);
+    else if (url.protocol !== 'https:' && !(url.protocol === 'http:' && isLoopbackHost(url.hostname))) {
       fail('must be an https:// URL (http:// only for a loopback address, for tests)');
     } else if (url.username || url.password) fail('must not carry credentials');
     else if (url.search || url.hash || text.includes('?') || text.includes('#')) fail('must not have a query or fragment (OIDC issuers have none)');
@@ -199,8 +202,7 @@ export const claimValue = z
   .string()
   .min(1, 'must not be empty')
   .max(1024)
-  // eslint-disable-next-line no-control-regex
-  .refine((v) => !/[\0-\x1f\x7f]/.test(v), 'must not contain control characters');
+  .refine((v) => !hasControlChars(v), NO_CONTROLS_MESSAGE);
 
 /**
  * Claim conditions: every one must match. At least one must pin something (not only

@@ -14,6 +14,7 @@ import {
 } from '@simplewebauthn/server';
 import { CaError, badRequest, conflict, notFound } from '../../domain/errors.js';
 import type { Enrollment, Identity, Passkey } from '../../domain/model.js';
+import { hasControlChars, NO_CONTROLS_MESSAGE } from '../../domain/text.js';
 import type { StoreReader, StoreTx } from '../../store/store.js';
 import { audit } from '../audit.js';
 import type { Authority } from '../authority.js';
@@ -85,6 +86,7 @@ const PASSKEY_NAME_MAX = 64;
 function passkeyName(name: string | undefined, fallback: string): string {
   const n = (name ?? '').trim();
   if (n.length > PASSKEY_NAME_MAX) throw badRequest(`at most ${PASSKEY_NAME_MAX} characters`, 'name');
+  if (hasControlChars(n)) throw badRequest(NO_CONTROLS_MESSAGE, 'name');
   return n === '' ? fallback : n;
 }
 
