@@ -13,15 +13,21 @@ export interface CaKeys {
   trusted: readonly PublicKey[];
 }
 
-/** Token buckets for certificate requests of bots (DESIGN.md section 2); null: no limit. */
+/** Token buckets for certificate requests (DESIGN.md section 2); null: no limit. */
 export interface RateLimitConfig {
   /** Per bot (token or OIDC). */
   bot: BucketLimit | null;
-  /** Per source address of bot requests and OIDC exchanges (checked before any JWT work). */
+  /** Per person (user or admin, by token or login session) and per proven key of a key holder without an account. */
+  user: BucketLimit | null;
+  /** Per source address of bot requests, OIDC exchanges and requests without an account (checked before any JWT or proof work). */
   address: BucketLimit | null;
 }
 
-export const DEFAULT_RATE_LIMITS: RateLimitConfig = { bot: { perSecond: 10, burst: 20 }, address: { perSecond: 50, burst: 100 } };
+/** A person's `dstack-ca login` takes one cert per running run at once: the burst covers dozens. */
+export const DEFAULT_RATE_LIMITS: RateLimitConfig = { bot: { perSecond: 10, burst: 20 }, user: { perSecond: 2, burst: 40 }, address: { perSecond: 50, burst: 100 } };
+
+/** Expired certificate rows are kept this long (seconds), then pruned; the audit chain keeps every issuance. */
+export const DEFAULT_CERT_RETENTION = 30 * 24 * 3600;
 
 /** How OIDC tokens (workload identity JWTs) are checked; see ca/authority/oidc.ts. */
 export interface OidcConfig {
@@ -92,6 +98,8 @@ export interface AuthorityConfig {
   joinTokenTtl: number;
   /** Default DEFAULT_RATE_LIMITS. */
   rateLimits?: RateLimitConfig;
+  /** How long expired certificate rows are kept (seconds); default DEFAULT_CERT_RETENTION. */
+  certRetention?: number;
   /** Default DEFAULT_OIDC_CONFIG. */
   oidc?: OidcConfig;
   /** Default DEFAULT_LOGIN_CONFIG. */

@@ -11,6 +11,11 @@
 // its restrictions (force-command, source-address) and TTL cap go into the certificate.
 // Every issuance and every refusal of a bot is audited with what decided it (for OIDC: the
 // issuer, sub and matched claims; never the token).
+//
+// Every actor is rate limited (issue 12 item 9): bots per bot, people per identity, key
+// holders without an account per source address and then per proven key. A refusal is a 429
+// with Retry-After, and is audited once per burst: the first refusal after a success, not
+// every refused request of a loop.
 import { pooledRandomBytes } from '../crypto/random-pool.js';
 import { badRequest, CaError, forbidden, RateLimitedError } from '../domain/errors.js';
 import { DEFAULT_BOT_SETTINGS, type AuditEvent, type CertRecord, type Identity, type Project } from '../domain/model.js';
@@ -73,7 +78,7 @@ interface PendingCert {
 /** What is known about a bot request so far, for the audit of its outcome. */
 interface BotTrail {
   actor: string;
-  via: 'token' | 'oidc';
+  via: 'token' | 'oidc' | 'proof';
   oidc?: OidcEvidence;
   /** False for a rate-limit refusal that is not the first of its run (coalesced). */
   audit: boolean;
@@ -92,6 +97,18 @@ function parseSubjectKey(line: string): PublicKey {
   }
 }
 
+/** A 429 of issuance: whether it is the first refusal of its burst, and whom it refused (for the audit). */
+class IssueRateLimited extends RateLimitedError {
+  constructor(
+    message: string,
+    seconds: number,
+    readonly first: boolean,
+    readonly actor: string,
+  ) {
+    super(message, seconds);
+  }
+}
+
 export class Issuer {
   readonly nonces = new NonceBook();
   /** Whether the active CA key is revoked; unknown (null) until asked, and after each new KRL. */
@@ -101,6 +118,7 @@ export class Issuer {
   private readonly oidcConfig: OidcConfig;
   readonly oidc: OidcVerifier;
   private readonly botLimit: RateLimiter | null;
+  private readonly userLimit: RateLimiter | null;
   private readonly addressLimit: RateLimiter | null;
   /** Refused bot tokens: when each bot and reason was last audited, and refusals since. */
   private readonly authRefusals = new Map<string, { at: number; count: number }>();
@@ -121,6 +139,7 @@ export class Issuer {
     this.oidc = new OidcVerifier(this.oidcConfig, ctx.now);
     const limits = ctx.config.rateLimits ?? DEFAULT_RATE_LIMITS;
     this.botLimit = limits.bot ? new RateLimiter(limits.bot) : null;
+    this.userLimit = limits.user ? new RateLimiter(limits.user) : null;
     this.addressLimit = limits.address ? new RateLimiter(limits.address) : null;
     this.committer = new GroupCommitter(ctx.store, async (tx, items) => {
       const written: boolean[] = [];
@@ -168,6 +187,8 @@ export class Issuer {
     } catch (e) {
       // Decisions are audited; malformed requests (400) are bad input that changes nothing.
       if (trail?.audit && e instanceof CaError && e.code !== 'bad_request') await this.auditRefusal(trail, req, meta, e);
+      // Everyone else's refusals are the caller's own business, except the first of a burst.
+      else if (!trail && e instanceof IssueRateLimited && e.first) await this.auditRefusal({ actor: e.actor, via: req.proof ? 'proof' : 'token', audit: true }, req, meta, e);
       throw e;
     }
   }
@@ -190,15 +211,17 @@ export class Issuer {
     }
   }
 
-  private limit(limiter: RateLimiter | null, key: string, what: string, trail: BotTrail | null): void {
+  private limit(limiter: RateLimiter | null, key: string, what: string, trail: BotTrail | null, actor: string): void {
     if (!limiter) return;
     const r = limiter.take(key);
     if (r.ok) return;
     if (trail) trail.audit = r.first;
     const seconds = Math.max(1, Math.ceil(r.retryAfterMs / 1000));
-    throw new RateLimitedError(
+    throw new IssueRateLimited(
       `too many certificate requests from ${what} (limit ${limiter.limit.perSecond}/s, burst ${limiter.limit.burst}); retry in ${seconds}s`,
       seconds,
+      r.first,
+      actor,
     );
   }
 
@@ -206,7 +229,8 @@ export class Issuer {
     const now = this.ctx.now();
     const key = parseSubjectKey(req.publicKey);
     if (actor.kind === 'orchestrator' || actor.kind === 'agent') throw forbidden(`${actor.kind} tokens cannot obtain certificates`);
-    if (trail && meta.address !== undefined) this.limit(this.addressLimit, `addr:${meta.address}`, `address ${meta.address}`, trail);
+    // Bots, OIDC exchanges and key holders without an account: per address, before any JWT or proof work.
+    if ((trail || actor.kind === 'anonymous') && meta.address !== undefined) this.limit(this.addressLimit, `addr:${meta.address}`, `address ${meta.address}`, trail, 'anonymous');
 
     let project: Project;
     let caller = actor;
@@ -228,7 +252,8 @@ export class Issuer {
     }
     const identity = identityOf(caller);
     const bot = identity?.kind === 'bot' ? identity : null;
-    if (bot) this.limit(this.botLimit, `bot:${bot.id}`, `bot ${bot.name}`, trail);
+    if (bot) this.limit(this.botLimit, `bot:${bot.id}`, `bot ${bot.name}`, trail, `bot:${bot.name}`);
+    else if (identity) this.limit(this.userLimit, `id:${identity.id}`, `${identity.kind === 'bot' ? 'bot' : 'user'} ${identity.name}`, trail, `${identity.kind}:${identity.name}`);
 
     const found = await requireRun(this.facts, req.project, req.run);
     project = found.project;
@@ -241,6 +266,7 @@ export class Issuer {
     }
 
     const provenKey = req.proof ? verifyPossession(this.nonces, req.proof, qualifiedName, key, now) : null;
+    if (provenKey && !identity) this.limit(this.userLimit, `key:${fingerprint(provenKey)}`, `key ${fingerprint(provenKey)}`, trail, `key:${fingerprint(provenKey)}`);
     const isProjectMember = identity ? (await this.facts.getMembership(project.id, identity.id)) !== null : false;
     const grant = grantFor(run.policy, { identityName: identity?.name ?? null, isProjectMember, provenKey });
     if (!grant) {

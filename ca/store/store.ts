@@ -199,6 +199,12 @@ export interface StoreTx extends StoreReader {
   consumeDeviceCode(id: number, at: number): Promise<void>;
   /** Spends every approved, not yet collected device code of a user (a reset or an admin logout); returns how many. */
   cancelApprovedDeviceCodes(identityId: number, at: number): Promise<number>;
+  /**
+   * Deletes at most `limit` certificate rows that expired before `before` (oldest first) and
+   * returns how many. Such a cert is in no KRL any more (the KRL holds unexpired ones), and
+   * its issuance stays in the audit chain. `before` must be in the past.
+   */
+  pruneExpiredCerts(before: number, limit: number): Promise<number>;
   /** Deletes device codes that expired before `before` (they only ever served a login that is over). */
   deleteExpiredDeviceCodes(before: number): Promise<number>;
 

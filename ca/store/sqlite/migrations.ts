@@ -8,8 +8,9 @@
 // "SQLite:" with what PostgreSQL would say instead.
 //
 // Deletion rules (DESIGN.md section 9, "nothing issued is lost"):
-// - certs rows are never deleted (migration 2 enforces it); their run and identity are
-//   referenced ON DELETE RESTRICT, so neither can disappear from under them.
+// - certs rows are never deleted until they expired and passed the retention period
+//   (migrations 2 and 5 enforce it); their run and identity are referenced ON DELETE
+//   RESTRICT, so neither can disappear from under them.
 // - An identity that was issued certificates, or owns runs, is never deleted: the store
 //   refuses with a clear error and the caller disables it instead. Otherwise deleting it
 //   cascades to its memberships and tokens.
@@ -339,6 +340,20 @@ CREATE TABLE web_sessions (
   CONSTRAINT web_sessions_hash_unique UNIQUE (hash)
 );
 CREATE INDEX web_sessions_identity ON web_sessions (identity_id);
+`,
+  },
+  {
+    version: 5,
+    name: 'cert_retention',
+    // Expired certificate rows may go after a retention period (certs.retention): the audit
+    // chain keeps every issuance, and an expired cert is in no KRL. The guard stays in the
+    // database: a row is deletable only below the line the pruning transaction writes first
+    // (meta certs_prune_before), which the authority keeps under the current time.
+    sql: `
+DROP TRIGGER certs_never_deleted;
+CREATE TRIGGER certs_deleted_only_when_expired BEFORE DELETE ON certs
+WHEN OLD.valid_before >= COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'certs_prune_before'), 0)
+BEGIN SELECT RAISE(ABORT, 'certificate rows are never deleted until they expired and passed retention'); END;
 `,
   },
 ];

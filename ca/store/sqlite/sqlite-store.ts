@@ -753,6 +753,15 @@ class SqliteTx extends Reads implements StoreTx {
     );
   }
 
+  async pruneExpiredCerts(before: number, limit: number): Promise<number> {
+    return this.append('certificates', (c) => {
+      const line = intParam(before, 'prune line');
+      // The delete trigger allows rows below this line only (migration 5).
+      c.run(`INSERT INTO meta (key, value) VALUES ('certs_prune_before', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, String(line));
+      return c.run('DELETE FROM certs WHERE serial IN (SELECT serial FROM certs WHERE valid_before < ? ORDER BY valid_before LIMIT ?)', line, intParam(limit, 'limit')).changes;
+    });
+  }
+
   async deleteExpiredDeviceCodes(before: number): Promise<number> {
     return this.append('device codes', (c) => c.run('DELETE FROM device_codes WHERE expires_at < ?', intParam(before, 'expiry')).changes);
   }
