@@ -125,6 +125,8 @@ export interface StoreReader {
   getWebSessionByHash(hash: string): Promise<WebSession | null>;
   /** Device codes still waiting for a decision at `now`. */
   countPendingDeviceCodes(now: number): Promise<number>;
+  /** Pending device codes started from the address of `requestedFrom` (an IPv6 address: its /64). */
+  countPendingDeviceCodesFrom(requestedFrom: string, now: number): Promise<number>;
 }
 
 export interface StoreTx extends StoreReader {
@@ -205,6 +207,11 @@ export interface StoreTx extends StoreReader {
    * its issuance stays in the audit chain. `before` must be in the past.
    */
   pruneExpiredCerts(before: number, limit: number): Promise<number>;
+  /**
+   * Ends the `n` oldest pending device codes (of the address of `requestedFrom`, or of anyone):
+   * they expire now, so their CLI's next poll is told so. Returns how many.
+   */
+  expireOldestPendingDeviceCodes(filter: { requestedFrom?: string }, n: number, now: number): Promise<number>;
   /** Deletes device codes that expired before `before` (they only ever served a login that is over). */
   deleteExpiredDeviceCodes(before: number): Promise<number>;
 

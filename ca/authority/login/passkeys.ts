@@ -58,7 +58,8 @@ async function usableEnrollment(store: StoreReader, secret: string, now: number)
   return { enrollment, identity };
 }
 
-async function registrationOptions(a: Authority, identity: Identity, purpose: CeremonyPurpose): Promise<PublicKeyCredentialCreationOptionsJSON> {
+/** `requester`: the address key of an anonymous caller (rationed per address), null for a logged-in one. */
+async function registrationOptions(a: Authority, identity: Identity, purpose: CeremonyPurpose, requester: string | null): Promise<PublicKeyCredentialCreationOptionsJSON> {
   const existing = await a.ctx.store.listPasskeys(identity.id);
   const options = await generateRegistrationOptions({
     rpName: a.web.rpName,
@@ -71,14 +72,14 @@ async function registrationOptions(a: Authority, identity: Identity, purpose: Ce
     authenticatorSelection: { residentKey: 'preferred', userVerification: 'required' },
     timeout: 120_000,
   });
-  a.challenges.remember(options.challenge, purpose, a.ctx.now());
+  a.challenges.remember(options.challenge, purpose, a.ctx.now(), requester);
   return options;
 }
 
 /** Registration options for the user an enrollment link belongs to. */
-export async function enrollmentOptions(a: Authority, secret: string): Promise<{ user: string; options: PublicKeyCredentialCreationOptionsJSON }> {
+export async function enrollmentOptions(a: Authority, secret: string, requester: string): Promise<{ user: string; options: PublicKeyCredentialCreationOptionsJSON }> {
   const { enrollment, identity } = await usableEnrollment(a.ctx.store, secret, a.ctx.now());
-  return { user: identity.name, options: await registrationOptions(a, identity, { kind: 'enroll', enrollmentId: enrollment.id, identityId: identity.id }) };
+  return { user: identity.name, options: await registrationOptions(a, identity, { kind: 'enroll', enrollmentId: enrollment.id, identityId: identity.id }, requester) };
 }
 
 const PASSKEY_NAME_MAX = 64;
@@ -166,7 +167,7 @@ export async function enrollmentVerify(a: Authority, secret: string, response: R
 
 /** Registration options to add another passkey, for a logged-in browser. */
 export async function addPasskeyOptions(a: Authority, identity: Identity): Promise<PublicKeyCredentialCreationOptionsJSON> {
-  return registrationOptions(a, identity, { kind: 'add-passkey', identityId: identity.id });
+  return registrationOptions(a, identity, { kind: 'add-passkey', identityId: identity.id }, null);
 }
 
 export async function addPasskeyVerify(a: Authority, identity: Identity, response: RegistrationResponseJSON, name?: string): Promise<Passkey> {
@@ -196,9 +197,9 @@ export async function removePasskey(a: Authority, identity: Identity, passkeyId:
 // ---- assertions: browser login and device approval ----
 
 /** Options for a discoverable-credential assertion (no user name typed). */
-export async function assertionOptions(a: Authority, purpose: CeremonyPurpose): Promise<PublicKeyCredentialRequestOptionsJSON> {
+export async function assertionOptions(a: Authority, purpose: CeremonyPurpose, requester: string): Promise<PublicKeyCredentialRequestOptionsJSON> {
   const options = await generateAuthenticationOptions({ rpID: a.web.rpId, userVerification: 'required', timeout: 120_000 });
-  a.challenges.remember(options.challenge, purpose, a.ctx.now());
+  a.challenges.remember(options.challenge, purpose, a.ctx.now(), requester);
   return options;
 }
 

@@ -356,6 +356,18 @@ WHEN OLD.valid_before >= COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE
 BEGIN SELECT RAISE(ABORT, 'certificate rows are never deleted until they expired and passed retention'); END;
 `,
   },
+  {
+    version: 6,
+    name: 'device_code_requester',
+    // Who started a device-code login, as the per-address cap counts it (the address, an IPv6
+    // address by its /64), so no address can hold more than its share of the pending codes.
+    // Rows from before are keyed by their full address (they expire within the hour).
+    sql: `
+ALTER TABLE device_codes ADD COLUMN requester_key TEXT NOT NULL DEFAULT '';
+UPDATE device_codes SET requester_key = requested_from;
+CREATE INDEX device_codes_pending ON device_codes (requester_key, expires_at) WHERE decided_at IS NULL;
+`,
+  },
 ];
 
 export const SCHEMA_VERSION: number = MIGRATIONS[MIGRATIONS.length - 1]?.version ?? 0;
