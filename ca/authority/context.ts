@@ -26,6 +26,20 @@ export interface RateLimitConfig {
 /** A person's `dstack-ca login` takes one cert per running run at once: the burst covers dozens. */
 export const DEFAULT_RATE_LIMITS: RateLimitConfig = { bot: { perSecond: 10, burst: 20 }, user: { perSecond: 2, burst: 40 }, address: { perSecond: 50, burst: 100 } };
 
+/** Open server-sent event streams (GET /v1/krl/events) at most; see ca/api/stream-limits.ts. */
+export interface StreamLimits {
+  /** Unauthenticated streams per source address (an IPv6 /64 counts as one). */
+  perAddress: number;
+  /** Unauthenticated streams in all. */
+  anonymous: number;
+  /** Streams per agent credential (a reconnect may overlap the old stream for a moment). */
+  perAgent: number;
+  /** Agents' streams in all: a budget of their own, never taken by unauthenticated ones. */
+  agents: number;
+}
+
+export const DEFAULT_STREAM_LIMITS: StreamLimits = { perAddress: 4, anonymous: 1000, perAgent: 4, agents: 100_000 };
+
 /** Expired certificate rows are kept this long (seconds), then pruned; the audit chain keeps every issuance. */
 export const DEFAULT_CERT_RETENTION = 30 * 24 * 3600;
 
@@ -98,6 +112,8 @@ export interface AuthorityConfig {
   joinTokenTtl: number;
   /** Default DEFAULT_RATE_LIMITS. */
   rateLimits?: RateLimitConfig;
+  /** Default DEFAULT_STREAM_LIMITS. */
+  eventStreams?: StreamLimits;
   /** How long expired certificate rows are kept (seconds); default DEFAULT_CERT_RETENTION. */
   certRetention?: number;
   /** Default DEFAULT_OIDC_CONFIG. */

@@ -91,7 +91,7 @@ export async function openCa(cfg: ServerConfig, env: NodeJS.ProcessEnv = process
     const ctx: AuthorityContext = {
       store,
       caKeys: { active: active.signer, trusted: trusted.map((k) => parseAuthorizedKey(k.publicKey).key) },
-      config: { defaultTtl: cfg.certs.defaultTtl, maxTtl: cfg.certs.maxTtl, certRetention: cfg.certs.retention, joinTokenTtl: 24 * 3600, rateLimits: cfg.rateLimits, oidc: cfg.oidc, login: cfg.login },
+      config: { defaultTtl: cfg.certs.defaultTtl, maxTtl: cfg.certs.maxTtl, certRetention: cfg.certs.retention, eventStreams: cfg.eventStreams, joinTokenTtl: 24 * 3600, rateLimits: cfg.rateLimits, oidc: cfg.oidc, login: cfg.login },
       now,
       krlEvents: new KrlEvents(),
     };

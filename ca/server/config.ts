@@ -6,7 +6,7 @@ import { z } from 'zod';
 import { CA_KEY_TYPES } from '../keys/ca-key-store.js';
 import { MAX_TTL_CAP } from '../policy/cert-profile.js';
 import { parseDuration } from '../domain/duration.js';
-import { DEFAULT_CERT_RETENTION, DEFAULT_LOGIN_CONFIG, DEFAULT_OIDC_CONFIG, DEFAULT_RATE_LIMITS, type LoginConfig, type OidcConfig, type RateLimitConfig } from '../authority/context.js';
+import { DEFAULT_CERT_RETENTION, DEFAULT_LOGIN_CONFIG, DEFAULT_STREAM_LIMITS, DEFAULT_OIDC_CONFIG, DEFAULT_RATE_LIMITS, type LoginConfig, type OidcConfig, type RateLimitConfig } from '../authority/context.js';
 
 const duration = z.union([z.number().int().positive(), z.string()]).transform((v, ctx) => {
   try {
@@ -110,6 +110,15 @@ export const serverConfigSchema = z.strictObject({
     .refine((c) => c.defaultTtl <= c.maxTtl, { message: 'defaultTtl may not exceed maxTtl', path: ['defaultTtl'] }),
   /** Token buckets for certificate requests (defaults: 10/s burst 20 per bot, 2/s burst 40 per person or proven key, 50/s burst 100 per address). */
   rateLimits,
+  /** Open KRL event streams at most: unauthenticated per address and in all, agents per credential and in all (their own budget). */
+  eventStreams: z
+    .strictObject({
+      perAddress: z.number().int().min(1).max(10_000).default(DEFAULT_STREAM_LIMITS.perAddress),
+      anonymous: z.number().int().min(1).max(1_000_000).default(DEFAULT_STREAM_LIMITS.anonymous),
+      perAgent: z.number().int().min(1).max(100).default(DEFAULT_STREAM_LIMITS.perAgent),
+      agents: z.number().int().min(1).max(10_000_000).default(DEFAULT_STREAM_LIMITS.agents),
+    })
+    .prefault({}),
   /** OIDC workload identity for bots: clock tolerance, max token age, JWKS refresh and timeouts. */
   oidc,
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),

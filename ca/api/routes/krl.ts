@@ -15,6 +15,7 @@ import { dearmorSshsig, encodeSshsig } from '../../ssh/sshsig.js';
 import { formatAuthorizedKey } from '../../ssh/keys.js';
 import type { StoredKrl } from '../../store/store.js';
 import { caView } from '../schemas.js';
+import { StreamBudget } from '../stream-limits.js';
 
 const KEEPALIVE_MS = 15_000;
 
@@ -48,6 +49,7 @@ export function krlRoutes(app: FastifyInstance, authority: Authority): void {
   // Event streams never end by themselves: end them before close, or a graceful stop
   // waits forever while any agent is connected (agents reconnect with backoff).
   const streams = new Set<ServerResponse>();
+  const budget = new StreamBudget(ctx.config.eventStreams);
 
   let cache: Served | null = null;
   const served = (krl: StoredKrl): Served => {
@@ -109,7 +111,9 @@ export function krlRoutes(app: FastifyInstance, authority: Authority): void {
   // Server-sent events: the current version at once (so a reconnecting agent catches up),
   // then one event per new version.
   r.get('/v1/krl/events', async (req, reply) => {
-    const krl = await currentKrl(ctx);
+    const admitted = budget.admit(req.actor, req.ip);
+    if (!admitted.ok) return reply.code(admitted.status).header('retry-after', String(admitted.retryAfter)).send({ error: admitted.status === 429 ? 'too_many_requests' : 'unavailable', message: admitted.message });
+    const krl = await currentKrl(ctx).catch((e: unknown) => (admitted.release(), Promise.reject(e)));
     reply.hijack();
     const res = reply.raw;
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
@@ -121,6 +125,7 @@ export function krlRoutes(app: FastifyInstance, authority: Authority): void {
     streams.add(res);
     const keepalive = setInterval(() => res.write(': keepalive\n\n'), KEEPALIVE_MS);
     req.raw.on('close', () => {
+      admitted.release();
       streams.delete(res);
       clearInterval(keepalive);
     });
