@@ -128,6 +128,8 @@ export async function buildApp(authority: Authority, opts: AppOptions = {}): Pro
     if (route === '/v1/runs/:project/:run/certs' && reply.statusCode === 201) certsIssued.inc();
   });
 
+  // Why an OIDC issuer could not be used goes to the log, never to the caller (oidc.ts).
+  authority.issuer.oidc.log = (details, message) => app.log.warn(details, message);
   // Expired certificate rows go after certs.retention (ca/authority/retention.ts).
   let stopRetention: (() => void) | null = null;
   app.addHook('onReady', async () => {

@@ -57,6 +57,12 @@ export interface OidcConfig {
   httpTimeoutMs: number;
   /** The discovery document (issuer -> jwks_uri) is refetched after this long (seconds). */
   discoveryMaxAge: number;
+  /**
+   * Whether issuers may be on loopback, private, link-local or unique-local addresses (and on
+   * plain http): off by default, so no bot binding makes the CA fetch from its own network.
+   * Tests with a local issuer, and sites whose CI issuer is internal, turn it on.
+   */
+  allowPrivateAddresses: boolean;
 }
 
 export const DEFAULT_OIDC_CONFIG: OidcConfig = {
@@ -66,6 +72,7 @@ export const DEFAULT_OIDC_CONFIG: OidcConfig = {
   jwksMaxAgeMs: 10 * 60_000,
   httpTimeoutMs: 5_000,
   discoveryMaxAge: 3600,
+  allowPrivateAddresses: false,
 };
 
 /** People's logins: passkey enrollment links, CLI device-code logins, sessions (seconds). */

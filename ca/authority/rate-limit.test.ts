@@ -47,7 +47,7 @@ describe('server config: rate limits and OIDC', () => {
   it('defaults: 10/s burst 20 per bot, 2/s burst 40 per person, 50/s burst 100 per address; OIDC tolerance 60s, max age 1h, JWKS cooldown 30s', () => {
     const cfg = serverConfigSchema.parse({});
     expect(cfg.rateLimits).toEqual({ bot: { perSecond: 10, burst: 20 }, user: { perSecond: 2, burst: 40 }, address: { perSecond: 50, burst: 100 } });
-    expect(cfg.oidc).toEqual({ clockTolerance: 60, maxTokenAge: 3600, jwksCooldownMs: 30_000, jwksMaxAgeMs: 600_000, httpTimeoutMs: 5000, discoveryMaxAge: 3600 });
+    expect(cfg.oidc).toEqual({ clockTolerance: 60, maxTokenAge: 3600, jwksCooldownMs: 30_000, jwksMaxAgeMs: 600_000, httpTimeoutMs: 5000, discoveryMaxAge: 3600, allowPrivateAddresses: false });
   });
 
   it('limits can be changed or turned off, OIDC timings set in durations', () => {

@@ -55,6 +55,8 @@ const oidc = z
     jwksMaxAge: duration.default(DEFAULT_OIDC_CONFIG.jwksMaxAgeMs / 1000),
     httpTimeout: duration.default(DEFAULT_OIDC_CONFIG.httpTimeoutMs / 1000).refine((s) => s <= 60, 'at most 60s'),
     discoveryMaxAge: duration.default(DEFAULT_OIDC_CONFIG.discoveryMaxAge),
+    /** Issuers on loopback, private, link-local or unique-local addresses (and plain http); off by default. */
+    allowPrivateAddresses: z.boolean().default(false),
   })
   .prefault({})
   .transform(
@@ -65,6 +67,7 @@ const oidc = z
       jwksMaxAgeMs: o.jwksMaxAge * 1000,
       httpTimeoutMs: o.httpTimeout * 1000,
       discoveryMaxAge: o.discoveryMaxAge,
+      allowPrivateAddresses: o.allowPrivateAddresses,
     }),
   );
 
