@@ -4,18 +4,16 @@
 // be shown without a private key:
 // - RSA: public exponent odd, at least 3 and below 2^32 (e = 1 makes every signature
 //   forgeable from the public key alone: s = m), modulus odd and at least MIN_RSA_BITS bits;
-// - ECDSA (and sk-ecdsa): the point is on its curve, both coordinates reduced below the field
-//   prime, and not the point at infinity (which the uncompressed encoding cannot carry; the
-//   parser refuses anything but 0x04 || X || Y);
-// - Ed25519 (and sk-ed25519): the encoding is canonical (y below the field prime), the point
-//   is on the curve, and it is not of small order (its multiple by the cofactor 8 is not the
-//   identity): small-order keys verify forged signatures under some verifiers.
-// The curve membership of ECDSA points is also checked by OpenSSL (createPublicKey), as a
-// second opinion; the Ed25519 arithmetic has no library equivalent in node:crypto (it does
-// not validate Ed25519 public keys), so the few lines of Edwards arithmetic are here.
-import { createPublicKey } from 'node:crypto';
-import type { Curve, PublicKey } from './keys.js';
-
+// - ECDSA (and sk-ecdsa): both coordinates reduced below the field prime and the point on its
+//   curve (y^2 = x^3 - 3x + b); the NIST curves have cofactor 1, so that also puts it in the
+//   prime-order group. The point at infinity cannot be encoded as 0x04 || X || Y (the parser
+//   refuses anything else), and (0, 0) is named as what it stands for;
+// - Ed25519 (and sk-ed25519): not a point of small order, by the table of their encodings
+//   (libsodium's ge25519_has_small_order list: the 8 small-order points, either sign, and the
+//   non-canonical encodings p and p + 1), and y canonical (below the field prime). A key off
+//   the curve is left alone: no signature ever verifies under it, so nobody can prove
+//   possession or log in with it.
+// Every check is a few big-integer operations (microseconds): issuance pays it per request.
 /** Minimum RSA modulus we accept for anything we sign or trust. */
 export const MIN_RSA_BITS = 2048;
 /** RSA public exponents from 3 up to (not including) 2^32, as OpenSSL and most HSMs use. */
@@ -23,85 +21,78 @@ const MAX_RSA_EXPONENT = 1n << 32n;
 
 const toBig = (b: Uint8Array): bigint => (b.length === 0 ? 0n : BigInt(`0x${Buffer.from(b).toString('hex')}`));
 
-/** Field primes of the NIST curves (FIPS 186-4 D.1.2), and the curve's JWK name. */
-const NIST: Record<Curve, { p: bigint; size: number; crv: string }> = {
-  nistp256: { p: (1n << 256n) - (1n << 224n) + (1n << 192n) + (1n << 96n) - 1n, size: 32, crv: 'P-256' },
-  nistp384: { p: (1n << 384n) - (1n << 128n) - (1n << 96n) + (1n << 32n) - 1n, size: 48, crv: 'P-384' },
-  nistp521: { p: (1n << 521n) - 1n, size: 66, crv: 'P-521' },
+/** The NIST curves (FIPS 186-4 D.1.2): field prime p, y^2 = x^3 - 3x + b, coordinate size. */
+const NIST: Record<Curve, { p: bigint; b: bigint; size: number }> = {
+  nistp256: {
+    p: (1n << 256n) - (1n << 224n) + (1n << 192n) + (1n << 96n) - 1n,
+    b: 0x5ac635d8aa3a93e7b3ebbd55769886bc651d06b0cc53b0f63bce3c3e27d2604bn,
+    size: 32,
+  },
+  nistp384: {
+    p: (1n << 384n) - (1n << 128n) - (1n << 96n) + (1n << 32n) - 1n,
+    b: 0xb3312fa7e23ee7e4988e056be3f82d19181d9c6efe8141120314088f5013875ac656398d8a2ed19d2a85c8edd3ec2aefn,
+    size: 48,
+  },
+  nistp521: {
+    p: (1n << 521n) - 1n,
+    b: 0x0051953eb9618e1c9a1f929a21a0b68540eea2da725b99b315f3b8b489918ef109e156193951ec7e937b1652c0bd3bb1bf073573df883d2c34f1ef451fd46b503f00n,
+    size: 66,
+  },
 };
+
+/** Bit length of a big-endian unsigned integer. */
+function bitLength(b: Uint8Array): number {
+  let i = 0;
+  while (i < b.length && b[i] === 0) i++;
+  return i === b.length ? 0 : (b.length - i - 1) * 8 + (32 - Math.clz32(b[i] as number));
+}
 
 function rsaWeakness(e: Uint8Array, n: Uint8Array): string | null {
   const ev = toBig(e);
-  const nv = toBig(n);
   if (ev < 3n || ev % 2n === 0n) return `RSA public exponent must be odd and at least 3 (it is ${ev})`;
-  if (ev >= MAX_RSA_EXPONENT) return `RSA public exponent must be below 2^32 (it has ${ev.toString(2).length} bits)`;
-  const bits = nv.toString(2).length;
+  if (ev >= MAX_RSA_EXPONENT) return `RSA public exponent must be below 2^32 (it has ${bitLength(e)} bits)`;
+  const bits = bitLength(n);
   if (bits < MIN_RSA_BITS) return `RSA key has ${bits} bits; at least ${MIN_RSA_BITS} are required`;
-  if (nv % 2n === 0n) return 'RSA modulus is even (not a product of two large primes)';
+  if (((n[n.length - 1] as number) & 1) === 0) return 'RSA modulus is even (not a product of two large primes)';
   return null;
 }
 
 function ecdsaWeakness(curve: Curve, q: Uint8Array): string | null {
-  const { p, size, crv } = NIST[curve];
+  const { p, b, size } = NIST[curve];
   if (q.length !== 1 + 2 * size || q[0] !== 0x04) return `ECDSA public point is not an uncompressed ${curve} point`;
-  const xb = q.subarray(1, 1 + size);
-  const yb = q.subarray(1 + size);
-  const x = toBig(xb);
-  const y = toBig(yb);
+  const x = toBig(q.subarray(1, 1 + size));
+  const y = toBig(q.subarray(1 + size));
   if (x === 0n && y === 0n) return `ECDSA public point is the point at infinity`;
   if (x >= p || y >= p) return `ECDSA public point has a coordinate not reduced modulo the ${curve} field prime`;
-  try {
-    createPublicKey({ key: { kty: 'EC', crv, x: Buffer.from(xb).toString('base64url'), y: Buffer.from(yb).toString('base64url') }, format: 'jwk' });
-  } catch {
-    return `ECDSA public point is not on curve ${curve}`;
-  }
+  if ((y * y - (x * x * x - 3n * x + b)) % p !== 0n) return `ECDSA public point is not on curve ${curve}`;
   return null;
 }
 
-// Ed25519 (RFC 8032 section 5.1): twisted Edwards curve -x^2 + y^2 = 1 + d x^2 y^2 over GF(2^255 - 19).
-const P = (1n << 255n) - 19n;
-const mod = (a: bigint): bigint => ((a % P) + P) % P;
-function pow(b: bigint, e: bigint): bigint {
-  let r = 1n;
-  for (let x = mod(b), k = e; k > 0n; k >>= 1n, x = (x * x) % P) if (k & 1n) r = (r * x) % P;
-  return r;
-}
-const inv = (a: bigint): bigint => pow(a, P - 2n);
-const D = mod(-121665n * inv(121666n));
-const SQRT_M1 = pow(2n, (P - 1n) / 4n);
-
-/** Decodes a point (RFC 8032 section 5.1.3); null if not canonical or not on the curve. */
-function decodeEd25519(pk: Uint8Array): [bigint, bigint] | null {
-  const le = Buffer.from(pk).reverse();
-  const sign = (le[0] as number) >> 7;
-  le[0] = (le[0] as number) & 0x7f;
-  const y = toBig(le);
-  if (y >= P) return null;
-  const u = mod(y * y - 1n);
-  const v = mod(D * y * y + 1n);
-  let x = mod(u * pow(v, 3n) * pow(u * pow(v, 7n), (P - 5n) / 8n));
-  if (mod(v * x * x) !== u) {
-    if (mod(v * x * x) !== mod(-u)) return null;
-    x = mod(x * SQRT_M1);
-  }
-  if (x === 0n && sign === 1) return null;
-  if (Number(x & 1n) !== sign) x = P - x;
-  return [x, y];
-}
-
-/** Point doubling with the complete addition law (a = -1, d not a square: no exceptions). */
-function double([x, y]: [bigint, bigint]): [bigint, bigint] {
-  const t = mod(D * x * x * y * y);
-  return [mod((2n * x * y) * inv(1n + t)), mod((y * y + x * x) * inv(1n - t))];
-}
+/** Little-endian hex of every Ed25519 encoding of a small-order point, sign bit cleared. */
+const ED25519_SMALL_ORDER = new Set([
+  '0000000000000000000000000000000000000000000000000000000000000000', // y = 0 (order 4)
+  '0100000000000000000000000000000000000000000000000000000000000000', // y = 1, the identity
+  '26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05', // order 8
+  'c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a', // order 8
+  'ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f', // y = -1 (order 2)
+  'edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f', // y = p: 0, non-canonical
+  'eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f', // y = p + 1: 1, non-canonical
+]);
+/** 2^255 - 19, little-endian. */
+const ED25519_P_LE = Buffer.from('edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f', 'hex');
 
 function ed25519Weakness(pk: Uint8Array): string | null {
   if (pk.length !== 32) return 'Ed25519 public key must be 32 bytes';
-  const point = decodeEd25519(pk);
-  if (!point) return 'Ed25519 public key is not a point on the curve (or not canonically encoded)';
-  const [x, y] = double(double(double(point)));
-  if (x === 0n && y === 1n) return 'Ed25519 public key is a point of small order';
-  return null;
+  const y = Buffer.from(pk);
+  y[31] = (y[31] as number) & 0x7f;
+  if (ED25519_SMALL_ORDER.has(y.toString('hex'))) return 'Ed25519 public key is a point of small order';
+  // y >= p, compared as little-endian numbers from the top byte down.
+  for (let i = 31; i >= 0; i--) {
+    if ((y[i] as number) !== (ED25519_P_LE[i] as number)) {
+      return (y[i] as number) > (ED25519_P_LE[i] as number) ? 'Ed25519 public key is not canonically encoded (y is not below the field prime)' : null;
+    }
+  }
+  return 'Ed25519 public key is not canonically encoded (y is not below the field prime)';
 }
 
 /** Why `key` must not be certified or trusted, or null if it passes every check. */
