@@ -108,7 +108,8 @@ describe('the ECDSA curve check agrees with OpenSSL', () => {
       const size = (k.q.length - 1) / 2;
       for (let i = 0; i < 10; i++) {
         const q = Buffer.from(k.q);
-        if (i > 0) q[1 + size + ((i * 7) % size)] ^= 1 << (i % 8); // i = 0: the real point
+        const at = 1 + size + ((i * 7) % size);
+        if (i > 0) q[at] = (q[at] as number) ^ (1 << (i % 8)); // i = 0: the real point
         const openssl = (() => {
           try {
             createPublicKey({ key: { kty: 'EC', crv, x: q.subarray(1, 1 + size).toString('base64url'), y: q.subarray(1 + size).toString('base64url') }, format: 'jwk' });

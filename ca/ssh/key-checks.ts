@@ -14,6 +14,8 @@
 //   the curve is left alone: no signature ever verifies under it, so nobody can prove
 //   possession or log in with it.
 // Every check is a few big-integer operations (microseconds): issuance pays it per request.
+import type { Curve, PublicKey } from './keys.js';
+
 /** Minimum RSA modulus we accept for anything we sign or trust. */
 export const MIN_RSA_BITS = 2048;
 /** RSA public exponents from 3 up to (not including) 2^32, as OpenSSL and most HSMs use. */
