@@ -94,17 +94,22 @@ describe('passkey ceremonies', () => {
     expect(ca.authority.challenges.take(beforeChallenge, clock)).toEqual({ kind: 'login' });
   });
 
-  it('a full book gives up its oldest anonymous challenge, never a logged-in one', async () => {
+  it('a full book gives up its oldest anonymous challenge before any logged-in one; a logged-in user is capped too', async () => {
     const { ChallengeBook } = await import('../ca/authority/login/challenges.js');
     const book = new ChallengeBook(300, { max: 4, perAddress: 2 });
-    book.remember('mine', { kind: 'add-passkey', identityId: 1 }, clock, null);
-    book.remember('a1', { kind: 'login' }, clock, 'a');
-    book.remember('b1', { kind: 'login' }, clock, 'b');
-    book.remember('c1', { kind: 'login' }, clock, 'c');
-    book.remember('d1', { kind: 'login' }, clock, 'd'); // full: a1 goes, not the logged-in one
+    book.remember('mine', { kind: 'add-passkey', identityId: 1 }, clock, { identityId: 1 });
+    book.remember('a1', { kind: 'login' }, clock, { address: 'a' });
+    book.remember('b1', { kind: 'login' }, clock, { address: 'b' });
+    book.remember('c1', { kind: 'login' }, clock, { address: 'c' });
+    book.remember('d1', { kind: 'login' }, clock, { address: 'd' }); // full: a1 goes, not the logged-in one
     expect(book.size).toBe(4);
     expect(book.take('a1', clock)).toBeNull();
     expect(book.take('mine', clock)).toEqual({ kind: 'add-passkey', identityId: 1 });
     expect(book.take('d1', clock)).toEqual({ kind: 'login' });
+    // A logged-in user starting ceremony after ceremony holds at most perAddress of them.
+    const own = new ChallengeBook(300, { max: 100, perAddress: 2 });
+    for (let i = 0; i < 50; i++) own.remember(`u${i}`, { kind: 'add-passkey', identityId: 7 }, clock, { identityId: 7 });
+    expect(own.size).toBe(2);
+    expect([own.take('u48', clock), own.take('u49', clock)]).toEqual([{ kind: 'add-passkey', identityId: 7 }, { kind: 'add-passkey', identityId: 7 }]);
   });
 });

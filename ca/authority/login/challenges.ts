@@ -22,17 +22,21 @@ export const MAX_LIVE_CHALLENGES = 50_000;
 /** Live challenges per source address (or IPv6 /64) at most: a browser starts one per ceremony. */
 export const MAX_CHALLENGES_PER_ADDRESS = 20;
 
+/** Who started a ceremony: an anonymous caller by its address key, or a logged-in identity. */
+export type Requester = { address: string } | { identityId: number };
+
 interface Entry {
   purpose: CeremonyPurpose;
   expiresAt: number;
-  /** The address key of an anonymous caller; null for a logged-in one (adding a passkey). */
-  requester: string | null;
+  /** The per-requester key ("addr:..." or "id:..."). */
+  requester: string;
+  anonymous: boolean;
 }
 
 export class ChallengeBook {
   /** In insertion order, so also in expiry order (one TTL for all). */
   private readonly live = new Map<string, Entry>();
-  /** Each anonymous requester's live challenges, oldest first. */
+  /** Each requester's live challenges, oldest first. */
   private readonly byRequester = new Map<string, string[]>();
 
   constructor(
@@ -42,21 +46,20 @@ export class ChallengeBook {
 
   /**
    * Remembers `challenge` (base64url, made by the WebAuthn library) for one ceremony, started
-   * by `requester` (an address key; null when the caller is logged in).
+   * by `requester`. A logged-in identity is capped like an address, and its ceremonies give
+   * way to a full book only when no anonymous one is left.
    */
-  remember(challenge: string, purpose: CeremonyPurpose, now: number, requester: string | null = null): void {
+  remember(challenge: string, purpose: CeremonyPurpose, now: number, requester: Requester): void {
     this.prune(now);
-    if (requester !== null) {
-      const mine = this.byRequester.get(requester) ?? [];
-      while (mine.length >= this.limits.perAddress) this.drop(mine[0] as string);
-    }
-    if (this.live.size >= this.limits.max) this.evictOldestAnonymous();
-    this.live.set(challenge, { purpose, expiresAt: now + this.ttl, requester });
-    if (requester !== null) {
-      const mine = this.byRequester.get(requester);
-      if (mine) mine.push(challenge);
-      else this.byRequester.set(requester, [challenge]);
-    }
+    const anonymous = 'address' in requester;
+    const key = anonymous ? `addr:${requester.address}` : `id:${requester.identityId}`;
+    const mine = this.byRequester.get(key) ?? [];
+    while (mine.length >= this.limits.perAddress) this.drop(mine[0] as string);
+    if (this.live.size >= this.limits.max) this.evictOldest();
+    this.live.set(challenge, { purpose, expiresAt: now + this.ttl, requester: key, anonymous });
+    const list = this.byRequester.get(key);
+    if (list) list.push(challenge);
+    else this.byRequester.set(key, [challenge]);
   }
 
   /** Takes a challenge out: it answers once. Null if unknown, already used or expired. */
@@ -75,7 +78,6 @@ export class ChallengeBook {
     const entry = this.live.get(challenge);
     if (!entry) return;
     this.live.delete(challenge);
-    if (entry.requester === null) return;
     const mine = this.byRequester.get(entry.requester);
     if (!mine) return;
     const i = mine.indexOf(challenge);
@@ -83,10 +85,14 @@ export class ChallengeBook {
     if (mine.length === 0) this.byRequester.delete(entry.requester);
   }
 
-  private evictOldestAnonymous(): void {
+  /** The oldest anonymous ceremony; if there is none, the oldest of all. */
+  private evictOldest(): void {
+    let oldest: string | null = null;
     for (const [c, e] of this.live) {
-      if (e.requester !== null) return this.drop(c);
+      if (e.anonymous) return this.drop(c);
+      oldest ??= c;
     }
+    if (oldest !== null) this.drop(oldest);
   }
 
   /** Expired entries are at the front: drop them and stop at the first live one. */

@@ -20,7 +20,7 @@ import { audit } from '../audit.js';
 import type { Authority } from '../authority.js';
 import { DEFAULT_LOGIN_CONFIG, type LoginConfig } from '../context.js';
 import { hashToken, newSecret, secretLookupHash } from '../tokens.js';
-import type { CeremonyPurpose } from './challenges.js';
+import type { CeremonyPurpose, Requester } from './challenges.js';
 
 export const loginConfig = (a: Authority): LoginConfig => a.ctx.config.login ?? DEFAULT_LOGIN_CONFIG;
 
@@ -58,8 +58,8 @@ async function usableEnrollment(store: StoreReader, secret: string, now: number)
   return { enrollment, identity };
 }
 
-/** `requester`: the address key of an anonymous caller (rationed per address), null for a logged-in one. */
-async function registrationOptions(a: Authority, identity: Identity, purpose: CeremonyPurpose, requester: string | null): Promise<PublicKeyCredentialCreationOptionsJSON> {
+/** `requester`: who started the ceremony (rationed per address, or per logged-in identity). */
+async function registrationOptions(a: Authority, identity: Identity, purpose: CeremonyPurpose, requester: Requester): Promise<PublicKeyCredentialCreationOptionsJSON> {
   const existing = await a.ctx.store.listPasskeys(identity.id);
   const options = await generateRegistrationOptions({
     rpName: a.web.rpName,
@@ -79,7 +79,7 @@ async function registrationOptions(a: Authority, identity: Identity, purpose: Ce
 /** Registration options for the user an enrollment link belongs to. */
 export async function enrollmentOptions(a: Authority, secret: string, requester: string): Promise<{ user: string; options: PublicKeyCredentialCreationOptionsJSON }> {
   const { enrollment, identity } = await usableEnrollment(a.ctx.store, secret, a.ctx.now());
-  return { user: identity.name, options: await registrationOptions(a, identity, { kind: 'enroll', enrollmentId: enrollment.id, identityId: identity.id }, requester) };
+  return { user: identity.name, options: await registrationOptions(a, identity, { kind: 'enroll', enrollmentId: enrollment.id, identityId: identity.id }, { address: requester }) };
 }
 
 const PASSKEY_NAME_MAX = 64;
@@ -167,7 +167,7 @@ export async function enrollmentVerify(a: Authority, secret: string, response: R
 
 /** Registration options to add another passkey, for a logged-in browser. */
 export async function addPasskeyOptions(a: Authority, identity: Identity): Promise<PublicKeyCredentialCreationOptionsJSON> {
-  return registrationOptions(a, identity, { kind: 'add-passkey', identityId: identity.id }, null);
+  return registrationOptions(a, identity, { kind: 'add-passkey', identityId: identity.id }, { identityId: identity.id });
 }
 
 export async function addPasskeyVerify(a: Authority, identity: Identity, response: RegistrationResponseJSON, name?: string): Promise<Passkey> {
@@ -199,7 +199,7 @@ export async function removePasskey(a: Authority, identity: Identity, passkeyId:
 /** Options for a discoverable-credential assertion (no user name typed). */
 export async function assertionOptions(a: Authority, purpose: CeremonyPurpose, requester: string): Promise<PublicKeyCredentialRequestOptionsJSON> {
   const options = await generateAuthenticationOptions({ rpID: a.web.rpId, userVerification: 'required', timeout: 120_000 });
-  a.challenges.remember(options.challenge, purpose, a.ctx.now(), requester);
+  a.challenges.remember(options.challenge, purpose, a.ctx.now(), { address: requester });
   return options;
 }
 
