@@ -175,7 +175,7 @@ export const oidcIssuerSchema = z
     const fail = (message: string) => ctx.addIssue({ code: 'custom', message });
     if (hasControlChars(text)) fail(NO_CONTROLS_MESSAGE);
     else if (url.protocol !== 'https:' && !(url.protocol === 'http:' && isLoopbackHost(url.hostname))) {
-      fail('must be an https:// URL (http:// only for a loopback address, for tests)');
+      fail('must be an https:// URL (http:// only for a loopback address, which the CA contacts only with oidc.allowPrivateAddresses)');
     } else if (url.username || url.password) fail('must not carry credentials');
     else if (url.search || url.hash || text.includes('?') || text.includes('#')) fail('must not have a query or fragment (OIDC issuers have none)');
   });
