@@ -89,4 +89,32 @@ describe('SseSubscription', () => {
     expect(clock.pending).toEqual([]);
     await new Promise((r) => server.close(r));
   });
+
+  it('sends the agent credential as a bearer token on every (re)connect, read afresh each time', async () => {
+    const seen: (string | undefined)[] = [];
+    const server = createServer((req, res) => {
+      seen.push(req.headers.authorization);
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.end('event: krl\ndata: {"version":1}\n\n');
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const clock = manualClock();
+    let token = 'dsca_agent_first';
+    let disconnects = 0;
+    const sub = new SseSubscription({
+      url: new URL(`http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/krl/events`),
+      clock,
+      random: () => 0,
+      token: () => token,
+      onEvent: () => undefined,
+      onDisconnect: () => void disconnects++,
+    });
+    while (disconnects === 0) await new Promise((r) => setTimeout(r, 5));
+    token = 'dsca_agent_second';
+    (clock.pending.shift() as { fn: () => void }).fn();
+    while (disconnects === 1) await new Promise((r) => setTimeout(r, 5));
+    expect(seen).toEqual(['Bearer dsca_agent_first', 'Bearer dsca_agent_second']);
+    sub.close();
+    await new Promise((r) => server.close(r));
+  });
 });

@@ -67,6 +67,8 @@ export interface SseOptions {
   clock: Clock;
   random: () => number;
   onEvent(e: SseEvent, firstOnConnection: boolean): void;
+  /** The agent credential, sent as a bearer token: agents' streams have their own budget at the CA. */
+  token?: () => string | undefined;
   /** Called when the stream breaks (the error says why) and a reconnect is scheduled. */
   onDisconnect?(err: Error, retryInMs: number): void;
   /** Default 45 s: three of the server's 15 s keepalives. */
@@ -98,7 +100,8 @@ export class SseSubscription {
   private connect(): void {
     this.retryTimer = null;
     if (this.closed) return;
-    const headers = { accept: 'text/event-stream', 'last-event-id': this.lastId };
+    const token = this.o.token?.();
+    const headers = { accept: 'text/event-stream', 'last-event-id': this.lastId, authorization: token === undefined ? undefined : `Bearer ${token}` };
     // agent: false: a socket of its own, never parked in (or taken from) a keep-alive pool.
     openRequest(this.o.url, { headers, agent: false, tls: this.o.tls?.() ?? {}, timeoutMs: this.o.idleTimeoutMs ?? 45_000 }).then(
       ({ res, abort }) => {

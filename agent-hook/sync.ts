@@ -548,6 +548,7 @@ export class Agent {
       random: this.random,
       retryMaxMs: this.o.retryMaxMs,
       onEvent: (e, first) => this.onEvent(e.event, e.data, first),
+      token: () => this.credential.token,
       onDisconnect: (err, retryInMs) => this.log('warn', 'event-stream-down', { error: err.message, retryInMs }),
     });
     this.schedulePoll();

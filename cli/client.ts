@@ -13,6 +13,7 @@ import { readSession, type Session } from './login/session.js';
 import { parseFingerprint } from '../ca/trust/bundle.js';
 import { isLoopbackHost } from '../ca/server/tls.js';
 import type { EstablishedTrust } from './trust.js';
+import { oneLine } from './terminal.js';
 
 /** Request timeout: revocations wait for a durable KRL, so be generous. */
 const TIMEOUT_MS = 60_000;
@@ -363,16 +364,6 @@ export class HttpError extends CliError {
   ) {
     super(message, EXIT.error);
   }
-}
-
-/** Server text on one line, without control characters a terminal would interpret. */
-function oneLine(text: string): string {
-  return text
-    .replace(/\s*[\r\n]+\s*/g, ' ')
-    // C0 and C1 controls alike: a terminal would act on either.
-    // eslint-disable-next-line no-control-regex
-    .replace(/[\x00-\x1f\x7f-\x9f]/g, '')
-    .trim();
 }
 
 /** OpenSSL's verdicts on a certificate nobody vouches for (self-signed, unknown issuer, wrong name). */

@@ -2,6 +2,7 @@
 // in-process and capture its output.
 import { readFile } from 'node:fs/promises';
 import { CliError } from './errors.js';
+import { jsonForTerminal } from './terminal.js';
 
 export interface CliContext {
   stdout: NodeJS.WritableStream;
@@ -16,7 +17,8 @@ export function processContext(): CliContext {
 
 /** Writes a value as indented JSON; bigints become decimal strings. */
 export function printJson(ctx: CliContext, value: unknown): void {
-  ctx.stdout.write(JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2) + '\n');
+  // Control characters escaped, never raw (the terminal stream would drop them otherwise).
+  ctx.stdout.write(jsonForTerminal(JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2)) + '\n');
 }
 
 /** Reads a file argument; "-" means standard input. Errors name the file. */

@@ -4,6 +4,7 @@ import { Command, CommanderError } from 'commander';
 import { SshParseError } from '../ca/ssh/wire.js';
 import { API_OPTIONS_WITH_VALUES, registerApiOptions } from './api-options.js';
 import type { CliContext } from './context.js';
+import { terminalContext } from './terminal.js';
 import { CliError, EXIT, ExitWith } from './errors.js';
 
 type Registrar = (program: Command, ctx: CliContext) => void;
@@ -71,7 +72,9 @@ export async function buildProgram(ctx: CliContext, argv: readonly string[] = []
 }
 
 /** Runs the CLI and returns its exit code (an ExitCode, or ssh's own from `dstack-ca ssh`); never throws. */
-export async function runCli(argv: readonly string[], ctx: CliContext): Promise<number> {
+export async function runCli(argv: readonly string[], raw: CliContext): Promise<number> {
+  // Every verb prints through the one terminal path (cli/terminal.ts).
+  const ctx = terminalContext(raw);
   let program: Command;
   try {
     program = await buildProgram(ctx, argv);

@@ -16,6 +16,7 @@ import { parseAuthorizedKey } from '../ca/ssh/keys.js';
 import { decodeBundle, rootFingerprint, TrustError, verifyBundle, type SignedBundle, type VerifiedBundle } from '../ca/trust/bundle.js';
 import { verifyTrustProof } from '../ca/trust/krl-status.js';
 import { CliError } from './errors.js';
+import { oneLine } from './terminal.js';
 import { ensurePrivateDir } from './login/session.js';
 
 const signedSchema = z.object({ bundle: z.string(), signature: z.string() });
@@ -33,7 +34,7 @@ async function readStore(path: string): Promise<Record<string, SignedBundle>> {
     text = await readFile(path, 'utf8');
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return {};
-    throw new CliError(`${path}: ${(e as Error).message}`);
+    throw new CliError(`${path}: ${oneLine((e as Error).message)}`);
   }
   const parsed = storeSchema.safeParse(JSON.parse(text));
   if (!parsed.success) throw new CliError(`${path}: not a dstack-ca trust store; remove it and pass --fingerprint again`);
@@ -48,7 +49,7 @@ export async function storedBundle(path: string, origin: string): Promise<Verifi
     const root = rootFingerprint(decodeBundle(Buffer.from(signed.bundle, 'base64')));
     return { ...verifyBundle(signed, { fingerprint: root }), unchanged: true };
   } catch (e) {
-    throw new CliError(`${path}: the trust bundle kept for ${origin} is damaged (${(e as Error).message}); remove it and pass --fingerprint again`);
+    throw new CliError(`${path}: the trust bundle kept for ${origin} is damaged (${oneLine((e as Error).message)}); remove it and pass --fingerprint again`);
   }
 }
 
@@ -123,7 +124,7 @@ export async function establishTrust(url: string, fingerprint: string | undefine
   } catch (e) {
     if (e instanceof CliError) throw e;
     const err = e as Error & { cause?: Error };
-    throw new CliError(`cannot reach ${origin} to check its trust root: ${err.cause?.message ?? err.message}`);
+    throw new CliError(`cannot reach ${origin} to check its trust root: ${oneLine(err.cause?.message ?? err.message)}`);
   } finally {
     void open.close();
   }
@@ -133,7 +134,7 @@ export async function establishTrust(url: string, fingerprint: string | undefine
     // And the root's live proof that it is the CA's bundle now, not an older one replayed (with a TLS certificate since replaced).
     verifyTrustProof(answer, parseAuthorizedKey(v.bundle.root).key, challenge, v.bundle.version);
   } catch (e) {
-    if (e instanceof TrustError) throw new CliError(`refusing ${origin}: ${e.message}`);
+    if (e instanceof TrustError) throw new CliError(`refusing ${origin}: ${oneLine(e.message)}`);
     throw e;
   }
   if (!v.unchanged) await saveBundle(storePath, origin, v);

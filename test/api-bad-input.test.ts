@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { formatAuthorizedKey, fromKeyObject } from '../ca/ssh/keys.js';
 import { SshWriter } from '../ca/ssh/wire.js';
 import { openTestCa, userWithToken, type TestCa } from './fixtures/ca.js';
+import { degenerateKeys, soundKeys } from './fixtures/bad-keys.js';
 import { subjectKey } from './fixtures/keys.js';
 import { cleanupTempDirs } from './harness/index.js';
 
@@ -15,6 +16,8 @@ let alice: string;
 const good = formatAuthorizedKey(subjectKey('ed25519'));
 const weakRsa = formatAuthorizedKey(fromKeyObject(generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey));
 const dsa = `ssh-dss ${new SshWriter().string('ssh-dss').mpint(Buffer.alloc(128, 0x7f)).mpint(Buffer.alloc(20, 1)).mpint(Buffer.alloc(128, 2)).mpint(Buffer.alloc(128, 3)).toBuffer().toString('base64')}`;
+/** A registration response of the right shape (its contents never get checked: the name is refused first). */
+const registration = { id: 'AA', rawId: 'AA', type: 'public-key', clientExtensionResults: {}, response: { clientDataJSON: 'AA', attestationObject: 'AA' } };
 const runBody = (over: Record<string, unknown>) => ({ project: 'ml', name: 'train-9', owner: 'alice', loginUser: 'root', ...over });
 
 beforeAll(async () => {
@@ -132,6 +135,27 @@ const CASES: Case[] = [
   ['CA rotation with an unknown field', 'admin', 'POST', '/v1/ca/rotate', { step: 'add', force: true }, 400, /^force: unknown field/],
   ['CA switch with no key added', 'admin', 'POST', '/v1/ca/rotate', { step: 'switch' }, 409, /no new user CA key to switch to/],
   ['CA retire with no previous key', 'admin', 'POST', '/v1/ca/rotate', { step: 'retire', purpose: 'host' }, 409, /no previous host CA key to retire/],
+  ['CA rotation reason with an escape sequence', 'admin', 'POST', '/v1/ca/rotate', { step: 'emergency', reason: 'key leaked\u001b[2J' }, 400, /^reason: must not contain control characters/],
+  // Degenerate keys (issue 12 item 8): refused in a new policy, a policy edit and at issuance.
+  ...degenerateKeys().flatMap(([label, line, reason]): Case[] => {
+    const why = new RegExp(`: (${reason.source})`);
+    return [
+      [`policy key: ${label}`, 'orchestrator', 'POST', '/v1/runs', runBody({ attachableBy: { public_keys: [good, line] } }), 400, new RegExp(`^attachableBy\\.public_keys\\[1\\]${why.source}`)],
+      [`policy edit key: ${label}`, 'orchestrator', 'PATCH', '/v1/runs/ml/train-1', { attachableBy: { public_keys: [line] } }, 400, new RegExp(`^attachableBy\\.public_keys\\[0\\]${why.source}`)],
+      [`cert for a key: ${label}`, 'alice', 'POST', '/v1/runs/ml/train-1/certs', { publicKey: line }, 400, new RegExp(`^publicKey${why.source}`)],
+    ];
+  }),
+  // Free text people type and the CA stores and shows (issue 12 item 7): no control characters.
+  ['passkey name with an escape sequence (enrollment)', 'anonymous', 'POST', '/v1/web/enroll/verify', { enrollment: 'x', name: 'laptop\u001b[2J', response: registration }, 400, /^name: must not contain control characters/],
+  ['passkey name with a C1 control (added passkey)', 'anonymous', 'POST', '/v1/web/passkeys', { name: 'key\u009b31m', response: registration }, 400, /^name: must not contain control characters/],
+  ['passkey name with a bidi override', 'anonymous', 'POST', '/v1/web/passkeys', { name: 'yek\u202eevil', response: registration }, 400, /^name: must not contain control characters/],
+  ['revocation reason with an escape sequence', 'admin', 'POST', '/v1/revocations', { user: 'alice', reason: 'left\u001b]0;x\u0007' }, 400, /^reason: must not contain control characters/],
+  ['revocation reason with a newline', 'admin', 'POST', '/v1/revocations', { user: 'alice', reason: 'left\nthe team' }, 400, /^reason: must not contain control characters/],
+  ['revocation by a key id with a control character', 'admin', 'POST', '/v1/revocations', { keyId: 'user:alice\u0000', reason: 'x' }, 400, /^keyId: must not contain control characters/],
+  ['bot force-command with an escape sequence', 'admin', 'POST', '/v1/projects/ml/bots', bot({ forceCommand: 'make smoke\u001b[2J' }), 400, /^forceCommand: must not contain control characters/],
+  ['bot force-command with a tab', 'admin', 'PATCH', '/v1/projects/ml/bots/ci-old', { forceCommand: 'make\tsmoke' }, 400, /^forceCommand: must not contain control characters/],
+  ['OIDC claim with a C1 control', 'admin', 'POST', '/v1/projects/ml/bots', oidc({ claims: { repository: 'org/repo\u009b' } }), 400, /^oidc\.claims\.repository: must not contain control characters/],
+  ['OIDC issuer with a tab', 'admin', 'POST', '/v1/projects/ml/bots', oidc({ issuer: 'https://ci.exam\tple.com' }), 400, /^oidc\.issuer: must not contain control characters/],
   ['oversized body', 'orchestrator', 'POST', '/v1/runs', runBody({ attachableBy: { public_keys: Array(2000).fill(good) } }), 413, /request body is larger than 65536 bytes/],
 ];
 
@@ -143,6 +167,13 @@ describe('bad input is refused with the field named, and changes nothing', () =>
     expect(res.statusCode, res.body).toBe(status);
     expect(res.json().message).toMatch(message);
     expect(await snapshot()).toEqual(before);
+  });
+
+  it.each(soundKeys())('a sound %s key is accepted in a policy and certified', async (_label, line) => {
+    const edit = await ca.api('PATCH', '/v1/runs/ml/train-1', { token: orchestrator, body: { attachableBy: { users: ['alice'], public_keys: [line] } } });
+    expect(edit.statusCode, edit.body).toBe(200);
+    const res = await ca.api('POST', '/v1/runs/ml/train-1/certs', { token: alice, body: { publicKey: line } });
+    expect(res.statusCode, res.body).toBe(201);
   });
 
   it('invalid JSON and a wrong content type are refused', async () => {

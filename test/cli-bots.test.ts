@@ -40,7 +40,7 @@ beforeAll(async () => {
   issuer = await startTestIssuer();
   const config = join(dir, 'server.yaml');
   // Per-bot limit low enough for the retry test below to hit it, high enough for the sequential calls elsewhere.
-  await writeFile(config, 'logLevel: info\noidc:\n  jwksCooldown: 0\nrateLimits:\n  bot: { perSecond: 2, burst: 5 }\n');
+  await writeFile(config, 'logLevel: info\noidc:\n  jwksCooldown: 0\n  allowPrivateAddresses: true\nrateLimits:\n  bot: { perSecond: 2, burst: 5 }\n');
   server = await startServerProcess(dir, { config });
   ({ url, adminToken } = server);
   ca = cliAgainst({ url, adminToken, configHome, stderrs });

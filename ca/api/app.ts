@@ -6,6 +6,7 @@ import { jsonSchemaTransform, serializerCompiler, validatorCompiler } from 'fast
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { BadTokenError, resolveActor, type Actor } from '../authority/actors.js';
 import type { Authority } from '../authority/authority.js';
+import { startCertRetention } from '../authority/retention.js';
 import { CaError } from '../domain/errors.js';
 import { handleError } from './errors.js';
 import { adminRoutes } from './routes/admin.js';
@@ -137,6 +138,15 @@ export async function buildApp(authority: Authority, opts: AppOptions = {}): Pro
     latency.labels(req.method, route, String(reply.statusCode)).observe(reply.elapsedTime / 1000);
     if (route === '/v1/runs/:project/:run/certs' && reply.statusCode === 201) certsIssued.inc();
   });
+
+  // Why an OIDC issuer could not be used goes to the log, never to the caller (oidc.ts).
+  authority.issuer.oidc.log = (details, message) => app.log.warn(details, message);
+  // Expired certificate rows go after certs.retention (ca/authority/retention.ts).
+  let stopRetention: (() => void) | null = null;
+  app.addHook('onReady', async () => {
+    stopRetention = startCertRetention(authority.ctx, (err) => app.log.error({ err }, 'pruning expired certificates failed'));
+  });
+  app.addHook('onClose', async () => stopRetention?.());
 
   app.get('/healthz', { schema: { hide: true } }, async () => ({ ok: true }));
   app.get('/metrics', { schema: { hide: true } }, async (_req, reply) => reply.type(metrics.contentType).send(await metrics.metrics()));

@@ -3,12 +3,13 @@
 import { z } from 'zod';
 import { PROJECT_ROLES } from '../domain/model.js';
 import { identityName, loginUser, projectName, runName } from '../domain/names.js';
+import { freeText } from '../domain/text.js';
 import { attachableBySchema } from '../policy/attachable-by.js';
 import { assertStrongKey, formatAuthorizedKey, parseAuthorizedKey } from '../ssh/keys.js';
 import { forceCommandSchema, oidcBindingSchema, permitsSchema, runScopesSchema, sourceAddressSchema } from '../policy/bot-scope.js';
 
 const seconds = z.number().int().positive();
-const reason = z.string().trim().min(1, 'a reason is required').max(1000);
+const reason = freeText(1000).refine((s) => s !== '', 'a reason is required');
 const keyLine = z.string().min(1).max(16 * 1024);
 const serialText = z.string().regex(/^[1-9][0-9]{0,19}$/, 'must be a decimal serial number').transform(BigInt).refine((s) => s < 1n << 64n, 'must fit in 64 bits');
 
@@ -78,7 +79,7 @@ export const issueCertBody = z.strictObject({
 export const revokeBody = z
   .strictObject({
     serial: serialText.optional(),
-    keyId: z.string().min(1).max(1024).optional(),
+    keyId: freeText(1024).refine((s) => s !== '', 'must not be empty').optional(),
     user: identityName.optional(),
     project: projectName.optional(),
     run: z.string().max(200).optional().describe('PROJECT/RUN'),
@@ -240,7 +241,8 @@ export const trustQuery = z.object({
 export const rotateBody = z.strictObject({
   step: z.enum(['add', 'switch', 'retire', 'emergency']),
   purpose: z.enum(['user', 'host']).default('user'),
-  reason: z.string().max(500).optional(),
+  /** Kept in the audit log (and, for an emergency, the KRL entry): free text, no control characters. */
+  reason: freeText(500).optional(),
 });
 export const rotateView = z.object({ keys: z.array(caKeyView), bundleVersion: z.number(), krlVersion: z.number() });
 export const nonceView = z.object({ nonce: z.string(), expiresAt: z.number(), message: z.string() });
@@ -298,8 +300,10 @@ export const authenticationResponse = z.object({
   response: z.object({ clientDataJSON: b64url, authenticatorData: b64url, signature: b64url, userHandle: b64url.optional() }),
 });
 export const enrollOptionsBody = z.strictObject({ enrollment: z.string().min(1).max(200) });
-export const enrollVerifyBody = z.strictObject({ enrollment: z.string().min(1).max(200), name: z.string().max(64).optional(), response: registrationResponse });
-export const addPasskeyBody = z.strictObject({ name: z.string().max(64).optional(), response: registrationResponse });
+/** A passkey's name, as its owner types it (shown to admins by `user passkeys`). */
+const passkeyName = freeText(64).optional();
+export const enrollVerifyBody = z.strictObject({ enrollment: z.string().min(1).max(200), name: passkeyName, response: registrationResponse });
+export const addPasskeyBody = z.strictObject({ name: passkeyName, response: registrationResponse });
 export const loginVerifyBody = z.strictObject({ response: authenticationResponse });
 export const deviceDecisionBody = z.strictObject({ userCode: z.string().min(1).max(20), approve: z.boolean(), response: authenticationResponse });
 export const passkeyParam = z.strictObject({ id: z.coerce.number().int().positive() });

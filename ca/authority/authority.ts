@@ -3,6 +3,7 @@
 import { webConfigFor, type AuthorityContext, type WebConfig } from './context.js';
 import { Issuer } from './issuance.js';
 import { ChallengeBook } from './login/challenges.js';
+import { DEVICE_CODE_LIMITS } from './login/device.js';
 import { RateLimiter } from './rate-limit.js';
 
 export class Authority {
@@ -14,6 +15,8 @@ export class Authority {
    * ceremonies): they cost a row or a challenge each, so they are rationed.
    */
   readonly loginStarts = new RateLimiter({ perSecond: 1, burst: 30 });
+  /** Waiting device codes, at most, in all and per address (device.ts); tests lower them. */
+  deviceCodeLimits: { max: number; perAddress: number } = { ...DEVICE_CODE_LIMITS };
   /** Per source address, for device-code polls (a CLI polls every few seconds). */
   readonly devicePolls = new RateLimiter({ perSecond: 2, burst: 20 });
   /**

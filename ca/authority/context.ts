@@ -25,15 +25,35 @@ export interface CaKeyVault {
   signer(publicKey: string): Promise<Signer>;
 }
 
-/** Token buckets for certificate requests of bots (DESIGN.md section 2); null: no limit. */
+/** Token buckets for certificate requests (DESIGN.md section 2); null: no limit. */
 export interface RateLimitConfig {
   /** Per bot (token or OIDC). */
   bot: BucketLimit | null;
-  /** Per source address of bot requests and OIDC exchanges (checked before any JWT work). */
+  /** Per person (user or admin, by token or login session) and per proven key of a key holder without an account. */
+  user: BucketLimit | null;
+  /** Per source address of bot requests, OIDC exchanges and requests without an account (checked before any JWT or proof work). */
   address: BucketLimit | null;
 }
 
-export const DEFAULT_RATE_LIMITS: RateLimitConfig = { bot: { perSecond: 10, burst: 20 }, address: { perSecond: 50, burst: 100 } };
+/** A person's `dstack-ca login` takes one cert per running run at once: the burst covers dozens. */
+export const DEFAULT_RATE_LIMITS: RateLimitConfig = { bot: { perSecond: 10, burst: 20 }, user: { perSecond: 2, burst: 40 }, address: { perSecond: 50, burst: 100 } };
+
+/** Open server-sent event streams (GET /v1/krl/events) at most; see ca/api/stream-limits.ts. */
+export interface StreamLimits {
+  /** Unauthenticated streams per source address (an IPv6 /64 counts as one). */
+  perAddress: number;
+  /** Unauthenticated streams in all. */
+  anonymous: number;
+  /** Streams per agent credential (a reconnect may overlap the old stream for a moment). */
+  perAgent: number;
+  /** Agents' streams in all: a budget of their own, never taken by unauthenticated ones. */
+  agents: number;
+}
+
+export const DEFAULT_STREAM_LIMITS: StreamLimits = { perAddress: 4, anonymous: 1000, perAgent: 4, agents: 100_000 };
+
+/** Expired certificate rows are kept this long (seconds), then pruned; the audit chain keeps every issuance. */
+export const DEFAULT_CERT_RETENTION = 30 * 24 * 3600;
 
 /** How OIDC tokens (workload identity JWTs) are checked; see ca/authority/oidc.ts. */
 export interface OidcConfig {
@@ -49,6 +69,12 @@ export interface OidcConfig {
   httpTimeoutMs: number;
   /** The discovery document (issuer -> jwks_uri) is refetched after this long (seconds). */
   discoveryMaxAge: number;
+  /**
+   * Whether issuers may be on loopback, private, link-local or unique-local addresses (and on
+   * plain http): off by default, so no bot binding makes the CA fetch from its own network.
+   * Tests with a local issuer, and sites whose CI issuer is internal, turn it on.
+   */
+  allowPrivateAddresses: boolean;
 }
 
 export const DEFAULT_OIDC_CONFIG: OidcConfig = {
@@ -58,6 +84,7 @@ export const DEFAULT_OIDC_CONFIG: OidcConfig = {
   jwksMaxAgeMs: 10 * 60_000,
   httpTimeoutMs: 5_000,
   discoveryMaxAge: 3600,
+  allowPrivateAddresses: false,
 };
 
 /** People's logins: passkey enrollment links, CLI device-code logins, sessions (seconds). */
@@ -104,6 +131,10 @@ export interface AuthorityConfig {
   joinTokenTtl: number;
   /** Default DEFAULT_RATE_LIMITS. */
   rateLimits?: RateLimitConfig;
+  /** Default DEFAULT_STREAM_LIMITS. */
+  eventStreams?: StreamLimits;
+  /** How long expired certificate rows are kept (seconds); default DEFAULT_CERT_RETENTION. */
+  certRetention?: number;
   /** Default DEFAULT_OIDC_CONFIG. */
   oidc?: OidcConfig;
   /** Default DEFAULT_LOGIN_CONFIG. */

@@ -11,6 +11,11 @@
 // its restrictions (force-command, source-address) and TTL cap go into the certificate.
 // Every issuance and every refusal of a bot is audited with what decided it (for OIDC: the
 // issuer, sub and matched claims; never the token).
+//
+// Every actor is rate limited (issue 12 item 9): bots per bot, people per identity, key
+// holders without an account per source address and then per proven key. A refusal is a 429
+// with Retry-After, and is audited once per burst: the first refusal after a success, not
+// every refused request of a loop.
 import { decodeJwt } from 'jose';
 import { pooledRandomBytes } from '../crypto/random-pool.js';
 import { badRequest, CaError, forbidden, RateLimitedError } from '../domain/errors.js';
@@ -79,7 +84,7 @@ interface PendingCert {
 /** What is known about a bot request so far, for the audit of its outcome. */
 interface BotTrail {
   actor: string;
-  via: 'token' | 'oidc';
+  via: 'token' | 'oidc' | 'proof';
   oidc?: OidcEvidence;
   /** False for a rate-limit refusal that is not the first of its run (coalesced). */
   audit: boolean;
@@ -109,6 +114,18 @@ function parseSubjectKey(line: string): PublicKey {
   }
 }
 
+/** A 429 of issuance: whether it is the first refusal of its burst, and whom it refused (for the audit). */
+class IssueRateLimited extends RateLimitedError {
+  constructor(
+    message: string,
+    seconds: number,
+    readonly first: boolean,
+    readonly actor: string,
+  ) {
+    super(message, seconds);
+  }
+}
+
 export class Issuer {
   readonly nonces = new NonceBook();
   /** Whether the active CA key is revoked; unknown (null) until asked, and after each new KRL. */
@@ -120,6 +137,7 @@ export class Issuer {
   /** OIDC tokens already used, until they expire (oidc-replay.ts). */
   readonly replay = new OidcReplayGuard();
   private readonly botLimit: RateLimiter | null;
+  private readonly userLimit: RateLimiter | null;
   private readonly addressLimit: RateLimiter | null;
   /** Refused bot tokens: when each bot and reason was last audited, and refusals since. */
   private readonly authRefusals = new Map<string, { at: number; count: number }>();
@@ -140,6 +158,7 @@ export class Issuer {
     this.oidc = new OidcVerifier(this.oidcConfig, ctx.now);
     const limits = ctx.config.rateLimits ?? DEFAULT_RATE_LIMITS;
     this.botLimit = limits.bot ? new RateLimiter(limits.bot) : null;
+    this.userLimit = limits.user ? new RateLimiter(limits.user) : null;
     this.addressLimit = limits.address ? new RateLimiter(limits.address) : null;
     this.committer = new GroupCommitter(ctx.store, async (tx, items) => {
       const written: boolean[] = [];
@@ -201,6 +220,8 @@ export class Issuer {
       if (trail?.claimed) this.replay.release(trail.claimed);
       // Decisions are audited; malformed requests (400) are bad input that changes nothing.
       if (trail?.audit && e instanceof CaError && e.code !== 'bad_request') await this.auditRefusal(trail, req, meta, e);
+      // Everyone else's refusals are the caller's own business, except the first of a burst.
+      else if (!trail && e instanceof IssueRateLimited && e.first) await this.auditRefusal({ actor: e.actor, via: req.proof ? 'proof' : 'token', audit: true }, req, meta, e);
       throw e;
     }
   }
@@ -223,15 +244,17 @@ export class Issuer {
     }
   }
 
-  private limit(limiter: RateLimiter | null, key: string, what: string, trail: BotTrail | null): void {
+  private limit(limiter: RateLimiter | null, key: string, what: string, trail: BotTrail | null, actor: string): void {
     if (!limiter) return;
     const r = limiter.take(key);
     if (r.ok) return;
     if (trail) trail.audit = r.first;
     const seconds = Math.max(1, Math.ceil(r.retryAfterMs / 1000));
-    throw new RateLimitedError(
+    throw new IssueRateLimited(
       `too many certificate requests from ${what} (limit ${limiter.limit.perSecond}/s, burst ${limiter.limit.burst}); retry in ${seconds}s`,
       seconds,
+      r.first,
+      actor,
     );
   }
 
@@ -239,7 +262,8 @@ export class Issuer {
     const now = this.ctx.now();
     const key = parseSubjectKey(req.publicKey);
     if (actor.kind === 'orchestrator' || actor.kind === 'agent') throw forbidden(`${actor.kind} tokens cannot obtain certificates`);
-    if (trail && meta.address !== undefined) this.limit(this.addressLimit, `addr:${meta.address}`, `address ${meta.address}`, trail);
+    // Bots, OIDC exchanges and key holders without an account: per address, before any JWT or proof work.
+    if ((trail || actor.kind === 'anonymous') && meta.address !== undefined) this.limit(this.addressLimit, `addr:${meta.address}`, `address ${meta.address}`, trail, 'anonymous');
 
     let caller = actor;
     let spent: PendingCert['spent'];
@@ -271,7 +295,8 @@ export class Issuer {
     }
     const identity = identityOf(caller);
     const bot = identity?.kind === 'bot' ? identity : null;
-    if (bot) this.limit(this.botLimit, `bot:${bot.id}`, `bot ${bot.name}`, trail);
+    if (bot) this.limit(this.botLimit, `bot:${bot.id}`, `bot ${bot.name}`, trail, `bot:${bot.name}`);
+    else if (identity) this.limit(this.userLimit, `id:${identity.id}`, `${identity.kind === 'bot' ? 'bot' : 'user'} ${identity.name}`, trail, `${identity.kind}:${identity.name}`);
 
     // An anonymous caller (no account: a key holder, or nobody) gets the same answer whether
     // or not the project and run exist: the proof is checked first, and a run that does not
@@ -280,6 +305,8 @@ export class Issuer {
     if (!identity) {
       if (!req.proof) throw new CaError('unauthenticated', 'authentication or a possession proof is required');
       provenKey = verifyPossession(this.nonces, req.proof, `${req.project}/${req.run}`, key, now);
+      // Key holders without an account: per proven key too (the address limit came first).
+      this.limit(this.userLimit, `key:${fingerprint(provenKey)}`, `key ${fingerprint(provenKey)}`, trail, `key:${fingerprint(provenKey)}`);
     }
     const found = identity ? await requireRun(this.facts, req.project, req.run) : await findRun(this.facts, req.project, req.run);
     if (!found) throw forbidden(`not allowed by the attachable_by policy of run ${req.project}/${req.run}`);

@@ -16,13 +16,21 @@
 //
 // Answers. 401: the token itself is not acceptable (not a JWT, alg none or HMAC, bad
 // signature, unknown key, expired, not yet valid, too old). 403: it is valid, but no bot (or
-// more than one) of the project trusts what it says. 503: the issuer could not be reached.
-import { createRemoteJWKSet, decodeJwt, decodeProtectedHeader, errors, jwtVerify, type JWTPayload, type RemoteJWKSet } from 'jose';
+// more than one) of the project trusts what it says. 503: the issuer could not be used.
+//
+// Fetching (issue 12 item 4): discovery and the JWKS go through oidc-fetch.ts (https only,
+// public addresses only unless oidc.allowPrivateAddresses, the checked address pinned, no
+// redirects), and the JWKS must be on the issuer's own origin. A 503 never carries what was
+// fetched or why the fetch failed (that would make the CA a port scanner and a reader of
+// internal pages for anyone holding an unsigned token): the reason goes to the server log
+// (issuer and reason, never the token).
+import { createRemoteJWKSet, customFetch, decodeJwt, decodeProtectedHeader, errors, jwtVerify, type JWTPayload, type RemoteJWKSet } from 'jose';
 import { CaError } from '../domain/errors.js';
 import type { Identity, OidcBinding, Project } from '../domain/model.js';
 import { audienceMatches, matchClaims } from '../policy/bot-scope.js';
 import type { StoreReader } from '../store/store.js';
 import type { OidcConfig } from './context.js';
+import { FetchRefused, safeFetch, type Resolver } from './oidc-fetch.js';
 
 /** Asymmetric signatures only: `none` and HMAC (HS*) are refused before any key is looked at. */
 export const OIDC_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'] as const;
@@ -50,10 +58,16 @@ export class OidcRefusal extends CaError {
     code: 'unauthenticated' | 'forbidden' | 'unavailable',
     message: string,
     readonly evidence: OidcEvidence,
+    /** For the server log only (an unusable issuer: what failed); never sent to the caller. */
+    readonly detail?: string,
   ) {
     super(code, message);
   }
 }
+
+/** What a caller learns when an issuer cannot be used: the same whatever went wrong. */
+export const issuerUnusable = (issuer: string, evidence: OidcEvidence, detail: string) =>
+  new OidcRefusal('unavailable', `cannot use OIDC issuer "${issuer}": its discovery document or keys could not be fetched or are not acceptable (the CA's log says why)`, evidence, detail);
 
 interface Discovered {
   jwksUri: string;
@@ -61,19 +75,22 @@ interface Discovered {
   fetchedAt: number;
 }
 
-function isLoopbackUrl(url: URL): boolean {
-  const h = url.hostname.replace(/^\[|\]$/g, '');
-  return h === 'localhost' || h === '::1' || /^127\.\d+\.\d+\.\d+$/.test(h);
-}
-
 /** Discovery and keys per issuer, shared by every request. */
 export class OidcVerifier {
   private readonly discovered = new Map<string, Promise<Discovered>>();
+  /** Where unusable issuers are reported (the server log); the caller gets issuerUnusable's message. */
+  log: (details: { issuer: string; reason: string }, message: string) => void = () => undefined;
+  /** The resolver for issuer host names; tests replace it. */
+  resolve: Resolver | undefined = undefined;
 
   constructor(
     private readonly cfg: OidcConfig,
     private readonly now: () => number,
   ) {}
+
+  private fetch(url: URL, signal?: AbortSignal) {
+    return safeFetch(url, { allowPrivateAddresses: this.cfg.allowPrivateAddresses, timeoutMs: this.cfg.httpTimeoutMs, maxBytes: MAX_DISCOVERY_BYTES, resolve: this.resolve, signal });
+  }
 
   /** Verifies `token` as issued by `issuer` (trusted by some bot); throws jose errors or OidcRefusal. */
   async verify(token: string, issuer: string, evidence: OidcEvidence): Promise<JWTPayload> {
@@ -109,41 +126,41 @@ export class OidcVerifier {
   }
 
   private async fetchDiscovery(issuer: string, evidence: OidcEvidence): Promise<Discovered> {
-    const url = `${issuer.replace(/\/+$/, '')}/.well-known/openid-configuration`;
-    const unavailable = (why: string) => new OidcRefusal('unavailable', `cannot use OIDC issuer "${issuer}": ${why}`, evidence);
-    let res: Response;
+    const url = new URL(`${issuer.replace(/\/+$/, '')}/.well-known/openid-configuration`);
+    const unusable = (why: string) => issuerUnusable(issuer, evidence, why);
+    let res;
     try {
-      res = await fetch(url, { redirect: 'error', headers: { accept: 'application/json' }, signal: AbortSignal.timeout(this.cfg.httpTimeoutMs) });
+      res = await this.fetch(url);
     } catch (e) {
-      const err = e as Error & { cause?: Error };
-      throw unavailable(`${url}: ${err.name === 'TimeoutError' ? `no answer within ${this.cfg.httpTimeoutMs} ms` : (err.cause?.message ?? err.message)}`);
+      throw unusable(e instanceof FetchRefused ? e.message : `${url.href}: ${(e as Error).message}`);
     }
-    if (res.status !== 200) throw unavailable(`${url} answered HTTP ${res.status}`);
-    const text = await res.text();
-    if (text.length > MAX_DISCOVERY_BYTES) throw unavailable(`${url} is larger than ${MAX_DISCOVERY_BYTES} bytes`);
+    if (res.status !== 200) throw unusable(`${url.href} answered HTTP ${res.status}`);
     let doc: unknown;
     try {
-      doc = JSON.parse(text);
+      doc = JSON.parse(res.body.toString('utf8'));
     } catch {
-      throw unavailable(`${url} is not JSON`);
+      throw unusable(`${url.href} is not JSON`);
     }
     const d = doc as { issuer?: unknown; jwks_uri?: unknown };
     // OpenID Connect Discovery 1.0, section 4.3: the document must name the issuer it was fetched for.
-    if (d.issuer !== issuer) throw unavailable(`${url} names issuer ${JSON.stringify(d.issuer)}, not "${issuer}"`);
-    if (typeof d.jwks_uri !== 'string') throw unavailable(`${url} has no jwks_uri`);
+    if (d.issuer !== issuer) throw unusable(`${url.href} names issuer ${JSON.stringify(d.issuer)?.slice(0, 200)}, not "${issuer}"`);
+    if (typeof d.jwks_uri !== 'string') throw unusable(`${url.href} has no jwks_uri`);
     let jwksUrl: URL;
     try {
       jwksUrl = new URL(d.jwks_uri);
     } catch {
-      throw unavailable(`jwks_uri ${JSON.stringify(d.jwks_uri)} is not a URL`);
+      throw unusable(`jwks_uri ${JSON.stringify(d.jwks_uri).slice(0, 200)} is not a URL`);
     }
-    if (jwksUrl.protocol !== 'https:' && !(jwksUrl.protocol === 'http:' && isLoopbackUrl(jwksUrl))) {
-      throw unavailable(`jwks_uri ${jwksUrl.href} is not https://`);
-    }
+    // The keys come from the issuer's own origin: the document cannot point the CA anywhere else.
+    if (jwksUrl.origin !== url.origin) throw unusable(`jwks_uri ${jwksUrl.href.slice(0, 200)} is not on the issuer's origin ${url.origin}`);
     const jwks = createRemoteJWKSet(jwksUrl, {
       timeoutDuration: this.cfg.httpTimeoutMs,
       cooldownDuration: this.cfg.jwksCooldownMs,
       cacheMaxAge: this.cfg.jwksMaxAgeMs,
+      [customFetch]: async (href: string, init: { signal: AbortSignal }) => {
+        const r = await this.fetch(new URL(href), init.signal);
+        return new Response(new Uint8Array(r.body), { status: r.status, headers: { 'content-type': 'application/json' } });
+      },
     });
     return { jwksUri: jwksUrl.href, jwks, fetchedAt: this.now() };
   }
@@ -173,16 +190,15 @@ function describeJoseError(e: unknown, issuer: string, evidence: OidcEvidence, c
   if (e instanceof errors.JWKSMultipleMatchingKeys) return bad(`several keys of issuer "${issuer}" match it and none verifies it`);
   if (e instanceof errors.JWSSignatureVerificationFailed) return bad(`its signature does not verify with the key of issuer "${issuer}"`);
   if (e instanceof errors.JOSEAlgNotAllowed) return bad(`algorithm ${JSON.stringify(evidence.alg)} is not accepted`);
-  if (e instanceof errors.JWKSTimeout) return new OidcRefusal('unavailable', `cannot fetch the keys of OIDC issuer "${issuer}": no answer within ${cfg.httpTimeoutMs} ms`, evidence);
+  if (e instanceof errors.JWKSTimeout) return issuerUnusable(issuer, evidence, `JWKS: no answer within ${cfg.httpTimeoutMs} ms`);
   if (e instanceof errors.JWTInvalid || e instanceof errors.JWSInvalid || e instanceof errors.JWKInvalid || e instanceof errors.JOSENotSupported) {
     return bad(e.message);
   }
   if (e instanceof errors.JOSEError) {
     // JWKS fetch failures (non-200, bad JSON) surface as the generic JOSE error.
-    return new OidcRefusal('unavailable', `cannot fetch the keys of OIDC issuer "${issuer}": ${e.message}`, evidence);
+    return issuerUnusable(issuer, evidence, `JWKS: ${e.message}`);
   }
-  const err = e as Error & { cause?: Error };
-  if (err?.name === 'TypeError' && err.cause) return new OidcRefusal('unavailable', `cannot fetch the keys of OIDC issuer "${issuer}": ${err.cause.message}`, evidence);
+  if (e instanceof FetchRefused) return issuerUnusable(issuer, evidence, `JWKS: ${e.message}`);
   throw e;
 }
 
@@ -240,7 +256,9 @@ export async function resolveOidcBot(
   try {
     payload = await verifier.verify(token, issuer, evidence);
   } catch (e) {
-    throw describeJoseError(e, issuer, evidence, cfg);
+    const refusal = describeJoseError(e, issuer, evidence, cfg);
+    if (refusal.detail !== undefined) verifier.log({ issuer, reason: refusal.detail }, 'OIDC issuer unusable');
+    throw refusal;
   }
   evidence.verified = true;
   evidence.sub = stringOrNull(payload.sub);

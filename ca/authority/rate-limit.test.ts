@@ -44,16 +44,16 @@ describe('RateLimiter', () => {
 });
 
 describe('server config: rate limits and OIDC', () => {
-  it('defaults: 10/s burst 20 per bot, 50/s burst 100 per address; OIDC tolerance 60s, max age 1h, JWKS cooldown 30s', () => {
+  it('defaults: 10/s burst 20 per bot, 2/s burst 40 per person, 50/s burst 100 per address; OIDC tolerance 60s, max age 1h, JWKS cooldown 30s', () => {
     const cfg = serverConfigSchema.parse({});
-    expect(cfg.rateLimits).toEqual({ bot: { perSecond: 10, burst: 20 }, address: { perSecond: 50, burst: 100 } });
-    expect(cfg.oidc).toEqual({ clockTolerance: 60, maxTokenAge: 3600, jwksCooldownMs: 30_000, jwksMaxAgeMs: 600_000, httpTimeoutMs: 5000, discoveryMaxAge: 3600 });
+    expect(cfg.rateLimits).toEqual({ bot: { perSecond: 10, burst: 20 }, user: { perSecond: 2, burst: 40 }, address: { perSecond: 50, burst: 100 } });
+    expect(cfg.oidc).toEqual({ clockTolerance: 60, maxTokenAge: 3600, jwksCooldownMs: 30_000, jwksMaxAgeMs: 600_000, httpTimeoutMs: 5000, discoveryMaxAge: 3600, allowPrivateAddresses: false });
   });
 
   it('limits can be changed or turned off, OIDC timings set in durations', () => {
-    expect(serverConfigSchema.parse({ rateLimits: false }).rateLimits).toEqual({ bot: null, address: null });
-    expect(serverConfigSchema.parse({ rateLimits: { bot: { perSecond: 1, burst: 2 }, address: null } }).rateLimits).toEqual({ bot: { perSecond: 1, burst: 2 }, address: null });
-    expect(serverConfigSchema.parse({ rateLimits: { address: false } }).rateLimits).toEqual({ bot: { perSecond: 10, burst: 20 }, address: null });
+    expect(serverConfigSchema.parse({ rateLimits: false }).rateLimits).toEqual({ bot: null, user: null, address: null });
+    expect(serverConfigSchema.parse({ rateLimits: { bot: { perSecond: 1, burst: 2 }, address: null } }).rateLimits).toEqual({ bot: { perSecond: 1, burst: 2 }, user: { perSecond: 2, burst: 40 }, address: null });
+    expect(serverConfigSchema.parse({ rateLimits: { address: false, user: { perSecond: 1, burst: 5 } } }).rateLimits).toEqual({ bot: { perSecond: 10, burst: 20 }, user: { perSecond: 1, burst: 5 }, address: null });
     expect(serverConfigSchema.parse({ oidc: { jwksCooldown: 0, maxTokenAge: '10m', clockTolerance: '30s' } }).oidc).toMatchObject({ jwksCooldownMs: 0, maxTokenAge: 600, clockTolerance: 30 });
   });
 

@@ -9,6 +9,7 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { PERMITS } from './cert-profile.js';
+import { hasControlChars, NO_CONTROLS_MESSAGE } from '../domain/text.js';
 
 // ---- globs ------------------------------------------------------------------------------
 
@@ -80,6 +81,7 @@ export const forceCommandSchema = z
   .min(1, 'must not be empty')
   .max(MAX_FORCE_COMMAND, `must be at most ${MAX_FORCE_COMMAND} characters`)
   .refine((s) => !/[\0\r\n]/.test(s), 'must be one line: no NUL, carriage return or newline')
+  .refine((s) => !hasControlChars(s), NO_CONTROLS_MESSAGE)
   .refine((s) => s.trim() !== '', 'must not be only spaces');
 
 /**
@@ -181,8 +183,9 @@ export const oidcIssuerSchema = z
       return;
     }
     const fail = (message: string) => ctx.addIssue({ code: 'custom', message });
-    if (url.protocol !== 'https:' && !(url.protocol === 'http:' && isLoopbackHost(url.hostname))) {
-      fail('must be an https:// URL (http:// only for a loopback address, for tests)');
+    if (hasControlChars(text)) fail(NO_CONTROLS_MESSAGE);
+    else if (url.protocol !== 'https:' && !(url.protocol === 'http:' && isLoopbackHost(url.hostname))) {
+      fail('must be an https:// URL (http:// only for a loopback address, which the CA contacts only with oidc.allowPrivateAddresses)');
     } else if (url.username || url.password) fail('must not carry credentials');
     else if (url.search || url.hash || text.includes('?') || text.includes('#')) fail('must not have a query or fragment (OIDC issuers have none)');
   });
@@ -209,8 +212,7 @@ export const claimValue = z
   .string()
   .min(1, 'must not be empty')
   .max(1024)
-  // eslint-disable-next-line no-control-regex
-  .refine((v) => !/[\0-\x1f\x7f]/.test(v), 'must not contain control characters');
+  .refine((v) => !hasControlChars(v), NO_CONTROLS_MESSAGE);
 
 /**
  * Claim conditions: every one must match. At least one must pin something (not only

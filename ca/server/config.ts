@@ -8,7 +8,7 @@ import { CA_KEY_TYPES } from '../keys/ca-key-store.js';
 import { MAX_TTL_CAP } from '../policy/cert-profile.js';
 import { parseDuration } from '../domain/duration.js';
 import { isLocalUrlHost } from './tls.js';
-import { DEFAULT_LOGIN_CONFIG, DEFAULT_OIDC_CONFIG, DEFAULT_RATE_LIMITS, type LoginConfig, type OidcConfig, type RateLimitConfig } from '../authority/context.js';
+import { DEFAULT_CERT_RETENTION, DEFAULT_LOGIN_CONFIG, DEFAULT_STREAM_LIMITS, DEFAULT_OIDC_CONFIG, DEFAULT_RATE_LIMITS, type LoginConfig, type OidcConfig, type RateLimitConfig } from '../authority/context.js';
 
 const duration = z.union([z.number().int().positive(), z.string()]).transform((v, ctx) => {
   try {
@@ -36,17 +36,18 @@ const bucket = z.strictObject({
   burst: z.number().int().min(1).max(1_000_000),
 });
 
-/** Per-bot and per-address token buckets for bot certificate requests; false (or null for one of them) turns a limit off. */
+/** Per-bot, per-person and per-address token buckets for certificate requests; false (or null for one of them) turns a limit off. */
 const rateLimits = z
   .union([
     z.literal(false),
     z.strictObject({
       bot: z.union([bucket, z.null(), z.literal(false)]).default(DEFAULT_RATE_LIMITS.bot as z.input<typeof bucket>),
+      user: z.union([bucket, z.null(), z.literal(false)]).default(DEFAULT_RATE_LIMITS.user as z.input<typeof bucket>),
       address: z.union([bucket, z.null(), z.literal(false)]).default(DEFAULT_RATE_LIMITS.address as z.input<typeof bucket>),
     }),
   ])
-  .default({ bot: DEFAULT_RATE_LIMITS.bot as z.input<typeof bucket>, address: DEFAULT_RATE_LIMITS.address as z.input<typeof bucket> })
-  .transform((r): RateLimitConfig => (r === false ? { bot: null, address: null } : { bot: r.bot || null, address: r.address || null }));
+  .default({ bot: DEFAULT_RATE_LIMITS.bot as z.input<typeof bucket>, user: DEFAULT_RATE_LIMITS.user as z.input<typeof bucket>, address: DEFAULT_RATE_LIMITS.address as z.input<typeof bucket> })
+  .transform((r): RateLimitConfig => (r === false ? { bot: null, user: null, address: null } : { bot: r.bot || null, user: r.user || null, address: r.address || null }));
 
 const oidc = z
   .strictObject({
@@ -56,6 +57,8 @@ const oidc = z
     jwksMaxAge: duration.default(DEFAULT_OIDC_CONFIG.jwksMaxAgeMs / 1000),
     httpTimeout: duration.default(DEFAULT_OIDC_CONFIG.httpTimeoutMs / 1000).refine((s) => s <= 60, 'at most 60s'),
     discoveryMaxAge: duration.default(DEFAULT_OIDC_CONFIG.discoveryMaxAge),
+    /** Issuers on loopback, private, link-local or unique-local addresses (and plain http); off by default. */
+    allowPrivateAddresses: z.boolean().default(false),
   })
   .prefault({})
   .transform(
@@ -66,6 +69,7 @@ const oidc = z
       jwksMaxAgeMs: o.jwksMaxAge * 1000,
       httpTimeoutMs: o.httpTimeout * 1000,
       discoveryMaxAge: o.discoveryMaxAge,
+      allowPrivateAddresses: o.allowPrivateAddresses,
     }),
   );
 
@@ -129,12 +133,26 @@ export const serverConfigSchema = z.strictObject({
   keyring: z.array(z.string()).min(1).optional(),
   caKeyType: z.enum(CA_KEY_TYPES).default('ed25519'),
   certs: z
-    .strictObject({ defaultTtl: duration.default(3600), maxTtl: duration.default(12 * 3600) })
-    .default({ defaultTtl: 3600, maxTtl: 12 * 3600 })
+    .strictObject({
+      defaultTtl: duration.default(3600),
+      maxTtl: duration.default(12 * 3600),
+      /** Expired certificate rows are pruned after this long (default 30d, at least 1d); the audit chain is never pruned. */
+      retention: duration.default(DEFAULT_CERT_RETENTION).refine((s) => s >= 24 * 3600, 'at least 1d (expired certificates stay listable for audit)'),
+    })
+    .default({ defaultTtl: 3600, maxTtl: 12 * 3600, retention: DEFAULT_CERT_RETENTION })
     .refine((c) => c.maxTtl <= MAX_TTL_CAP, { message: `maxTtl may not exceed ${MAX_TTL_CAP / 3600}h`, path: ['maxTtl'] })
     .refine((c) => c.defaultTtl <= c.maxTtl, { message: 'defaultTtl may not exceed maxTtl', path: ['defaultTtl'] }),
-  /** Token buckets for bot certificate requests (defaults: 10/s burst 20 per bot, 50/s burst 100 per address). */
+  /** Token buckets for certificate requests (defaults: 10/s burst 20 per bot, 2/s burst 40 per person or proven key, 50/s burst 100 per address). */
   rateLimits,
+  /** Open KRL event streams at most: unauthenticated per address and in all, agents per credential and in all (their own budget). */
+  eventStreams: z
+    .strictObject({
+      perAddress: z.number().int().min(1).max(10_000).default(DEFAULT_STREAM_LIMITS.perAddress),
+      anonymous: z.number().int().min(1).max(1_000_000).default(DEFAULT_STREAM_LIMITS.anonymous),
+      perAgent: z.number().int().min(1).max(100).default(DEFAULT_STREAM_LIMITS.perAgent),
+      agents: z.number().int().min(1).max(10_000_000).default(DEFAULT_STREAM_LIMITS.agents),
+    })
+    .prefault({}),
   /** OIDC workload identity for bots: clock tolerance, max token age, JWKS refresh and timeouts. */
   oidc,
   /** The KRL feed: how often the signed "version N is current at T" is re-signed and pushed (agents' --max-staleness counts from it). */

@@ -3,7 +3,9 @@
 // (KEY_TYPES), as OpenSSH's sshkey_impl does, instead of `if`s spread over the code.
 
 import { createHash, createPublicKey, type KeyObject } from 'node:crypto';
+import { keyWeakness } from './key-checks.js';
 import { SshParseError, SshReader, SshWriter } from './wire.js';
+
 
 export type Curve = 'nistp256' | 'nistp384' | 'nistp521';
 
@@ -15,9 +17,6 @@ export type SkEcdsaKey = { type: 'sk-ecdsa-sha2-nistp256@openssh.com'; curve: 'n
 
 export type PublicKey = Ed25519Key | EcdsaKey | RsaKey | SkEd25519Key | SkEcdsaKey;
 export type KeyType = PublicKey['type'];
-
-/** Minimum RSA modulus we accept for anything we sign or trust. */
-export const MIN_RSA_BITS = 2048;
 
 /** Curve facts: point size and the hash OpenSSH pairs with it for signatures. */
 export const CURVES: Record<Curve, { bits: number; coordBytes: number; jwkCrv: string; hash: 'sha256' | 'sha384' | 'sha512' }> = {
@@ -185,13 +184,14 @@ export function publicKeysEqual(a: PublicKey, b: PublicKey): boolean {
 }
 
 /**
- * Refuses keys too weak to certify or trust. Parsing accepts what OpenSSH can read so
- * that `cert show` works on anything; issuance and policy call this.
+ * Refuses keys too weak or degenerate to certify or trust (key-checks.ts: RSA exponent and
+ * size, ECDSA point on its curve, Ed25519 not of small order). Parsing accepts what OpenSSH
+ * can read so that `cert show` works on anything; issuance, policies and certificate
+ * building call this.
  */
 export function assertStrongKey(key: PublicKey, field = 'public key'): void {
-  if (key.type === 'ssh-rsa' && keyBits(key) < MIN_RSA_BITS) {
-    throw new SshParseError(`${field}: RSA key has ${keyBits(key)} bits; at least ${MIN_RSA_BITS} are required`);
-  }
+  const weakness = keyWeakness(key);
+  if (weakness !== null) throw new SshParseError(`${field}: ${weakness}`);
 }
 
 export interface AuthorizedKey {

@@ -145,6 +145,8 @@ export interface StoreReader {
   countPendingDeviceCodes(now: number): Promise<number>;
   /** True if any of these OIDC token keys got a certificate and has not expired at `now`. */
   isOidcTokenSpent(keys: readonly string[], now: number): Promise<boolean>;
+  /** Pending device codes started from the address of `requestedFrom` (an IPv6 address: its /64). */
+  countPendingDeviceCodesFrom(requestedFrom: string, now: number): Promise<number>;
 }
 
 export interface StoreTx extends StoreReader {
@@ -235,6 +237,17 @@ export interface StoreTx extends StoreReader {
    * and enabling the user again changes neither. Returns how many.
    */
   withdrawApprovedDeviceCodes(identityId: number, at: number): Promise<number>;
+  /**
+   * Deletes at most `limit` certificate rows that expired before `before` (oldest first) and
+   * returns how many. Such a cert is in no KRL any more (the KRL holds unexpired ones), and
+   * its issuance stays in the audit chain. `before` must be in the past.
+   */
+  pruneExpiredCerts(before: number, limit: number): Promise<number>;
+  /**
+   * Ends the `n` oldest pending device codes (of the address of `requestedFrom`, or of anyone):
+   * they expire now, so their CLI's next poll is told so. Returns how many.
+   */
+  expireOldestPendingDeviceCodes(filter: { requestedFrom?: string }, n: number, now: number): Promise<number>;
   /** Deletes device codes that expired before `before` (they only ever served a login that is over). */
   deleteExpiredDeviceCodes(before: number): Promise<number>;
 

@@ -8,6 +8,7 @@ import { ApiClient } from '../client.js';
 import { printJson, type CliContext } from '../context.js';
 import { UsageError } from '../errors.js';
 import { formatTime, printTable } from '../output.js';
+import { oneLine } from '../terminal.js';
 
 export interface CaKeyRow {
   purpose: 'user' | 'host' | 'root';
@@ -47,10 +48,10 @@ export function registerCa(program: Command, ctx: CliContext): void {
       if (!opts.all) {
         // Pinned: the keys the signed bundle names (what agents write), not the answer's word.
         ctx.stdout.write(pinned ? trustedKeyLines(pinned.bundle.bundle, 'user').map((l) => `${l}\n`).join('') : view.trustedUserCaKeys);
-        ctx.stderr.write(`dstack-ca: CA fingerprint (trust root): ${view.fingerprint}${pinned ? ' (pinned here)' : ''}\n`);
+        ctx.stderr.write(`dstack-ca: CA fingerprint (trust root): ${oneLine(view.fingerprint)}${pinned ? ' (pinned here)' : ''}\n`);
         return;
       }
-      ctx.stdout.write(`CA fingerprint (trust root; pin it with --fingerprint): ${view.fingerprint}\n`);
+      ctx.stdout.write(`CA fingerprint (trust root; pin it with --fingerprint): ${oneLine(view.fingerprint)}\n`);
       printTable(
         ctx,
         ['PURPOSE', 'STATE', 'FINGERPRINT', 'CREATED'],

@@ -15,7 +15,7 @@ import type { Command } from 'commander';
 import type { z } from 'zod';
 import { certView, issueCertBody } from '../../ca/api/schemas.js';
 import { PROOF_NAMESPACE, proofMessage } from '../../ca/authority/proof.js';
-import { writeFileAtomic } from '../../ca/io/atomic-file.js';
+import { UnwritableTargetError, writeFileAtomic } from '../../ca/io/atomic-file.js';
 import { checkArgs, durationArg, qualifiedArg } from '../args.js';
 import { ApiClient } from '../client.js';
 import { printJson, readInput, type CliContext } from '../context.js';
@@ -124,7 +124,8 @@ async function writeCert(path: string, certificate: string): Promise<void> {
     await writeFileAtomic(path, `${certificate}\n`, { mode: 0o644 });
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
-    throw new CliError(`${path}: cannot write the certificate: ${err.code === 'ENOENT' ? 'no such directory' : err.code === 'EACCES' ? 'permission denied' : err.message}`);
+    if (e instanceof UnwritableTargetError) throw new CliError(`--out: ${e.message}`);
+    throw new CliError(`--out ${path}: cannot write the certificate: ${err.code === 'ENOENT' ? 'no such directory' : err.code === 'EACCES' ? 'permission denied' : err.message}`);
   }
 }
 

@@ -1,10 +1,10 @@
 // `dstack-ca krl fetch -o FILE`: download the current KRL and install it only if its
 // detached SSHSIG signature (namespace dstack-ca-krl) verifies against a trusted CA key.
 // Attached to the `krl` command of krl.ts (owned separately) by registerKrlFetch.
-import { readFile } from 'node:fs/promises';
+import { lstat, readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { KRL_NAMESPACE } from '../../ca/authority/krl.js';
-import { writeFileAtomic } from '../../ca/io/atomic-file.js';
+import { UnwritableTargetError, writeFileAtomic } from '../../ca/io/atomic-file.js';
 import { fingerprint, parseAuthorizedKey, type PublicKey } from '../../ca/ssh/keys.js';
 import { decodeKrl } from '../../ca/ssh/krl/decode.js';
 import type { RevocationSet } from '../../ca/ssh/krl/revocation-set.js';
@@ -51,7 +51,8 @@ export function registerKrlFetch(krl: Command, ctx: CliContext): void {
       try {
         await writeFileAtomic(opts.output, body, { mode: 0o644 });
       } catch (e) {
-        throw new CliError(`${opts.output}: cannot write: ${(e as Error).message}`);
+        if (e instanceof UnwritableTargetError) throw new CliError(`--output: ${e.message}`);
+        throw new CliError(`--output ${opts.output}: cannot write: ${(e as Error).message}`);
       }
       const signedBy = fingerprint(verified.signedBy);
       if (opts.json) printJson(ctx, { file: opts.output, krlVersion: version.toString(), bytes: body.length, signedBy });
@@ -96,6 +97,8 @@ export function verifyServedKrl(body: Buffer, signatureHeader: string | null, ve
 async function installedVersion(path: string): Promise<bigint | null> {
   let data: Buffer;
   try {
+    // Only a regular file holds a KRL to compare with: reading a FIFO would wait for a writer.
+    if (!(await lstat(path)).isFile()) return null;
     data = await readFile(path);
   } catch {
     return null;

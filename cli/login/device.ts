@@ -5,6 +5,7 @@
 import { z } from 'zod';
 import { identityName } from '../../ca/domain/names.js';
 import { CliError, EXIT } from '../errors.js';
+import { oneLine } from '../terminal.js';
 
 /** An http(s) URL of printable ASCII: it is printed to the terminal and handed to a browser. */
 const printableUrl = z
@@ -126,12 +127,9 @@ export async function pollOnce(url: string, deviceCode: string, timeoutMs = 30_0
   }
   const error = typeof body === 'object' && body !== null && typeof (body as { error?: unknown }).error === 'string' ? (body as { error: string }).error : undefined;
   const message = typeof body === 'object' && body !== null && typeof (body as { message?: unknown }).message === 'string' ? (body as { message: string }).message : undefined;
-  if (res.status === 400 && error !== undefined) return { error, ...(message !== undefined ? { message: oneLine(message) } : {}) };
+  if (res.status === 400 && error !== undefined) return { error, ...(message !== undefined ? { message: oneLine(message, 300) } : {}) };
   if (res.status === 429 || res.status >= 500) return { failure: `HTTP ${res.status}` };
-  throw new CliError(`login failed: POST /v1/device/token: HTTP ${res.status}${message ? `: ${oneLine(message)}` : ''}`);
+  throw new CliError(`login failed: POST /v1/device/token: HTTP ${res.status}${message ? `: ${oneLine(message, 300)}` : ''}`);
 }
 
-function oneLine(text: string): string {
-  // eslint-disable-next-line no-control-regex
-  return text.replace(/\s*[\r\n]+\s*/g, ' ').replace(/[\x00-\x1f\x7f-\x9f]/g, '').slice(0, 300);
-}
+

@@ -23,6 +23,7 @@ import { dearmorSshsig, encodeSshsig } from '../../ssh/sshsig.js';
 import { formatAuthorizedKey } from '../../ssh/keys.js';
 import type { StoredKrl } from '../../store/store.js';
 import { caView, errorBody, trustQuery, trustView } from '../schemas.js';
+import { StreamBudget } from '../stream-limits.js';
 
 const KEEPALIVE_MS = 15_000;
 
@@ -62,6 +63,7 @@ export function krlRoutes(app: FastifyInstance, authority: Authority): void {
   // Event streams never end by themselves: end them before close, or a graceful stop
   // waits forever while any agent is connected (agents reconnect with backoff).
   const streams = new Set<ServerResponse>();
+  const budget = new StreamBudget(ctx.config.eventStreams);
 
   let cache: Served | null = null;
   const served = (krl: StoredKrl, status: SignedKrlStatus | null): Served => {
@@ -175,8 +177,16 @@ export function krlRoutes(app: FastifyInstance, authority: Authority): void {
   // Server-sent events: the current version at once (so a reconnecting agent catches up),
   // then one event per new version.
   r.get('/v1/krl/events', async (req, reply) => {
-    const krl = await currentKrl(ctx);
-    const [status, bundle] = await Promise.all([currentKrlStatus(ctx), currentTrustBundle(ctx)]);
+    const admitted = budget.admit(req.actor, req.ip);
+    if (!admitted.ok) return reply.code(admitted.status).header('retry-after', String(admitted.retryAfter)).send({ error: admitted.status === 429 ? 'too_many_requests' : 'unavailable', message: admitted.message });
+    let krl, status, bundle;
+    try {
+      krl = await currentKrl(ctx);
+      [status, bundle] = await Promise.all([currentKrlStatus(ctx), currentTrustBundle(ctx)]);
+    } catch (e) {
+      admitted.release();
+      throw e;
+    }
     reply.hijack();
     const res = reply.raw;
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
@@ -191,6 +201,7 @@ export function krlRoutes(app: FastifyInstance, authority: Authority): void {
     streams.add(res);
     const keepalive = setInterval(() => res.write(': keepalive\n\n'), KEEPALIVE_MS);
     req.raw.on('close', () => {
+      admitted.release();
       streams.delete(res);
       clearInterval(keepalive);
     });

@@ -169,14 +169,14 @@ export function loginRoutes(app: FastifyInstance, authority: Authority): void {
   // ---- the pages' API ----
 
   const hide = { hide: true };
-  r.post('/v1/web/enroll/options', { schema: { ...hide, body: enrollOptionsBody } }, async (req) => enrollmentOptions(authority, req.body.enrollment));
+  r.post('/v1/web/enroll/options', { schema: { ...hide, body: enrollOptionsBody } }, async (req) => enrollmentOptions(authority, req.body.enrollment, addressKey(req.ip)));
   r.post('/v1/web/enroll/verify', { schema: { ...hide, body: enrollVerifyBody } }, async (req, reply) => {
     const { user, session } = await enrollmentVerify(authority, req.body.enrollment, req.body.response as never, req.body.name);
     setSessionCookie(authority, reply, session);
     return { user: user.name };
   });
 
-  r.post('/v1/web/login/options', { schema: hide }, async () => assertionOptions(authority, { kind: 'login' }));
+  r.post('/v1/web/login/options', { schema: hide }, async (req) => assertionOptions(authority, { kind: 'login' }, addressKey(req.ip)));
   r.post('/v1/web/login/verify', { schema: { ...hide, body: loginVerifyBody } }, async (req, reply) => {
     const { identity, session } = await webLogin(authority, req.body.response as never);
     setSessionCookie(authority, reply, session);
@@ -184,7 +184,7 @@ export function loginRoutes(app: FastifyInstance, authority: Authority): void {
   });
 
   r.get('/v1/web/device', { schema: { ...hide, querystring: userCodeBody } }, async (req) => describeDeviceLogin(authority, req.query.userCode, req.ip));
-  r.post('/v1/web/device/options', { schema: { ...hide, body: userCodeBody } }, async (req) => deviceDecisionOptions(authority, req.body.userCode));
+  r.post('/v1/web/device/options', { schema: { ...hide, body: userCodeBody } }, async (req) => deviceDecisionOptions(authority, req.body.userCode, addressKey(req.ip)));
   r.post('/v1/web/device/decide', { schema: { ...hide, body: deviceDecisionBody } }, async (req) => {
     const { identity, client } = await decideDeviceLogin(authority, req.body.userCode, req.body.response as never, req.body.approve);
     return { user: identity.name, client, approved: req.body.approve };

@@ -13,8 +13,14 @@ import { assertionOptions, loginConfig, recordAssertion, verifyAssertion } from 
 
 /** RFC 8628 section 6.1: consonants only (no words, no look-alikes), 20^8 codes. */
 const USER_CODE_ALPHABET = 'BCDFGHJKLMNPQRSTVWXZ';
-/** Device codes waiting at once; anyone may start a login, so this bounds the table's growth. */
-export const MAX_PENDING_DEVICE_CODES = 1000;
+/**
+ * Anyone may start a login, so no caller can fill the table for everyone (issue 12 item 5):
+ * an address (an IPv6 /64 counts as one) holds at most `perAddress` waiting codes, its oldest
+ * giving way to its newest; when `max` codes wait in all, the oldest waiting one gives way, so
+ * a new caller always gets a code. Pushing a code out before it is approved takes `max /
+ * perAddress` addresses (4,000 by default) each waiting at its cap.
+ */
+export const DEVICE_CODE_LIMITS: Readonly<{ max: number; perAddress: number }> = { max: 20_000, perAddress: 5 };
 
 export function newUserCode(): string {
   let s = '';
@@ -40,12 +46,16 @@ export interface DeviceAuthorization {
 
 export async function startDeviceLogin(a: Authority, client: string, requestedFrom: string): Promise<DeviceAuthorization> {
   const cfg = loginConfig(a);
+  const limits = a.deviceCodeLimits;
   const now = a.ctx.now();
   const { secret, hash } = newSecret('device');
   const userCode = await a.ctx.store.tx(async (tx) => {
     // Codes expired for a day serve nothing any more (a poll of an unknown code is expired_token too).
     await tx.deleteExpiredDeviceCodes(now - 24 * 3600);
-    if ((await tx.countPendingDeviceCodes(now)) >= MAX_PENDING_DEVICE_CODES) throw new CaError('unavailable', 'too many logins are waiting for approval; try again in a few minutes');
+    const mine = await tx.countPendingDeviceCodesFrom(requestedFrom, now);
+    if (mine >= limits.perAddress) await tx.expireOldestPendingDeviceCodes({ requestedFrom }, mine - limits.perAddress + 1, now);
+    const all = await tx.countPendingDeviceCodes(now);
+    if (all >= limits.max) await tx.expireOldestPendingDeviceCodes({}, all - limits.max + 1, now);
     let code = newUserCode();
     // A clash with a waiting code is astronomically rare; redraw rather than ever show two logins one code.
     for (let i = 0; (await tx.getPendingDeviceCode(code, now)) !== null; i++) {
@@ -157,9 +167,9 @@ export async function describeDeviceLogin(
   };
 }
 
-export async function deviceDecisionOptions(a: Authority, userCode: string) {
+export async function deviceDecisionOptions(a: Authority, userCode: string, requester: string) {
   const d = await pendingCode(a, userCode);
-  return assertionOptions(a, { kind: 'device', deviceCodeId: d.id });
+  return assertionOptions(a, { kind: 'device', deviceCodeId: d.id }, requester);
 }
 
 /** Approves (or denies) a waiting login with a passkey assertion made for this very code. */

@@ -14,12 +14,13 @@ import {
 } from '@simplewebauthn/server';
 import { CaError, badRequest, conflict, notFound } from '../../domain/errors.js';
 import type { Enrollment, Identity, Passkey } from '../../domain/model.js';
+import { hasControlChars, NO_CONTROLS_MESSAGE } from '../../domain/text.js';
 import type { StoreReader, StoreTx } from '../../store/store.js';
 import { audit } from '../audit.js';
 import type { Authority } from '../authority.js';
 import { DEFAULT_LOGIN_CONFIG, type LoginConfig } from '../context.js';
 import { hashToken, newSecret, secretLookupHash } from '../tokens.js';
-import type { CeremonyPurpose } from './challenges.js';
+import type { CeremonyPurpose, Requester } from './challenges.js';
 
 export const loginConfig = (a: Authority): LoginConfig => a.ctx.config.login ?? DEFAULT_LOGIN_CONFIG;
 
@@ -57,7 +58,8 @@ async function usableEnrollment(store: StoreReader, secret: string, now: number)
   return { enrollment, identity };
 }
 
-async function registrationOptions(a: Authority, identity: Identity, purpose: CeremonyPurpose): Promise<PublicKeyCredentialCreationOptionsJSON> {
+/** `requester`: who started the ceremony (rationed per address, or per logged-in identity). */
+async function registrationOptions(a: Authority, identity: Identity, purpose: CeremonyPurpose, requester: Requester): Promise<PublicKeyCredentialCreationOptionsJSON> {
   const existing = await a.ctx.store.listPasskeys(identity.id);
   const options = await generateRegistrationOptions({
     rpName: a.web.rpName,
@@ -70,14 +72,14 @@ async function registrationOptions(a: Authority, identity: Identity, purpose: Ce
     authenticatorSelection: { residentKey: 'preferred', userVerification: 'required' },
     timeout: 120_000,
   });
-  a.challenges.remember(options.challenge, purpose, a.ctx.now());
+  a.challenges.remember(options.challenge, purpose, a.ctx.now(), requester);
   return options;
 }
 
 /** Registration options for the user an enrollment link belongs to. */
-export async function enrollmentOptions(a: Authority, secret: string): Promise<{ user: string; options: PublicKeyCredentialCreationOptionsJSON }> {
+export async function enrollmentOptions(a: Authority, secret: string, requester: string): Promise<{ user: string; options: PublicKeyCredentialCreationOptionsJSON }> {
   const { enrollment, identity } = await usableEnrollment(a.ctx.store, secret, a.ctx.now());
-  return { user: identity.name, options: await registrationOptions(a, identity, { kind: 'enroll', enrollmentId: enrollment.id, identityId: identity.id }) };
+  return { user: identity.name, options: await registrationOptions(a, identity, { kind: 'enroll', enrollmentId: enrollment.id, identityId: identity.id }, { address: requester }) };
 }
 
 const PASSKEY_NAME_MAX = 64;
@@ -85,6 +87,7 @@ const PASSKEY_NAME_MAX = 64;
 function passkeyName(name: string | undefined, fallback: string): string {
   const n = (name ?? '').trim();
   if (n.length > PASSKEY_NAME_MAX) throw badRequest(`at most ${PASSKEY_NAME_MAX} characters`, 'name');
+  if (hasControlChars(n)) throw badRequest(NO_CONTROLS_MESSAGE, 'name');
   return n === '' ? fallback : n;
 }
 
@@ -164,7 +167,7 @@ export async function enrollmentVerify(a: Authority, secret: string, response: R
 
 /** Registration options to add another passkey, for a logged-in browser. */
 export async function addPasskeyOptions(a: Authority, identity: Identity): Promise<PublicKeyCredentialCreationOptionsJSON> {
-  return registrationOptions(a, identity, { kind: 'add-passkey', identityId: identity.id });
+  return registrationOptions(a, identity, { kind: 'add-passkey', identityId: identity.id }, { identityId: identity.id });
 }
 
 export async function addPasskeyVerify(a: Authority, identity: Identity, response: RegistrationResponseJSON, name?: string): Promise<Passkey> {
@@ -194,9 +197,9 @@ export async function removePasskey(a: Authority, identity: Identity, passkeyId:
 // ---- assertions: browser login and device approval ----
 
 /** Options for a discoverable-credential assertion (no user name typed). */
-export async function assertionOptions(a: Authority, purpose: CeremonyPurpose): Promise<PublicKeyCredentialRequestOptionsJSON> {
+export async function assertionOptions(a: Authority, purpose: CeremonyPurpose, requester: string): Promise<PublicKeyCredentialRequestOptionsJSON> {
   const options = await generateAuthenticationOptions({ rpID: a.web.rpId, userVerification: 'required', timeout: 120_000 });
-  a.challenges.remember(options.challenge, purpose, a.ctx.now());
+  a.challenges.remember(options.challenge, purpose, a.ctx.now(), { address: requester });
   return options;
 }
 

@@ -138,6 +138,45 @@ describe('the real migrations', () => {
     expect(revoked('tokens', 'h2')).toBeNull();
   });
 
+  it('migration 7 lets expired certificate rows go only below the prune line, after the CA key and OIDC migrations', async () => {
+    const path = await tempDbPath();
+    const db = raw(path);
+    applyMigrations(db, MIGRATIONS.slice(0, 6));
+    const project = Number(db.prepare(`INSERT INTO projects (name, created_at) VALUES ('ml', 1)`).run().lastInsertRowid);
+    const owner = Number(db.prepare(`INSERT INTO identities (name, kind, created_at) VALUES ('alice', 'user', 1)`).run().lastInsertRowid);
+    const run = Number(
+      db.prepare(`INSERT INTO runs (project_id, name, principal, owner_id, login_user, policy, state, created_at) VALUES (?, 'r', 'p', ?, 'root', '{}', 'running', 1)`).run(project, owner).lastInsertRowid,
+    );
+    const cert = (serial: number, validBefore: number) =>
+      db
+        .prepare(`INSERT INTO certs (serial, run_id, identity_id, key_fingerprint, public_key, key_id, ca_fingerprint, grant_json, valid_after, valid_before, issued_at) VALUES (?, ?, ?, 'SHA256:k', 'ssh-ed25519 K', 'k', 'SHA256:ca', '{}', 0, ?, 0)`)
+        .run(serial, run, owner, validBefore);
+    cert(1, 100);
+    cert(2, 10_000_000_000);
+    const del = (serial: number) => () => db.prepare('DELETE FROM certs WHERE serial = ?').run(serial);
+    expect(del(1)).toThrow(/never deleted/); // migration 2's rule until 7
+    applyMigrations(db);
+    expect(applied(db).map((r) => [r.version, r.name]).slice(6)).toEqual([
+      [7, 'cert_retention'],
+      [8, 'device_code_requester'],
+    ]);
+    expect(del(1)).toThrow(/never deleted until they expired and passed retention/); // no prune line yet
+    db.prepare(`INSERT INTO meta (key, value) VALUES ('certs_prune_before', '1000')`).run();
+    expect(del(1)().changes).toBe(1);
+    expect(del(2)).toThrow(/never deleted until they expired and passed retention/);
+    expect(db.pragma('foreign_key_check')).toEqual([]);
+  });
+
+  it('migration 8 keys the device codes waiting before it by their full address', async () => {
+    const path = await tempDbPath();
+    const db = raw(path);
+    applyMigrations(db, MIGRATIONS.slice(0, 7));
+    db.prepare(`INSERT INTO device_codes (device_hash, user_code, client, requested_from, created_at, expires_at) VALUES ('d1', 'BBBB-BBBB', 'laptop', '2001:db8::1', 1, 9999999999)`).run();
+    applyMigrations(db);
+    expect(db.prepare('SELECT requester_key FROM device_codes').all()).toEqual([{ requester_key: '2001:db8::1' }]);
+    expect(db.prepare(`SELECT name FROM sqlite_schema WHERE type = 'index' AND name = 'device_codes_pending'`).get()).toEqual({ name: 'device_codes_pending' });
+  });
+
   it('a database written by a newer release is refused, untouched', async () => {
     const path = await tempDbPath();
     await (await openSqliteStore(path)).close();

@@ -8,8 +8,9 @@
 // "SQLite:" with what PostgreSQL would say instead.
 //
 // Deletion rules (DESIGN.md section 9, "nothing issued is lost"):
-// - certs rows are never deleted (migration 2 enforces it); their run and identity are
-//   referenced ON DELETE RESTRICT, so neither can disappear from under them.
+// - certs rows are never deleted until they expired and passed the retention period
+//   (migrations 2 and 7 enforce it); their run and identity are referenced ON DELETE
+//   RESTRICT, so neither can disappear from under them.
 // - An identity that was issued certificates, or owns runs, is never deleted: the store
 //   refuses with a clear error and the caller disables it instead. Otherwise deleting it
 //   cascades to its memberships and tokens.
@@ -405,6 +406,32 @@ UPDATE web_sessions SET revoked_at = CAST(strftime('%s', 'now') AS INTEGER)
 WHERE revoked_at IS NULL AND identity_id IN (SELECT id FROM identities WHERE disabled);
 UPDATE enrollments SET revoked_at = CAST(strftime('%s', 'now') AS INTEGER)
 WHERE revoked_at IS NULL AND used_at IS NULL AND identity_id IN (SELECT id FROM identities WHERE disabled);
+`,
+  },
+  {
+    version: 7,
+    name: 'cert_retention',
+    // Expired certificate rows may go after a retention period (certs.retention): the audit
+    // chain keeps every issuance, and an expired cert is in no KRL. The guard stays in the
+    // database: a row is deletable only below the line the pruning transaction writes first
+    // (meta certs_prune_before), which the authority keeps under the current time.
+    sql: `
+DROP TRIGGER certs_never_deleted;
+CREATE TRIGGER certs_deleted_only_when_expired BEFORE DELETE ON certs
+WHEN OLD.valid_before >= COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'certs_prune_before'), 0)
+BEGIN SELECT RAISE(ABORT, 'certificate rows are never deleted until they expired and passed retention'); END;
+`,
+  },
+  {
+    version: 8,
+    name: 'device_code_requester',
+    // Who started a device-code login, as the per-address cap counts it (the address, an IPv6
+    // address by its /64), so no address can hold more than its share of the pending codes.
+    // Rows from before are keyed by their full address (they expire within the hour).
+    sql: `
+ALTER TABLE device_codes ADD COLUMN requester_key TEXT NOT NULL DEFAULT '';
+UPDATE device_codes SET requester_key = requested_from;
+CREATE INDEX device_codes_pending ON device_codes (requester_key, expires_at) WHERE decided_at IS NULL;
 `,
   },
 ];

@@ -27,6 +27,7 @@ import type {
 } from '../../domain/model.js';
 import type { CaKeyPurpose, CaKeyRecord, CaKeyState, StoredKrl, StoredRevocationTarget, StoredTrustBundle } from '../store.js';
 import { StoreError } from './errors.js';
+import { addressKey } from '../../authority/rate-limit.js';
 
 export type Row = Record<string, unknown>;
 
@@ -559,6 +560,8 @@ export const deviceCodes: Codec<DeviceCode, Omit<DeviceCode, 'id'>> = {
     user_code: d.userCode,
     client: d.client,
     requested_from: d.requestedFrom,
+    // Derived, not part of the model: what the per-address cap counts (an IPv6 address by its /64).
+    requester_key: addressKey(d.requestedFrom),
     created_at: intParam(d.createdAt, 'device code createdAt'),
     expires_at: intParam(d.expiresAt, 'device code expiresAt'),
     last_polled_at: intOrNullParam(d.lastPolledAt, 'device code lastPolledAt'),

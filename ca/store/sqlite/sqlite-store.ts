@@ -33,6 +33,7 @@ import { dirname } from 'node:path';
 import type { AttachablePolicy, AuditEvent, BotSettings, CertRecord, DeviceCode, Enrollment, Identity, Membership, OidcBinding, Passkey, Project, ProjectRole, Run, RunSshEndpoint, TokenRecord, WebSession } from '../../domain/model.js';
 import type { CaKeyRecord, CertFilter, Store, StoredKrl, StoredRevocationTarget, StoredTrustBundle, StoreReader, StoreTx } from '../store.js';
 import { StoreError, translateSqliteError } from './errors.js';
+import { addressKey } from '../../authority/rate-limit.js';
 import { applyMigrations, checkCompatible } from './migrations.js';
 import * as rows from './rows.js';
 import { MAX_SERIAL, intParam, jsonParam, serialParam, type Row } from './rows.js';
@@ -358,6 +359,10 @@ class Reads implements StoreReader {
 
   async getWebSessionByHash(hash: string): Promise<WebSession | null> {
     return one(rows.webSessions, this.c().get(`SELECT ${rows.webSessions.columns()} FROM web_sessions WHERE hash = ?`, hash));
+  }
+
+  async countPendingDeviceCodesFrom(requestedFrom: string, now: number): Promise<number> {
+    return count(this.c(), 'SELECT COUNT(*) AS n FROM device_codes WHERE requester_key = ? AND expires_at > ? AND decided_at IS NULL', addressKey(requestedFrom), intParam(now, 'now'));
   }
 
   async countPendingDeviceCodes(now: number): Promise<number> {
@@ -790,6 +795,24 @@ class SqliteTx extends Reads implements StoreTx {
   async withdrawApprovedDeviceCodes(identityId: number, at: number): Promise<number> {
     return this.write('device codes', (c) =>
       c.run('UPDATE device_codes SET denied = TRUE, consumed_at = ? WHERE approved_by = ? AND consumed_at IS NULL', intParam(at, 'withdrawal time'), intParam(identityId, 'identity id')).changes,
+    );
+  }
+
+  async pruneExpiredCerts(before: number, limit: number): Promise<number> {
+    return this.append('certificates', (c) => {
+      const line = intParam(before, 'prune line');
+      // The delete trigger allows rows below this line only (migration 7).
+      c.run(`INSERT INTO meta (key, value) VALUES ('certs_prune_before', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, String(line));
+      return c.run('DELETE FROM certs WHERE serial IN (SELECT serial FROM certs WHERE valid_before < ? ORDER BY valid_before LIMIT ?)', line, intParam(limit, 'limit')).changes;
+    });
+  }
+
+  async expireOldestPendingDeviceCodes(filter: { requestedFrom?: string }, n: number, now: number): Promise<number> {
+    const at = intParam(now, 'now');
+    const mine = filter.requestedFrom === undefined ? '' : 'AND requester_key = ?';
+    const params = filter.requestedFrom === undefined ? [at, intParam(n, 'count')] : [at, addressKey(filter.requestedFrom), intParam(n, 'count')];
+    return this.append('device codes', (c) =>
+      c.run(`UPDATE device_codes SET expires_at = ? WHERE id IN (SELECT id FROM device_codes WHERE expires_at > ? ${mine} AND decided_at IS NULL ORDER BY id LIMIT ?)`, at, ...params).changes,
     );
   }
 
