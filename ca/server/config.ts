@@ -8,6 +8,7 @@ import { CA_KEY_TYPES } from '../keys/ca-key-store.js';
 import { MAX_TTL_CAP } from '../policy/cert-profile.js';
 import { parseDuration } from '../domain/duration.js';
 import { isLocalUrlHost } from './tls.js';
+import { DEFAULT_HOST_CERT_TTL, MAX_HOST_CERT_TTL } from '../authority/host-certs.js';
 import { DEFAULT_LOGIN_CONFIG, DEFAULT_OIDC_CONFIG, DEFAULT_RATE_LIMITS, type LoginConfig, type OidcConfig, type RateLimitConfig } from '../authority/context.js';
 
 const duration = z.union([z.number().int().positive(), z.string()]).transform((v, ctx) => {
@@ -129,8 +130,13 @@ export const serverConfigSchema = z.strictObject({
   keyring: z.array(z.string()).min(1).optional(),
   caKeyType: z.enum(CA_KEY_TYPES).default('ed25519'),
   certs: z
-    .strictObject({ defaultTtl: duration.default(3600), maxTtl: duration.default(12 * 3600) })
-    .default({ defaultTtl: 3600, maxTtl: 12 * 3600 })
+    .strictObject({
+      defaultTtl: duration.default(3600),
+      maxTtl: duration.default(12 * 3600),
+      /** Lifetime of the host certificates agents get for their sshd (renewed with a third left). */
+      hostTtl: duration.default(DEFAULT_HOST_CERT_TTL).refine((s) => s <= MAX_HOST_CERT_TTL, `at most ${MAX_HOST_CERT_TTL / 86400}d`),
+    })
+    .default({ defaultTtl: 3600, maxTtl: 12 * 3600, hostTtl: DEFAULT_HOST_CERT_TTL })
     .refine((c) => c.maxTtl <= MAX_TTL_CAP, { message: `maxTtl may not exceed ${MAX_TTL_CAP / 3600}h`, path: ['maxTtl'] })
     .refine((c) => c.defaultTtl <= c.maxTtl, { message: 'defaultTtl may not exceed maxTtl', path: ['defaultTtl'] }),
   /** Token buckets for bot certificate requests (defaults: 10/s burst 20 per bot, 50/s burst 100 per address). */
