@@ -46,8 +46,9 @@ export class LiveCa {
     readonly fingerprint: string,
   ) {}
 
-  static async start(): Promise<LiveCa> {
-    const ca = await openTestCa();
+  /** `config`: more server configuration, as the config file would give it (e.g. `{ krl: { statusInterval: 1 } }`). */
+  static async start(config?: Record<string, unknown>): Promise<LiveCa> {
+    const ca = await openTestCa(config ? { config } : {});
     await ca.app.listen({ host: '127.0.0.1', port: 0 });
     const fp = ((await ca.app.inject({ method: 'GET', url: '/v1/ca' })).json() as { fingerprint: string }).fingerprint;
     return new LiveCa(ca.dir, ca.adminToken, ca.app, ca.store, (ca.app.server.address() as AddressInfo).port, fp);

@@ -110,6 +110,11 @@ export interface AuthorityConfig {
   oidc?: OidcConfig;
   /** Default DEFAULT_LOGIN_CONFIG. */
   login?: LoginConfig;
+  /**
+   * Seconds between signed KRL statuses (default 15): a status is re-signed when this old, and
+   * every event stream gets one this often. Agents' --max-staleness must be well above it.
+   */
+  krlStatusInterval?: number;
 }
 
 export const DEFAULT_AUTHORITY_CONFIG: AuthorityConfig = { defaultTtl: 3600, maxTtl: 12 * 3600, joinTokenTtl: 24 * 3600 };

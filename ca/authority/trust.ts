@@ -214,14 +214,16 @@ export async function listCaKeys(store: StoreReader): Promise<CaKeyView[]> {
 
 // --- signed KRL status ------------------------------------------------------------------------
 
-/** Re-signed when older than this (seconds): well inside the "at least every minute" promise. */
-export const KRL_STATUS_MAX_AGE = 20;
+/** Default seconds between signed statuses: well inside the "at least every minute" promise. */
+export const DEFAULT_KRL_STATUS_INTERVAL = 15;
+
+export const krlStatusInterval = (ctx: AuthorityContext): number => ctx.config.krlStatusInterval ?? DEFAULT_KRL_STATUS_INTERVAL;
 
 const statusCache = new WeakMap<AuthorityContext, { key: string; at: number; signed: SignedKrlStatus }>();
 
 /**
  * "KRL version N (SHA-256 H) is current at T, trust bundle at version B", signed by the active
- * user CA key; re-signed whenever the versions change or it is KRL_STATUS_MAX_AGE old.
+ * user CA key; re-signed whenever the versions change or it is krlStatusInterval old.
  */
 export async function currentKrlStatus(ctx: AuthorityContext): Promise<SignedKrlStatus | null> {
   const [krl, bundle] = await Promise.all([currentKrl(ctx), ctx.store.latestTrustBundle()]);
@@ -230,7 +232,7 @@ export async function currentKrlStatus(ctx: AuthorityContext): Promise<SignedKrl
   const key = `${krl.version}/${bundleVersion}/${fingerprint(ctx.caKeys.active.publicKey)}`;
   const now = ctx.now();
   const cached = statusCache.get(ctx);
-  if (cached && cached.key === key && now - cached.at < KRL_STATUS_MAX_AGE && now >= cached.at) return cached.signed;
+  if (cached && cached.key === key && now - cached.at < krlStatusInterval(ctx) && now >= cached.at) return cached.signed;
   const signed = await signKrlStatus({ krlVersion: BigInt(krl.version), krlSha256: sha256Hex(krl.blob), bundleVersion, issuedAt: now }, ctx.caKeys.active);
   statusCache.set(ctx, { key, at: now, signed });
   return signed;

@@ -115,7 +115,7 @@ export async function openCa(cfg: ServerConfig, env: NodeJS.ProcessEnv = process
       store,
       caKeys: await caKeysFrom(await store.listCaKeys(), (k) => vault.signer(k)),
       vault,
-      config: { defaultTtl: cfg.certs.defaultTtl, maxTtl: cfg.certs.maxTtl, hostTtl: cfg.certs.hostTtl, joinTokenTtl: 24 * 3600, rateLimits: cfg.rateLimits, oidc: cfg.oidc, login: cfg.login },
+      config: { defaultTtl: cfg.certs.defaultTtl, maxTtl: cfg.certs.maxTtl, hostTtl: cfg.certs.hostTtl, joinTokenTtl: 24 * 3600, rateLimits: cfg.rateLimits, oidc: cfg.oidc, login: cfg.login, krlStatusInterval: cfg.krl.statusInterval },
       now,
       krlEvents: new KrlEvents(),
     };

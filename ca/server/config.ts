@@ -143,6 +143,10 @@ export const serverConfigSchema = z.strictObject({
   rateLimits,
   /** OIDC workload identity for bots: clock tolerance, max token age, JWKS refresh and timeouts. */
   oidc,
+  /** The KRL feed: how often the signed "version N is current at T" is re-signed and pushed (agents' --max-staleness counts from it). */
+  krl: z
+    .strictObject({ statusInterval: duration.default(15).refine((s) => s <= 60, 'at most 60s (the CA promises a fresh status at least every minute)') })
+    .prefault({}),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 }).superRefine((c, ctx) => {
   if (c.insecureHttp && c.tls) ctx.addIssue({ code: 'custom', path: ['insecureHttp'], message: 'contradicts tls: give a certificate or ask for plain http, not both' });

@@ -13,6 +13,7 @@ import { ApiClient } from '../client.js';
 import { printJson, readInput, type CliContext } from '../context.js';
 import { CliError } from '../errors.js';
 import type { CaKeysView } from './ca.js';
+import { trustedKeys } from '../../ca/trust/bundle.js';
 
 interface FetchFlags {
   output: string;
@@ -24,7 +25,7 @@ interface FetchFlags {
 export function registerKrlFetch(krl: Command, ctx: CliContext): void {
   apiCommand(krl, 'fetch', "download the CA's current KRL, check its signature, and write it atomically")
     .requiredOption('-o, --output <file>', 'KRL file to write (replaced atomically, mode 0644)')
-    .option('--ca-keys <file>', 'trust only these CA keys (a TrustedUserCAKeys file) instead of the server\'s GET /v1/ca')
+    .option('--ca-keys <file>', "trust only these CA keys (a TrustedUserCAKeys file) instead of the server's (the signed trust bundle when the CA is pinned with --fingerprint, else GET /v1/ca)")
     .option('--allow-older', 'replace FILE even if it holds a newer KRL version')
     .action(async (opts: FetchFlags, cmd: Command) => {
       const api = await ApiClient.forCommand(ctx, cmd);
@@ -85,6 +86,9 @@ async function installedVersion(path: string): Promise<bigint | null> {
 }
 
 async function serverKeys(api: ApiClient): Promise<PublicKey[]> {
+  // Pinned (--fingerprint, or earlier): the keys the verified trust bundle names, not the channel's word.
+  const pinned = await api.trust();
+  if (pinned) return trustedKeys(pinned.bundle.bundle, 'user');
   const view = await api.call<CaKeysView>('GET', '/v1/ca', { auth: false });
   try {
     return view.keys.map((k) => parseAuthorizedKey(k).key);

@@ -9,14 +9,14 @@
 //
 // Freshness (ca/trust/krl-status.ts): every KRL answer, 304 included, carries the signed
 // status "version N is current at T" in x-krl-status / x-krl-status-signature, each krl event
-// carries it too, and every stream gets a `status` event at least every STATUS_EVENT_MS. The
+// carries it too, and every stream gets a `status` event every krlStatusInterval seconds. The
 // trust bundle (GET /v1/trust) rides the stream as a `trust` event at connect and on change.
 import type { ServerResponse } from 'node:http';
 import type { FastifyInstance } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import type { Authority } from '../../authority/authority.js';
 import { currentKrl } from '../../authority/krl.js';
-import { currentKrlStatus, currentTrustBundle, listCaKeys, rootFingerprint } from '../../authority/trust.js';
+import { currentKrlStatus, currentTrustBundle, krlStatusInterval, listCaKeys, rootFingerprint } from '../../authority/trust.js';
 import type { SignedKrlStatus } from '../../trust/krl-status.js';
 import { trustedKeyLines, decodeBundle } from '../../trust/bundle.js';
 import { dearmorSshsig, encodeSshsig } from '../../ssh/sshsig.js';
@@ -25,8 +25,7 @@ import type { StoredKrl } from '../../store/store.js';
 import { caView, errorBody, trustView } from '../schemas.js';
 
 const KEEPALIVE_MS = 15_000;
-/** A fresh signed status goes to every stream this often: well inside a minute. */
-export const STATUS_EVENT_MS = 30_000;
+
 
 /** KRLs up to this size (bytes, before base64) travel inside the event. */
 export const EVENT_INLINE_MAX = 64 * 1024;
@@ -111,7 +110,7 @@ export function krlRoutes(app: FastifyInstance, authority: Authority): void {
         for (const s of streams) s.write(event);
       })
       .catch((e: unknown) => app.log.error({ err: e }, 'KRL status broadcast failed'));
-  }, STATUS_EVENT_MS);
+  }, krlStatusInterval(ctx) * 1000);
   statusTimer.unref();
   ctx.krlEvents.on('krl', onKrl);
   ctx.krlEvents.on('trust', onTrust);
