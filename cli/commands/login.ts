@@ -28,8 +28,11 @@ export function registerLogin(program: Command, ctx: CliContext): void {
     .addHelpText('after', '\nAfterwards `dstack-ca ssh PROJECT/RUN` works, and plain `ssh PROJECT/RUN` once `dstack-ca config ssh` has been run.')
     .action(async (opts: LoginFlags, cmd: Command) => {
       // The token (if any) is irrelevant: login makes a new one. The URL: --url, env, config, the last session.
-      const config = await resolveApiConfig(ctx, { url: cmd.optsWithGlobals<ApiFlags>().url });
-      const api = new ApiClient(ctx, { url: config.url, urlSource: config.urlSource, token: undefined });
+      // --fingerprint too: the device-code exchange already goes only to the pinned CA.
+      const flags = cmd.optsWithGlobals<ApiFlags>();
+      const config = await resolveApiConfig(ctx, { url: flags.url, fingerprint: flags.fingerprint });
+      const pin = config.fingerprint !== undefined ? { fingerprint: config.fingerprint } : {};
+      const api = new ApiClient(ctx, { url: config.url, urlSource: config.urlSource, token: undefined, ...pin });
       const client = clientName(hostname());
       const codes = await api.request('POST', '/v1/device/codes', { body: { client }, auth: false, schema: deviceCodesSchema });
       ctx.stderr.write(`dstack-ca: Open ${codes.verificationUriComplete} and check the code ${codes.userCode}\n`);
@@ -38,7 +41,7 @@ export function registerLogin(program: Command, ctx: CliContext): void {
       }
       ctx.stderr.write(`dstack-ca: waiting for the approval (the code is valid for ${Math.round(codes.expiresIn / 60) || 1} min)...\n`);
       const granted = await pollForToken(codes, {
-        poll: () => pollOnce(api.url, codes.deviceCode),
+        poll: () => pollOnce(api.url, codes.deviceCode, undefined, (u, init) => api.rawFetch(u, init)),
         sleep: (s) => new Promise((r) => setTimeout(r, s * 1000)),
         now: () => Date.now() / 1000,
         note: (line) => ctx.stderr.write(`dstack-ca: ${line}\n`),
@@ -50,10 +53,10 @@ export function registerLogin(program: Command, ctx: CliContext): void {
       await writeSession(paths.session, session);
       // The session this one replaces would otherwise stay valid until it expires: end it.
       if (previous !== undefined && previous.token !== granted.token && sameServer(previous.url, api.url)) {
-        const old = new ApiClient(ctx, { url: api.url, urlSource: paths.session, token: previous.token, tokenSource: 'session' });
+        const old = new ApiClient(ctx, { url: api.url, urlSource: paths.session, token: previous.token, tokenSource: 'session', ...pin });
         await old.request('DELETE', '/v1/me/session').catch(() => undefined);
       }
-      const user = new ApiClient(ctx, { url: api.url, urlSource: paths.session, token: granted.token, tokenSource: 'login' });
+      const user = new ApiClient(ctx, { url: api.url, urlSource: paths.session, token: granted.token, tokenSource: 'login', ...pin });
       let synced;
       try {
         synced = await syncRuns(ctx, user, paths, granted.user);

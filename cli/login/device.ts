@@ -94,11 +94,15 @@ export async function pollForToken(codes: DeviceCodes, deps: PollDeps): Promise<
   throw new CliError(`login failed: the code was not approved within ${Math.round(codes.expiresIn)} s; run dstack-ca login again`, EXIT.auth);
 }
 
-/** POST /v1/device/token once, without the ApiClient: a 400 here is an answer, not a failure. */
-export async function pollOnce(url: string, deviceCode: string, timeoutMs = 30_000): Promise<PollAnswer> {
+/**
+ * POST /v1/device/token once, without the ApiClient's error handling: a 400 here is an answer,
+ * not a failure. `fetchFn`: the client's pinned fetch when the CA is pinned (the session token
+ * then comes only over a channel the trust bundle vouches for).
+ */
+export async function pollOnce(url: string, deviceCode: string, timeoutMs = 30_000, fetchFn: (url: string, init: RequestInit) => Promise<Response> = fetch): Promise<PollAnswer> {
   let res: Response;
   try {
-    res = await fetch(`${url}/v1/device/token`, {
+    res = await fetchFn(`${url}/v1/device/token`, {
       method: 'POST',
       headers: { 'content-type': 'application/json', accept: 'application/json' },
       body: JSON.stringify({ deviceCode }),
