@@ -96,6 +96,7 @@ function fakeClock(startMs: number): Clock & { advance(ms: number): void; pendin
 }
 
 describe('HostCertKeeper', () => {
+  let retiring = false;
   async function setup() {
     const dir = await mkdtemp(join(tmpdir(), 'host-certs-'));
     dirs.push(dir);
@@ -121,6 +122,7 @@ describe('HostCertKeeper', () => {
       principal: PRINCIPAL,
       post: () => (answers.shift() ?? issue)(),
       hostCaKeys: () => [hostCa.publicKey],
+      retiring: () => retiring,
       clock,
       log: (level, event, fields = {}) => logs.push({ level, event, fields }),
       kill: (pid, signal) => kills.push([pid, signal]),
@@ -172,6 +174,17 @@ describe('HostCertKeeper', () => {
     await t.keeper.check();
     expect(t.logs.slice(-2).map((l) => l.event)).toEqual(['host-cert-installed', 'sshd-reloaded']);
     expect(t.kills).toEqual([[4242, 'SIGHUP']]);
+  });
+
+  it('a cert whose CA key is on its way out (previous, or gone from the bundle) is renewed at once', async () => {
+    const t = await setup();
+    await t.keeper.check();
+    expect(t.keeper.renewAt()).toBeGreaterThan(t.clock.now());
+    retiring = true;
+    expect(t.keeper.renewAt()).toBe(t.clock.now());
+    await t.keeper.check();
+    expect(t.keeper.status()).toEqual({ ssh_host_ed25519_key: '102' });
+    retiring = false;
   });
 
   it('without a readable pid file the cert is still written, and the skipped reload is logged', async () => {

@@ -89,6 +89,12 @@ export interface HostCertKeeperOptions {
   post: (hostKeys: string[]) => Promise<HttpResponse>;
   /** The host CA keys of the trust bundle the agent holds now. */
   hostCaKeys: () => readonly PublicKey[];
+  /**
+   * Whether a host CA key is on its way out: `previous` in the bundle the agent holds, or gone
+   * from it. A certificate it signed is renewed at once (after `ca rotate switch --host`), so
+   * hosts carry a certificate of the active key before `retire` takes the old one from clients.
+   */
+  retiring?: (caKey: PublicKey) => boolean;
   clock: Clock;
   log: Logger;
   /** Sends a signal (tests replace it); default process.kill. */
@@ -97,6 +103,7 @@ export interface HostCertKeeperOptions {
 
 interface Held {
   serial: string;
+  signer: PublicKey;
   /** Milliseconds: when it arrived, and when it expires. */
   obtainedAt: number;
   validBefore: number;
@@ -122,7 +129,7 @@ export class HostCertKeeper {
     let at = Infinity;
     for (const k of this.o.keys) {
       const h = this.held.get(k.name);
-      if (!h) return this.o.clock.now();
+      if (!h || this.o.retiring?.(h.signer) === true) return this.o.clock.now();
       // Renew with a third of the life it had on arrival left.
       const start = Math.min(h.obtainedAt, h.validBefore);
       at = Math.min(at, start + ((h.validBefore - start) * 2) / 3);
@@ -227,7 +234,7 @@ export class HostCertKeeper {
         written.push(k.name);
       }
       const validBefore = Number(cert.validBefore) * 1000;
-      this.held.set(k.name, { serial: cert.serial.toString(), obtainedAt: now, validBefore });
+      this.held.set(k.name, { serial: cert.serial.toString(), signer: cert.signatureKey, obtainedAt: now, validBefore });
       this.o.log('info', 'host-cert-installed', {
         file: path,
         serial: cert.serial,

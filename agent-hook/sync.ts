@@ -15,7 +15,7 @@ import { mkdir, readFile } from 'node:fs/promises';
 import type { Agent as HttpAgent } from 'node:http';
 import { join } from 'node:path';
 import { agentConfigView } from '../ca/api/schemas.js';
-import { parseAuthorizedKey, type PublicKey } from '../ca/ssh/keys.js';
+import { parseAuthorizedKey, publicKeysEqual, type PublicKey } from '../ca/ssh/keys.js';
 import { rootFingerprint, trustedKeyLines, trustedKeys, verifyBundle, type SignedBundle, type VerifiedBundle } from '../ca/trust/bundle.js';
 import { sha256Hex, verifyKrlStatus, type SignedKrlStatus } from '../ca/trust/krl-status.js';
 import { decodeKrl } from '../ca/ssh/krl/decode.js';
@@ -206,6 +206,10 @@ export class Agent {
         post: (hostKeys) =>
           request(this.url('/v1/agents/host-certs'), { method: 'POST', json: { hostKeys }, headers: { authorization: `Bearer ${this.credential.token}` }, agent: this.pool }),
         hostCaKeys: () => trustedKeys(this.trust.bundle, 'host'),
+        retiring: (caKey) => {
+          const k = this.trust.bundle.keys.find((b) => b.purpose === 'host' && publicKeysEqual(parseAuthorizedKey(b.publicKey).key, caKey));
+          return k === undefined || k.state === 'previous';
+        },
         clock: this.clock,
         log: this.log,
       });

@@ -277,6 +277,41 @@ describe('host certificates with the real sshd and ssh', () => {
   });
 });
 
+describe('host CA rotation', () => {
+  it('after `ca rotate switch --host` the running agent gets a cert of the new key at once; ssh trusting only the new key accepts the host', async () => {
+    const restartsBefore = count(sshd.log(), 'Received SIGHUP; restarting.');
+    const agent = spawnAgent(agentArgs(main, dirA, '--host-key', sshd.hostKeyPublicPath, '--sshd-pid-file', sshd.pidFile));
+    const installs = () => agent.events().filter((e) => e.event === 'host-cert-installed');
+    await until('the first host cert', () => installs().length >= 1, 15_000);
+    const oldKey = main.hostCa[0] as string;
+    const rotate = (step: string) => main.ca.admin<{ keys: { publicKey: string; purpose: string; state: string }[] }>('POST', '/v1/ca/rotate', { purpose: 'host', step });
+    const added = await rotate('add');
+    const newKey = added.keys.find((k) => k.purpose === 'host' && k.state === 'next')?.publicKey as string;
+    expect(newKey).toMatch(/^ssh-ed25519 /);
+    // The new key is only trusted: no new certificate (give the trust event time to arrive).
+    await until('the agent to install the new bundle', () => agent.events().some((e) => e.event === 'trust-bundle-installed'), 15_000);
+    await new Promise((r) => setTimeout(r, 500));
+    expect(installs()).toHaveLength(1);
+    await rotate('switch');
+    await until('a host cert of the new key', () => installs().length >= 2, 15_000);
+    await agent.stop();
+    await reloaded(sshd, restartsBefore + agent.events().filter((e) => e.event === 'sshd-reloaded').length);
+    const listing = parseListing(await listCert(certPathIn(dirA)));
+    expect(listing.caFingerprint).toBe(fingerprint(parseAuthorizedKey(newKey).key));
+    expect(listing.principals).toEqual([runA.principal]);
+    const onlyNew = join(dir, 'known_hosts_new_ca');
+    await writeFile(onlyNew, `@cert-authority dstack-run-* ${newKey}\n`);
+    const r = await sshTo(sshd, { alias: runA.principal, knownHosts: onlyNew, user: alice });
+    expect(r.stdout, r.stderr).toBe('in\n');
+    expect(shownHostCert(r.stderr)?.caFingerprint).toBe(listing.caFingerprint);
+    // A client that knows only the old host CA key no longer accepts this host.
+    const old = await sshTo(sshd, { alias: runA.principal, knownHosts: caOnlyKnownHosts, user: alice });
+    expect(old.code).toBe(255);
+    expect(old.stderr).toMatch(/Host key verification failed/);
+    expect(oldKey).not.toBe(newKey);
+  });
+});
+
 describe('the CLI, pinned with --fingerprint', () => {
   it('login writes @cert-authority for the host CA and strict Host blocks; plain ssh -F verifies the host by its certificate', async () => {
     const home = join(dir, 'home');
@@ -306,7 +341,10 @@ describe('the CLI, pinned with --fingerprint', () => {
     expect(await done, `${stdout}\n${stderr}`).toBe(0);
 
     const knownHosts = await readFile(join(cfg, 'known_hosts'), 'utf8');
-    expect(knownHosts.split('\n').filter((l) => l.startsWith('@cert-authority'))).toEqual(main.hostCa.map((k) => `@cert-authority dstack-run-* ${k}`));
+    // Every host CA key of the signed bundle: after the rotation above, the new (active) and the old (previous).
+    const { hostCaKeys } = await main.ca.admin<{ hostCaKeys: string[] }>('GET', '/v1/trust');
+    expect(hostCaKeys).toHaveLength(2);
+    expect(knownHosts.split('\n').filter((l) => l.startsWith('@cert-authority'))).toEqual(hostCaKeys.map((k) => `@cert-authority dstack-run-* ${k}`));
     // The agent reported train-1's host key: it stays as a fallback line.
     expect(knownHosts).toContain(`${runA.principal} ${keyFields(sshd.hostKeyPublicLine)}\n`);
     const config = await readFile(join(cfg, 'ssh_config'), 'utf8');
