@@ -74,12 +74,13 @@ it('hostKeyName and hostCertPath: the .pub file name without .pub, under host-ce
 });
 
 /** A clock the test moves; timers fire when it passes them. */
-function fakeClock(startMs: number): Clock & { advance(ms: number): void; pending(): number[] } {
-  let now = startMs;
+function fakeClock(startMs: number, tick = 0): Clock & { advance(ms: number): void; pending(): number[] } {
+  let now = startMs - tick;
   const timers = new Map<number, { at: number; fn: () => void }>();
   let id = 0;
   return {
-    now: () => now,
+    // `tick`: every reading is that much later than the one before, as a real clock may be.
+    now: () => (now += tick),
     setTimeout: (fn, ms) => (timers.set(++id, { at: now + ms, fn }), id),
     clearTimeout: (h) => void timers.delete(h as number),
     advance(ms) {
@@ -97,10 +98,10 @@ function fakeClock(startMs: number): Clock & { advance(ms: number): void; pendin
 
 describe('HostCertKeeper', () => {
   let retiring = false;
-  async function setup() {
+  async function setup(tick = 0) {
     const dir = await mkdtemp(join(tmpdir(), 'host-certs-'));
     dirs.push(dir);
-    const clock = fakeClock(NOW * 1000);
+    const clock = fakeClock(NOW * 1000, tick);
     const pidFile = join(dir, 'sshd.pid');
     await writeFile(pidFile, '4242\n');
     const keyFile: HostKeyFile = { file: join(dir, 'ssh_host_ed25519_key.pub'), name: 'ssh_host_ed25519_key', line: formatAuthorizedKey(hostKey), key: hostKey };
@@ -154,6 +155,12 @@ describe('HostCertKeeper', () => {
     expect(t.kills).toHaveLength(2);
   });
 
+  it('asks at once even when every reading of the clock is a millisecond later than the last', async () => {
+    const t = await setup(1);
+    await t.keeper.check();
+    expect(t.keeper.status()).toEqual({ ssh_host_ed25519_key: '101' });
+  });
+
   it('a refused or failed answer writes nothing, is logged, never throws, and is retried with a growing delay', async () => {
     const t = await setup();
     const wrongPrincipal = async (): Promise<HttpResponse> => {
@@ -181,7 +188,7 @@ describe('HostCertKeeper', () => {
     await t.keeper.check();
     expect(t.keeper.renewAt()).toBeGreaterThan(t.clock.now());
     retiring = true;
-    expect(t.keeper.renewAt()).toBe(t.clock.now());
+    expect(t.keeper.renewAt()).toBe(0);
     await t.keeper.check();
     expect(t.keeper.status()).toEqual({ ssh_host_ed25519_key: '102' });
     retiring = false;

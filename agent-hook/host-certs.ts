@@ -109,6 +109,12 @@ interface Held {
   validBefore: number;
 }
 
+/** Renew with a third of the life it had on arrival left (validAfter is backdated: not counted). */
+function renewalTime(h: Held): number {
+  const start = Math.min(h.obtainedAt, h.validBefore);
+  return start + ((h.validBefore - start) * 2) / 3;
+}
+
 /** Longest wait between retries after failures (and the first is 1 s). */
 const MAX_BACKOFF_MS = 5 * 60_000;
 
@@ -124,15 +130,14 @@ export class HostCertKeeper {
 
   constructor(private readonly o: HostCertKeeperOptions) {}
 
-  /** When the first certificate should be renewed (ms); now if one is missing. */
+  /** When the first certificate should be renewed (ms); 0 (at once) if one is missing. */
   renewAt(): number {
     let at = Infinity;
     for (const k of this.o.keys) {
       const h = this.held.get(k.name);
-      if (!h || this.o.retiring?.(h.signer) === true) return this.o.clock.now();
-      // Renew with a third of the life it had on arrival left.
-      const start = Math.min(h.obtainedAt, h.validBefore);
-      at = Math.min(at, start + ((h.validBefore - start) * 2) / 3);
+      // 0, not the clock's now: a second reading of the clock may be a millisecond later.
+      if (!h || this.o.retiring?.(h.signer) === true) return 0;
+      at = Math.min(at, renewalTime(h));
     }
     return at;
   }
@@ -234,14 +239,15 @@ export class HostCertKeeper {
         written.push(k.name);
       }
       const validBefore = Number(cert.validBefore) * 1000;
-      this.held.set(k.name, { serial: cert.serial.toString(), signer: cert.signatureKey, obtainedAt: now, validBefore });
+      const held: Held = { serial: cert.serial.toString(), signer: cert.signatureKey, obtainedAt: now, validBefore };
+      this.held.set(k.name, held);
       this.o.log('info', 'host-cert-installed', {
         file: path,
         serial: cert.serial,
         keyId: cert.keyId,
         principal: this.o.principal,
         validBefore: new Date(validBefore).toISOString(),
-        renewAt: new Date(this.renewAt()).toISOString(),
+        renewAt: new Date(renewalTime(held)).toISOString(),
       });
     }
     return written;

@@ -188,6 +188,7 @@ describe('host certificates with the real sshd and ssh', () => {
     const runB = await addRun(main, 'train-2');
     const agentB = spawnAgent(agentArgs(main, dirB, '--once', '--host-key', sshd.hostKeyPublicPath), { DSTACK_CA_JOIN_TOKEN: runB.joinToken });
     expect(await agentB.exited, agentB.stderr()).toBe(0);
+    expect(agentB.events().find((e) => e.event === 'host-cert-installed'), agentB.stderr()).toBeDefined();
     expect(parseListing(await listCert(certPathIn(dirB))).principals).toEqual([runB.principal]);
 
     // Install run B's certificate on the sshd (atomically, then SIGHUP, as the agent does).
@@ -313,6 +314,20 @@ describe('host CA rotation', () => {
 });
 
 describe('the CLI, pinned with --fingerprint', () => {
+  it('login with a wrong --fingerprint is refused before any device code is asked for; nothing is written', async () => {
+    const xdg = join(dir, 'xdg-wrong');
+    const wrong = `SHA256:${'A'.repeat(43)}`;
+    const r = await run(process.execPath, [CLI, 'login', '--url', main.url, '--fingerprint', wrong, '--no-browser'], {
+      env: { HOME: join(dir, 'home-wrong'), XDG_CONFIG_HOME: xdg, DSTACK_CA_URL: undefined, DSTACK_CA_TOKEN: undefined, DSTACK_CA_FINGERPRINT: undefined, DISPLAY: undefined, BROWSER: undefined },
+      timeoutMs: 30_000,
+    });
+    expect(r.code, r.stderr).toBe(1);
+    expect(r.stderr).toContain(`not by the pinned CA root ${wrong}`);
+    expect(r.stderr).not.toMatch(/check the code/);
+    await expect(stat(join(xdg, 'dstack-ca', 'trust.json'))).rejects.toThrow(/ENOENT/);
+    await expect(stat(join(xdg, 'dstack-ca', 'session.json'))).rejects.toThrow(/ENOENT/);
+  });
+
   it('login writes @cert-authority for the host CA and strict Host blocks; plain ssh -F verifies the host by its certificate', async () => {
     const home = join(dir, 'home');
     const xdg = join(dir, 'xdg');
@@ -365,5 +380,10 @@ describe('the CLI, pinned with --fingerprint', () => {
     const r2 = await plainSsh('-o', `UserKnownHostsFile=${caOnly}`, 'ml/train-1', 'echo', 'by-cert-only');
     expect(r2.stdout, r2.stderr).toBe('by-cert-only\n');
     expect(r2.stderr).toContain(`Host '${runA.principal}' is known and matches the ED25519-CERT host certificate.`);
+    // `dstack-ca ssh` checks strictly by the principal too, for a run with no pinned host key.
+    const line = await run(process.execPath, [CLI, 'ssh', 'ml/notebook', '--json'], { env: { HOME: home, XDG_CONFIG_HOME: xdg, SSH_AUTH_SOCK: undefined, DSTACK_CA_URL: undefined, DSTACK_CA_TOKEN: undefined, DSTACK_CA_SSH: undefined } });
+    expect(line.code, line.stderr).toBe(0);
+    const command = (JSON.parse(line.stdout) as { command: string[] }).command;
+    expect(command).toEqual(expect.arrayContaining([`HostKeyAlias=${bare.principal}`, `UserKnownHostsFile="${join(cfg, 'known_hosts')}"`, 'StrictHostKeyChecking=yes']));
   });
 });
