@@ -7,6 +7,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { formatAuthorizedKey, parseAuthorizedKey } from '../ca/ssh/keys.js';
 import { parseDuration } from '../ca/domain/duration.js';
 import { parseFingerprint } from '../ca/trust/bundle.js';
+import { isLoopbackHost } from '../ca/server/tls.js';
 import { loginUser } from '../ca/domain/names.js';
 import { AgentError } from './errors.js';
 import { jsonLogger } from './log.js';
@@ -26,6 +27,7 @@ interface RunFlags {
   retryMax?: number;
   hostKey: string[];
   caFingerprint?: string;
+  insecureHttp?: boolean;
   sshdPidFile?: string;
 }
 
@@ -81,6 +83,7 @@ const program = new Command('dstack-ca-agent')
   .option('--sshd-dir <dir>', 'where the agent writes its files (see `sshd-config`)', DEFAULT_SSHD_DIR)
   .option('--login-user <user>', "the run's login user (must match the run)")
   .option('--once', 'sync once and exit (0 on success)')
+  .option('--insecure-http', 'allow an http:// --url off loopback (the credential travels in clear: only behind a proxy on a network you trust)')
   .option('--max-staleness <duration>', 'fail closed (refuse every certificate) after this long without reaching the CA, e.g. 15m', durationMs)
   .option('--poll-interval <duration>', 'full sync this often besides the push (default 5m)', durationMs)
   .option('--retry-max <duration>', 'cap of the reconnect backoff (default 30s)', durationMs)
@@ -97,6 +100,10 @@ const program = new Command('dstack-ca-agent')
   .action(async (flags: RunFlags) => {
     if (!flags.url) throw new AgentError('--url (or DSTACK_CA_URL) is required', 2);
     if (!URL.canParse(flags.url) || !/^https?:$/.test(new URL(flags.url).protocol)) throw new AgentError(`--url "${flags.url}" is not an http(s) URL`, 2);
+    const target = new URL(flags.url);
+    if (target.protocol === 'http:' && !isLoopbackHost(target.hostname) && !flags.insecureHttp) {
+      throw new AgentError(`--url ${target.origin}: plain http off loopback would carry the join token and the agent credential in clear; use https:// (the CA serves TLS off loopback), or pass --insecure-http`, 2);
+    }
     if (!flags.loginUser) throw new AgentError('--login-user is required', 2);
     const user = loginUser.safeParse(flags.loginUser);
     if (!user.success) throw new AgentError(`--login-user ${user.error.issues[0]?.message}`, 2);

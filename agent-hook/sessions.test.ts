@@ -60,4 +60,17 @@ describe('SessionReaper', () => {
     expect(revoked.signalCode).toBe('SIGKILL');
     expect([alive(kept), alive(otherRun), alive(notSshd)]).toEqual([true, true, true]);
   });
+
+  it('ends the sessions of certs whose CA key is no longer trusted (retired), not those of a trusted one', async () => {
+    const retiredCa = caSigners[1] as typeof ca;
+    const cert = (signer: typeof ca, serial: bigint) =>
+      signCertificate({ certType: 'user', nonce: Buffer.alloc(32, Number(serial)), key: subject, serial, keyId: `key ${serial}`, principals: ['dstack-run-cc'], validAfter: 0n, validBefore: CERT_FOREVER, criticalOptions: new Map(), extensions: new Map() }, signer);
+    const ofRetired = await session('sshauth.BBBB1', await cert(retiredCa, 21n));
+    const ofTrusted = await session('sshauth.BBBB2', await cert(ca, 22n));
+    const exited = new Promise((r) => ofRetired.once('exit', r));
+    const ended = await new SessionReaper({ log: silentLogger }).endRevoked(buildRevocationSet([]), { principal: 'dstack-run-cc', caKeys: [ca.publicKey] });
+    expect(ended).toEqual([{ keyId: 'key 21', serial: 21n, revokedBy: 'its CA key is no longer trusted (retired)', pids: [ofRetired.pid], sshdPid: null }]);
+    await exited;
+    expect(alive(ofTrusted)).toBe(true);
+  });
 });

@@ -15,7 +15,7 @@ import { constants } from 'node:fs';
 import { basename } from 'node:path';
 import type { Certificate } from '../ca/ssh/certificate.js';
 import { publicKeysEqual, type PublicKey } from '../ca/ssh/keys.js';
-import { describeRevocation, isRevoked, parseKeyOrCertificateLine, type RevocationMatch } from '../ca/ssh/krl/check.js';
+import { describeRevocation, isRevoked, parseKeyOrCertificateLine } from '../ca/ssh/krl/check.js';
 import type { RevocationSet } from '../ca/ssh/krl/revocation-set.js';
 import type { Logger } from './log.js';
 
@@ -27,7 +27,11 @@ interface Proc {
   authFile: string | null;
 }
 
-/** Which certificates are this agent's to police: those sshd admitted through our files. */
+/**
+ * Which certificates are this agent's to police: user certs for the run's principal (sshd
+ * admitted them through our principals file). Of those, a session ends when the KRL revokes
+ * its cert, or when the cert's CA key is no longer in `caKeys` (retired by a rotation).
+ */
 export interface SessionScope {
   principal: string;
   caKeys: readonly PublicKey[];
@@ -115,7 +119,15 @@ async function readAuthCerts(path: string): Promise<Certificate[]> {
 }
 
 function inScope(cert: Certificate, scope: SessionScope): boolean {
-  return cert.certType === 'user' && cert.principals.includes(scope.principal) && scope.caKeys.some((k) => publicKeysEqual(k, cert.signatureKey));
+  return cert.certType === 'user' && cert.principals.includes(scope.principal);
+}
+
+/** Why a session of `cert` must end, or null. */
+function verdict(set: RevocationSet, cert: Certificate, scope: SessionScope): string | null {
+  if (!inScope(cert, scope)) return null;
+  const match = isRevoked(set, cert);
+  if (match) return describeRevocation(match);
+  return scope.caKeys.some((k) => publicKeysEqual(k, cert.signatureKey)) ? null : 'its CA key is no longer trusted (retired)';
 }
 
 function signal(pid: number, sig: NodeJS.Signals): boolean {
@@ -180,10 +192,10 @@ export class SessionReaper {
     const ended: EndedSession[] = [];
     const terminating: Promise<void>[] = [];
     for (const [file, members] of byFile) {
-      let hit: { cert: Certificate; match: RevocationMatch } | null = null;
+      let hit: { cert: Certificate; why: string } | null = null;
       for (const cert of await readAuthCerts(file)) {
-        const match = inScope(cert, scope) ? isRevoked(set, cert) : null;
-        if (match) hit = { cert, match };
+        const why = verdict(set, cert, scope);
+        if (why) hit = { cert, why };
       }
       if (!hit) continue;
       // Every process that carries the variable, and everything else in their sessions.
@@ -198,7 +210,7 @@ export class SessionReaper {
       for (const sid of sids) signal(-sid, 'SIGKILL'); // the session leader's process group
       for (const pid of victims) signal(pid, 'SIGKILL');
       for (const pid of sshds) terminating.push(this.terminate(pid));
-      const session: EndedSession = { keyId: hit.cert.keyId, serial: hit.cert.serial, revokedBy: describeRevocation(hit.match), pids: victims, sshdPid: [...sshds][0] ?? null };
+      const session: EndedSession = { keyId: hit.cert.keyId, serial: hit.cert.serial, revokedBy: hit.why, pids: victims, sshdPid: [...sshds][0] ?? null };
       this.o.log('warn', 'session-ended', { ...session });
       ended.push(session);
     }

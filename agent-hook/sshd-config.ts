@@ -22,6 +22,13 @@ export function sshdConfigSnippet(sshdDir: string = DEFAULT_SSHD_DIR, hostKeyFil
     // Each session gets SSH_USER_AUTH naming its certificate, so the agent can end the
     // sessions of a revoked cert.
     'ExposeAuthInfo yes',
+    // What a session may do besides its command is decided per certificate (permit-pty,
+    // permit-port-forwarding, ...; a force-command bot's certs carry none), so forwarding stays
+    // on for people's `ssh -L`. These close what no certificate should get from a permissive
+    // main config: tun devices, remote forwards on public addresses, ~/.ssh/environment.
+    'PermitTunnel no',
+    'GatewayPorts no',
+    'PermitUserEnvironment no',
     ...(hostKeyFiles.length > 0
       ? ['# dstack-ca: host certificates (clients trust the host CA with @cert-authority)', ...hostKeyFiles.map((f) => `HostCertificate ${hostCertPath(sshdDir, f)}`)]
       : []),

@@ -165,7 +165,6 @@ export class Agent {
   }
 
   private async init(): Promise<void> {
-    await mkdir(this.paths.principalsDir, { recursive: true, mode: 0o755 });
     const installed = await loadInstalledTrust(this.paths.trustBundle, this.o.caFingerprint);
     this.caKeysText = await this.readCaKeysFile();
     if (installed) {
@@ -181,8 +180,11 @@ export class Agent {
         if (e instanceof TrustError) throw new AgentError(`refusing the CA at ${this.base.origin}: ${e.message}; nothing was written`);
         throw new AgentError(`cannot reach the CA at ${this.base.origin} to check its trust root: ${(e as Error).message}`);
       }
+      // Only now, with the root checked, does anything go to disk.
+      await mkdir(this.paths.principalsDir, { recursive: true, mode: 0o755 });
       await this.installTrust(v, true);
     }
+    await mkdir(this.paths.principalsDir, { recursive: true, mode: 0o755 });
     const stored = await loadCredential(this.paths.credential);
     if (stored) {
       this.credential = stored;
@@ -253,7 +255,11 @@ export class Agent {
       this.pool = connectionPool(this.base, pinnedTls(v));
       old.destroy();
     }
-    if (save) this.log('info', 'trust-bundle-installed', { version: v.bundle.version, previous: previous ?? null, root: rootFingerprint(v.bundle) });
+    if (save) {
+      this.log('info', 'trust-bundle-installed', { version: v.bundle.version, previous: previous ?? null, root: rootFingerprint(v.bundle) });
+      // A key left the trust file (retired): sessions of its certs end, like revoked ones.
+      await this.endRevokedSessions();
+    }
   }
 
   /** Fetches the bundle (or takes the one an event offered) and installs it if newer. Throws TrustError if refused. */

@@ -7,6 +7,7 @@ export function registerApiOptions(program: Command): void {
   program
     .option('--url <url>', 'CA server URL (default: $DSTACK_CA_URL, then the config file, then the login session)')
     .option('--token <token>', 'API token (default: $DSTACK_CA_TOKEN, then the config file, then the login session for its server)')
+    .option('--insecure-http', 'allow an http:// URL off loopback (tokens travel in clear)')
     .option('--fingerprint <SHA256:...>', "pin the CA's trust root (as `dstack-ca server` prints it); kept per server, so needed once (default: $DSTACK_CA_FINGERPRINT, then the config file)");
 }
 

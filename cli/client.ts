@@ -11,6 +11,7 @@ import type { CliContext } from './context.js';
 import { CliError, EXIT, UsageError } from './errors.js';
 import { readSession, type Session } from './login/session.js';
 import { parseFingerprint } from '../ca/trust/bundle.js';
+import { isLoopbackHost } from '../ca/server/tls.js';
 import type { EstablishedTrust } from './trust.js';
 
 /** Request timeout: revocations wait for a durable KRL, so be generous. */
@@ -30,6 +31,7 @@ export interface ApiFlags {
   url?: string;
   token?: string;
   fingerprint?: string;
+  insecureHttp?: boolean;
 }
 
 export interface ApiConfig {
@@ -182,6 +184,9 @@ export async function resolveApiConfig(ctx: CliContext, flags: ApiFlags): Promis
   }
   if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new UsageError(`${urlSource}: "${url}" must be an http:// or https:// URL`);
   if (parsed.username || parsed.password) throw new UsageError(`${urlSource}: the URL must not carry credentials; use DSTACK_CA_TOKEN`);
+  if (parsed.protocol === 'http:' && !isLoopbackHost(parsed.hostname) && !flags.insecureHttp) {
+    throw new UsageError(`${urlSource}: ${parsed.origin}: plain http off loopback would send tokens in clear; use https:// (the CA serves TLS off loopback), or pass --insecure-http`);
+  }
   // A token goes into an HTTP header; fetch would quote a bad one in its error, so check it here.
   if (token !== undefined && !/^[\x21-\x7e]+$/.test(token)) throw new UsageError('the API token contains spaces or control characters');
   return { url: parsed.toString().replace(/\/+$/, ''), urlSource, token, ...(tokenSource !== undefined ? { tokenSource } : {}), ...(fingerprint !== undefined ? { fingerprint } : {}) };
@@ -203,6 +208,8 @@ export interface RequestOptions<S extends z.ZodType> {
   auth?: boolean;
   /** Validates and types the response body. */
   schema?: S;
+  /** Give up after this long (default TIMEOUT_MS). */
+  timeoutMs?: number;
 }
 
 /** An API client bound to one server and (maybe) one token. */
@@ -288,7 +295,7 @@ export class ApiClient {
       const started = Date.now();
       let res: Response;
       try {
-        res = await this.rawFetch(url, { method, headers, body: body ?? null, redirect: 'error', signal: AbortSignal.timeout(TIMEOUT_MS) });
+        res = await this.rawFetch(url, { method, headers, body: body ?? null, redirect: 'error', signal: AbortSignal.timeout(opts.timeoutMs ?? TIMEOUT_MS) });
       } catch (e) {
         if (e instanceof CliError) throw e;
         throw new CliError(this.scrub(`cannot reach ${this.url}: ${describeFetchError(e)}`));

@@ -20,6 +20,12 @@ it('dstack-ca-agent sshd-config passes sshd -t', async () => {
   const check = await run('/usr/sbin/sshd', ['-t', '-f', config]);
   expect(check.stderr).toBe('');
   expect(check.code).toBe(0);
+  // Placed first (Debian's sshd_config includes sshd_config.d/ at its top), the snippet wins
+  // over a permissive main config: no tun devices, no public remote forwards, no user env.
+  await writeFile(config, `HostKey ${host.privatePath}\nUsePAM no\n${snippet.stdout}PermitTunnel yes\nGatewayPorts yes\nPermitUserEnvironment yes\nAllowTcpForwarding yes\n`);
+  const effective = await run('/usr/sbin/sshd', ['-T', '-f', config]);
+  expect(effective.code, effective.stderr).toBe(0);
+  for (const line of ['permittunnel no', 'gatewayports no', 'permituserenvironment no', 'allowtcpforwarding yes', 'exposeauthinfo yes']) expect(effective.stdout).toContain(`\n${line}\n`);
   // And sshd -t does reject nonsense, so the check above means something.
   await writeFile(config, `HostKey ${host.privatePath}\n${snippet.stdout}NoSuchKeyword yes\n`);
   expect((await run('/usr/sbin/sshd', ['-t', '-f', config])).code).not.toBe(0);

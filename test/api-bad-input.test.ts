@@ -45,6 +45,8 @@ async function snapshot() {
     certs: (await s.listCerts({})).length,
     hostCerts: (await s.listHostCerts({})).length,
     memberships: (await s.listMembers((await s.getProjectByName('ml'))!.id)).length,
+    caKeys: JSON.stringify(await s.listCaKeys()),
+    trustBundle: (await s.latestTrustBundle())?.version,
   };
 }
 
@@ -99,6 +101,9 @@ const CASES: Case[] = [
   ['bot source-address with an empty entry', 'admin', 'POST', '/v1/projects/ml/bots', bot({ sourceAddress: '10.0.0.0/8,' }), 400, /^sourceAddress: has an empty entry/],
   ['bot force-command with a newline', 'admin', 'POST', '/v1/projects/ml/bots', bot({ forceCommand: 'echo ok\nrm -rf /' }), 400, /^forceCommand: must be one line/],
   ['bot force-command that is empty', 'admin', 'POST', '/v1/projects/ml/bots', bot({ forceCommand: '' }), 400, /^forceCommand: must not be empty/],
+  ['bot permit that is not an extension', 'admin', 'POST', '/v1/projects/ml/bots', bot({ forceCommand: 'make smoke', permits: ['pty', 'tunnel'] }), 400, /^permits\[1\]: "tunnel" is not one of pty, port-forwarding, agent-forwarding, x11-forwarding, user-rc/],
+  ['bot permit written as the extension name', 'admin', 'PATCH', '/v1/projects/ml/bots/ci-old', { permits: ['permit-pty'] }, 400, /^permits\[0\]: "permit-pty" is not one of pty,/],
+  ['bot permits that are not a list', 'admin', 'PATCH', '/v1/projects/ml/bots/ci-old', { permits: 'pty' }, 400, /^permits: /],
   ['bot token TTL of zero', 'admin', 'POST', '/v1/projects/ml/bots', bot({ tokenTtl: 0 }), 400, /^tokenTtl: /],
   ['OIDC issuer that is not a URL', 'admin', 'POST', '/v1/projects/ml/bots', oidc({ issuer: 'token.actions' }), 400, /^oidc\.issuer: must be an https:\/\/ URL/],
   ['OIDC issuer over plain http', 'admin', 'POST', '/v1/projects/ml/bots', oidc({ issuer: 'http://ci.example.com' }), 400, /^oidc\.issuer: must be an https:\/\/ URL \(http:\/\/ only for a loopback address/],
@@ -127,6 +132,11 @@ const CASES: Case[] = [
   ['device login without a client', 'anonymous', 'POST', '/v1/device/codes', {}, 400, /^client: /],
   ['device login with a control character in the client', 'anonymous', 'POST', '/v1/device/codes', { client: 'host\u0007' }, 400, /^client: must be printable ASCII/],
   ['device token poll without a code', 'anonymous', 'POST', '/v1/device/token', { device_code: 'x' }, 400, /^deviceCode: /],
+  ['CA rotation with an unknown step', 'admin', 'POST', '/v1/ca/rotate', { step: 'sideways' }, 400, /^step: /],
+  ['CA rotation of an unknown purpose', 'admin', 'POST', '/v1/ca/rotate', { step: 'add', purpose: 'root' }, 400, /^purpose: /],
+  ['CA rotation with an unknown field', 'admin', 'POST', '/v1/ca/rotate', { step: 'add', force: true }, 400, /^force: unknown field/],
+  ['CA switch with no key added', 'admin', 'POST', '/v1/ca/rotate', { step: 'switch' }, 409, /no new user CA key to switch to/],
+  ['CA retire with no previous key', 'admin', 'POST', '/v1/ca/rotate', { step: 'retire', purpose: 'host' }, 409, /no previous host CA key to retire/],
   ['host cert for a malformed key', 'agent', 'POST', '/v1/agents/host-certs', { hostKeys: [good, 'ssh-ed25519 AAAA'] }, 400, /^hostKeys\[1\]: /],
   ['host cert for a weak RSA key', 'agent', 'POST', '/v1/agents/host-certs', { hostKeys: [weakRsa] }, 400, /^hostKeys\[0\]: RSA key has 1024 bits/],
   ['host cert for a DSA key', 'agent', 'POST', '/v1/agents/host-certs', { hostKeys: [dsa] }, 400, /^hostKeys\[0\]: DSA keys/],

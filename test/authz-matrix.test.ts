@@ -2,9 +2,12 @@
 // Each cell makes its own fixtures, so the order of cells does not matter.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ANONYMOUS_ROUTES } from '../ca/api/app.js';
-import { formatAuthorizedKey } from '../ca/ssh/keys.js';
+import { proofMessage } from '../ca/authority/proof.js';
+import { formatAuthorizedKey, fromKeyObject } from '../ca/ssh/keys.js';
+import { nodeSigner } from '../ca/ssh/signature.js';
+import { armorSshsig, sshsigSign } from '../ca/ssh/sshsig.js';
 import { openTestCa, userWithToken, type TestCa } from './fixtures/ca.js';
-import { subjectKey } from './fixtures/keys.js';
+import { generateSubject, subjectKey } from './fixtures/keys.js';
 import { cleanupTempDirs } from './harness/index.js';
 
 const ACTORS = ['global-admin', 'project-admin', 'manager', 'user', 'run-owner', 'non-member', 'bot', 'orchestrator', 'agent', 'anonymous'] as const;
@@ -69,6 +72,9 @@ const members = ['global-admin', 'project-admin', 'manager', 'user', 'run-owner'
 const CELLS: Cell[] = [
   { route: 'GET /v1/ca', allowed: ACTORS, request: async () => ({ method: 'GET', url: '/v1/ca' }) },
   { route: 'GET /v1/krl', allowed: ACTORS, request: async () => ({ method: 'GET', url: '/v1/krl' }) },
+  { route: 'GET /v1/trust', allowed: ACTORS, request: async () => ({ method: 'GET', url: '/v1/trust' }) },
+  // Emergency rotation of the host CA has no precondition, so every allowed call succeeds.
+  { route: 'POST /v1/ca/rotate', allowed: ['global-admin'], request: async () => ({ method: 'POST', url: '/v1/ca/rotate', body: { step: 'emergency', purpose: 'host', reason: 'matrix' } }) },
   { route: 'POST /v1/users', allowed: ['global-admin'], request: async () => ({ method: 'POST', url: '/v1/users', body: { name: fresh('u') } }) },
   { route: 'GET /v1/users', allowed: ['global-admin'], request: async () => ({ method: 'GET', url: '/v1/users' }) },
   {
@@ -298,5 +304,144 @@ describe('authorization matrix', () => {
     }
     expect(outcomes.length).toBeGreaterThan(25);
     expect(outcomes.filter((o) => !o.endsWith(': 401'))).toEqual([]);
+  });
+});
+
+// Issue 12, item 1: a relationship (a run's owner, the project a bot was created in) grants
+// nothing without current membership of the project, judged at each use.
+describe('relationships grant nothing without current membership', () => {
+  it('a run owner removed from the project can no longer read, re-grant or re-point the run', async () => {
+    const token = await userWithToken(ca, 'exowner');
+    await ca.admin('PUT', '/v1/projects/ml/members/exowner', { role: 'user' });
+    await ca.admin('POST', '/v1/runs', { project: 'ml', name: 'exowner-run', owner: 'exowner', loginUser: 'root' });
+    const uses: { label: string; method: Method; url: string; body?: unknown }[] = [
+      { label: 'read', method: 'GET', url: '/v1/runs/ml/exowner-run' },
+      { label: 'policy', method: 'PATCH', url: '/v1/runs/ml/exowner-run', body: { attachableBy: { users: ['exowner', 'nobody'] } } },
+      { label: 'ssh endpoint', method: 'PATCH', url: '/v1/runs/ml/exowner-run', body: { ssh: { host: 'attacker.example.com', port: 22 } } },
+      { label: 'finish', method: 'POST', url: '/v1/runs/ml/exowner-run/finish' },
+    ];
+    const run = async () => {
+      const out: string[] = [];
+      for (const u of uses) out.push(`${u.label}: ${(await ca.api(u.method, u.url, { token, body: u.body })).statusCode}`);
+      return out;
+    };
+    // While a member, the owner may read and edit its run (finishing is for admins).
+    expect(await run()).toEqual(['read: 200', 'policy: 200', 'ssh endpoint: 200', 'finish: 403']);
+    await ca.admin('DELETE', '/v1/projects/ml/members/exowner');
+    await ca.admin('PATCH', '/v1/runs/ml/exowner-run', { attachableBy: { users: ['alice'] }, ssh: { host: 'gpu-1.example.com', port: 22 } });
+    expect(await run()).toEqual(['read: 403', 'policy: 403', 'ssh endpoint: 403', 'finish: 403']);
+    const after = await ca.admin<{ attachableBy: { users: string[] }; ssh: { host: string } }>('GET', '/v1/runs/ml/exowner-run');
+    expect(after.attachableBy.users).toEqual(['alice']);
+    expect(after.ssh.host).toBe('gpu-1.example.com');
+    // Membership given back: the relationship counts again, re-checked at this use.
+    await ca.admin('PUT', '/v1/projects/ml/members/exowner', { role: 'user' });
+    expect((await ca.api('GET', '/v1/runs/ml/exowner-run', { token })).statusCode).toBe(200);
+  });
+
+  it('a bot taken out of its project gets no certificate, and its live ones are revoked', async () => {
+    const { token } = await ca.admin<{ token: string }>('POST', '/v1/projects/ml/bots', { name: 'exbot', maxTtl: 900 });
+    await ca.admin('POST', '/v1/runs', { project: 'ml', name: 'exbot-run', owner: 'owner', loginUser: 'root', attachableBy: { users: ['exbot'] } });
+    const issue = () => ca.api('POST', '/v1/runs/ml/exbot-run/certs', { token, body: { publicKey: pub } });
+    const first = await issue();
+    expect(first.statusCode).toBe(201);
+    const listed = async () => ((await ca.api('GET', '/v1/me/runs', { token })).json() as { name: string }[]).map((r) => r.name);
+    expect(await listed()).toContain('exbot-run');
+    const removed = await ca.admin<{ revokedCerts: number }>('DELETE', '/v1/projects/ml/members/exbot');
+    expect(removed.revokedCerts).toBe(1);
+    const serial = BigInt((first.json() as { serial: string }).serial);
+    expect((await ca.store.listCerts({})).find((c) => c.serial === serial)?.revokedAt).not.toBeNull();
+    const again = await issue();
+    expect(again.statusCode).toBe(403);
+    expect(again.json().message).toBe('bot exbot is not a member of project ml');
+    expect((await ca.api('GET', '/v1/runs/ml/exbot-run', { token })).statusCode).toBe(403);
+    expect(await listed()).not.toContain('exbot-run');
+  });
+});
+
+// Issue 12, item 6: an anonymous caller gets the same answer (status and body) whether or
+// not the project and run it names exist. Names the caller typed are the only difference.
+describe('anonymous callers cannot tell what exists', () => {
+  const holder = generateSubject('ed25519');
+  const holderPub = formatAuthorizedKey(fromKeyObject(holder));
+  const jwt = (header: object, payload: object) =>
+    `${Buffer.from(JSON.stringify(header)).toString('base64url')}.${Buffer.from(JSON.stringify(payload)).toString('base64url')}.c2lnbmF0dXJl`;
+  const now = Math.floor(Date.now() / 1000);
+  const claims = { iss: 'https://ci.example.com', sub: 'repo:org/x', aud: 'dstack-ca', iat: now, exp: now + 600 };
+
+  async function proofFor(project: string, run: string, signWith = holder): Promise<{ nonce: string; signature: string }> {
+    const res = await ca.api('POST', `/v1/runs/${project}/${run}/nonces`);
+    const { nonce } = res.json() as { nonce: string };
+    const sig = await sshsigSign(nodeSigner(signWith), 'dstack-ca', proofMessage(`${project}/${run}`, nonce));
+    return { nonce, signature: armorSshsig(sig) };
+  }
+
+  const KINDS: [label: string, call: (p: string, r: string) => Promise<{ statusCode: number; body: string }>][] = [
+    [
+      'nonce',
+      async (p, r) => {
+        const res = await ca.api('POST', `/v1/runs/${p}/${r}/nonces`);
+        const j = res.json() as { nonce?: string; message: string };
+        // The nonce and its time are fresh each call: compare the shape of the answer.
+        return { statusCode: res.statusCode, body: JSON.stringify({ keys: Object.keys(j).sort(), message: j.message.replace(j.nonce ?? '-', 'NONCE') }) };
+      },
+    ],
+    ['cert without credentials', (p, r) => ca.api('POST', `/v1/runs/${p}/${r}/certs`, { body: { publicKey: pub } })],
+    ['cert with a proof by a key not listed', async (p, r) => ca.api('POST', `/v1/runs/${p}/${r}/certs`, { body: { publicKey: holderPub, proof: await proofFor(p, r) } })],
+    ['cert with a proof by another key', async (p, r) => ca.api('POST', `/v1/runs/${p}/${r}/certs`, { body: { publicKey: pub, proof: await proofFor(p, r) } })],
+    ['cert with a used nonce', async (p, r) => {
+      const proof = await proofFor(p, r);
+      await ca.api('POST', `/v1/runs/${p}/${r}/certs`, { body: { publicKey: holderPub, proof } });
+      return ca.api('POST', `/v1/runs/${p}/${r}/certs`, { body: { publicKey: holderPub, proof } });
+    }],
+    ['cert with an OIDC token of an issuer no bot trusts', (p, r) => ca.api('POST', `/v1/runs/${p}/${r}/certs`, { body: { publicKey: pub, oidcToken: jwt({ alg: 'ES256', kid: 'k1' }, claims) } })],
+    ['cert with an unsigned OIDC token', (p, r) => ca.api('POST', `/v1/runs/${p}/${r}/certs`, { body: { publicKey: pub, oidcToken: jwt({ alg: 'none' }, claims) } })],
+  ];
+
+  beforeAll(async () => {
+    await ca.admin('POST', '/v1/runs', {
+      project: 'ml',
+      name: 'anon-run',
+      owner: 'owner',
+      loginUser: 'root',
+      attachableBy: { users: ['alice'], public_keys: [formatAuthorizedKey(subjectKey('ecdsa256'))] },
+    });
+  });
+
+  it.each(KINDS)('%s', async (_label, call) => {
+    const answers: string[] = [];
+    for (const [p, r] of [['ml', 'anon-run'], ['ml', 'no-such-run'], ['no-such-project', 'anon-run']] as const) {
+      const res = await call(p, r);
+      const body = JSON.stringify(JSON.parse(res.body)).split(`${p}/${r}`).join('P/R').split(`\\"${p}\\"`).join('\\"P\\"');
+      answers.push(`${res.statusCode} ${body}`);
+    }
+    // A nonce is handed out to anyone; every certificate request here is refused.
+    expect(answers[0]).toMatch(_label === 'nonce' ? /^200 / : /^40[13] /);
+    expect(answers[1]).toBe(answers[0]);
+    expect(answers[2]).toBe(answers[0]);
+  });
+});
+
+// Issue 12, item 12: disabling a user ends its credentials; enabling it again revives none.
+describe('a re-enabled user gets none of its old credentials back', () => {
+  it('API tokens, login tokens and enrollment links stay dead; a new token works', async () => {
+    const token = await userWithToken(ca, 'comeback');
+    const login = (await ca.admin<{ token: string }>('POST', '/v1/users/comeback/tokens', { ttl: 3600 })).token;
+    const { url } = await ca.admin<{ url: string }>('POST', '/v1/users/comeback/enrollments', {});
+    const enrollment = url.split('#')[1] as string;
+    const status = async () => [
+      (await ca.api('GET', '/v1/me', { token })).statusCode,
+      (await ca.api('GET', '/v1/me', { token: login })).statusCode,
+      // The passkey pages' own call (same-origin, as the browser makes it).
+      (await ca.app.inject({ method: 'POST', url: '/v1/web/enroll/options', headers: { origin: ca.authority.web.origin }, payload: { enrollment } })).statusCode,
+    ];
+    expect(await status()).toEqual([200, 200, 200]);
+    await ca.admin('PATCH', '/v1/users/comeback', { disabled: true });
+    expect(await status()).toEqual([401, 401, 401]);
+    await ca.admin('PATCH', '/v1/users/comeback', { disabled: false });
+    expect(await status()).toEqual([401, 401, 401]);
+    const fresh = (await ca.admin<{ token: string }>('POST', '/v1/users/comeback/tokens', {})).token;
+    expect((await ca.api('GET', '/v1/me', { token: fresh })).statusCode).toBe(200);
+    const e = (await ca.store.listAuditEvents({})).filter((x) => x.action === 'user.update').at(-2);
+    expect(e?.details).toMatchObject({ name: 'comeback', disabled: true, endedCredentials: 3 });
   });
 });

@@ -221,7 +221,10 @@ describe('keys and clocks', () => {
   });
 
   it('verification uses the CA clock: moving it past exp refuses a token that was good', async () => {
-    const token = await issuer.sign(issuer.claims(now(), { ...CLAIMS, exp: now() + 120 }), { alg: 'RS256' });
+    const t0 = now();
+    const token = await issuer.sign(issuer.claims(t0, { ...CLAIMS, exp: t0 + 120 }), { alg: 'RS256' });
+    // Another token with the same lifetime: each token is good for one certificate.
+    const twin = await issuer.sign(issuer.claims(t0, { ...CLAIMS, exp: t0 + 120, jti: 'twin' }), { alg: 'RS256' });
     expect((await exchange(token)).statusCode).toBe(201);
     shift = 120 + 61; // past exp and the 60 s tolerance
     try {
@@ -234,7 +237,7 @@ describe('keys and clocks', () => {
     // Within the clock tolerance a barely-expired token still passes.
     shift = 120 + 30;
     try {
-      expect((await exchange(token)).statusCode).toBe(201);
+      expect((await exchange(twin)).statusCode).toBe(201);
     } finally {
       shift = 0;
     }
@@ -266,5 +269,75 @@ describe('keys and clocks', () => {
     expect(listing.keyId).toMatch(/^bot:ci run:ml\/train-1 serial:\d+$/);
     const { validAfter, validBefore } = res.json() as { validAfter: number; validBefore: number };
     expect(validBefore - validAfter).toBe(900 + 60);
+  });
+});
+
+// Issue 12, item 12: an OIDC token is good for one certificate: the same JWT is refused the
+// second time within its lifetime. Only verified tokens are remembered.
+describe('one token, one use', () => {
+  it('the same JWT is refused the second time, however it is re-encoded; nothing is issued', async () => {
+    const token = await issuer.sign(issuer.claims(now(), { ...CLAIMS, jti: 'once' }), { alg: 'ES256' });
+    const first = await exchange(token);
+    expect(first.statusCode, first.body).toBe(201);
+    const certs = await certCount();
+    const again = await exchange(token);
+    expect(again.statusCode).toBe(401);
+    expect(again.json().message).toBe('OIDC token refused: it was already used; a token is good for one certificate (ask the CI for a fresh one)');
+    expect(await lastEvent()).toMatchObject({ actor: 'bot:ci', action: 'cert.refuse', details: { status: 401, via: 'oidc' } });
+    expect(JSON.stringify(await lastEvent())).not.toContain(token.split('.')[2]);
+    // A second signature over the same header and payload (ECDSA signs with a fresh nonce) is the same token.
+    const [h, p] = token.split('.');
+    const resigned = await issuer.sign(JSON.parse(Buffer.from(p as string, 'base64url').toString('utf8')) as JWTPayload, { alg: 'ES256' });
+    expect(resigned.split('.').slice(0, 2).join('.')).toBe(`${h}.${p}`);
+    expect(resigned).not.toBe(token);
+    expect((await exchange(resigned)).statusCode).toBe(401);
+    expect(await certCount()).toBe(certs);
+  });
+
+  it('two requests racing with one token get one certificate', async () => {
+    const token = await issuer.sign(issuer.claims(now(), { ...CLAIMS, jti: 'race' }), { alg: 'ES256' });
+    const answers = await Promise.all(Array.from({ length: 6 }, () => exchange(token)));
+    expect(answers.map((a) => a.statusCode).sort()).toEqual([201, 401, 401, 401, 401, 401]);
+  });
+
+  it('a token whose request issued nothing can be used again; unverified tokens are never remembered', async () => {
+    const token = await issuer.sign(issuer.claims(now(), { ...CLAIMS, jti: 'retry' }), { alg: 'ES256' });
+    const remembered = ca.authority.issuer.replay.size;
+    expect((await exchange(token, 'no-such-run')).statusCode).toBe(404);
+    expect(ca.authority.issuer.replay.size).toBe(remembered);
+    expect((await exchange(token)).statusCode).toBe(201);
+    expect(ca.authority.issuer.replay.size).toBeGreaterThan(remembered);
+    // Forged signatures (anyone can make these) leave nothing behind.
+    const before = ca.authority.issuer.replay.size;
+    for (let i = 0; i < 20; i++) {
+      const forged = `${b64json({ alg: 'ES256', kid: esKid })}.${b64json(issuer.claims(now(), { ...CLAIMS, jti: `forged-${i}` }))}.${Buffer.alloc(64, i).toString('base64url')}`;
+      expect((await exchange(forged)).statusCode).toBe(401);
+    }
+    expect(ca.authority.issuer.replay.size).toBe(before);
+  });
+});
+
+describe('one token, one use, across a restart', () => {
+  it('a token that got a certificate is refused by the restarted CA too (recorded with the cert)', async () => {
+    const first = await openTestCa({ config: { oidc: { jwksCooldown: 0 } } });
+    let second: TestCa | undefined;
+    try {
+      await first.admin('POST', '/v1/projects', { name: 'ml' });
+      await first.admin('POST', '/v1/projects/ml/bots', { name: 'ci', maxTtl: 900, oidc: { issuer: issuer.url, audience: 'dstack-ca', claims: { repository: 'org/app' } } });
+      await first.admin('POST', '/v1/runs', { project: 'ml', name: 'train-1', owner: 'admin', loginUser: me, attachableBy: { users: ['ci'] } });
+      const token = await issuer.sign(issuer.claims(now(), CLAIMS));
+      const body = { publicKey: key.publicLine, oidcToken: token };
+      expect((await first.api('POST', '/v1/runs/ml/train-1/certs', { body })).statusCode).toBe(201);
+      await first.close();
+      second = await openTestCa({ dir: first.dir, config: { oidc: { jwksCooldown: 0 } } });
+      expect(second.authority.issuer.replay.size).toBe(0); // a new process: nothing in memory
+      const again = await second.api('POST', '/v1/runs/ml/train-1/certs', { body });
+      expect(again.statusCode).toBe(401);
+      expect(again.json().message).toMatch(/^OIDC token refused: it was already used/);
+      // A fresh token from the same CI job works.
+      expect((await second.api('POST', '/v1/runs/ml/train-1/certs', { body: { ...body, oidcToken: await issuer.sign(issuer.claims(now(), CLAIMS)) } })).statusCode).toBe(201);
+    } finally {
+      await second?.close();
+    }
   });
 });

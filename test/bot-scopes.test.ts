@@ -3,12 +3,13 @@
 // so), token expiry and rotation, settings updates that revoke what they no longer allow,
 // and the per-bot and per-address rate limits.
 import { writeFile } from 'node:fs/promises';
+import { connect, createServer, type AddressInfo } from 'node:net';
 import { userInfo } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AuditEvent } from '../ca/domain/model.js';
 import { openTestCa, userWithToken, type TestCa } from './fixtures/ca.js';
-import { cleanupTempDirs, generateKey, listCert, makeTempDir, parseListing, startSshd, type KeyFiles, type Sshd } from './harness/index.js';
+import { cleanupTempDirs, freePort, generateKey, listCert, makeTempDir, parseListing, startSshd, type KeyFiles, type Sshd } from './harness/index.js';
 
 const me = userInfo().username;
 let shift = 0;
@@ -38,6 +39,24 @@ async function certFile(certificate: string, name: string): Promise<string> {
   const path = join(dir, `${name}-cert.pub`);
   await writeFile(path, `${certificate}\n`);
   return path;
+}
+
+/** Connects to 127.0.0.1:port and returns everything read until the peer closes (or 5 s). */
+function readOnce(port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const sock = connect(port, '127.0.0.1');
+    let data = '';
+    const timer = setTimeout(() => sock.destroy(), 5000);
+    sock.setEncoding('utf8').on('data', (d: string) => (data += d));
+    sock.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    sock.on('close', () => {
+      clearTimeout(timer);
+      resolve(data);
+    });
+  });
 }
 
 async function lastEvent(): Promise<AuditEvent> {
@@ -132,6 +151,60 @@ describe('restrictions, enforced by a real sshd', () => {
     expect(r.stdout).toBe('forced:echo requested; id -u\n');
     const issued = (await ca.store.listAuditEvents({})).filter((e) => e.action === 'cert.issue' && e.actor === 'bot:smoke');
     expect(issued.at(-1)?.details).toMatchObject({ via: 'token', forceCommand: 'echo forced:"$SSH_ORIGINAL_COMMAND"' });
+  });
+
+  // Issue 12, item 3: a restricted cert carries only the extensions its purpose needs.
+  it('a force-command cert cannot tunnel or get a pty: ssh -N -L to a service on the host loopback is refused', async () => {
+    const service = createServer((sock) => sock.end('secret-of-the-host\n'));
+    await new Promise<void>((resolve) => service.listen(0, '127.0.0.1', resolve));
+    const servicePort = (service.address() as AddressInfo).port;
+    const tunnel = async (certificate: string) => {
+      const localPort = await freePort();
+      const child = sshd.spawnSsh({
+        identity: key.privatePath,
+        certificate,
+        command: '',
+        extraArgs: ['-N', '-o', 'ExitOnForwardFailure=yes', '-L', `127.0.0.1:${localPort}:127.0.0.1:${servicePort}`],
+      });
+      let stderr = '';
+      child.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+      try {
+        // Wait for the local end of the tunnel, then ask through it.
+        const deadline = Date.now() + 10_000;
+        let got = '';
+        while (Date.now() < deadline) {
+          got = await readOnce(localPort).catch(() => 'no-listener');
+          if (got !== 'no-listener') break;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        return { got, stderr };
+      } finally {
+        child.kill('SIGTERM');
+      }
+    };
+    try {
+      const res = await issue(forced, 'svc-1');
+      expect(res.statusCode, res.body).toBe(201);
+      const path = await certFile(res.json().certificate, 'smoke-tunnel');
+      expect(parseListing(await listCert(path)).extensions).toEqual([]);
+      const refused = await tunnel(path);
+      expect(refused.got).toBe('');
+      expect(sshd.log()).toMatch(/refused local port forward/);
+      const pty = await sshd.ssh({ identity: key.privatePath, certificate: path, command: 'true', tty: true });
+      expect(pty.stderr).toMatch(/PTY allocation request failed/);
+
+      // Given explicitly, forwarding works for the same force-command: the refusal above is
+      // the missing extension, not the test's tunnel.
+      const tunneller = await addBot({ name: 'tunneller', maxTtl: 900, forceCommand: 'sleep 30', permits: ['port-forwarding'] });
+      await ca.admin('PATCH', '/v1/runs/ml/svc-1', { attachableBy: { users: ['smoke', 'fenced', 'local', 'tunneller'] } });
+      const ok = await issue(tunneller, 'svc-1');
+      expect(ok.statusCode, ok.body).toBe(201);
+      const okPath = await certFile(ok.json().certificate, 'tunneller');
+      expect(parseListing(await listCert(okPath)).extensions).toEqual(['permit-port-forwarding']);
+      expect((await tunnel(okPath)).got).toBe('secret-of-the-host\n');
+    } finally {
+      service.close();
+    }
   });
 
   it('source-address is in every cert of the bot; sshd refuses it from elsewhere and takes it from inside', async () => {

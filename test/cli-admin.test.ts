@@ -301,14 +301,18 @@ describe('exit 4: not authenticated, not allowed', () => {
     expect(h.stderr).toMatch(/does not expire/);
   });
 
-  it('a disabled user is refused; enabling restores access', async () => {
+  it('a disabled user is refused; enabling restores access with new credentials, not the old ones', async () => {
     const t = json<{ token: string }>(await ca(['user', 'token', 'alice', '--json'])).token;
     secrets.add(t);
     ok(await ca(['member', 'ls', 'ml'], { token: t }));
     expect(json(await ca(['user', 'disable', 'alice', '--json']))).toMatchObject({ name: 'alice', disabled: true });
     fails(await ca(['member', 'ls', 'ml'], { token: t }), 4, /not authenticated/);
     expect(ok(await ca(['user', 'enable', 'alice'])).stdout).toBe('user alice enabled\n');
-    ok(await ca(['member', 'ls', 'ml'], { token: t }));
+    // Disabling ended the token: enabling does not revive it (issue 12, item 12).
+    fails(await ca(['member', 'ls', 'ml'], { token: t }), 4, /not authenticated/);
+    const fresh = json<{ token: string }>(await ca(['user', 'token', 'alice', '--json'])).token;
+    secrets.add(fresh);
+    ok(await ca(['member', 'ls', 'ml'], { token: fresh }));
   });
 
   it('no token where one is needed is exit 4', async () => {

@@ -70,6 +70,8 @@ describe('an OIDC bot from the command line', () => {
       runs: ['train-*', 'eval-*'],
       forceCommand: null,
       sourceAddress: null,
+      permits: null,
+      extensions: ['permit-port-forwarding', 'permit-pty'],
       tokenTtl: null,
       oidc: { issuer: issuer.url, audience: 'dstack-ca', claims: { repository: 'org/app', ref: 'refs/heads/*' } },
       liveTokens: 0,
@@ -166,6 +168,20 @@ describe('bot update', () => {
     const certPath = join(dir, 'bot-cert-2.pub');
     await writeFile(certPath, `${r.certificate}\n`);
     expect(parseListing(await listCert(certPath)).criticalOptions).toEqual(['source-address 127.0.0.1,::1']);
+  });
+
+  it('--permit gives a force-command bot the extensions it needs (none by default); a bad name is refused naming the flag', async () => {
+    const forced = json<{ extensions: string[]; permits: null }>(await ca(['bot', 'update', 'ml/ci', '--force-command', '/usr/bin/smoke', '--json']));
+    expect(forced).toMatchObject({ permits: null, extensions: [] });
+    const human = ok(await ca(['bot', 'update', 'ml/ci', '--permit', 'pty', '--permit', 'port-forwarding']));
+    expect(human.stdout).toContain('extensions: permit-port-forwarding, permit-pty\n');
+    const r = json<{ certificate: string }>(await ca(['cert', 'ml/train-1', '--public-key', botKey.publicPath, '--oidc-token', '-', '--json'], { token: null, input: await jwt() }));
+    const certPath = join(dir, 'bot-cert-permit.pub');
+    await writeFile(certPath, `${r.certificate}\n`);
+    expect(parseListing(await listCert(certPath)).extensions).toEqual(['permit-port-forwarding', 'permit-pty']);
+    fails(await ca(['bot', 'update', 'ml/ci', '--permit', 'pty,tunnel']), 2, /^dstack-ca: --permit: "tunnel" is not one of pty, port-forwarding, agent-forwarding, x11-forwarding, user-rc$/m);
+    fails(await ca(['bot', 'update', 'ml/ci', '--permit', 'none,pty']), 2, /--permit: "none" cannot be combined/);
+    expect(json<{ permits: null; extensions: string[] }>(await ca(['bot', 'update', 'ml/ci', '--no-permit', '--no-force-command', '--json']))).toMatchObject({ permits: null, extensions: ['permit-port-forwarding', 'permit-pty'] });
   });
 
   it('can drop the OIDC trust, and refuses nonsense', async () => {

@@ -19,6 +19,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { audit } from '../ca/authority/audit.js';
 import { webConfigFor } from '../ca/authority/context.js';
+import { parseCertificateLine } from '../ca/ssh/certificate.js';
 import type { DeviceCode } from '../ca/domain/model.js';
 import { openTestCa, type TestCa } from './fixtures/ca.js';
 import { CLI, dstackCa, fails, json, ok } from './fixtures/cli.js';
@@ -73,6 +74,9 @@ const session = async () => JSON.parse(await readFile(join(cfg, 'session.json'),
 /** Certificates the CA has issued to alice so far. */
 const issuedToAlice = async () => (await ca.store.listCerts({ identityId: aliceId })).length;
 const keyFields = (line: string) => line.split(' ').slice(0, 2).join(' ');
+/** What the run's agent does on a new KRL: install it beside sshd. */
+const pushKrl = async () => sshd.setKrl((await ca.api('GET', '/v1/krl')).rawPayload);
+const heldSerial = async (run: string) => parseCertificateLine((await readFile(join(cfg, 'certs', 'ml', `${run}-cert.pub`), 'utf8')).trim()).cert.serial.toString();
 
 interface PendingLogin {
   link: string;
@@ -177,7 +181,8 @@ beforeAll(async () => {
   await ca.admin('PUT', '/v1/projects/ml/members/alice', { role: 'user' });
   await ca.admin('PUT', '/v1/projects/ml/members/bob', { role: 'user' });
   const caKeys = await ca.admin<{ keys: string[] }>('GET', '/v1/ca');
-  sshd = await startSshd({ trustedCaKeys: caKeys.keys, principals: {} });
+  // The KRL as the run's agent would install it (pushKrl() after each revocation).
+  sshd = await startSshd({ trustedCaKeys: caKeys.keys, principals: {}, krl: (await ca.api('GET', '/v1/krl')).rawPayload });
   ({ principal: trainPrincipal } = await ca.admin<{ principal: string }>('POST', '/v1/runs', {
     project: 'ml',
     name: 'train-1',
@@ -317,6 +322,54 @@ describe('login, then plain ssh', () => {
     fails(await cli(['ssh', 'ml/pending']), 1, /ml\/pending: the run has no ssh address yet/);
     fails(await cli(['ssh', 'ml/nope']), 1, /ml\/nope: not among the runs you can attach to/);
     fails(await cli(['ssh', 'nope']), 2, /PROJECT\/RUN/);
+  });
+
+  // Issue 12, item 14: the CLI learns revocations from the CA's signed KRL.
+  it('a revoked cert: sshd refuses it, status marks it, plain ssh and dstack-ca ssh replace it while the policy grants one', async () => {
+    const revoked = await heldSerial('train-1');
+    const r = await ca.admin<{ revokedCerts: number }>('POST', '/v1/revocations', { user: 'alice', project: 'ml', reason: 'rotated out' });
+    expect(r.revokedCerts).toBeGreaterThanOrEqual(2); // train-1 and pending
+    await pushKrl();
+    // What the issue saw: the cert on disk is dead at sshd.
+    const dead = await sshd.ssh({ identity: join(cfg, 'id_ed25519'), certificate: join(cfg, 'certs', 'ml', 'train-1-cert.pub'), command: 'true' });
+    expect(dead.code).not.toBe(0);
+    expect(sshd.log()).toMatch(/ED25519-CERT SHA256:\S+ revoked by file/);
+
+    const s = json<{ certs: { run: string; serial: string; revoked: boolean | null; revokedBy?: string }[] }>(await cli(['status', '--json']));
+    expect(s.certs.find((c) => c.run === 'ml/train-1')).toMatchObject({ serial: revoked, revoked: true, revokedBy: `serial ${revoked} (CA section)` });
+    expect(s.certs.find((c) => c.run === 'ml/pending')).toMatchObject({ revoked: true });
+    expect(ok(await cli(['status'])).stdout).toMatch(new RegExp(`ml/train-1\\s+${trainPrincipal}\\s+${revoked}\\s+\\S+ \\(revoked\\)$`, 'm'));
+
+    // Plain ssh: the Match exec renew sees the revocation and replaces the cert (the policy
+    // still grants alice one), quietly; the agent holds only the new one.
+    const before = await issuedToAlice();
+    const p = await plainSsh('ml/train-1', 'echo', 'after-revoke');
+    expect(p.stdout, p.stderr).toBe('after-revoke\n');
+    expect(p.stderr).toBe('');
+    expect(await heldSerial('train-1')).not.toBe(revoked);
+    expect(await issuedToAlice()).toBe(before + 1);
+    const agentSerials = (await sshAdd('-L')).stdout.split('\n').filter((l) => l.includes('-cert-v01@')).map((l) => parseCertificateLine(l).cert.serial.toString());
+    expect(agentSerials).toContain(await heldSerial('train-1'));
+    expect(agentSerials).not.toContain(revoked);
+    // Not revoked: renew leaves it alone (one KRL fetch, no issue).
+    expect(json<{ renewed: boolean }>(await cli(['renew', 'ml/train-1', '--json'])).renewed).toBe(false);
+    expect(await issuedToAlice()).toBe(before + 1);
+
+    // dstack-ca ssh does the same.
+    const second = await heldSerial('train-1');
+    await ca.admin('POST', '/v1/revocations', { serial: second, reason: 'again' });
+    await pushKrl();
+    const d = await cli(['ssh', 'ml/train-1', '--', 'echo', 'via-dstack-ca']);
+    expect(d.stdout, d.stderr).toBe('via-dstack-ca\n');
+    expect(await heldSerial('train-1')).not.toBe(second);
+    expect(json<{ certs: { run: string; revoked: boolean }[] }>(await cli(['status', '--json'])).certs.find((c) => c.run === 'ml/train-1')?.revoked).toBe(false);
+
+    // A revoked cert the policy no longer replaces is dropped, and renew says why.
+    await ca.admin('PATCH', '/v1/runs/ml/pending', { attachableBy: { users: ['bob'] } });
+    fails(await cli(['renew', 'ml/pending']), 4, /^dstack-ca: the certificate for ml\/pending was revoked \(serial \d+ \(CA section\)\) and the CA gives no new one: permission denied: not allowed by the attachable_by policy of run ml\/pending$/m);
+    expect(await exists(join(cfg, 'certs', 'ml', 'pending-cert.pub'))).toBe(false);
+    await ca.admin('PATCH', '/v1/runs/ml/pending', { attachableBy: { project_members: true } });
+    expect(json<{ renewed: boolean; reason: string }>(await cli(['renew', 'ml/pending', '--json']))).toMatchObject({ renewed: true, reason: 'missing' });
   });
 
   it('status shows the user, session expiry and the certs held, marking expired ones', async () => {

@@ -151,13 +151,25 @@ describe('dstack-ca login, then plain ssh', () => {
   });
 
   it('removed from the project, the next ssh is refused once the KRL update is installed', async () => {
+    const cfg = join(home, '.config', 'dstack-ca');
+    const certFile = join(cfg, 'certs', 'ml', 'train-1-cert.pub');
+    const held = await readFile(certFile, 'utf8');
     const before = await installCurrentKrl();
     const removed = await admin<{ revokedCerts: number }>('DELETE', '/v1/projects/ml/members/alice');
     expect(removed.revokedCerts).toBe(1);
     expect(await installCurrentKrl()).toBeGreaterThan(before);
+    // sshd refuses the revoked cert by the KRL.
+    const saved = join(dir, 'revoked-cert.pub');
+    await writeFile(saved, held);
+    const direct = await sshd.ssh({ identity: join(cfg, 'id_ed25519'), certificate: saved, command: 'true' });
+    expect(direct.code).toBe(255);
+    expect(sshd.log()).toMatch(/ED25519-CERT SHA256:\S+ revoked by file/);
+    // Plain ssh is refused too; the CLI (ssh_config's Match exec) learned of the revocation
+    // from the signed KRL, found no new cert granted, and dropped the dead one, saying why.
     const r = await plainSsh('true');
     expect(r.code).toBe(255);
-    expect(sshd.log()).toMatch(/ED25519-CERT SHA256:\S+ revoked by file/);
+    expect(r.stderr).toMatch(/the certificate for ml\/train-1 was revoked \(serial \d+ \(CA section\)\) and the CA gives no new one/);
+    await expect(stat(certFile)).rejects.toThrow(/ENOENT/);
   });
 
   it('logout ends the session on the server', async () => {

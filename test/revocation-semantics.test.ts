@@ -188,3 +188,62 @@ describe('a change revokes exactly what it ungrants', () => {
     expect(verifyChain(events as never)).toEqual({ ok: true, events: events.length });
   });
 });
+
+// Issue 12, item 2: the re-check in the commit compares the whole certificate profile with
+// the settings at that moment, not only the grant. A bot issues in parallel loops while its
+// settings are tightened; afterwards every committed cert with the old profile is revoked
+// in the served KRL (and every cert not revoked has the new one).
+describe('tightening a bot while it issues leaves no cert with the old profile', () => {
+  const optionsOf = (line: string) => {
+    const { cert } = parseCertificateLine(line);
+    const critical = [...cert.criticalOptions.keys()].sort().join(',');
+    return { cert, critical, force: cert.criticalOptions.get('force-command')?.subarray(4).toString('utf8') ?? null, source: cert.criticalOptions.get('source-address')?.subarray(4).toString('utf8') ?? null, extensions: [...cert.extensions.keys()].sort() };
+  };
+  const CASES: [label: string, before: Record<string, unknown>, patch: Record<string, unknown>, hasNewProfile: (o: ReturnType<typeof optionsOf>) => boolean][] = [
+    ['--force-command X', { forceCommand: 'old-command' }, { forceCommand: 'new-command' }, (o) => o.force === 'new-command'],
+    ['--source-address', { sourceAddress: '127.0.0.0/8' }, { sourceAddress: '127.0.0.1/32' }, (o) => o.source === '127.0.0.1/32'],
+    ['--permit (an extension taken away)', { permits: ['port-forwarding', 'pty'] }, { permits: ['pty'] }, (o) => o.extensions.join(',') === 'permit-pty'],
+    ['--max-ttl (lowered)', {}, { maxTtl: 300 }, (o) => Number(o.cert.validBefore - o.cert.validAfter) <= 300 + 60],
+  ];
+
+  it.each(CASES)('%s', async (_label, before, patch, hasNewProfile) => {
+    const c = await openTestCa({ config: { rateLimits: false } });
+    try {
+      await c.admin('POST', '/v1/projects', { name: 'ml' });
+      const { token } = await c.admin<{ token: string }>('POST', '/v1/projects/ml/bots', { name: 'loop', maxTtl: 900, ...before });
+      await c.admin('POST', '/v1/runs', { project: 'ml', name: 'r1', owner: 'admin', loginUser: 'root', attachableBy: { users: ['loop'] } });
+      const received: string[] = [];
+      const statuses = new Map<number, number>();
+      let stop = false;
+      const loop = async () => {
+        while (!stop) {
+          const res = await c.api('POST', '/v1/runs/ml/r1/certs', { token, body: { publicKey: pub(3) } });
+          statuses.set(res.statusCode, (statuses.get(res.statusCode) ?? 0) + 1);
+          if (res.statusCode === 201) received.push((res.json() as { certificate: string }).certificate);
+        }
+      };
+      const loops = Array.from({ length: 8 }, loop);
+      // Let the loops get going, update while they run, and let them go on a while.
+      while (received.length < 40) await new Promise((r) => setTimeout(r, 5));
+      const updated = await c.admin<{ revokedCerts: number }>('PATCH', '/v1/projects/ml/bots/loop', patch);
+      const afterUpdate = received.length;
+      while (received.length < afterUpdate + 40) await new Promise((r) => setTimeout(r, 5));
+      stop = true;
+      await Promise.all(loops);
+
+      const set = decodeKrl((await c.api('GET', '/v1/krl')).rawPayload).set;
+      const old = received.map(optionsOf).filter((o) => !hasNewProfile(o));
+      const fresh = received.map(optionsOf).filter((o) => hasNewProfile(o));
+      expect(old.length).toBeGreaterThan(0);
+      expect(fresh.length).toBeGreaterThan(0);
+      expect(updated.revokedCerts).toBeGreaterThan(0);
+      // Every received cert with the old profile is revoked in the KRL; no new one is.
+      expect(old.filter((o) => isRevoked(set, o.cert) === null).map((o) => o.cert.serial)).toEqual([]);
+      expect(fresh.filter((o) => isRevoked(set, o.cert) !== null).map((o) => o.cert.serial)).toEqual([]);
+      // Refusals in between are the commit's "ask again" (409), nothing else.
+      expect([...statuses.keys()].sort()).toEqual(statuses.has(409) ? [201, 409] : [201]);
+    } finally {
+      await c.close();
+    }
+  });
+});

@@ -5,7 +5,7 @@ import { PROJECT_ROLES } from '../domain/model.js';
 import { identityName, loginUser, projectName, runName } from '../domain/names.js';
 import { attachableBySchema } from '../policy/attachable-by.js';
 import { assertStrongKey, formatAuthorizedKey, parseAuthorizedKey } from '../ssh/keys.js';
-import { forceCommandSchema, oidcBindingSchema, runScopesSchema, sourceAddressSchema } from '../policy/bot-scope.js';
+import { forceCommandSchema, oidcBindingSchema, permitsSchema, runScopesSchema, sourceAddressSchema } from '../policy/bot-scope.js';
 
 const seconds = z.number().int().positive();
 const reason = z.string().trim().min(1, 'a reason is required').max(1000);
@@ -106,6 +106,9 @@ export const setMemberBody = z.strictObject({ role: z.enum(PROJECT_ROLES) });
 const botRuns = runScopesSchema.describe('Run names or globs ("*": any characters, "?": one) within the bot’s project that it may reach; absent: every run of the project');
 const botForceCommand = forceCommandSchema.describe('force-command critical option put in every certificate of the bot');
 const botSourceAddress = sourceAddressSchema.describe('source-address critical option for every certificate of the bot: comma-separated IPv4/IPv6 addresses or CIDR blocks');
+const botPermits = permitsSchema.describe(
+  'Certificate extensions given explicitly (pty, port-forwarding, agent-forwarding, x11-forwarding, user-rc); absent: pty and port-forwarding, or none with a force-command',
+);
 const botTokenTtl = seconds.describe('Lifetime of the bot’s API tokens (seconds), at creation and at each rotation; absent: they do not expire');
 const botOidc = oidcBindingSchema.describe('Trust OIDC tokens from this issuer whose aud holds audience and whose claims match: the bot then needs no API token (none is created)');
 
@@ -116,6 +119,7 @@ export const addBotBody = z.strictObject({
   runs: botRuns.optional(),
   forceCommand: botForceCommand.optional(),
   sourceAddress: botSourceAddress.optional(),
+  permits: botPermits.optional(),
   tokenTtl: botTokenTtl.optional(),
   oidc: botOidc.optional(),
 });
@@ -127,10 +131,11 @@ export const updateBotBody = z
     runs: botRuns.nullable().optional(),
     forceCommand: botForceCommand.nullable().optional(),
     sourceAddress: botSourceAddress.nullable().optional(),
+    permits: botPermits.nullable().optional(),
     tokenTtl: botTokenTtl.nullable().optional(),
     oidc: botOidc.nullable().optional(),
   })
-  .refine((b) => Object.values(b).some((v) => v !== undefined), { message: 'nothing to change: give at least one of maxTtl, runs, forceCommand, sourceAddress, tokenTtl, oidc' });
+  .refine((b) => Object.values(b).some((v) => v !== undefined), { message: 'nothing to change: give at least one of maxTtl, runs, forceCommand, sourceAddress, permits, tokenTtl, oidc' });
 
 export const botParams = z.strictObject({ project: projectName, name: identityName });
 /** No fields: the request may have no body at all, or {}. */
@@ -203,6 +208,8 @@ export const botView = z.object({
   runs: z.array(z.string()).nullable(),
   forceCommand: z.string().nullable(),
   sourceAddress: z.string().nullable(),
+  permits: z.array(z.string()).nullable().describe('Extensions given explicitly; null: the default for the restrictions'),
+  extensions: z.array(z.string()).describe('The extensions its certificates carry now'),
   tokenTtl: z.number().nullable(),
   oidc: oidcBindingView.nullable(),
   liveTokens: z.number(),

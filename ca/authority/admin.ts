@@ -4,6 +4,7 @@ import { badRequest, conflict } from '../domain/errors.js';
 import { DEFAULT_BOT_SETTINGS, type BotSettings, type Identity, type Membership, type Project, type ProjectRole, type TokenRecord } from '../domain/model.js';
 import type { StoreReader, StoreTx } from '../store/store.js';
 import { isAllowed } from '../policy/authorize.js';
+import { extensionsFor, type Restrictions } from '../policy/cert-profile.js';
 import { actorFacts, actorLabel, requireAllowed, roleIn, type Actor } from './actors.js';
 import { audit } from './audit.js';
 import type { AuthorityContext } from './context.js';
@@ -30,6 +31,21 @@ async function insertToken(tx: StoreTx, now: number, t: Pick<TokenRecord, 'kind'
 
 async function revokeTokens(tx: StoreTx, now: number, filter: Parameters<StoreTx['listTokens']>[0]): Promise<void> {
   for (const t of await tx.listTokens(filter)) if (t.revokedAt === null) await tx.revokeToken(t.id, now);
+}
+
+/** Ends every credential of an identity: tokens of any kind, browser sessions, approved device codes, enrollment links. */
+async function endCredentials(tx: StoreTx, identityId: number, now: number): Promise<number> {
+  let n = 0;
+  for (const t of await tx.listTokens({ identityId })) {
+    if (t.revokedAt === null && (t.expiresAt === null || t.expiresAt > now)) {
+      await tx.revokeToken(t.id, now);
+      n++;
+    }
+  }
+  n += await tx.revokeWebSessions({ identityId }, now);
+  n += await tx.cancelApprovedDeviceCodes(identityId, now);
+  n += await tx.revokeEnrollments(identityId, now);
+  return n;
 }
 
 async function requireFreeName(tx: StoreTx, name: string): Promise<void> {
@@ -66,7 +82,11 @@ export async function updateUser(ctx: AuthorityContext, actor: Actor, name: stri
   const { krlVersion, user } = await ctx.store.tx(async (tx) => {
     const user = await requireIdentity(tx, name, 'user');
     await tx.updateIdentity(user.id, { disabled: patch.disabled ?? user.disabled, globalAdmin: patch.admin ?? user.globalAdmin });
-    await audit(tx, now, actor, 'user.update', { name, ...patch });
+    // Disabling ends every credential the user holds (API and login tokens, browser sessions,
+    // approved device codes, enrollment links), in this transaction: enabling the user again
+    // revives none of them; the user logs in afresh.
+    const ended = patch.disabled ? await endCredentials(tx, user.id, now) : undefined;
+    await audit(tx, now, actor, 'user.update', { name, ...patch, ...(ended !== undefined ? { endedCredentials: ended } : {}) });
     const r = patch.disabled ? await revokeUngranted(tx, now, { identityId: user.id }, `user ${name} disabled by ${actorLabel(actor)}`) : null;
     return { krlVersion: r?.krlVersion ?? null, user: (await tx.getIdentity(user.id)) as Identity };
   });
@@ -180,6 +200,10 @@ export interface BotView {
   runs: string[] | null;
   forceCommand: string | null;
   sourceAddress: string | null;
+  /** Extensions given explicitly; null: the default for its restrictions. */
+  permits: string[] | null;
+  /** The `permit-*` extensions its certificates carry now. */
+  extensions: string[];
   /** Lifetime of the API tokens it is given; null: they do not expire. */
   tokenTtl: number | null;
   oidc: OidcBindingView | null;
@@ -192,6 +216,7 @@ export interface BotSettingsInput {
   runs?: string[];
   forceCommand?: string;
   sourceAddress?: string;
+  permits?: string[];
   tokenTtl?: number;
   oidc?: OidcBindingView;
 }
@@ -208,6 +233,8 @@ async function botView(store: StoreReader, bot: Identity, projectName: string, n
     runs: settings.runScopes,
     forceCommand: settings.forceCommand,
     sourceAddress: settings.sourceAddress,
+    permits: settings.permits,
+    extensions: extensionsFor(restrictionsOf(settings)),
     tokenTtl: settings.tokenTtl,
     oidc: binding ? { issuer: binding.issuer, audience: binding.audience, claims: binding.claims } : null,
     liveTokens: tokens.filter((t) => t.revokedAt === null && (t.expiresAt === null || t.expiresAt > now)).length,
@@ -233,6 +260,7 @@ export async function addBot(
       forceCommand: req.forceCommand ?? null,
       sourceAddress: req.sourceAddress ?? null,
       tokenTtl: req.tokenTtl ?? null,
+      permits: req.permits ?? null,
       updatedAt: now,
     };
     await tx.putBotSettings(settings);
@@ -247,12 +275,29 @@ export async function addBot(
       runs: settings.runScopes,
       forceCommand: settings.forceCommand,
       sourceAddress: settings.sourceAddress,
+      permits: settings.permits,
       tokenTtl: settings.tokenTtl,
       oidc: req.oidc ?? null,
       token: secret !== undefined,
     });
     return { value: await botView(tx, bot, projectName, now), ...(secret !== undefined ? { secret } : {}) };
   });
+}
+
+/** The restrictions a bot's settings put in its certificates. */
+function restrictionsOf(s: Pick<BotSettings, 'forceCommand' | 'sourceAddress' | 'permits'>): Restrictions {
+  return {
+    ...(s.forceCommand !== null ? { forceCommand: s.forceCommand } : {}),
+    ...(s.sourceAddress !== null ? { sourceAddress: s.sourceAddress } : {}),
+    permits: s.permits,
+  };
+}
+
+/** A force-command or source-address added or changed, or an extension its certs carried taken away. */
+function restrictionsTightened(old: BotSettings, next: BotSettings): boolean {
+  const changed = (k: 'forceCommand' | 'sourceAddress') => next[k] !== null && next[k] !== old[k];
+  const kept = new Set(extensionsFor(restrictionsOf(next)));
+  return changed('forceCommand') || changed('sourceAddress') || extensionsFor(restrictionsOf(old)).some((e) => !kept.has(e));
 }
 
 const tokenExpiry = (now: number, ttl: number | null): number | null => (ttl === null ? null : now + ttl);
@@ -271,6 +316,7 @@ export interface BotPatch {
   runs?: string[] | null;
   forceCommand?: string | null;
   sourceAddress?: string | null;
+  permits?: string[] | null;
   tokenTtl?: number | null;
   oidc?: OidcBindingView | null;
 }
@@ -278,9 +324,11 @@ export interface BotPatch {
 /**
  * Updates a bot's settings. What takes access away takes effect at once, in the same
  * transaction: a narrower run scope revokes the bot's live certificates for runs now
- * outside it, and a new force-command or source-address revokes every live certificate
- * of the bot (they carry the old restrictions or none). Dropping a restriction, changing
- * the TTL cap or the token TTL (applied from the next rotation) revokes nothing.
+ * outside it; a new force-command or source-address, or an extension taken away, revokes
+ * every live certificate of the bot (they carry the old profile); a lower TTL cap revokes
+ * those that outlive it. Certificates being issued meanwhile are judged against the new
+ * settings in their own commit (issuance.ts). Dropping a restriction, raising the cap or
+ * changing the token TTL (applied from the next rotation) revokes nothing.
  */
 export async function updateBot(ctx: AuthorityContext, actor: Actor, projectName: string, name: string, patch: BotPatch): Promise<BotView & { revokedCerts: number }> {
   const { bot } = await requireBot(ctx, actor, projectName, name);
@@ -294,6 +342,7 @@ export async function updateBot(ctx: AuthorityContext, actor: Actor, projectName
       forceCommand: patch.forceCommand !== undefined ? patch.forceCommand : old.forceCommand,
       sourceAddress: patch.sourceAddress !== undefined ? patch.sourceAddress : old.sourceAddress,
       tokenTtl: patch.tokenTtl !== undefined ? patch.tokenTtl : old.tokenTtl,
+      permits: patch.permits !== undefined ? patch.permits : old.permits,
       updatedAt: now,
     };
     await tx.putBotSettings(next);
@@ -301,19 +350,25 @@ export async function updateBot(ctx: AuthorityContext, actor: Actor, projectName
     if (patch.oidc !== undefined) await tx.replaceOidcBindings(bot.id, patch.oidc === null ? [] : [{ ...patch.oidc, createdAt: now }]);
     await audit(tx, now, actor, 'bot.update', { project: projectName, name, ...patch });
 
-    const tightened = (k: 'forceCommand' | 'sourceAddress') => next[k] !== null && next[k] !== old[k];
     let revoked: bigint[] = [];
     let krl: number | null = null;
-    if (tightened('forceCommand') || tightened('sourceAddress')) {
-      revoked = (await tx.listCerts({ identityId: bot.id, liveAt: now })).map((c) => c.serial);
+    const tightened = restrictionsTightened(old, next);
+    const oldCap = bot.botMaxTtl ?? Infinity;
+    const newCap = patch.maxTtl ?? oldCap;
+    if (tightened || newCap < oldCap) {
+      // A live cert that these settings would not issue goes: every one when a restriction
+      // was added or changed or an extension taken away, those outliving a lowered TTL cap.
+      const live = await tx.listCerts({ identityId: bot.id, liveAt: now });
+      revoked = live.filter((c) => tightened || c.validBefore - c.issuedAt > newCap).map((c) => c.serial);
       if (revoked.length > 0) {
-        await tx.revokeCerts(revoked, now, `restrictions of bot ${projectName}/${name} changed by ${actorLabel(actor)}`);
+        await tx.revokeCerts(revoked, now, `${tightened ? 'restrictions' : 'TTL cap'} of bot ${projectName}/${name} changed by ${actorLabel(actor)}`);
         krl = await rebuildKrl(tx, now);
       }
-    } else if (patch.runs !== undefined) {
+    }
+    if (patch.runs !== undefined) {
       const r = await revokeUngranted(tx, now, { identityId: bot.id }, `run scope of bot ${projectName}/${name} narrowed by ${actorLabel(actor)}`);
-      revoked = r.revoked;
-      krl = r.krlVersion;
+      revoked = [...revoked, ...r.revoked];
+      krl = r.krlVersion ?? krl;
     }
     const updated = (await tx.getIdentity(bot.id)) as Identity;
     return { view: await botView(tx, updated, projectName, now), krlVersion: krl, revokedCerts: revoked.length };

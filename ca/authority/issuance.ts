@@ -11,12 +11,13 @@
 // its restrictions (force-command, source-address) and TTL cap go into the certificate.
 // Every issuance and every refusal of a bot is audited with what decided it (for OIDC: the
 // issuer, sub and matched claims; never the token).
+import { decodeJwt } from 'jose';
 import { pooledRandomBytes } from '../crypto/random-pool.js';
 import { badRequest, CaError, forbidden, RateLimitedError } from '../domain/errors.js';
-import { DEFAULT_BOT_SETTINGS, type AuditEvent, type CertRecord, type Identity, type Project } from '../domain/model.js';
+import { DEFAULT_BOT_SETTINGS, type AuditEvent, type BotSettings, type CertRecord, type Identity } from '../domain/model.js';
 import { grantFor } from '../policy/attachable-by.js';
 import { botScopeRefusal } from '../policy/bot-scope.js';
-import { certificateProfile, grantedTtl, type Restrictions } from '../policy/cert-profile.js';
+import { certificateProfile, grantedTtl, profileMismatch, profileSpec, type CertLimits, type ProfileSpec, type Restrictions } from '../policy/cert-profile.js';
 import { formatCertificateLine, signCertificate } from '../ssh/certificate.js';
 import { assertStrongKey, fingerprint, formatAuthorizedKey, parseAuthorizedKey, type PublicKey } from '../ssh/keys.js';
 import type { Signer } from '../ssh/signature.js';
@@ -27,8 +28,9 @@ import { nextEvent } from './audit-chain.js';
 import { DEFAULT_OIDC_CONFIG, DEFAULT_RATE_LIMITS, type AuthorityContext, type OidcConfig } from './context.js';
 import { cachedReader, factCacheOf } from './fact-cache.js';
 import { GroupCommitter } from './group-commit.js';
-import { requireProject, requireRun } from './lookup.js';
+import { findRun, requireRun } from './lookup.js';
 import { OidcRefusal, OidcVerifier, resolveOidcBot, type OidcEvidence } from './oidc.js';
+import { OIDC_REPLAYED, OidcReplayGuard } from './oidc-replay.js';
 import { NonceBook, verifyPossession } from './proof.js';
 import { RateLimiter } from './rate-limit.js';
 import { stillGranted } from './recheck.js';
@@ -63,9 +65,13 @@ export interface IssueResult {
 
 interface PendingCert {
   record: CertRecord;
+  /** What the settings decided the cert says, compared again in the commit. */
+  spec: ProfileSpec;
   actor: string;
   /** Extra audit details (how a bot authenticated, the TTL it asked for). */
   details: Record<string, unknown>;
+  /** OIDC token keys to record as spent with the cert, and until when. */
+  spent?: { keys: string[]; until: number };
   /** Set by the commit when it refuses the cert for a reason of its own (a revoked key). */
   refusal?: CaError;
 }
@@ -77,10 +83,21 @@ interface BotTrail {
   oidc?: OidcEvidence;
   /** False for a rate-limit refusal that is not the first of its run (coalesced). */
   audit: boolean;
+  /** The OIDC token's replay keys, claimed once it verified; released if nothing is issued. */
+  claimed?: string[];
 }
 
 /** Refused bot tokens are audited at most once per bot and reason in this many seconds. */
 const AUTH_AUDIT_EVERY = 10;
+
+/** The restrictions a bot's settings put in its certs (none for people and key holders). */
+function restrictionsOf(settings: BotSettings | null): Restrictions {
+  const r: Restrictions = {};
+  if (settings?.forceCommand) r.forceCommand = settings.forceCommand;
+  if (settings?.sourceAddress) r.sourceAddress = settings.sourceAddress;
+  if (settings?.permits) r.permits = settings.permits;
+  return r;
+}
 
 function parseSubjectKey(line: string): PublicKey {
   try {
@@ -100,6 +117,8 @@ export class Issuer {
   private readonly committer: GroupCommitter<PendingCert>;
   private readonly oidcConfig: OidcConfig;
   readonly oidc: OidcVerifier;
+  /** OIDC tokens already used, until they expire (oidc-replay.ts). */
+  readonly replay = new OidcReplayGuard();
   private readonly botLimit: RateLimiter | null;
   private readonly addressLimit: RateLimiter | null;
   /** Refused bot tokens: when each bot and reason was last audited, and refusals since. */
@@ -140,14 +159,27 @@ export class Issuer {
           written.push(false);
           continue;
         }
-        const granted = await stillGranted(facts, item.record);
+        let granted = await stillGranted(facts, item.record);
+        // Not only the grant: the whole profile (restrictions, extensions, TTL cap) must be
+        // what the settings decide now, or a change that committed while this cert was being
+        // signed (bot update --force-command X) would leave it out there with the old one.
+        if (granted) {
+          const why = profileMismatch(item.spec, await this.specNow(facts, item.record), item.record);
+          if (why !== null) {
+            item.refusal = new CaError('conflict', `${why} while the certificate was being issued; ask again`);
+            granted = false;
+          }
+        }
         written.push(granted);
         if (granted) ok.push(item.record);
       }
       await tx.insertCerts(ok);
+      const at = ctx.now();
+      // The OIDC tokens these certs were issued for are spent in the same transaction: after a
+      // restart the in-memory guard is empty, the table is not.
+      for (const [i, item] of items.entries()) if (written[i] && item.spent) await tx.recordSpentOidcTokens(item.spent.keys, item.spent.until, at);
       // The batch's events chained from the last stored one and appended in one statement
       // batch (auditMany's chain, without a SAVEPOINT and a MAX(seq) per event).
-      const at = ctx.now();
       let prev = await tx.lastAuditEvent();
       const events: AuditEvent[] = [];
       items.forEach(({ record: { serial, keyId, keyFingerprint, grant, validBefore, runId }, actor, details }, i) => {
@@ -166,6 +198,7 @@ export class Issuer {
     try {
       return await this.issueFor(actor, req, meta, trail);
     } catch (e) {
+      if (trail?.claimed) this.replay.release(trail.claimed);
       // Decisions are audited; malformed requests (400) are bad input that changes nothing.
       if (trail?.audit && e instanceof CaError && e.code !== 'bad_request') await this.auditRefusal(trail, req, meta, e);
       throw e;
@@ -208,19 +241,29 @@ export class Issuer {
     if (actor.kind === 'orchestrator' || actor.kind === 'agent') throw forbidden(`${actor.kind} tokens cannot obtain certificates`);
     if (trail && meta.address !== undefined) this.limit(this.addressLimit, `addr:${meta.address}`, `address ${meta.address}`, trail);
 
-    let project: Project;
     let caller = actor;
+    let spent: PendingCert['spent'];
     const details: Record<string, unknown> = {};
     if (req.oidcToken !== undefined) {
       if (actor.kind !== 'anonymous') throw badRequest('give either a bearer token or an OIDC token, not both', 'oidcToken');
       if (req.proof) throw badRequest('a possession proof does not go with an OIDC token', 'proof');
-      project = await requireProject(this.ctx.store, req.project);
-      const match = await resolveOidcBot(this.ctx.store, this.oidc, this.oidcConfig, project, req.oidcToken);
+      // An anonymous caller learns nothing about what exists: a project that does not exist
+      // is refused exactly as one where no bot trusts the token's issuer.
+      const match = await resolveOidcBot(this.ctx.store, this.oidc, this.oidcConfig, req.project, await this.ctx.store.getProjectByName(req.project), req.oidcToken);
       caller = { kind: 'bot', identity: match.bot, tokenId: null };
       if (trail) {
         trail.actor = `bot:${match.bot.name}`;
         trail.oidc = match.evidence;
       }
+      // Verified and standing for a bot: from here the token is spent (released if this
+      // request issues nothing), so it cannot be replayed during the rest of its lifetime.
+      const payload = decodeJwt(req.oidcToken);
+      const until = Math.min(Number(payload.exp), Number(payload.iat) + this.oidcConfig.maxTokenAge) + this.oidcConfig.clockTolerance;
+      const keys = OidcReplayGuard.keysOf(req.oidcToken, payload);
+      this.replay.claim(keys, until, now);
+      if (trail) trail.claimed = keys;
+      if (await this.ctx.store.isOidcTokenSpent(keys, now)) throw new CaError('unauthenticated', OIDC_REPLAYED);
+      spent = { keys, until };
       details.via = 'oidc';
       details.oidc = { issuer: match.evidence.issuer, sub: match.evidence.sub, claims: match.evidence.claims };
     } else if (actor.kind === 'bot') {
@@ -230,8 +273,17 @@ export class Issuer {
     const bot = identity?.kind === 'bot' ? identity : null;
     if (bot) this.limit(this.botLimit, `bot:${bot.id}`, `bot ${bot.name}`, trail);
 
-    const found = await requireRun(this.facts, req.project, req.run);
-    project = found.project;
+    // An anonymous caller (no account: a key holder, or nobody) gets the same answer whether
+    // or not the project and run exist: the proof is checked first, and a run that does not
+    // exist refuses it exactly as a run whose policy does not list the key.
+    let provenKey: PublicKey | null = null;
+    if (!identity) {
+      if (!req.proof) throw new CaError('unauthenticated', 'authentication or a possession proof is required');
+      provenKey = verifyPossession(this.nonces, req.proof, `${req.project}/${req.run}`, key, now);
+    }
+    const found = identity ? await requireRun(this.facts, req.project, req.run) : await findRun(this.facts, req.project, req.run);
+    if (!found) throw forbidden(`not allowed by the attachable_by policy of run ${req.project}/${req.run}`);
+    const project = found.project;
     const run = found.run;
     const qualifiedName = `${project.name}/${run.name}`;
     const settings = bot ? ((await this.facts.getBotSettings(bot.id)) ?? { ...DEFAULT_BOT_SETTINGS, identityId: bot.id, updatedAt: 0 }) : null;
@@ -240,8 +292,10 @@ export class Issuer {
       if (refusal) throw forbidden(refusal);
     }
 
-    const provenKey = req.proof ? verifyPossession(this.nonces, req.proof, qualifiedName, key, now) : null;
     const isProjectMember = identity ? (await this.facts.getMembership(project.id, identity.id)) !== null : false;
+    // The project a bot was created in grants nothing by itself: only current membership.
+    if (bot && !isProjectMember) throw forbidden(`bot ${bot.name} is not a member of project ${project.name}`);
+    if (identity && req.proof) provenKey = verifyPossession(this.nonces, req.proof, qualifiedName, key, now);
     const grant = grantFor(run.policy, { identityName: identity?.name ?? null, isProjectMember, provenKey });
     if (!grant) {
       if (!identity && !provenKey) throw new CaError('unauthenticated', 'authentication or a possession proof is required');
@@ -256,11 +310,9 @@ export class Issuer {
     }
 
     const holder = identity ? `${identity.kind}:${identity.name}` : `key:${fingerprint(key)}`;
-    const limits = { defaultTtl: this.ctx.config.defaultTtl, maxTtl: Math.min(this.ctx.config.maxTtl, bot?.botMaxTtl ?? Infinity) };
+    const limits = this.limitsFor(bot);
     const ttlClamped = req.ttl !== undefined && grantedTtl(req.ttl, limits) < req.ttl;
-    const restrictions: Restrictions = {};
-    if (settings?.forceCommand) restrictions.forceCommand = settings.forceCommand;
-    if (settings?.sourceAddress) restrictions.sourceAddress = settings.sourceAddress;
+    const restrictions = restrictionsOf(settings);
     const serial = await this.serials.take();
     const fields = certificateProfile({
       now,
@@ -296,7 +348,7 @@ export class Issuer {
       if (restrictions.sourceAddress !== undefined) details.sourceAddress = restrictions.sourceAddress;
       if (meta.address !== undefined) details.address = meta.address;
     }
-    const pending: PendingCert = { record, actor: holder, details };
+    const pending: PendingCert = { record, spec: profileSpec(run, limits, restrictions), actor: holder, details, ...(spent ? { spent } : {}) };
     if (!(await this.committer.submit(pending))) {
       throw pending.refusal ?? forbidden(`access to run ${qualifiedName} was removed while the certificate was being issued`);
     }
@@ -335,6 +387,20 @@ export class Issuer {
     } catch {
       // The 401 stands even if it cannot be recorded.
     }
+  }
+
+  private limitsFor(bot: Identity | null): CertLimits {
+    return { defaultTtl: this.ctx.config.defaultTtl, maxTtl: Math.min(this.ctx.config.maxTtl, bot?.botMaxTtl ?? Infinity) };
+  }
+
+  /** The profile the settings decide now for a cert like `record` (read in the commit). */
+  private async specNow(facts: StoreReader, record: CertRecord): Promise<ProfileSpec> {
+    const run = await facts.getRun(record.runId);
+    const identity = record.identityId === null ? null : await facts.getIdentity(record.identityId);
+    const bot = identity?.kind === 'bot' ? identity : null;
+    const settings = bot ? await facts.getBotSettings(bot.id) : null;
+    // stillGranted has just read the run: it exists.
+    return profileSpec(run ?? { principal: '', endsAt: null }, this.limitsFor(bot), restrictionsOf(settings));
   }
 
   private fingerprintOf(signer: Signer): string {

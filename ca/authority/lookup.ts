@@ -16,6 +16,13 @@ export async function requireRun(store: StoreReader, projectName: string, runNam
   return { project, run };
 }
 
+/** The project and run, or null when either does not exist (for answers that must not tell which). */
+export async function findRun(store: StoreReader, projectName: string, runName: string): Promise<{ project: Project; run: Run } | null> {
+  const project = await store.getProjectByName(projectName);
+  const run = project ? await store.getRunByName(project.id, runName) : null;
+  return project && run ? { project, run } : null;
+}
+
 export async function requireIdentity(store: StoreReader, name: string, kind?: Identity['kind']): Promise<Identity> {
   const i = await store.getIdentityByName(name);
   if (!i || (kind && i.kind !== kind)) throw notFound(`no ${kind ?? 'user or bot'} named "${name}"`);

@@ -198,7 +198,14 @@ export interface OidcMatch {
  * trusts the token's issuer (no other issuer is ever contacted), then verifies it, then
  * matches audience and claims against every binding of that issuer.
  */
-export async function resolveOidcBot(store: StoreReader, verifier: OidcVerifier, cfg: OidcConfig, project: Project, token: string): Promise<OidcMatch> {
+export async function resolveOidcBot(
+  store: StoreReader,
+  verifier: OidcVerifier,
+  cfg: OidcConfig,
+  projectName: string,
+  project: Project | null,
+  token: string,
+): Promise<OidcMatch> {
   const evidence: OidcEvidence = { issuer: null, sub: null, kid: null, alg: null, verified: false };
   const refuse = (code: 'unauthenticated' | 'forbidden', why: string) => new OidcRefusal(code, code === 'unauthenticated' ? `OIDC token refused: ${why}` : why, evidence);
   if (!JWT_RE.test(token)) throw refuse('unauthenticated', 'it is not a signed JWT (three base64url parts separated by dots)');
@@ -222,11 +229,12 @@ export async function resolveOidcBot(store: StoreReader, verifier: OidcVerifier,
   if (issuer === null) throw refuse('unauthenticated', 'it has no "iss" claim');
 
   const candidates: { binding: OidcBinding; bot: Identity }[] = [];
-  for (const binding of await store.listOidcBindings({ projectId: project.id, issuer })) {
+  // A project that does not exist has no bot: refused as one whose bots trust another issuer.
+  for (const binding of project ? await store.listOidcBindings({ projectId: project.id, issuer }) : []) {
     const bot = await store.getIdentity(binding.identityId);
     if (bot && !bot.disabled && bot.kind === 'bot') candidates.push({ binding, bot });
   }
-  if (candidates.length === 0) throw refuse('forbidden', `no bot of project "${project.name}" trusts OIDC issuer ${JSON.stringify(issuer)}`);
+  if (candidates.length === 0) throw refuse('forbidden', `no bot of project "${projectName}" trusts OIDC issuer ${JSON.stringify(issuer)}`);
 
   let payload: JWTPayload;
   try {
@@ -250,10 +258,10 @@ export async function resolveOidcBot(store: StoreReader, verifier: OidcVerifier,
   }
   const bots = [...new Set(matches.map((m) => m.bot.name))];
   if (bots.length === 0) {
-    throw refuse('forbidden', `the OIDC token (issuer ${JSON.stringify(issuer)}, sub ${JSON.stringify(evidence.sub)}) matches no bot of project "${project.name}": ${misses.join('; ')}`);
+    throw refuse('forbidden', `the OIDC token (issuer ${JSON.stringify(issuer)}, sub ${JSON.stringify(evidence.sub)}) matches no bot of project "${projectName}": ${misses.join('; ')}`);
   }
   if (bots.length > 1) {
-    throw refuse('forbidden', `the OIDC token (issuer ${JSON.stringify(issuer)}, sub ${JSON.stringify(evidence.sub)}) matches several bots of project "${project.name}" (${bots.join(', ')}); make their claim conditions exclusive`);
+    throw refuse('forbidden', `the OIDC token (issuer ${JSON.stringify(issuer)}, sub ${JSON.stringify(evidence.sub)}) matches several bots of project "${projectName}" (${bots.join(', ')}); make their claim conditions exclusive`);
   }
   const [match] = matches as [(typeof matches)[number]];
   evidence.bot = match.bot.name;

@@ -17,11 +17,13 @@ export async function stillGranted(store: StoreReader, c: CertRecord): Promise<b
   const identity = c.identityId === null ? null : await store.getIdentity(c.identityId);
   if (c.identityId !== null && (!identity || identity.disabled)) return false;
   // A bot reaches only runs of its project within its run scope (ca/policy/bot-scope.ts).
+  const isProjectMember = identity ? (await store.getMembership(run.projectId, identity.id)) !== null : false;
+  // Belonging to the project it was created in is a relationship, not a grant: a bot
+  // counts only while it is still a member there.
   if (identity?.kind === 'bot') {
-    if (identity.botProjectId !== run.projectId) return false;
+    if (identity.botProjectId !== run.projectId || !isProjectMember) return false;
     if (!runInScope((await store.getBotSettings(identity.id))?.runScopes ?? null, run.name)) return false;
   }
-  const isProjectMember = identity ? (await store.getMembership(run.projectId, identity.id)) !== null : false;
   // Possession of a listed key was proven at issuance; the key is the cert's own.
   const provenKey = c.grant.kind === 'public_key' ? parseAuthorizedKey(c.publicKey).key : null;
   return grantFor(run.policy, { identityName: identity?.name ?? null, isProjectMember, provenKey }) !== null;

@@ -158,6 +158,12 @@ export interface BotSettings {
   sourceAddress: string | null;
   /** Lifetime of the API tokens the bot is given (at creation and rotation), seconds; null: no expiry. */
   tokenTtl: number | null;
+  /**
+   * Certificate extensions given explicitly (names without `permit-`: pty, port-forwarding,
+   * agent-forwarding, x11-forwarding, user-rc); null: the default for its restrictions
+   * (see ca/policy/cert-profile.ts: none with a force-command).
+   */
+  permits: string[] | null;
   updatedAt: number;
 }
 
@@ -166,6 +172,7 @@ export const DEFAULT_BOT_SETTINGS: Omit<BotSettings, 'identityId' | 'updatedAt'>
   forceCommand: null,
   sourceAddress: null,
   tokenTtl: null,
+  permits: null,
 };
 
 /**

@@ -33,7 +33,12 @@ export interface ActorFacts {
 export interface Scope {
   /** The actor's role in the project the action touches (null: not a member). */
   role?: ProjectRole | null;
-  /** The actor owns the run the action touches. */
+  /**
+   * The actor owns the run the action touches. A relationship like this grants nothing by
+   * itself: every rule that trusts one also requires current membership of the project
+   * (`role`), judged at each use, so a member removed from the project keeps no power over
+   * what they own or created.
+   */
   isRunOwner?: boolean;
 }
 
@@ -46,7 +51,7 @@ const projectRole =
     (a.kind === 'user' || a.kind === 'admin') && s.role != null && roles.includes(s.role);
 const memberOrBot: Rule = (a, s) => (a.kind === 'user' || a.kind === 'admin' || a.kind === 'bot') && s.role != null;
 const orchestrator: Rule = (a) => a.kind === 'orchestrator';
-const runOwner: Rule = (a, s) => a.kind === 'user' && s.isRunOwner === true;
+const runOwner: Rule = (a, s) => a.kind === 'user' && s.isRunOwner === true && s.role != null;
 const anyOf =
   (...rules: Rule[]): Rule =>
   (a, s) =>

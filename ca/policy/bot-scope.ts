@@ -8,6 +8,7 @@
 // expression is built from user input), O(pattern x text) in the worst case, never exponential.
 import { isIP } from 'node:net';
 import { z } from 'zod';
+import { PERMITS } from './cert-profile.js';
 
 // ---- globs ------------------------------------------------------------------------------
 
@@ -80,6 +81,15 @@ export const forceCommandSchema = z
   .max(MAX_FORCE_COMMAND, `must be at most ${MAX_FORCE_COMMAND} characters`)
   .refine((s) => !/[\0\r\n]/.test(s), 'must be one line: no NUL, carriage return or newline')
   .refine((s) => s.trim() !== '', 'must not be only spaces');
+
+/**
+ * Extensions a bot is given explicitly (PERMITS of cert-profile.ts, without `permit-`); the
+ * list replaces the default for its restrictions, so [] permits nothing at all.
+ */
+export const permitsSchema = z
+  .array(z.enum(PERMITS, { error: (i) => `${JSON.stringify(i.input)} is not one of ${PERMITS.join(', ')}` }))
+  .max(PERMITS.length * 2)
+  .transform((xs) => [...new Set(xs)].sort());
 
 export const MAX_SOURCE_ADDRESSES = 64;
 

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { subjectKey } from '../../test/fixtures/keys.js';
 import { CaError } from '../domain/errors.js';
-import { certificateProfile, CLOCK_SKEW, grantedTtl, MAX_TTL_CAP, type ProfileInput } from './cert-profile.js';
+import { certificateProfile, CLOCK_SKEW, extensionsFor, grantedTtl, MAX_TTL_CAP, profileMismatch, profileSpec, type ProfileInput } from './cert-profile.js';
 
 const now = 1_800_000_000;
 const input = (over: Partial<ProfileInput> = {}): ProfileInput => ({
@@ -51,5 +51,38 @@ describe('certificate profile', () => {
     const b = certificateProfile(input({ restrictions: { forceCommand: 'nvidia-smi', sourceAddress: '10.0.0.0/8' } }));
     expect([...a.criticalOptions.keys()]).toEqual(['force-command', 'source-address']);
     expect(a.criticalOptions).toBe(b.criticalOptions);
+  });
+});
+
+describe('extensions: only what the purpose needs (issue 12, item 3)', () => {
+  it.each([
+    ['no restriction', {}, ['permit-port-forwarding', 'permit-pty']],
+    ['source-address only', { sourceAddress: '10.0.0.0/8' }, ['permit-port-forwarding', 'permit-pty']],
+    ['force-command', { forceCommand: 'make smoke' }, []],
+    ['force-command, pty given', { forceCommand: 'make smoke', permits: ['pty'] }, ['permit-pty']],
+    ['given nothing, without force-command', { permits: [] }, []],
+    ['given agent forwarding', { permits: ['agent-forwarding', 'pty', 'pty'] }, ['permit-agent-forwarding', 'permit-pty']],
+  ])('%s', (_label, restrictions, expected) => {
+    expect(extensionsFor(restrictions)).toEqual(expected);
+    expect([...certificateProfile(input({ restrictions })).extensions.keys()].sort()).toEqual(expected);
+  });
+});
+
+describe('profile re-check (issue 12, item 2)', () => {
+  const run = { principal: 'dstack-run-abc', endsAt: null };
+  const limits = { defaultTtl: 3600, maxTtl: 900 };
+  const issued = profileSpec(run, limits, { forceCommand: 'old' });
+  const cert = { issuedAt: now, validBefore: now + 900 };
+  it.each([
+    ['nothing changed', profileSpec(run, limits, { forceCommand: 'old' }), null],
+    ['a new force-command', profileSpec(run, limits, { forceCommand: 'new' }), 'the force-command changed'],
+    ['the force-command dropped', profileSpec(run, limits, {}), 'the force-command changed'],
+    ['a source-address added', profileSpec(run, limits, { forceCommand: 'old', sourceAddress: '10.0.0.0/8' }), 'the source-address changed'],
+    ['an extension given', profileSpec(run, limits, { forceCommand: 'old', permits: ['pty'] }), 'the permitted extensions changed'],
+    ['a lower TTL cap', profileSpec(run, { ...limits, maxTtl: 600 }, { forceCommand: 'old' }), 'the TTL cap was lowered'],
+    ['a higher TTL cap', profileSpec(run, { ...limits, maxTtl: 1800 }, { forceCommand: 'old' }), null],
+    ['an earlier run end', profileSpec({ ...run, endsAt: now + 600 }, limits, { forceCommand: 'old' }), 'the run end moved earlier'],
+  ])('%s', (_label, current, expected) => {
+    expect(profileMismatch(issued, current, cert)).toBe(expected);
   });
 });

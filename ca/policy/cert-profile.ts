@@ -11,6 +11,15 @@ export const MAX_TTL_CAP = 24 * 3600;
 export const CLOCK_SKEW = 60;
 export const DEFAULT_EXTENSIONS = ['permit-pty', 'permit-port-forwarding'] as const;
 
+/**
+ * What a certificate may permit, by the names bots are given them with (`--permit`): each is
+ * the OpenSSH extension `permit-NAME`. A cert carries only what its purpose needs: an
+ * unrestricted one gets DEFAULT_EXTENSIONS; one with a force-command gets none (no pty, no
+ * port, agent or X11 forwarding, no ~/.ssh/rc) unless the bot is given them explicitly.
+ */
+export const PERMITS = ['pty', 'port-forwarding', 'agent-forwarding', 'x11-forwarding', 'user-rc'] as const;
+export type Permit = (typeof PERMITS)[number];
+
 export interface CertLimits {
   /** TTL when the caller asks for none (seconds). */
   defaultTtl: number;
@@ -21,7 +30,59 @@ export interface CertLimits {
 export interface Restrictions {
   forceCommand?: string;
   sourceAddress?: string;
+  /** Extensions given explicitly (PERMITS names); absent or null: the default for the restrictions. */
+  permits?: readonly string[] | null;
 }
+
+/** The extensions (`permit-*` names, sorted) a cert with these restrictions carries. */
+export function extensionsFor(r: Restrictions | undefined): string[] {
+  if (r?.permits != null) return [...new Set(r.permits)].map((p) => `permit-${p}`).sort();
+  if (r?.forceCommand !== undefined) return [];
+  return [...DEFAULT_EXTENSIONS].sort();
+}
+
+/**
+ * Everything a certificate says that settings decide, in one comparable value: the issue's
+ * re-check in the commit compares it with what the settings at that moment decide, so a
+ * change committed meanwhile (a new force-command, source-address, permits, TTL cap) leaves
+ * no certificate with the old profile.
+ */
+export interface ProfileSpec {
+  principal: string;
+  forceCommand: string | null;
+  sourceAddress: string | null;
+  extensions: string[];
+  /** Largest TTL for this caller (seconds, MAX_TTL_CAP applied). */
+  maxTtl: number;
+  endsAt: number | null;
+}
+
+export function profileSpec(run: { principal: string; endsAt: number | null }, limits: CertLimits, r: Restrictions | undefined): ProfileSpec {
+  return {
+    principal: run.principal,
+    forceCommand: r?.forceCommand ?? null,
+    sourceAddress: r?.sourceAddress ?? null,
+    extensions: extensionsFor(r),
+    maxTtl: Math.min(limits.maxTtl, MAX_TTL_CAP),
+    endsAt: run.endsAt,
+  };
+}
+
+/**
+ * Why a cert issued under `issued` (valid until `validBefore`, issued at `issuedAt`) would
+ * not be issued under `now`, or null if it would be. Restrictions must be equal; the lifetime
+ * must fit the current caps.
+ */
+export function profileMismatch(issued: ProfileSpec, now: ProfileSpec, cert: { issuedAt: number; validBefore: number }): string | null {
+  if (issued.principal !== now.principal) return 'the run principal changed';
+  if (issued.forceCommand !== now.forceCommand) return 'the force-command changed';
+  if (issued.sourceAddress !== now.sourceAddress) return 'the source-address changed';
+  if (issued.extensions.join(',') !== now.extensions.join(',')) return 'the permitted extensions changed';
+  if (cert.validBefore - cert.issuedAt > now.maxTtl) return 'the TTL cap was lowered';
+  if (now.endsAt !== null && cert.validBefore > now.endsAt) return 'the run end moved earlier';
+  return null;
+}
+
 
 export interface ProfileInput {
   now: number;
@@ -53,6 +114,20 @@ export function keyIdFor(holder: string, runName: string, serial: bigint): strin
 const EXTENSIONS = certOptions(Object.fromEntries(DEFAULT_EXTENSIONS.map((e) => [e, true])));
 const NO_OPTIONS = certOptions({});
 const criticalCache = new Map<string, ReturnType<typeof certOptions>>();
+const extensionCache = new Map<string, ReturnType<typeof certOptions>>();
+
+function extensionOptions(r: Restrictions | undefined): ReturnType<typeof certOptions> {
+  if (r?.permits == null && r?.forceCommand === undefined) return EXTENSIONS;
+  const names = extensionsFor(r);
+  const cacheKey = names.join(',');
+  let options = extensionCache.get(cacheKey);
+  if (!options) {
+    if (extensionCache.size > 100) extensionCache.clear();
+    options = certOptions(Object.fromEntries(names.map((e) => [e, true])));
+    extensionCache.set(cacheKey, options);
+  }
+  return options;
+}
 
 function criticalOptions(r: Restrictions | undefined): ReturnType<typeof certOptions> {
   if (r?.forceCommand === undefined && r?.sourceAddress === undefined) return NO_OPTIONS;
@@ -85,6 +160,6 @@ export function certificateProfile(p: ProfileInput): CertificateFields {
     validAfter: BigInt(p.now - CLOCK_SKEW),
     validBefore: BigInt(validBefore),
     criticalOptions: criticalOptions(p.restrictions),
-    extensions: EXTENSIONS,
+    extensions: extensionOptions(p.restrictions),
   };
 }

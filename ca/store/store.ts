@@ -146,6 +146,8 @@ export interface StoreReader {
   getWebSessionByHash(hash: string): Promise<WebSession | null>;
   /** Device codes still waiting for a decision at `now`. */
   countPendingDeviceCodes(now: number): Promise<number>;
+  /** True if any of these OIDC token keys got a certificate and has not expired at `now`. */
+  isOidcTokenSpent(keys: readonly string[], now: number): Promise<boolean>;
 }
 
 export interface StoreTx extends StoreReader {
@@ -186,6 +188,11 @@ export interface StoreTx extends StoreReader {
   insertCerts(certs: readonly CertRecord[]): Promise<void>;
   /** Records host certificates; every serial must come from a reserved block (shared with insertCerts). */
   insertHostCerts(certs: readonly HostCertRecord[]): Promise<void>;
+  /**
+   * Records OIDC token keys as spent until `until` (written with the certificate they got),
+   * dropping keys expired at `now`. Not a cached fact.
+   */
+  recordSpentOidcTokens(keys: readonly string[], until: number, now: number): Promise<void>;
   /** Marks certificates revoked (already revoked ones keep their first reason); returns how many changed. */
   revokeCerts(serials: readonly bigint[], at: number, reason: string): Promise<number>;
   insertRevocationTarget(t: Omit<StoredRevocationTarget, 'id'>): Promise<StoredRevocationTarget>;

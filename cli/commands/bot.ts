@@ -28,6 +28,7 @@ const LABELS = {
   runs: '--runs',
   forceCommand: '--force-command',
   sourceAddress: '--source-address',
+  permits: '--permit',
   tokenTtl: '--token-ttl',
   oidc: '--oidc-issuer/--audience/--claim',
 };
@@ -37,6 +38,17 @@ interface OidcFlags {
   audience?: string;
   claim?: string[];
 }
+
+/** --permit a,b (repeatable); "none" alone permits nothing. */
+function permitsFromFlag(values: readonly string[]): string[] {
+  const list = commaList(values).filter((v) => v !== '');
+  if (list.length === 1 && list[0] === 'none') return [];
+  if (list.includes('none')) throw new UsageError('--permit: "none" cannot be combined with other extensions');
+  return list;
+}
+
+const PERMIT_HELP =
+  'certificate extensions to give the bot, comma-separated: pty, port-forwarding, agent-forwarding, x11-forwarding, user-rc, or "none" (default: pty,port-forwarding; with --force-command: none)';
 
 /** --oidc-issuer URL --audience AUD --claim K=V...: all three or none. */
 function oidcFromFlags(opts: OidcFlags): { issuer: string; audience: string; claims: Record<string, string> } | undefined {
@@ -78,6 +90,7 @@ function describeBot(b: BotView): string[] {
   lines.push(`  runs: ${b.runs === null ? `every run of ${b.project}` : b.runs.join(', ')}`);
   if (b.forceCommand !== null) lines.push(`  force-command: ${b.forceCommand}`);
   if (b.sourceAddress !== null) lines.push(`  source-address: ${b.sourceAddress}`);
+  lines.push(`  extensions: ${b.extensions.length > 0 ? b.extensions.join(', ') : 'none'}${b.permits === null ? ' (default)' : ''}`);
   lines.push(`  API tokens: ${b.liveTokens} live${b.tokenTtl === null ? ', no expiry' : `, each valid ${formatDuration(b.tokenTtl)}`}`);
   if (b.oidc) {
     const claims = Object.entries(b.oidc.claims).map(([k, v]) => `${k}=${v}`).join(' ');
@@ -99,11 +112,12 @@ export function registerBot(program: Command, ctx: CliContext): void {
     .option('--runs <patterns>', `${RUNS_HELP} (default: every run of the project)`, collect)
     .option('--force-command <command>', 'force-command put in every certificate of the bot (sshd runs it instead of what the client asks)')
     .option('--source-address <list>', 'source-address put in every certificate: comma-separated IPv4/IPv6 addresses or CIDR blocks')
+    .option('--permit <extensions>', PERMIT_HELP, collect)
     .option('--token-ttl <duration>', 'the bot\'s API tokens expire after this long (at creation and at each rotation; default: never)')
     .option('--oidc-issuer <url>', 'trust OIDC tokens (workload identity JWTs) from this issuer instead of an API token, e.g. https://token.actions.githubusercontent.com')
     .option('--audience <aud>', 'with --oidc-issuer: the "aud" the tokens must carry')
     .option('--claim <key=value>', 'with --oidc-issuer: a claim the tokens must have, exact or a glob ("*", "?"); repeatable, all must match', collect)
-    .action(async (qualified: string, opts: OidcFlags & { json?: boolean; maxTtl: string; role?: string; runs?: string[]; forceCommand?: string; sourceAddress?: string; tokenTtl?: string }, cmd: Command) => {
+    .action(async (qualified: string, opts: OidcFlags & { json?: boolean; maxTtl: string; role?: string; runs?: string[]; forceCommand?: string; sourceAddress?: string; permit?: string[]; tokenTtl?: string }, cmd: Command) => {
       const { project, name } = qualifiedArg(qualified, 'bot');
       const oidc = oidcFromFlags(opts);
       const body = {
@@ -113,6 +127,7 @@ export function registerBot(program: Command, ctx: CliContext): void {
         ...(opts.runs ? { runs: commaList(opts.runs) } : {}),
         ...(opts.forceCommand !== undefined ? { forceCommand: opts.forceCommand } : {}),
         ...(opts.sourceAddress !== undefined ? { sourceAddress: opts.sourceAddress } : {}),
+        ...(opts.permit !== undefined ? { permits: permitsFromFlag(opts.permit) } : {}),
         ...(opts.tokenTtl !== undefined ? { tokenTtl: durationArg(opts.tokenTtl, '--token-ttl') } : {}),
         ...(oidc ? { oidc } : {}),
       };
@@ -144,6 +159,8 @@ export function registerBot(program: Command, ctx: CliContext): void {
     .option('--no-force-command', 'drop the force-command')
     .option('--source-address <list>', 'source-address for every certificate of the bot')
     .option('--no-source-address', 'drop the source-address')
+    .option('--permit <extensions>', `${PERMIT_HELP}; replaces the current list`, collect)
+    .option('--no-permit', 'back to the default extensions for the bot\'s restrictions')
     .option('--token-ttl <duration>', 'lifetime of the API tokens given from now on (at the next `bot token rotate`)')
     .option('--no-token-ttl', 'tokens given from now on do not expire')
     .option('--oidc-issuer <url>', 'trust OIDC tokens from this issuer (replaces the current OIDC trust; needs --audience and --claim)')
@@ -160,6 +177,7 @@ export function registerBot(program: Command, ctx: CliContext): void {
           allRuns?: boolean;
           forceCommand?: string | false;
           sourceAddress?: string | false;
+          permit?: string[] | false;
           tokenTtl?: string | false;
           oidc?: false;
         },
@@ -174,10 +192,11 @@ export function registerBot(program: Command, ctx: CliContext): void {
           ...(opts.runs ? { runs: commaList(opts.runs) } : opts.allRuns ? { runs: null } : {}),
           ...(opts.forceCommand !== undefined ? { forceCommand: opts.forceCommand === false ? null : opts.forceCommand } : {}),
           ...(opts.sourceAddress !== undefined ? { sourceAddress: opts.sourceAddress === false ? null : opts.sourceAddress } : {}),
+          ...(opts.permit !== undefined ? { permits: opts.permit === false ? null : permitsFromFlag(opts.permit) } : {}),
           ...(opts.tokenTtl !== undefined ? { tokenTtl: opts.tokenTtl === false ? null : durationArg(opts.tokenTtl, '--token-ttl') } : {}),
           ...(oidc ? { oidc } : opts.oidc === false ? { oidc: null } : {}),
         };
-        if (Object.keys(body).length === 0) throw new UsageError('nothing to change: give at least one of --max-ttl, --runs, --all-runs, --force-command, --source-address, --token-ttl, --oidc-issuer or their --no- forms');
+        if (Object.keys(body).length === 0) throw new UsageError('nothing to change: give at least one of --max-ttl, --runs, --all-runs, --force-command, --source-address, --permit, --token-ttl, --oidc-issuer or their --no- forms');
         checkArgs(botParams, { project, name }, { project: 'PROJECT/NAME', name: 'PROJECT/NAME' });
         checkBotArgs(updateBotBody, body);
         const api = await ApiClient.forCommand(ctx, cmd);
@@ -229,7 +248,9 @@ export function registerBot(program: Command, ctx: CliContext): void {
             b.maxTtl === null ? '-' : formatDuration(b.maxTtl),
             b.runs === null ? '*' : b.runs.join(','),
             [b.liveTokens > 0 ? `token${b.liveTokens > 1 ? `s(${b.liveTokens})` : ''}` : '', b.oidc ? `oidc:${b.oidc.issuer}` : ''].filter(Boolean).join(' ') || '-',
-            [b.forceCommand !== null ? 'force-command' : '', b.sourceAddress !== null ? `from ${b.sourceAddress}` : ''].filter(Boolean).join(', ') || '-',
+            [b.forceCommand !== null ? 'force-command' : '', b.sourceAddress !== null ? `from ${b.sourceAddress}` : '', b.permits !== null ? `permit ${b.permits.join(',') || 'none'}` : '']
+              .filter(Boolean)
+              .join(', ') || '-',
             b.disabled ? 'disabled' : 'active',
           ]),
           `project ${project} has no bots`,

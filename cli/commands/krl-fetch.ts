@@ -7,6 +7,7 @@ import { KRL_NAMESPACE } from '../../ca/authority/krl.js';
 import { writeFileAtomic } from '../../ca/io/atomic-file.js';
 import { fingerprint, parseAuthorizedKey, type PublicKey } from '../../ca/ssh/keys.js';
 import { decodeKrl } from '../../ca/ssh/krl/decode.js';
+import type { RevocationSet } from '../../ca/ssh/krl/revocation-set.js';
 import { decodeSshsig, sshsigVerify, type Sshsig } from '../../ca/ssh/sshsig.js';
 import { apiCommand } from '../args.js';
 import { ApiClient } from '../client.js';
@@ -34,25 +35,13 @@ export function registerKrlFetch(krl: Command, ctx: CliContext): void {
       const trusted = opts.caKeys !== undefined ? await readTrustedKeys(ctx, opts.caKeys) : await serverKeys(api);
       const res = await api.fetchOk('GET', '/v1/krl', { auth: false });
       const body = Buffer.from(await res.arrayBuffer());
-      const header = res.headers.get('x-krl-signature');
-      if (!header) throw refuse('the server sent no x-krl-signature header');
-      let sig: Sshsig;
+      let verified: VerifiedKrl;
       try {
-        if (!/^[A-Za-z0-9+/]+={0,2}$/.test(header.trim())) throw new Error('not base64');
-        sig = decodeSshsig(Buffer.from(header.trim(), 'base64'));
+        verified = verifyServedKrl(body, res.headers.get('x-krl-signature'), res.headers.get('x-krl-version'), trusted);
       } catch (e) {
-        throw refuse(`the KRL signature is malformed (${(e as Error).message})`);
+        throw refuse((e as Error).message);
       }
-      const verdict = sshsigVerify(sig, KRL_NAMESPACE, body, trusted);
-      if (!verdict.ok) throw refuse(`the KRL signature does not verify: ${verdict.reason}`);
-      let version: bigint;
-      try {
-        version = decodeKrl(body).header.krlVersion;
-      } catch (e) {
-        throw refuse(`the signed KRL does not parse (${(e as Error).message})`);
-      }
-      const claimed = res.headers.get('x-krl-version');
-      if (claimed !== null && claimed !== version.toString()) throw refuse(`x-krl-version says ${claimed} but the KRL is version ${version}`);
+      const { version } = verified;
       // A signature proves who made a KRL, not that it is current: an old, validly signed KRL
       // replayed over a newer one would un-revoke keys. Never go back, as the agent does.
       const installed = await installedVersion(opts.output);
@@ -64,10 +53,43 @@ export function registerKrlFetch(krl: Command, ctx: CliContext): void {
       } catch (e) {
         throw new CliError(`${opts.output}: cannot write: ${(e as Error).message}`);
       }
-      const signedBy = fingerprint(verdict.publicKey);
+      const signedBy = fingerprint(verified.signedBy);
       if (opts.json) printJson(ctx, { file: opts.output, krlVersion: version.toString(), bytes: body.length, signedBy });
       else ctx.stdout.write(`${opts.output}: KRL version ${version}, ${body.length} bytes, signature good (${signedBy})\n`);
     });
+}
+
+export interface VerifiedKrl {
+  version: bigint;
+  set: RevocationSet;
+  signedBy: PublicKey;
+}
+
+/**
+ * Checks a KRL as GET /v1/krl serves it: its detached SSHSIG (the x-krl-signature header,
+ * namespace dstack-ca-krl) against the trusted CA keys, that it parses, and that the
+ * x-krl-version header tells the truth. Throws an Error saying what is wrong.
+ */
+export function verifyServedKrl(body: Buffer, signatureHeader: string | null, versionHeader: string | null, trusted: readonly PublicKey[]): VerifiedKrl {
+  if (!signatureHeader) throw new Error('the server sent no x-krl-signature header');
+  let sig: Sshsig;
+  try {
+    if (!/^[A-Za-z0-9+/]+={0,2}$/.test(signatureHeader.trim())) throw new Error('not base64');
+    sig = decodeSshsig(Buffer.from(signatureHeader.trim(), 'base64'));
+  } catch (e) {
+    throw new Error(`the KRL signature is malformed (${(e as Error).message})`);
+  }
+  const verdict = sshsigVerify(sig, KRL_NAMESPACE, body, [...trusted]);
+  if (!verdict.ok) throw new Error(`the KRL signature does not verify: ${verdict.reason}`);
+  let decoded;
+  try {
+    decoded = decodeKrl(body);
+  } catch (e) {
+    throw new Error(`the signed KRL does not parse (${(e as Error).message})`);
+  }
+  const version = decoded.header.krlVersion;
+  if (versionHeader !== null && versionHeader !== version.toString()) throw new Error(`x-krl-version says ${versionHeader} but the KRL is version ${version}`);
+  return { version, set: decoded.set, signedBy: verdict.publicKey };
 }
 
 /** The krl_version of the KRL already at `path`, or null if there is none (or it is not a KRL). */
@@ -85,7 +107,8 @@ async function installedVersion(path: string): Promise<bigint | null> {
   }
 }
 
-async function serverKeys(api: ApiClient): Promise<PublicKey[]> {
+/** The user CA keys KRL signatures are checked against: the pinned bundle's, else GET /v1/ca's. */
+export async function serverKeys(api: ApiClient): Promise<PublicKey[]> {
   // Pinned (--fingerprint, or earlier): the keys the verified trust bundle names, not the channel's word.
   const pinned = await api.trust();
   if (pinned) return trustedKeys(pinned.bundle.bundle, 'user');

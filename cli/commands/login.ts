@@ -6,6 +6,7 @@
 import { spawn } from 'node:child_process';
 import { hostname } from 'node:os';
 import type { Command } from 'commander';
+import { isLoopbackHost } from '../../ca/server/tls.js';
 import { apiCommand } from '../args.js';
 import { ApiClient, resolveApiConfig, sameServer, type ApiFlags } from '../client.js';
 import { printJson, type CliContext } from '../context.js';
@@ -28,11 +29,12 @@ export function registerLogin(program: Command, ctx: CliContext): void {
     .addHelpText('after', '\nAfterwards `dstack-ca ssh PROJECT/RUN` works, and plain `ssh PROJECT/RUN` once `dstack-ca config ssh` has been run.')
     .action(async (opts: LoginFlags, cmd: Command) => {
       // The token (if any) is irrelevant: login makes a new one. The URL: --url, env, config, the last session.
-      // --fingerprint too: the device-code exchange already goes only to the pinned CA.
-      const flags = cmd.optsWithGlobals<ApiFlags>();
-      const config = await resolveApiConfig(ctx, { url: flags.url, fingerprint: flags.fingerprint });
+      const { token: _ignored, ...flags } = cmd.optsWithGlobals<ApiFlags>();
+      const config = await resolveApiConfig(ctx, flags);
       const pin = config.fingerprint !== undefined ? { fingerprint: config.fingerprint } : {};
       const api = new ApiClient(ctx, { url: config.url, urlSource: config.urlSource, token: undefined, ...pin });
+      // Pinned (now, or on an earlier login): the CA's trust root is checked before anything else is sent.
+      const pinned = await api.trust();
       const client = clientName(hostname());
       const codes = await api.request('POST', '/v1/device/codes', { body: { client }, auth: false, schema: deviceCodesSchema });
       ctx.stderr.write(`dstack-ca: Open ${codes.verificationUriComplete} and check the code ${codes.userCode}\n`);
@@ -41,7 +43,7 @@ export function registerLogin(program: Command, ctx: CliContext): void {
       }
       ctx.stderr.write(`dstack-ca: waiting for the approval (the code is valid for ${Math.round(codes.expiresIn / 60) || 1} min)...\n`);
       const granted = await pollForToken(codes, {
-        poll: () => pollOnce(api.url, codes.deviceCode, undefined, (u, init) => api.rawFetch(u, init)),
+        poll: () => pollOnce(api.url, codes.deviceCode, 30_000, (u, init) => api.rawFetch(u, init)),
         sleep: (s) => new Promise((r) => setTimeout(r, s * 1000)),
         now: () => Date.now() / 1000,
         note: (line) => ctx.stderr.write(`dstack-ca: ${line}\n`),
@@ -65,14 +67,19 @@ export function registerLogin(program: Command, ctx: CliContext): void {
         throw e;
       }
       const included = await userConfigIncludes(ctx.env, paths.sshConfig);
+      if (!pinned && !isLoopbackUrl(api.url)) {
+        ctx.stderr.write('dstack-ca: warning: the CA is not pinned: pass --fingerprint SHA256:... once (the CA prints it at start) so its keys and TLS certificate are checked\n');
+      }
       if (opts.json) {
-        printJson(ctx, { url: api.url, user: granted.user, expiresAt: granted.expiresAt, agent: synced.agent, sshConfig: paths.sshConfig, sshConfigIncluded: included, runs: synced.runs });
+        printJson(ctx, { url: api.url, user: granted.user, expiresAt: granted.expiresAt, pinned: pinned ? pinned.bundle.bundle.version : null, agent: synced.agent, sshConfig: paths.sshConfig, sshConfigIncluded: included, runs: synced.runs });
         return;
       }
       printLoginSummary(ctx, api.url, session, synced.runs, synced.agent);
       if (!included) ctx.stderr.write('dstack-ca: run `dstack-ca config ssh` once so that plain `ssh PROJECT/RUN` works (`dstack-ca ssh PROJECT/RUN` works already)\n');
     });
 }
+
+const isLoopbackUrl = (u: string): boolean => isLoopbackHost(new URL(u).hostname);
 
 function printLoginSummary(ctx: CliContext, url: string, session: Session, runs: RunCert[], agent: boolean): void {
   ctx.stdout.write(`logged in as ${session.user} at ${url}; the session ${session.expiresAt === null ? 'does not expire' : `expires ${formatTime(session.expiresAt)}`}\n`);

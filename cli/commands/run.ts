@@ -42,7 +42,7 @@ async function sshEndpointArg(ctx: CliContext, opts: SshFlags): Promise<{ host: 
 
 type RunView = z.output<typeof runView>;
 
-const registeredView = runView.extend({ joinToken: z.string() });
+const registeredView = runView.extend({ joinToken: z.string(), caFingerprint: z.string() });
 const updatedView = runView.extend({ revokedCerts: z.number() });
 const runPath = (project: string, name: string) => `/v1/runs/${encodeURIComponent(project)}/${encodeURIComponent(name)}`;
 
@@ -81,8 +81,8 @@ export function registerRun(program: Command, ctx: CliContext): void {
         printJson(ctx, created);
         return;
       }
-      ctx.stdout.write(`principal: ${created.principal}\njoin-token: ${created.joinToken}\n`);
-      ctx.stderr.write(`dstack-ca: registered run ${created.project}/${created.name}; the join token is for its dstack-ca-agent and is not shown again\n`);
+      ctx.stdout.write(`principal: ${created.principal}\njoin-token: ${created.joinToken}\nca-fingerprint: ${created.caFingerprint}\n`);
+      ctx.stderr.write(`dstack-ca: registered run ${created.project}/${created.name}; the join token is for its dstack-ca-agent (with --ca-fingerprint) and is not shown again\n`);
     });
 
   apiCommand(run, 'show', 'show a run and its policy')

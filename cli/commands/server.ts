@@ -31,7 +31,9 @@ export function registerServer(program: Command, ctx: CliContext): void {
     .option('--tls-key <file>', 'the PEM private key of --tls-cert; re-read on SIGHUP')
     .option('--insecure-http', 'serve plain http on a listen address off loopback (tokens travel in clear); default there: a self-signed certificate')
     .option('--trust-proxy <addr>', 'believe X-Forwarded-For/-Proto/-Host from this reverse proxy address or CIDR block (repeatable)', collect)
-    .action(async (flags: ServerFlags) => {
+    .action(async (flags: ServerFlags, cmd: Command) => {
+      // --insecure-http is also a global option of the client verbs; the root may have taken it.
+      flags.insecureHttp ??= cmd.optsWithGlobals<{ insecureHttp?: boolean }>().insecureHttp;
       if ((flags.tlsCert === undefined) !== (flags.tlsKey === undefined)) {
         throw new UsageError(`${flags.tlsCert === undefined ? '--tls-cert' : '--tls-key'} is missing: --tls-cert and --tls-key go together`);
       }

@@ -1,6 +1,7 @@
 // `dstack-ca status`: who the server says we are (GET /v1/me), when the session ends, and
 // the run certificates on disk with principal, serial and expiry (parsed here, expired ones
-// marked). A dead or missing session is "not logged in", exit 4.
+// marked, revoked ones marked by the CA's signed KRL). A dead or missing session is "not
+// logged in", exit 4.
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { z } from 'zod';
@@ -10,6 +11,7 @@ import { ApiClient } from '../client.js';
 import { printJson, type CliContext } from '../context.js';
 import { CliError, EXIT, UsageError } from '../errors.js';
 import { certPath, loginPaths, type LoginPaths } from '../login/paths.js';
+import { currentKrl, revocationOf, type KnownKrl } from '../login/revocations.js';
 import { listRunDirs } from '../login/sync.js';
 import { formatTime, printTable } from '../output.js';
 import { identityName } from '../../ca/domain/names.js';
@@ -29,20 +31,34 @@ export interface HeldCert {
   serial: string;
   validBefore: number;
   expired: boolean;
+  /** Revoked by the CA's KRL; null when the KRL could not be checked. */
+  revoked: boolean | null;
+  /** Which KRL rule revokes it ("serial 42 (CA section)"). */
+  revokedBy?: string;
   error?: string;
 }
 
 /** The certs under certs/, parsed with the CA's own parser. */
-export async function heldCerts(paths: LoginPaths, now = Math.floor(Date.now() / 1000)): Promise<HeldCert[]> {
+export async function heldCerts(paths: LoginPaths, now = Math.floor(Date.now() / 1000), krl: KnownKrl | null = null): Promise<HeldCert[]> {
   const out: HeldCert[] = [];
   for (const { project, run } of await listRunDirs(paths.certsDir, '-cert.pub')) {
     const path = certPath(paths, project, run);
     try {
       const { cert } = parseCertificateLine((await readFile(path, 'utf8')).trim());
       const validBefore = Number(cert.validBefore);
-      out.push({ run: `${project}/${run}`, path, principals: [...cert.principals], serial: cert.serial.toString(), validBefore, expired: validBefore <= now });
+      const revokedBy = krl === null ? null : revocationOf(krl, cert);
+      out.push({
+        run: `${project}/${run}`,
+        path,
+        principals: [...cert.principals],
+        serial: cert.serial.toString(),
+        validBefore,
+        expired: validBefore <= now,
+        revoked: krl === null ? null : revokedBy !== null,
+        ...(revokedBy !== null ? { revokedBy } : {}),
+      });
     } catch (e) {
-      out.push({ run: `${project}/${run}`, path, principals: [], serial: '', validBefore: 0, expired: true, error: (e as Error).message });
+      out.push({ run: `${project}/${run}`, path, principals: [], serial: '', validBefore: 0, expired: true, revoked: null, error: (e as Error).message });
     }
   }
   return out;
@@ -64,7 +80,15 @@ export function registerStatus(program: Command, ctx: CliContext): void {
         if (e instanceof CliError && e.exitCode === EXIT.auth) throw new CliError(/^not logged in/.test(e.message) ? e.message : `not logged in (${e.message}); run: dstack-ca login`, EXIT.auth);
         throw e;
       }
-      const certs = await heldCerts(loginPaths(ctx.env));
+      const paths = loginPaths(ctx.env);
+      // Revoked certs are useless (sshd refuses them): the CA's signed KRL says which.
+      let krl: KnownKrl | null = null;
+      try {
+        krl = await currentKrl(api, paths);
+      } catch (e) {
+        ctx.stderr.write(`dstack-ca: warning: cannot tell which certificates are revoked: ${(e as Error).message}\n`);
+      }
+      const certs = await heldCerts(paths, undefined, krl);
       if (opts.json) {
         printJson(ctx, { url: api.url, user: me.name, kind: me.kind, admin: me.admin, sessionExpiresAt: me.sessionExpiresAt, certs });
         return;
@@ -74,7 +98,12 @@ export function registerStatus(program: Command, ctx: CliContext): void {
       printTable(
         ctx,
         ['RUN', 'PRINCIPAL', 'SERIAL', 'VALID UNTIL'],
-        certs.map((c) => [c.run, c.principals.join(',') || '-', c.serial || '-', c.error !== undefined ? `unreadable: ${c.error}` : `${formatTime(c.validBefore)}${c.expired ? ' (expired)' : ''}`]),
+        certs.map((c) => [
+          c.run,
+          c.principals.join(',') || '-',
+          c.serial || '-',
+          c.error !== undefined ? `unreadable: ${c.error}` : `${formatTime(c.validBefore)}${c.expired ? ' (expired)' : c.revoked ? ' (revoked)' : ''}`,
+        ]),
         'no run certificates held',
       );
     },

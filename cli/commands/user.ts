@@ -94,8 +94,8 @@ export function registerUser(program: Command, ctx: CliContext): void {
     });
 
   for (const [verb, disabled, help] of [
-    ['disable', true, 'disable a user: its tokens stop working and its certificates are revoked'],
-    ['enable', false, 'enable a disabled user again'],
+    ['disable', true, 'disable a user: its tokens, sessions and enrollment links end (enabling does not revive them) and its certificates are revoked'],
+    ['enable', false, 'enable a disabled user again (it logs in afresh or gets a new token)'],
   ] as const) {
     apiCommand(user, verb, help)
       .argument('<name>', 'user name')

@@ -95,14 +95,13 @@ export async function pollForToken(codes: DeviceCodes, deps: PollDeps): Promise<
 }
 
 /**
- * POST /v1/device/token once, without the ApiClient's error handling: a 400 here is an answer,
- * not a failure. `fetchFn`: the client's pinned fetch when the CA is pinned (the session token
- * then comes only over a channel the trust bundle vouches for).
+ * POST /v1/device/token once, without the ApiClient's error mapping: a 400 here is an answer,
+ * not a failure. `fetchImpl`: the client's pinned fetch (ApiClient.rawFetch) when the CA is pinned.
  */
-export async function pollOnce(url: string, deviceCode: string, timeoutMs = 30_000, fetchFn: (url: string, init: RequestInit) => Promise<Response> = fetch): Promise<PollAnswer> {
+export async function pollOnce(url: string, deviceCode: string, timeoutMs = 30_000, fetchImpl: (url: string, init: RequestInit) => Promise<Response> = fetch): Promise<PollAnswer> {
   let res: Response;
   try {
-    res = await fetchFn(`${url}/v1/device/token`, {
+    res = await fetchImpl(`${url}/v1/device/token`, {
       method: 'POST',
       headers: { 'content-type': 'application/json', accept: 'application/json' },
       body: JSON.stringify({ deviceCode }),

@@ -87,8 +87,11 @@ describe('token resolution with a login session', () => {
   });
 
   it('sends the session token only to its own server', async () => {
-    const other = await resolveApiConfig(context(env({ DSTACK_CA_URL: 'http://other:1' })), {});
-    expect(other).toMatchObject({ url: 'http://other:1', token: undefined });
+    const other = await resolveApiConfig(context(env({ DSTACK_CA_URL: 'http://127.0.0.2:1' })), {});
+    expect(other).toMatchObject({ url: 'http://127.0.0.2:1', token: undefined });
+    // Plain http off loopback is refused outright (tokens would travel in clear), unless asked for.
+    await expect(resolveApiConfig(context(env({ DSTACK_CA_URL: 'http://other:1' })), {})).rejects.toThrow(/DSTACK_CA_URL: http:\/\/other:1: plain http off loopback would send tokens in clear; use https:\/\//);
+    expect(await resolveApiConfig(context(env({ DSTACK_CA_URL: 'http://other:1' })), { insecureHttp: true })).toMatchObject({ url: 'http://other:1', token: undefined });
     const same = await resolveApiConfig(context(env()), { url: `${SESSION_URL}/` });
     expect(same).toMatchObject({ token: 'dsca_user_session' });
   });

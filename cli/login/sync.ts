@@ -14,11 +14,19 @@ import { CliError } from '../errors.js';
 import { agentKeyPath, certPath, type LoginPaths } from './paths.js';
 import { hostCaKeys, storedHostCaKeys } from './host-ca.js';
 import { ensurePrivateDir, meRunsSchema, readRuns, writeRuns, type MeRun } from './session.js';
+import { currentKrl, revocationOf } from './revocations.js';
 import { renderKnownHosts, renderSshConfig } from './ssh-config.js';
 import { agentAdd, agentDelete, agentDeleteLines, agentList, agentReachable, ensureLoginKey } from './tools.js';
 
 /** A cert expiring within this many seconds is renewed. */
 export const RENEW_MARGIN = 60;
+
+/**
+ * How long renew waits for the KRL before trusting a fresh cert anyway: `ssh` runs renew on
+ * every connection, and an unreachable CA must not hold each one for a minute (sshd still
+ * refuses a revoked cert by its own KRL).
+ */
+export const REVOCATION_CHECK_TIMEOUT_MS = 3000;
 
 const nowSeconds = () => Math.floor(Date.now() / 1000);
 
@@ -209,23 +217,47 @@ export async function syncRuns(ctx: CliContext, api: ApiClient, paths: LoginPath
 export interface RenewResult {
   run: string;
   renewed: boolean;
+  /** Why it was re-issued: none on disk (or for another key), expiring, or revoked. */
+  reason?: 'missing' | 'expiring' | 'revoked';
   validBefore: number;
   serial: string;
   certificate: string;
   agent?: boolean;
 }
 
-/** Re-issues the run's cert when it is missing, for another key, or expires within RENEW_MARGIN. */
+/**
+ * Re-issues the run's cert when it is missing, for another key, expires within RENEW_MARGIN,
+ * or is revoked by the CA's signed KRL (a revoked cert is refused by sshd: if the policy still
+ * grants one, a new one replaces it; if not, the dead one is dropped and the refusal said).
+ */
 export async function renewRun(ctx: CliContext, api: ApiClient, paths: LoginPaths, project: string, run: string): Promise<RenewResult> {
   const publicKey = await ensureLoginKey(paths.key, paths.publicKey, ctx.env);
   const current = await readRunCert(paths, project, run);
   const path = certPath(paths, project, run);
-  if (current !== undefined && publicKeysEqual(current.key, parseAuthorizedKey(publicKey).key) && Number(current.validBefore) - nowSeconds() > RENEW_MARGIN) {
-    return { run: `${project}/${run}`, renewed: false, validBefore: Number(current.validBefore), serial: current.serial.toString(), certificate: path };
+  let reason: NonNullable<RenewResult['reason']> = 'missing';
+  let revokedBy: string | null = null;
+  if (current !== undefined && publicKeysEqual(current.key, parseAuthorizedKey(publicKey).key)) {
+    reason = 'expiring';
+    if (Number(current.validBefore) - nowSeconds() > RENEW_MARGIN) {
+      // A KRL that cannot be had in time leaves the cert as it is: sshd judges it anyway.
+      const krl = await currentKrl(api, paths, REVOCATION_CHECK_TIMEOUT_MS).catch(() => null);
+      revokedBy = krl === null ? null : revocationOf(krl, current);
+      if (revokedBy === null) return { run: `${project}/${run}`, renewed: false, validBefore: Number(current.validBefore), serial: current.serial.toString(), certificate: path };
+      reason = 'revoked';
+    }
   }
   await ensurePrivateDir(paths.dir);
-  const issued = await issueRunCert(api, paths, project, run, publicKey);
-  const result: RenewResult = { run: `${project}/${run}`, renewed: true, validBefore: issued.validBefore, serial: issued.serial, certificate: path };
+  let issued;
+  try {
+    issued = await issueRunCert(api, paths, project, run, publicKey);
+  } catch (e) {
+    if (revokedBy === null) throw e;
+    // Dead weight: sshd refuses it, and ssh would keep offering it. It goes, from the agent too.
+    await forgetRun(ctx, paths, project, run, await agentReachable(ctx.env));
+    const why = e instanceof CliError ? e.message : (e as Error).message;
+    throw new CliError(`the certificate for ${project}/${run} was revoked (${revokedBy}) and the CA gives no new one: ${why}`, e instanceof CliError ? e.exitCode : undefined);
+  }
+  const result: RenewResult = { run: `${project}/${run}`, renewed: true, reason, validBefore: issued.validBefore, serial: issued.serial, certificate: path };
   if (await agentReachable(ctx.env)) {
     const err = await loadIntoAgent(ctx, paths, project, run, issued.validBefore);
     result.agent = err === null;

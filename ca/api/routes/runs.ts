@@ -42,7 +42,10 @@ export function runRoutes(app: FastifyInstance, authority: Authority): void {
   );
 
   r.post('/v1/runs/:project/:run/nonces', { schema: { params: runParams, response: { 200: nonceView } } }, async (req) => {
-    await requireRun(store, req.params.project, req.params.run);
+    // Anonymous callers (key holders) get a nonce whether or not the run exists, so the
+    // answer tells them nothing; a proof for a run that does not exist is refused at issuance
+    // exactly as one the run's policy does not list. Authenticated callers are told.
+    if (req.actor.kind !== 'anonymous') await requireRun(store, req.params.project, req.params.run);
     const { nonce, expiresAt } = authority.issuer.nonces.issue(authority.ctx.now());
     return { nonce, expiresAt, message: proofMessage(`${req.params.project}/${req.params.run}`, nonce).toString('utf8') };
   });

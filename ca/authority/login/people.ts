@@ -36,6 +36,8 @@ export async function attachableRuns(a: Authority, actor: Actor): Promise<{ run:
   const out: { run: Run; project: string }[] = [];
   const projectNames = new Map((await store.listProjects()).map((p) => [p.id, p.name]));
   for (const run of await store.listRuns({ state: 'running' })) {
+    // A bot reaches only runs of the project it belongs to, and only while a member there.
+    if (identity.kind === 'bot' && (identity.botProjectId !== run.projectId || !memberOf.has(run.projectId))) continue;
     const grant = grantFor(run.policy, { identityName: identity.name, isProjectMember: memberOf.has(run.projectId), provenKey: null });
     if (grant !== null) out.push({ run, project: projectNames.get(run.projectId) ?? '?' });
   }

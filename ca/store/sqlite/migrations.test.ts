@@ -66,6 +66,7 @@ describe('the real migrations', () => {
       'runs',
       'schema_migrations',
       'serial_high_water',
+      'spent_oidc_tokens',
       'tokens',
       'trust_bundles',
       'web_sessions',
@@ -97,6 +98,45 @@ describe('the real migrations', () => {
     expect(await store.getMeta('kept')).toBe('yes');
     await store.close();
     expect(applied(raw(path)).map((r) => r.version)).toEqual(MIGRATIONS.map((m) => m.version));
+  });
+
+  it('migration 5 keeps the CA keys as user CA keys, an old "trusted" one as previous, and allows one active key per purpose', async () => {
+    const path = await tempDbPath();
+    const db = raw(path);
+    applyMigrations(db, MIGRATIONS.slice(0, 4));
+    const key = db.prepare('INSERT INTO ca_keys (fingerprint, public_key, state, created_at) VALUES (?, ?, ?, ?)');
+    key.run('SHA256:a', 'ssh-ed25519 A', 'active', 1);
+    key.run('SHA256:b', 'ssh-ed25519 B', 'trusted', 0);
+    applyMigrations(db);
+    expect(db.prepare('SELECT fingerprint, purpose, state FROM ca_keys ORDER BY fingerprint').all()).toEqual([
+      { fingerprint: 'SHA256:a', purpose: 'user', state: 'active' },
+      { fingerprint: 'SHA256:b', purpose: 'user', state: 'previous' },
+    ]);
+    const insert = (fp: string, purpose: string | null) => db.prepare('INSERT INTO ca_keys (fingerprint, public_key, purpose, state, created_at) VALUES (?, ?, ?, ?, 2)').run(fp, `ssh-ed25519 ${fp}`, purpose, 'active');
+    expect(() => insert('SHA256:n', null)).toThrow(/NOT NULL/); // no purpose is assumed
+    insert('SHA256:h', 'host'); // another purpose has an active key of its own
+    expect(() => insert('SHA256:u', 'user')).toThrow(/UNIQUE/); // but one active user CA key at most
+  });
+
+  it('migration 6 ends the credentials of users disabled before it, so enabling them revives nothing', async () => {
+    const path = await tempDbPath();
+    const db = raw(path);
+    applyMigrations(db, MIGRATIONS.slice(0, 4));
+    const user = (name: string, disabled: number) =>
+      Number(db.prepare('INSERT INTO identities (name, kind, global_admin, disabled, created_at) VALUES (?, ?, 0, ?, 1)').run(name, 'user', disabled).lastInsertRowid);
+    const gone = user('gone', 1);
+    const here = user('here', 0);
+    const token = (identity: number, hash: string) => db.prepare("INSERT INTO tokens (kind, hash, identity_id, name, created_at) VALUES ('user', ?, ?, 'x', 1)").run(hash, identity);
+    token(gone, 'h1');
+    token(here, 'h2');
+    db.prepare('INSERT INTO web_sessions (hash, identity_id, expires_at, created_at) VALUES (?, ?, 9999999999, 1)').run('w1', gone);
+    db.prepare('INSERT INTO enrollments (hash, identity_id, expires_at, created_at) VALUES (?, ?, 9999999999, 1)').run('e1', gone);
+    applyMigrations(db);
+    const revoked = (table: string, hash: string) => (db.prepare(`SELECT revoked_at FROM ${table} WHERE hash = ?`).get(hash) as { revoked_at: unknown }).revoked_at;
+    expect(revoked('tokens', 'h1')).not.toBeNull();
+    expect(revoked('web_sessions', 'w1')).not.toBeNull();
+    expect(revoked('enrollments', 'e1')).not.toBeNull();
+    expect(revoked('tokens', 'h2')).toBeNull();
   });
 
   it('a database written by a newer release is refused, untouched', async () => {
@@ -135,7 +175,7 @@ describe('the real migrations', () => {
   });
 });
 
-describe('host certificates (migration 6)', () => {
+describe('host certificates (migration 7)', () => {
   it('rows take serials only from reserved blocks, shared with user certificates, and never change or go', async () => {
     const path = await tempDbPath();
     const store = await openSqliteStore(path);

@@ -383,6 +383,32 @@ BEGIN SELECT RAISE(ABORT, 'trust bundle versions are never deleted'); END;
   },
   {
     version: 6,
+    name: 'bot_permits_and_disabled_credentials',
+    // bot_settings.permits: the certificate extensions a bot is given explicitly (JSON array
+    // of permit-* names); NULL: the default for its restrictions (none with a force-command).
+    // Disabling a user now ends its credentials in the same transaction; this ends those of
+    // identities disabled before, so enabling them again revives nothing. spent_oidc_tokens:
+    // OIDC tokens that got a certificate, by key (hash of the signed part, or iss + jti),
+    // until they expire, so a replay is refused across restarts too.
+    sql: `
+ALTER TABLE bot_settings ADD COLUMN permits TEXT;
+
+CREATE TABLE spent_oidc_tokens (
+  key TEXT NOT NULL PRIMARY KEY,
+  expires_at BIGINT NOT NULL
+);
+CREATE INDEX spent_oidc_tokens_expiry ON spent_oidc_tokens (expires_at);
+
+UPDATE tokens SET revoked_at = CAST(strftime('%s', 'now') AS INTEGER)
+WHERE revoked_at IS NULL AND identity_id IN (SELECT id FROM identities WHERE disabled);
+UPDATE web_sessions SET revoked_at = CAST(strftime('%s', 'now') AS INTEGER)
+WHERE revoked_at IS NULL AND identity_id IN (SELECT id FROM identities WHERE disabled);
+UPDATE enrollments SET revoked_at = CAST(strftime('%s', 'now') AS INTEGER)
+WHERE revoked_at IS NULL AND used_at IS NULL AND identity_id IN (SELECT id FROM identities WHERE disabled);
+`,
+  },
+  {
+    version: 7,
     name: 'host_certificates',
     // Host certificates an agent obtained for its run's sshd host keys (recorded before they
     // are returned, like user certificates). Their serials come from the same reserved blocks

@@ -486,13 +486,14 @@ function readStringRecord(row: Row, col: string): Record<string, string> {
 
 export const botSettings: Codec<BotSettings, BotSettings> = {
   table: 'bot_settings',
-  columns: columnList(['identity_id', 'run_scopes', 'force_command', 'source_address', 'token_ttl', 'updated_at']),
+  columns: columnList(['identity_id', 'run_scopes', 'force_command', 'source_address', 'token_ttl', 'permits', 'updated_at']),
   toRow: (s) => ({
     identity_id: intParam(s.identityId, 'bot settings identityId'),
     run_scopes: s.runScopes === null ? null : jsonParam(s.runScopes, 'bot settings runScopes'),
     force_command: s.forceCommand,
     source_address: s.sourceAddress,
     token_ttl: intOrNullParam(s.tokenTtl, 'bot settings tokenTtl'),
+    permits: s.permits === null ? null : jsonParam(s.permits, 'bot settings permits'),
     updated_at: intParam(s.updatedAt, 'bot settings updatedAt'),
   }),
   fromRow: (r) => ({
@@ -501,6 +502,7 @@ export const botSettings: Codec<BotSettings, BotSettings> = {
     forceCommand: readTextOrNull(r, 'force_command'),
     sourceAddress: readTextOrNull(r, 'source_address'),
     tokenTtl: readIntOrNull(r, 'token_ttl'),
+    permits: readStringArrayOrNull(r, 'permits'),
     updatedAt: readInt(r, 'updated_at'),
   }),
 };

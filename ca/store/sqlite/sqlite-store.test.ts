@@ -306,6 +306,7 @@ describe('bot settings and OIDC bindings', () => {
     forceCommand: '/usr/bin/smoke-check --quick',
     sourceAddress: '10.0.0.0/8,::1',
     tokenTtl: 3600,
+    permits: null,
     updatedAt: 1000,
     ...extra,
   });

@@ -371,6 +371,11 @@ class Reads implements StoreReader {
   async countPendingDeviceCodes(now: number): Promise<number> {
     return count(this.c(), 'SELECT COUNT(*) AS n FROM device_codes WHERE expires_at > ? AND decided_at IS NULL', intParam(now, 'now'));
   }
+
+  async isOidcTokenSpent(keys: readonly string[], now: number): Promise<boolean> {
+    const c = this.c();
+    return keys.some((k) => count(c, 'SELECT COUNT(*) AS n FROM spent_oidc_tokens WHERE key = ? AND expires_at > ?', k, intParam(now, 'now')) > 0);
+  }
 }
 
 
@@ -603,6 +608,16 @@ class SqliteTx extends Reads implements StoreTx {
         } catch (e) {
           throw translateSqliteError(e, `host certificate ${serial}`);
         }
+      }
+    });
+  }
+
+  async recordSpentOidcTokens(keys: readonly string[], until: number, now: number): Promise<void> {
+    if (keys.length === 0) return;
+    this.append('spent OIDC tokens', (c) => {
+      c.run('DELETE FROM spent_oidc_tokens WHERE expires_at <= ?', intParam(now, 'now'));
+      for (const k of keys) {
+        c.run('INSERT INTO spent_oidc_tokens (key, expires_at) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET expires_at = MAX(expires_at, excluded.expires_at)', k, intParam(until, 'expiry'));
       }
     });
   }
