@@ -135,6 +135,36 @@ afterAll(async () => {
   await cleanupTempDirs();
 });
 
+describe('POST /v1/agents/host-certs', () => {
+  it("one host cert per distinct key, for the run's principal only; rate-limited per run; a finished run's agent gets none", async () => {
+    const run = await addRun(main, 'api-1');
+    const other = await addRun(main, 'api-2');
+    const agentToken = async (joinToken: string) => (await main.ca.api('POST', '/v1/agents/join', { body: { joinToken } })).json<{ token: string }>().token;
+    const [token, otherToken] = [await agentToken(run.joinToken), await agentToken(other.joinToken)];
+    const k1 = (await generateKey(dir, 'api_host_1', 'ed25519')).publicLine;
+    const k2 = (await generateKey(dir, 'api_host_2', 'ecdsa256')).publicLine;
+    const res = await main.ca.api('POST', '/v1/agents/host-certs', { token, body: { hostKeys: [k1, k2, keyFields(k1)] } });
+    expect(res.statusCode, res.body).toBe(201);
+    const certs = res.json<{ certificates: { hostKey: string; certificate: string; serial: string; validAfter: number; validBefore: number }[] }>().certificates;
+    expect(certs.map((c) => c.hostKey)).toEqual([keyFields(k1), keyFields(k2)]);
+    for (const c of certs) {
+      await writeFile(join(dir, 'api-cert.pub'), `${c.certificate}\n`);
+      const l = parseListing(await listCert(join(dir, 'api-cert.pub')));
+      expect(l).toMatchObject({ certRole: 'host', principals: [run.principal], keyId: `host run:ml/api-1 serial:${c.serial}`, serial: BigInt(c.serial) });
+      expect(c.validBefore - c.validAfter).toBe(7 * DAY + 300);
+    }
+    // The burst (20 a run) is spent by 19 more; the next waits, another run's agent does not.
+    for (let i = 0; i < 19; i++) expect((await main.ca.api('POST', '/v1/agents/host-certs', { token, body: { hostKeys: [k1] } })).statusCode).toBe(201);
+    const limited = await main.ca.api('POST', '/v1/agents/host-certs', { token, body: { hostKeys: [k1] } });
+    expect(limited.statusCode).toBe(429);
+    expect(limited.json<{ message: string }>().message).toMatch(/^too many host certificate requests for this run \(20, then one every 10 s\); retry in \d+s$/);
+    expect((await main.ca.api('POST', '/v1/agents/host-certs', { token: otherToken, body: { hostKeys: [k1] } })).statusCode).toBe(201);
+    // A finished run's agent credential is dead with it.
+    await main.ca.admin('POST', '/v1/runs/ml/api-2/finish');
+    expect((await main.ca.api('POST', '/v1/agents/host-certs', { token: otherToken, body: { hostKeys: [k1] } })).statusCode).toBe(401);
+  });
+});
+
 describe('host certificates with the real sshd and ssh', () => {
   it("the agent writes a verified host cert for the run's principal and SIGHUPs sshd; ssh trusts the host through @cert-authority alone", async () => {
     expect(main.hostCa).toHaveLength(1);
@@ -169,10 +199,11 @@ describe('host certificates with the real sshd and ssh', () => {
     expect(Math.abs(from + 300 - Date.now() / 1000)).toBeLessThan(60);
 
     // Recorded and audited by the CA before it was returned.
-    const rows = await main.ca.store.listHostCerts({});
+    const rows = await main.ca.store.listHostCerts({ runId: (await main.ca.store.getRunByPrincipal(runA.principal))?.id as number });
     expect(rows.map((r) => [r.serial, r.principal, r.publicKey])).toEqual([[listing.serial, runA.principal, keyFields(sshd.hostKeyPublicLine)]]);
     const events = await main.ca.store.listAuditEvents({});
-    expect(events.filter((e) => e.action === 'host-cert.issue').map((e) => [e.actor, (e.details as { serial: string }).serial])).toEqual([[expect.stringMatching(/^agent:/), listing.serial.toString()]]);
+    const issued = events.filter((e) => e.action === 'host-cert.issue' && (e.details as { principal: string }).principal === runA.principal);
+    expect(issued.map((e) => [e.actor, (e.details as { serial: string }).serial])).toEqual([[expect.stringMatching(/^agent:/), listing.serial.toString()]]);
 
     // The real ssh: only the host CA in known_hosts, strict checking, the run's principal as alias.
     const r = await sshTo(sshd, { alias: runA.principal, knownHosts: caOnlyKnownHosts, user: alice });

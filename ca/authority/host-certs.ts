@@ -5,13 +5,14 @@
 // this run only: one run's certificate never names another run. Like user certificates,
 // each is recorded (host_certs) and audited in one transaction before it is returned.
 import { pooledRandomBytes } from '../crypto/random-pool.js';
-import { badRequest, CaError, forbidden } from '../domain/errors.js';
+import { badRequest, CaError, forbidden, RateLimitedError } from '../domain/errors.js';
 import type { HostCertRecord } from '../domain/model.js';
 import { certOptions, formatCertificateLine, signCertificate, type CertificateFields } from '../ssh/certificate.js';
 import { fingerprint, formatAuthorizedKey, parseAuthorizedKey, type PublicKey } from '../ssh/keys.js';
 import { actorLabel, type Actor } from './actors.js';
 import { auditMany } from './audit.js';
 import type { AuthorityContext } from './context.js';
+import { RateLimiter, type BucketLimit } from './rate-limit.js';
 import { SerialAllocator } from './serials.js';
 
 /** Default lifetime of a host certificate (certs.hostTtl). */
@@ -22,6 +23,13 @@ export const MAX_HOST_CERT_TTL = 30 * 24 * 3600;
 export const HOST_CERT_SKEW = 300;
 
 const NO_OPTIONS = certOptions({});
+
+/**
+ * Per run: an agent asks at each start and at two thirds of a certificate's life, so a burst of
+ * 20 and one every 10 s is far above need; it keeps a broken or hostile agent from filling the
+ * certificate table and the audit log.
+ */
+export const HOST_CERT_RATE: BucketLimit = { perSecond: 0.1, burst: 20 };
 
 export interface IssuedHostCert {
   hostKey: string;
@@ -76,8 +84,13 @@ function hostKey(line: string): PublicKey {
 /** Signs host certificates for agents; serials come from the blocks shared with user certificates. */
 export class HostCertIssuer {
   private readonly serials: SerialAllocator;
+  private readonly perRun: RateLimiter;
 
-  constructor(private readonly ctx: AuthorityContext) {
+  constructor(
+    private readonly ctx: AuthorityContext,
+    rate: BucketLimit = HOST_CERT_RATE,
+  ) {
+    this.perRun = new RateLimiter(rate);
     // Host certificates are few (a handful per run per week): small blocks waste few serials.
     this.serials = new SerialAllocator(ctx.store, 16);
   }
@@ -88,6 +101,12 @@ export class HostCertIssuer {
       throw new CaError(actor.kind === 'anonymous' ? 'unauthenticated' : 'forbidden', `${actorLabel(actor)} is not a host agent`);
     }
     const keys = hostKeys.map(hostKey);
+    const taken = this.perRun.take(`run:${actor.runId}`);
+    if (!taken.ok) {
+      const seconds = Math.max(1, Math.ceil(taken.retryAfterMs / 1000));
+      const { burst, perSecond } = this.perRun.limit;
+      throw new RateLimitedError(`too many host certificate requests for this run (${burst}, then one every ${1 / perSecond} s); retry in ${seconds}s`, seconds);
+    }
     const unique = new Map(keys.map((k) => [formatAuthorizedKey(k), k]));
     const now = this.ctx.now();
     const run = await this.ctx.store.getRun(actor.runId);
