@@ -4,6 +4,8 @@
 // `@cert-authority dstack-run-* <host CA key>` with StrictHostKeyChecking yes and
 // HostKeyAlias <run principal>. Then the CLI: after `dstack-ca login --fingerprint`, plain
 // `ssh -F <its ssh_config> PROJECT/RUN` checks the host by its certificate.
+// The tests run in order and build on each other (run A's agent and sshd, then the rotation,
+// then the CLI), as a deployment would.
 import { spawn } from 'node:child_process';
 import { readFile, rename, stat, writeFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
