@@ -181,3 +181,37 @@ describe('the agent', () => {
     expect(r.stderr).toMatch(/plain http off loopback would carry the join token and the agent credential in clear; use https:\/\//);
   });
 });
+
+describe('a new TLS certificate (SIGHUP)', () => {
+  it('pinned clients follow it through the new signed bundle, with no new fingerprint; the old pin of the CLI and the agent keeps working', async () => {
+    const home = await makeTempDir('cli-home-');
+    expect((await cli(['user', 'ls', '--fingerprint', caFingerprint], home)).code).toBe(0);
+    const d = join(await makeTempDir('agent-'), 'sshd');
+    const { joinToken } = JSON.parse((await cli(['run', 'add', 'ml/train-3', '--owner', 'admin', '--login-user', me, '--json'], home)).stdout) as { joinToken: string };
+    const first = spawnAgent(['--once', '--url', url, '--ca-fingerprint', caFingerprint, '--sshd-dir', d, '--login-user', me], { DSTACK_CA_JOIN_TOKEN: joinToken });
+    expect(await first.exited, first.stderr()).toBe(0);
+    const before = decodeBundle(Buffer.from((JSON.parse(await readFile(join(d, 'trust-bundle.json'), 'utf8')) as { bundle: string }).bundle, 'base64'));
+
+    const tlsDir = join(dir, 'data', 'tls');
+    await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(tlsDir, 'key.pem'), '-out', join(tlsDir, 'cert.pem'), '-days', '30', '-subj', '/CN=renewed.example']);
+    const logged = serverErr.length;
+    server.kill('SIGHUP');
+    const deadline = Date.now() + 10_000;
+    while (!/SIGHUP: TLS certificate reloaded/.test(serverErr.slice(logged))) {
+      if (Date.now() > deadline) throw new Error(`no reload:\n${serverErr.slice(logged)}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    // The bundle listing the new certificate is published right after the reload.
+    await new Promise((r) => setTimeout(r, 300));
+
+    const again = await cli(['user', 'ls'], home);
+    expect(again.code, again.stderr).toBe(0);
+    const kept = JSON.parse(await readFile(join(home, 'dstack-ca', 'trust.json'), 'utf8')) as Record<string, { bundle: string }>;
+    const after = decodeBundle(Buffer.from((kept[url] as { bundle: string }).bundle, 'base64'));
+    expect(after.version).toBeGreaterThan(before.version);
+    expect(after.tlsCertificates).not.toEqual(before.tlsCertificates);
+    const restarted = spawnAgent(['--once', '--url', url, '--sshd-dir', d, '--login-user', me]);
+    expect(await restarted.exited, restarted.stderr()).toBe(0);
+    expect(restarted.events().some((l) => l.event === 'trust-bundle-installed' && l.version === after.version)).toBe(true);
+  });
+});

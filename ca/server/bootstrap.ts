@@ -86,7 +86,17 @@ async function loadCaKeys(store: Store, keys: CaKeyStore, cfg: ServerConfig, now
   };
 }
 
-export async function openCa(cfg: ServerConfig, env: NodeJS.ProcessEnv = process.env, now: () => number = () => Math.floor(Date.now() / 1000)): Promise<OpenedCa> {
+/**
+ * Opens (or on the first start, creates) the CA in cfg.dataDir. `tlsCertificates`: the PEM
+ * certificates the server will serve, listed in the trust bundle from the start (so a restart
+ * publishes no bundle without them).
+ */
+export async function openCa(
+  cfg: ServerConfig,
+  env: NodeJS.ProcessEnv = process.env,
+  now: () => number = () => Math.floor(Date.now() / 1000),
+  opts: { tlsCertificates?: string[] } = {},
+): Promise<OpenedCa> {
   await mkdir(cfg.dataDir, { recursive: true, mode: 0o700 });
   await chmod(cfg.dataDir, 0o700);
   const { keyring, source } = await loadKeyring(cfg, env);
@@ -115,6 +125,7 @@ export async function openCa(cfg: ServerConfig, env: NodeJS.ProcessEnv = process
       store,
       caKeys: await caKeysFrom(await store.listCaKeys(), (k) => vault.signer(k)),
       vault,
+      ...(opts.tlsCertificates ? { tlsCertificates: opts.tlsCertificates } : {}),
       config: { defaultTtl: cfg.certs.defaultTtl, maxTtl: cfg.certs.maxTtl, hostTtl: cfg.certs.hostTtl, joinTokenTtl: 24 * 3600, rateLimits: cfg.rateLimits, oidc: cfg.oidc, login: cfg.login, krlStatusInterval: cfg.krl.statusInterval },
       now,
       krlEvents: new KrlEvents(),

@@ -92,7 +92,7 @@ export function registerServer(program: Command, ctx: CliContext): void {
         ctx.stderr.write(`dstack-ca: warning: the TLS certificate ${tls.certPath} expired on ${tls.x509.validTo}: clients will refuse it\n`);
       }
 
-      const opened = await openCa(cfg, ctx.env);
+      const opened = await openCa(cfg, ctx.env, undefined, tls ? { tlsCertificates: [tls.x509.toString()] } : {});
       const app = await buildApp(opened.authority, {
         logger: { level: cfg.logLevel, redact: LOG_REDACT },
         ...(tls ? { https: { cert: tls.cert, key: tls.key } } : {}),
