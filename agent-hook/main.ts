@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // dstack-ca-agent: runs beside a run's sshd and keeps its trust files current (see sync.ts).
 //   dstack-ca-agent --url URL --ca-fingerprint SHA256:... --join-token TOKEN --sshd-dir DIR --login-user USER [--once]
-//   dstack-ca-agent sshd-config [--sshd-dir DIR]
+//   dstack-ca-agent sshd-config [--sshd-dir DIR] [--host-key FILE.pub ...]
 import { readFile } from 'node:fs/promises';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { formatAuthorizedKey, parseAuthorizedKey } from '../ca/ssh/keys.js';
@@ -12,6 +12,7 @@ import { loginUser } from '../ca/domain/names.js';
 import { AgentError } from './errors.js';
 import { jsonLogger } from './log.js';
 import { SessionReaper } from './sessions.js';
+import { hostKeyName, type HostKeyFile } from './host-certs.js';
 import { DEFAULT_SSHD_DIR, sshdConfigSnippet } from './sshd-config.js';
 import { Agent } from './sync.js';
 
@@ -27,12 +28,18 @@ interface RunFlags {
   hostKey: string[];
   caFingerprint?: string;
   insecureHttp?: boolean;
+  sshdPidFile?: string;
 }
 
-/** Host public key lines from .pub files (comments and blank lines skipped); each must parse. */
-async function readHostKeys(files: readonly string[]): Promise<string[]> {
+/**
+ * Host public keys from .pub files (comments and blank lines skipped); each must parse. A file
+ * holding exactly one key also gets a host certificate (host-certs.ts), named after the file.
+ */
+async function readHostKeys(files: readonly string[]): Promise<{ keys: string[]; certified: HostKeyFile[] }> {
   const keys: string[] = [];
+  const certified: HostKeyFile[] = [];
   for (const file of files) {
+    const before = keys.length;
     let text: string;
     try {
       text = await readFile(file, 'utf8');
@@ -47,8 +54,15 @@ async function readHostKeys(files: readonly string[]): Promise<string[]> {
         throw new AgentError(`--host-key ${file}: ${(e as Error).message}`, 2);
       }
     }
+    const mine = keys.slice(before);
+    if (mine.length > 1) throw new AgentError(`--host-key ${file}: holds ${mine.length} keys; give each host key's .pub file on its own`, 2);
+    const line = mine[0];
+    if (line === undefined) continue;
+    const name = hostKeyName(file);
+    if (certified.some((c) => c.name === name)) throw new AgentError(`--host-key ${file}: another --host-key file is also named ${name}; their certificates would be the same file`, 2);
+    certified.push({ file, name, line, key: parseAuthorizedKey(line).key });
   }
-  return keys;
+  return { keys, certified };
 }
 
 const durationMs = (text: string): number => {
@@ -73,7 +87,13 @@ const program = new Command('dstack-ca-agent')
   .option('--max-staleness <duration>', 'fail closed (refuse every certificate) after this long without reaching the CA, e.g. 15m', durationMs)
   .option('--poll-interval <duration>', 'full sync this often besides the push (default 5m)', durationMs)
   .option('--retry-max <duration>', 'cap of the reconnect backoff (default 30s)', durationMs)
-  .option('--host-key <file>', "the sshd's host public key file, e.g. /etc/ssh/ssh_host_ed25519_key.pub (repeatable): reported to the CA so users pin it", (v: string, prev: string[]) => [...prev, v], [] as string[])
+  .option(
+    '--host-key <file>',
+    "the sshd's host public key file, e.g. /etc/ssh/ssh_host_ed25519_key.pub (repeatable): reported to the CA so users can pin it, and kept certified in <sshd-dir>/host-certs/NAME-cert.pub (see `sshd-config --host-key`)",
+    (v: string, prev: string[]) => [...prev, v],
+    [] as string[],
+  )
+  .option('--sshd-pid-file <file>', "sshd's PidFile, e.g. /run/sshd.pid: the agent sends that sshd SIGHUP after writing a new host certificate (sshd reads HostCertificate only at start and on SIGHUP)")
   // Options after `sshd-config` are its own (both know --sshd-dir).
   .enablePositionalOptions()
   .exitOverride()
@@ -98,7 +118,9 @@ const program = new Command('dstack-ca-agent')
     const hostKeys = await readHostKeys(flags.hostKey);
     const log = jsonLogger();
     const agent = await Agent.open({
-      hostKeys,
+      hostKeys: hostKeys.keys,
+      hostKeyFiles: hostKeys.certified,
+      ...(flags.sshdPidFile !== undefined ? { sshdPidFile: flags.sshdPidFile } : {}),
       ...(caFingerprint ? { caFingerprint } : {}),
       url: flags.url,
       sshdDir: flags.sshdDir,
@@ -130,8 +152,9 @@ program
   .command('sshd-config')
   .description('print the sshd_config lines that use the files the agent writes')
   .option('--sshd-dir <dir>', 'where the agent writes its files', DEFAULT_SSHD_DIR)
-  .action((opts: { sshdDir: string }) => {
-    process.stdout.write(sshdConfigSnippet(opts.sshdDir));
+  .option('--host-key <file>', 'a host public key file the agent keeps certified (repeatable): adds its HostCertificate line', (v: string, prev: string[]) => [...prev, v], [] as string[])
+  .action((opts: { sshdDir: string; hostKey: string[] }) => {
+    process.stdout.write(sshdConfigSnippet(opts.sshdDir, opts.hostKey));
   });
 
 try {

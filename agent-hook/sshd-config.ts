@@ -1,10 +1,13 @@
 // The sshd_config lines that make sshd trust only the CA keys and the KRL the agent keeps
 // current. sshd re-reads all three files on every authentication, so no reload is needed.
+// With host key files, also the HostCertificate lines of the certificates the agent keeps
+// for them (sshd reads those at start and on SIGHUP: see --sshd-pid-file).
+import { hostCertPath } from './host-certs.js';
 import { agentPaths } from './paths.js';
 
 export const DEFAULT_SSHD_DIR = '/etc/ssh/dstack-ca';
 
-export function sshdConfigSnippet(sshdDir: string = DEFAULT_SSHD_DIR): string {
+export function sshdConfigSnippet(sshdDir: string = DEFAULT_SSHD_DIR, hostKeyFiles: readonly string[] = []): string {
   const p = agentPaths(sshdDir);
   return [
     '# dstack-ca: trust the CA and its KRL (written by dstack-ca-agent)',
@@ -26,6 +29,9 @@ export function sshdConfigSnippet(sshdDir: string = DEFAULT_SSHD_DIR): string {
     'PermitTunnel no',
     'GatewayPorts no',
     'PermitUserEnvironment no',
+    ...(hostKeyFiles.length > 0
+      ? ['# dstack-ca: host certificates (clients trust the host CA with @cert-authority)', ...hostKeyFiles.map((f) => `HostCertificate ${hostCertPath(sshdDir, f)}`)]
+      : []),
     '',
   ].join('\n');
 }

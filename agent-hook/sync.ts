@@ -15,8 +15,8 @@ import { mkdir, readFile } from 'node:fs/promises';
 import type { Agent as HttpAgent } from 'node:http';
 import { join } from 'node:path';
 import { agentConfigView } from '../ca/api/schemas.js';
-import { parseAuthorizedKey, type PublicKey } from '../ca/ssh/keys.js';
-import { rootFingerprint, trustedKeyLines, type SignedBundle, type VerifiedBundle } from '../ca/trust/bundle.js';
+import { parseAuthorizedKey, publicKeysEqual, type PublicKey } from '../ca/ssh/keys.js';
+import { rootFingerprint, trustedKeyLines, trustedKeys, type SignedBundle, type VerifiedBundle } from '../ca/trust/bundle.js';
 import { sha256Hex, STATUS_CLOCK_SKEW, verifyKrlStatus, type KrlStatus, type SignedKrlStatus } from '../ca/trust/krl-status.js';
 import { decodeKrl } from '../ca/ssh/krl/decode.js';
 import { writeFileAtomic } from '../ca/io/atomic-file.js';
@@ -24,6 +24,7 @@ import { fullJitter, systemClock, type Clock } from './clock.js';
 import { join as joinCa, loadCredential, type AgentConfig, type Credential } from './credential.js';
 import { AgentError } from './errors.js';
 import { failClosedKrl } from './fail-closed.js';
+import { HostCertKeeper, type HostKeyFile } from './host-certs.js';
 import { HttpError, connectionPool, errorMessage, request } from './http.js';
 import { KrlRefused, loadInstalled, saveState, verifyKrl, writeKrl, type Installed, type VerifiedKrl } from './krl-install.js';
 import { jsonLogger, type Logger } from './log.js';
@@ -64,6 +65,10 @@ export interface AgentOptions {
   hostKeys?: readonly string[];
   /** SHA256:… of the CA trust root: required until a trust bundle is installed, then checked against it. */
   caFingerprint?: string;
+  /** Host key files to keep host certificates for (host-certs.ts); none: no host certificates. */
+  hostKeyFiles?: readonly HostKeyFile[];
+  /** sshd's pid file: SIGHUP after a new host certificate is written. */
+  sshdPidFile?: string;
 }
 
 export type SyncReason = 'start' | 'once' | 'push' | 'followup' | 'connect' | 'poll' | 'retry' | 'staleness' | 'trust';
@@ -138,6 +143,8 @@ export class Agent {
   private failures = 0;
   /** Host keys reported to the CA by this process (they are sent again after a restart). */
   private hostKeysReported = false;
+  /** Host certificates (off the KRL path: never awaited by a sync). */
+  private hostCerts: HostCertKeeper | null = null;
   private running = false;
   private stopped = false;
 
@@ -197,6 +204,23 @@ export class Agent {
     }
     this.checkLoginUser(this.credential);
     ({ installed: this.installed, checkedAt: this.checkedAt } = await loadInstalled(this.paths));
+    if (this.o.hostKeyFiles && this.o.hostKeyFiles.length > 0) {
+      this.hostCerts = new HostCertKeeper({
+        keys: this.o.hostKeyFiles,
+        sshdDir: this.o.sshdDir,
+        ...(this.o.sshdPidFile !== undefined ? { pidFile: this.o.sshdPidFile } : {}),
+        principal: this.credential.principal,
+        post: (hostKeys) =>
+          request(this.url('/v1/agents/host-certs'), { method: 'POST', json: { hostKeys }, headers: { authorization: `Bearer ${this.credential.token}` }, agent: this.pool }),
+        hostCaKeys: () => trustedKeys(this.trust.bundle, 'host'),
+        retiring: (caKey) => {
+          const k = this.trust.bundle.keys.find((b) => b.purpose === 'host' && publicKeysEqual(parseAuthorizedKey(b.publicKey).key, caKey));
+          return k === undefined || k.state === 'previous';
+        },
+        clock: this.clock,
+        log: this.log,
+      });
+    }
   }
 
   private checkLoginUser(c: { loginUser: string; project: string; run: string }): void {
@@ -489,6 +513,9 @@ export class Agent {
     } catch (e) {
       if (this.stale()) await this.failClosed();
       throw e;
+    } finally {
+      // After the KRL path, whatever became of it; never fails --once by itself.
+      await this.hostCerts?.check();
     }
   }
 
@@ -510,6 +537,8 @@ export class Agent {
         } catch (e) {
           await this.syncFailed(r, e as Error);
         }
+        // Not awaited: a slow or failing host certificate request never delays a KRL.
+        void this.hostCerts?.check();
       }
       this.loop = null;
     })();
@@ -541,6 +570,7 @@ export class Agent {
   start(): void {
     this.running = true;
     this.trigger('start');
+    this.hostCerts?.start();
     this.sse = new SseSubscription({
       url: this.url('/v1/krl/events'),
       tls: () => (this.base.protocol === 'https:' ? pinnedTls(this.trust) : {}),
@@ -651,6 +681,7 @@ export class Agent {
     for (const t of this.timers) this.clock.clearTimeout(t);
     this.timers.clear();
     await this.loop;
+    await this.hostCerts?.stop();
     this.pool.destroy();
   }
 

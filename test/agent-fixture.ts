@@ -157,7 +157,8 @@ export function spawnAgent(args: string[], env: Record<string, string> = {}): Ag
   let err = '';
   proc.stderr?.setEncoding('utf8').on('data', (d: string) => (err += d));
   proc.stdout?.resume();
-  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  // 'close', not 'exit': the last lines of stderr may still be in the pipe when 'exit' fires.
+  const exited = new Promise<number | null>((resolve) => proc.once('close', (code) => resolve(code)));
   const events = (): LogLine[] =>
     err
       .split('\n')

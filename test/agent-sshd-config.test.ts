@@ -30,3 +30,24 @@ it('dstack-ca-agent sshd-config passes sshd -t', async () => {
   await writeFile(config, `HostKey ${host.privatePath}\n${snippet.stdout}NoSuchKeyword yes\n`);
   expect((await run('/usr/sbin/sshd', ['-t', '-f', config])).code).not.toBe(0);
 });
+
+it('dstack-ca-agent sshd-config --host-key adds the HostCertificate lines of the certs the agent keeps; sshd -t accepts them', async () => {
+  const dir = await makeTempDir('agent-config-');
+  const sshdDir = join(dir, 'dstack-ca');
+  const ed = await generateKey(dir, 'ssh_host_ed25519_key', 'ed25519');
+  const ecdsa = await generateKey(dir, 'ssh_host_ecdsa_key', 'ecdsa256');
+  const snippet = await run(process.execPath, [AGENT, 'sshd-config', '--sshd-dir', sshdDir, '--host-key', ed.publicPath, '--host-key', ecdsa.publicPath]);
+  expect(snippet.code, snippet.stderr).toBe(0);
+  const certLines = snippet.stdout.split('\n').filter((l) => l.startsWith('HostCertificate '));
+  expect(certLines).toEqual([
+    `HostCertificate ${join(sshdDir, 'host-certs', 'ssh_host_ed25519_key-cert.pub')}`,
+    `HostCertificate ${join(sshdDir, 'host-certs', 'ssh_host_ecdsa_key-cert.pub')}`,
+  ]);
+  // Without --host-key, the snippet is the plain one (deploy/ ships that).
+  const plain = await run(process.execPath, [AGENT, 'sshd-config', '--sshd-dir', sshdDir]);
+  expect(snippet.stdout.startsWith(plain.stdout.trimEnd())).toBe(true);
+  const config = join(dir, 'sshd_config');
+  await writeFile(config, `HostKey ${ed.privatePath}\nHostKey ${ecdsa.privatePath}\nUsePAM no\n${snippet.stdout}`);
+  const check = await run('/usr/sbin/sshd', ['-t', '-f', config]);
+  expect(check.code, check.stderr).toBe(0);
+});

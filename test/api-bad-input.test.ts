@@ -13,6 +13,7 @@ import { cleanupTempDirs } from './harness/index.js';
 let ca: TestCa;
 let orchestrator: string;
 let alice: string;
+let agent: string;
 const good = formatAuthorizedKey(subjectKey('ed25519'));
 const weakRsa = formatAuthorizedKey(fromKeyObject(generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey));
 const dsa = `ssh-dss ${new SshWriter().string('ssh-dss').mpint(Buffer.alloc(128, 0x7f)).mpint(Buffer.alloc(20, 1)).mpint(Buffer.alloc(128, 2)).mpint(Buffer.alloc(128, 3)).toBuffer().toString('base64')}`;
@@ -26,7 +27,8 @@ beforeAll(async () => {
   alice = await userWithToken(ca, 'alice');
   await ca.admin('PUT', '/v1/projects/ml/members/alice', { role: 'user' });
   orchestrator = (await ca.admin<{ token: string }>('POST', '/v1/orchestrators', { name: 'dstack' })).token;
-  await ca.api('POST', '/v1/runs', { token: orchestrator, body: runBody({ name: 'train-1', attachableBy: { users: ['alice'] } }) });
+  const { joinToken } = (await ca.api('POST', '/v1/runs', { token: orchestrator, body: runBody({ name: 'train-1', attachableBy: { users: ['alice'] } }) })).json<{ joinToken: string }>();
+  agent = (await ca.api('POST', '/v1/agents/join', { body: { joinToken } })).json<{ token: string }>().token;
   await ca.admin('POST', '/v1/projects/ml/bots', { name: 'ci-old', maxTtl: 600 });
 });
 
@@ -44,16 +46,19 @@ async function snapshot() {
     projects: (await s.listProjects()).length,
     runs: (await s.listRuns()).length,
     certs: (await s.listCerts({})).length,
+    hostCerts: (await s.listHostCerts({})).length,
     memberships: (await s.listMembers((await s.getProjectByName('ml'))!.id)).length,
     caKeys: JSON.stringify(await s.listCaKeys()),
     trustBundle: (await s.latestTrustBundle())?.version,
   };
 }
 
-type Case = [label: string, who: 'admin' | 'orchestrator' | 'alice' | 'anonymous', method: 'POST' | 'PUT' | 'PATCH', url: string, body: unknown, status: number, message: RegExp];
+type Case = [label: string, who: 'admin' | 'orchestrator' | 'alice' | 'agent' | 'anonymous', method: 'POST' | 'PUT' | 'PATCH', url: string, body: unknown, status: number, message: RegExp];
 
 const bot = (over: Record<string, unknown>) => ({ name: 'ci-new', maxTtl: 600, ...over });
 const oidc = (over: Record<string, unknown>) => bot({ oidc: { issuer: 'https://token.actions.githubusercontent.com', audience: 'dstack-ca', claims: { repository: 'org/repo' }, ...over } });
+// A FIDO key (sk-ssh-ed25519): sshd cannot serve one as a host key.
+const skKey = `sk-ssh-ed25519@openssh.com ${new SshWriter().string('sk-ssh-ed25519@openssh.com').string(Buffer.alloc(32, 7)).string('ssh:').toBuffer().toString('base64')}`;
 const jwt = 'eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJodHRwczovL3gifQ.c2ln';
 
 const CASES: Case[] = [
@@ -156,13 +161,20 @@ const CASES: Case[] = [
   ['bot force-command with a tab', 'admin', 'PATCH', '/v1/projects/ml/bots/ci-old', { forceCommand: 'make\tsmoke' }, 400, /^forceCommand: must not contain control characters/],
   ['OIDC claim with a C1 control', 'admin', 'POST', '/v1/projects/ml/bots', oidc({ claims: { repository: 'org/repo\u009b' } }), 400, /^oidc\.claims\.repository: must not contain control characters/],
   ['OIDC issuer with a tab', 'admin', 'POST', '/v1/projects/ml/bots', oidc({ issuer: 'https://ci.exam\tple.com' }), 400, /^oidc\.issuer: must not contain control characters/],
+  ['host cert for a malformed key', 'agent', 'POST', '/v1/agents/host-certs', { hostKeys: [good, 'ssh-ed25519 AAAA'] }, 400, /^hostKeys\[1\]: /],
+  ['host cert for a weak RSA key', 'agent', 'POST', '/v1/agents/host-certs', { hostKeys: [weakRsa] }, 400, /^hostKeys\[0\]: RSA key has 1024 bits/],
+  ['host cert for a DSA key', 'agent', 'POST', '/v1/agents/host-certs', { hostKeys: [dsa] }, 400, /^hostKeys\[0\]: DSA keys/],
+  ['host cert for a FIDO key', 'agent', 'POST', '/v1/agents/host-certs', { hostKeys: [good, skKey] }, 400, /^hostKeys: sk-ssh-ed25519@openssh\.com is a FIDO key type and cannot be an sshd host key/],
+  ['host cert for no key', 'agent', 'POST', '/v1/agents/host-certs', { hostKeys: [] }, 400, /^hostKeys: /],
+  ['host cert for 17 keys', 'agent', 'POST', '/v1/agents/host-certs', { hostKeys: Array(17).fill(good) }, 400, /^hostKeys: /],
+  ['host cert asking for its own principals', 'agent', 'POST', '/v1/agents/host-certs', { hostKeys: [good], principals: ['dstack-run-other'] }, 400, /^principals: unknown field/],
   ['oversized body', 'orchestrator', 'POST', '/v1/runs', runBody({ attachableBy: { public_keys: Array(2000).fill(good) } }), 413, /request body is larger than 65536 bytes/],
 ];
 
 describe('bad input is refused with the field named, and changes nothing', () => {
   it.each(CASES)('%s', async (_label, who, method, url, body, status, message) => {
     const before = await snapshot();
-    const token = who === 'admin' ? ca.adminToken : who === 'orchestrator' ? orchestrator : who === 'alice' ? alice : undefined;
+    const token = who === 'admin' ? ca.adminToken : who === 'orchestrator' ? orchestrator : who === 'alice' ? alice : who === 'agent' ? agent : undefined;
     const res = await ca.api(method, url, { token, body });
     expect(res.statusCode, res.body).toBe(status);
     expect(res.json().message).toMatch(message);

@@ -220,6 +220,11 @@ const CELLS: Cell[] = [
     allowed: ['agent'],
     request: async () => ({ method: 'PUT', url: '/v1/agents/host-keys', body: { hostKeys: [formatAuthorizedKey(subjectKey('ed25519'))] } }),
   },
+  {
+    route: 'POST /v1/agents/host-certs',
+    allowed: ['agent'],
+    request: async () => ({ method: 'POST', url: '/v1/agents/host-certs', body: { hostKeys: [formatAuthorizedKey(subjectKey('ed25519'))] } }),
+  },
 ];
 
 describe('authorization matrix', () => {

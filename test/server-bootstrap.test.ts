@@ -59,6 +59,8 @@ describe('dstack-ca server refuses a bad configuration, naming it', () => {
   it.each([
     [{ certs: { maxTtl: '48h' } }, /certs\.maxTtl: maxTtl may not exceed 24h/],
     [{ certs: { defaultTtl: '2h', maxTtl: '1h' } }, /certs\.defaultTtl: defaultTtl may not exceed maxTtl/],
+    [{ certs: { hostTtl: '31d' } }, /certs\.hostTtl: at most 30d/],
+    [{ certs: { hostTtl: 0 } }, /certs\.hostTtl: /],
     [{ caKeyType: 'dsa' }, /caKeyType: /],
     [{ listen: 'localhost' }, /listen: must be HOST:PORT/],
     [{ certs: { defaultTtl: 'soon' } }, /certs\.defaultTtl: invalid duration "soon"/],

@@ -173,6 +173,20 @@ export const revokeView = z.object({ revokedCerts: z.number(), krlVersion: z.num
 
 export const agentJoinBody = z.strictObject({ joinToken: z.string().min(1).max(200) });
 export const agentHostKeysBody = z.strictObject({ hostKeys: z.array(hostKeyLine).min(1).max(16).describe("The run's sshd host public keys, as the agent reads them beside it") });
+export const agentHostCertsBody = z.strictObject({
+  hostKeys: z.array(hostKeyLine).min(1).max(16).describe("The run's sshd host public keys to certify (type host, principal: the run's principal)"),
+});
+export const hostCertsView = z.object({
+  certificates: z.array(
+    z.object({
+      hostKey: z.string().describe('The certified host key (normal form)'),
+      certificate: z.string().describe('For sshd HostCertificate (one line)'),
+      serial: z.string(),
+      validAfter: z.number(),
+      validBefore: z.number(),
+    }),
+  ),
+});
 export const agentConfigView = z.object({
   project: z.string(),
   run: z.string(),

@@ -1,6 +1,7 @@
 // The CA's domain core, as the HTTP layer sees it: a context plus the stateful parts
 // (serial blocks, group commit, proof nonces). Operations live in their own modules.
 import { webConfigFor, type AuthorityContext, type WebConfig } from './context.js';
+import { HostCertIssuer } from './host-certs.js';
 import { Issuer } from './issuance.js';
 import { ChallengeBook } from './login/challenges.js';
 import { DEVICE_CODE_LIMITS } from './login/device.js';
@@ -8,6 +9,8 @@ import { RateLimiter } from './rate-limit.js';
 
 export class Authority {
   readonly issuer: Issuer;
+  /** Host certificates for agents' sshd host keys. */
+  readonly hostCerts: HostCertIssuer;
   /** WebAuthn challenges in flight (single-use). */
   readonly challenges = new ChallengeBook();
   /**
@@ -27,5 +30,6 @@ export class Authority {
 
   constructor(readonly ctx: AuthorityContext) {
     this.issuer = new Issuer(ctx);
+    this.hostCerts = new HostCertIssuer(ctx);
   }
 }

@@ -129,6 +129,8 @@ export interface AuthorityConfig {
   maxTtl: number;
   /** How long a run's agent join token stays usable (seconds). */
   joinTokenTtl: number;
+  /** Lifetime of host certificates (seconds); default DEFAULT_HOST_CERT_TTL (ca/authority/host-certs.ts). */
+  hostTtl?: number;
   /** Default DEFAULT_RATE_LIMITS. */
   rateLimits?: RateLimitConfig;
   /** Default DEFAULT_STREAM_LIMITS. */

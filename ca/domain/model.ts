@@ -88,6 +88,25 @@ export interface CertRecord {
   revokeReason: string | null;
 }
 
+/**
+ * A host certificate (type host) for a run's sshd host key, issued to the run's agent: it
+ * names the run's principal, which clients use as HostKeyAlias with an @cert-authority line.
+ */
+export interface HostCertRecord {
+  serial: bigint;
+  runId: number;
+  /** Fingerprint (SHA256:...) and one-line form of the certified host key. */
+  keyFingerprint: string;
+  publicKey: string;
+  keyId: string;
+  principal: string;
+  /** Fingerprint of the host CA key that signed it. */
+  caFingerprint: string;
+  validAfter: number;
+  validBefore: number;
+  issuedAt: number;
+}
+
 export type TokenKind = 'admin' | 'user' | 'bot' | 'orchestrator' | 'agent-join' | 'agent';
 
 /** A bearer credential. Only the SHA-256 of the secret is stored. */

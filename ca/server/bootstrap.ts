@@ -126,7 +126,7 @@ export async function openCa(
       caKeys: await caKeysFrom(await store.listCaKeys(), (k) => vault.signer(k)),
       vault,
       ...(opts.tlsCertificates ? { tlsCertificates: opts.tlsCertificates } : {}),
-      config: { defaultTtl: cfg.certs.defaultTtl, maxTtl: cfg.certs.maxTtl, joinTokenTtl: 24 * 3600, rateLimits: cfg.rateLimits, oidc: cfg.oidc, login: cfg.login, krlStatusInterval: cfg.krl.statusInterval, certRetention: cfg.certs.retention, eventStreams: cfg.eventStreams },
+      config: { defaultTtl: cfg.certs.defaultTtl, maxTtl: cfg.certs.maxTtl, hostTtl: cfg.certs.hostTtl, joinTokenTtl: 24 * 3600, rateLimits: cfg.rateLimits, oidc: cfg.oidc, login: cfg.login, krlStatusInterval: cfg.krl.statusInterval, certRetention: cfg.certs.retention, eventStreams: cfg.eventStreams },
       now,
       krlEvents: new KrlEvents(),
     };

@@ -9,6 +9,7 @@ import { MAX_TTL_CAP } from '../policy/cert-profile.js';
 import { parseDuration } from '../domain/duration.js';
 import { isLocalUrlHost } from './tls.js';
 import { DEFAULT_CERT_RETENTION, DEFAULT_LOGIN_CONFIG, DEFAULT_STREAM_LIMITS, DEFAULT_OIDC_CONFIG, DEFAULT_RATE_LIMITS, type LoginConfig, type OidcConfig, type RateLimitConfig } from '../authority/context.js';
+import { DEFAULT_HOST_CERT_TTL, MAX_HOST_CERT_TTL } from '../authority/host-certs.js';
 
 const duration = z.union([z.number().int().positive(), z.string()]).transform((v, ctx) => {
   try {
@@ -138,8 +139,10 @@ export const serverConfigSchema = z.strictObject({
       maxTtl: duration.default(12 * 3600),
       /** Expired certificate rows are pruned after this long (default 30d, at least 1d); the audit chain is never pruned. */
       retention: duration.default(DEFAULT_CERT_RETENTION).refine((s) => s >= 24 * 3600, 'at least 1d (expired certificates stay listable for audit)'),
+      /** Lifetime of the host certificates agents get for their sshd (renewed with a third left). */
+      hostTtl: duration.default(DEFAULT_HOST_CERT_TTL).refine((s) => s <= MAX_HOST_CERT_TTL, `at most ${MAX_HOST_CERT_TTL / 86400}d`),
     })
-    .default({ defaultTtl: 3600, maxTtl: 12 * 3600, retention: DEFAULT_CERT_RETENTION })
+    .default({ defaultTtl: 3600, maxTtl: 12 * 3600, retention: DEFAULT_CERT_RETENTION, hostTtl: DEFAULT_HOST_CERT_TTL })
     .refine((c) => c.maxTtl <= MAX_TTL_CAP, { message: `maxTtl may not exceed ${MAX_TTL_CAP / 3600}h`, path: ['maxTtl'] })
     .refine((c) => c.defaultTtl <= c.maxTtl, { message: 'defaultTtl may not exceed maxTtl', path: ['defaultTtl'] }),
   /** Token buckets for certificate requests (defaults: 10/s burst 20 per bot, 2/s burst 40 per person or proven key, 50/s burst 100 per address). */

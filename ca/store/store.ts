@@ -13,6 +13,7 @@ import type {
   BotSettings,
   CertRecord,
   DeviceCode,
+  HostCertRecord,
   Enrollment,
   Identity,
   Membership,
@@ -115,6 +116,8 @@ export interface StoreReader {
 
   getCert(serial: bigint): Promise<CertRecord | null>;
   listCerts(filter: CertFilter): Promise<CertRecord[]>;
+  /** Host certificates issued for a run's sshd host keys, by serial. */
+  listHostCerts(filter: { runId?: number }): Promise<HostCertRecord[]>;
   /** Revoked certificates still valid at `now`: the serial part of the KRL. */
   listRevokedLiveCerts(now: number): Promise<CertRecord[]>;
   /** Targets not expired at `now`: the key-id, key and CA-key part of the KRL. */
@@ -185,6 +188,8 @@ export interface StoreTx extends StoreReader {
    */
   reserveSerials(count: number): Promise<bigint>;
   insertCerts(certs: readonly CertRecord[]): Promise<void>;
+  /** Records host certificates; every serial must come from a reserved block (shared with insertCerts). */
+  insertHostCerts(certs: readonly HostCertRecord[]): Promise<void>;
   /**
    * Records OIDC token keys as spent until `until` (written with the certificate they got),
    * dropping keys expired at `now`. Not a cached fact.

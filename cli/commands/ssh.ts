@@ -11,17 +11,22 @@ import { CliError, ExitWith } from '../errors.js';
 import { certPath, loginPaths, type LoginPaths } from '../login/paths.js';
 import { readRuns } from '../login/session.js';
 import { identityArg, sshOption, sshTarget, type RunSshTarget } from '../login/ssh-config.js';
+import { hostCaKeys } from '../login/host-ca.js';
 import { findRun, renewRun, writeSshFiles } from '../login/sync.js';
 
-/** The ssh argv (without the program) for a run: key, cert, port, user, pinned host key, host, extra args. */
-export function sshArgv(paths: LoginPaths, project: string, run: string, target: RunSshTarget, extra: readonly string[]): string[] {
+/**
+ * The ssh argv (without the program) for a run: key, cert, port, user, host verification, host,
+ * extra args. The host is checked strictly by the run's principal when it has pinned host keys
+ * or `hostCa` (known_hosts trusts the pinned server's host CA).
+ */
+export function sshArgv(paths: LoginPaths, project: string, run: string, target: RunSshTarget, extra: readonly string[], hostCa = false): string[] {
   return [
     '-i', identityArg(paths.key),
     '-o', sshOption('CertificateFile', certPath(paths, project, run)),
     '-o', 'IdentitiesOnly=yes',
     '-p', String(target.port),
     '-l', target.user,
-    ...(target.hostKeys.length > 0
+    ...(target.hostKeys.length > 0 || hostCa
       ? ['-o', `HostKeyAlias=${target.principal}`, '-o', sshOption('UserKnownHostsFile', paths.knownHosts), '-o', 'StrictHostKeyChecking=yes']
       : []),
     target.host,
@@ -49,7 +54,7 @@ export function registerSsh(program: Command, ctx: CliContext): void {
       if (!(await access(paths.knownHosts).then(() => true, () => false))) await writeSshFiles(paths, (await readRuns(paths.runs))?.runs ?? [run]);
       await renewRun(ctx, api, paths, project, name);
       const ssh = ctx.env.DSTACK_CA_SSH || 'ssh';
-      const argv = sshArgv(paths, project, name, target, extra);
+      const argv = sshArgv(paths, project, name, target, extra, (await hostCaKeys(api)) !== null);
       if (opts.json) {
         printJson(ctx, { command: [ssh, ...argv] });
         return;

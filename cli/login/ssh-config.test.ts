@@ -115,6 +115,27 @@ describe('renderSshConfig', () => {
   });
 });
 
+describe('host certificates (@cert-authority)', () => {
+  const HOST_CA = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBuYuBfQaSM/XAczdFhbM2P3gOT59186ofKYenmIjpZn';
+  it('known_hosts gets one @cert-authority line per host CA key, before the pinned keys (kept as a fallback)', () => {
+    expect(renderKnownHosts([run(), run({ name: 'bare', principal: 'dstack-run-bare', ssh: { host: 'h', port: 22, hostKeys: [] } })], [`${HOST_CA} host-ca`, 'not a key', HOST_KEY])).toBe(
+      [
+        '# Written by dstack-ca: host keys of dstack runs, by principal (HostKeyAlias).',
+        `@cert-authority dstack-run-* ${HOST_CA}`,
+        `@cert-authority dstack-run-* ${HOST_KEY}`,
+        `dstack-run-ml-train-1 ${HOST_KEY}`,
+        '',
+      ].join('\n'),
+    );
+  });
+  it('with the host CA trusted, a run without pinned keys is checked strictly by its principal too; without it, not', () => {
+    const runs = [run({ name: 'bare', principal: 'dstack-run-bare', ssh: { host: 'h', port: 22, hostKeys: [] } })];
+    const strict = renderSshConfig({ ...input(runs), hostCertAuthority: true });
+    expect(strict).toContain('  HostKeyAlias dstack-run-bare\n  UserKnownHostsFile "/home/a/.config/dstack-ca/known_hosts"\n  StrictHostKeyChecking yes\n');
+    expect(renderSshConfig(input(runs))).not.toMatch(/HostKeyAlias|StrictHostKeyChecking/);
+  });
+});
+
 describe('addInclude', () => {
   const inc = '/home/a/.config/dstack-ca/ssh_config';
   it('adds one line at the top, once', () => {

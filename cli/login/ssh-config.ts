@@ -13,6 +13,9 @@ import { parseAuthorizedKey, formatAuthorizedKey } from '../../ca/ssh/keys.js';
 import { CliError } from '../errors.js';
 import type { MeRun } from './session.js';
 
+/** The known_hosts pattern of @cert-authority lines: every run principal (HostKeyAlias). */
+export const RUN_HOST_PATTERN = 'dstack-run-*';
+
 // eslint-disable-next-line no-control-regex
 const CONTROL = /[\x00-\x1f\x7f]/;
 
@@ -46,6 +49,11 @@ export interface SshConfigInput {
   /** argv of the renew command run by `Match exec` (without its PROJECT/RUN argument); null: no Match line. */
   renewCommand: readonly string[] | null;
   runs: readonly MeRun[];
+  /**
+   * known_hosts trusts the host CA (@cert-authority): every run is then checked strictly by its
+   * principal (HostKeyAlias), by host certificate or pinned host key.
+   */
+  hostCertAuthority?: boolean;
 }
 
 /** What can go into a Host block for a run, or why it cannot. */
@@ -119,16 +127,29 @@ export function renderSshConfig(input: SshConfigInput): string {
       `  CertificateFile ${configPathValue(input.certFile(run.project, run.name))}`,
       '  IdentitiesOnly yes',
     );
-    if (target.hostKeys.length > 0) {
+    if (target.hostKeys.length > 0 || input.hostCertAuthority === true) {
       out.push(`  HostKeyAlias ${target.principal}`, `  UserKnownHostsFile ${configPathValue(input.knownHosts)}`, '  StrictHostKeyChecking yes');
     }
   }
   return out.join('\n') + '\n';
 }
 
-/** CONFIGDIR/known_hosts: `<principal> <host key>` for every run with host keys (used with HostKeyAlias). */
-export function renderKnownHosts(runs: readonly MeRun[]): string {
+/**
+ * CONFIGDIR/known_hosts: one `@cert-authority dstack-run-* KEY` line per host CA key (hosts
+ * presenting a host certificate for the run's principal, used with HostKeyAlias), then
+ * `<principal> <host key>` for every run with pinned host keys (the fallback).
+ */
+export function renderKnownHosts(runs: readonly MeRun[], hostCaKeys: readonly string[] = []): string {
   const lines = ['# Written by dstack-ca: host keys of dstack runs, by principal (HostKeyAlias).'];
+  for (const line of hostCaKeys) {
+    let key: string;
+    try {
+      key = formatAuthorizedKey(parseAuthorizedKey(line).key);
+    } catch {
+      continue;
+    }
+    lines.push(`@cert-authority ${RUN_HOST_PATTERN} ${key}`);
+  }
   for (const run of runs) {
     const target = sshTarget(run);
     if (typeof target === 'string') continue;

@@ -12,6 +12,7 @@ import type { ApiClient } from '../client.js';
 import type { CliContext } from '../context.js';
 import { CliError } from '../errors.js';
 import { agentKeyPath, certPath, type LoginPaths } from './paths.js';
+import { hostCaKeys, storedHostCaKeys } from './host-ca.js';
 import { ensurePrivateDir, meRunsSchema, readRuns, writeRuns, type MeRun } from './session.js';
 import { currentKrl, revocationOf } from './revocations.js';
 import { renderKnownHosts, renderSshConfig } from './ssh-config.js';
@@ -46,10 +47,15 @@ export function renewCommand(): string[] {
   return [process.execPath, fileURLToPath(new URL('../main.js', import.meta.url)), 'renew', '--ssh-match'];
 }
 
-/** Rewrites CONFIGDIR/ssh_config and known_hosts from a run list. */
-export async function writeSshFiles(paths: LoginPaths, runs: readonly MeRun[]): Promise<void> {
+/**
+ * Rewrites CONFIGDIR/ssh_config and known_hosts from a run list. `hostCas`: the host CA keys of
+ * the pinned trust bundle (host-ca.ts); undefined: those kept in trust.json for the last sync's server.
+ */
+export async function writeSshFiles(paths: LoginPaths, runs: readonly MeRun[], hostCas?: readonly string[] | null): Promise<void> {
   await ensurePrivateDir(paths.dir);
+  const cas = hostCas === undefined ? await storedHostCaKeys(paths) : hostCas;
   const config = renderSshConfig({
+    hostCertAuthority: cas !== null && cas.length > 0,
     key: paths.key,
     knownHosts: paths.knownHosts,
     certFile: (p, r) => certPath(paths, p, r),
@@ -57,7 +63,7 @@ export async function writeSshFiles(paths: LoginPaths, runs: readonly MeRun[]): 
     runs,
   });
   await writeFileAtomic(paths.sshConfig, config, { mode: 0o644 });
-  await writeFileAtomic(paths.knownHosts, renderKnownHosts(runs), { mode: 0o644 });
+  await writeFileAtomic(paths.knownHosts, renderKnownHosts(runs, cas ?? []), { mode: 0o644 });
 }
 
 /** The cert on disk for a run, or undefined when missing or unreadable. */
@@ -204,7 +210,7 @@ export async function syncRuns(ctx: CliContext, api: ApiClient, paths: LoginPath
   for (const { project, run } of held) if (!keep.has(`${project}/${run}`)) await forgetRun(ctx, paths, project, run, agent);
   if (agent) await pruneAgent(ctx, paths);
   await writeRuns(paths.runs, { url: api.url, user, syncedAt: nowSeconds(), runs });
-  await writeSshFiles(paths, runs);
+  await writeSshFiles(paths, runs, await hostCaKeys(api));
   return { agent, runs: results };
 }
 
@@ -268,7 +274,7 @@ export async function findRun(api: ApiClient, paths: LoginPaths, project: string
   if (hit && hit.ssh !== null) return hit;
   const runs = await api.request('GET', '/v1/me/runs', { schema: meRunsSchema });
   await writeRuns(paths.runs, { url: api.url, user: stored?.user ?? '', syncedAt: nowSeconds(), runs });
-  await writeSshFiles(paths, runs);
+  await writeSshFiles(paths, runs, await hostCaKeys(api));
   return runs.find((r) => r.project === project && r.name === run);
 }
 

@@ -29,6 +29,11 @@ export interface SshdOptions {
    * always configured, and trustedCaKeys, principals and krl are not written.
    */
   filesDir?: string;
+  /**
+   * HostCertificate files (e.g. the ones dstack-ca-agent keeps). One missing at start is logged
+   * by sshd and skipped; sshd reads them again on SIGHUP (see `pidFile`).
+   */
+  hostCertificates?: string[];
 }
 
 export interface SshOptions {
@@ -50,6 +55,10 @@ export interface Sshd {
   port: number;
   dir: string;
   hostKeyPublicLine: string;
+  /** The host key's .pub file (what `dstack-ca-agent --host-key` reads). */
+  hostKeyPublicPath: string;
+  /** sshd's PidFile: SIGHUP to its process makes sshd re-exec and read its host certificates again. */
+  pidFile: string;
   knownHostsPath: string;
   /** Everything sshd logged so far (stderr, because of -e). */
   log(): string;
@@ -190,6 +199,7 @@ function sshdConfig(dir: string, port: number, o: SshdOptions): string {
     'PermitRootLogin yes',
     'MaxStartups 100:30:200',
     'MaxSessions 50',
+    ...(o.hostCertificates ?? []).map((f) => `HostCertificate ${f}`),
     ...(o.extraConfig ?? []),
   ]);
 }
@@ -290,6 +300,8 @@ async function handle({ dir, filesDir, port, hostKeyPublicLine, proc, log, hasKr
     port,
     dir,
     hostKeyPublicLine,
+    hostKeyPublicPath: join(dir, 'host_ed25519.pub'),
+    pidFile: join(dir, 'sshd.pid'),
     knownHostsPath,
     log: () => log.text,
     async setKrl(krl) {

@@ -54,6 +54,7 @@ describe('the real migrations', () => {
       'certs',
       'device_codes',
       'enrollments',
+      'host_certs',
       'identities',
       'krls',
       'memberships',
@@ -210,6 +211,29 @@ describe('the real migrations', () => {
     const other = await tempDbPath();
     raw(other).pragma('application_id = 1234');
     await expect(openSqliteStore(other)).rejects.toThrow(/is not a dstack-ca database \(SQLite application_id is 0x4d2\)/);
+  });
+});
+
+describe('host certificates (migration 9)', () => {
+  it('rows take serials only from reserved blocks, shared with user certificates, and never change or go', async () => {
+    const path = await tempDbPath();
+    const store = await openSqliteStore(path);
+    const now = 1_800_000_000;
+    const run = await store.tx(async (tx) => {
+      const p = await tx.insertProject({ name: 'ml', createdAt: now });
+      const owner = await tx.insertIdentity({ name: 'alice', kind: 'user', globalAdmin: false, disabled: false, botProjectId: null, botMaxTtl: null, createdAt: now });
+      return tx.insertRun({ projectId: p.id, name: 'train-1', principal: 'dstack-run-00', ownerId: owner.id, loginUser: 'root', policy: { users: ['alice'], projectMembers: false, publicKeys: [] }, state: 'running', endsAt: null, createdAt: now, finishedAt: null, ssh: null, agentHostKeys: [] });
+    });
+    const row = (serial: bigint) => ({ serial, runId: run.id, keyFingerprint: 'SHA256:x', publicKey: 'ssh-ed25519 AAAA', keyId: `host run:ml/train-1 serial:${serial}`, principal: 'dstack-run-00', caFingerprint: 'SHA256:ca', validAfter: now - 300, validBefore: now + 3600, issuedAt: now });
+    await expect(store.tx((tx) => tx.insertHostCerts([row(1n)]))).rejects.toThrow(/host certificate serial 1 was never reserved \(high-water mark 0\)/);
+    const first = await store.tx((tx) => tx.reserveSerials(2));
+    await store.tx((tx) => tx.insertHostCerts([row(first)]));
+    expect(await store.listHostCerts({ runId: run.id })).toEqual([row(first)]);
+    expect(await store.listHostCerts({ runId: run.id + 1 })).toEqual([]);
+    await store.close();
+    const db = raw(path);
+    expect(() => db.prepare('DELETE FROM host_certs').run()).toThrow(/host certificate rows are never deleted/);
+    expect(() => db.prepare('UPDATE host_certs SET valid_before = valid_before + 1').run()).toThrow(/host certificate rows never change/);
   });
 });
 

@@ -434,6 +434,36 @@ UPDATE device_codes SET requester_key = requested_from;
 CREATE INDEX device_codes_pending ON device_codes (requester_key, expires_at) WHERE decided_at IS NULL;
 `,
   },
+  {
+    version: 9,
+    name: 'host_certificates',
+    // Host certificates an agent obtained for its run's sshd host keys (recorded before they
+    // are returned, like user certificates). Their serials come from the same reserved blocks
+    // as user certificates, so a serial is unique across both tables. A separate table: a
+    // host cert grants no access, so it takes no part in user-certificate revocation and KRLs.
+    sql: `
+CREATE TABLE host_certs (
+  serial INTEGER PRIMARY KEY,
+  run_id BIGINT NOT NULL REFERENCES runs (id) ON DELETE RESTRICT,
+  key_fingerprint TEXT NOT NULL,
+  public_key TEXT NOT NULL,
+  key_id TEXT NOT NULL,
+  principal TEXT NOT NULL,
+  ca_fingerprint TEXT NOT NULL,
+  valid_after BIGINT NOT NULL,
+  valid_before BIGINT NOT NULL,
+  issued_at BIGINT NOT NULL,
+  CONSTRAINT host_certs_serial_positive CHECK (serial > 0),
+  CONSTRAINT host_certs_validity_ordered CHECK (valid_after <= valid_before)
+);
+CREATE INDEX host_certs_run ON host_certs (run_id);
+
+CREATE TRIGGER host_certs_never_deleted BEFORE DELETE ON host_certs
+BEGIN SELECT RAISE(ABORT, 'host certificate rows are never deleted'); END;
+CREATE TRIGGER host_certs_immutable BEFORE UPDATE ON host_certs
+BEGIN SELECT RAISE(ABORT, 'host certificate rows never change'); END;
+`,
+  },
 ];
 
 export const SCHEMA_VERSION: number = MIGRATIONS[MIGRATIONS.length - 1]?.version ?? 0;

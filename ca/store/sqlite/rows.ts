@@ -10,6 +10,7 @@ import type {
   BotSettings,
   CertRecord,
   Grant,
+  HostCertRecord,
   Identity,
   Membership,
   OidcBinding,
@@ -322,6 +323,35 @@ export const certs: Codec<CertRecord, CertRecord> = {
     issuedAt: readInt(r, 'issued_at'),
     revokedAt: readIntOrNull(r, 'revoked_at'),
     revokeReason: readTextOrNull(r, 'revoke_reason'),
+  }),
+};
+
+export const hostCerts: Codec<HostCertRecord, HostCertRecord> = {
+  table: 'host_certs',
+  columns: columnList(['serial', 'run_id', 'key_fingerprint', 'public_key', 'key_id', 'principal', 'ca_fingerprint', 'valid_after', 'valid_before', 'issued_at']),
+  toRow: (c) => ({
+    serial: serialParam(c.serial, 'host certificate serial'),
+    run_id: intParam(c.runId, 'host certificate runId'),
+    key_fingerprint: c.keyFingerprint,
+    public_key: c.publicKey,
+    key_id: c.keyId,
+    principal: c.principal,
+    ca_fingerprint: c.caFingerprint,
+    valid_after: intParam(c.validAfter, 'host certificate validAfter'),
+    valid_before: intParam(c.validBefore, 'host certificate validBefore'),
+    issued_at: intParam(c.issuedAt, 'host certificate issuedAt'),
+  }),
+  fromRow: (r) => ({
+    serial: readBigInt(r, 'serial'),
+    runId: readInt(r, 'run_id'),
+    keyFingerprint: readText(r, 'key_fingerprint'),
+    publicKey: readText(r, 'public_key'),
+    keyId: readText(r, 'key_id'),
+    principal: readText(r, 'principal'),
+    caFingerprint: readText(r, 'ca_fingerprint'),
+    validAfter: readInt(r, 'valid_after'),
+    validBefore: readInt(r, 'valid_before'),
+    issuedAt: readInt(r, 'issued_at'),
   }),
 };
 

@@ -30,7 +30,7 @@ import Database from 'better-sqlite3';
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { chmodSync, closeSync, fsyncSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
-import type { AttachablePolicy, AuditEvent, BotSettings, CertRecord, DeviceCode, Enrollment, Identity, Membership, OidcBinding, Passkey, Project, ProjectRole, Run, RunSshEndpoint, TokenRecord, WebSession } from '../../domain/model.js';
+import type { AttachablePolicy, AuditEvent, BotSettings, CertRecord, DeviceCode, HostCertRecord, Enrollment, Identity, Membership, OidcBinding, Passkey, Project, ProjectRole, Run, RunSshEndpoint, TokenRecord, WebSession } from '../../domain/model.js';
 import type { CaKeyRecord, CertFilter, Store, StoredKrl, StoredRevocationTarget, StoredTrustBundle, StoreReader, StoreTx } from '../store.js';
 import { StoreError, translateSqliteError } from './errors.js';
 import { addressKey } from '../../authority/rate-limit.js';
@@ -270,6 +270,14 @@ class Reads implements StoreReader {
     return this.c()
       .all(`SELECT ${rows.certs.columns('c')} FROM ${from}${whereClause(conds)} ORDER BY c.serial`, params)
       .map(rows.certs.fromRow);
+  }
+
+  async listHostCerts(filter: { runId?: number }): Promise<HostCertRecord[]> {
+    const where = filter.runId === undefined ? '' : ' WHERE run_id = ?';
+    const params = filter.runId === undefined ? [] : [intParam(filter.runId, 'run id')];
+    return this.c()
+      .all(`SELECT ${rows.hostCerts.columns()} FROM host_certs${where} ORDER BY serial`, ...params)
+      .map(rows.hostCerts.fromRow);
   }
 
   async listRevokedLiveCerts(now: number): Promise<CertRecord[]> {
@@ -586,6 +594,24 @@ class SqliteTx extends Reads implements StoreTx {
           c.run(insertSql('certs', row), row);
         } catch (e) {
           throw translateSqliteError(e, `certificate ${serial}`);
+        }
+      }
+    });
+  }
+
+  /** Inserts host certificate rows; every serial must come from a reserved block. */
+  async insertHostCerts(certs: readonly HostCertRecord[]): Promise<void> {
+    if (certs.length === 0) return;
+    const prepared = certs.map((cert) => rows.hostCerts.toRow(cert));
+    this.append(`host certificate ${certs[0]?.serial}`, (c) => {
+      const hw = highWater(c);
+      for (const row of prepared) {
+        const serial = row.serial as bigint;
+        if (serial > hw) throw new StoreError('invalid', `host certificate serial ${serial} was never reserved (high-water mark ${hw})`);
+        try {
+          c.run(insertSql('host_certs', row), row);
+        } catch (e) {
+          throw translateSqliteError(e, `host certificate ${serial}`);
         }
       }
     });
