@@ -48,8 +48,9 @@ export class LiveCa {
   ) {}
 
   /** `config`: more server configuration, as the config file would give it (e.g. `{ krl: { statusInterval: 1 } }`). */
-  static async start(config?: Record<string, unknown>): Promise<LiveCa> {
-    const ca = await openTestCa(config ? { config } : {});
+  /** `now`: the CA's clock (Unix seconds), for tests that move it. */
+  static async start(config?: Record<string, unknown>, now?: () => number): Promise<LiveCa> {
+    const ca = await openTestCa({ ...(config ? { config } : {}), ...(now ? { now } : {}) });
     await ca.app.listen({ host: '127.0.0.1', port: 0 });
     const fp = ((await ca.app.inject({ method: 'GET', url: '/v1/ca' })).json() as { fingerprint: string }).fingerprint;
     return new LiveCa(ca.dir, ca.adminToken, ca.app, ca.store, (ca.app.server.address() as AddressInfo).port, fp, config ?? {});

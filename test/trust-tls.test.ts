@@ -10,6 +10,7 @@ import type { AddressInfo } from 'node:net';
 import { userInfo } from 'node:os';
 import { join } from 'node:path';
 import { connect, createServer, type Server } from 'node:tls';
+import { createServer as createHttpsServer, request as httpsRequest } from 'node:https';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fingerprint, fromKeyObject } from '../ca/ssh/keys.js';
 import { decodeBundle } from '../ca/trust/bundle.js';
@@ -29,6 +30,17 @@ let mitmUrl: string;
 /** Every plaintext byte clients sent through the man in the middle. */
 let seenByMitm = '';
 const otherRoot = fingerprint(fromKeyObject(generateKeyPairSync('ed25519').privateKey));
+
+/** GET over TLS without checking the certificate (what anyone on the path can do). */
+const httpsText = (u: string): Promise<string> =>
+  new Promise((resolve, reject) => {
+    httpsRequest(u, { rejectUnauthorized: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (d: string) => (body += d)).on('end', () => resolve(body));
+    })
+      .on('error', reject)
+      .end();
+  });
 
 const cli = (args: string[], configHome: string, env: Record<string, string | undefined> = {}) =>
   dstackCa(args, { env: { DSTACK_CA_URL: url, DSTACK_CA_TOKEN: adminToken, DSTACK_CA_FINGERPRINT: undefined, XDG_CONFIG_HOME: configHome, ...env } });
@@ -193,6 +205,9 @@ describe('a new TLS certificate (SIGHUP)', () => {
     const before = decodeBundle(Buffer.from((JSON.parse(await readFile(join(d, 'trust-bundle.json'), 'utf8')) as { bundle: string }).bundle, 'base64'));
 
     const tlsDir = join(dir, 'data', 'tls');
+    // What a thief of the old TLS key would keep: the key, the certificate, and a recorded trust answer listing it.
+    const leaked = { key: await readFile(join(tlsDir, 'key.pem')), cert: await readFile(join(tlsDir, 'cert.pem')) };
+    const recorded = await httpsText(`${url}/v1/trust?challenge=${'r'.repeat(43)}`);
     await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(tlsDir, 'key.pem'), '-out', join(tlsDir, 'cert.pem'), '-days', '30', '-subj', '/CN=renewed.example']);
     const logged = serverErr.length;
     server.kill('SIGHUP');
@@ -213,5 +228,36 @@ describe('a new TLS certificate (SIGHUP)', () => {
     const restarted = spawnAgent(['--once', '--url', url, '--sshd-dir', d, '--login-user', me]);
     expect(await restarted.exited, restarted.stderr()).toBe(0);
     expect(restarted.events().some((l) => l.event === 'trust-bundle-installed' && l.version === after.version)).toBe(true);
+
+    // The thief, on the path with the replaced key, answers the recorded trust bundle (which lists
+    // the old certificate) and relays the rest: a first-contact agent and CLI refuse it, and no
+    // credential reaches it.
+    const captured: string[] = [];
+    const thief = createHttpsServer({ key: leaked.key, cert: leaked.cert }, (req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        captured.push(`${req.method} ${req.url} ${JSON.stringify(req.headers)} ${Buffer.concat(chunks).toString()}`);
+        if (req.url?.startsWith('/v1/trust')) return void res.writeHead(200, { 'content-type': 'application/json' }).end(recorded);
+        res.writeHead(502).end();
+      });
+    });
+    await new Promise<void>((r) => thief.listen(0, '127.0.0.1', r));
+    try {
+      const thiefUrl = `https://127.0.0.1:${(thief.address() as AddressInfo).port}`;
+      const { joinToken: secret } = JSON.parse((await cli(['run', 'add', 'ml/train-4', '--owner', 'admin', '--login-user', me, '--json'], home)).stdout) as { joinToken: string };
+      const fresh = join(await makeTempDir('agent-'), 'sshd');
+      const victim = spawnAgent(['--once', '--url', thiefUrl, '--ca-fingerprint', caFingerprint, '--sshd-dir', fresh, '--login-user', me], { DSTACK_CA_JOIN_TOKEN: secret });
+      expect(await victim.exited).not.toBe(0);
+      expect(victim.stderr()).toMatch(/answers another challenge: a replayed answer/);
+      const cliHome = await makeTempDir('cli-home-');
+      fails(await cli(['user', 'ls', '--fingerprint', caFingerprint, '--url', thiefUrl], cliHome), 1, /answers another challenge: a replayed answer/);
+      expect(captured.length).toBeGreaterThan(0);
+      expect(captured.every((c) => c.startsWith('GET /v1/trust'))).toBe(true);
+      expect(captured.join('\n')).not.toContain(secret);
+      expect(captured.join('\n')).not.toContain(adminToken);
+    } finally {
+      thief.close();
+    }
   });
 });
