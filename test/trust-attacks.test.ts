@@ -197,6 +197,9 @@ describe('replayed statuses and KRLs', () => {
     const down: Answer = { status: 503, headers: { 'content-type': 'application/json' }, body: Buffer.from('{"error":"unavailable","message":"down"}') };
     for (const p of ['/v1/krl', '/v1/trust', '/v1/agents/config']) proxy.fixed.set(p, () => down);
     await failedClosed(h, from);
+    // Replayed once its status is older than --max-staleness (a status that recent would rightly lift it).
+    const issuedAt = Number(/issued-at (\d+)/.exec(Buffer.from(String(krl.headers['x-krl-status']), 'base64').toString())?.[1]);
+    await new Promise((r) => setTimeout(r, Math.max(0, issuedAt * 1000 + 3500 - Date.now())));
     const closedAt = h.agent.events().length;
     const event = {
       version: Number(krl.headers['x-krl-version']),
