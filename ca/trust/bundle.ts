@@ -6,7 +6,9 @@
 // older one. Nothing here touches files, the network or the clock.
 import { z } from 'zod';
 import { fingerprint, formatAuthorizedKey, parseAuthorizedKey, publicKeyBlob, type PublicKey } from '../ssh/keys.js';
-import { decodeSshsig, encodeSshsig, sshsigSign, sshsigVerify } from '../ssh/sshsig.js';
+import { encodeSshsig, sshsigSign, sshsigVerify } from '../ssh/sshsig.js';
+import { TrustError } from './bundle-error.js';
+import { decodeSigned } from './signed.js';
 import type { Signer } from '../ssh/signature.js';
 
 /** SSHSIG namespace of trust bundles: a signature made for a KRL or a nonce never serves here. */
@@ -51,10 +53,7 @@ export interface SignedBundle {
   signature: string;
 }
 
-/** Why a bundle (or a fingerprint) was refused. Nothing is installed when this is thrown. */
-export class TrustError extends Error {
-  override readonly name = 'TrustError';
-}
+export { TrustError };
 
 const keyLine = z.string().max(16 * 1024).refine((l) => {
   try {
@@ -131,8 +130,6 @@ export interface VerifiedBundle {
   unchanged: boolean;
 }
 
-const BASE64 = /^[A-Za-z0-9+/]+={0,2}$/;
-
 /**
  * Verifies a signed bundle against what the receiver trusts:
  * - first contact: the signer's fingerprint must be the pinned one, and the bundle's root that key;
@@ -141,16 +138,7 @@ const BASE64 = /^[A-Za-z0-9+/]+={0,2}$/;
  * Throws TrustError naming expected and received fingerprints or versions.
  */
 export function verifyBundle(signed: SignedBundle, anchor: TrustAnchor): VerifiedBundle {
-  if (typeof signed.bundle !== 'string' || typeof signed.signature !== 'string' || !BASE64.test(signed.bundle) || !BASE64.test(signed.signature)) {
-    throw new TrustError('trust bundle is unsigned or not base64');
-  }
-  const bytes = Buffer.from(signed.bundle, 'base64');
-  let sig;
-  try {
-    sig = decodeSshsig(Buffer.from(signed.signature, 'base64'));
-  } catch (e) {
-    throw new TrustError(`trust bundle signature is malformed: ${(e as Error).message}`);
-  }
+  const { bytes, sig } = decodeSigned(signed.bundle, signed.signature, 'trust bundle', 'trust bundle is unsigned or not base64');
   const signerFp = fingerprint(sig.publicKey);
   const expectedRoot: string = 'fingerprint' in anchor ? anchor.fingerprint : fingerprint(parseAuthorizedKey(anchor.installed.root).key);
   if (signerFp !== expectedRoot) {

@@ -8,9 +8,10 @@
 // the bundle itself is proven live by a challenge (below).
 import { createHash } from 'node:crypto';
 import type { PublicKey } from '../ssh/keys.js';
-import { decodeSshsig, encodeSshsig, sshsigSign, sshsigVerify } from '../ssh/sshsig.js';
+import { encodeSshsig, sshsigSign, sshsigVerify } from '../ssh/sshsig.js';
 import type { Signer } from '../ssh/signature.js';
-import { TrustError } from './bundle.js';
+import { TrustError } from './bundle-error.js';
+import { decodeSigned } from './signed.js';
 
 export const KRL_STATUS_NAMESPACE = 'dstack-ca-krl-status';
 const MAGIC = 'dstack-ca-krl-status/v1';
@@ -50,21 +51,12 @@ export async function signKrlStatus(s: KrlStatus, signer: Signer): Promise<Signe
   return { status: bytes.toString('base64'), signature: encodeSshsig(await sshsigSign(signer, KRL_STATUS_NAMESPACE, bytes)).toString('base64') };
 }
 
-const BASE64 = /^[A-Za-z0-9+/]+={0,2}$/;
-
-/** How far (seconds) a status's signed time may be from the receiver's clock when it is checked for being current. */
+/** How far (seconds) ahead of the receiver's clock a signed status may be dated; beyond, it is refused. */
 export const STATUS_CLOCK_SKEW = 300;
 
 /** Checks a signed status against the trust root (one-element list); throws TrustError saying why not. */
 export function verifyKrlStatus(signed: Partial<SignedKrlStatus> | undefined, trusted: readonly PublicKey[]): KrlStatus {
-  if (!signed?.status || !signed.signature || !BASE64.test(signed.status) || !BASE64.test(signed.signature)) throw new TrustError('no signed KRL status');
-  const bytes = Buffer.from(signed.status, 'base64');
-  let sig;
-  try {
-    sig = decodeSshsig(Buffer.from(signed.signature, 'base64'));
-  } catch (e) {
-    throw new TrustError(`KRL status signature is malformed: ${(e as Error).message}`);
-  }
+  const { bytes, sig } = decodeSigned(signed?.status || undefined, signed?.signature || undefined, 'KRL status', 'no signed KRL status');
   const verdict = sshsigVerify(sig, KRL_STATUS_NAMESPACE, bytes, trusted);
   if (!verdict.ok) throw new TrustError(`KRL status signature refused: ${verdict.reason}`);
   return decodeKrlStatus(bytes);
@@ -102,14 +94,7 @@ export async function signTrustProof(p: TrustProof, root: Signer): Promise<{ pro
  * Throws TrustError naming what does not match.
  */
 export function verifyTrustProof(signed: { proof?: string; proofSignature?: string }, root: PublicKey, challenge: string, bundleVersion: number): TrustProof {
-  if (!signed.proof || !signed.proofSignature || !BASE64.test(signed.proof) || !BASE64.test(signed.proofSignature)) throw new TrustError('the trust bundle came without the live proof asked for (challenge)');
-  const bytes = Buffer.from(signed.proof, 'base64');
-  let sig;
-  try {
-    sig = decodeSshsig(Buffer.from(signed.proofSignature, 'base64'));
-  } catch (e) {
-    throw new TrustError(`trust proof signature is malformed: ${(e as Error).message}`);
-  }
+  const { bytes, sig } = decodeSigned(signed.proof || undefined, signed.proofSignature || undefined, 'trust proof', 'the trust bundle came without the live proof asked for (challenge)');
   const verdict = sshsigVerify(sig, TRUST_PROOF_NAMESPACE, bytes, [root]);
   if (!verdict.ok) throw new TrustError(`trust proof refused: ${verdict.reason}`);
   const m = /^dstack-ca-trust-proof\/v1\nchallenge ([A-Za-z0-9_-]{22,86})\ntrust-bundle-version (\d{1,15})\nissued-at (\d{1,15})\n$/.exec(bytes.toString('latin1'));
