@@ -403,8 +403,8 @@ async function diskFloor(label: string, root: string, n: number): Promise<Result
 
 /** A real dstack-ca-agent process, joined and idle: its resident memory. */
 async function realAgentRssMb(ca: Ca, root: string): Promise<number> {
-  const { joinToken } = await ca.call<{ joinToken: string }>('POST', '/v1/runs', { project: 'bench', name: 'real-agent', owner: 'alice', loginUser: 'root' });
-  const child = spawn(process.execPath, [AGENT_MAIN, '--url', ca.url, '--sshd-dir', join(root, 'real'), '--login-user', 'root'], {
+  const { joinToken, caFingerprint } = await ca.call<{ joinToken: string; caFingerprint: string }>('POST', '/v1/runs', { project: 'bench', name: 'real-agent', owner: 'alice', loginUser: 'root' });
+  const child = spawn(process.execPath, [AGENT_MAIN, '--url', ca.url, '--ca-fingerprint', caFingerprint, '--sshd-dir', join(root, 'real'), '--login-user', 'root'], {
     stdio: ['ignore', 'ignore', 'pipe'],
     env: { ...process.env, DSTACK_CA_JOIN_TOKEN: joinToken },
   });
