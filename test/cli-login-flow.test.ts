@@ -372,6 +372,22 @@ describe('login, then plain ssh', () => {
     expect(json<{ renewed: boolean; reason: string }>(await cli(['renew', 'ml/pending', '--json']))).toMatchObject({ renewed: true, reason: 'missing' });
   });
 
+  it('a cert whose CA key was retired: sshd refuses it, status marks it, and renew and plain ssh replace it', async () => {
+    const held = await heldSerial('train-1');
+    for (const step of ['add', 'switch', 'retire']) await ca.admin('POST', '/v1/ca/rotate', { step });
+    // What the run's agent does with the new bundle: the retired key leaves the trust file.
+    await sshd.setTrustedCaKeys((await ca.admin<{ keys: string[] }>('GET', '/v1/ca')).keys);
+    await pushKrl();
+    const dead = await sshd.ssh({ identity: join(cfg, 'id_ed25519'), certificate: join(cfg, 'certs', 'ml', 'train-1-cert.pub'), command: 'true' });
+    expect(dead.code).not.toBe(0);
+    const s = json<{ certs: { run: string; serial: string; revoked: boolean | null; revokedBy?: string }[] }>(await cli(['status', '--json']));
+    expect(s.certs.find((c) => c.run === 'ml/train-1')).toMatchObject({ serial: held, revoked: true, revokedBy: 'its CA key is no longer trusted (retired)' });
+    expect(json<{ renewed: boolean; reason: string }>(await cli(['renew', 'ml/train-1', '--json']))).toMatchObject({ renewed: true, reason: 'revoked' });
+    expect(await heldSerial('train-1')).not.toBe(held);
+    const p = await plainSsh('ml/train-1', 'echo', 'after-retire');
+    expect(p.stdout, p.stderr).toBe('after-retire\n');
+  });
+
   it('status shows the user, session expiry and the certs held, marking expired ones', async () => {
     // A cert left over from a run that has since finished: issued by the server for 1 s, then the run ends.
     const { principal: oldPrincipal } = await ca.admin<{ principal: string }>('POST', '/v1/runs', { project: 'ml', name: 'old', owner: 'bob', loginUser, attachableBy: { project_members: true } });
