@@ -42,7 +42,8 @@ async function serve(dataDir: string): Promise<void> {
   const { openCa } = await import('../ca/server/bootstrap.js');
   const { serverConfigSchema } = await import('../ca/server/config.js');
   const { buildApp } = await import('../ca/api/app.js');
-  const opened = await openCa(serverConfigSchema.parse({ dataDir }), {});
+  // The floor series opens a thousand bare event streams from one address: lift the per-address cap for it.
+  const opened = await openCa(serverConfigSchema.parse({ dataDir, eventStreams: { perAddress: 10_000, anonymous: 100_000 } }), {});
   const app = await buildApp(opened.authority);
   await app.listen({ host: '127.0.0.1', port: 0 });
   const adminToken = (await readFile(join(dataDir, 'admin-token'), 'utf8')).trim();
