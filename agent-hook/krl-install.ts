@@ -98,10 +98,10 @@ export async function loadInstalled(paths: AgentPaths): Promise<{ installed: Ins
     const krl = decodeKrl(body);
     set = krl.set;
     failClosed = isFailClosedKrl(krl.header);
+    // The file is renamed in before the state is written: after a crash between the two, the
+    // file is the newer record. The fail-closed KRL carries the server version it replaced.
+    if (krl.header.krlVersion > version) version = krl.header.krlVersion;
     if (!failClosed) {
-      // The file is renamed in before the state is written: after a crash between the two,
-      // the file is the newer record.
-      if (krl.header.krlVersion > version) version = krl.header.krlVersion;
       current = krl.header.krlVersion === version;
       if (current) sha256 = sha256Hex(body);
     }

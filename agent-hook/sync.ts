@@ -117,8 +117,8 @@ export class Agent {
   private trust!: VerifiedBundle;
   /** A newer bundle an event announced, not yet fetched (events cannot carry the live proof). */
   private offeredTrust: SignedBundle | null = null;
-  /** The newest signed status time credited to staleness (seconds): a replay of it credits nothing more. */
-  private creditedIssuedAt = 0;
+  /** Digests of the signed statuses already credited (bounded): a replay of one credits, and lifts, nothing. */
+  private readonly credited = new Set<string>();
   /** Set when this sync verified a KRL status naming the installed KRL (see syncOnce). */
   private freshThisSync = false;
   private credential!: Credential;
@@ -359,9 +359,8 @@ export class Agent {
       if (st.krlVersion > this.installed.version) this.trigger('push');
       return false;
     }
-    // Each signed time is credited once (a replay brings nothing), and never beyond this clock.
-    if (st.issuedAt > this.creditedIssuedAt) {
-      this.creditedIssuedAt = st.issuedAt;
+    // Each signed status is credited once (a replay brings nothing), and never beyond this clock.
+    if (this.firstSight(signed)) {
       const at = Math.min(this.clock.now(), st.issuedAt * 1000);
       if (this.checkedAt === null || at > this.checkedAt) {
         this.checkedAt = at;
@@ -369,6 +368,15 @@ export class Agent {
       }
     }
     this.freshThisSync = true;
+    return true;
+  }
+
+  /** True the first time this exact signed status is seen (and remembers it; the last 256 are kept). */
+  private firstSight(signed: Partial<SignedKrlStatus> | undefined): boolean {
+    const key = `${signed?.status ?? ''}.${signed?.signature ?? ''}`;
+    if (this.credited.has(key)) return false;
+    this.credited.add(key);
+    if (this.credited.size > 256) this.credited.delete(this.credited.values().next().value as string);
     return true;
   }
 
@@ -394,7 +402,10 @@ export class Agent {
     if (!this.installed.failClosed) return true;
     const st = this.checkStatus(signed, 'lift');
     const max = this.o.maxStalenessMs ?? Infinity;
-    return st !== null && st.krlVersion === version && st.krlSha256 === sha256Hex(body) && st.bundleVersion <= this.trust.bundle.version && this.clock.now() - st.issuedAt * 1000 < max;
+    if (st === null || st.krlVersion !== version || st.krlSha256 !== sha256Hex(body) || st.bundleVersion > this.trust.bundle.version) return false;
+    // The same arithmetic as crediting: a status never seen before, whose credit would be fresh.
+    const credit = Math.min(this.clock.now(), st.issuedAt * 1000);
+    return this.clock.now() - credit < max && !this.credited.has(`${signed?.status ?? ''}.${signed?.signature ?? ''}`);
   }
 
   /** Where an installed KRL came from (null: nothing new was installed). */

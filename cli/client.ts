@@ -240,17 +240,22 @@ export class ApiClient {
    * one pinned earlier and kept in trust.json); null otherwise. Checked once per client, before
    * the first request that could carry a credential.
    */
-  trust(): Promise<EstablishedTrust | null> {
+  trust(signal?: AbortSignal): Promise<EstablishedTrust | null> {
     this.trustPromise ??= (async () => {
       const { establishTrust, trustStorePath } = await import('./trust.js');
-      return establishTrust(this.url, this.config.fingerprint, trustStorePath(configPath(this.ctx.env)));
+      return establishTrust(this.url, this.config.fingerprint, trustStorePath(configPath(this.ctx.env)), signal);
     })();
+    return this.trustPromise;
+  }
+
+  /** The trust check this client already made (or is making); null if none started: never starts one. */
+  get trustChecked(): Promise<EstablishedTrust | null> | null {
     return this.trustPromise;
   }
 
   /** fetch through the pinned TLS dispatcher when the server is pinned, else the global fetch. */
   async rawFetch(url: string | URL, init: RequestInit): Promise<Response> {
-    const t = await this.trust();
+    const t = await this.trust(init.signal ?? undefined);
     if (!t) return fetch(url, init);
     const { fetch: pinnedFetch } = await import('undici');
     return (await pinnedFetch(url, { ...(init as object), dispatcher: t.dispatcher } as Parameters<typeof pinnedFetch>[1])) as unknown as Response;

@@ -90,6 +90,8 @@ async function readLimited(body: ReadableStream<Uint8Array> | null, max: number,
 
 export interface EstablishedTrust {
   bundle: VerifiedBundle;
+  /** A newer bundle than the one kept was verified (a rotation): files derived from it must follow. */
+  changed: boolean;
   /** Every later request goes through this: TLS accepted only as the bundle says. */
   dispatcher: Dispatcher;
 }
@@ -100,7 +102,7 @@ export interface EstablishedTrust {
  * Null when nothing is pinned for this server (then plain WebPKI TLS applies).
  * Throws CliError naming expected and received fingerprints; nothing is saved then.
  */
-export async function establishTrust(url: string, fingerprint: string | undefined, storePath: string): Promise<EstablishedTrust | null> {
+export async function establishTrust(url: string, fingerprint: string | undefined, storePath: string, signal?: AbortSignal): Promise<EstablishedTrust | null> {
   const origin = new URL(url).origin;
   const stored = await storedBundle(storePath, origin);
   if (stored && fingerprint !== undefined && rootFingerprint(stored.bundle) !== fingerprint) {
@@ -116,7 +118,9 @@ export async function establishTrust(url: string, fingerprint: string | undefine
   const challenge = randomBytes(32).toString('base64url');
   let answer: z.output<typeof answerSchema>;
   try {
-    const res = await fetch(`${url}/v1/trust?challenge=${challenge}`, { dispatcher: open, redirect: 'error', signal: AbortSignal.timeout(30_000) });
+    // The caller's deadline holds for this fetch too (renew before every ssh allows 3 s, not 30).
+    const deadline = AbortSignal.timeout(30_000);
+    const res = await fetch(`${url}/v1/trust?challenge=${challenge}`, { dispatcher: open, redirect: 'error', signal: signal ? AbortSignal.any([signal, deadline]) : deadline });
     if (res.status !== 200) throw new CliError(`cannot check the CA's trust root: GET /v1/trust answered HTTP ${res.status} from ${origin}`);
     const parsed = answerSchema.safeParse(JSON.parse(await readLimited(res.body, MAX_TRUST_BYTES, origin)));
     if (!parsed.success) throw new CliError(`${origin} did not answer a signed trust bundle`);
@@ -138,5 +142,5 @@ export async function establishTrust(url: string, fingerprint: string | undefine
     throw e;
   }
   if (!v.unchanged) await saveBundle(storePath, origin, v);
-  return { bundle: v, dispatcher: new Agent({ connect: pinnedConnect(v) }) };
+  return { bundle: v, changed: stored !== null && !v.unchanged, dispatcher: new Agent({ connect: pinnedConnect(v) }) };
 }

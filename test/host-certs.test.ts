@@ -424,4 +424,20 @@ describe('the CLI, pinned with --fingerprint', () => {
     const command = (JSON.parse(line.stdout) as { command: string[] }).command;
     expect(command).toEqual(expect.arrayContaining([`HostKeyAlias=${bare.principal}`, `UserKnownHostsFile="${join(cfg, 'known_hosts')}"`, 'StrictHostKeyChecking=yes']));
   });
+
+  it('an emergency host CA rotation reaches known_hosts at the next renew (the one ssh runs before it connects): the old key is gone', async () => {
+    // The login of the test above.
+    const home = join(dir, 'home');
+    const xdg = join(dir, 'xdg');
+    const cfg = join(xdg, 'dstack-ca');
+    const before = await readFile(join(cfg, 'known_hosts'), 'utf8');
+    await main.ca.admin('POST', '/v1/ca/rotate', { step: 'emergency', purpose: 'host', reason: 'host CA key leaked' });
+    const { hostCaKeys } = await main.ca.admin<{ hostCaKeys: string[] }>('GET', '/v1/trust');
+    expect(hostCaKeys).toHaveLength(1);
+    const r = await run(process.execPath, [CLI, 'renew', '--ssh-match', 'ml/train-1'], { env: { HOME: home, XDG_CONFIG_HOME: xdg, SSH_AUTH_SOCK: undefined, DSTACK_CA_URL: undefined, DSTACK_CA_TOKEN: undefined } });
+    expect(r.code).toBe(1); // --ssh-match always exits 1: the Match block applies nothing
+    const after = await readFile(join(cfg, 'known_hosts'), 'utf8');
+    expect(after).not.toBe(before);
+    expect(after.split('\n').filter((l) => l.startsWith('@cert-authority'))).toEqual([`@cert-authority dstack-run-* ${hostCaKeys[0]}`]);
+  });
 });

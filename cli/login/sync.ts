@@ -12,7 +12,7 @@ import type { ApiClient } from '../client.js';
 import type { CliContext } from '../context.js';
 import { CliError } from '../errors.js';
 import { agentKeyPath, certPath, type LoginPaths } from './paths.js';
-import { hostCaKeys, storedHostCaKeys } from './host-ca.js';
+import { hostCaKeys, hostCaKeysOf, storedHostCaKeys } from './host-ca.js';
 import { ensurePrivateDir, meRunsSchema, readRuns, writeRuns, type MeRun } from './session.js';
 import { currentKrl, revocationOf } from './revocations.js';
 import { renderKnownHosts, renderSshConfig } from './ssh-config.js';
@@ -230,7 +230,26 @@ export interface RenewResult {
  * or is revoked by the CA's signed KRL (a revoked cert is refused by sshd: if the policy still
  * grants one, a new one replaces it; if not, the dead one is dropped and the refusal said).
  */
+/**
+ * When this process verified a newer trust bundle (a host CA rotation, an emergency included),
+ * known_hosts follows at once: a retired host CA key must not stay in the file ssh reads.
+ */
+async function followTrust(api: ApiClient, paths: LoginPaths): Promise<void> {
+  const t = await api.trustChecked?.catch(() => null);
+  if (!t?.changed) return;
+  const runs = await readRuns(paths.runs).catch(() => undefined);
+  if (runs) await writeSshFiles(paths, runs.runs, hostCaKeysOf(t.bundle.bundle));
+}
+
 export async function renewRun(ctx: CliContext, api: ApiClient, paths: LoginPaths, project: string, run: string): Promise<RenewResult> {
+  try {
+    return await renewRunCert(ctx, api, paths, project, run);
+  } finally {
+    await followTrust(api, paths);
+  }
+}
+
+async function renewRunCert(ctx: CliContext, api: ApiClient, paths: LoginPaths, project: string, run: string): Promise<RenewResult> {
   const publicKey = await ensureLoginKey(paths.key, paths.publicKey, ctx.env);
   const current = await readRunCert(paths, project, run);
   const path = certPath(paths, project, run);
