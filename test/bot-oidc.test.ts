@@ -26,8 +26,12 @@ let rsKid: string;
 
 const CLAIMS = { repository: 'org/app', ref: 'refs/heads/main' };
 
+// Each exchange from its own address: refusals of tokens that stand for no bot are audited
+// coalesced per address (test/anonymous-floods.test.ts), and these tests read each one's row.
+let caller = 0;
 async function exchange(token: string, run = 'train-1') {
-  return ca.api('POST', `/v1/runs/ml/${run}/certs`, { body: { publicKey: key.publicLine, oidcToken: token } });
+  caller++;
+  return ca.app.inject({ method: 'POST', url: `/v1/runs/ml/${run}/certs`, remoteAddress: `10.${(caller >> 16) & 255}.${(caller >> 8) & 255}.${caller & 255}`, payload: { publicKey: key.publicLine, oidcToken: token } });
 }
 
 async function lastEvent(): Promise<AuditEvent> {

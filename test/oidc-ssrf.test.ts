@@ -164,6 +164,29 @@ describe('the fetcher', () => {
     for (const a of ['8.8.8.8', '1.1.1.1', '140.82.112.3', '2606:4700:4700::1111', '::ffff:8.8.8.8']) expect([a, isPublicAddress(a)]).toEqual([a, true]);
   });
 
+  // Outside review of issue 12: IPv6 forms that embed an IPv4 address. Only judged, never connected to.
+  it.each([
+    ['IPv4-compatible loopback', '::127.0.0.1'],
+    ['IPv4-compatible loopback, hex', '::7f00:1'],
+    ['IPv4-compatible private', '::10.0.0.1'],
+    ['IPv4-compatible metadata', '::169.254.169.254'],
+    ['IPv4-compatible public (deprecated form: refused whole)', '::8.8.8.8'],
+    ['SIIT loopback', '::ffff:0:7f00:1'],
+    ['SIIT loopback, dotted', '::ffff:0:127.0.0.1'],
+    ['SIIT private, long form', '0:0:0:0:ffff:0:c0a8:101'],
+    ['SIIT public (refused whole)', '::ffff:0:808:808'],
+    ['IPv4-mapped loopback, long form and upper case', '0:0:0:0:0:FFFF:7F00:1'],
+    ['NAT64 loopback', '64:ff9b::7f00:1'],
+    ['NAT64 metadata', '64:ff9b::169.254.169.254'],
+    ['NAT64 private', '64:ff9b::192.168.1.1'],
+    ['local-use NAT64', '64:ff9b:1::a00:1'],
+    ['6to4 loopback', '2002:7f00:1::1'],
+    ['6to4 private', '2002:c0a8:101::1'],
+    ['6to4 metadata', '2002:a9fe:a9fe::1'],
+  ])('an IPv6 address embedding IPv4 is not public: %s (%s)', (_label, a) => {
+    expect(isPublicAddress(a)).toBe(false);
+  });
+
   it('checks every address a name resolves to', async () => {
     const refused = await safeFetch(new URL('https://issuer.example/x'), { allowPrivateAddresses: false, timeoutMs: 1000, maxBytes: 1000, resolve: async () => [{ address: '140.82.112.3', family: 4 }, { address: '10.0.0.7', family: 4 }] }).catch((e: Error) => e.message);
     expect(refused).toBe('issuer.example resolves to 10.0.0.7, which is not a public address (oidc.allowPrivateAddresses is off)');

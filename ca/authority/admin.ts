@@ -9,7 +9,7 @@ import { actorFacts, actorLabel, requireAllowed, roleIn, type Actor } from './ac
 import { audit } from './audit.js';
 import type { AuthorityContext } from './context.js';
 import { publishKrl, rebuildKrl } from './krl.js';
-import { requireIdentity, requireProject } from './lookup.js';
+import { requireEnabledIn, requireIdentity, requireProject } from './lookup.js';
 import { revokeUngranted } from './recheck.js';
 import { newToken } from './tokens.js';
 
@@ -24,6 +24,9 @@ async function publishIf(ctx: AuthorityContext, krlVersion: number | null): Prom
 }
 
 async function insertToken(tx: StoreTx, now: number, t: Pick<TokenRecord, 'kind' | 'identityId' | 'runId' | 'name' | 'expiresAt'>): Promise<string> {
+  // Re-checked in the transaction that creates the token: a disable that committed since the
+  // caller looked must not be outlived by a token made for the disabled identity.
+  if (t.identityId !== null) await requireEnabledIn(tx, t.identityId, () => conflict(`${t.kind === 'bot' ? 'bot' : 'user'} of token "${t.name}" is disabled`));
   const { secret, hash } = newToken(t.kind);
   await tx.insertToken({ ...t, hash, usedAt: null, revokedAt: null, createdAt: now });
   return secret;

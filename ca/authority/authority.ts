@@ -1,5 +1,6 @@
 // The CA's domain core, as the HTTP layer sees it: a context plus the stateful parts
 // (serial blocks, group commit, proof nonces). Operations live in their own modules.
+import { AgentGuards } from './agents.js';
 import { webConfigFor, type AuthorityContext, type WebConfig } from './context.js';
 import { HostCertIssuer } from './host-certs.js';
 import { Issuer } from './issuance.js';
@@ -22,6 +23,8 @@ export class Authority {
   deviceCodeLimits: { max: number; perAddress: number } = { ...DEVICE_CODE_LIMITS };
   /** Per source address, for device-code polls (a CLI polls every few seconds). */
   readonly devicePolls = new RateLimiter({ perSecond: 2, burst: 20 });
+  /** Join attempts per address, replayed-join audits, host-key changes per run (agents.ts). */
+  readonly agentGuards = new AgentGuards();
   /**
    * Where browsers reach the CA; the server sets it once it knows its bound port. The default
    * suits tests that never listen.

@@ -10,7 +10,10 @@
 // (an authorization decision made before `attachable_by`, which must allow the bot too), and
 // its restrictions (force-command, source-address) and TTL cap go into the certificate.
 // Every issuance and every refusal of a bot is audited with what decided it (for OIDC: the
-// issuer, sub and matched claims; never the token).
+// issuer, sub and matched claims; never the token). An OIDC exchange whose token stands for
+// no bot is an anonymous caller's: its refusals are audited coalesced per address (IPv6 by
+// /64) and reason class with a count, and the token's unverified claims only clipped
+// (outside review of issue 12: unverified input adds a bounded amount to the log).
 //
 // Every actor is rate limited (issue 12 item 9): bots per bot, people per identity, key
 // holders without an account per source address and then per proven key. A refusal is a 429
@@ -28,7 +31,7 @@ import { assertStrongKey, fingerprint, formatAuthorizedKey, parseAuthorizedKey, 
 import type { Signer } from '../ssh/signature.js';
 import type { StoreReader } from '../store/store.js';
 import { actorLabel, identityOf, type Actor } from './actors.js';
-import { audit } from './audit.js';
+import { audit, AuditCoalescer, clipUnverified } from './audit.js';
 import { nextEvent } from './audit-chain.js';
 import { DEFAULT_OIDC_CONFIG, DEFAULT_RATE_LIMITS, type AuthorityContext, type OidcConfig } from './context.js';
 import { cachedReader, factCacheOf } from './fact-cache.js';
@@ -36,8 +39,8 @@ import { GroupCommitter } from './group-commit.js';
 import { findRun, requireRun } from './lookup.js';
 import { OidcRefusal, OidcVerifier, resolveOidcBot, type OidcEvidence } from './oidc.js';
 import { OIDC_REPLAYED, OidcReplayGuard } from './oidc-replay.js';
-import { NonceBook, verifyPossession } from './proof.js';
-import { RateLimiter } from './rate-limit.js';
+import { NonceBook, verifyPossession, type Possession } from './proof.js';
+import { addressKey, RateLimiter } from './rate-limit.js';
 import { stillGranted } from './recheck.js';
 import { SerialAllocator } from './serials.js';
 
@@ -92,7 +95,7 @@ interface BotTrail {
   claimed?: string[];
 }
 
-/** Refused bot tokens are audited at most once per bot and reason in this many seconds. */
+/** Refused bot tokens, and anonymous refusals per address, are audited at most once in this many seconds. */
 const AUTH_AUDIT_EVERY = 10;
 
 /** The restrictions a bot's settings put in its certs (none for people and key holders). */
@@ -139,8 +142,10 @@ export class Issuer {
   private readonly botLimit: RateLimiter | null;
   private readonly userLimit: RateLimiter | null;
   private readonly addressLimit: RateLimiter | null;
-  /** Refused bot tokens: when each bot and reason was last audited, and refusals since. */
-  private readonly authRefusals = new Map<string, { at: number; count: number }>();
+  /** Refused bot tokens: audited at most once per bot and reason every AUTH_AUDIT_EVERY seconds. */
+  private readonly authRefusals = new AuditCoalescer(AUTH_AUDIT_EVERY);
+  /** Refused anonymous callers: at most once per address (/64), way in and status every AUTH_AUDIT_EVERY seconds. */
+  private readonly anonRefusals = new AuditCoalescer(AUTH_AUDIT_EVERY);
   /**
    * The store's reads of the facts a request is judged on, cached while no transaction that
    * could change them commits (fact-cache.ts); the store itself if it offers no cache.
@@ -218,11 +223,61 @@ export class Issuer {
       return await this.issueFor(actor, req, meta, trail);
     } catch (e) {
       if (trail?.claimed) this.replay.release(trail.claimed);
-      // Decisions are audited; malformed requests (400) are bad input that changes nothing.
-      if (trail?.audit && e instanceof CaError && e.code !== 'bad_request') await this.auditRefusal(trail, req, meta, e);
+      // Malformed requests (400) are bad input that changes nothing.
+      if (!(e instanceof CaError) || e.code === 'bad_request') throw e;
+      const via = trail?.via ?? (req.proof ? 'proof' : 'token');
+      // Refusals of callers nobody verified (an OIDC token that stands for no bot, a key
+      // holder refused by the address limit) are coalesced per address and reason class.
+      const anonymous = trail ? this.refusedActor(trail, e) === 'anonymous' : e instanceof IssueRateLimited && e.actor === 'anonymous';
+      if (anonymous) await this.auditAnonymousRefusal(via, req, meta, e);
+      // A bot's refusals are decisions and are audited (a rate-limit refusal once per burst).
+      else if (trail?.audit) await this.auditRefusal(trail, req, meta, e);
       // Everyone else's refusals are the caller's own business, except the first of a burst.
-      else if (!trail && e instanceof IssueRateLimited && e.first) await this.auditRefusal({ actor: e.actor, via: req.proof ? 'proof' : 'token', audit: true }, req, meta, e);
+      else if (!trail && e instanceof IssueRateLimited && e.first) await this.auditRefusal({ actor: e.actor, via, audit: true }, req, meta, e);
       throw e;
+    }
+  }
+
+  private refusedActor(trail: BotTrail, e: CaError): string {
+    const oidc = e instanceof OidcRefusal ? e.evidence : trail.oidc;
+    return oidc?.bot !== undefined ? `bot:${oidc.bot}` : trail.actor;
+  }
+
+  /**
+   * A refusal of an anonymous caller: at most one cert.refuse event per address (IPv6 by /64),
+   * way in and status every AUTH_AUDIT_EVERY seconds, counting the refusals it stands for, and
+   * nothing unverified beyond a short clip (an OIDC token's claims are the caller's to choose,
+   * up to the body limit). Unauthenticated input thus adds a bounded amount to the log.
+   */
+  private async auditAnonymousRefusal(via: BotTrail['via'], req: IssueRequest, meta: IssueMeta, e: CaError): Promise<void> {
+    const where = meta.address === undefined ? '?' : addressKey(meta.address);
+    const now = this.ctx.now();
+    const count = this.anonRefusals.take(`${where}\0${via}\0${e.status}`, now);
+    if (count === null) return;
+    const ev = e instanceof OidcRefusal ? e.evidence : null;
+    const details: Record<string, unknown> = {
+      run: clipUnverified(`${req.project}/${req.run}`),
+      status: e.status,
+      reason: clipUnverified(e.message, 400),
+      via,
+      address: where,
+      refusals: count,
+      ...(ev
+        ? {
+            oidc: {
+              issuer: ev.issuer === null ? null : clipUnverified(ev.issuer),
+              sub: ev.sub === null ? null : clipUnverified(ev.sub),
+              kid: ev.kid === null ? null : clipUnverified(ev.kid, 100),
+              alg: ev.alg === null ? null : clipUnverified(ev.alg, 20),
+              verified: ev.verified,
+            },
+          }
+        : {}),
+    };
+    try {
+      await this.ctx.store.tx((tx) => audit(tx, now, 'anonymous', 'cert.refuse', details));
+    } catch {
+      // The refusal stands even if it cannot be recorded.
     }
   }
 
@@ -263,7 +318,11 @@ export class Issuer {
     const key = parseSubjectKey(req.publicKey);
     if (actor.kind === 'orchestrator' || actor.kind === 'agent') throw forbidden(`${actor.kind} tokens cannot obtain certificates`);
     // Bots, OIDC exchanges and key holders without an account: per address, before any JWT or proof work.
-    if ((trail || actor.kind === 'anonymous') && meta.address !== undefined) this.limit(this.addressLimit, `addr:${meta.address}`, `address ${meta.address}`, trail, 'anonymous');
+    // Keyed by addressKey (IPv6 by /64): one host's many addresses share one bucket.
+    if ((trail || actor.kind === 'anonymous') && meta.address !== undefined) {
+      const where = addressKey(meta.address);
+      this.limit(this.addressLimit, `addr:${where}`, `address ${where}`, trail, 'anonymous');
+    }
 
     let caller = actor;
     let spent: PendingCert['spent'];
@@ -302,11 +361,11 @@ export class Issuer {
     // or not the project and run exist: the proof is checked first, and a run that does not
     // exist refuses it exactly as a run whose policy does not list the key.
     let provenKey: PublicKey | null = null;
+    let possession: Possession | null = null;
     if (!identity) {
       if (!req.proof) throw new CaError('unauthenticated', 'authentication or a possession proof is required');
-      provenKey = verifyPossession(this.nonces, req.proof, `${req.project}/${req.run}`, key, now);
-      // Key holders without an account: per proven key too (the address limit came first).
-      this.limit(this.userLimit, `key:${fingerprint(provenKey)}`, `key ${fingerprint(provenKey)}`, trail, `key:${fingerprint(provenKey)}`);
+      possession = verifyPossession(this.nonces, req.proof, `${req.project}/${req.run}`, key, now);
+      provenKey = possession.key;
     }
     const found = identity ? await requireRun(this.facts, req.project, req.run) : await findRun(this.facts, req.project, req.run);
     if (!found) throw forbidden(`not allowed by the attachable_by policy of run ${req.project}/${req.run}`);
@@ -322,11 +381,24 @@ export class Issuer {
     const isProjectMember = identity ? (await this.facts.getMembership(project.id, identity.id)) !== null : false;
     // The project a bot was created in grants nothing by itself: only current membership.
     if (bot && !isProjectMember) throw forbidden(`bot ${bot.name} is not a member of project ${project.name}`);
-    if (identity && req.proof) provenKey = verifyPossession(this.nonces, req.proof, qualifiedName, key, now);
+    if (identity && req.proof) {
+      possession = verifyPossession(this.nonces, req.proof, qualifiedName, key, now);
+      provenKey = possession.key;
+    }
     const grant = grantFor(run.policy, { identityName: identity?.name ?? null, isProjectMember, provenKey });
     if (!grant) {
       if (!identity && !provenKey) throw new CaError('unauthenticated', 'authentication or a possession proof is required');
       throw forbidden(`not allowed by the attachable_by policy of run ${qualifiedName}`);
+    }
+    if (possession) {
+      // Key holders without an account: per proven key too (the address limit came first).
+      // Only keys a policy lists get a bucket: throwaway keys leave nothing behind.
+      if (!identity) this.limit(this.userLimit, `key:${fingerprint(possession.key)}`, `key ${fingerprint(possession.key)}`, trail, `key:${fingerprint(possession.key)}`);
+      // The nonce is spent only now that the proof grants something: a proof that grants
+      // nothing (a throwaway key, a run that does not exist) changes no shared state, so
+      // anonymous callers cannot fill the spent-nonce list. spend() re-checks synchronously:
+      // of two requests racing with one proof, only the first gets here.
+      this.nonces.spend(possession.nonce);
     }
     const line = formatAuthorizedKey(key);
     // Whether this key is revoked is decided in the commit (see the constructor).
@@ -396,16 +468,9 @@ export class Issuer {
    * refusals it stands for, so a CI loop retrying a dead token cannot flood the log.
    */
   async auditBotTokenRefusal(bot: { name: string; why: string }, meta: IssueMeta & { route?: string }): Promise<void> {
-    const key = `${bot.name}\0${bot.why}`;
     const now = this.ctx.now();
-    const seen = this.authRefusals.get(key);
-    if (seen && now - seen.at < AUTH_AUDIT_EVERY) {
-      seen.count++;
-      return;
-    }
-    if (this.authRefusals.size > 10_000) this.authRefusals.clear();
-    const count = (seen?.count ?? 0) + 1;
-    this.authRefusals.set(key, { at: now, count: 0 });
+    const count = this.authRefusals.take(`${bot.name}\0${bot.why}`, now);
+    if (count === null) return;
     const details: Record<string, unknown> = { reason: `bot token ${bot.why}`, refusals: count };
     if (meta.route !== undefined) details.route = meta.route;
     if (meta.address !== undefined) details.address = meta.address;

@@ -1,5 +1,5 @@
 // Finding what a request names, with one "not found" message per kind of thing.
-import { notFound } from '../domain/errors.js';
+import { notFound, type CaError } from '../domain/errors.js';
 import type { Identity, Project, Run } from '../domain/model.js';
 import type { StoreReader } from '../store/store.js';
 
@@ -26,5 +26,17 @@ export async function findRun(store: StoreReader, projectName: string, runName: 
 export async function requireIdentity(store: StoreReader, name: string, kind?: Identity['kind']): Promise<Identity> {
   const i = await store.getIdentityByName(name);
   if (!i || (kind && i.kind !== kind)) throw notFound(`no ${kind ?? 'user or bot'} named "${name}"`);
+  return i;
+}
+
+/**
+ * The identity as the transaction sees it, or `refuse()` if it is gone or disabled. Every
+ * transaction that creates a credential, session or approval for someone calls it: a check
+ * made before the transaction can be overtaken by a disable that commits in between, and what
+ * the transaction then creates would outlive the disable (and come back on re-enable).
+ */
+export async function requireEnabledIn(tx: StoreReader, identityId: number, refuse: () => CaError): Promise<Identity> {
+  const i = await tx.getIdentity(identityId);
+  if (!i || i.disabled) throw refuse();
   return i;
 }

@@ -40,6 +40,12 @@ for (const [net, prefix] of [
 for (const [net, prefix] of [
   ['::', 128],
   ['::1', 128],
+  // IPv4-compatible (::a.b.c.d, deprecated by RFC 4291) and SIIT IPv4-translated
+  // (::ffff:0:a.b.c.d, RFC 2765): both carry an IPv4 address that some stacks and
+  // translators reach as such (::127.0.0.1, ::ffff:0:7f00:1 is loopback), and no public
+  // server is addressed this way. (IPv4-mapped ::ffff:a.b.c.d is judged as its IPv4.)
+  ['::', 96],
+  ['::ffff:0:0:0', 96],
   ['64:ff9b::', 96], // NAT64: reaches IPv4 space through a translator
   ['64:ff9b:1::', 48],
   ['100::', 64], // discard
@@ -54,7 +60,12 @@ for (const [net, prefix] of [
   NOT_PUBLIC.addSubnet(net, prefix, 'ipv6');
 }
 
-/** Whether `address` (an IP literal) is on the public internet. IPv4-mapped IPv6 is judged as IPv4. */
+/**
+ * Whether `address` (an IP literal) is on the public internet. IPv4-mapped IPv6 is judged as
+ * IPv4; every other IPv6 form that embeds an IPv4 address (IPv4-compatible ::/96, SIIT
+ * ::ffff:0:0:0/96, NAT64 64:ff9b::/96 and 64:ff9b:1::/48, 6to4 2002::/16) is refused whole,
+ * whatever IPv4 address it embeds.
+ */
 export function isPublicAddress(address: string): boolean {
   const family = isIP(address);
   if (family === 0) return false;

@@ -37,9 +37,14 @@ describe('possession proof nonces', () => {
     expect(refusal(() => verifyPossession(book, wrongRun, RUN, holder.publicKey, t))).toBe('403 proof signature: signature does not verify');
     expect(book.spentCount).toBe(0);
     const good = await proofFor(nonce);
-    expect(refusal(() => verifyPossession(book, good, RUN, holder.publicKey, t + 1))).toBe('accepted');
+    // A proof that verifies spends nothing by itself: the caller spends it once the key is granted.
+    const proven = verifyPossession(book, good, RUN, holder.publicKey, t + 1);
+    expect(book.spentCount).toBe(0);
+    book.spend(proven.nonce);
     expect(book.spentCount).toBe(1);
     expect(refusal(() => verifyPossession(book, good, RUN, holder.publicKey, t + 2))).toBe('403 proof nonce was already used');
+    // Two requests that verified the same proof before either spent it: only the first passes.
+    expect(refusal(() => book.spend(proven.nonce))).toBe('403 proof nonce was already used');
   });
 
   it('spent entries leave once their nonce has expired', () => {

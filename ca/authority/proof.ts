@@ -2,8 +2,11 @@
 // nonce, bound to the run, in SSHSIG format (`ssh-keygen -Y sign -n dstack-ca`), so no
 // account is needed. Nonces are stateless (HMAC under a per-process secret, with a
 // timestamp) and single-use: a nonce is recorded spent only once a proof made with it
-// verifies (a failed attempt spends nothing, so nobody can burn another caller's nonce by
-// sending garbage with it), and the record is kept until the nonce would have expired anyway.
+// verifies AND grants something (the key is in the run's policy): a failed attempt spends
+// nothing, so nobody can burn another caller's nonce by sending garbage with it, and a proof
+// that grants nothing (a throwaway key, a run that does not exist) changes no shared state, so
+// nobody can fill the list with proofs of keys no policy lists (outside review of issue 12).
+// The record is kept until the nonce would have expired anyway.
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { CaError, forbidden } from '../domain/errors.js';
 import { publicKeysEqual, type PublicKey } from '../ssh/keys.js';
@@ -117,10 +120,19 @@ export class NonceBook {
   }
 }
 
-/** Verifies a possession proof for `key`; returns the key or throws a 403. */
-export function verifyPossession(book: NonceBook, proof: { nonce: string; signature: string }, run: string, key: PublicKey, now: number): PublicKey {
-  // Nothing is recorded until the signature verifies; check and spend run with no await in
-  // between, so two requests racing with one nonce cannot both pass.
+/** A verified proof: the key, and its nonce, which the caller spends once the key is granted something. */
+export interface Possession {
+  key: PublicKey;
+  nonce: CheckedNonce;
+}
+
+/**
+ * Verifies a possession proof for `key`, or throws a 403. Records nothing: the caller spends
+ * `nonce` (NonceBook.spend) only once the proven key is granted something, and before it acts
+ * on the grant. spend() re-checks the nonce synchronously, so of two requests racing with one
+ * proof only the first to spend passes.
+ */
+export function verifyPossession(book: NonceBook, proof: { nonce: string; signature: string }, run: string, key: PublicKey, now: number): Possession {
   const nonce = book.check(proof.nonce, now);
   let sig;
   try {
@@ -131,6 +143,5 @@ export function verifyPossession(book: NonceBook, proof: { nonce: string; signat
   if (!publicKeysEqual(sig.publicKey, key)) throw forbidden('proof is signed by a different key than the one to certify');
   const verdict = sshsigVerify(sig, PROOF_NAMESPACE, proofMessage(run, proof.nonce), [key]);
   if (!verdict.ok) throw forbidden(`proof signature: ${verdict.reason}`);
-  book.spend(nonce);
-  return key;
+  return { key, nonce };
 }

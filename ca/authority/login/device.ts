@@ -7,6 +7,7 @@ import type { AuthenticationResponseJSON } from '@simplewebauthn/server';
 import { CaError, notFound } from '../../domain/errors.js';
 import type { DeviceCode, Identity } from '../../domain/model.js';
 import { audit } from '../audit.js';
+import { requireEnabledIn } from '../lookup.js';
 import type { Authority } from '../authority.js';
 import { newSecret, newToken, secretLookupHash } from '../tokens.js';
 import { assertionOptions, loginConfig, recordAssertion, verifyAssertion } from './passkeys.js';
@@ -178,6 +179,9 @@ export async function decideDeviceLogin(a: Authority, userCode: string, response
   const { identity, passkey, newCounter } = await verifyAssertion(a, response, (p) => p.kind === 'device' && p.deviceCodeId === d.id);
   const now = a.ctx.now();
   await a.ctx.store.tx(async (tx) => {
+    // The approver is re-checked here: a disable that committed after verifyAssertion looked
+    // must not be followed by an approval the disable never withdrew.
+    await requireEnabledIn(tx, identity.id, () => new CaError('unauthenticated', 'passkey refused: this user is disabled'));
     await recordAssertion(tx, passkey, newCounter, now);
     if ((await tx.getPendingDeviceCode(d.userCode, now))?.id !== d.id) throw new CaError('conflict', 'this login was already approved or denied');
     await tx.decideDeviceCode(d.id, approve ? { approvedBy: identity.id } : { denied: true }, now);

@@ -17,6 +17,7 @@ import type { Enrollment, Identity, Passkey } from '../../domain/model.js';
 import { hasControlChars, NO_CONTROLS_MESSAGE } from '../../domain/text.js';
 import type { StoreReader, StoreTx } from '../../store/store.js';
 import { audit } from '../audit.js';
+import { requireEnabledIn } from '../lookup.js';
 import type { Authority } from '../authority.js';
 import { DEFAULT_LOGIN_CONFIG, type LoginConfig } from '../context.js';
 import { hashToken, newSecret, secretLookupHash } from '../tokens.js';
@@ -35,6 +36,7 @@ function userHandle(identity: Identity): Uint8Array {
 
 /** A new one-time enrollment link secret for `identity` (inside the caller's transaction). */
 export async function createEnrollment(tx: StoreTx, identity: Identity, now: number, ttl: number): Promise<{ secret: string; expiresAt: number }> {
+  await requireEnabledIn(tx, identity.id, () => conflict(`user ${identity.name} is disabled: enable it first`));
   const { secret, hash } = newSecret('enroll');
   const expiresAt = now + ttl;
   await tx.insertEnrollment({ hash, identityId: identity.id, expiresAt, usedAt: null, revokedAt: null, createdAt: now });
@@ -135,6 +137,7 @@ function describeWebAuthnError(e: unknown): string {
 }
 
 async function storePasskey(tx: StoreTx, identity: Identity, info: Awaited<ReturnType<typeof verifyRegistration>>, name: string, now: number): Promise<Passkey> {
+  await requireEnabledIn(tx, identity.id, () => refused('this user is disabled'));
   if (await tx.getPasskeyByCredentialId(info.credential.id)) throw conflict('this passkey is already registered');
   return tx.insertPasskey({
     identityId: identity.id,
@@ -239,6 +242,9 @@ export interface WebSessionIssued {
 }
 
 export async function startWebSession(tx: StoreTx, a: Authority, identity: Identity, now: number): Promise<WebSessionIssued> {
+  // Re-checked in the transaction that creates the session (verifyAssertion's check came
+  // before it, and a disable may have committed since).
+  await requireEnabledIn(tx, identity.id, () => refused('this user is disabled'));
   const { secret, hash } = newSecret('web');
   const expiresAt = now + loginConfig(a).webSessionTtl;
   await tx.insertWebSession({ hash, identityId: identity.id, expiresAt, revokedAt: null, createdAt: now });
