@@ -155,11 +155,14 @@ describe('POST /v1/agents/host-certs', () => {
       expect(l).toMatchObject({ certRole: 'host', principals: [run.principal], keyId: `host run:ml/api-1 serial:${c.serial}`, serial: BigInt(c.serial) });
       expect(c.validBefore - c.validAfter).toBe(7 * DAY + 300);
     }
-    // The burst (20 a run) is spent by 19 more; the next waits, another run's agent does not.
-    for (let i = 0; i < 19; i++) expect((await main.ca.api('POST', '/v1/agents/host-certs', { token, body: { hostKeys: [k1] } })).statusCode).toBe(201);
+    // The budget counts certificates, not requests (32 a run): the 2 above and 30 more spend it; the
+    // next waits (and so does a request for many keys at once), another run's agent does not.
+    for (let i = 0; i < 30; i++) expect((await main.ca.api('POST', '/v1/agents/host-certs', { token, body: { hostKeys: [k1] } })).statusCode).toBe(201);
     const limited = await main.ca.api('POST', '/v1/agents/host-certs', { token, body: { hostKeys: [k1] } });
     expect(limited.statusCode).toBe(429);
-    expect(limited.json<{ message: string }>().message).toMatch(/^too many host certificate requests for this run \(20, then one every 10 s\); retry in \d+s$/);
+    expect(limited.json<{ message: string }>().message).toMatch(/^too many host certificates for this run \(32, then one every 60 s\); retry in \d+s$/);
+    const many = await main.ca.api('POST', '/v1/agents/host-certs', { token: otherToken, body: { hostKeys: Array.from({ length: 16 }, (_, i) => (i % 2 ? k1 : k2)) } });
+    expect(many.statusCode).toBe(201); // duplicates count once: 2 certificates
     expect((await main.ca.api('POST', '/v1/agents/host-certs', { token: otherToken, body: { hostKeys: [k1] } })).statusCode).toBe(201);
     // A finished run's agent credential is dead with it.
     await main.ca.admin('POST', '/v1/runs/ml/api-2/finish');

@@ -29,7 +29,11 @@ const NO_OPTIONS = certOptions({});
  * 20 and one every 10 s is far above need; it keeps a broken or hostile agent from filling the
  * certificate table and the audit log.
  */
-export const HOST_CERT_RATE: BucketLimit = { perSecond: 0.1, burst: 20 };
+/**
+ * Per run, in certificates (not requests: one request may name 16 keys): 32 at once, then one a
+ * minute. A run renews a handful a week; a broken or hostile agent cannot fill the table.
+ */
+export const HOST_CERT_RATE: BucketLimit = { perSecond: 1 / 60, burst: 32 };
 
 export interface IssuedHostCert {
   hostKey: string;
@@ -101,13 +105,13 @@ export class HostCertIssuer {
       throw new CaError(actor.kind === 'anonymous' ? 'unauthenticated' : 'forbidden', `${actorLabel(actor)} is not a host agent`);
     }
     const keys = hostKeys.map(hostKey);
-    const taken = this.perRun.take(`run:${actor.runId}`);
+    const unique = new Map(keys.map((k) => [formatAuthorizedKey(k), k]));
+    const taken = this.perRun.take(`run:${actor.runId}`, unique.size);
     if (!taken.ok) {
       const seconds = Math.max(1, Math.ceil(taken.retryAfterMs / 1000));
       const { burst, perSecond } = this.perRun.limit;
-      throw new RateLimitedError(`too many host certificate requests for this run (${burst}, then one every ${1 / perSecond} s); retry in ${seconds}s`, seconds);
+      throw new RateLimitedError(`too many host certificates for this run (${burst}, then one every ${Math.round(1 / perSecond)} s); retry in ${seconds}s`, seconds);
     }
-    const unique = new Map(keys.map((k) => [formatAuthorizedKey(k), k]));
     const now = this.ctx.now();
     const run = await this.ctx.store.getRun(actor.runId);
     if (!run) throw new CaError('not_found', 'the run of this agent no longer exists');

@@ -32,7 +32,8 @@ export class RateLimiter {
     if (!(limit.perSecond > 0) || !(limit.burst >= 1)) throw new Error(`invalid rate limit: ${JSON.stringify(limit)}`);
   }
 
-  take(key: string): Take {
+  /** Takes `cost` tokens (default 1) from `key`'s bucket, or none if it holds fewer. */
+  take(key: string, cost = 1): Take {
     const now = this.clock();
     let b = this.buckets.get(key);
     if (!b) {
@@ -42,14 +43,14 @@ export class RateLimiter {
     }
     b.tokens = Math.min(this.limit.burst, b.tokens + ((now - b.at) / 1000) * this.limit.perSecond);
     b.at = now;
-    if (b.tokens >= 1) {
-      b.tokens -= 1;
+    if (b.tokens >= cost) {
+      b.tokens -= cost;
       b.refusing = false;
       return { ok: true };
     }
     const first = !b.refusing;
     b.refusing = true;
-    return { ok: false, retryAfterMs: Math.ceil(((1 - b.tokens) / this.limit.perSecond) * 1000), first };
+    return { ok: false, retryAfterMs: Math.ceil(((cost - b.tokens) / this.limit.perSecond) * 1000), first };
   }
 
   private prune(now: number): void {
