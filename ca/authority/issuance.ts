@@ -104,11 +104,25 @@ function restrictionsOf(settings: BotSettings | null): Restrictions {
   return r;
 }
 
+/**
+ * The subject key, with the cheap checks only (key-checks.ts quickKeyWeakness): the
+ * factorization checks of an RSA modulus cost a modular exponentiation, so they wait
+ * (checkSubjectKey) until the caller is authorized: no anonymous request pays for them.
+ */
 function parseSubjectKey(line: string): PublicKey {
   try {
     const { key } = parseAuthorizedKey(line);
-    assertStrongKey(key);
+    assertStrongKey(key, 'public key', 'quick');
     return key;
+  } catch (e) {
+    throw badRequest((e as Error).message.replace(/^public key: /, ''), 'publicKey');
+  }
+}
+
+/** Every check of the subject key (memoised per RSA modulus). */
+function checkSubjectKey(key: PublicKey): void {
+  try {
+    assertStrongKey(key);
   } catch (e) {
     throw badRequest((e as Error).message.replace(/^public key: /, ''), 'publicKey');
   }
@@ -328,6 +342,7 @@ export class Issuer {
       if (!identity && !provenKey) throw new CaError('unauthenticated', 'authentication or a possession proof is required');
       throw forbidden(`not allowed by the attachable_by policy of run ${qualifiedName}`);
     }
+    checkSubjectKey(key);
     const line = formatAuthorizedKey(key);
     // Whether this key is revoked is decided in the commit (see the constructor).
     const signer = this.ctx.caKeys.active;

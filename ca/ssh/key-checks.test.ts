@@ -24,6 +24,12 @@ describe('key arithmetic', () => {
     expect(keyWeakness(parseAuthorizedKey(line).key)).toBeNull();
   });
 
+  it('accepts fresh RSA keys (8 of 2048 bits, 2 of 3072 and 4096): the factorization checks refuse no real modulus', () => {
+    for (const [bits, count] of [[2048, 8], [3072, 2], [4096, 2]] as const) {
+      for (let i = 0; i < count; i++) expect(keyWeakness(fromKeyObject(generateKeyPairSync('rsa', { modulusLength: bits }).publicKey))).toBeNull();
+    }
+  });
+
   it('accepts fresh keys of every type (50 Ed25519, 20 of each curve)', () => {
     for (let i = 0; i < 50; i++) expect(keyWeakness(fromKeyObject(generateKeyPairSync('ed25519').publicKey))).toBeNull();
     for (const c of ['P-256', 'P-384', 'P-521']) {
