@@ -92,6 +92,18 @@ interface BotTrail {
   claimed?: string[];
 }
 
+/** The audit keeps this much of a refusal's reason, and of each string an unverified token claims. */
+const AUDIT_REASON_MAX = 1000;
+const AUDIT_CLAIM_MAX = 256;
+const clip = (s: string, max: number) => (s.length > max ? `${s.slice(0, max)}… (${s.length} characters)` : s);
+
+/** The evidence as audited: what an unverified token claims (issuer, sub, kid, alg) is the caller's, so it is clipped. */
+function clipEvidence(ev: OidcEvidence | undefined): OidcEvidence | undefined {
+  if (!ev) return ev;
+  const c = (v: string | null) => (v === null ? null : clip(v, AUDIT_CLAIM_MAX));
+  return { ...ev, issuer: c(ev.issuer), sub: c(ev.sub), kid: c(ev.kid), alg: c(ev.alg) };
+}
+
 /** Refused bot tokens are audited at most once per bot and reason in this many seconds. */
 const AUTH_AUDIT_EVERY = 10;
 
@@ -241,11 +253,12 @@ export class Issuer {
   }
 
   private async auditRefusal(trail: BotTrail, req: IssueRequest, meta: IssueMeta, e: CaError): Promise<void> {
-    const oidc = e instanceof OidcRefusal ? e.evidence : trail.oidc;
+    const oidc = clipEvidence(e instanceof OidcRefusal ? e.evidence : trail.oidc);
     const details: Record<string, unknown> = {
       run: `${req.project}/${req.run}`,
       status: e.status,
-      reason: e.message,
+      // An OIDC refusal answers the fixed OIDC_NO_BOT; the audit keeps why (never the token).
+      reason: clip(e instanceof OidcRefusal && e.auditReason !== undefined ? e.auditReason : e.message, AUDIT_REASON_MAX),
       via: trail.via,
       ...(meta.address !== undefined ? { address: meta.address } : {}),
       ...(oidc ? { oidc } : {}),
