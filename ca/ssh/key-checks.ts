@@ -123,7 +123,7 @@ function powModSmall(b: number, e: number, m: number): number {
 }
 
 /** floor(n^(1/k)) for n > 0, k >= 2: Newton's iteration from above, started from a floating-point estimate. */
-function integerRoot(n: bigint, k: number): bigint {
+export function integerRoot(n: bigint, k: number): bigint {
   const bits = n.toString(2).length;
   const shift = Math.max(0, bits - 53);
   const top = Number(n >> BigInt(shift)); // n ~ top * 2^shift
@@ -177,14 +177,15 @@ const WINDOW = 8;
  * is a raw RSA public operation of OpenSSL with the public exponent 2^w (native Montgomery
  * arithmetic; a JavaScript bigint loop is about 3 times slower), and the multiplication by
  * 2^digit (digit < 2^w) is a shift and one reduction. Falls back to bigints if OpenSSL
- * ever refuses such an exponent.
+ * ever refuses such an exponent (or if `native` is false: the tests compare both).
  */
-function powerOfTwoMod(exponent: bigint, n: bigint): bigint {
+export function powerOfTwoMod(exponent: bigint, n: bigint, native = true): bigint {
   const size = Math.ceil(n.toString(16).length / 2);
   const toFixed = (x: bigint) => Buffer.from(x.toString(16).padStart(size * 2, '0'), 'hex');
   const b64 = (x: bigint) => { const h = x.toString(16); return Buffer.from(h.length % 2 ? `0${h}` : h, 'hex').toString('base64url'); };
   let square: (x: bigint) => bigint;
   try {
+    if (!native) throw new Error('bigints asked for');
     const key = createPublicKey({ key: { kty: 'RSA', n: b64(n), e: b64(1n << BigInt(WINDOW)) }, format: 'jwk' });
     square = (x) => BigInt(`0x${publicEncrypt({ key, padding: constants.RSA_NO_PADDING }, toFixed(x)).toString('hex')}`);
     square(2n); // refused here, if at all
