@@ -1,12 +1,16 @@
 // OIDC federation for CI bots against a local issuer (discovery + JWKS on 127.0.0.1, keys
 // made by jose): a matching token gets a certificate that a real sshd accepts; every way a
-// token can be wrong is refused with a clear reason, issues nothing, and is audited with the
-// claims that decided it (never the token); key rotation at the issuer is picked up.
+// token can be wrong is refused, issues nothing, and is audited with the reason and the
+// claims that decided it (never the token); key rotation at the issuer is picked up. The
+// caller is anonymous until a bot matches, so every refusal that depends on the CA's settings
+// is the one fixed OIDC_NO_BOT answer (issue 12 review; test/oidc-enumeration.test.ts); only
+// what is wrong with the token alone (alg none, HMAC) is said to the caller.
 import { writeFile } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { join } from 'node:path';
 import { exportSPKI, importJWK, SignJWT, type CryptoKey, type JWTPayload } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { OIDC_NO_BOT } from '../ca/authority/oidc.js';
 import type { AuditEvent } from '../ca/domain/model.js';
 import { openTestCa, type TestCa } from './fixtures/ca.js';
 import { b64json, startTestIssuer, type TestIssuer } from './fixtures/oidc-issuer.js';
@@ -111,19 +115,20 @@ describe('a matching OIDC token', () => {
   });
 });
 
-describe('refused with a clear reason, nothing issued, the refusal audited', () => {
+describe('refused, nothing issued, the reason audited (and told the caller only if it is the token\'s alone)', () => {
   const n = () => now();
-  const cases: [label: string, token: () => Promise<string>, status: number, message: RegExp][] = [
-    ['wrong audience', () => issuer.sign(issuer.claims(n(), { ...CLAIMS, aud: 'someone-else' })), 403, /matches no bot of project "ml": bot ci: its audience "dstack-ca" is not in the token's "aud"/],
-    ['wrong claim value', () => issuer.sign(issuer.claims(n(), { ...CLAIMS, repository: 'org/evil' })), 403, /matches no bot of project "ml": bot ci: claim "repository" does not match; bot deploy: claim "repository" does not match/],
-    ['a claim outside the glob', () => issuer.sign(issuer.claims(n(), { ...CLAIMS, ref: 'refs/tags/v1' })), 403, /bot ci: claim "ref" does not match/],
-    ['a claim missing', () => issuer.sign(issuer.claims(n(), { repository: 'org/app' })), 403, /bot ci: claim "ref" does not match/],
+  // [label, token, status, the reason (audited; the answer too where it is not OIDC_NO_BOT)]
+  const cases: [label: string, token: () => Promise<string>, status: number, reason: RegExp][] = [
+    ['wrong audience', () => issuer.sign(issuer.claims(n(), { ...CLAIMS, aud: 'someone-else' })), 401, /matches no bot of project "ml": bot ci: its audience "dstack-ca" is not in the token's "aud"/],
+    ['wrong claim value', () => issuer.sign(issuer.claims(n(), { ...CLAIMS, repository: 'org/evil' })), 401, /matches no bot of project "ml": bot ci: claim "repository" does not match; bot deploy: claim "repository" does not match/],
+    ['a claim outside the glob', () => issuer.sign(issuer.claims(n(), { ...CLAIMS, ref: 'refs/tags/v1' })), 401, /bot ci: claim "ref" does not match/],
+    ['a claim missing', () => issuer.sign(issuer.claims(n(), { repository: 'org/app' })), 401, /bot ci: claim "ref" does not match/],
     ['expired', () => issuer.sign(issuer.claims(n(), { ...CLAIMS, iat: n() - 600, nbf: n() - 600, exp: n() - 120 })), 401, /^OIDC token refused: it expired at \d{4}-\d\d-\d\dT/],
     ['not valid yet (future nbf)', () => issuer.sign(issuer.claims(n(), { ...CLAIMS, nbf: n() + 600, exp: n() + 900 })), 401, /^OIDC token refused: it is not valid before /],
     ['issued too long ago (max token age)', () => issuer.sign(issuer.claims(n(), { ...CLAIMS, iat: n() - 7200, nbf: n() - 7200, exp: n() + 300 })), 401, /more than 3600s ago \(the CA's maximum token age\)/],
     ['issued in the future', () => issuer.sign(issuer.claims(n(), { ...CLAIMS, iat: n() + 600 })), 401, /claims to be issued in the future/],
     ['without exp', () => issuer.sign({ ...issuer.claims(n(), CLAIMS), exp: undefined }), 401, /it has no "exp" claim/],
-    ['wrong issuer (one no bot trusts)', () => stranger.sign(stranger.claims(n(), CLAIMS)), 403, /^no bot of project "ml" trusts OIDC issuer "http:\/\/127\.0\.0\.1:\d+"$/],
+    ['wrong issuer (one no bot trusts)', () => stranger.sign(stranger.claims(n(), CLAIMS)), 401, /^no bot of project "ml" trusts OIDC issuer "http:\/\/127\.0\.0\.1:\d+"$/],
     ['alg none', async () => `${b64json({ alg: 'none', typ: 'JWT' })}.${b64json(issuer.claims(n(), CLAIMS))}.`, 401, /^OIDC token refused: unsigned tokens \(alg "none"\) are never accepted$/],
     [
       'HS256 with the issuer public JWK as the HMAC secret',
@@ -152,21 +157,25 @@ describe('refused with a clear reason, nothing issued, the refusal audited', () 
     ],
   ];
 
-  it.each(cases)('%s', async (_label, make, status, message) => {
+  it.each(cases)('%s', async (_label, make, status, reason) => {
     const token = await make();
     const before = { certs: await certCount(), seq: (await lastEvent()).seq };
     const res = await exchange(token);
     expect(res.statusCode, res.body).toBe(status);
-    expect(res.json().message).toMatch(message);
+    // Only alg none and HMAC are the token's fault whatever the CA's settings: said as such.
+    const told = /alg "none"|HMAC/.test(reason.source);
+    if (told) expect(res.json().message).toMatch(reason);
+    else expect(res.json()).toEqual({ error: 'unauthenticated', message: OIDC_NO_BOT });
     expect(await certCount()).toBe(before.certs);
     const e = await lastEvent();
     expect(e.seq).toBe(before.seq + 1);
     expect(e.action).toBe('cert.refuse');
-    expect(e.details).toMatchObject({ run: 'ml/train-1', status, reason: res.json().message, via: 'oidc' });
+    expect(e.details).toMatchObject({ run: 'ml/train-1', status, via: 'oidc' });
+    expect(e.details.reason).toMatch(reason);
     const evidence = e.details.oidc as { issuer: string; sub: string; verified: boolean };
     expect(evidence.issuer).toBe((JSON.parse(Buffer.from(token.split('.')[1] as string, 'base64url').toString()) as JWTPayload).iss);
     expect(evidence.sub).toBe('repo:org/app:ref:refs/heads/main');
-    expect(evidence.verified).toBe(status === 403 && !/trusts OIDC issuer/.test(res.json().message));
+    expect(evidence.verified).toBe(/matches no bot of project/.test(e.details.reason as string));
     // The raw token never reaches the audit log.
     expect(JSON.stringify(e)).not.toContain(token.split('.')[1]);
   });
@@ -189,12 +198,13 @@ describe('refused with a clear reason, nothing issued, the refusal audited', () 
     }
   });
 
-  it('a token matching two bots is refused as ambiguous', async () => {
+  it('a token matching two bots is refused as ambiguous (the bots are named in the audit only)', async () => {
     await ca.admin('POST', '/v1/projects/ml/bots', { name: 'ci-wide', maxTtl: 900, oidc: { issuer: issuer.url, audience: 'dstack-ca', claims: { repository: 'org/*' } } });
     try {
       const res = await exchange(await issuer.sign(issuer.claims(now(), CLAIMS)));
-      expect(res.statusCode).toBe(403);
-      expect(res.json().message).toMatch(/matches several bots of project "ml" \(ci, ci-wide\); make their claim conditions exclusive/);
+      expect(res.statusCode).toBe(401);
+      expect(res.json().message).toBe(OIDC_NO_BOT);
+      expect((await lastEvent()).details.reason).toMatch(/matches several bots of project "ml" \(ci, ci-wide\); make their claim conditions exclusive/);
     } finally {
       await ca.admin('DELETE', '/v1/projects/ml/bots/ci-wide');
     }
@@ -208,7 +218,8 @@ describe('keys and clocks', () => {
     const before = issuer.fetches.jwks;
     const res = await exchange(await issuer.sign(issuer.claims(now(), CLAIMS), { kid: hidden }));
     expect(res.statusCode).toBe(401);
-    expect(res.json().message).toMatch(new RegExp(`^OIDC token refused: no key of issuer "${issuer.url}" matches its key id "${hidden}" and algorithm "ES256"`));
+    expect(res.json().message).toBe(OIDC_NO_BOT);
+    expect((await lastEvent()).details.reason).toMatch(new RegExp(`^OIDC token refused: no key of issuer "${issuer.url}" matches its key id "${hidden}" and algorithm "ES256"`));
     expect(issuer.fetches.jwks).toBe(before + 1); // refreshed once for the unknown kid, still unknown
   });
 
@@ -222,7 +233,8 @@ describe('keys and clocks', () => {
     // The retired key no longer works, though its tokens are otherwise fine.
     const old = await exchange(await issuer.sign(issuer.claims(now(), CLAIMS), { kid: esKid }));
     expect(old.statusCode).toBe(401);
-    expect(old.json().message).toMatch(/no key of issuer .* matches its key id/);
+    expect(old.json().message).toBe(OIDC_NO_BOT);
+    expect((await lastEvent()).details.reason).toMatch(/no key of issuer .* matches its key id/);
   });
 
   it('verification uses the CA clock: moving it past exp refuses a token that was good', async () => {
@@ -235,7 +247,8 @@ describe('keys and clocks', () => {
     try {
       const res = await exchange(token);
       expect(res.statusCode).toBe(401);
-      expect(res.json().message).toMatch(/it expired at/);
+      expect(res.json().message).toBe(OIDC_NO_BOT);
+      expect((await lastEvent()).details.reason).toMatch(/it expired at/);
     } finally {
       shift = 0;
     }

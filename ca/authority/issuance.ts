@@ -95,6 +95,18 @@ interface BotTrail {
   claimed?: string[];
 }
 
+/** The audit keeps this much of a refusal's reason, and of each string an unverified token claims. */
+const AUDIT_REASON_MAX = 1000;
+const AUDIT_CLAIM_MAX = 256;
+const clip = (s: string, max: number) => (s.length > max ? `${s.slice(0, max)}… (${s.length} characters)` : s);
+
+/** The evidence as audited: what an unverified token claims (issuer, sub, kid, alg) is the caller's, so it is clipped. */
+function clipEvidence(ev: OidcEvidence | undefined): OidcEvidence | undefined {
+  if (!ev) return ev;
+  const c = (v: string | null) => (v === null ? null : clip(v, AUDIT_CLAIM_MAX));
+  return { ...ev, issuer: c(ev.issuer), sub: c(ev.sub), kid: c(ev.kid), alg: c(ev.alg) };
+}
+
 /** Refused bot tokens, and anonymous refusals per address, are audited at most once in this many seconds. */
 const AUTH_AUDIT_EVERY = 10;
 
@@ -107,11 +119,25 @@ function restrictionsOf(settings: BotSettings | null): Restrictions {
   return r;
 }
 
+/**
+ * The subject key, with the cheap checks only (key-checks.ts quickKeyWeakness): the
+ * factorization checks of an RSA modulus cost a modular exponentiation, so they wait
+ * (checkSubjectKey) until the caller is authorized: no anonymous request pays for them.
+ */
 function parseSubjectKey(line: string): PublicKey {
   try {
     const { key } = parseAuthorizedKey(line);
-    assertStrongKey(key);
+    assertStrongKey(key, 'public key', 'quick');
     return key;
+  } catch (e) {
+    throw badRequest((e as Error).message.replace(/^public key: /, ''), 'publicKey');
+  }
+}
+
+/** Every check of the subject key (memoised per RSA modulus). */
+function checkSubjectKey(key: PublicKey): void {
+  try {
+    assertStrongKey(key);
   } catch (e) {
     throw badRequest((e as Error).message.replace(/^public key: /, ''), 'publicKey');
   }
@@ -258,7 +284,8 @@ export class Issuer {
     const details: Record<string, unknown> = {
       run: clipUnverified(`${req.project}/${req.run}`),
       status: e.status,
-      reason: clipUnverified(e.message, 400),
+      // An OIDC refusal answers the fixed message; the audit keeps why (never the token).
+      reason: clipUnverified(e instanceof OidcRefusal && e.auditReason !== undefined ? e.auditReason : e.message, 400),
       via,
       address: where,
       refusals: count,
@@ -282,11 +309,12 @@ export class Issuer {
   }
 
   private async auditRefusal(trail: BotTrail, req: IssueRequest, meta: IssueMeta, e: CaError): Promise<void> {
-    const oidc = e instanceof OidcRefusal ? e.evidence : trail.oidc;
+    const oidc = clipEvidence(e instanceof OidcRefusal ? e.evidence : trail.oidc);
     const details: Record<string, unknown> = {
       run: `${req.project}/${req.run}`,
       status: e.status,
-      reason: e.message,
+      // An OIDC refusal answers the fixed OIDC_NO_BOT; the audit keeps why (never the token).
+      reason: clip(e instanceof OidcRefusal && e.auditReason !== undefined ? e.auditReason : e.message, AUDIT_REASON_MAX),
       via: trail.via,
       ...(meta.address !== undefined ? { address: meta.address } : {}),
       ...(oidc ? { oidc } : {}),
@@ -400,6 +428,7 @@ export class Issuer {
       // of two requests racing with one proof, only the first gets here.
       this.nonces.spend(possession.nonce);
     }
+    checkSubjectKey(key);
     const line = formatAuthorizedKey(key);
     // Whether this key is revoked is decided in the commit (see the constructor).
     const signer = this.ctx.caKeys.active;

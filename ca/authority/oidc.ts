@@ -14,9 +14,15 @@
 // rotation at the issuer needs nothing here. The clock is the authority's (ctx.now), so tests
 // move time.
 //
-// Answers. 401: the token itself is not acceptable (not a JWT, alg none or HMAC, bad
-// signature, unknown key, expired, not yet valid, too old). 403: it is valid, but no bot (or
-// more than one) of the project trusts what it says. 503: the issuer could not be used.
+// Answers. The caller is anonymous until a bot matches, so an answer must not tell what
+// exists (issue 12 review): which projects exist, which issuers their bots trust, which kids
+// the issuer has, what audience and claims a bot wants. So a token is refused with its own
+// reason only where that reason is the token's alone and the same on every server: not a
+// JWT, alg none or HMAC, no iss (401). Everything that depends on the CA's settings (no
+// such project, no bot trusting the issuer, a bad signature or an unknown kid, expired, not
+// yet valid, too old, a missing claim, audience or claims matching no bot, or several) gets
+// OIDC_NO_BOT: one fixed 401, byte for byte the same; the reason goes to the audit log
+// (auditReason, truncated). 503: the issuer could not be used (see Fetching).
 //
 // Fetching (issue 12 item 4): discovery and the JWKS go through oidc-fetch.ts (https only,
 // public addresses only unless oidc.allowPrivateAddresses, the checked address pinned, no
@@ -60,10 +66,21 @@ export class OidcRefusal extends CaError {
     readonly evidence: OidcEvidence,
     /** For the server log only (an unusable issuer: what failed); never sent to the caller. */
     readonly detail?: string,
+    /** Why, for the audit log only, when the caller gets the fixed OIDC_NO_BOT. */
+    readonly auditReason?: string,
   ) {
     super(code, message);
   }
 }
+
+/**
+ * The one answer to an OIDC token that stands for no bot of the project, whatever the reason
+ * (see Answers above). It names no project, issuer, bot or claim.
+ */
+export const OIDC_NO_BOT = 'OIDC token refused: it is not valid, or no bot of this project accepts it (the reason is in the CA audit log)';
+
+/** A refusal with the fixed answer, the reason kept for the audit. */
+const noBot = (evidence: OidcEvidence, why: string) => new OidcRefusal('unauthenticated', OIDC_NO_BOT, evidence, undefined, why);
 
 /** What a caller learns when an issuer cannot be used: the same whatever went wrong. */
 export const issuerUnusable = (issuer: string, evidence: OidcEvidence, detail: string) =>
@@ -223,34 +240,35 @@ export async function resolveOidcBot(
   token: string,
 ): Promise<OidcMatch> {
   const evidence: OidcEvidence = { issuer: null, sub: null, kid: null, alg: null, verified: false };
-  const refuse = (code: 'unauthenticated' | 'forbidden', why: string) => new OidcRefusal(code, code === 'unauthenticated' ? `OIDC token refused: ${why}` : why, evidence);
-  if (!JWT_RE.test(token)) throw refuse('unauthenticated', 'it is not a signed JWT (three base64url parts separated by dots)');
+  const refuse = (why: string) => new OidcRefusal('unauthenticated', `OIDC token refused: ${why}`, evidence);
+  if (!JWT_RE.test(token)) throw refuse('it is not a signed JWT (three base64url parts separated by dots)');
   let header: ReturnType<typeof decodeProtectedHeader>;
   let claimed: JWTPayload;
   try {
     header = decodeProtectedHeader(token);
     claimed = decodeJwt(token);
   } catch (e) {
-    throw refuse('unauthenticated', `it is not a JWT: ${(e as Error).message}`);
+    throw refuse(`it is not a JWT: ${(e as Error).message}`);
   }
   evidence.alg = stringOrNull(header.alg);
   evidence.kid = stringOrNull(header.kid);
   evidence.issuer = stringOrNull(claimed.iss);
   evidence.sub = stringOrNull(claimed.sub);
   const alg = evidence.alg;
-  if (alg === null || alg.toLowerCase() === 'none') throw refuse('unauthenticated', 'unsigned tokens (alg "none") are never accepted');
-  if (/^HS/i.test(alg)) throw refuse('unauthenticated', `HMAC signatures (alg "${alg}") are refused: only asymmetric algorithms (${OIDC_ALGORITHMS.join(', ')}) are accepted`);
-  if (!(OIDC_ALGORITHMS as readonly string[]).includes(alg)) throw refuse('unauthenticated', `alg "${alg}" is not accepted (allowed: ${OIDC_ALGORITHMS.join(', ')})`);
+  if (alg === null || alg.toLowerCase() === 'none') throw refuse('unsigned tokens (alg "none") are never accepted');
+  if (/^HS/i.test(alg)) throw refuse(`HMAC signatures (alg "${alg}") are refused: only asymmetric algorithms (${OIDC_ALGORITHMS.join(', ')}) are accepted`);
+  if (!(OIDC_ALGORITHMS as readonly string[]).includes(alg)) throw refuse(`alg "${alg}" is not accepted (allowed: ${OIDC_ALGORITHMS.join(', ')})`);
   const issuer = evidence.issuer;
-  if (issuer === null) throw refuse('unauthenticated', 'it has no "iss" claim');
+  if (issuer === null) throw refuse('it has no "iss" claim');
 
+  // From here every refusal but an unusable issuer is OIDC_NO_BOT (see Answers above).
   const candidates: { binding: OidcBinding; bot: Identity }[] = [];
   // A project that does not exist has no bot: refused as one whose bots trust another issuer.
   for (const binding of project ? await store.listOidcBindings({ projectId: project.id, issuer }) : []) {
     const bot = await store.getIdentity(binding.identityId);
     if (bot && !bot.disabled && bot.kind === 'bot') candidates.push({ binding, bot });
   }
-  if (candidates.length === 0) throw refuse('forbidden', `no bot of project "${projectName}" trusts OIDC issuer ${JSON.stringify(issuer)}`);
+  if (candidates.length === 0) throw noBot(evidence, `no bot of project "${projectName}" trusts OIDC issuer ${JSON.stringify(issuer)}`);
 
   let payload: JWTPayload;
   try {
@@ -258,7 +276,7 @@ export async function resolveOidcBot(
   } catch (e) {
     const refusal = describeJoseError(e, issuer, evidence, cfg);
     if (refusal.detail !== undefined) verifier.log({ issuer, reason: refusal.detail }, 'OIDC issuer unusable');
-    throw refusal;
+    throw refusal.code === 'unavailable' ? refusal : noBot(evidence, refusal.message);
   }
   evidence.verified = true;
   evidence.sub = stringOrNull(payload.sub);
@@ -276,10 +294,10 @@ export async function resolveOidcBot(
   }
   const bots = [...new Set(matches.map((m) => m.bot.name))];
   if (bots.length === 0) {
-    throw refuse('forbidden', `the OIDC token (issuer ${JSON.stringify(issuer)}, sub ${JSON.stringify(evidence.sub)}) matches no bot of project "${projectName}": ${misses.join('; ')}`);
+    throw noBot(evidence, `the OIDC token (issuer ${JSON.stringify(issuer)}, sub ${JSON.stringify(evidence.sub)}) matches no bot of project "${projectName}": ${misses.join('; ')}`);
   }
   if (bots.length > 1) {
-    throw refuse('forbidden', `the OIDC token (issuer ${JSON.stringify(issuer)}, sub ${JSON.stringify(evidence.sub)}) matches several bots of project "${projectName}" (${bots.join(', ')}); make their claim conditions exclusive`);
+    throw noBot(evidence, `the OIDC token (issuer ${JSON.stringify(issuer)}, sub ${JSON.stringify(evidence.sub)}) matches several bots of project "${projectName}" (${bots.join(', ')}); make their claim conditions exclusive`);
   }
   const [match] = matches as [(typeof matches)[number]];
   evidence.bot = match.bot.name;

@@ -1,9 +1,9 @@
 // Every degenerate key of the table is refused with its reason; a sound key of every type,
 // FIDO included, passes; and random keys of every type pass (no false refusals).
-import { createPublicKey, generateKeyPairSync } from 'node:crypto';
+import { createPublicKey, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { degenerateKeys, soundKeys } from '../../test/fixtures/bad-keys.js';
-import { keyWeakness } from './key-checks.js';
+import { integerRoot, keyWeakness, powerOfTwoMod } from './key-checks.js';
 import { assertStrongKey, fromKeyObject, parseAuthorizedKey } from './keys.js';
 
 describe('key arithmetic', () => {
@@ -24,10 +24,47 @@ describe('key arithmetic', () => {
     expect(keyWeakness(parseAuthorizedKey(line).key)).toBeNull();
   });
 
+  it('accepts fresh RSA keys (8 of 2048 bits, 2 of 3072 and 4096): the factorization checks refuse no real modulus', () => {
+    for (const [bits, count] of [[2048, 8], [3072, 2], [4096, 2]] as const) {
+      for (let i = 0; i < count; i++) expect(keyWeakness(fromKeyObject(generateKeyPairSync('rsa', { modulusLength: bits }).publicKey))).toBeNull();
+    }
+  });
+
   it('accepts fresh keys of every type (50 Ed25519, 20 of each curve)', () => {
     for (let i = 0; i < 50; i++) expect(keyWeakness(fromKeyObject(generateKeyPairSync('ed25519').publicKey))).toBeNull();
     for (const c of ['P-256', 'P-384', 'P-521']) {
       for (let i = 0; i < 20; i++) expect(keyWeakness(fromKeyObject(generateKeyPairSync('ec', { namedCurve: c }).publicKey))).toBeNull();
+    }
+  });
+});
+
+describe('the arithmetic behind the RSA modulus checks', () => {
+  const modpow = (b: bigint, e: bigint, m: bigint) => {
+    let r = 1n;
+    for (b %= m; e > 0n; e >>= 1n, b = (b * b) % m) if (e & 1n) r = (r * b) % m;
+    return r;
+  };
+  const random = (bits: number) => BigInt(`0x${randomBytes(Math.ceil(bits / 8)).toString('hex')}`) | (1n << BigInt(bits - 1));
+
+  it('2^e mod n through OpenSSL agrees with the bigint fallback and a plain square-and-multiply', () => {
+    for (const bits of [65, 100, 512, 1024, 2048]) {
+      for (let i = 0; i < 4; i++) {
+        const n = random(bits) | 1n;
+        const e = i === 0 ? n - 1n : random(bits - 3 * i);
+        const want = modpow(2n, e, n);
+        expect([bits, i, powerOfTwoMod(e, n)]).toEqual([bits, i, want]);
+        expect([bits, i, powerOfTwoMod(e, n, false)]).toEqual([bits, i, want]);
+      }
+    }
+  });
+
+  it('integerRoot is floor(n^(1/k)) at and around exact powers', () => {
+    for (const k of [2, 3, 5, 7, 13, 157, 613]) {
+      for (const bits of [14, 40, 60, 200, 1100]) {
+        const m = random(bits);
+        const n = m ** BigInt(k);
+        expect([k, bits, integerRoot(n, k), integerRoot(n - 1n, k), integerRoot(n + 1n, k)]).toEqual([k, bits, m, m - 1n, m]);
+      }
     }
   });
 });

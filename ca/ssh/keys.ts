@@ -3,7 +3,7 @@
 // (KEY_TYPES), as OpenSSH's sshkey_impl does, instead of `if`s spread over the code.
 
 import { createHash, createPublicKey, type KeyObject } from 'node:crypto';
-import { keyWeakness } from './key-checks.js';
+import { keyWeakness, quickKeyWeakness } from './key-checks.js';
 import { SshParseError, SshReader, SshWriter } from './wire.js';
 
 
@@ -185,12 +185,13 @@ export function publicKeysEqual(a: PublicKey, b: PublicKey): boolean {
 
 /**
  * Refuses keys too weak or degenerate to certify or trust (key-checks.ts: RSA exponent and
- * size, ECDSA point on its curve, Ed25519 not of small order). Parsing accepts what OpenSSH
- * can read so that `cert show` works on anything; issuance, policies and certificate
- * building call this.
+ * size and a modulus whose factorization is public, ECDSA point on its curve, Ed25519 not of
+ * small order). Parsing accepts what OpenSSH can read so that `cert show` works on anything;
+ * issuance, policies and certificate building call this. `quick` leaves out the one costly
+ * check (the RSA modulus factorization), for a request not yet authorized.
  */
-export function assertStrongKey(key: PublicKey, field = 'public key'): void {
-  const weakness = keyWeakness(key);
+export function assertStrongKey(key: PublicKey, field = 'public key', checks: 'all' | 'quick' = 'all'): void {
+  const weakness = checks === 'quick' ? quickKeyWeakness(key) : keyWeakness(key);
   if (weakness !== null) throw new SshParseError(`${field}: ${weakness}`);
 }
 
