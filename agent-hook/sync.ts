@@ -127,8 +127,11 @@ export class Agent {
   private principalsText = '';
   private installed: Installed = { version: 0n, current: false, failClosed: false, set: null };
   private checkedAt: number | null = null;
-  /** When this process started: staleness counts from here until the first signed status. */
-  private readonly startedAt: number;
+  /**
+   * Staleness on the monotonic clock: `age` ms old at monotonic time `mono` (the credit of the
+   * newest signed status, or the start). The wall clock only dates statuses.
+   */
+  private fresh: { mono: number; age: number };
   /** The newest KRL an event carried, not yet looked at by syncKrl. */
   private offered: OfferedKrl | null = null;
   // The serialized sync loop.
@@ -155,7 +158,17 @@ export class Agent {
     this.log = o.log ?? jsonLogger();
     this.random = o.random ?? Math.random;
     this.pool = connectionPool(this.base);
-    this.startedAt = this.clock.now();
+    // Until the first signed status, staleness counts from this process's start.
+    this.fresh = { mono: this.mono(), age: 0 };
+  }
+
+  private mono(): number {
+    return this.clock.monotonic?.() ?? this.clock.now();
+  }
+
+  /** How old (ms) the newest credited signed time is now, measured without the wall clock. */
+  private staleness(): number {
+    return this.fresh.age + (this.mono() - this.fresh.mono);
   }
 
   private url(path: string): URL {
@@ -204,6 +217,12 @@ export class Agent {
     }
     this.checkLoginUser(this.credential);
     ({ installed: this.installed, checkedAt: this.checkedAt } = await loadInstalled(this.paths));
+    if (this.checkedAt !== null) {
+      // Persisted across a restart: as old as the wall clock says, and stale at once if that
+      // time is in the future (a clock set back since).
+      const age = this.clock.now() - this.checkedAt;
+      this.fresh = { mono: this.mono(), age: age < 0 ? Number.POSITIVE_INFINITY : age };
+    }
     if (this.o.hostKeyFiles && this.o.hostKeyFiles.length > 0) {
       this.hostCerts = new HostCertKeeper({
         keys: this.o.hostKeyFiles,
@@ -361,9 +380,12 @@ export class Agent {
     }
     // Each signed status is credited once (a replay brings nothing), and never beyond this clock.
     if (this.firstSight(signed)) {
-      const at = Math.min(this.clock.now(), st.issuedAt * 1000);
-      if (this.checkedAt === null || at > this.checkedAt) {
+      const now = this.clock.now();
+      const at = Math.min(now, st.issuedAt * 1000);
+      const age = now - at;
+      if (this.checkedAt === null || at > this.checkedAt || age < this.staleness()) {
         this.checkedAt = at;
+        this.fresh = { mono: this.mono(), age };
         this.armStaleness();
       }
     }
@@ -498,7 +520,7 @@ export class Agent {
   /** Staleness: how long since the newest CA-signed time verified for the installed KRL. */
   private stale(): boolean {
     const max = this.o.maxStalenessMs;
-    return max !== undefined && this.clock.now() - (this.checkedAt ?? this.startedAt) >= max;
+    return max !== undefined && this.staleness() >= max;
   }
 
   /** Installs the fail-closed KRL (every CA key revoked) if not in place already. */
@@ -662,7 +684,7 @@ export class Agent {
   private armStaleness(): void {
     if (this.o.maxStalenessMs === undefined || !this.running) return;
     if (this.staleTimer !== null) this.cancel(this.staleTimer);
-    const due = (this.checkedAt ?? this.startedAt) + this.o.maxStalenessMs - this.clock.now();
+    const due = this.o.maxStalenessMs - this.staleness();
     // At the deadline: fail closed now, whatever the sync loop is doing (a stalled request must
     // not hold it open), then try once more; a fresh status lifts it again.
     this.staleTimer = this.later(Math.max(0, due), () => {

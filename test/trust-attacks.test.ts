@@ -14,6 +14,8 @@ import { readFile, readdir } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Clock } from '../agent-hook/clock.js';
+import { Agent } from '../agent-hook/sync.js';
 import { LiveCa, canLogIn, issueCert, memberToken, spawnAgent, stopAgents, until, type AgentProcess, type Holder } from './agent-fixture.js';
 import { FeedProxy, type Answer } from './fixtures/feed-proxy.js';
 import { cleanupTempDirs, makeTempDir, startSshd, type Sshd } from './harness/index.js';
@@ -219,6 +221,31 @@ describe('replayed statuses and KRLs', () => {
     reset();
     await h.agent.waitFor((l) => l.event === 'fail-closed-lifted', 20_000, from);
   }, 60_000);
+});
+
+describe('a wall clock set back', () => {
+  it('staleness runs on the monotonic clock: with the CA cut off and the agent clock stepped back an hour, the host still fails closed at --max-staleness', async () => {
+    const name = `r${++n}`;
+    const run = await ca.admin<{ joinToken: string }>('POST', '/v1/runs', { project: 'ml', name, owner: 'alice', loginUser: me });
+    let shift = 0;
+    const clock: Clock = { now: () => Date.now() + shift, monotonic: () => performance.now(), setTimeout: (f, ms) => setTimeout(f, ms), clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout) };
+    const events: string[] = [];
+    const agent = await Agent.open({ url: proxyUrl, caFingerprint: ca.fingerprint, sshdDir: join(dir, name), loginUser: me, joinToken: run.joinToken, maxStalenessMs: 3000, pollIntervalMs: 1000, retryMaxMs: 1000, clock, reaper: null, log: (_l, event) => void events.push(event) });
+    agent.start();
+    try {
+      await new Promise((r) => setTimeout(r, 4500));
+      expect(agent.status().failClosed).toBe(false); // the honest path keeps it fresh
+      const down: Answer = { status: 503, headers: { 'content-type': 'application/json' }, body: Buffer.from('{"error":"unavailable","message":"down"}') };
+      for (const p of ['/v1/krl', '/v1/trust', '/v1/agents/config']) proxy.fixed.set(p, () => down);
+      shift = -3600_000;
+      const cut = Date.now();
+      await until('fail-closed', () => agent.status().failClosed, 10_000, 50);
+      expect(Date.now() - cut).toBeLessThan(5000);
+    } finally {
+      reset();
+      await agent.stop();
+    }
+  }, 30_000);
 });
 
 describe('ca rotate add refused', () => {
