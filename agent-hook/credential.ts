@@ -1,10 +1,10 @@
 // The join exchange. A join token works once, so the agent token it buys is kept on disk
 // (0600, written atomically): a restarted agent reuses it and never needs the join token again.
-import { readFile } from 'node:fs/promises';
 import type { Agent as HttpAgent } from 'node:http';
 import { z } from 'zod';
 import { agentConfigView } from '../ca/api/schemas.js';
 import { writeFileAtomic } from '../ca/io/atomic-file.js';
+import { readTextIfExists } from '../ca/io/read-optional.js';
 import { AgentError } from './errors.js';
 import { errorMessage, request } from './http.js';
 
@@ -23,13 +23,8 @@ export type Credential = z.output<typeof credentialSchema>;
 
 /** The stored credential, or null if there is none yet. A damaged file is an error, not a rejoin. */
 export async function loadCredential(path: string): Promise<Credential | null> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw e;
-  }
+  const text = await readTextIfExists(path);
+  if (text === null) return null;
   let json: unknown;
   try {
     json = JSON.parse(text);

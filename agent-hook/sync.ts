@@ -689,7 +689,9 @@ export class Agent {
     // not hold it open), then try once more; a fresh status lifts it again.
     this.staleTimer = this.later(Math.max(0, due), () => {
       this.staleTimer = null;
-      if (this.stale()) void this.failClosed().catch((e: unknown) => this.log('error', 'fail-closed-failed', { error: (e as Error).message }));
+      // A timer may fire a moment early: not stale yet means look again at the true deadline.
+      if (!this.stale()) return this.armStaleness();
+      void this.failClosed().catch((e: unknown) => this.log('error', 'fail-closed-failed', { error: (e as Error).message }));
       this.trigger('staleness');
     });
   }

@@ -7,10 +7,10 @@
 // before the channel itself is authenticated.
 import { rootCertificates, checkServerIdentity, type PeerCertificate } from 'node:tls';
 import { randomBytes, X509Certificate } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
 import type { AgentOptions as HttpsOptions } from 'node:https';
 import { z } from 'zod';
 import { writeFileAtomic } from '../ca/io/atomic-file.js';
+import { readTextIfExists } from '../ca/io/read-optional.js';
 import { parseAuthorizedKey } from '../ca/ssh/keys.js';
 import { decodeBundle, rootFingerprint, TrustError, verifyBundle, type SignedBundle, type TrustAnchor, type VerifiedBundle } from '../ca/trust/bundle.js';
 import { verifyTrustProof } from '../ca/trust/krl-status.js';
@@ -36,13 +36,8 @@ export function verifyCurrentBundle(answer: SignedBundle & { proof?: string; pro
 
 /** The bundle installed in `path`, verified against its own root and, if given, the pinned fingerprint. Null: none yet. */
 export async function loadInstalledTrust(path: string, pinned: string | undefined): Promise<VerifiedBundle | null> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw e;
-  }
+  const text = await readTextIfExists(path);
+  if (text === null) return null;
   let verified: VerifiedBundle;
   try {
     const signed = signedSchema.parse(JSON.parse(text));
