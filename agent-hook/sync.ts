@@ -16,7 +16,7 @@ import type { Agent as HttpAgent } from 'node:http';
 import { join } from 'node:path';
 import { agentConfigView } from '../ca/api/schemas.js';
 import { parseAuthorizedKey, publicKeysEqual, type PublicKey } from '../ca/ssh/keys.js';
-import { rootFingerprint, trustedKeyLines, trustedKeys, type SignedBundle, type VerifiedBundle } from '../ca/trust/bundle.js';
+import { rootFingerprint, trustedKeyLines, trustedKeys, type VerifiedBundle } from '../ca/trust/bundle.js';
 import { sha256Hex, STATUS_CLOCK_SKEW, verifyKrlStatus, type KrlStatus, type SignedKrlStatus } from '../ca/trust/krl-status.js';
 import { decodeKrl } from '../ca/ssh/krl/decode.js';
 import { writeFileAtomic } from '../ca/io/atomic-file.js';
@@ -115,8 +115,6 @@ export class Agent {
   private readonly random: () => number;
   private pool: HttpAgent;
   private trust!: VerifiedBundle;
-  /** A newer bundle an event announced, not yet fetched (events cannot carry the live proof). */
-  private offeredTrust: SignedBundle | null = null;
   /** Digests of the signed statuses already credited (bounded): a replay of one credits, and lifts, nothing. */
   private readonly credited = new Set<string>();
   /** Set when this sync verified a KRL status naming the installed KRL (see syncOnce). */
@@ -291,7 +289,6 @@ export class Agent {
    * carried is only a hint to fetch: it cannot carry the live proof. Throws TrustError if refused.
    */
   private async refreshTrust(): Promise<void> {
-    this.offeredTrust = null;
     const v = await fetchTrust(this.base, { installed: this.trust.bundle });
     if (!v.unchanged) await this.installTrust(v, true);
   }
@@ -647,7 +644,7 @@ export class Agent {
     } else if (version > this.installed.version || !this.installed.current) this.trigger('push');
   }
 
-  /** `status`: a fresh signed status (freshness); `trust`: a new bundle, verified in the sync loop. */
+  /** `status`: a fresh signed status (freshness); `trust`: a new bundle, fetched and verified in the sync loop. */
   private onSignedEvent(event: 'status' | 'trust', data: string): void {
     let d: { status?: unknown; signature?: unknown; bundle?: unknown; version?: unknown };
     try {
@@ -660,10 +657,8 @@ export class Agent {
       if (typeof d.status === 'string' && typeof d.signature === 'string') this.acceptStatus({ status: d.status, signature: d.signature }, 'event');
       return;
     }
-    if (typeof d.bundle !== 'string' || typeof d.signature !== 'string' || typeof d.version !== 'number') return;
-    if (d.version <= this.trust.bundle.version) return;
-    this.offeredTrust = { bundle: d.bundle, signature: d.signature };
-    this.trigger('trust');
+    // A newer bundle announced: only a hint to fetch it (an event cannot carry the live proof).
+    if (typeof d.version === 'number' && d.version > this.trust.bundle.version) this.trigger('trust');
   }
 
   private pollIntervalMs(): number {

@@ -5,14 +5,14 @@
 // is trusted because of the channel it arrived on. GET /v1/trust carries no secret and its
 // answer is self-authenticating (signed by the pinned root), so it is the one request made
 // before the channel itself is authenticated.
-import { rootCertificates, checkServerIdentity, type PeerCertificate } from 'node:tls';
-import { randomBytes, X509Certificate } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { AgentOptions as HttpsOptions } from 'node:https';
 import { z } from 'zod';
 import { writeFileAtomic } from '../ca/io/atomic-file.js';
 import { readTextIfExists } from '../ca/io/read-optional.js';
 import { parseAuthorizedKey } from '../ca/ssh/keys.js';
-import { decodeBundle, rootFingerprint, TrustError, verifyBundle, type SignedBundle, type TrustAnchor, type VerifiedBundle } from '../ca/trust/bundle.js';
+import { rootFingerprint, TrustError, verifyBundle, verifyStoredBundle, type SignedBundle, type TrustAnchor, type VerifiedBundle } from '../ca/trust/bundle.js';
+import { pinnedTlsOptions } from '../ca/trust/tls-pins.js';
 import { verifyTrustProof } from '../ca/trust/krl-status.js';
 import { AgentError } from './errors.js';
 import { errorMessage, request } from './http.js';
@@ -40,9 +40,7 @@ export async function loadInstalledTrust(path: string, pinned: string | undefine
   if (text === null) return null;
   let verified: VerifiedBundle;
   try {
-    const signed = signedSchema.parse(JSON.parse(text));
-    // Self-consistency: signed by the root it names (the file is ours, but a disk is no authority).
-    verified = { ...verifyBundle(signed, { fingerprint: rootOf(signed) }), unchanged: true };
+    verified = verifyStoredBundle(signedSchema.parse(JSON.parse(text)));
   } catch (e) {
     throw new AgentError(`${path}: not a trust bundle this agent installed (${(e as Error).message}); remove it and start again with --ca-fingerprint`);
   }
@@ -50,11 +48,6 @@ export async function loadInstalledTrust(path: string, pinned: string | undefine
     throw new AgentError(`--ca-fingerprint ${pinned} does not match the CA root this agent already trusts (${rootFingerprint(verified.bundle)}, in ${path}); if the CA was really replaced, remove that file`, 2);
   }
   return verified;
-}
-
-/** The fingerprint of the key that signed a bundle (to check a stored bundle against itself). */
-function rootOf(signed: SignedBundle): string {
-  return rootFingerprint(decodeBundle(Buffer.from(signed.bundle, 'base64')));
 }
 
 export async function saveTrust(path: string, v: VerifiedBundle): Promise<void> {
@@ -81,17 +74,9 @@ export async function fetchTrust(base: URL, anchor: TrustAnchor): Promise<Verifi
   return verifyCurrentBundle(answer, anchor, challenge);
 }
 
-/**
- * TLS options that accept exactly the certificates the bundle lists (whatever name they carry:
- * the CA vouched for them), or a certificate valid for the host name under the system's roots.
- */
+/** TLS options for node:https that accept what the bundle vouches for (see ca/trust/tls-pins.ts). */
 export function pinnedTls(v: VerifiedBundle): HttpsOptions {
-  const pems = v.bundle.tlsCertificates;
-  const pinned = new Set(pems.map((p) => new X509Certificate(p).fingerprint256));
-  return {
-    ca: [...rootCertificates, ...pems],
-    checkServerIdentity: (host: string, cert: PeerCertificate) => (pinned.has(cert.fingerprint256) ? undefined : checkServerIdentity(host, cert)),
-  };
+  return pinnedTlsOptions(v.bundle);
 }
 
 export { TrustError };

@@ -5,15 +5,15 @@
 // certificates that the bundle lists (or that the system's roots vouch for, for the URL's
 // host name). GET /v1/trust is the one request made before the channel is authenticated: it
 // carries no credential, and its answer counts only if the pinned root signed it.
-import { randomBytes, X509Certificate } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { checkServerIdentity, rootCertificates, type PeerCertificate } from 'node:tls';
 import { dirname, join } from 'node:path';
 import type { Dispatcher } from 'undici';
 import { z } from 'zod';
 import { writeFileAtomic } from '../ca/io/atomic-file.js';
 import { parseAuthorizedKey } from '../ca/ssh/keys.js';
-import { decodeBundle, rootFingerprint, TrustError, verifyBundle, type SignedBundle, type VerifiedBundle } from '../ca/trust/bundle.js';
+import { rootFingerprint, TrustError, verifyBundle, verifyStoredBundle, type SignedBundle, type VerifiedBundle } from '../ca/trust/bundle.js';
+import { pinnedTlsOptions } from '../ca/trust/tls-pins.js';
 import { verifyTrustProof } from '../ca/trust/krl-status.js';
 import { CliError } from './errors.js';
 import { oneLine } from './terminal.js';
@@ -46,8 +46,7 @@ export async function storedBundle(path: string, origin: string): Promise<Verifi
   const signed = (await readStore(path))[origin];
   if (!signed) return null;
   try {
-    const root = rootFingerprint(decodeBundle(Buffer.from(signed.bundle, 'base64')));
-    return { ...verifyBundle(signed, { fingerprint: root }), unchanged: true };
+    return verifyStoredBundle(signed);
   } catch (e) {
     throw new CliError(`${path}: the trust bundle kept for ${origin} is damaged (${oneLine((e as Error).message)}); remove it and pass --fingerprint again`);
   }
@@ -58,13 +57,6 @@ async function saveBundle(path: string, origin: string, v: VerifiedBundle): Prom
   const all = await readStore(path);
   all[origin] = v.signed;
   await writeFileAtomic(path, JSON.stringify(all, null, 2) + '\n', { mode: 0o600 });
-}
-
-/** undici TLS options accepting the bundle's certificates, or WebPKI for the host name. */
-function pinnedConnect(v: VerifiedBundle): { ca: string[]; checkServerIdentity: (host: string, cert: PeerCertificate) => Error | undefined } {
-  const pems = v.bundle.tlsCertificates;
-  const pinned = new Set(pems.map((p) => new X509Certificate(p).fingerprint256));
-  return { ca: [...rootCertificates, ...pems], checkServerIdentity: (host, cert) => (pinned.has(cert.fingerprint256) ? undefined : checkServerIdentity(host, cert)) };
 }
 
 const MAX_TRUST_BYTES = 1024 * 1024;
@@ -142,5 +134,5 @@ export async function establishTrust(url: string, fingerprint: string | undefine
     throw e;
   }
   if (!v.unchanged) await saveBundle(storePath, origin, v);
-  return { bundle: v, changed: stored !== null && !v.unchanged, dispatcher: new Agent({ connect: pinnedConnect(v) }) };
+  return { bundle: v, changed: stored !== null && !v.unchanged, dispatcher: new Agent({ connect: pinnedTlsOptions(v.bundle) }) };
 }

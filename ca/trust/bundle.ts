@@ -163,6 +163,15 @@ export function verifyBundle(signed: SignedBundle, anchor: TrustAnchor): Verifie
   return { bundle, bytes, signed, unchanged: false };
 }
 
+/**
+ * A bundle this receiver stored itself, checked against itself: signed by the root it names
+ * (the file is ours, but a disk is no authority). Marked `unchanged`. Throws TrustError.
+ */
+export function verifyStoredBundle(signed: SignedBundle): VerifiedBundle {
+  if (typeof signed.bundle !== 'string') throw new TrustError('trust bundle is unsigned or not base64');
+  return { ...verifyBundle(signed, { fingerprint: rootFingerprint(decodeBundle(Buffer.from(signed.bundle, 'base64'))) }), unchanged: true };
+}
+
 /** The keys of one purpose a host or client should trust now (next, active, previous), active first. */
 export function trustedKeys(b: TrustBundle, purpose: KeyPurpose): PublicKey[] {
   const rank = (s: BundleKeyState) => (s === 'active' ? 0 : s === 'next' ? 1 : 2);
