@@ -7,7 +7,7 @@
 import { CaError } from '../domain/errors.js';
 import { fingerprint, formatAuthorizedKey, parseAuthorizedKey } from '../ssh/keys.js';
 import type { Signer } from '../ssh/signature.js';
-import type { CaKeyPurpose, CaKeyRecord, StoreReader, StoreTx } from '../store/store.js';
+import type { CaKeyPurpose, CaKeyRecord, StoredKrl, StoreReader, StoreTx } from '../store/store.js';
 import { decodeBundle, encodeBundle, signBundle, type BundleKey, type KeyPurpose, type SignedBundle, type TrustBundle } from '../trust/bundle.js';
 import { sha256Hex, signKrlStatus, type SignedKrlStatus } from '../trust/krl-status.js';
 import { actorLabel, requireAllowed, type Actor } from './actors.js';
@@ -231,8 +231,9 @@ const statusCache = new WeakMap<AuthorityContext, { key: string; at: number; sig
  * root (not a CA key: a stolen CA key must not be able to keep hosts fresh on an old bundle);
  * re-signed whenever the versions change or it is krlStatusInterval old.
  */
-export async function currentKrlStatus(ctx: AuthorityContext): Promise<SignedKrlStatus | null> {
-  const [krl, bundle] = await Promise.all([currentKrl(ctx), ctx.store.latestTrustBundle()]);
+export async function currentKrlStatus(ctx: AuthorityContext, krlInHand?: StoredKrl | null): Promise<SignedKrlStatus | null> {
+  // A caller that just read the KRL passes it: the KRL route is every agent's poll, and the blob need not be read twice.
+  const [krl, bundle] = await Promise.all([krlInHand !== undefined ? krlInHand : currentKrl(ctx), ctx.store.latestTrustBundle()]);
   if (!krl) return null;
   const bundleVersion = bundle?.version ?? 0;
   const key = `${krl.version}/${bundleVersion}/${fingerprint(ctx.caKeys.root.publicKey)}`;

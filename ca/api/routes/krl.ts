@@ -85,7 +85,7 @@ export function krlRoutes(app: FastifyInstance, authority: Authority): void {
     const krl = await currentKrl(ctx);
     if (!krl || krl.version <= sent) return;
     sent = krl.version;
-    const { event } = served(krl, await currentKrlStatus(ctx));
+    const { event } = served(krl, await currentKrlStatus(ctx, krl));
     for (const s of streams) s.write(event);
   };
   let trustSent = 0;
@@ -154,7 +154,7 @@ export function krlRoutes(app: FastifyInstance, authority: Authority): void {
   r.get('/v1/krl', async (req, reply) => {
     const krl = await currentKrl(ctx);
     if (!krl) return reply.code(503).send({ error: 'unavailable', message: 'no KRL has been generated yet' });
-    const status = await currentKrlStatus(ctx);
+    const status = await currentKrlStatus(ctx, krl);
     const s = served(krl, status);
     void reply
       .header('etag', s.etag)
@@ -182,7 +182,7 @@ export function krlRoutes(app: FastifyInstance, authority: Authority): void {
     let krl, status, bundle;
     try {
       krl = await currentKrl(ctx);
-      [status, bundle] = await Promise.all([currentKrlStatus(ctx), currentTrustBundle(ctx)]);
+      [status, bundle] = await Promise.all([currentKrlStatus(ctx, krl), currentTrustBundle(ctx)]);
     } catch (e) {
       admitted.release();
       throw e;
