@@ -167,6 +167,13 @@ export const certView = z.object({
   validAfter: z.number(),
   validBefore: z.number(),
   ttlClamped: z.boolean().describe('The requested ttl was above the caller’s cap and was lowered to it'),
+  // Optional for the client: a CA older than issue 17 does not send them.
+  loginUser: z.string().optional().describe('The user to log in as on the run (ssh -l)'),
+  ssh: z
+    .object({ host: z.string(), port: z.number(), hostKeys: z.array(z.string()) })
+    .nullable()
+    .optional()
+    .describe("The run's sshd address and pinned host keys (null: not known yet), as GET /v1/me/runs gives them"),
 });
 
 export const revokeView = z.object({ revokedCerts: z.number(), krlVersion: z.number() });

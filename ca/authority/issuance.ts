@@ -22,7 +22,7 @@
 import { decodeJwt } from 'jose';
 import { pooledRandomBytes } from '../crypto/random-pool.js';
 import { badRequest, CaError, forbidden, RateLimitedError } from '../domain/errors.js';
-import { DEFAULT_BOT_SETTINGS, type AuditEvent, type BotSettings, type CertRecord, type Identity } from '../domain/model.js';
+import { DEFAULT_BOT_SETTINGS, type AuditEvent, type BotSettings, type CertRecord, type Identity, type Run } from '../domain/model.js';
 import { grantFor } from '../policy/attachable-by.js';
 import { botScopeRefusal } from '../policy/bot-scope.js';
 import { certificateProfile, grantedTtl, profileMismatch, profileSpec, type CertLimits, type ProfileSpec, type Restrictions } from '../policy/cert-profile.js';
@@ -69,6 +69,8 @@ export interface IssueResult {
   validBefore: number;
   /** True when the requested ttl was above the caller's cap (or the 24 h cap) and was lowered to it. */
   ttlClamped: boolean;
+  /** The run the cert opens, as read in this issuance: where its sshd is and as whom to log in (issue 17, `ci ssh`). */
+  run: Run;
 }
 
 interface PendingCert {
@@ -488,6 +490,7 @@ export class Issuer {
       validAfter: record.validAfter,
       validBefore: record.validBefore,
       ttlClamped,
+      run,
     };
   }
 
