@@ -23,11 +23,15 @@ import { CliError, UsageError } from '../errors.js';
 import { readPublicKeyFile } from '../key-file.js';
 import { formatTime } from '../output.js';
 import { formatDuration } from '../../ca/domain/duration.js';
+import { DEFAULT_TOKEN_VAR, discoverOidcToken, withAudienceHint, type DiscoverOptions } from '../ci/oidc-token.js';
 import { CLOCK_SKEW } from '../../ca/policy/cert-profile.js';
 
 interface CertFlags {
   publicKey?: string;
   oidcToken?: string;
+  oidc?: boolean;
+  audience?: string;
+  oidcTokenVar?: string;
   sshIdentity?: string;
   ttl?: string;
   out?: string;
@@ -43,6 +47,9 @@ export function configureCertIssue(cert: Command, ctx: CliContext): void {
     .option('--public-key <file>', 'public key to certify (id_*.pub), or - for standard input')
     .option('--ssh-identity <key>', 'private key (or .pub of a key in ssh-agent) to prove possession of, for public_keys grants')
     .option('--oidc-token <file>', 'OIDC JWT (workload identity) standing for a bot, from FILE or - for standard input (default: $DSTACK_CA_OIDC_TOKEN, the token itself); no API token is sent with it')
+    .option('--oidc', `find the CI job's OIDC token: GitHub Actions' token endpoint (ACTIONS_ID_TOKEN_REQUEST_URL, for --audience), or $${DEFAULT_TOKEN_VAR} (GitLab CI id_tokens)`)
+    .option('--audience <aud>', 'with --oidc on GitHub Actions: the audience to ask the token for, the bot\'s --audience (default: the CA URL)')
+    .option('--oidc-token-var <name>', `with --oidc: the variable holding the JWT (default: ${DEFAULT_TOKEN_VAR})`)
     .option('--ttl <duration>', 'requested lifetime, e.g. 10m; a longer one than your cap (e.g. a bot\'s --max-ttl) is clamped to the cap, with a warning, and never outlives the run')
     .option('--out <file>', 'write the certificate here (default: standard output)')
     .option('--json', 'machine-readable output on stdout')
@@ -56,12 +63,15 @@ export function configureCertIssue(cert: Command, ctx: CliContext): void {
       const keyFile = opts.publicKey ?? publicHalfOf(opts.sshIdentity as string);
       if (opts.oidcToken === '-' && keyFile === '-') throw new UsageError('--public-key - and --oidc-token - cannot both read standard input');
       if (opts.oidcToken !== undefined && opts.sshIdentity !== undefined) throw new UsageError('--oidc-token goes with --public-key, not --ssh-identity');
-      const oidcToken = await readOidcToken(ctx, opts.oidcToken, opts.sshIdentity === undefined);
+      if (opts.oidc && (opts.oidcToken !== undefined || opts.sshIdentity !== undefined)) throw new UsageError('--oidc goes with --public-key, without --oidc-token or --ssh-identity');
+      if (!opts.oidc && (opts.audience !== undefined || opts.oidcTokenVar !== undefined)) throw new UsageError(`${opts.audience !== undefined ? '--audience' : '--oidc-token-var'} goes with --oidc`);
       const publicKey = await readPublicKeyFile(ctx, keyFile);
-      const body: z.input<typeof issueCertBody> = { publicKey, ...(ttl !== undefined ? { ttl } : {}), ...(oidcToken !== undefined ? { oidcToken } : {}) };
-      checkArgs(issueCertBody, body, { publicKey: keyFile, ttl: '--ttl', oidcToken: opts.oidcToken ?? 'DSTACK_CA_OIDC_TOKEN' });
-
       const api = await ApiClient.forCommand(ctx, cmd);
+      const discovered = opts.oidc ? await discoverOidcToken(ctx.env, oidcDiscoverOptions(api, opts)) : undefined;
+      const oidcToken = discovered?.token ?? (await readOidcToken(ctx, opts.oidcToken, opts.sshIdentity === undefined));
+      const body: z.input<typeof issueCertBody> = { publicKey, ...(ttl !== undefined ? { ttl } : {}), ...(oidcToken !== undefined ? { oidcToken } : {}) };
+      checkArgs(issueCertBody, body, { publicKey: keyFile, ttl: '--ttl', oidcToken: discovered?.source ?? opts.oidcToken ?? 'DSTACK_CA_OIDC_TOKEN' });
+
       if (oidcToken !== undefined) api.addSecret(oidcToken);
       const runPath = `/v1/runs/${encodeURIComponent(project)}/${encodeURIComponent(name)}`;
       if (opts.sshIdentity !== undefined) {
@@ -76,7 +86,11 @@ export function configureCertIssue(cert: Command, ctx: CliContext): void {
         body.proof = { nonce, signature: await sshKeygenSign(opts.sshIdentity, message) };
       }
       // With an OIDC token, it alone authenticates: the server refuses a request carrying both.
-      const issued = await api.request('POST', `${runPath}/certs`, { body, schema: certView, ...(oidcToken !== undefined ? { auth: false } : {}) });
+      const issued = await api
+        .request('POST', `${runPath}/certs`, { body, schema: certView, ...(oidcToken !== undefined ? { auth: false } : {}) })
+        .catch((e: unknown) => {
+          throw discovered ? withAudienceHint(e, discovered) : e;
+        });
       if (issued.ttlClamped && ttl !== undefined) {
         const granted = issued.validBefore - issued.validAfter - CLOCK_SKEW;
         ctx.stderr.write(`dstack-ca: warning: the requested --ttl ${formatDuration(ttl)} is above your cap; the certificate is valid for ${formatDuration(Math.max(0, granted))}\n`);
@@ -111,6 +125,13 @@ async function readOidcToken(ctx: CliContext, flag: string | undefined, envAllow
     throw new UsageError(`--oidc-token: ${source} does not hold a JWT (three base64url parts separated by dots)`);
   }
   return token;
+}
+
+/** --oidc's options: the audience defaults to the CA URL (what the bot's --audience should be). */
+export function oidcDiscoverOptions(api: ApiClient, opts: { audience?: string; oidcTokenVar?: string }): DiscoverOptions {
+  const audience = opts.audience ?? api.url;
+  if (audience.trim() === '') throw new UsageError('--audience: must not be empty');
+  return { audience, ...(opts.oidcTokenVar !== undefined ? { tokenVar: opts.oidcTokenVar } : {}) };
 }
 
 /** ssh-keygen's convention: KEY's public half is KEY.pub; a .pub given directly is used as is (agent keys). */
