@@ -38,6 +38,13 @@ export interface DiscoveredToken {
   requestedAudience?: string;
 }
 
+/** The options of --oidc/`ci ssh`: the audience defaults to the CA URL, which the bot's --audience should then be. */
+export function discoverOptions(caUrl: string, flags: { audience?: string; oidcTokenVar?: string }): DiscoverOptions {
+  const audience = flags.audience ?? caUrl;
+  if (audience.trim() === '') throw new UsageError('--audience: must not be empty');
+  return { audience, ...(flags.oidcTokenVar !== undefined ? { tokenVar: flags.oidcTokenVar } : {}) };
+}
+
 /**
  * The job's OIDC token: from `tokenVar` when set (GitLab CI id_tokens), else from GitHub's runner
  * endpoint (ACTIONS_ID_TOKEN_REQUEST_URL/_TOKEN). Throws UsageError naming every variable

@@ -23,7 +23,7 @@ import { CliError, UsageError } from '../errors.js';
 import { readPublicKeyFile } from '../key-file.js';
 import { formatTime } from '../output.js';
 import { formatDuration } from '../../ca/domain/duration.js';
-import { DEFAULT_TOKEN_VAR, discoverOidcToken, withAudienceHint, type DiscoverOptions } from '../ci/oidc-token.js';
+import { DEFAULT_TOKEN_VAR, discoverOidcToken, discoverOptions, withAudienceHint } from '../ci/oidc-token.js';
 import { CLOCK_SKEW } from '../../ca/policy/cert-profile.js';
 
 interface CertFlags {
@@ -67,7 +67,7 @@ export function configureCertIssue(cert: Command, ctx: CliContext): void {
       if (!opts.oidc && (opts.audience !== undefined || opts.oidcTokenVar !== undefined)) throw new UsageError(`${opts.audience !== undefined ? '--audience' : '--oidc-token-var'} goes with --oidc`);
       const publicKey = await readPublicKeyFile(ctx, keyFile);
       const api = await ApiClient.forCommand(ctx, cmd);
-      const discovered = opts.oidc ? await discoverOidcToken(ctx.env, oidcDiscoverOptions(api, opts)) : undefined;
+      const discovered = opts.oidc ? await discoverOidcToken(ctx.env, discoverOptions(api.url, opts)) : undefined;
       const oidcToken = discovered?.token ?? (await readOidcToken(ctx, opts.oidcToken, opts.sshIdentity === undefined));
       const body: z.input<typeof issueCertBody> = { publicKey, ...(ttl !== undefined ? { ttl } : {}), ...(oidcToken !== undefined ? { oidcToken } : {}) };
       checkArgs(issueCertBody, body, { publicKey: keyFile, ttl: '--ttl', oidcToken: discovered?.source ?? opts.oidcToken ?? 'DSTACK_CA_OIDC_TOKEN' });
@@ -125,13 +125,6 @@ async function readOidcToken(ctx: CliContext, flag: string | undefined, envAllow
     throw new UsageError(`--oidc-token: ${source} does not hold a JWT (three base64url parts separated by dots)`);
   }
   return token;
-}
-
-/** --oidc's options: the audience defaults to the CA URL (what the bot's --audience should be). */
-export function oidcDiscoverOptions(api: ApiClient, opts: { audience?: string; oidcTokenVar?: string }): DiscoverOptions {
-  const audience = opts.audience ?? api.url;
-  if (audience.trim() === '') throw new UsageError('--audience: must not be empty');
-  return { audience, ...(opts.oidcTokenVar !== undefined ? { tokenVar: opts.oidcTokenVar } : {}) };
 }
 
 /** ssh-keygen's convention: KEY's public half is KEY.pub; a .pub given directly is used as is (agent keys). */
