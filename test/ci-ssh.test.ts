@@ -1,0 +1,237 @@
+// CI bots in one step (issue 17), end to end with real parts: a `dstack-ca server` process
+// trusting a local OIDC issuer, a stand-in for GitHub's runner token endpoint behaving as
+// GitHub documents it, a real sshd, and the real ssh/scp/ssh-agent. `dstack-ca ci ssh` finds
+// the job's token itself, and then plain `ssh P/R` works; a wrong audience, a missing variable
+// or a bad request token give a clear error, print no secret and issue nothing.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { userInfo } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { OIDC_NO_BOT } from '../ca/authority/oidc.js';
+import { dstackCa, fails, json } from './fixtures/cli.js';
+import { startTokenEndpoint, type TokenEndpoint } from './fixtures/github-token-endpoint.js';
+import { startTestIssuer, type TestIssuer } from './fixtures/oidc-issuer.js';
+import { startServerProcess, type ServerProcess } from './fixtures/server-process.js';
+import { cleanupTempDirs, generateKey, makeTempDir, run, SSH, startSshd, type Sshd } from './harness/index.js';
+
+const me = userInfo().username;
+let dir: string;
+let server: ServerProcess;
+let github: TestIssuer;
+let gitlab: TestIssuer;
+let endpoint: TokenEndpoint;
+let sshd: Sshd;
+
+/** Variables a CI platform sets: none leaks in from the machine running these tests. */
+const CI_VARS = ['ACTIONS_ID_TOKEN_REQUEST_URL', 'ACTIONS_ID_TOKEN_REQUEST_TOKEN', 'GITHUB_ACTIONS', 'RUNNER_TEMP', 'GITLAB_CI', 'CI_BUILDS_DIR', 'DSTACK_CA_ID_TOKEN', 'DSTACK_CA_TOKEN', 'DSTACK_CA_OIDC_TOKEN', 'DSTACK_CA_FINGERPRINT', 'SSH_AUTH_SOCK', 'TMPDIR'];
+
+let jobs = 0;
+/** A fresh job: its own HOME and temp dir, DSTACK_CA_URL, and the platform's variables given. */
+async function job(platform: Record<string, string>): Promise<{ env: Record<string, string | undefined>; home: string; temp: string }> {
+  const n = ++jobs;
+  const home = join(dir, `home-${n}`);
+  const temp = join(dir, `temp-${n}`);
+  await mkdir(home, { mode: 0o700 });
+  await mkdir(temp, { mode: 0o700 });
+  const env: Record<string, string | undefined> = { ...Object.fromEntries(CI_VARS.map((k) => [k, undefined])), HOME: home, XDG_CONFIG_HOME: join(home, '.config'), DSTACK_CA_URL: server.url, TZ: 'UTC' };
+  return { env: { ...env, ...platform }, home, temp };
+}
+
+const githubVars = (temp: string, over: Record<string, string> = {}) => ({
+  GITHUB_ACTIONS: 'true',
+  RUNNER_TEMP: temp,
+  ACTIONS_ID_TOKEN_REQUEST_URL: endpoint.url,
+  ACTIONS_ID_TOKEN_REQUEST_TOKEN: endpoint.requestToken,
+  ...over,
+});
+
+/** Plain ssh as the job types it; -F only because ssh reads ~ from the password database, not $HOME. */
+const plainSsh = (home: string, env: Record<string, string | undefined>, host: string, command: string) =>
+  run(SSH, ['-F', join(home, '.ssh', 'config'), '-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10', host, command], { env, timeoutMs: 30_000 });
+
+async function issuedCount(): Promise<number> {
+  const res = await fetch(`${server.url}/v1/audit?limit=10000`, { headers: { authorization: `Bearer ${server.adminToken}` } });
+  const events = (await res.json()) as { action: string }[];
+  return events.filter((e) => e.action === 'cert.issue').length;
+}
+
+/** No secret of the job in what it printed. */
+function noSecrets(out: string, extra: string[] = []): void {
+  expect(out).not.toContain(endpoint.requestToken);
+  for (const jwt of [...endpoint.issued, ...extra]) expect(out).not.toContain(jwt.split('.')[2]);
+  expect(out).not.toContain('PRIVATE KEY');
+}
+
+async function admin(method: string, path: string, body?: unknown): Promise<Record<string, unknown>> {
+  const res = await fetch(`${server.url}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${server.adminToken}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+  });
+  if (!res.ok) throw new Error(`${method} ${path} -> ${res.status} ${await res.text()}`);
+  return (await res.json()) as Record<string, unknown>;
+}
+
+beforeAll(async () => {
+  dir = await makeTempDir('ci-ssh-');
+  github = await startTestIssuer();
+  gitlab = await startTestIssuer();
+  const config = join(dir, 'ca.yml');
+  // The issuers listen on 127.0.0.1: private addresses must be allowed for them.
+  await writeFile(config, 'oidc:\n  allowPrivateAddresses: true\n');
+  server = await startServerProcess(dir, { config });
+  endpoint = await startTokenEndpoint(github, { repository: 'org/app', ref: 'refs/heads/main' });
+  await admin('POST', '/v1/projects', { name: 'ml' });
+  // The bots as the docs set them up: the audience is the CA URL, the default of --audience.
+  await admin('POST', '/v1/projects/ml/bots', { name: 'gha', maxTtl: 900, oidc: { issuer: github.url, audience: server.url, claims: { repository: 'org/app' } } });
+  await admin('POST', '/v1/projects/ml/bots', { name: 'gl', maxTtl: 900, oidc: { issuer: gitlab.url, audience: server.url, claims: { project_path: 'org/app' } } });
+  const { principal } = (await admin('POST', '/v1/runs', { project: 'ml', name: 'train-1', owner: 'admin', loginUser: me, attachableBy: { users: ['gha', 'gl'] } })) as { principal: string };
+  const ca = (await admin('GET', '/v1/ca')) as { keys: string[] };
+  sshd = await startSshd({ trustedCaKeys: ca.keys, principals: { [me]: [principal] } });
+  await admin('PATCH', '/v1/runs/ml/train-1', { ssh: { host: '127.0.0.1', port: sshd.port, hostKeys: [sshd.hostKeyPublicLine] } });
+});
+
+afterAll(async () => {
+  await sshd?.stop();
+  await server?.stop();
+  await endpoint?.close();
+  await github?.close();
+  await gitlab?.close();
+  await cleanupTempDirs();
+});
+
+describe('GitHub Actions: ci ssh asks the runner for the token', () => {
+  it('gets a cert by the runner token endpoint, and plain ssh P/R and scp P+R: work into a real sshd', async () => {
+    const { env, home, temp } = await job({});
+    Object.assign(env, githubVars(temp));
+    const before = endpoint.requests.length;
+    const r = await dstackCa(['ci', 'ssh', 'ml/train-1', '--ttl', '10m', '--json'], { env });
+    const out = json<{ dir: string; identityFile: string; certificateFile: string; sshConfig: string; knownHosts: string; userConfig: string; includeAdded: boolean; via: string; hosts: string[]; hostVerification: string[]; agent: boolean }>(r);
+    noSecrets(r.stdout + r.stderr);
+    expect(out).toMatchObject({ via: 'oidc', includeAdded: true, agent: false, hosts: ['ml/train-1', 'ml+train-1'], hostVerification: ['pinned host keys'] });
+    // As GitHub documents: the request token as a bearer, the audience added to the query it had.
+    expect(endpoint.requests.slice(before)).toEqual([{ audience: server.url, apiVersion: '2.0', authorized: true }]);
+    // Everything in the job's temp dir, the dir 0700 and every file 0600.
+    expect(out.dir.startsWith(`${temp}/dstack-ca-`)).toBe(true);
+    expect((await stat(out.dir)).mode & 0o777).toBe(0o700);
+    for (const f of [out.identityFile, `${out.identityFile}.pub`, out.certificateFile, out.sshConfig, out.knownHosts]) expect((await stat(f)).mode & 0o777, f).toBe(0o600);
+    expect(out.userConfig).toBe(join(home, '.ssh', 'config'));
+    expect(await readFile(out.userConfig, 'utf8')).toBe(`Include "${out.sshConfig}"\n`);
+    const config = await readFile(out.sshConfig, 'utf8');
+    expect(config).toContain('StrictHostKeyChecking yes');
+
+    const login = await plainSsh(home, env, 'ml/train-1', 'echo hello from $(whoami)');
+    expect(login.code, `${login.stderr}\n${sshd.log()}`).toBe(0);
+    expect(login.stdout.trim()).toBe(`hello from ${me}`);
+    expect(sshd.log()).toMatch(/ID bot:gha run:ml\/train-1 serial:\d+/);
+    // scp reads "ml/train-1:path" as a local path: the alias without "/" is what it takes.
+    const src = join(temp, 'payload.txt');
+    await writeFile(src, 'shipped by CI\n');
+    const copied = join(dir, `copied-${jobs}.txt`);
+    // -O: the test sshd has no sftp subsystem; the scp protocol runs scp on the run instead.
+    const scp = await run('scp', ['-O', '-F', join(home, '.ssh', 'config'), '-o', 'BatchMode=yes', src, `ml+train-1:${copied}`], { env, timeoutMs: 30_000 });
+    expect(scp.code, scp.stderr).toBe(0);
+    expect(await readFile(copied, 'utf8')).toBe('shipped by CI\n');
+  });
+
+  it('a host key that is not the pinned one is refused (StrictHostKeyChecking against the written known_hosts)', async () => {
+    const { env, home, temp } = await job(githubVars(''));
+    Object.assign(env, { RUNNER_TEMP: temp });
+    json(await dstackCa(['ci', 'ssh', 'ml/train-1', '--json'], { env }));
+    const known = (await readFile(join(home, '.ssh', 'config'), 'utf8')).match(/^Include "(.*)"$/m)?.[1]?.replace(/ssh_config$/, 'known_hosts');
+    const other = await generateKey(temp, 'other_host', 'ed25519');
+    await writeFile(known as string, (await readFile(known as string, 'utf8')).replace(/ssh-ed25519 \S+/, other.publicLine.split(' ').slice(0, 2).join(' ')));
+    const r = await plainSsh(home, env, 'ml/train-1', 'true');
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED/);
+  });
+
+  it('loads key and cert into a running ssh-agent for the cert lifetime', async () => {
+    const { env, home, temp } = await job({});
+    Object.assign(env, githubVars(temp));
+    const sock = join(temp, 'agent.sock');
+    const agent: ChildProcess = spawn('ssh-agent', ['-D', '-a', sock], { stdio: 'ignore' });
+    try {
+      for (let i = 0; i < 50 && !(await stat(sock).then(() => true, () => false)); i++) await new Promise((r) => setTimeout(r, 100));
+      env.SSH_AUTH_SOCK = sock;
+      const out = json<{ agent: boolean; validBefore: number }>(await dstackCa(['ci', 'ssh', 'ml/train-1', '--json'], { env }));
+      expect(out.agent).toBe(true);
+      const listed = await run('ssh-add', ['-L'], { env });
+      expect(listed.stdout).toMatch(/^ssh-ed25519-cert-v01@openssh\.com /m);
+      const login = await plainSsh(home, env, 'ml/train-1', 'true');
+      expect(login.code, login.stderr).toBe(0);
+    } finally {
+      agent.kill();
+    }
+  });
+
+  it('cert --oidc finds the token the same way (stdout: the certificate only)', async () => {
+    const { env, temp } = await job({});
+    Object.assign(env, githubVars(temp));
+    const key = await generateKey(temp, 'id_job', 'ed25519');
+    const r = await dstackCa(['cert', 'ml/train-1', '--oidc', '--public-key', key.publicPath], { env });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^ssh-ed25519-cert-v01@openssh\.com \S+\n$/);
+    noSecrets(r.stdout + r.stderr);
+  });
+});
+
+describe('refused with a clear error, no secret printed, nothing issued', () => {
+  const cases: [label: string, args: string[], vars: (temp: string) => Record<string, string>, code: number, message: RegExp][] = [
+    ['a wrong audience', ['--audience', 'https://elsewhere.example'], (t) => githubVars(t), 4, new RegExp(`${OIDC_NO_BOT.replace(/[()]/g, '\\$&')}; the token from the GitHub Actions token endpoint is for audience "https://elsewhere.example" \\(--audience\\): it must be the bot's --audience`)],
+    ['no CI variables at all', [], () => ({}), 2, /--oidc: no CI OIDC token found: looked for ACTIONS_ID_TOKEN_REQUEST_URL and ACTIONS_ID_TOKEN_REQUEST_TOKEN \(GitHub Actions, with `permissions: id-token: write`\) and \$DSTACK_CA_ID_TOKEN \(GitLab CI id_tokens\)/],
+    ['the request token missing (no id-token: write)', [], (t) => ({ GITHUB_ACTIONS: 'true', RUNNER_TEMP: t, ACTIONS_ID_TOKEN_REQUEST_URL: endpoint.url }), 2, /GitHub Actions: ACTIONS_ID_TOKEN_REQUEST_TOKEN is not set \(the runner sets both only for a job with `permissions: id-token: write`\)/],
+    ['a wrong request token', [], (t) => githubVars(t, { ACTIONS_ID_TOKEN_REQUEST_TOKEN: 'not-the-request-token-123' }), 1, /the GitHub Actions token endpoint \(http:\/\/127\.0\.0\.1:\d+\) answered HTTP 401/],
+    ['a token endpoint in clear off loopback', [], (t) => githubVars(t, { ACTIONS_ID_TOKEN_REQUEST_URL: 'http://runner.example/_apis/idtoken?api-version=2.0' }), 2, /ACTIONS_ID_TOKEN_REQUEST_URL must be https:\/\/ \(or http:\/\/ on loopback; it is http:\/\/runner\.example\); the request token would travel in clear/],
+    ['GitLab CI without the id_tokens variable', [], (t) => ({ GITLAB_CI: 'true', CI_BUILDS_DIR: t }), 2, /GitLab CI: \$DSTACK_CA_ID_TOKEN is not set: declare it in the job, `id_tokens: \{DSTACK_CA_ID_TOKEN: \{aud: http:\/\/127\.0\.0\.1:\d+\}\}`/],
+  ];
+
+  it.each(cases)('%s', async (_label, args, vars, code, message) => {
+    const { env, temp } = await job({});
+    Object.assign(env, vars(temp));
+    const before = await issuedCount();
+    const r = await dstackCa(['ci', 'ssh', 'ml/train-1', ...args], { env });
+    fails(r, code, message);
+    noSecrets(r.stdout + r.stderr, ['not-the-request-token-123']);
+    expect(r.stdout).toBe('');
+    expect(await issuedCount()).toBe(before);
+  });
+});
+
+describe('GitLab CI: the id_tokens variable', () => {
+  it('DSTACK_CA_ID_TOKEN as GitLab sets it (the JWT itself) gets a cert, and plain ssh works', async () => {
+    const jwt = await gitlab.sign(gitlab.claims(Math.floor(Date.now() / 1000), { aud: server.url, project_path: 'org/app', sub: 'project_path:org/app:ref_type:branch:ref:main' }));
+    const { env, home, temp } = await job({ GITLAB_CI: 'true', CI_BUILDS_DIR: '' });
+    Object.assign(env, { CI_BUILDS_DIR: temp, DSTACK_CA_ID_TOKEN: jwt });
+    const r = await dstackCa(['ci', 'ssh', 'ml/train-1'], { env });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^ml\/train-1: certificate serial \d+ valid until .* \(OIDC token from \$DSTACK_CA_ID_TOKEN\)\n/);
+    noSecrets(r.stdout + r.stderr, [jwt]);
+    const login = await plainSsh(home, env, 'ml/train-1', 'echo gitlab');
+    expect(login.code, login.stderr).toBe(0);
+    expect(sshd.log()).toMatch(/ID bot:gl run:ml\/train-1 serial:\d+/);
+  });
+
+  it('--oidc-token-var names another variable; --no-user-config leaves ~/.ssh/config alone (ssh -F)', async () => {
+    const jwt = await gitlab.sign(gitlab.claims(Math.floor(Date.now() / 1000), { aud: server.url, project_path: 'org/app' }));
+    const { env, home, temp } = await job({ GITLAB_CI: 'true', MY_JWT: jwt });
+    env.CI_BUILDS_DIR = temp;
+    const out = json<{ sshConfig: string; userConfig: string | null }>(await dstackCa(['ci', 'ssh', 'ml/train-1', '--oidc-token-var', 'MY_JWT', '--no-user-config', '--json'], { env }));
+    expect(out.userConfig).toBeNull();
+    await expect(stat(join(home, '.ssh', 'config'))).rejects.toThrow();
+    const login = await run(SSH, ['-F', out.sshConfig, '-o', 'BatchMode=yes', 'ml/train-1', 'true'], { env, timeoutMs: 30_000 });
+    expect(login.code, login.stderr).toBe(0);
+  });
+
+  it('a token of a project no bot trusts is refused, nothing issued', async () => {
+    const jwt = await gitlab.sign(gitlab.claims(Math.floor(Date.now() / 1000), { aud: server.url, project_path: 'org/evil' }));
+    const { env, temp } = await job({ GITLAB_CI: 'true', DSTACK_CA_ID_TOKEN: jwt });
+    env.CI_BUILDS_DIR = temp;
+    const before = await issuedCount();
+    const r = await dstackCa(['ci', 'ssh', 'ml/train-1'], { env });
+    fails(r, 4, /OIDC token refused: it is not valid, or no bot of this project accepts it/);
+    noSecrets(r.stdout + r.stderr, [jwt]);
+    expect(await issuedCount()).toBe(before);
+  });
+});
