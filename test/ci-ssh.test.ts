@@ -7,9 +7,11 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse } from 'yaml';
 import { OIDC_NO_BOT } from '../ca/authority/oidc.js';
-import { dstackCa, fails, json } from './fixtures/cli.js';
+import { CLI, dstackCa, fails, json } from './fixtures/cli.js';
 import { startTokenEndpoint, type TokenEndpoint } from './fixtures/github-token-endpoint.js';
 import { startTestIssuer, type TestIssuer } from './fixtures/oidc-issuer.js';
 import { startServerProcess, type ServerProcess } from './fixtures/server-process.js';
@@ -233,5 +235,92 @@ describe('GitLab CI: the id_tokens variable', () => {
     fails(r, 4, /OIDC token refused: it is not valid, or no bot of this project accepts it/);
     noSecrets(r.stdout + r.stderr, [jwt]);
     expect(await issuedCount()).toBe(before);
+  });
+});
+
+// The integrations' shell steps, run as the platforms run them, so a typo in them fails here and
+// not in a user's pipeline. The CLI is the one built in this checkout (the action's default).
+describe('the GitHub action and the GitLab template, their steps run with the platform environment', () => {
+  const root = fileURLToPath(new URL('..', import.meta.url));
+  const actionPath = join(root, 'deploy', 'ci', 'github');
+
+  /** `${{ inputs.X }}` and `${{ github.action_path }}`, as the runner evaluates them; any other expression fails the test. */
+  function expand(text: string, inputs: Record<string, string>, declared: Record<string, { default?: string }>): string {
+    return text.replace(/\$\{\{\s*([^}]*?)\s*\}\}/g, (_m, expr: string) => {
+      if (expr === 'github.action_path') return actionPath;
+      const input = /^inputs\.([A-Za-z0-9_-]+)$/.exec(expr)?.[1];
+      if (input === undefined || !Object.hasOwn(declared, input)) throw new Error(`action.yml: unknown expression \${{ ${expr} }}`);
+      return inputs[input] ?? declared[input]?.default ?? '';
+    });
+  }
+
+  /** A step as the runner runs `shell: bash`: the script in a file, `bash --noprofile --norc -eo pipefail FILE`. */
+  async function bashStep(script: string, env: Record<string, string | undefined>, scratch: string) {
+    const file = join(scratch, `step-${Math.random().toString(36).slice(2)}.sh`);
+    await writeFile(file, script);
+    return run('bash', ['--noprofile', '--norc', '-eo', 'pipefail', file], { env, timeoutMs: 120_000 });
+  }
+
+  it('action.yml: install from this checkout, then ci ssh with the job token; outputs set; ssh P/R works in a later step', async () => {
+    const action = parse(await readFile(join(actionPath, 'action.yml'), 'utf8')) as {
+      inputs: Record<string, { required?: boolean; default?: string }>;
+      outputs: Record<string, { value: string }>;
+      runs: { using: string; steps: { id?: string; shell?: string; run?: string; env?: Record<string, string> }[] };
+    };
+    expect(action.runs.using).toBe('composite');
+    expect(Object.keys(action.inputs)).toEqual(expect.arrayContaining(['url', 'fingerprint', 'run', 'ttl']));
+    const { env, temp } = await job({});
+    Object.assign(env, githubVars(temp));
+    const githubPath = join(temp, 'github_path');
+    const githubOutput = join(temp, 'github_output');
+    await writeFile(githubPath, '');
+    await writeFile(githubOutput, '');
+    Object.assign(env, { GITHUB_PATH: githubPath, GITHUB_OUTPUT: githubOutput, PATH: process.env.PATH });
+    const inputs = { url: server.url, run: 'ml/train-1', ttl: '10m' };
+    for (const step of action.runs.steps) {
+      expect(step.shell).toBe('bash');
+      if (step.run === undefined) continue;
+      // Inputs only through env: an expression inside the script would be script injection.
+      expect(step.run).not.toContain('${{');
+      const stepEnv = Object.fromEntries(Object.entries(step.env ?? {}).map(([k, v]) => [k, expand(v, inputs, action.inputs)]));
+      // The runner prepends GITHUB_PATH lines to PATH for the following steps.
+      const added = (await readFile(githubPath, 'utf8')).split('\n').filter(Boolean).reverse();
+      const r = await bashStep(step.run, { ...env, ...stepEnv, PATH: [...added, env.PATH].join(':') }, temp);
+      expect(r.code, `${step.id ?? 'step'}:\n${r.stdout}\n${r.stderr}`).toBe(0);
+      noSecrets(r.stdout + r.stderr);
+    }
+    const outputs = Object.fromEntries((await readFile(githubOutput, 'utf8')).split('\n').filter(Boolean).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
+    for (const [name, o] of Object.entries(action.outputs)) expect(o.value).toBe(`\${{ steps.ssh.outputs.${name} }}`);
+    expect(outputs).toMatchObject({ host: 'ml/train-1', 'copy-host': 'ml+train-1' });
+    expect(outputs['ssh-config']?.startsWith(join(temp, 'dstack-ca-'))).toBe(true);
+    // A later step of the job: the installed CLI is on PATH, and plain ssh works.
+    const path = [...(await readFile(githubPath, 'utf8')).split('\n').filter(Boolean), env.PATH].join(':');
+    const later = await bashStep(`ssh -F "$HOME/.ssh/config" -o BatchMode=yes ml/train-1 'echo from the action' && dstack-ca cert --help >/dev/null\n`, { ...env, PATH: path }, temp);
+    expect(later.code, later.stderr).toBe(0);
+    expect(later.stdout.trim()).toBe('from the action');
+  });
+
+  it('the GitLab template: id_tokens names DSTACK_CA_ID_TOKEN for the CA URL; its before_script then ssh P/R work', async () => {
+    const template = parse(await readFile(join(root, 'deploy', 'ci', 'gitlab', 'dstack-ca.gitlab-ci.yml'), 'utf8')) as Record<string, { id_tokens: Record<string, { aud: string }>; variables: Record<string, string>; before_script: string[] }>;
+    const hidden = template['.dstack-ca-ssh'];
+    expect(hidden?.id_tokens).toEqual({ DSTACK_CA_ID_TOKEN: { aud: '$DSTACK_CA_URL' } });
+    // A line with ": " in it is a YAML mapping, not a command: GitLab refuses the file.
+    for (const line of hidden?.before_script ?? []) expect(typeof line, JSON.stringify(line)).toBe('string');
+    // What GitLab does for that declaration: the variable holds a JWT whose aud is $DSTACK_CA_URL expanded.
+    const jwt = await gitlab.sign(gitlab.claims(Math.floor(Date.now() / 1000), { aud: server.url, project_path: 'org/app' }));
+    const { env, home, temp } = await job({});
+    // The CLI "in the image": the one built here, on PATH.
+    const bin = join(temp, 'bin');
+    await mkdir(bin);
+    await writeFile(join(bin, 'dstack-ca'), `#!/bin/sh\nexec "${process.execPath}" "${CLI}" "$@"\n`, { mode: 0o755 });
+    Object.assign(env, hidden?.variables, { GITLAB_CI: 'true', CI_BUILDS_DIR: temp, DSTACK_CA_ID_TOKEN: jwt, DSTACK_CA_RUN: 'ml/train-1', PATH: `${bin}:${process.env.PATH}` });
+    // The runner runs before_script and script as one bash script that stops at the first failure.
+    const script = [...(hidden?.before_script ?? []), 'ssh -F "$HOME/.ssh/config" -o BatchMode=yes "$DSTACK_CA_RUN" "echo from gitlab"'].join('\n');
+    const r = await bashStep(`set -eo pipefail\n${script}\n`, env, temp);
+    expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
+    expect(r.stdout).toContain('from gitlab');
+    expect(r.stdout).toMatch(/ml\/train-1: certificate serial \d+ valid until/);
+    noSecrets(r.stdout + r.stderr, [jwt]);
+    expect(await readFile(join(home, '.ssh', 'config'), 'utf8')).toMatch(/^Include "/);
   });
 });
