@@ -24,6 +24,7 @@ let github: TestIssuer;
 let gitlab: TestIssuer;
 let endpoint: TokenEndpoint;
 let sshd: Sshd;
+let botToken: string;
 
 /** Variables a CI platform sets: none leaks in from the machine running these tests. */
 const CI_VARS = ['ACTIONS_ID_TOKEN_REQUEST_URL', 'ACTIONS_ID_TOKEN_REQUEST_TOKEN', 'GITHUB_ACTIONS', 'RUNNER_TEMP', 'GITLAB_CI', 'CI_BUILDS_DIR', 'DSTACK_CA_ID_TOKEN', 'DSTACK_CA_TOKEN', 'DSTACK_CA_OIDC_TOKEN', 'DSTACK_CA_FINGERPRINT', 'SSH_AUTH_SOCK', 'TMPDIR'];
@@ -88,7 +89,9 @@ beforeAll(async () => {
   // The bots as the docs set them up: the audience is the CA URL, the default of --audience.
   await admin('POST', '/v1/projects/ml/bots', { name: 'gha', maxTtl: 900, oidc: { issuer: github.url, audience: server.url, claims: { repository: 'org/app' } } });
   await admin('POST', '/v1/projects/ml/bots', { name: 'gl', maxTtl: 900, oidc: { issuer: gitlab.url, audience: server.url, claims: { project_path: 'org/app' } } });
-  const { principal } = (await admin('POST', '/v1/runs', { project: 'ml', name: 'train-1', owner: 'admin', loginUser: me, attachableBy: { users: ['gha', 'gl'] } })) as { principal: string };
+  // And a bot with a long-lived token, for CI systems without OIDC.
+  botToken = ((await admin('POST', '/v1/projects/ml/bots', { name: 'tok', maxTtl: 900 })) as { token: string }).token;
+  const { principal } = (await admin('POST', '/v1/runs', { project: 'ml', name: 'train-1', owner: 'admin', loginUser: me, attachableBy: { users: ['gha', 'gl', 'tok'] } })) as { principal: string };
   const ca = (await admin('GET', '/v1/ca')) as { keys: string[] };
   sshd = await startSshd({ trustedCaKeys: ca.keys, principals: { [me]: [principal] } });
   await admin('PATCH', '/v1/runs/ml/train-1', { ssh: { host: '127.0.0.1', port: sshd.port, hostKeys: [sshd.hostKeyPublicLine] } });
@@ -179,10 +182,26 @@ describe('GitHub Actions: ci ssh asks the runner for the token', () => {
   });
 });
 
+describe('elsewhere: a bot token in DSTACK_CA_TOKEN', () => {
+  it('is used instead of OIDC (--dir for the key), and plain ssh works', async () => {
+    const { env, home, temp } = await job({ DSTACK_CA_TOKEN: botToken });
+    const before = endpoint.requests.length;
+    const r = await dstackCa(['ci', 'ssh', 'ml/train-1', '--dir', temp, '--json'], { env });
+    const out = json<{ via: string; dir: string }>(r);
+    expect(out.via).toBe('token');
+    expect(out.dir.startsWith(`${temp}/dstack-ca-`)).toBe(true);
+    expect(endpoint.requests.length).toBe(before);
+    expect(r.stdout + r.stderr).not.toContain(botToken);
+    const login = await plainSsh(home, env, 'ml/train-1', 'true');
+    expect(login.code, login.stderr).toBe(0);
+    expect(sshd.log()).toMatch(/ID bot:tok run:ml\/train-1 serial:\d+/);
+  });
+});
+
 describe('refused with a clear error, no secret printed, nothing issued', () => {
   const cases: [label: string, args: string[], vars: (temp: string) => Record<string, string>, code: number, message: RegExp][] = [
     ['a wrong audience', ['--audience', 'https://elsewhere.example'], (t) => githubVars(t), 4, new RegExp(`${OIDC_NO_BOT.replace(/[()]/g, '\\$&')}; the token from the GitHub Actions token endpoint is for audience "https://elsewhere.example" \\(--audience\\): it must be the bot's --audience`)],
-    ['no CI variables at all', [], () => ({}), 2, /--oidc: no CI OIDC token found: looked for ACTIONS_ID_TOKEN_REQUEST_URL and ACTIONS_ID_TOKEN_REQUEST_TOKEN \(GitHub Actions, with `permissions: id-token: write`\) and \$DSTACK_CA_ID_TOKEN \(GitLab CI id_tokens\)/],
+    ['no CI variables at all', [], () => ({}), 2, /no CI OIDC token found: looked for ACTIONS_ID_TOKEN_REQUEST_URL and ACTIONS_ID_TOKEN_REQUEST_TOKEN \(GitHub Actions, with `permissions: id-token: write`\) and \$DSTACK_CA_ID_TOKEN \(GitLab CI id_tokens\); elsewhere set DSTACK_CA_TOKEN to a bot token$/m],
     ['the request token missing (no id-token: write)', [], (t) => ({ GITHUB_ACTIONS: 'true', RUNNER_TEMP: t, ACTIONS_ID_TOKEN_REQUEST_URL: endpoint.url }), 2, /GitHub Actions: ACTIONS_ID_TOKEN_REQUEST_TOKEN is not set \(the runner sets both only for a job with `permissions: id-token: write`\)/],
     ['a wrong request token', [], (t) => githubVars(t, { ACTIONS_ID_TOKEN_REQUEST_TOKEN: 'not-the-request-token-123' }), 1, /the GitHub Actions token endpoint \(http:\/\/127\.0\.0\.1:\d+\) answered HTTP 401/],
     ['a token endpoint in clear off loopback', [], (t) => githubVars(t, { ACTIONS_ID_TOKEN_REQUEST_URL: 'http://runner.example/_apis/idtoken?api-version=2.0' }), 2, /ACTIONS_ID_TOKEN_REQUEST_URL must be https:\/\/ \(or http:\/\/ on loopback; it is http:\/\/runner\.example\); the request token would travel in clear/],

@@ -26,6 +26,8 @@ export interface DiscoverOptions {
   audience: string;
   /** The variable holding the JWT (GitLab id_tokens); default DEFAULT_TOKEN_VAR. */
   tokenVar?: string;
+  /** What to do outside CI, for the error (default: --oidc-token FILE, as `cert` has it). */
+  elsewhere?: string;
   /** fetch, for tests; default the global one. */
   fetch?: typeof fetch;
 }
@@ -39,10 +41,10 @@ export interface DiscoveredToken {
 }
 
 /** The options of --oidc/`ci ssh`: the audience defaults to the CA URL, which the bot's --audience should then be. */
-export function discoverOptions(caUrl: string, flags: { audience?: string; oidcTokenVar?: string }): DiscoverOptions {
+export function discoverOptions(caUrl: string, flags: { audience?: string; oidcTokenVar?: string }, elsewhere?: string): DiscoverOptions {
   const audience = flags.audience ?? caUrl;
   if (audience.trim() === '') throw new UsageError('--audience: must not be empty');
-  return { audience, ...(flags.oidcTokenVar !== undefined ? { tokenVar: flags.oidcTokenVar } : {}) };
+  return { audience, ...(flags.oidcTokenVar !== undefined ? { tokenVar: flags.oidcTokenVar } : {}), ...(elsewhere !== undefined ? { elsewhere } : {}) };
 }
 
 /**
@@ -71,7 +73,7 @@ export async function discoverOidcToken(env: NodeJS.ProcessEnv, opts: DiscoverOp
     throw new UsageError(`GitLab CI: $${tokenVar} is not set: declare it in the job, \`id_tokens: {${tokenVar}: {aud: ${opts.audience}}}\`${opts.tokenVar === undefined ? ', or name your id_tokens variable with --oidc-token-var' : ''}`);
   }
   throw new UsageError(
-    `--oidc: no CI OIDC token found: looked for ACTIONS_ID_TOKEN_REQUEST_URL and ACTIONS_ID_TOKEN_REQUEST_TOKEN (GitHub Actions, with \`permissions: id-token: write\`) and $${tokenVar} (GitLab CI id_tokens); elsewhere pass --oidc-token FILE or - for standard input`,
+    `no CI OIDC token found: looked for ACTIONS_ID_TOKEN_REQUEST_URL and ACTIONS_ID_TOKEN_REQUEST_TOKEN (GitHub Actions, with \`permissions: id-token: write\`) and $${tokenVar} (GitLab CI id_tokens); elsewhere ${opts.elsewhere ?? 'pass --oidc-token FILE or - for standard input'}`,
   );
 }
 

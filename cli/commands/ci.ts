@@ -50,7 +50,7 @@ export function registerCi(program: Command, ctx: CliContext): void {
       // The trust root first (when pinned): nothing is sent to a server it does not vouch for.
       const trust = await api.trust();
       const hostCas = trust ? (hostCaKeysOf(trust.bundle.bundle) ?? []) : [];
-      const discovered = api.hasToken ? undefined : await discoverOidcToken(ctx.env, discoverOptions(api.url, opts));
+      const discovered = api.hasToken ? undefined : await discoverOidcToken(ctx.env, discoverOptions(api.url, opts, 'set DSTACK_CA_TOKEN to a bot token'));
       if (discovered) api.addSecret(discovered.token);
 
       const files = await makeJobDir(ctx.env, opts.dir);
