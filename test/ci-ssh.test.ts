@@ -25,6 +25,7 @@ let gitlab: TestIssuer;
 let endpoint: TokenEndpoint;
 let sshd: Sshd;
 let botToken: string;
+let caFingerprint: string;
 
 /** Variables a CI platform sets: none leaks in from the machine running these tests. */
 const CI_VARS = ['ACTIONS_ID_TOKEN_REQUEST_URL', 'ACTIONS_ID_TOKEN_REQUEST_TOKEN', 'GITHUB_ACTIONS', 'RUNNER_TEMP', 'GITLAB_CI', 'CI_BUILDS_DIR', 'DSTACK_CA_ID_TOKEN', 'DSTACK_CA_TOKEN', 'DSTACK_CA_OIDC_TOKEN', 'DSTACK_CA_FINGERPRINT', 'SSH_AUTH_SOCK', 'TMPDIR'];
@@ -91,7 +92,9 @@ beforeAll(async () => {
   await admin('POST', '/v1/projects/ml/bots', { name: 'gl', maxTtl: 900, oidc: { issuer: gitlab.url, audience: server.url, claims: { project_path: 'org/app' } } });
   // And a bot with a long-lived token, for CI systems without OIDC.
   botToken = ((await admin('POST', '/v1/projects/ml/bots', { name: 'tok', maxTtl: 900 })) as { token: string }).token;
-  const { principal } = (await admin('POST', '/v1/runs', { project: 'ml', name: 'train-1', owner: 'admin', loginUser: me, attachableBy: { users: ['gha', 'gl', 'tok'] } })) as { principal: string };
+  const registered = (await admin('POST', '/v1/runs', { project: 'ml', name: 'train-1', owner: 'admin', loginUser: me, attachableBy: { users: ['gha', 'gl', 'tok'] } })) as { principal: string; caFingerprint: string };
+  const { principal } = registered;
+  caFingerprint = registered.caFingerprint;
   const ca = (await admin('GET', '/v1/ca')) as { keys: string[] };
   sshd = await startSshd({ trustedCaKeys: ca.keys, principals: { [me]: [principal] } });
   await admin('PATCH', '/v1/runs/ml/train-1', { ssh: { host: '127.0.0.1', port: sshd.port, hostKeys: [sshd.hostKeyPublicLine] } });
@@ -150,6 +153,25 @@ describe('GitHub Actions: ci ssh asks the runner for the token', () => {
     const r = await plainSsh(home, env, 'ml/train-1', 'true');
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED/);
+  });
+
+  it('with the CA pinned (the fingerprint input), known_hosts also trusts its host CA; a wrong pin stops before the token is asked for', async () => {
+    const { env, home, temp } = await job({});
+    Object.assign(env, githubVars(temp), { DSTACK_CA_FINGERPRINT: caFingerprint });
+    const out = json<{ knownHosts: string; hostVerification: string[] }>(await dstackCa(['ci', 'ssh', 'ml/train-1', '--json'], { env }));
+    expect(out.hostVerification).toEqual(['pinned host keys', 'host CA']);
+    expect(await readFile(out.knownHosts, 'utf8')).toMatch(/^@cert-authority dstack-run-\* ssh-/m);
+    expect((await plainSsh(home, env, 'ml/train-1', 'true')).code).toBe(0);
+
+    const before = { requests: endpoint.requests.length, certs: await issuedCount() };
+    const wrong = `SHA256:${Buffer.alloc(32, 7).toString('base64').replace(/=+$/, '')}`;
+    const other = await job({});
+    Object.assign(other.env, githubVars(other.temp), { DSTACK_CA_FINGERPRINT: wrong });
+    const r = await dstackCa(['ci', 'ssh', 'ml/train-1'], { env: other.env });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/refusing http:\/\/127\.0\.0\.1:\d+/);
+    expect(endpoint.requests.length).toBe(before.requests);
+    expect(await issuedCount()).toBe(before.certs);
   });
 
   it('loads key and cert into a running ssh-agent for the cert lifetime', async () => {
