@@ -1,6 +1,7 @@
 // The `--attachable-by FILE.yml` policy file: either the `attachable_by:` mapping or its
-// content (users, project_members, public_keys, verify_required) directly. Only the YAML is read here; the
-// server validates the policy itself, so its error (naming the field) is what users see.
+// content (users, project_members, public_keys, verify_required) directly. Only the YAML is
+// read here; the server validates the policy itself, so its error (naming the field) is what
+// users see.
 import { parseDocument } from 'yaml';
 import type { AttachableByInput } from '../ca/policy/attachable-by.js';
 import { HttpError } from './client.js';
