@@ -7,7 +7,11 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AuditEvent } from '../ca/domain/model.js';
-import { formatAuthorizedKey } from '../ca/ssh/keys.js';
+import { generateKeyPairSync } from 'node:crypto';
+import { proofMessage } from '../ca/authority/proof.js';
+import { formatAuthorizedKey, fromKeyObject } from '../ca/ssh/keys.js';
+import { nodeSigner } from '../ca/ssh/signature.js';
+import { armorSshsig, sshsigSign } from '../ca/ssh/sshsig.js';
 import { openTestCa, userWithToken, type TestCa } from './fixtures/ca.js';
 import { fidoKey, subjectKey } from './fixtures/keys.js';
 import { cleanupTempDirs, listCert, makeTempDir, parseListing } from './harness/index.js';
@@ -93,6 +97,17 @@ describe('a run whose policy says verify_required: true', () => {
     const ok = await issue(alice, run, skEd);
     expect(ok.statusCode).toBe(201);
     expect((await listing((ok.json() as { certificate: string }).certificate)).criticalOptions).toEqual(['verify-required']);
+  });
+
+  it('a key holder without an account (possession proof) is refused the same way for a non-FIDO key', async () => {
+    const holder = generateKeyPairSync('ed25519').privateKey;
+    const holderPub = formatAuthorizedKey(fromKeyObject(holder));
+    const run = await addRun({ public_keys: [holderPub], verify_required: true });
+    const { nonce } = (await ca.api('POST', `/v1/runs/ml/${run}/nonces`)).json() as { nonce: string };
+    const signature = armorSshsig(await sshsigSign(nodeSigner(holder), 'dstack-ca', proofMessage(`ml/${run}`, nonce)));
+    const res = await ca.api('POST', `/v1/runs/ml/${run}/certs`, { body: { publicKey: holderPub, proof: { nonce, signature } } });
+    expect(res.statusCode).toBe(403);
+    expect((res.json() as { message: string }).message).toMatch(/^run ml\/vr-\d+ \(attachable_by\.verify_required: true\) requires a FIDO key/);
   });
 
   it('without it, an sk key gets a cert without the option (sshd then asks only for presence)', async () => {
