@@ -43,7 +43,7 @@ export function configureCertIssue(cert: Command, ctx: CliContext): void {
     .option('--public-key <file>', 'public key to certify (id_*.pub), or - for standard input')
     .option('--ssh-identity <key>', 'private key (or .pub of a key in ssh-agent) to prove possession of, for public_keys grants')
     .option('--oidc-token <file>', 'OIDC JWT (workload identity) standing for a bot, from FILE or - for standard input (default: $DSTACK_CA_OIDC_TOKEN, the token itself); no API token is sent with it')
-    .option('--ttl <duration>', 'requested lifetime, e.g. 10m; a longer one than your cap (e.g. a bot\'s --max-ttl) is clamped to the cap, with a warning, and never outlives the run')
+    .option('--ttl <duration>', 'requested lifetime, e.g. 10m; a longer one than your cap (e.g. a bot\'s --max-ttl) is clamped to the cap, with a warning, and never outlives the run (a warning names the run\'s end when it cuts the certificate)')
     .option('--out <file>', 'write the certificate here (default: standard output)')
     .option('--json', 'machine-readable output on stdout')
     .configureHelp({ showGlobalOptions: true })
@@ -77,9 +77,12 @@ export function configureCertIssue(cert: Command, ctx: CliContext): void {
       }
       // With an OIDC token, it alone authenticates: the server refuses a request carrying both.
       const issued = await api.request('POST', `${runPath}/certs`, { body, schema: certView, ...(oidcToken !== undefined ? { auth: false } : {}) });
-      if (issued.ttlClamped && ttl !== undefined) {
-        const granted = issued.validBefore - issued.validAfter - CLOCK_SKEW;
-        ctx.stderr.write(`dstack-ca: warning: the requested --ttl ${formatDuration(ttl)} is above your cap; the certificate is valid for ${formatDuration(Math.max(0, granted))}\n`);
+      const granted = formatDuration(Math.max(0, issued.validBefore - issued.validAfter - CLOCK_SKEW));
+      if (issued.ttlLimitedBy === 'run-end') {
+        // The run's end cuts every cert, asked-for ttl or default: say so, whatever was asked.
+        ctx.stderr.write(`dstack-ca: warning: run ${project}/${name} ends at ${formatTime(issued.validBefore)}; the certificate is valid only until then (${granted})\n`);
+      } else if (issued.ttlClamped && ttl !== undefined) {
+        ctx.stderr.write(`dstack-ca: warning: the requested --ttl ${formatDuration(ttl)} is above your cap; the certificate is valid for ${granted}\n`);
       }
 
       if (opts.out !== undefined) await writeCert(opts.out, issued.certificate);
