@@ -1,6 +1,7 @@
 // The `--attachable-by FILE.yml` policy file: either the `attachable_by:` mapping or its
-// content (users, project_members, public_keys) directly. Only the YAML is read here; the
-// server validates the policy itself, so its error (naming the field) is what users see.
+// content (users, project_members, public_keys, verify_required) directly. Only the YAML is
+// read here; the server validates the policy itself, so its error (naming the field) is what
+// users see.
 import { parseDocument } from 'yaml';
 import type { AttachableByInput } from '../ca/policy/attachable-by.js';
 import { HttpError } from './client.js';
@@ -26,14 +27,14 @@ export async function readPolicyFile(ctx: CliContext, path: string): Promise<Att
     throw new CliError(`${path}: ${(e as Error).message.split('\n')[0]}`);
   }
   if (data === null || data === undefined) throw new CliError(`${path}: the policy file is empty`);
-  if (!isMapping(data)) throw new CliError(`${path}: expected a mapping with attachable_by (or users, project_members, public_keys)`);
+  if (!isMapping(data)) throw new CliError(`${path}: expected a mapping with attachable_by (or users, project_members, public_keys, verify_required)`);
   if (!('attachable_by' in data)) return data as AttachableByInput;
   // A key beside attachable_by is usually a field that lost its indentation: refuse rather
   // than drop it, since a dropped grant or a silently ignored one is never what was meant.
   const others = Object.keys(data).filter((k) => k !== 'attachable_by');
   if (others.length > 0) throw new CliError(`${path}: unexpected top-level field "${others[0]}" beside attachable_by (should it be indented under it?)`);
   const inner = data.attachable_by;
-  if (!isMapping(inner)) throw new CliError(`${path}: attachable_by must be a mapping of users, project_members and public_keys`);
+  if (!isMapping(inner)) throw new CliError(`${path}: attachable_by must be a mapping of users, project_members, public_keys and verify_required`);
   return inner as AttachableByInput;
 }
 

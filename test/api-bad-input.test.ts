@@ -30,6 +30,7 @@ beforeAll(async () => {
   const { joinToken } = (await ca.api('POST', '/v1/runs', { token: orchestrator, body: runBody({ name: 'train-1', attachableBy: { users: ['alice'] } }) })).json<{ joinToken: string }>();
   agent = (await ca.api('POST', '/v1/agents/join', { body: { joinToken } })).json<{ token: string }>().token;
   await ca.admin('POST', '/v1/projects/ml/bots', { name: 'ci-old', maxTtl: 600 });
+  await ca.api('POST', '/v1/runs', { token: orchestrator, body: runBody({ name: 'train-fido', attachableBy: { users: ['alice'], verify_required: true } }) });
 });
 
 afterAll(async () => {
@@ -75,6 +76,12 @@ const CASES: Case[] = [
   ['run end in the past', 'orchestrator', 'POST', '/v1/runs', runBody({ endsAt: 1000 }), 400, /^endsAt: must be in the future/],
   ['owner that does not exist', 'orchestrator', 'POST', '/v1/runs', runBody({ owner: 'ghost' }), 404, /no user or bot named "ghost"/],
   ['policy edit with a bad key', 'orchestrator', 'PATCH', '/v1/runs/ml/train-1', { attachableBy: { public_keys: [weakRsa] } }, 400, /^attachableBy\.public_keys\[0\]: RSA key has 1024 bits/],
+  ['verify_required that is not a boolean', 'orchestrator', 'POST', '/v1/runs', runBody({ attachableBy: { users: ['alice'], verify_required: 'yes' } }), 400, /^attachableBy\.verify_required: must be true or false/],
+  ['policy edit with verify_required 1', 'orchestrator', 'PATCH', '/v1/runs/ml/train-1', { attachableBy: { users: ['alice'], verify_required: 1 } }, 400, /^attachableBy\.verify_required: must be true or false/],
+  ['bot verifyRequired that is not a boolean', 'admin', 'POST', '/v1/projects/ml/bots', bot({ verifyRequired: 'true' }), 400, /^verifyRequired: /],
+  ['bot update verifyRequired null', 'admin', 'PATCH', '/v1/projects/ml/bots/ci-old', { verifyRequired: null }, 400, /^verifyRequired: /],
+  // A well-formed request for a key the run's policy does not accept: refused, nothing recorded.
+  ['cert for an ed25519 key where verify_required', 'alice', 'POST', '/v1/runs/ml/train-fido/certs', { publicKey: good }, 403, /^run ml\/train-fido \(attachable_by\.verify_required: true\) requires a FIDO key/],
   ['cert for a malformed key', 'alice', 'POST', '/v1/runs/ml/train-1/certs', { publicKey: 'not a key' }, 400, /^publicKey: /],
   ['cert for a weak RSA key', 'alice', 'POST', '/v1/runs/ml/train-1/certs', { publicKey: weakRsa }, 400, /^publicKey: RSA key has 1024 bits/],
   ['cert for a DSA key', 'alice', 'POST', '/v1/runs/ml/train-1/certs', { publicKey: dsa }, 400, /^publicKey: DSA keys/],

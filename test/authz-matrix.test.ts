@@ -7,7 +7,7 @@ import { formatAuthorizedKey, fromKeyObject } from '../ca/ssh/keys.js';
 import { nodeSigner } from '../ca/ssh/signature.js';
 import { armorSshsig, sshsigSign } from '../ca/ssh/sshsig.js';
 import { openTestCa, userWithToken, type TestCa } from './fixtures/ca.js';
-import { generateSubject, subjectKey } from './fixtures/keys.js';
+import { fidoKey, generateSubject, subjectKey } from './fixtures/keys.js';
 import { cleanupTempDirs } from './harness/index.js';
 
 const ACTORS = ['global-admin', 'project-admin', 'manager', 'user', 'run-owner', 'non-member', 'bot', 'orchestrator', 'agent', 'anonymous'] as const;
@@ -16,12 +16,13 @@ type ActorName = (typeof ACTORS)[number];
 let ca: TestCa;
 const tokens = {} as Record<ActorName, string | undefined>;
 const pub = formatAuthorizedKey(subjectKey('ed25519'));
+const fidoPub = formatAuthorizedKey(fidoKey('ed25519-sk'));
 let n = 0;
 const fresh = (p: string) => `${p}${++n}`;
 
-async function freshRun(): Promise<string> {
+async function freshRun(extra: Record<string, unknown> = {}): Promise<string> {
   const name = fresh('run-');
-  await ca.admin('POST', '/v1/runs', { project: 'ml', name, owner: 'owner', loginUser: 'root', attachableBy: { users: ['alice', 'owner', 'ci'] } });
+  await ca.admin('POST', '/v1/runs', { project: 'ml', name, owner: 'owner', loginUser: 'root', attachableBy: { users: ['alice', 'owner', 'ci'], ...extra } });
   return name;
 }
 
@@ -192,6 +193,32 @@ const CELLS: Cell[] = [
     route: 'POST /v1/runs/:p/:r/certs',
     allowed: ['user', 'run-owner', 'bot'],
     request: async () => ({ method: 'POST', url: `/v1/runs/ml/${await freshRun()}/certs`, body: { publicKey: pub } }),
+  },
+  // verify_required (issue 13): the same people may attach, with a FIDO key only; nobody gets
+  // a cert for another key type, whoever asks.
+  {
+    route: 'POST /v1/runs/:p/:r/certs (verify_required, FIDO key)',
+    allowed: ['user', 'run-owner', 'bot'],
+    request: async () => ({ method: 'POST', url: `/v1/runs/ml/${await freshRun({ verify_required: true })}/certs`, body: { publicKey: fidoPub } }),
+  },
+  {
+    route: 'POST /v1/runs/:p/:r/certs (verify_required, ed25519 key)',
+    allowed: [],
+    request: async () => ({ method: 'POST', url: `/v1/runs/ml/${await freshRun({ verify_required: true })}/certs`, body: { publicKey: pub } }),
+  },
+  {
+    route: 'PATCH /v1/runs/:p/:r (verify_required)',
+    allowed: ['global-admin', 'project-admin', 'run-owner', 'orchestrator'],
+    request: async () => ({ method: 'PATCH', url: `/v1/runs/ml/${await freshRun()}`, body: { attachableBy: { users: ['owner'], verify_required: true } } }),
+  },
+  {
+    route: 'PATCH /v1/projects/:p/bots/:name (verifyRequired)',
+    allowed: admins,
+    request: async () => {
+      const name = fresh('bot');
+      await ca.admin('POST', '/v1/projects/ml/bots', { name, maxTtl: 600 });
+      return { method: 'PATCH', url: `/v1/projects/ml/bots/${name}`, body: { verifyRequired: true } };
+    },
   },
   {
     route: 'POST /v1/revocations (serial in project)',

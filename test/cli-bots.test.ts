@@ -72,6 +72,7 @@ describe('an OIDC bot from the command line', () => {
       sourceAddress: null,
       permits: null,
       extensions: ['permit-port-forwarding', 'permit-pty'],
+      verifyRequired: false,
       tokenTtl: null,
       oidc: { issuer: issuer.url, audience: 'dstack-ca', claims: { repository: 'org/app', ref: 'refs/heads/*' } },
       liveTokens: 0,

@@ -63,7 +63,7 @@ export const issueCertBody = z.strictObject({
   ttl: seconds
     .optional()
     .describe(
-      'Requested lifetime in seconds. A ttl above the caller’s cap (the server maxTtl, a bot’s maxTtl, 24 h at most) is clamped to the cap, not refused: the response says so in ttlClamped, and the certificate’s validity shows the TTL granted. Certificates never outlive the run’s end.',
+      'Requested lifetime in seconds. A ttl above the caller’s cap (the server maxTtl, a bot’s maxTtl, 24 h at most) is clamped to the cap, not refused: the response says so in ttlClamped and ttlLimitedBy, and the certificate’s validity shows the TTL granted. Certificates never outlive the run’s end: one cut at it (requested or default ttl) says so too.',
     ),
   oidcToken: jwtText
     .optional()
@@ -110,6 +110,11 @@ const botSourceAddress = sourceAddressSchema.describe('source-address critical o
 const botPermits = permitsSchema.describe(
   'Certificate extensions given explicitly (pty, port-forwarding, agent-forwarding, x11-forwarding, user-rc); absent: pty and port-forwarding, or none with a force-command',
 );
+const botVerifyRequired = z
+  .boolean()
+  .describe(
+    'true: every certificate of the bot carries the verify-required critical option, and only FIDO keys (sk-ssh-ed25519, sk-ecdsa-sha2-nistp256) are certified: sshd enforces the option for those alone. Default false.',
+  );
 const botTokenTtl = seconds.describe('Lifetime of the bot’s API tokens (seconds), at creation and at each rotation; absent: they do not expire');
 const botOidc = oidcBindingSchema.describe('Trust OIDC tokens from this issuer whose aud holds audience and whose claims match: the bot then needs no API token (none is created)');
 
@@ -121,6 +126,7 @@ export const addBotBody = z.strictObject({
   forceCommand: botForceCommand.optional(),
   sourceAddress: botSourceAddress.optional(),
   permits: botPermits.optional(),
+  verifyRequired: botVerifyRequired.optional(),
   tokenTtl: botTokenTtl.optional(),
   oidc: botOidc.optional(),
 });
@@ -133,10 +139,11 @@ export const updateBotBody = z
     forceCommand: botForceCommand.nullable().optional(),
     sourceAddress: botSourceAddress.nullable().optional(),
     permits: botPermits.nullable().optional(),
+    verifyRequired: botVerifyRequired.optional(),
     tokenTtl: botTokenTtl.nullable().optional(),
     oidc: botOidc.nullable().optional(),
   })
-  .refine((b) => Object.values(b).some((v) => v !== undefined), { message: 'nothing to change: give at least one of maxTtl, runs, forceCommand, sourceAddress, permits, tokenTtl, oidc' });
+  .refine((b) => Object.values(b).some((v) => v !== undefined), { message: 'nothing to change: give at least one of maxTtl, runs, forceCommand, sourceAddress, permits, verifyRequired, tokenTtl, oidc' });
 
 export const botParams = z.strictObject({ project: projectName, name: identityName });
 /** No fields: the request may have no body at all, or {}. */
@@ -153,7 +160,7 @@ export const runView = z.object({
   principal: z.string(),
   owner: z.string(),
   loginUser: z.string(),
-  attachableBy: z.object({ users: z.array(z.string()), project_members: z.boolean(), public_keys: z.array(z.string()) }),
+  attachableBy: z.object({ users: z.array(z.string()), project_members: z.boolean(), public_keys: z.array(z.string()), verify_required: z.boolean() }),
   state: z.enum(['running', 'finished']),
   endsAt: z.number().nullable(),
   ssh: z.object({ host: z.string(), port: z.number(), hostKeys: z.array(z.string()) }).nullable(),
@@ -166,7 +173,15 @@ export const certView = z.object({
   principal: z.string(),
   validAfter: z.number(),
   validBefore: z.number(),
-  ttlClamped: z.boolean().describe('The requested ttl was above the caller’s cap and was lowered to it'),
+  ttlClamped: z
+    .boolean()
+    .describe('The certificate is valid for less than asked: the requested ttl was above the caller’s cap and was lowered to it, or the validity (requested or default ttl) was cut at the run’s end'),
+  ttlLimitedBy: z
+    .enum(['server-max', 'bot-max', 'run-end'])
+    .nullable()
+    .describe(
+      'What shortened it, when ttlClamped: server-max (the server maxTtl, or 24 h), bot-max (the bot’s maxTtl), run-end (the run’s endsAt, then validBefore); null otherwise. A default ttl lowered to a cap is not counted: nothing was asked.',
+    ),
   // Optional for the client: a CA older than issue 17 does not send them.
   loginUser: z.string().optional().describe('The user to log in as on the run (ssh -l)'),
   ssh: z
@@ -218,6 +233,7 @@ export const botView = z.object({
   sourceAddress: z.string().nullable(),
   permits: z.array(z.string()).nullable().describe('Extensions given explicitly; null: the default for the restrictions'),
   extensions: z.array(z.string()).describe('The extensions its certificates carry now'),
+  verifyRequired: z.boolean().describe('Its certificates carry verify-required; only FIDO (sk-*) keys are certified'),
   tokenTtl: z.number().nullable(),
   oidc: oidcBindingView.nullable(),
   liveTokens: z.number(),

@@ -208,6 +208,8 @@ export interface BotView {
   permits: string[] | null;
   /** The `permit-*` extensions its certificates carry now. */
   extensions: string[];
+  /** Its certificates carry verify-required; only FIDO (`sk-*`) keys are certified. */
+  verifyRequired: boolean;
   /** Lifetime of the API tokens it is given; null: they do not expire. */
   tokenTtl: number | null;
   oidc: OidcBindingView | null;
@@ -221,6 +223,7 @@ export interface BotSettingsInput {
   forceCommand?: string;
   sourceAddress?: string;
   permits?: string[];
+  verifyRequired?: boolean;
   tokenTtl?: number;
   oidc?: OidcBindingView;
 }
@@ -239,6 +242,7 @@ async function botView(store: StoreReader, bot: Identity, projectName: string, n
     sourceAddress: settings.sourceAddress,
     permits: settings.permits,
     extensions: extensionsFor(restrictionsOf(settings)),
+    verifyRequired: settings.verifyRequired,
     tokenTtl: settings.tokenTtl,
     oidc: binding ? { issuer: binding.issuer, audience: binding.audience, claims: binding.claims } : null,
     liveTokens: tokens.filter((t) => t.revokedAt === null && (t.expiresAt === null || t.expiresAt > now)).length,
@@ -265,6 +269,7 @@ export async function addBot(
       sourceAddress: req.sourceAddress ?? null,
       tokenTtl: req.tokenTtl ?? null,
       permits: req.permits ?? null,
+      verifyRequired: req.verifyRequired ?? false,
       updatedAt: now,
     };
     await tx.putBotSettings(settings);
@@ -280,6 +285,7 @@ export async function addBot(
       forceCommand: settings.forceCommand,
       sourceAddress: settings.sourceAddress,
       permits: settings.permits,
+      verifyRequired: settings.verifyRequired,
       tokenTtl: settings.tokenTtl,
       oidc: req.oidc ?? null,
       token: secret !== undefined,
@@ -321,6 +327,7 @@ export interface BotPatch {
   forceCommand?: string | null;
   sourceAddress?: string | null;
   permits?: string[] | null;
+  verifyRequired?: boolean;
   tokenTtl?: number | null;
   oidc?: OidcBindingView | null;
 }
@@ -330,9 +337,10 @@ export interface BotPatch {
  * transaction: a narrower run scope revokes the bot's live certificates for runs now
  * outside it; a new force-command or source-address, or an extension taken away, revokes
  * every live certificate of the bot (they carry the old profile); a lower TTL cap revokes
- * those that outlive it. Certificates being issued meanwhile are judged against the new
- * settings in their own commit (issuance.ts). Dropping a restriction, raising the cap or
- * changing the token TTL (applied from the next rotation) revokes nothing.
+ * those that outlive it; requiring verify-required revokes those that do not carry it.
+ * Certificates being issued meanwhile are judged against the new settings in their own
+ * commit (issuance.ts). Dropping a restriction, raising the cap or changing the token TTL
+ * (applied from the next rotation) revokes nothing.
  */
 export async function updateBot(ctx: AuthorityContext, actor: Actor, projectName: string, name: string, patch: BotPatch): Promise<BotView & { revokedCerts: number }> {
   const { bot } = await requireBot(ctx, actor, projectName, name);
@@ -347,6 +355,7 @@ export async function updateBot(ctx: AuthorityContext, actor: Actor, projectName
       sourceAddress: patch.sourceAddress !== undefined ? patch.sourceAddress : old.sourceAddress,
       tokenTtl: patch.tokenTtl !== undefined ? patch.tokenTtl : old.tokenTtl,
       permits: patch.permits !== undefined ? patch.permits : old.permits,
+      verifyRequired: patch.verifyRequired ?? old.verifyRequired,
       updatedAt: now,
     };
     await tx.putBotSettings(next);
@@ -369,8 +378,12 @@ export async function updateBot(ctx: AuthorityContext, actor: Actor, projectName
         krl = await rebuildKrl(tx, now);
       }
     }
-    if (patch.runs !== undefined) {
-      const r = await revokeUngranted(tx, now, { identityId: bot.id }, `run scope of bot ${projectName}/${name} narrowed by ${actorLabel(actor)}`);
+    // verify-required now required: exactly the live certs without it go (recheck.ts); those
+    // that carry it (issued for a run whose policy requires it) stay.
+    const verifyTightened = next.verifyRequired && !old.verifyRequired;
+    if (patch.runs !== undefined || verifyTightened) {
+      const why = patch.runs !== undefined ? `run scope of bot ${projectName}/${name} narrowed` : `bot ${projectName}/${name} now requires verify-required`;
+      const r = await revokeUngranted(tx, now, { identityId: bot.id }, `${why} by ${actorLabel(actor)}`);
       revoked = [...revoked, ...r.revoked];
       krl = r.krlVersion ?? krl;
     }

@@ -69,6 +69,7 @@ const certFor = (serial: bigint, runId: number, identityId: number): CertRecord 
   issuedAt: 1,
   revokedAt: null,
   revokeReason: null,
+  verifyRequired: false,
 });
 
 describe('fact cache', () => {

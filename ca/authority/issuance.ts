@@ -22,10 +22,10 @@
 import { decodeJwt } from 'jose';
 import { pooledRandomBytes } from '../crypto/random-pool.js';
 import { badRequest, CaError, forbidden, RateLimitedError } from '../domain/errors.js';
-import { DEFAULT_BOT_SETTINGS, type AuditEvent, type BotSettings, type CertRecord, type Identity, type Run } from '../domain/model.js';
+import { DEFAULT_BOT_SETTINGS, type AttachablePolicy, type AuditEvent, type BotSettings, type CertRecord, type Identity, type Run } from '../domain/model.js';
 import { grantFor } from '../policy/attachable-by.js';
 import { botScopeRefusal } from '../policy/bot-scope.js';
-import { certificateProfile, grantedTtl, profileMismatch, profileSpec, type CertLimits, type ProfileSpec, type Restrictions } from '../policy/cert-profile.js';
+import { certificateProfile, grantedTtl, isFidoKey, profileMismatch, profileSpec, ttlLimitedBy, type CertLimits, type ProfileSpec, type Restrictions, type TtlLimit } from '../policy/cert-profile.js';
 import { formatCertificateLine, signCertificate } from '../ssh/certificate.js';
 import { assertStrongKey, fingerprint, formatAuthorizedKey, parseAuthorizedKey, type PublicKey } from '../ssh/keys.js';
 import type { Signer } from '../ssh/signature.js';
@@ -67,8 +67,13 @@ export interface IssueResult {
   principal: string;
   validAfter: number;
   validBefore: number;
-  /** True when the requested ttl was above the caller's cap (or the 24 h cap) and was lowered to it. */
+  /**
+   * True when the certificate is valid for less than asked: a requested ttl above the caller's
+   * cap (or the 24 h cap) lowered to it, or the validity (requested or default) cut at the run's end.
+   */
   ttlClamped: boolean;
+  /** What shortened it: 'server-max', 'bot-max' or 'run-end'; null when ttlClamped is false. */
+  ttlLimitedBy: TtlLimit | null;
   /** The run the cert opens, as read in this issuance: where its sshd is and as whom to log in (issue 17, `ci ssh`). */
   run: Run;
 }
@@ -112,13 +117,35 @@ function clipEvidence(ev: OidcEvidence | undefined): OidcEvidence | undefined {
 /** Refused bot tokens, and anonymous refusals per address, are audited at most once in this many seconds. */
 const AUTH_AUDIT_EVERY = 10;
 
-/** The restrictions a bot's settings put in its certs (none for people and key holders). */
-function restrictionsOf(settings: BotSettings | null): Restrictions {
+/**
+ * The restrictions a cert carries: those a bot's settings put in its certs (none for people
+ * and key holders), and verify-required when the run's policy or the bot asks for it. The
+ * run's policy binds every grant alike (users, project_members, public_keys), so a person
+ * reaching the run by several paths gets the same answer by each.
+ */
+function restrictionsOf(settings: BotSettings | null, policy: AttachablePolicy): Restrictions {
   const r: Restrictions = {};
   if (settings?.forceCommand) r.forceCommand = settings.forceCommand;
   if (settings?.sourceAddress) r.sourceAddress = settings.sourceAddress;
   if (settings?.permits) r.permits = settings.permits;
+  if (policy.verifyRequired === true || settings?.verifyRequired === true) r.verifyRequired = true;
   return r;
+}
+
+/**
+ * The refusal of a non-FIDO key where verify-required is required, naming what requires it in
+ * the words users set it with (the policy key, the bot flag), or null when the key may go.
+ */
+function verifyRequiredRefusal(key: PublicKey, policy: AttachablePolicy, runName: string, bot: { name: string; settings: BotSettings | null } | null): CaError | null {
+  if (isFidoKey(key)) return null;
+  const by: string[] = [];
+  if (policy.verifyRequired === true) by.push(`run ${runName} (attachable_by.verify_required: true)`);
+  if (bot?.settings?.verifyRequired === true) by.push(`bot ${bot.name} (--verify-required)`);
+  if (by.length === 0) return null;
+  return forbidden(
+    `${by.join(' and ')} ${by.length > 1 ? 'require' : 'requires'} a FIDO key with user verification; ` +
+      `this is a ${key.type} key, for which sshd ignores verify-required: make one with \`ssh-keygen -t ed25519-sk -O verify-required\` (or ecdsa-sk)`,
+  );
 }
 
 /**
@@ -431,6 +458,8 @@ export class Issuer {
       this.nonces.spend(possession.nonce);
     }
     checkSubjectKey(key);
+    const verifyRefusal = verifyRequiredRefusal(key, run.policy, qualifiedName, bot ? { name: `${project.name}/${bot.name}`, settings } : null);
+    if (verifyRefusal) throw verifyRefusal;
     const line = formatAuthorizedKey(key);
     // Whether this key is revoked is decided in the commit (see the constructor).
     const signer = this.ctx.caKeys.active;
@@ -441,8 +470,9 @@ export class Issuer {
 
     const holder = identity ? `${identity.kind}:${identity.name}` : `key:${fingerprint(key)}`;
     const limits = this.limitsFor(bot);
-    const ttlClamped = req.ttl !== undefined && grantedTtl(req.ttl, limits) < req.ttl;
-    const restrictions = restrictionsOf(settings);
+    const ttlLimit = ttlLimitedBy(now, req.ttl, limits, run.endsAt);
+    const ttlClamped = ttlLimit !== null;
+    const restrictions = restrictionsOf(settings, run.policy);
     const serial = await this.serials.take();
     const fields = certificateProfile({
       now,
@@ -470,14 +500,19 @@ export class Issuer {
       issuedAt: now,
       revokedAt: null,
       revokeReason: null,
+      verifyRequired: restrictions.verifyRequired === true,
     };
     if (bot) {
       if (req.ttl !== undefined) details.requestedTtl = req.ttl;
-      if (ttlClamped) details.ttlClampedTo = grantedTtl(req.ttl, limits);
+      if (ttlLimit === 'bot-max' || ttlLimit === 'server-max') details.ttlClampedTo = grantedTtl(req.ttl, limits);
       if (restrictions.forceCommand !== undefined) details.forceCommand = restrictions.forceCommand;
       if (restrictions.sourceAddress !== undefined) details.sourceAddress = restrictions.sourceAddress;
       if (meta.address !== undefined) details.address = meta.address;
     }
+    // Any holder: what shortened the cert (the run's end shortens people's certs too).
+    if (ttlLimit !== null) details.ttlLimitedBy = ttlLimit;
+    if (ttlLimit === 'run-end') details.runEndsAt = run.endsAt;
+    if (restrictions.verifyRequired === true) details.verifyRequired = true;
     const pending: PendingCert = { record, spec: profileSpec(run, limits, restrictions), actor: holder, details, ...(spent ? { spent } : {}) };
     if (!(await this.committer.submit(pending))) {
       throw pending.refusal ?? forbidden(`access to run ${qualifiedName} was removed while the certificate was being issued`);
@@ -490,6 +525,7 @@ export class Issuer {
       validAfter: record.validAfter,
       validBefore: record.validBefore,
       ttlClamped,
+      ttlLimitedBy: ttlLimit,
       run,
     };
   }
@@ -514,7 +550,9 @@ export class Issuer {
   }
 
   private limitsFor(bot: Identity | null): CertLimits {
-    return { defaultTtl: this.ctx.config.defaultTtl, maxTtl: Math.min(this.ctx.config.maxTtl, bot?.botMaxTtl ?? Infinity) };
+    const botCap = bot?.botMaxTtl ?? Infinity;
+    const serverCap = this.ctx.config.maxTtl;
+    return { defaultTtl: this.ctx.config.defaultTtl, maxTtl: Math.min(serverCap, botCap), maxTtlFrom: botCap < serverCap ? 'bot-max' : 'server-max' };
   }
 
   /** The profile the settings decide now for a cert like `record` (read in the commit). */
@@ -524,7 +562,7 @@ export class Issuer {
     const bot = identity?.kind === 'bot' ? identity : null;
     const settings = bot ? await facts.getBotSettings(bot.id) : null;
     // stillGranted has just read the run: it exists.
-    return profileSpec(run ?? { principal: '', endsAt: null }, this.limitsFor(bot), restrictionsOf(settings));
+    return profileSpec(run ?? { principal: '', endsAt: null }, this.limitsFor(bot), restrictionsOf(settings, run?.policy ?? { users: [], projectMembers: false, publicKeys: [] }));
   }
 
   private fingerprintOf(signer: Signer): string {

@@ -10,7 +10,11 @@ import { parseAuthorizedKey } from '../ssh/keys.js';
 import type { CertFilter, StoreReader, StoreTx } from '../store/store.js';
 import { rebuildKrl } from './krl.js';
 
-/** Would this certificate be issued now? The same rule issuance applies. */
+/**
+ * Would this certificate be issued now? The same rule issuance applies: the run is running,
+ * the holder is enabled (a bot: still a member, the run in its scope), a rule of the policy
+ * grants it, and it carries verify-required if the run or the bot now requires it.
+ */
 export async function stillGranted(store: StoreReader, c: CertRecord): Promise<boolean> {
   const run = await store.getRun(c.runId);
   if (!run || run.state !== 'running') return false;
@@ -20,10 +24,13 @@ export async function stillGranted(store: StoreReader, c: CertRecord): Promise<b
   const isProjectMember = identity ? (await store.getMembership(run.projectId, identity.id)) !== null : false;
   // Belonging to the project it was created in is a relationship, not a grant: a bot
   // counts only while it is still a member there.
+  const settings = identity?.kind === 'bot' ? await store.getBotSettings(identity.id) : null;
   if (identity?.kind === 'bot') {
     if (identity.botProjectId !== run.projectId || !isProjectMember) return false;
-    if (!runInScope((await store.getBotSettings(identity.id))?.runScopes ?? null, run.name)) return false;
+    if (!runInScope(settings?.runScopes ?? null, run.name)) return false;
   }
+  // A run policy or a bot that now requires verify-required keeps only the certs that carry it.
+  if ((run.policy.verifyRequired === true || settings?.verifyRequired === true) && !c.verifyRequired) return false;
   // Possession of a listed key was proven at issuance; the key is the cert's own.
   const provenKey = c.grant.kind === 'public_key' ? parseAuthorizedKey(c.publicKey).key : null;
   return grantFor(run.policy, { identityName: identity?.name ?? null, isProjectMember, provenKey }) !== null;

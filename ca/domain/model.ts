@@ -37,6 +37,11 @@ export interface AttachablePolicy {
   projectMembers: boolean;
   /** OpenSSH one-line public keys, normalised (type + base64, no comment). */
   publicKeys: string[];
+  /**
+   * `verify_required: true`: only FIDO (`sk-*`) keys, and their certificates carry the
+   * `verify-required` critical option. Absent (policies stored before it existed): false.
+   */
+  verifyRequired?: boolean;
 }
 
 export interface Run {
@@ -86,6 +91,8 @@ export interface CertRecord {
   issuedAt: number;
   revokedAt: number | null;
   revokeReason: string | null;
+  /** The certificate carries the `verify-required` critical option (FIDO user verification). */
+  verifyRequired: boolean;
 }
 
 /**
@@ -164,6 +171,11 @@ export interface BotSettings {
    * (see ca/policy/cert-profile.ts: none with a force-command).
    */
   permits: string[] | null;
+  /**
+   * Every certificate of the bot carries `verify-required`, so only FIDO (`sk-*`) keys are
+   * certified: sshd enforces the option for those alone.
+   */
+  verifyRequired: boolean;
   updatedAt: number;
 }
 
@@ -173,6 +185,7 @@ export const DEFAULT_BOT_SETTINGS: Omit<BotSettings, 'identityId' | 'updatedAt'>
   sourceAddress: null,
   tokenTtl: null,
   permits: null,
+  verifyRequired: false,
 };
 
 /**

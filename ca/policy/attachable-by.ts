@@ -23,6 +23,12 @@ export const attachableBySchema = z
     users: z.array(identityName).max(1000).optional(),
     project_members: z.boolean().optional(),
     public_keys: z.array(publicKeyLine).max(1000).optional(),
+    verify_required: z
+      .boolean({ error: 'must be true or false' })
+      .optional()
+      .describe(
+        'true: only FIDO keys (sk-ssh-ed25519, sk-ecdsa-sha2-nistp256) get certificates, each with the verify-required critical option (sshd then wants user verification, e.g. a PIN, on every login; it ignores the option for other key types, so they are refused). Default false.',
+      ),
   })
   .describe('Who may attach to the run. Absent: only the run owner.');
 
@@ -36,12 +42,14 @@ export function normalizePolicy(input: z.output<typeof attachableBySchema> | und
     users: uniqueSorted(input.users ?? []),
     projectMembers: input.project_members ?? false,
     publicKeys: uniqueSorted(input.public_keys ?? []),
+    // Only when true: a policy without it stays the value it was before the field existed.
+    ...(input.verify_required === true ? { verifyRequired: true } : {}),
   };
 }
 
 /** The wire form of a normalised policy (what GET returns and the CLI prints). */
-export function policyToWire(p: AttachablePolicy): { users: string[]; project_members: boolean; public_keys: string[] } {
-  return { users: [...p.users], project_members: p.projectMembers, public_keys: [...p.publicKeys] };
+export function policyToWire(p: AttachablePolicy): { users: string[]; project_members: boolean; public_keys: string[]; verify_required: boolean } {
+  return { users: [...p.users], project_members: p.projectMembers, public_keys: [...p.publicKeys], verify_required: p.verifyRequired === true };
 }
 
 /** Who is asking: an account (user or bot) and/or a key whose possession was proven. */

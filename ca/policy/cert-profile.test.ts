@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { subjectKey } from '../../test/fixtures/keys.js';
+import { fidoKey, subjectKey } from '../../test/fixtures/keys.js';
 import { CaError } from '../domain/errors.js';
-import { certificateProfile, CLOCK_SKEW, extensionsFor, grantedTtl, MAX_TTL_CAP, profileMismatch, profileSpec, type ProfileInput } from './cert-profile.js';
+import { certificateProfile, CLOCK_SKEW, extensionsFor, grantedTtl, MAX_TTL_CAP, profileMismatch, profileSpec, ttlLimitedBy, type ProfileInput } from './cert-profile.js';
 
 const now = 1_800_000_000;
 const input = (over: Partial<ProfileInput> = {}): ProfileInput => ({
@@ -82,7 +82,39 @@ describe('profile re-check (issue 12, item 2)', () => {
     ['a lower TTL cap', profileSpec(run, { ...limits, maxTtl: 600 }, { forceCommand: 'old' }), 'the TTL cap was lowered'],
     ['a higher TTL cap', profileSpec(run, { ...limits, maxTtl: 1800 }, { forceCommand: 'old' }), null],
     ['an earlier run end', profileSpec({ ...run, endsAt: now + 600 }, limits, { forceCommand: 'old' }), 'the run end moved earlier'],
+    ['verify-required now required', profileSpec(run, limits, { forceCommand: 'old', verifyRequired: true }), 'the verify-required requirement changed'],
   ])('%s', (_label, current, expected) => {
     expect(profileMismatch(issued, current, cert)).toBe(expected);
+  });
+});
+
+describe('verify-required (issue 13)', () => {
+  it('is a critical option with empty data, beside the others, for FIDO keys only', () => {
+    const f = certificateProfile(input({ key: fidoKey('ed25519-sk'), restrictions: { sourceAddress: '10.0.0.0/8', verifyRequired: true } }));
+    expect([...f.criticalOptions.entries()].map(([k, v]) => [k, v.length])).toEqual([
+      ['source-address', 4 + '10.0.0.0/8'.length],
+      ['verify-required', 0],
+    ]);
+    expect(() => certificateProfile(input({ restrictions: { verifyRequired: true } }))).toThrow(/FIDO \(sk-\*\) keys only, not ssh-ed25519/);
+  });
+});
+
+describe('what shortened a certificate (issue 13)', () => {
+  const server = { defaultTtl: 3600, maxTtl: 7200 };
+  const bot = { defaultTtl: 3600, maxTtl: 900, maxTtlFrom: 'bot-max' as const };
+  it.each([
+    ['nothing asked, no end', undefined, server, null, null],
+    ['a ttl under the cap', 600, server, null, null],
+    ['a ttl over the server cap', 99_999, server, null, 'server-max'],
+    ['a ttl over a day', 200_000, { defaultTtl: 3600, maxTtl: 1_000_000 }, null, 'server-max'],
+    ['a ttl over the bot cap', 7200, bot, null, 'bot-max'],
+    ['the default lowered to the bot cap (nothing asked)', undefined, bot, null, null],
+    ['the default cut at the run end', undefined, server, now + 600, 'run-end'],
+    ['a ttl cut at the run end', 1800, server, now + 600, 'run-end'],
+    ['over the cap and then the run end: the end binds', 99_999, bot, now + 600, 'run-end'],
+    ['the run ends exactly then', 600, server, now + 600, null],
+    ['the run ends after the cap', 99_999, bot, now + 3600, 'bot-max'],
+  ] as const)('%s', (_label, requested, limits, endsAt, expected) => {
+    expect(ttlLimitedBy(now, requested, limits, endsAt)).toBe(expected);
   });
 });

@@ -25,6 +25,8 @@ export interface CertLimits {
   defaultTtl: number;
   /** Largest TTL for this caller (server max, or a bot's own cap), before MAX_TTL_CAP. */
   maxTtl: number;
+  /** Which cap maxTtl is: the server's (default) or the bot's own (`bot add --max-ttl`). */
+  maxTtlFrom?: 'server-max' | 'bot-max';
 }
 
 export interface Restrictions {
@@ -32,6 +34,17 @@ export interface Restrictions {
   sourceAddress?: string;
   /** Extensions given explicitly (PERMITS names); absent or null: the default for the restrictions. */
   permits?: readonly string[] | null;
+  /** The `verify-required` critical option (empty data): FIDO user verification on every login. */
+  verifyRequired?: boolean;
+}
+
+/**
+ * FIDO keys (`sk-ssh-ed25519@openssh.com`, `sk-ecdsa-sha2-nistp256@openssh.com`): the only
+ * key types for which sshd enforces `verify-required` (OpenSSH 9.2 ignores it for the others,
+ * FIELD-NOTES), so a cert that must carry it is issued for these alone.
+ */
+export function isFidoKey(key: PublicKey): boolean {
+  return key.type.startsWith('sk-');
 }
 
 /** The extensions (`permit-*` names, sorted) a cert with these restrictions carries. */
@@ -52,6 +65,7 @@ export interface ProfileSpec {
   forceCommand: string | null;
   sourceAddress: string | null;
   extensions: string[];
+  verifyRequired: boolean;
   /** Largest TTL for this caller (seconds, MAX_TTL_CAP applied). */
   maxTtl: number;
   endsAt: number | null;
@@ -63,6 +77,7 @@ export function profileSpec(run: { principal: string; endsAt: number | null }, l
     forceCommand: r?.forceCommand ?? null,
     sourceAddress: r?.sourceAddress ?? null,
     extensions: extensionsFor(r),
+    verifyRequired: r?.verifyRequired === true,
     maxTtl: Math.min(limits.maxTtl, MAX_TTL_CAP),
     endsAt: run.endsAt,
   };
@@ -78,6 +93,7 @@ export function profileMismatch(issued: ProfileSpec, now: ProfileSpec, cert: { i
   if (issued.forceCommand !== now.forceCommand) return 'the force-command changed';
   if (issued.sourceAddress !== now.sourceAddress) return 'the source-address changed';
   if (issued.extensions.join(',') !== now.extensions.join(',')) return 'the permitted extensions changed';
+  if (issued.verifyRequired !== now.verifyRequired) return 'the verify-required requirement changed';
   if (cert.validBefore - cert.issuedAt > now.maxTtl) return 'the TTL cap was lowered';
   if (now.endsAt !== null && cert.validBefore > now.endsAt) return 'the run end moved earlier';
   return null;
@@ -105,6 +121,24 @@ export function grantedTtl(requested: number | undefined, limits: CertLimits): n
   return Math.min(requested ?? limits.defaultTtl, limits.maxTtl, MAX_TTL_CAP);
 }
 
+/** The limit that shortened a certificate's validity: a cap on the TTL, or the run's end. */
+export type TtlLimit = 'server-max' | 'bot-max' | 'run-end';
+
+/**
+ * Which limit, if any, made the validity shorter than asked: 'run-end' when the run ends
+ * before `now` + the granted TTL (requested or default; the run's end is the binding limit
+ * then, so it is named even if a cap lowered the request too), else the cap that lowered a
+ * requested TTL above it ('bot-max' or 'server-max', the 24 h cap counting as the server's).
+ * A default TTL lowered to a cap is not a shortening: nothing was asked. Null: nothing did.
+ * Times in Unix seconds, TTLs in seconds. Throws like grantedTtl for a bad request.
+ */
+export function ttlLimitedBy(now: number, requested: number | undefined, limits: CertLimits, endsAt: number | null): TtlLimit | null {
+  const ttl = grantedTtl(requested, limits);
+  if (endsAt !== null && endsAt < now + ttl) return 'run-end';
+  if (requested === undefined || ttl >= requested) return null;
+  return limits.maxTtlFrom === 'bot-max' && limits.maxTtl <= MAX_TTL_CAP ? 'bot-max' : 'server-max';
+}
+
 /** Greppable in sshd logs: "user:alice run:ml/train-1 serial:4711". */
 export function keyIdFor(holder: string, runName: string, serial: bigint): string {
   return `${holder} run:${runName} serial:${serial}`;
@@ -130,10 +164,12 @@ function extensionOptions(r: Restrictions | undefined): ReturnType<typeof certOp
 }
 
 function criticalOptions(r: Restrictions | undefined): ReturnType<typeof certOptions> {
-  if (r?.forceCommand === undefined && r?.sourceAddress === undefined) return NO_OPTIONS;
-  const entries: Record<string, string> = {};
+  if (r?.forceCommand === undefined && r?.sourceAddress === undefined && r?.verifyRequired !== true) return NO_OPTIONS;
+  const entries: Record<string, string | true> = {};
   if (r.forceCommand !== undefined) entries['force-command'] = r.forceCommand;
   if (r.sourceAddress !== undefined) entries['source-address'] = r.sourceAddress;
+  // A flag: empty data, as ssh-keygen -O verify-required writes it.
+  if (r.verifyRequired === true) entries['verify-required'] = true;
   const cacheKey = JSON.stringify(entries);
   let options = criticalCache.get(cacheKey);
   if (!options) {
@@ -144,8 +180,15 @@ function criticalOptions(r: Restrictions | undefined): ReturnType<typeof certOpt
   return options;
 }
 
+/**
+ * The fields of a user certificate for `p` (DESIGN.md section 4). Throws CaError 'gone' for
+ * a finished or ended run, bad_request for a bad ttl, and 'forbidden' when the restrictions
+ * require verify-required and the key is not a FIDO key (callers refuse that first, naming
+ * the policy key or flag that asked for it; this is the last line).
+ */
 export function certificateProfile(p: ProfileInput): CertificateFields {
   if (p.run.state !== 'running') throw new CaError('gone', `run ${p.run.qualifiedName} has finished`);
+  if (p.restrictions?.verifyRequired === true && !isFidoKey(p.key)) throw new CaError('forbidden', `verify-required certificates are for FIDO (sk-*) keys only, not ${p.key.type}`);
   if (p.run.endsAt !== null && p.run.endsAt <= p.now) throw new CaError('gone', `run ${p.run.qualifiedName} has ended`);
   const ttl = grantedTtl(p.requestedTtl, p.limits);
   const end = p.now + ttl;

@@ -29,6 +29,7 @@ const LABELS = {
   forceCommand: '--force-command',
   sourceAddress: '--source-address',
   permits: '--permit',
+  verifyRequired: '--verify-required',
   tokenTtl: '--token-ttl',
   oidc: '--oidc-issuer/--audience/--claim',
 };
@@ -91,6 +92,7 @@ function describeBot(b: BotView): string[] {
   if (b.forceCommand !== null) lines.push(`  force-command: ${b.forceCommand}`);
   if (b.sourceAddress !== null) lines.push(`  source-address: ${b.sourceAddress}`);
   lines.push(`  extensions: ${b.extensions.length > 0 ? b.extensions.join(', ') : 'none'}${b.permits === null ? ' (default)' : ''}`);
+  if (b.verifyRequired) lines.push('  verify-required: FIDO (sk-*) keys only, user verification on every login');
   lines.push(`  API tokens: ${b.liveTokens} live${b.tokenTtl === null ? ', no expiry' : `, each valid ${formatDuration(b.tokenTtl)}`}`);
   if (b.oidc) {
     const claims = Object.entries(b.oidc.claims).map(([k, v]) => `${k}=${v}`).join(' ');
@@ -100,6 +102,7 @@ function describeBot(b: BotView): string[] {
 }
 
 const RUNS_HELP = 'run names or globs the bot may reach, comma-separated or repeated; "*" matches any characters, "?" one (quote them from the shell), e.g. \'train-*\'';
+const VERIFY_HELP = 'certificates carry verify-required (user verification, e.g. a PIN, on every login) and only FIDO keys get them (ssh-keygen -t ed25519-sk -O verify-required): sshd ignores the option for other keys';
 const CLAMP_HELP = 'longest certificate the bot may get, e.g. 15m; a longer requested --ttl is clamped to it (not refused)';
 
 export function registerBot(program: Command, ctx: CliContext): void {
@@ -113,11 +116,12 @@ export function registerBot(program: Command, ctx: CliContext): void {
     .option('--force-command <command>', 'force-command put in every certificate of the bot (sshd runs it instead of what the client asks)')
     .option('--source-address <list>', 'source-address put in every certificate: comma-separated IPv4/IPv6 addresses or CIDR blocks')
     .option('--permit <extensions>', PERMIT_HELP, collect)
+    .option('--verify-required', VERIFY_HELP)
     .option('--token-ttl <duration>', 'the bot\'s API tokens expire after this long (at creation and at each rotation; default: never)')
     .option('--oidc-issuer <url>', 'trust OIDC tokens (workload identity JWTs) from this issuer instead of an API token, e.g. https://token.actions.githubusercontent.com')
     .option('--audience <aud>', 'with --oidc-issuer: the "aud" the tokens must carry')
     .option('--claim <key=value>', 'with --oidc-issuer: a claim the tokens must have, exact or a glob ("*", "?"); repeatable, all must match', collect)
-    .action(async (qualified: string, opts: OidcFlags & { json?: boolean; maxTtl: string; role?: string; runs?: string[]; forceCommand?: string; sourceAddress?: string; permit?: string[]; tokenTtl?: string }, cmd: Command) => {
+    .action(async (qualified: string, opts: OidcFlags & { json?: boolean; maxTtl: string; role?: string; runs?: string[]; forceCommand?: string; sourceAddress?: string; permit?: string[]; verifyRequired?: boolean; tokenTtl?: string }, cmd: Command) => {
       const { project, name } = qualifiedArg(qualified, 'bot');
       const oidc = oidcFromFlags(opts);
       const body = {
@@ -128,6 +132,7 @@ export function registerBot(program: Command, ctx: CliContext): void {
         ...(opts.forceCommand !== undefined ? { forceCommand: opts.forceCommand } : {}),
         ...(opts.sourceAddress !== undefined ? { sourceAddress: opts.sourceAddress } : {}),
         ...(opts.permit !== undefined ? { permits: permitsFromFlag(opts.permit) } : {}),
+        ...(opts.verifyRequired === true ? { verifyRequired: true } : {}),
         ...(opts.tokenTtl !== undefined ? { tokenTtl: durationArg(opts.tokenTtl, '--token-ttl') } : {}),
         ...(oidc ? { oidc } : {}),
       };
@@ -161,6 +166,8 @@ export function registerBot(program: Command, ctx: CliContext): void {
     .option('--no-source-address', 'drop the source-address')
     .option('--permit <extensions>', `${PERMIT_HELP}; replaces the current list`, collect)
     .option('--no-permit', 'back to the default extensions for the bot\'s restrictions')
+    .option('--verify-required', `${VERIFY_HELP}; live certificates without it are revoked`)
+    .option('--no-verify-required', 'stop requiring verify-required (certificates already issued keep it)')
     .option('--token-ttl <duration>', 'lifetime of the API tokens given from now on (at the next `bot token rotate`)')
     .option('--no-token-ttl', 'tokens given from now on do not expire')
     .option('--oidc-issuer <url>', 'trust OIDC tokens from this issuer (replaces the current OIDC trust; needs --audience and --claim)')
@@ -178,6 +185,7 @@ export function registerBot(program: Command, ctx: CliContext): void {
           forceCommand?: string | false;
           sourceAddress?: string | false;
           permit?: string[] | false;
+          verifyRequired?: boolean;
           tokenTtl?: string | false;
           oidc?: false;
         },
@@ -193,10 +201,11 @@ export function registerBot(program: Command, ctx: CliContext): void {
           ...(opts.forceCommand !== undefined ? { forceCommand: opts.forceCommand === false ? null : opts.forceCommand } : {}),
           ...(opts.sourceAddress !== undefined ? { sourceAddress: opts.sourceAddress === false ? null : opts.sourceAddress } : {}),
           ...(opts.permit !== undefined ? { permits: opts.permit === false ? null : permitsFromFlag(opts.permit) } : {}),
+          ...(opts.verifyRequired !== undefined ? { verifyRequired: opts.verifyRequired } : {}),
           ...(opts.tokenTtl !== undefined ? { tokenTtl: opts.tokenTtl === false ? null : durationArg(opts.tokenTtl, '--token-ttl') } : {}),
           ...(oidc ? { oidc } : opts.oidc === false ? { oidc: null } : {}),
         };
-        if (Object.keys(body).length === 0) throw new UsageError('nothing to change: give at least one of --max-ttl, --runs, --all-runs, --force-command, --source-address, --permit, --token-ttl, --oidc-issuer or their --no- forms');
+        if (Object.keys(body).length === 0) throw new UsageError('nothing to change: give at least one of --max-ttl, --runs, --all-runs, --force-command, --source-address, --permit, --verify-required, --token-ttl, --oidc-issuer or their --no- forms');
         checkArgs(botParams, { project, name }, { project: 'PROJECT/NAME', name: 'PROJECT/NAME' });
         checkBotArgs(updateBotBody, body);
         const api = await ApiClient.forCommand(ctx, cmd);
@@ -248,7 +257,7 @@ export function registerBot(program: Command, ctx: CliContext): void {
             b.maxTtl === null ? '-' : formatDuration(b.maxTtl),
             b.runs === null ? '*' : b.runs.join(','),
             [b.liveTokens > 0 ? `token${b.liveTokens > 1 ? `s(${b.liveTokens})` : ''}` : '', b.oidc ? `oidc:${b.oidc.issuer}` : ''].filter(Boolean).join(' ') || '-',
-            [b.forceCommand !== null ? 'force-command' : '', b.sourceAddress !== null ? `from ${b.sourceAddress}` : '', b.permits !== null ? `permit ${b.permits.join(',') || 'none'}` : '']
+            [b.forceCommand !== null ? 'force-command' : '', b.sourceAddress !== null ? `from ${b.sourceAddress}` : '', b.permits !== null ? `permit ${b.permits.join(',') || 'none'}` : '', b.verifyRequired ? 'verify-required' : '']
               .filter(Boolean)
               .join(', ') || '-',
             b.disabled ? 'disabled' : 'active',

@@ -50,7 +50,7 @@ export function configureCertIssue(cert: Command, ctx: CliContext): void {
     .option('--oidc', `find the CI job's OIDC token: GitHub Actions' token endpoint (ACTIONS_ID_TOKEN_REQUEST_URL, for --audience), or $${DEFAULT_TOKEN_VAR} (GitLab CI id_tokens)`)
     .option('--audience <aud>', 'with --oidc on GitHub Actions: the audience to ask the token for, the bot\'s --audience (default: the CA URL)')
     .option('--oidc-token-var <name>', `with --oidc: the variable holding the JWT (default: ${DEFAULT_TOKEN_VAR})`)
-    .option('--ttl <duration>', 'requested lifetime, e.g. 10m; a longer one than your cap (e.g. a bot\'s --max-ttl) is clamped to the cap, with a warning, and never outlives the run')
+    .option('--ttl <duration>', 'requested lifetime, e.g. 10m; a longer one than your cap (e.g. a bot\'s --max-ttl) is clamped to the cap, with a warning, and never outlives the run (a warning names the run\'s end when it cuts the certificate)')
     .option('--out <file>', 'write the certificate here (default: standard output)')
     .option('--json', 'machine-readable output on stdout')
     .configureHelp({ showGlobalOptions: true })
@@ -91,9 +91,12 @@ export function configureCertIssue(cert: Command, ctx: CliContext): void {
         .catch((e: unknown) => {
           throw discovered ? withAudienceHint(e, discovered) : e;
         });
-      if (issued.ttlClamped && ttl !== undefined) {
-        const granted = issued.validBefore - issued.validAfter - CLOCK_SKEW;
-        ctx.stderr.write(`dstack-ca: warning: the requested --ttl ${formatDuration(ttl)} is above your cap; the certificate is valid for ${formatDuration(Math.max(0, granted))}\n`);
+      const granted = formatDuration(Math.max(0, issued.validBefore - issued.validAfter - CLOCK_SKEW));
+      if (issued.ttlLimitedBy === 'run-end') {
+        // The run's end cuts every cert, asked-for ttl or default: say so, whatever was asked.
+        ctx.stderr.write(`dstack-ca: warning: run ${project}/${name} ends at ${formatTime(issued.validBefore)}; the certificate is valid only until then (${granted})\n`);
+      } else if (issued.ttlClamped && ttl !== undefined) {
+        ctx.stderr.write(`dstack-ca: warning: the requested --ttl ${formatDuration(ttl)} is above your cap; the certificate is valid for ${granted}\n`);
       }
 
       if (opts.out !== undefined) await writeCert(opts.out, issued.certificate);

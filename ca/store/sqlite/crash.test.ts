@@ -42,7 +42,7 @@ for (let i = 0; ; i++) {
           serial, runId: Number(runId), identityId: Number(identityId),
           keyFingerprint: 'SHA256:child', publicKey: 'ssh-ed25519 AAAAchild', keyId: 'child serial:' + serial,
           caFingerprint: 'SHA256:ca', grant: { kind: 'user', name: 'alice' },
-          validAfter: 1000, validBefore: 9000, issuedAt: 1000, revokedAt: null, revokeReason: null,
+          validAfter: 1000, validBefore: 9000, issuedAt: 1000, revokedAt: null, revokeReason: null, verifyRequired: false,
         });
       }
       await tx.insertCerts(certs);

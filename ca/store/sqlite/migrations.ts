@@ -464,6 +464,19 @@ CREATE TRIGGER host_certs_immutable BEFORE UPDATE ON host_certs
 BEGIN SELECT RAISE(ABORT, 'host certificate rows never change'); END;
 `,
   },
+  {
+    version: 10,
+    name: 'verify_required',
+    // verify-required (DESIGN.md section 4: a critical option for FIDO keys): a bot may require
+    // it of every certificate it gets (bot_settings.verify_required), and each certificate row
+    // says whether it carries the option (certs.verify_required), so a policy or bot change that
+    // comes to require it revokes exactly the live certificates without it. Rows from before
+    // carry none of it (0): no certificate was ever issued with the option.
+    sql: `
+ALTER TABLE bot_settings ADD COLUMN verify_required INTEGER NOT NULL DEFAULT 0 CHECK (verify_required IN (0, 1));
+ALTER TABLE certs ADD COLUMN verify_required INTEGER NOT NULL DEFAULT 0 CHECK (verify_required IN (0, 1));
+`,
+  },
 ];
 
 export const SCHEMA_VERSION: number = MIGRATIONS[MIGRATIONS.length - 1]?.version ?? 0;

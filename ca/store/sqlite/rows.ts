@@ -293,6 +293,7 @@ export const certs: Codec<CertRecord, CertRecord> = {
     'issued_at',
     'revoked_at',
     'revoke_reason',
+    'verify_required',
   ]),
   toRow: (c) => ({
     serial: serialParam(c.serial, 'certificate serial'),
@@ -308,6 +309,7 @@ export const certs: Codec<CertRecord, CertRecord> = {
     issued_at: intParam(c.issuedAt, 'certificate issuedAt'),
     revoked_at: intOrNullParam(c.revokedAt, 'certificate revokedAt'),
     revoke_reason: c.revokeReason,
+    verify_required: boolParam(c.verifyRequired, 'certificate verifyRequired'),
   }),
   fromRow: (r) => ({
     serial: readBigInt(r, 'serial'),
@@ -323,6 +325,7 @@ export const certs: Codec<CertRecord, CertRecord> = {
     issuedAt: readInt(r, 'issued_at'),
     revokedAt: readIntOrNull(r, 'revoked_at'),
     revokeReason: readTextOrNull(r, 'revoke_reason'),
+    verifyRequired: readBool(r, 'verify_required'),
   }),
 };
 
@@ -487,7 +490,7 @@ function readStringRecord(row: Row, col: string): Record<string, string> {
 
 export const botSettings: Codec<BotSettings, BotSettings> = {
   table: 'bot_settings',
-  columns: columnList(['identity_id', 'run_scopes', 'force_command', 'source_address', 'token_ttl', 'permits', 'updated_at']),
+  columns: columnList(['identity_id', 'run_scopes', 'force_command', 'source_address', 'token_ttl', 'permits', 'verify_required', 'updated_at']),
   toRow: (s) => ({
     identity_id: intParam(s.identityId, 'bot settings identityId'),
     run_scopes: s.runScopes === null ? null : jsonParam(s.runScopes, 'bot settings runScopes'),
@@ -495,6 +498,7 @@ export const botSettings: Codec<BotSettings, BotSettings> = {
     source_address: s.sourceAddress,
     token_ttl: intOrNullParam(s.tokenTtl, 'bot settings tokenTtl'),
     permits: s.permits === null ? null : jsonParam(s.permits, 'bot settings permits'),
+    verify_required: boolParam(s.verifyRequired, 'bot settings verifyRequired'),
     updated_at: intParam(s.updatedAt, 'bot settings updatedAt'),
   }),
   fromRow: (r) => ({
@@ -504,6 +508,7 @@ export const botSettings: Codec<BotSettings, BotSettings> = {
     sourceAddress: readTextOrNull(r, 'source_address'),
     tokenTtl: readIntOrNull(r, 'token_ttl'),
     permits: readStringArrayOrNull(r, 'permits'),
+    verifyRequired: readBool(r, 'verify_required'),
     updatedAt: readInt(r, 'updated_at'),
   }),
 };

@@ -99,6 +99,7 @@ const cert = (serial: bigint, runId: number, identityId: number | null, extra: P
   issuedAt: 1000,
   revokedAt: null,
   revokeReason: null,
+  verifyRequired: false,
   ...extra,
 });
 
@@ -307,6 +308,7 @@ describe('bot settings and OIDC bindings', () => {
     sourceAddress: '10.0.0.0/8,::1',
     tokenTtl: 3600,
     permits: null,
+    verifyRequired: true,
     updatedAt: 1000,
     ...extra,
   });
@@ -324,7 +326,7 @@ describe('bot settings and OIDC bindings', () => {
     expect(await store.getBotSettings(ci.id)).toBeNull();
     await store.tx((tx) => tx.putBotSettings(settings(ci.id)));
     expect(await store.getBotSettings(ci.id)).toEqual(settings(ci.id));
-    const cleared = settings(ci.id, { runScopes: null, forceCommand: null, sourceAddress: null, tokenTtl: null, updatedAt: 2000 });
+    const cleared = settings(ci.id, { runScopes: null, forceCommand: null, sourceAddress: null, tokenTtl: null, verifyRequired: false, updatedAt: 2000 });
     await store.tx((tx) => tx.putBotSettings(cleared));
     expect(await store.getBotSettings(ci.id)).toEqual(cleared);
     const again = await reopen(store, path);
