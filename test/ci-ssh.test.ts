@@ -201,6 +201,21 @@ describe('GitHub Actions: ci ssh asks the runner for the token', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/^ssh-ed25519-cert-v01@openssh\.com \S+\n$/);
     noSecrets(r.stdout + r.stderr);
+    // --oidc is one way to give the token: with another, a usage error naming both, and nothing asked.
+    const before = endpoint.requests.length;
+    fails(await dstackCa(['cert', 'ml/train-1', '--oidc', '--oidc-token', '-', '--public-key', key.publicPath], { env, input: 'x.y.z' }), 2, /--oidc goes with --public-key, without --oidc-token or --ssh-identity/);
+    fails(await dstackCa(['cert', 'ml/train-1', '--audience', 'x', '--public-key', key.publicPath], { env }), 2, /--audience goes with --oidc/);
+    expect(endpoint.requests.length).toBe(before);
+  });
+
+  it('a --ttl above the bot cap is clamped with a warning on stderr (stdout stays JSON)', async () => {
+    const { env, temp } = await job({});
+    Object.assign(env, githubVars(temp));
+    const r = await dstackCa(['ci', 'ssh', 'ml/train-1', '--ttl', '2h', '--json'], { env });
+    const out = json<{ ttlClamped: boolean; validBefore: number }>(r);
+    expect(out.ttlClamped).toBe(true);
+    expect(out.validBefore - Math.floor(Date.now() / 1000)).toBeLessThanOrEqual(900 + 60);
+    expect(r.stderr).toMatch(/warning: --ttl 2h is above the bot's cap; the certificate is valid until /);
   });
 });
 

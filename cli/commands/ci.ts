@@ -60,6 +60,8 @@ export function registerCi(program: Command, ctx: CliContext): void {
       const issued = await api.request('POST', `${runPath}/certs`, { body, schema: certView, ...(discovered ? { auth: false } : {}) }).catch((e: unknown) => {
         throw discovered ? withAudienceHint(e, discovered) : e;
       });
+      if (issued.ttlLimitedBy === 'run-end') ctx.stderr.write(`dstack-ca: warning: run ${qualified} ends at ${formatTime(issued.validBefore)}; the certificate is valid only until then\n`);
+      else if (issued.ttlClamped) ctx.stderr.write(`dstack-ca: warning: --ttl ${opts.ttl} is above the bot's cap; the certificate is valid until ${formatTime(issued.validBefore)}\n`);
       const { cert } = parseCertificateLine(issued.certificate);
       if (!publicKeysEqual(cert.key, parseAuthorizedKey(publicKey).key)) throw new CliError(`unexpected response from ${api.url}: the certificate is not for the job's key`);
 
