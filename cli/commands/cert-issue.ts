@@ -4,6 +4,7 @@
 // identity JWT stands for a bot that trusts its issuer; it travels in the request body
 // (`oidcToken`), never as the Authorization header, which stays for dstack-ca's own tokens,
 // so the two kinds of credential are never confused; no API token is sent with it.
+// --oidc: the same, with the token found in the CI job itself (cli/ci/oidc-token.ts).
 // --ssh-identity KEY: prove possession of KEY by signing a server nonce with the real
 // `ssh-keygen -Y sign` (so encrypted keys, agents and FIDO keys work), for public_keys
 // grants; no token needed.
