@@ -158,7 +158,7 @@ describe('walkthrough (DESIGN.md section 10)', () => {
     const c = json<{ certificate: string; serial: string; keyId: string; principal: string; validAfter: number; validBefore: number }>(
       await ca(['cert', 'ml/train-1', '--public-key', botKey.publicPath, '--ttl', '5m', '--json'], { token: botToken }),
     );
-    expect(Object.keys(c).sort()).toEqual(['certificate', 'keyId', 'principal', 'serial', 'ttlClamped', 'ttlLimitedBy', 'validAfter', 'validBefore']);
+    expect(Object.keys(c).sort()).toEqual(['certificate', 'keyId', 'loginUser', 'principal', 'serial', 'ssh', 'ttlClamped', 'ttlLimitedBy', 'validAfter', 'validBefore']);
     expect(c.principal).toBe(principal);
     expect(BigInt(c.serial)).toBeGreaterThan(BigInt(serial));
     expect(c.validBefore - before).toBeLessThanOrEqual(300 + 30); // the call itself may take a while on a busy machine

@@ -182,6 +182,13 @@ export const certView = z.object({
     .describe(
       'What shortened it, when ttlClamped: server-max (the server maxTtl, or 24 h), bot-max (the bot’s maxTtl), run-end (the run’s endsAt, then validBefore); null otherwise. A default ttl lowered to a cap is not counted: nothing was asked.',
     ),
+  // Optional for the client: a CA older than issue 17 does not send them.
+  loginUser: z.string().optional().describe('The user to log in as on the run (ssh -l)'),
+  ssh: z
+    .object({ host: z.string(), port: z.number(), hostKeys: z.array(z.string()) })
+    .nullable()
+    .optional()
+    .describe("The run's sshd address and pinned host keys (null: not known yet), as GET /v1/me/runs gives them"),
 });
 
 export const revokeView = z.object({ revokedCerts: z.number(), krlVersion: z.number() });

@@ -22,7 +22,7 @@
 import { decodeJwt } from 'jose';
 import { pooledRandomBytes } from '../crypto/random-pool.js';
 import { badRequest, CaError, forbidden, RateLimitedError } from '../domain/errors.js';
-import { DEFAULT_BOT_SETTINGS, type AttachablePolicy, type AuditEvent, type BotSettings, type CertRecord, type Identity } from '../domain/model.js';
+import { DEFAULT_BOT_SETTINGS, type AttachablePolicy, type AuditEvent, type BotSettings, type CertRecord, type Identity, type Run } from '../domain/model.js';
 import { grantFor } from '../policy/attachable-by.js';
 import { botScopeRefusal } from '../policy/bot-scope.js';
 import { certificateProfile, grantedTtl, isFidoKey, profileMismatch, profileSpec, ttlLimitedBy, type CertLimits, type ProfileSpec, type Restrictions, type TtlLimit } from '../policy/cert-profile.js';
@@ -74,6 +74,8 @@ export interface IssueResult {
   ttlClamped: boolean;
   /** What shortened it: 'server-max', 'bot-max' or 'run-end'; null when ttlClamped is false. */
   ttlLimitedBy: TtlLimit | null;
+  /** The run the cert opens, as read in this issuance: where its sshd is and as whom to log in (issue 17, `ci ssh`). */
+  run: Run;
 }
 
 interface PendingCert {
@@ -524,6 +526,7 @@ export class Issuer {
       validBefore: record.validBefore,
       ttlClamped,
       ttlLimitedBy: ttlLimit,
+      run,
     };
   }
 

@@ -151,7 +151,7 @@ export function registerBot(program: Command, ctx: CliContext): void {
         ctx.stderr.write(`dstack-ca: token for bot ${b.project}/${b.name}${ttl}${expiry}; it is not shown again\n`);
       } else {
         ctx.stdout.write(describeBot(b).join('\n') + '\n');
-        ctx.stderr.write(`dstack-ca: bot ${b.project}/${b.name} has no API token: its CI job runs \`dstack-ca cert PROJECT/RUN --oidc-token FILE\` with a token from ${b.oidc?.issuer ?? 'its issuer'}\n`);
+        ctx.stderr.write(`dstack-ca: bot ${b.project}/${b.name} has no API token: its CI job runs \`dstack-ca cert PROJECT/RUN --oidc-token FILE\` with a token from ${b.oidc?.issuer ?? 'its issuer'}, or \`dstack-ca ci ssh PROJECT/RUN\`, which finds the token itself (GitHub Actions, GitLab CI: asked for or declared with the audience ${JSON.stringify(b.oidc?.audience ?? '')})\n`);
       }
     });
 

@@ -4,6 +4,7 @@
 // identity JWT stands for a bot that trusts its issuer; it travels in the request body
 // (`oidcToken`), never as the Authorization header, which stays for dstack-ca's own tokens,
 // so the two kinds of credential are never confused; no API token is sent with it.
+// --oidc: the same, with the token found in the CI job itself (cli/ci/oidc-token.ts).
 // --ssh-identity KEY: prove possession of KEY by signing a server nonce with the real
 // `ssh-keygen -Y sign` (so encrypted keys, agents and FIDO keys work), for public_keys
 // grants; no token needed.
@@ -23,11 +24,15 @@ import { CliError, UsageError } from '../errors.js';
 import { readPublicKeyFile } from '../key-file.js';
 import { formatTime } from '../output.js';
 import { formatDuration } from '../../ca/domain/duration.js';
+import { DEFAULT_TOKEN_VAR, discoverOidcToken, discoverOptions, withAudienceHint } from '../ci/oidc-token.js';
 import { CLOCK_SKEW } from '../../ca/policy/cert-profile.js';
 
 interface CertFlags {
   publicKey?: string;
   oidcToken?: string;
+  oidc?: boolean;
+  audience?: string;
+  oidcTokenVar?: string;
   sshIdentity?: string;
   ttl?: string;
   out?: string;
@@ -43,6 +48,9 @@ export function configureCertIssue(cert: Command, ctx: CliContext): void {
     .option('--public-key <file>', 'public key to certify (id_*.pub), or - for standard input')
     .option('--ssh-identity <key>', 'private key (or .pub of a key in ssh-agent) to prove possession of, for public_keys grants')
     .option('--oidc-token <file>', 'OIDC JWT (workload identity) standing for a bot, from FILE or - for standard input (default: $DSTACK_CA_OIDC_TOKEN, the token itself); no API token is sent with it')
+    .option('--oidc', `find the CI job's OIDC token: GitHub Actions' token endpoint (ACTIONS_ID_TOKEN_REQUEST_URL, for --audience), or $${DEFAULT_TOKEN_VAR} (GitLab CI id_tokens)`)
+    .option('--audience <aud>', 'with --oidc on GitHub Actions: the audience to ask the token for, the bot\'s --audience (default: the CA URL)')
+    .option('--oidc-token-var <name>', `with --oidc: the variable holding the JWT (default: ${DEFAULT_TOKEN_VAR})`)
     .option('--ttl <duration>', 'requested lifetime, e.g. 10m; a longer one than your cap (e.g. a bot\'s --max-ttl) is clamped to the cap, with a warning, and never outlives the run (a warning names the run\'s end when it cuts the certificate)')
     .option('--out <file>', 'write the certificate here (default: standard output)')
     .option('--json', 'machine-readable output on stdout')
@@ -56,12 +64,15 @@ export function configureCertIssue(cert: Command, ctx: CliContext): void {
       const keyFile = opts.publicKey ?? publicHalfOf(opts.sshIdentity as string);
       if (opts.oidcToken === '-' && keyFile === '-') throw new UsageError('--public-key - and --oidc-token - cannot both read standard input');
       if (opts.oidcToken !== undefined && opts.sshIdentity !== undefined) throw new UsageError('--oidc-token goes with --public-key, not --ssh-identity');
-      const oidcToken = await readOidcToken(ctx, opts.oidcToken, opts.sshIdentity === undefined);
+      if (opts.oidc && (opts.oidcToken !== undefined || opts.sshIdentity !== undefined)) throw new UsageError('--oidc goes with --public-key, without --oidc-token or --ssh-identity');
+      if (!opts.oidc && (opts.audience !== undefined || opts.oidcTokenVar !== undefined)) throw new UsageError(`${opts.audience !== undefined ? '--audience' : '--oidc-token-var'} goes with --oidc`);
       const publicKey = await readPublicKeyFile(ctx, keyFile);
-      const body: z.input<typeof issueCertBody> = { publicKey, ...(ttl !== undefined ? { ttl } : {}), ...(oidcToken !== undefined ? { oidcToken } : {}) };
-      checkArgs(issueCertBody, body, { publicKey: keyFile, ttl: '--ttl', oidcToken: opts.oidcToken ?? 'DSTACK_CA_OIDC_TOKEN' });
-
       const api = await ApiClient.forCommand(ctx, cmd);
+      const discovered = opts.oidc ? await discoverOidcToken(ctx.env, discoverOptions(api.url, opts)) : undefined;
+      const oidcToken = discovered?.token ?? (await readOidcToken(ctx, opts.oidcToken, opts.sshIdentity === undefined));
+      const body: z.input<typeof issueCertBody> = { publicKey, ...(ttl !== undefined ? { ttl } : {}), ...(oidcToken !== undefined ? { oidcToken } : {}) };
+      checkArgs(issueCertBody, body, { publicKey: keyFile, ttl: '--ttl', oidcToken: discovered?.source ?? opts.oidcToken ?? 'DSTACK_CA_OIDC_TOKEN' });
+
       if (oidcToken !== undefined) api.addSecret(oidcToken);
       const runPath = `/v1/runs/${encodeURIComponent(project)}/${encodeURIComponent(name)}`;
       if (opts.sshIdentity !== undefined) {
@@ -76,7 +87,11 @@ export function configureCertIssue(cert: Command, ctx: CliContext): void {
         body.proof = { nonce, signature: await sshKeygenSign(opts.sshIdentity, message) };
       }
       // With an OIDC token, it alone authenticates: the server refuses a request carrying both.
-      const issued = await api.request('POST', `${runPath}/certs`, { body, schema: certView, ...(oidcToken !== undefined ? { auth: false } : {}) });
+      const issued = await api
+        .request('POST', `${runPath}/certs`, { body, schema: certView, ...(oidcToken !== undefined ? { auth: false } : {}) })
+        .catch((e: unknown) => {
+          throw discovered ? withAudienceHint(e, discovered) : e;
+        });
       const granted = formatDuration(Math.max(0, issued.validBefore - issued.validAfter - CLOCK_SKEW));
       if (issued.ttlLimitedBy === 'run-end') {
         // The run's end cuts every cert, asked-for ttl or default: say so, whatever was asked.

@@ -54,6 +54,10 @@ export interface SshConfigInput {
    * principal (HostKeyAlias), by host certificate or pinned host key.
    */
   hostCertAuthority?: boolean;
+  /** More names for a run's Host line, e.g. one without "/" for scp and rsync (`ci ssh`). */
+  aliases?: (project: string, run: string) => string[];
+  /** The first line (default SSH_CONFIG_HEADER). */
+  header?: string;
 }
 
 /** What can go into a Host block for a run, or why it cannot. */
@@ -98,7 +102,7 @@ export const SSH_CONFIG_HEADER = '# Written by dstack-ca (login, config ssh); re
 
 /** CONFIGDIR/ssh_config: per run, a renewing Match line and a Host block. */
 export function renderSshConfig(input: SshConfigInput): string {
-  const out: string[] = [SSH_CONFIG_HEADER];
+  const out: string[] = [input.header ?? SSH_CONFIG_HEADER];
   // Before each Host block, a Match line that runs `dstack-ca renew` (quiet, no network when
   // the cert is fresh) before ssh connects; it always exits nonzero, so it applies nothing.
   // The run's name is written literally, never as %n: an ssh older than 9.6 would hand a
@@ -119,7 +123,7 @@ export function renderSshConfig(input: SshConfigInput): string {
     const match = renew(qualified);
     if (match !== null) out.push(match);
     out.push(
-      `Host ${qualified}`,
+      `Host ${[qualified, ...(input.aliases?.(run.project, run.name) ?? [])].join(' ')}`,
       `  HostName ${target.host}`,
       `  Port ${target.port}`,
       `  User ${target.user}`,

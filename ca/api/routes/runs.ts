@@ -8,7 +8,7 @@ import { proofMessage } from '../../authority/proof.js';
 import { finishRun, getRun, listRuns, registerRun, updateRunPolicy, updateRunSsh } from '../../authority/runs.js';
 import { requireRun } from '../../authority/lookup.js';
 import { certView, errorBody, issueCertBody, nonceView, revokedCountView, projectParam, registerRunBody, runParams, runView, updateRunBody } from '../schemas.js';
-import { toRunView } from '../views.js';
+import { sshView, toRunView } from '../views.js';
 
 export function runRoutes(app: FastifyInstance, authority: Authority): void {
   const r = app.withTypeProvider<ZodTypeProvider>();
@@ -51,7 +51,8 @@ export function runRoutes(app: FastifyInstance, authority: Authority): void {
   });
 
   r.post('/v1/runs/:project/:run/certs', { schema: { params: runParams, body: issueCertBody, response: { 201: certView, 429: errorBody } } }, async (req, reply) => {
-    const res = await authority.issuer.issue(req.actor, { project: req.params.project, run: req.params.run, ...req.body }, { address: req.ip });
-    return reply.code(201).send({ ...res, serial: res.serial.toString() });
+    const { run, ...res } = await authority.issuer.issue(req.actor, { project: req.params.project, run: req.params.run, ...req.body }, { address: req.ip });
+    // Where to use it: the holder may attach to this run, so it learns what /v1/me/runs tells people (a CI job has no other way to ask).
+    return reply.code(201).send({ ...res, serial: res.serial.toString(), loginUser: run.loginUser, ssh: sshView(run) });
   });
 }
