@@ -20,6 +20,7 @@ import { checkArgs, durationArg, qualifiedArg } from '../args.js';
 import { ApiClient } from '../client.js';
 import { printJson, readInput, type CliContext } from '../context.js';
 import { CliError, UsageError } from '../errors.js';
+import { certIssueFields } from '../field-labels.js';
 import { readPublicKeyFile } from '../key-file.js';
 import { formatTime } from '../output.js';
 import { formatDuration } from '../../ca/domain/duration.js';
@@ -59,7 +60,8 @@ export function configureCertIssue(cert: Command, ctx: CliContext): void {
       const oidcToken = await readOidcToken(ctx, opts.oidcToken, opts.sshIdentity === undefined);
       const publicKey = await readPublicKeyFile(ctx, keyFile);
       const body: z.input<typeof issueCertBody> = { publicKey, ...(ttl !== undefined ? { ttl } : {}), ...(oidcToken !== undefined ? { oidcToken } : {}) };
-      checkArgs(issueCertBody, body, { publicKey: keyFile, ttl: '--ttl', oidcToken: opts.oidcToken ?? 'DSTACK_CA_OIDC_TOKEN' });
+      const fields = certIssueFields(keyFile, opts.oidcToken ?? 'DSTACK_CA_OIDC_TOKEN');
+      checkArgs(issueCertBody, body, fields);
 
       const api = await ApiClient.forCommand(ctx, cmd);
       if (oidcToken !== undefined) api.addSecret(oidcToken);
@@ -76,7 +78,7 @@ export function configureCertIssue(cert: Command, ctx: CliContext): void {
         body.proof = { nonce, signature: await sshKeygenSign(opts.sshIdentity, message) };
       }
       // With an OIDC token, it alone authenticates: the server refuses a request carrying both.
-      const issued = await api.request('POST', `${runPath}/certs`, { body, schema: certView, ...(oidcToken !== undefined ? { auth: false } : {}) });
+      const issued = await api.request('POST', `${runPath}/certs`, { body, schema: certView, fields, ...(oidcToken !== undefined ? { auth: false } : {}) });
       if (issued.ttlClamped && ttl !== undefined) {
         const granted = issued.validBefore - issued.validAfter - CLOCK_SKEW;
         ctx.stderr.write(`dstack-ca: warning: the requested --ttl ${formatDuration(ttl)} is above your cap; the certificate is valid for ${formatDuration(Math.max(0, granted))}\n`);

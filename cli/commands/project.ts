@@ -5,6 +5,7 @@ import { apiCommand, checkArgs } from '../args.js';
 import { ApiClient } from '../client.js';
 import { printJson, type CliContext } from '../context.js';
 import { printTable } from '../output.js';
+import { PROJECT_ADD_FIELDS } from '../field-labels.js';
 import type { ProjectView } from '../views.js';
 
 export function registerProject(program: Command, ctx: CliContext): void {
@@ -13,9 +14,9 @@ export function registerProject(program: Command, ctx: CliContext): void {
   apiCommand(project, 'add', 'create a project (global admins only)')
     .argument('<name>', 'project name (a-z, 0-9, ".", "_", "-")')
     .action(async (name: string, opts: { json?: boolean }, cmd: Command) => {
-      checkArgs(addProjectBody, { name }, { name: 'NAME' });
+      checkArgs(addProjectBody, { name }, PROJECT_ADD_FIELDS);
       const api = await ApiClient.forCommand(ctx, cmd);
-      const created = await api.call<ProjectView>('POST', '/v1/projects', { body: { name } });
+      const created = await api.call<ProjectView>('POST', '/v1/projects', { body: { name }, fields: PROJECT_ADD_FIELDS });
       if (opts.json) printJson(ctx, created);
       else ctx.stdout.write(`added project ${created.name}\n`);
     });

@@ -7,6 +7,7 @@ import { checkArgs, qualifiedArg } from '../args.js';
 import { ApiClient } from '../client.js';
 import { printJson, type CliContext } from '../context.js';
 import { UsageError } from '../errors.js';
+import { REVOKE_FIELDS } from '../field-labels.js';
 import { readPublicKeyFile } from '../key-file.js';
 import { plural } from '../output.js';
 
@@ -33,7 +34,6 @@ const TARGETS = [
   ['caKey', '--ca-key'],
 ] as const;
 
-const LABELS: Record<string, string> = { ...Object.fromEntries(TARGETS), project: '--project', reason: '--reason' };
 
 export function registerRevoke(program: Command, ctx: CliContext): void {
   program
@@ -72,10 +72,10 @@ export function registerRevoke(program: Command, ctx: CliContext): void {
       if (opts.bot !== undefined) body.bot = opts.bot;
       if (opts.publicKey !== undefined) body.publicKey = await readPublicKeyFile(ctx, opts.publicKey);
       if (opts.caKey !== undefined) body.caKey = await readPublicKeyFile(ctx, opts.caKey);
-      checkArgs(revokeBody, body, LABELS);
+      checkArgs(revokeBody, body, REVOKE_FIELDS);
 
       const api = await ApiClient.forCommand(ctx, cmd);
-      const r = await api.request('POST', '/v1/revocations', { body, schema: revokeView });
+      const r = await api.request('POST', '/v1/revocations', { body, schema: revokeView, fields: REVOKE_FIELDS });
       if (opts.json) printJson(ctx, r);
       else ctx.stdout.write(`revoked ${plural(r.revokedCerts, 'certificate')}; KRL version ${r.krlVersion}\n`);
     });

@@ -6,6 +6,7 @@ import { apiCommand, checkArgs, durationArg } from '../args.js';
 import { ApiClient } from '../client.js';
 import { printJson, type CliContext } from '../context.js';
 import { formatTime, plural, printTable } from '../output.js';
+import { USER_ADD_FIELDS, USER_ENROLL_FIELDS, USER_TOKEN_FIELDS } from '../field-labels.js';
 import type { UserTokenView, UserView } from '../views.js';
 
 interface JsonFlag {
@@ -31,9 +32,9 @@ export function registerUser(program: Command, ctx: CliContext): void {
     .option('--admin', 'make the user a global admin')
     .action(async (name: string, opts: JsonFlag & { admin?: boolean }, cmd: Command) => {
       const body = { name, ...(opts.admin ? { admin: true } : {}) };
-      checkArgs(addUserBody, body, { name: 'NAME' });
+      checkArgs(addUserBody, body, USER_ADD_FIELDS);
       const api = await ApiClient.forCommand(ctx, cmd);
-      const created = await api.call<UserView & { enrollment: EnrollmentView }>('POST', '/v1/users', { body });
+      const created = await api.call<UserView & { enrollment: EnrollmentView }>('POST', '/v1/users', { body, fields: USER_ADD_FIELDS });
       if (opts.json) {
         printJson(ctx, created);
         return;
@@ -50,6 +51,7 @@ export function registerUser(program: Command, ctx: CliContext): void {
       const api = await ApiClient.forCommand(ctx, cmd);
       const r = await api.call<EnrollmentView & { removedPasskeys: number; endedSessions: number; revokedCerts: number }>('POST', `/v1/users/${encodeURIComponent(name)}/enrollments`, {
         body: opts.reset ? { reset: true } : {},
+        fields: USER_ENROLL_FIELDS,
       });
       if (opts.json) {
         printJson(ctx, { name, ...r });
@@ -114,9 +116,9 @@ export function registerUser(program: Command, ctx: CliContext): void {
     .action(async (name: string, opts: JsonFlag & { ttl?: string }, cmd: Command) => {
       const body = opts.ttl === undefined ? {} : { ttl: durationArg(opts.ttl, '--ttl') };
       checkArgs(nameParam, { name }, { name: 'NAME' });
-      checkArgs(userTokenBody, body, { ttl: '--ttl' });
+      checkArgs(userTokenBody, body, USER_TOKEN_FIELDS);
       const api = await ApiClient.forCommand(ctx, cmd);
-      const t = await api.call<UserTokenView>('POST', `/v1/users/${encodeURIComponent(name)}/tokens`, { body });
+      const t = await api.call<UserTokenView>('POST', `/v1/users/${encodeURIComponent(name)}/tokens`, { body, fields: USER_TOKEN_FIELDS });
       if (opts.json) {
         printJson(ctx, { name: t.name, token: t.token, expiresAt: t.expiresAt });
         return;
