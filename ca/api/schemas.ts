@@ -169,7 +169,16 @@ export const certView = z.object({
   ttlClamped: z.boolean().describe('The requested ttl was above the caller’s cap and was lowered to it'),
 });
 
-export const revokeView = z.object({ revokedCerts: z.number(), krlVersion: z.number() });
+export const stillGrantedView = z
+  .object({
+    subject: z.string(),
+    credentials: z.array(z.string()).describe('Credentials that still authenticate the user or bot'),
+    runs: z.array(z.string()).describe('Running runs whose policy still admits it, as PROJECT/RUN (why); at most 5'),
+    moreRuns: z.number().describe('Runs admitting it beyond those named'),
+    stop: z.array(z.string()).describe('Commands that would end the access'),
+  })
+  .describe('After revoking a user or bot: what still lets it get new certificates at once (absent: nothing does)');
+export const revokeView = z.object({ revokedCerts: z.number(), krlVersion: z.number(), stillGranted: stillGrantedView.optional() });
 
 export const agentJoinBody = z.strictObject({ joinToken: z.string().min(1).max(200) });
 export const agentHostKeysBody = z.strictObject({ hostKeys: z.array(hostKeyLine).min(1).max(16).describe("The run's sshd host public keys, as the agent reads them beside it") });

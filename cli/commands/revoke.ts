@@ -2,7 +2,7 @@
 // version is durable on the server.
 import type { Command } from 'commander';
 import type { z } from 'zod';
-import { revokeBody, revokeView } from '../../ca/api/schemas.js';
+import { revokeBody, revokeView, stillGrantedView } from '../../ca/api/schemas.js';
 import { checkArgs, qualifiedArg } from '../args.js';
 import { ApiClient } from '../client.js';
 import { printJson, type CliContext } from '../context.js';
@@ -34,6 +34,19 @@ const TARGETS = [
   ['caKey', '--ca-key'],
 ] as const;
 
+
+/**
+ * The warning after a revoke that leaves the grant in place: revoking certificates ends
+ * sessions, but a bot with a live token (or a user with a login) gets a new one at once.
+ */
+export function describeStillGranted(s: z.output<typeof stillGrantedView>): string {
+  const runs = [...s.runs, ...(s.moreRuns > 0 ? [`${s.moreRuns} more`] : [])].join(', ');
+  return [
+    `dstack-ca: warning: ${s.subject} can get new certificates at once: it still holds ${s.credentials.join(' and ')}, and running runs admit it: ${runs}`,
+    'dstack-ca: to end its access:',
+    ...s.stop.map((c) => `dstack-ca:   ${c}`),
+  ].join('\n') + '\n';
+}
 
 export function registerRevoke(program: Command, ctx: CliContext): void {
   program
@@ -76,7 +89,11 @@ export function registerRevoke(program: Command, ctx: CliContext): void {
 
       const api = await ApiClient.forCommand(ctx, cmd);
       const r = await api.request('POST', '/v1/revocations', { body, schema: revokeView, fields: REVOKE_FIELDS });
-      if (opts.json) printJson(ctx, r);
-      else ctx.stdout.write(`revoked ${plural(r.revokedCerts, 'certificate')}; KRL version ${r.krlVersion}\n`);
+      if (opts.json) {
+        printJson(ctx, r);
+        return;
+      }
+      ctx.stdout.write(`revoked ${plural(r.revokedCerts, 'certificate')}; KRL version ${r.krlVersion}\n`);
+      if (r.stillGranted) ctx.stderr.write(describeStillGranted(r.stillGranted));
     });
 }
