@@ -114,6 +114,8 @@ export const PROJECT_RM_FIELDS: FieldLabels = { name: 'NAME', force: '--force' }
 export const RUN_RM_FIELDS: FieldLabels = { project: 'PROJECT/RUN', run: 'PROJECT/RUN', force: '--force' };
 export const MEMBER_FIELDS: FieldLabels = { project: 'PROJECT', name: 'NAME', role: '--role' };
 export const ORCHESTRATOR_ADD_FIELDS: FieldLabels = { name: 'NAME' };
+/** `cert ls` sends a query, not a body; the server names its parameters `querystring.run` etc. */
+export const CERT_LS_FIELDS: FieldLabels = { run: '--run', user: '--user', bot: '--bot', key: '--key', limit: '--limit', after: '--after', 'querystring.run': '--run', 'querystring.user': '--user', 'querystring.bot': '--bot', 'querystring.key': '--key', 'querystring.limit': '--limit', 'querystring.after': '--after' };
 
 /** `cert PROJECT/RUN`: the key file and the token source are what the user named. */
 export function certIssueFields(keyFile: string, oidcSource: string): FieldLabels {

@@ -143,6 +143,31 @@ export const botParams = z.strictObject({ project: projectName, name: identityNa
 export const rotateTokenBody = z.strictObject({}).nullish();
 export const addOrchestratorBody = z.strictObject({ name: identityName });
 export const nonceBody = z.strictObject({});
+export const certListQuery = z.strictObject({
+  run: z.string().min(1).max(200).optional().describe('PROJECT/RUN: only certificates for this run'),
+  user: identityName.optional().describe("only this user's certificates"),
+  bot: z.string().min(1).max(200).optional().describe("PROJECT/BOT: only this bot's certificates"),
+  key: z
+    .string()
+    .regex(/^SHA256:[A-Za-z0-9+/]{43}$/, 'must be a key fingerprint as ssh-keygen -l prints it (SHA256: and 43 base64 characters)')
+    .optional()
+    .describe('only certificates of the key with this fingerprint'),
+  after: serialText.optional().describe('only serials above this one (the previous page’s next)'),
+  limit: z.coerce.number().int().min(1).max(1000).optional().describe('rows per page, 1 to 1000 (default 100)'),
+});
+export const certListItemView = z.object({
+  serial: z.string(),
+  run: z.string(),
+  principal: z.string(),
+  holder: z.object({ kind: z.enum(['user', 'bot']), name: z.string() }).nullable().describe('null: a key holder without an account (public_keys grant)'),
+  grant: z.enum(['user', 'project_members', 'public_key']),
+  keyFingerprint: z.string(),
+  keyId: z.string(),
+  validAfter: z.number(),
+  validBefore: z.number(),
+  issuedAt: z.number(),
+});
+export const certListView = z.object({ certs: z.array(certListItemView), next: z.string().nullable().describe('pass as after= for the next page; null on the last') });
 export const auditQuery = z.strictObject({ after: z.coerce.number().int().min(0).optional(), limit: z.coerce.number().int().min(1).max(10000).optional() });
 
 // ---- responses ----
