@@ -168,6 +168,24 @@ export const certListItemView = z.object({
   issuedAt: z.number(),
 });
 export const certListView = z.object({ certs: z.array(certListItemView), next: z.string().nullable().describe('pass as after= for the next page; null on the last') });
+/** `?force=true` on a removal: go ahead although the target still has running runs. */
+export const removalQuery = z.strictObject({ force: z.enum(['true', 'false']).optional().describe('true: remove even with running runs (see the route)') });
+export const userRemovalView = z.object({
+  name: z.string(),
+  revokedCerts: z.number(),
+  endedCredentials: z.number(),
+  removedPasskeys: z.number(),
+  leftProjects: z.array(z.string()),
+  ownedRuns: z.array(z.string()).describe('running runs the user owned; they keep running'),
+});
+export const projectRemovalView = z.object({
+  name: z.string(),
+  revokedCerts: z.number(),
+  finishedRuns: z.array(z.string()),
+  removedBots: z.array(z.string()),
+  removedMembers: z.number(),
+  deleted: z.boolean().describe('true: the project never had runs or bots and is gone (its name is free); false: it stays on record, empty'),
+});
 export const auditQuery = z.strictObject({ after: z.coerce.number().int().min(0).optional(), limit: z.coerce.number().int().min(1).max(10000).optional() });
 
 // ---- responses ----

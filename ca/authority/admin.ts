@@ -33,12 +33,14 @@ async function insertToken(tx: StoreTx, now: number, t: Pick<TokenRecord, 'kind'
   return secret;
 }
 
-async function revokeTokens(tx: StoreTx, now: number, filter: Parameters<StoreTx['listTokens']>[0]): Promise<void> {
+/** Revokes every token matching `filter` that is not revoked yet. */
+export async function revokeTokens(tx: StoreTx, now: number, filter: Parameters<StoreTx['listTokens']>[0]): Promise<void> {
   for (const t of await tx.listTokens(filter)) if (t.revokedAt === null) await tx.revokeToken(t.id, now);
 }
 
 /** Ends every credential of an identity: tokens of any kind, browser sessions, approved device codes, enrollment links. */
-async function endCredentials(tx: StoreTx, identityId: number, now: number): Promise<number> {
+/** Ends every credential of an identity (tokens, sessions, approved device codes, enrollment links); returns how many. */
+export async function endCredentials(tx: StoreTx, identityId: number, now: number): Promise<number> {
   let n = 0;
   for (const t of await tx.listTokens({ identityId })) {
     if (t.revokedAt === null && (t.expiresAt === null || t.expiresAt > now)) {

@@ -1,4 +1,4 @@
-// `dstack-ca run add|show|ls|update|finish`: runs and their `attachable_by` policy, as the
+// `dstack-ca run add|show|ls|update|finish|rm`: runs and their `attachable_by` policy, as the
 // orchestrator registers them (DESIGN.md sections 3 and 10).
 import type { Command } from 'commander';
 import { stringify } from 'yaml';
@@ -126,6 +126,22 @@ export function registerRun(program: Command, ctx: CliContext): void {
       if (opts.json) printJson(ctx, updated);
       else if (attachableBy) ctx.stdout.write(`updated the policy of ${updated.project}/${updated.name}; ${plural(updated.revokedCerts, 'certificate')} revoked\n`);
       else ctx.stdout.write(`updated the ssh endpoint of ${updated.project}/${updated.name}\n`);
+    });
+
+  apiCommand(
+    run,
+    'rm',
+    "remove a run: it is finished, every live certificate for it is revoked and its agent's token ends (the same as run finish). Runs stay on record, finished, so their certificates keep their history; run ls shows them as finished.",
+  )
+    .argument('<run>', 'PROJECT/RUN')
+    .action(async (qualified: string, opts: { json?: boolean }, cmd: Command) => {
+      const { project, name } = qualifiedArg(qualified, 'run');
+      const api = await ApiClient.forCommand(ctx, cmd);
+      const before = await api.request('GET', runPath(project, name), { schema: runView });
+      const r = await api.call<RevokedCountView>('POST', `${runPath(project, name)}/finish`);
+      if (opts.json) printJson(ctx, { project, name, wasRunning: before.state === 'running', revokedCerts: r.revokedCerts });
+      else if (before.state === 'running') ctx.stdout.write(`removed ${project}/${name}: finished, ${plural(r.revokedCerts, 'certificate')} revoked, its agent's token ended\n`);
+      else ctx.stdout.write(`${project}/${name} was already finished; nothing to revoke\n`);
     });
 
   apiCommand(run, 'finish', 'mark a run finished; all its certificates are revoked')

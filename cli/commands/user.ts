@@ -1,12 +1,12 @@
-// `dstack-ca user add|ls|disable|enable|token`: people who get certificates (admin only).
+// `dstack-ca user add|ls|rm|disable|enable|token`: people who get certificates (admin only).
 import type { Command } from 'commander';
-import { addUserBody, nameParam, userTokenBody } from '../../ca/api/schemas.js';
+import { addUserBody, nameParam, userRemovalView, userTokenBody } from '../../ca/api/schemas.js';
 import { formatDuration } from '../../ca/domain/duration.js';
 import { apiCommand, checkArgs, durationArg } from '../args.js';
 import { ApiClient } from '../client.js';
 import { printJson, type CliContext } from '../context.js';
 import { formatTime, plural, printTable } from '../output.js';
-import { USER_ADD_FIELDS, USER_ENROLL_FIELDS, USER_TOKEN_FIELDS } from '../field-labels.js';
+import { USER_ADD_FIELDS, USER_ENROLL_FIELDS, USER_RM_FIELDS, USER_TOKEN_FIELDS } from '../field-labels.js';
 import type { UserTokenView, UserView } from '../views.js';
 
 interface JsonFlag {
@@ -109,6 +109,26 @@ export function registerUser(program: Command, ctx: CliContext): void {
         else ctx.stdout.write(`user ${updated.name} ${updated.disabled ? 'disabled' : 'enabled'}\n`);
       });
   }
+
+  apiCommand(
+    user,
+    'rm',
+    'remove a user for good: its tokens, sessions and passkeys end, it leaves every project and every live certificate it holds is revoked. The account stays on record, disabled, so its certificates stay attributable and the name is never given to someone else (run policies name users). The last global admin cannot be removed; the owner of running runs only with --force (the runs keep running, the owner can no longer attach).',
+  )
+    .argument('<name>', 'user name')
+    .option('--force', 'remove the user although it owns running runs')
+    .action(async (name: string, opts: JsonFlag & { force?: boolean }, cmd: Command) => {
+      checkArgs(nameParam, { name }, USER_RM_FIELDS);
+      const api = await ApiClient.forCommand(ctx, cmd);
+      const r = await api.request('DELETE', `/v1/users/${encodeURIComponent(name)}`, { query: { force: opts.force ? 'true' : undefined }, schema: userRemovalView, fields: USER_RM_FIELDS });
+      if (opts.json) {
+        printJson(ctx, r);
+        return;
+      }
+      const left = r.leftProjects.length > 0 ? `left ${r.leftProjects.join(', ')}; ` : '';
+      ctx.stdout.write(`removed user ${r.name}: ${left}${plural(r.endedCredentials, 'credential')} ended, ${plural(r.removedPasskeys, 'passkey')} removed, ${plural(r.revokedCerts, 'certificate')} revoked\n`);
+      if (r.ownedRuns.length > 0) ctx.stderr.write(`dstack-ca: ${r.name} owned running runs that keep running: ${r.ownedRuns.join(', ')}\n`);
+    });
 
   apiCommand(user, 'token', 'create an API token for a user; it is printed once')
     .argument('<name>', 'user name')
