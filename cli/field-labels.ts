@@ -108,11 +108,17 @@ export const REVOKE_FIELDS: FieldLabels = {
 export const USER_ADD_FIELDS: FieldLabels = { name: 'NAME', admin: '--admin' };
 export const USER_TOKEN_FIELDS: FieldLabels = { name: 'NAME', ttl: '--ttl' };
 export const USER_ENROLL_FIELDS: FieldLabels = { name: 'NAME', reset: '--reset' };
+/** `user disable|enable NAME`: `disabled` is the verb itself. */
+export const USER_UPDATE_FIELDS: FieldLabels = { name: 'NAME', disabled: 'disable/enable' };
 export const USER_RM_FIELDS: FieldLabels = { name: 'NAME', force: '--force' };
 export const PROJECT_ADD_FIELDS: FieldLabels = { name: 'NAME' };
 export const PROJECT_RM_FIELDS: FieldLabels = { name: 'NAME', force: '--force' };
 export const RUN_RM_FIELDS: FieldLabels = { project: 'PROJECT/RUN', run: 'PROJECT/RUN', force: '--force' };
 export const MEMBER_FIELDS: FieldLabels = { project: 'PROJECT', name: 'NAME', role: '--role' };
+/** `audit [--after N] [--limit N]` and `audit verify` (a query). */
+export const AUDIT_FIELDS: FieldLabels = { after: '--after', limit: '--limit', 'querystring.after': '--after', 'querystring.limit': '--limit' };
+/** `ca rotate STEP [--host] [--reason TEXT]`. */
+export const CA_ROTATE_FIELDS: FieldLabels = { step: 'STEP', purpose: '--host', reason: '--reason' };
 export const ORCHESTRATOR_ADD_FIELDS: FieldLabels = { name: 'NAME' };
 /** `cert ls` sends a query, not a body; the server names its parameters `querystring.run` etc. */
 export const CERT_LS_FIELDS: FieldLabels = { run: '--run', user: '--user', bot: '--bot', key: '--key', limit: '--limit', after: '--after', 'querystring.run': '--run', 'querystring.user': '--user', 'querystring.bot': '--bot', 'querystring.key': '--key', 'querystring.limit': '--limit', 'querystring.after': '--after' };

@@ -6,7 +6,7 @@ import { apiCommand, checkArgs, durationArg } from '../args.js';
 import { ApiClient } from '../client.js';
 import { printJson, type CliContext } from '../context.js';
 import { formatTime, plural, printTable } from '../output.js';
-import { USER_ADD_FIELDS, USER_ENROLL_FIELDS, USER_RM_FIELDS, USER_TOKEN_FIELDS } from '../field-labels.js';
+import { USER_ADD_FIELDS, USER_ENROLL_FIELDS, USER_RM_FIELDS, USER_TOKEN_FIELDS, USER_UPDATE_FIELDS } from '../field-labels.js';
 import type { UserTokenView, UserView } from '../views.js';
 
 interface JsonFlag {
@@ -104,7 +104,7 @@ export function registerUser(program: Command, ctx: CliContext): void {
       .action(async (name: string, opts: JsonFlag, cmd: Command) => {
         checkArgs(nameParam, { name }, { name: 'NAME' });
         const api = await ApiClient.forCommand(ctx, cmd);
-        const updated = await api.call<UserView>('PATCH', `/v1/users/${encodeURIComponent(name)}`, { body: { disabled } });
+        const updated = await api.call<UserView>('PATCH', `/v1/users/${encodeURIComponent(name)}`, { body: { disabled }, fields: USER_UPDATE_FIELDS });
         if (opts.json) printJson(ctx, updated);
         else ctx.stdout.write(`user ${updated.name} ${updated.disabled ? 'disabled' : 'enabled'}\n`);
       });
