@@ -21,7 +21,8 @@ interface CertLsFlags {
 
 /** --key takes a fingerprint as ssh-keygen -l prints it, or a public key file (fingerprinted here). */
 async function keyFingerprintArg(ctx: CliContext, text: string): Promise<string> {
-  if (text.startsWith('SHA256:')) return text;
+  // Any HASH: prefix is a fingerprint (checked against the query schema: SHA256 only), not a file name.
+  if (/^(SHA256|SHA1|SHA384|SHA512|MD5):/i.test(text)) return text;
   return fingerprint(parseAuthorizedKey(await readPublicKeyFile(ctx, text)).key);
 }
 
