@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cliAgainst, fails, json, ok } from './fixtures/cli.js';
 import { startServerProcess, type ServerProcess } from './fixtures/server-process.js';
-import { cleanupTempDirs, generateKey, krlCheck, makeTempDir, run, SSH_KEYGEN, type KeyFiles } from './harness/index.js';
+import { cleanupTempDirs, generateKey, krlCheck, listCert, makeTempDir, parseListing, run, SSH_KEYGEN, type KeyFiles } from './harness/index.js';
 
 let dir: string;
 let server: ServerProcess;
@@ -147,6 +147,26 @@ describe('revoke says what still grants access (item 21)', () => {
     expect(r.stderr).toContain('user bob can get new certificates at once: it still holds 1 live API token or login session, and running runs admit it: ml/train-1 (project_members)');
     expect(r.stderr).toContain('dstack-ca member rm ml bob (for runs that admit project_members)');
     expect(r.stderr).toContain('dstack-ca user disable bob');
+  });
+
+  it('revoke --key-id names the holder of that certificate (its next one has another key id)', async () => {
+    const cert = join(dir, 'bob-first-cert.pub');
+    ok(await ca(['cert', 'ml/train-1', '--public-key', botKey.publicPath, '--out', cert], { token: bobToken }));
+    const { keyId } = parseListing(await listCert(cert));
+    const r = ok(await ca(['revoke', '--key-id', keyId, '--reason', 'leaked']));
+    expect(r.stdout).toMatch(/^revoked 1 certificate;/);
+    expect(r.stderr).toContain('warning: user bob can get new certificates at once');
+    expect(await revokedInKrl(cert)).toBe(true);
+  });
+
+  it('revoke --run says the policy still admits people, and how to end that', async () => {
+    const r = ok(await ca(['revoke', '--run', 'ml/train-1', '--reason', 'suspicious']));
+    expect(r.stderr).toContain('dstack-ca: warning: new certificates for run ml/train-1 can be issued at once: its attachable_by policy, which admits every project member still stands\n');
+    expect(r.stderr).toContain('dstack-ca run finish ml/train-1 (or run rm)');
+    // A public key revocation is for good (the KRL lists the key; issuance refuses it): no warning.
+    const retired = await generateKey(dir, 'retired', 'ed25519');
+    const k = ok(await ca(['revoke', '--public-key', retired.publicPath, '--reason', 'retired key']));
+    expect(k.stderr).toBe('');
   });
 });
 

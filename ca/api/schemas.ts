@@ -220,7 +220,7 @@ export const stillGrantedView = z
     moreRuns: z.number().describe('Runs admitting it beyond those named'),
     stop: z.array(z.string()).describe('Commands that would end the access'),
   })
-  .describe('After revoking a user or bot: what still lets it get new certificates at once (absent: nothing does)');
+  .describe('After revoking a user’s, bot’s or run’s certificates: what still lets new ones be issued at once (absent: nothing does)');
 export const revokeView = z.object({ revokedCerts: z.number(), krlVersion: z.number(), stillGranted: stillGrantedView.optional() });
 
 export const agentJoinBody = z.strictObject({ joinToken: z.string().min(1).max(200) });

@@ -64,7 +64,8 @@ export async function removeUser(ctx: AuthorityContext, actor: Actor, name: stri
     for (const m of memberships) await tx.deleteMembership(m.projectId, user.id);
     const passkeys = await tx.listPasskeys(user.id);
     for (const p of passkeys) await tx.deletePasskey(p.id);
-    await tx.updateIdentity(user.id, { disabled: true });
+    // Admin rights go too: `user enable` must not bring back a global admin nobody chose again.
+    await tx.updateIdentity(user.id, { disabled: true, globalAdmin: false });
     const endedCredentials = await endCredentials(tx, user.id, now);
     const leftProjects = memberships.map((m) => projects.get(m.projectId) ?? '?').sort();
     await audit(tx, now, actor, 'user.remove', { name, leftProjects, endedCredentials, removedPasskeys: passkeys.length, ownedRuns: owned, force: opts.force });

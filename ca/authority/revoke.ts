@@ -11,7 +11,7 @@ import { audit } from './audit.js';
 import type { AuthorityContext } from './context.js';
 import { publishKrl, rebuildKrl } from './krl.js';
 import { requireIdentity, requireProject, requireRun } from './lookup.js';
-import { whatStillGrants, type StillGranted } from './still-granted.js';
+import { whatStillAdmits, whatStillGrants, type StillGranted } from './still-granted.js';
 
 export type RevokeBy =
   | { serial: bigint }
@@ -41,6 +41,8 @@ interface Plan {
   what: Record<string, unknown>;
   /** A user or bot target (and the project it was limited to): its remaining grants are reported. */
   subject?: { identity: Identity; projectId?: number };
+  /** A run target: what its policy still admits is reported. */
+  run?: { id: number; label: string };
 }
 
 function normalizedKey(line: string, field: string): string {
@@ -75,7 +77,7 @@ async function plan(ctx: AuthorityContext, actor: Actor, req: RevokeBy): Promise
     const { project, name } = qualified(req.run, 'run', 'run');
     const { run } = await requireRun(store, project, name);
     await inProject(run.projectId);
-    return { filter: { runId: run.id }, serials: [], target: null, what: { run: req.run } };
+    return { filter: { runId: run.id }, serials: [], target: null, what: { run: req.run }, run: { id: run.id, label: `${project}/${name}` } };
   }
   if ('bot' in req) {
     const { project: projectName, name } = qualified(req.bot, 'bot', 'bot');
@@ -98,7 +100,10 @@ async function plan(ctx: AuthorityContext, actor: Actor, req: RevokeBy): Promise
   requireAllowed(actor, 'revoke.global');
   if ('keyId' in req) {
     if (req.keyId === '') throw badRequest('must not be empty', 'keyId');
-    return { filter: { keyId: req.keyId }, serials: [], target: { kind: 'key_id', keyId: req.keyId }, what: { keyId: req.keyId } };
+    // A key id names one certificate's holder; the next certificate carries another key id.
+    const holders = [...new Set((await store.listCerts({ keyId: req.keyId })).map((c) => c.identityId))];
+    const holder = holders.length === 1 && holders[0] !== null && holders[0] !== undefined ? await store.getIdentity(holders[0]) : null;
+    return { filter: { keyId: req.keyId }, serials: [], target: { kind: 'key_id', keyId: req.keyId }, what: { keyId: req.keyId }, ...(holder ? { subject: { identity: holder } } : {}) };
   }
   if ('publicKey' in req) {
     const line = normalizedKey(req.publicKey, 'publicKey');
@@ -140,6 +145,10 @@ export async function revoke(ctx: AuthorityContext, actor: Actor, req: RevokeReq
     return { revokedCerts, krlVersion, changed };
   });
   if (result.changed) await publishKrl(ctx);
-  const still = p.subject ? await whatStillGrants(ctx.store, (await ctx.store.getIdentity(p.subject.identity.id)) ?? p.subject.identity, ctx.now(), p.subject.projectId) : null;
+  const still = p.subject
+    ? await whatStillGrants(ctx.store, (await ctx.store.getIdentity(p.subject.identity.id)) ?? p.subject.identity, ctx.now(), p.subject.projectId)
+    : p.run
+      ? await whatStillAdmits(ctx.store, p.run.id, p.run.label)
+      : null;
   return { revokedCerts: result.revokedCerts, krlVersion: result.krlVersion, ...(still ? { stillGranted: still } : {}) };
 }

@@ -8,6 +8,28 @@ import { grantFor } from '../policy/attachable-by.js';
 import { runInScope } from '../policy/bot-scope.js';
 import type { StoreReader } from '../store/store.js';
 
+/**
+ * What still lets people attach to a run after all its certificates were revoked: its policy,
+ * while the run is running. Null for a finished run or a policy that admits nobody.
+ */
+export async function whatStillAdmits(store: StoreReader, runId: number, label: string): Promise<StillGranted | null> {
+  const run = await store.getRun(runId);
+  if (!run || run.state !== 'running') return null;
+  const admits = [
+    ...(run.policy.users.length > 0 ? [`users ${run.policy.users.join(', ')}`] : []),
+    ...(run.policy.projectMembers ? ['every project member'] : []),
+    ...(run.policy.publicKeys.length > 0 ? [plural(run.policy.publicKeys.length, 'listed public key')] : []),
+  ];
+  if (admits.length === 0) return null;
+  return {
+    subject: `run ${label}`,
+    credentials: [`its attachable_by policy, which admits ${admits.join(', ')}`],
+    runs: [],
+    moreRuns: 0,
+    stop: [`dstack-ca run finish ${label} (or run rm)`, `dstack-ca run update ${label} --attachable-by FILE (with a narrower policy)`],
+  };
+}
+
 /** At most this many runs are named; the rest are counted (a user may be admitted by thousands). */
 export const MAX_NAMED_RUNS = 5;
 

@@ -41,8 +41,12 @@ const TARGETS = [
  */
 export function describeStillGranted(s: z.output<typeof stillGrantedView>): string {
   const runs = [...s.runs, ...(s.moreRuns > 0 ? [`${s.moreRuns} more`] : [])].join(', ');
+  const headline =
+    runs === ''
+      ? `dstack-ca: warning: new certificates for ${s.subject} can be issued at once: ${s.credentials.join(' and ')} still stands`
+      : `dstack-ca: warning: ${s.subject} can get new certificates at once: it still holds ${s.credentials.join(' and ')}, and running runs admit it: ${runs}`;
   return [
-    `dstack-ca: warning: ${s.subject} can get new certificates at once: it still holds ${s.credentials.join(' and ')}, and running runs admit it: ${runs}`,
+    headline,
     'dstack-ca: to end its access:',
     ...s.stop.map((c) => `dstack-ca:   ${c}`),
   ].join('\n') + '\n';
