@@ -252,7 +252,10 @@ describe('user rm, run rm, project rm (item 13)', () => {
     // Nothing issued is lost: the issuance and the removal are both in the audit log.
     const events = json<{ action: string; details: Record<string, unknown> }[]>(await ca(['audit', '--json', '--limit', '10000']));
     expect(events.some((e) => e.action === 'cert.issue' && JSON.stringify(e.details).includes('alice'))).toBe(true);
-    expect(events.filter((e) => e.action === 'user.remove').map((e) => e.details.name)).toEqual(['alice']);
+    const removal = events.filter((e) => e.action === 'user.remove');
+    expect(removal.map((e) => e.details.name)).toEqual(['alice']);
+    // The removal's audit event names what it revoked, by the serial ssh-keygen reads in the cert.
+    expect(removal[0]?.details).toMatchObject({ revokedCerts: 1, revokedSerials: [parseListing(await listCert(aliceCert)).serial.toString()], leftProjects: ['ml'] });
   });
 
   it('run rm finishes the run and revokes its certificates; again, it says there is nothing left', async () => {
@@ -274,6 +277,14 @@ describe('user rm, run rm, project rm (item 13)', () => {
     expect(r.stdout).toBe('removed project ml: finished ml/train-2; removed bots ml/ci2; 2 memberships dropped; 1 certificate revoked\n');
     expect(r.stderr).toMatch(/project ml stays on record, empty/);
     expect(await revokedInKrl(cert)).toBe(true);
+    const events = json<{ action: string; details: Record<string, unknown> }[]>(await ca(['audit', '--json', '--limit', '10000']));
+    expect(events.find((e) => e.action === 'project.remove')?.details).toMatchObject({
+      name: 'ml',
+      finishedRuns: ['ml/train-2'],
+      removedBots: ['ml/ci2'],
+      revokedSerials: [parseListing(await listCert(cert)).serial.toString()],
+      deleted: false,
+    });
     fails(await ca(['cert', 'ml/train-2', '--public-key', botKey.publicPath], { token: bobToken }), 4, /permission denied/);
     expect(json<unknown[]>(await ca(['member', 'ls', 'ml', '--json']))).toEqual([]);
   });

@@ -13,12 +13,15 @@ import { audit } from './audit.js';
 import type { AuthorityContext } from './context.js';
 import { publishKrl } from './krl.js';
 import { requireIdentity, requireProject } from './lookup.js';
-import { revokeUngranted } from './recheck.js';
+import { revokeUngranted, type RecheckResult } from './recheck.js';
 
 /** Runs named in a refusal or an answer; the rest are counted. */
 const NAMED = 10;
 
 const nameList = (names: readonly string[]) => (names.length <= NAMED ? names.join(', ') : `${names.slice(0, NAMED).join(', ')} and ${names.length - NAMED} more`);
+
+/** What a removal revoked, for its audit event: how many, which serials, the KRL version that lists them. */
+const revokedDetails = (r: RecheckResult) => ({ revokedCerts: r.revoked.length, revokedSerials: r.revoked.map(String), krlVersion: r.krlVersion });
 
 export interface UserRemoval {
   name: string;
@@ -68,8 +71,16 @@ export async function removeUser(ctx: AuthorityContext, actor: Actor, name: stri
     await tx.updateIdentity(user.id, { disabled: true, globalAdmin: false });
     const endedCredentials = await endCredentials(tx, user.id, now);
     const leftProjects = memberships.map((m) => projects.get(m.projectId) ?? '?').sort();
-    await audit(tx, now, actor, 'user.remove', { name, leftProjects, endedCredentials, removedPasskeys: passkeys.length, ownedRuns: owned, force: opts.force });
     const r = await revokeUngranted(tx, now, { identityId: user.id }, `user ${name} removed by ${actorLabel(actor)}`);
+    await audit(tx, now, actor, 'user.remove', {
+      name,
+      leftProjects,
+      endedCredentials,
+      removedPasskeys: passkeys.length,
+      ownedRuns: owned,
+      force: opts.force,
+      ...revokedDetails(r),
+    });
     return {
       result: { name, revokedCerts: r.revoked.length, endedCredentials, removedPasskeys: passkeys.length, leftProjects, ownedRuns: owned },
       krlVersion: r.krlVersion,
@@ -129,8 +140,8 @@ export async function removeProject(ctx: AuthorityContext, actor: Actor, name: s
     for (const m of members) await tx.deleteMembership(project.id, m.identityId);
     const finishedRuns = running.map((r) => `${name}/${r.name}`);
     const deleted = runs.length === 0 && bots.length === 0;
-    await audit(tx, now, actor, 'project.remove', { name, finishedRuns, removedBots, removedMembers: members.length, deleted, force: opts.force });
     const r = await revokeUngranted(tx, now, { projectId: project.id }, `project ${name} removed by ${actorLabel(actor)}`);
+    await audit(tx, now, actor, 'project.remove', { name, finishedRuns, removedBots, removedMembers: members.length, deleted, force: opts.force, ...revokedDetails(r) });
     if (deleted) await tx.deleteProject(project.id);
     return { result: { name, revokedCerts: r.revoked.length, finishedRuns, removedBots, removedMembers: members.length, deleted }, krlVersion: r.krlVersion };
   });

@@ -55,7 +55,7 @@ export function describeStillGranted(s: z.output<typeof stillGrantedView>): stri
 export function registerRevoke(program: Command, ctx: CliContext): void {
   program
     .command('revoke')
-    .description('revoke certificates; exactly one target, and a reason for the audit log')
+    .description('revoke certificates; exactly one target, and a reason for the audit log. When the user, bot or run can get new certificates at once (a live token or login, a policy that admits it), a warning on stderr says what grants them and which commands end that')
     .option('--serial <n>', 'the certificate with this serial')
     .option('--key-id <id>', 'every certificate with this key id (a lasting KRL entry)')
     .option('--user <name>', "a user's certificates (all projects, or one with --project)")
