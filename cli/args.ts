@@ -6,17 +6,19 @@ import type { z } from 'zod';
 import { parseDuration } from '../ca/domain/duration.js';
 import { splitQualified } from '../ca/domain/names.js';
 import { UsageError } from './errors.js';
+import { labelFor, type FieldLabels } from './field-labels.js';
 
 /**
  * Checks `value` against a request schema; the first problem becomes a usage error
  * naming the argument (`labels` maps body fields to what the user typed, e.g. owner -> --owner).
  */
-export function checkArgs(schema: z.ZodType, value: unknown, labels: Record<string, string> = {}): void {
+export function checkArgs(schema: z.ZodType, value: unknown, labels: FieldLabels = {}): void {
   const r = schema.safeParse(value);
   if (r.success) return;
   const issue = r.error.issues[0];
+  const path = (issue?.path ?? []).reduce<string>((acc, p) => (typeof p === 'number' ? `${acc}[${p}]` : acc ? `${acc}.${String(p)}` : String(p)), '');
   const key = issue?.path[0] === undefined ? '' : String(issue.path[0]);
-  const label = labels[key] ?? key;
+  const label = (path === '' ? undefined : labelFor(path, labels)) ?? key;
   throw new UsageError(`${label ? `${label}: ` : ''}${issue?.message ?? 'is invalid'}`);
 }
 

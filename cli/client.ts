@@ -14,6 +14,7 @@ import { parseFingerprint } from '../ca/trust/bundle.js';
 import { isLoopbackHost } from '../ca/server/tls.js';
 import type { EstablishedTrust } from './trust.js';
 import { oneLine } from './terminal.js';
+import { relabelMessage, type FieldLabels } from './field-labels.js';
 
 /** Request timeout: revocations wait for a durable KRL, so be generous. */
 const TIMEOUT_MS = 60_000;
@@ -211,6 +212,8 @@ export interface RequestOptions<S extends z.ZodType> {
   schema?: S;
   /** Give up after this long (default TIMEOUT_MS). */
   timeoutMs?: number;
+  /** How the body's fields read to the user (flags, policy-file keys): a server error names those, not the API's. */
+  fields?: FieldLabels;
 }
 
 /** An API client bound to one server and (maybe) one token. */
@@ -316,11 +319,11 @@ export class ApiClient {
         await new Promise((r) => setTimeout(r, wait * 1000));
         continue;
       }
-      throw await this.httpError(res, method, path);
+      throw await this.httpError(res, method, path, opts.fields);
     }
   }
 
-  private async httpError(res: Response, method: string, path: string): Promise<CliError> {
+  private async httpError(res: Response, method: string, path: string, fields: FieldLabels | undefined): Promise<CliError> {
     let message: string;
     const text = await res.text().catch(() => '');
     let parsed: z.output<typeof errorBody> | undefined;
@@ -330,7 +333,7 @@ export class ApiClient {
     } catch {
       // not JSON: a proxy's error page, say
     }
-    if (parsed) message = parsed.message;
+    if (parsed) message = relabelMessage(parsed.message, parsed.field, fields);
     else message = `${method} ${path}: HTTP ${res.status}${res.statusText ? ` ${res.statusText}` : ''} from ${this.url}`;
     const line = this.scrub(oneLine(message));
     if (res.status === 401 && (this.config.tokenSource === 'session' || this.config.tokenSource === 'login')) {

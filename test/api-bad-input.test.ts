@@ -54,7 +54,7 @@ async function snapshot() {
   };
 }
 
-type Case = [label: string, who: 'admin' | 'orchestrator' | 'alice' | 'agent' | 'anonymous', method: 'POST' | 'PUT' | 'PATCH', url: string, body: unknown, status: number, message: RegExp];
+type Case = [label: string, who: 'admin' | 'orchestrator' | 'alice' | 'agent' | 'anonymous', method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE', url: string, body: unknown, status: number, message: RegExp];
 
 const bot = (over: Record<string, unknown>) => ({ name: 'ci-new', maxTtl: 600, ...over });
 const oidc = (over: Record<string, unknown>) => bot({ oidc: { issuer: 'https://token.actions.githubusercontent.com', audience: 'dstack-ca', claims: { repository: 'org/repo' }, ...over } });
@@ -175,6 +175,31 @@ const CASES: Case[] = [
   ['host cert for no key', 'agent', 'POST', '/v1/agents/host-certs', { hostKeys: [] }, 400, /^hostKeys: /],
   ['host cert for 17 keys', 'agent', 'POST', '/v1/agents/host-certs', { hostKeys: Array(17).fill(good) }, 400, /^hostKeys: /],
   ['host cert asking for its own principals', 'agent', 'POST', '/v1/agents/host-certs', { hostKeys: [good], principals: ['dstack-run-other'] }, 400, /^principals: unknown field/],
+  // A bot's TTL cap above the server's certs.maxTtl (12 h in tests) would never be honoured (issue 14 item 16).
+  ['bot max TTL above the server cap', 'admin', 'POST', '/v1/projects/ml/bots', bot({ maxTtl: 400 * 86400 }), 400, /^maxTtl: 400d is above this CA's certificate cap of 12h \(the server setting certs\.maxTtl\); give 12h or less/],
+  ['bot update of the max TTL above the server cap', 'admin', 'PATCH', '/v1/projects/ml/bots/ci-old', { maxTtl: 13 * 3600 }, 400, /^maxTtl: 13h is above this CA's certificate cap of 12h/],
+  // GET /v1/certs (cert ls): filters and paging.
+  ['cert list with a zero limit', 'admin', 'GET', '/v1/certs?limit=0', undefined, 400, /^querystring\.limit: /],
+  ['cert list with a limit over 1000', 'admin', 'GET', '/v1/certs?limit=1001', undefined, 400, /^querystring\.limit: /],
+  ['cert list with a text limit', 'admin', 'GET', '/v1/certs?limit=all', undefined, 400, /^querystring\.limit: /],
+  ['cert list by an MD5 fingerprint', 'admin', 'GET', '/v1/certs?key=MD5:aa:bb', undefined, 400, /^querystring\.key: must be a key fingerprint as ssh-keygen -l prints it/],
+  ['cert list after serial 0', 'admin', 'GET', '/v1/certs?after=0', undefined, 400, /^querystring\.after: must be a decimal serial/],
+  ['cert list with an unknown filter', 'admin', 'GET', '/v1/certs?project=ml', undefined, 400, /^querystring\.project: unknown field/],
+  ['cert list by a run without a project', 'admin', 'GET', '/v1/certs?run=train-1', undefined, 400, /^run: run must be written PROJECT\/RUN/],
+  ['cert list by a bot without a project', 'admin', 'GET', '/v1/certs?bot=ci-old', undefined, 400, /^bot: bot must be written PROJECT\/BOT/],
+  ['cert list by a user name that is not one', 'admin', 'GET', '/v1/certs?user=Alice%20Smith', undefined, 400, /^querystring\.user: must be/],
+  ['cert list by a run that does not exist', 'admin', 'GET', '/v1/certs?run=ml/nope', undefined, 404, /no run named "ml\/nope"/],
+  ['cert list by a user that does not exist', 'admin', 'GET', '/v1/certs?user=ghost', undefined, 404, /no user named "ghost"/],
+  ['cert list by a bot of another project', 'admin', 'GET', '/v1/certs?bot=other/ci-old', undefined, 404, /no project named "other"/],
+  // user rm / project rm: refusals change nothing (issue 14 item 13).
+  ['removing the last global admin', 'admin', 'DELETE', '/v1/users/admin', undefined, 409, /^admin is the last global admin; make another one first/],
+  ['removing the owner of a running run without force', 'admin', 'DELETE', '/v1/users/alice', undefined, 409, /^alice owns 1 running run\(s\): ml\/train-1; finish them first .* or remove alice with --force/],
+  ['removing a user with force=yes', 'admin', 'DELETE', '/v1/users/alice?force=yes', undefined, 400, /^querystring\.force: /],
+  ['removing a user that does not exist', 'admin', 'DELETE', '/v1/users/ghost', undefined, 404, /no user named "ghost"/],
+  ['removing a bot as a user', 'admin', 'DELETE', '/v1/users/ci-old', undefined, 404, /no user named "ci-old"/],
+  ['removing a project with a running run without force', 'admin', 'DELETE', '/v1/projects/ml', undefined, 409, /^project ml has 1 running run\(s\): ml\/train-1; finish them first/],
+  ['removing a project with an unknown field', 'admin', 'DELETE', '/v1/projects/ml?cascade=true', undefined, 400, /^querystring\.cascade: unknown field/],
+  ['removing a project that does not exist', 'admin', 'DELETE', '/v1/projects/ghost', undefined, 404, /no project named "ghost"/],
   ['oversized body', 'orchestrator', 'POST', '/v1/runs', runBody({ attachableBy: { public_keys: Array(2000).fill(good) } }), 413, /request body is larger than 65536 bytes/],
 ];
 

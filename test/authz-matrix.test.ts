@@ -240,6 +240,42 @@ const CELLS: Cell[] = [
     allowed: ['global-admin'],
     request: async () => ({ method: 'POST', url: '/v1/revocations', body: { publicKey: formatAuthorizedKey(subjectKey('ecdsa256')), reason: 'matrix' } }),
   },
+  // Live certificates (cert ls, issue 14 item 13): everyone with an account lists its own; a
+  // run's or a bot's certificates need admin of its project; another user's need admin of some
+  // project (the answer then holds only that user's certificates in the caller's projects, see
+  // 'GET /v1/certs shows each caller what it may see' below). Orchestrators and agents never
+  // need to know who is attached.
+  { route: 'GET /v1/certs', allowed: [...members, 'non-member'], request: async () => ({ method: 'GET', url: '/v1/certs' }) },
+  { route: 'GET /v1/certs (a run)', allowed: admins, request: async () => ({ method: 'GET', url: `/v1/certs?run=ml/${await freshRun()}` }) },
+  { route: 'GET /v1/certs (a bot: its own)', allowed: [...admins, 'bot'], request: async () => ({ method: 'GET', url: '/v1/certs?bot=ml/ci' }) },
+  {
+    route: 'GET /v1/certs (another user)',
+    allowed: [...admins, 'non-member'],
+    request: async () => {
+      const name = fresh('u');
+      await ca.admin('POST', '/v1/users', { name });
+      return { method: 'GET', url: `/v1/certs?user=${name}` };
+    },
+  },
+  // user rm and project rm (issue 14 item 13) are global admins' alone, like user and project add.
+  {
+    route: 'DELETE /v1/users/:name',
+    allowed: ['global-admin'],
+    request: async () => {
+      const name = fresh('u');
+      await ca.admin('POST', '/v1/users', { name });
+      return { method: 'DELETE', url: `/v1/users/${name}` };
+    },
+  },
+  {
+    route: 'DELETE /v1/projects/:p',
+    allowed: ['global-admin'],
+    request: async () => {
+      const name = fresh('p');
+      await ca.admin('POST', '/v1/projects', { name });
+      return { method: 'DELETE', url: `/v1/projects/${name}` };
+    },
+  },
   { route: 'GET /v1/audit', allowed: ['global-admin'], request: async () => ({ method: 'GET', url: '/v1/audit' }) },
   { route: 'GET /v1/agents/config', allowed: ['agent'], request: async () => ({ method: 'GET', url: '/v1/agents/config' }) },
   {
@@ -336,6 +372,40 @@ describe('authorization matrix', () => {
 
 // Issue 12, item 1: a relationship (a run's owner, the project a bot was created in) grants
 // nothing without current membership of the project, judged at each use.
+describe('GET /v1/certs shows each caller what it may see', () => {
+  it('global and project admins every certificate of the run, users and bots their own, the rest nothing', async () => {
+    const run = await freshRun();
+    for (const who of ['user', 'run-owner', 'bot'] as const) {
+      expect((await ca.api('POST', `/v1/runs/ml/${run}/certs`, { token: tokens[who], body: { publicKey: pub } })).statusCode).toBe(201);
+    }
+    const seen: string[] = [];
+    for (const actor of ACTORS) {
+      const res = await ca.api('GET', '/v1/certs?limit=1000', { token: tokens[actor] });
+      if (res.statusCode !== 200) {
+        seen.push(`${actor}: ${res.statusCode}`);
+        continue;
+      }
+      const page = res.json() as { certs: { run: string; holder: { name: string } | null }[] };
+      seen.push(`${actor}: ${page.certs.filter((c) => c.run === `ml/${run}`).map((c) => c.holder?.name ?? '-').sort().join(',')}`);
+    }
+    expect(seen).toEqual([
+      'global-admin: alice,ci,owner',
+      'project-admin: alice,ci,owner',
+      'manager: ',
+      'user: alice',
+      'run-owner: owner',
+      'non-member: ',
+      'bot: ci',
+      'orchestrator: 403',
+      'agent: 403',
+      'anonymous: 401',
+    ]);
+    // An admin of another project asking for alice gets none of her certificates in ml.
+    const nobody = (await ca.api('GET', '/v1/certs?user=alice', { token: tokens['non-member'] })).json() as { certs: unknown[] };
+    expect(nobody.certs).toEqual([]);
+  });
+});
+
 describe('relationships grant nothing without current membership', () => {
   it('a run owner removed from the project can no longer read, re-grant or re-point the run', async () => {
     const token = await userWithToken(ca, 'exowner');

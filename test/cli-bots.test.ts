@@ -255,7 +255,7 @@ describe('help', () => {
     // Help wraps to the terminal width: compare with whitespace collapsed.
     const flat = (r: RunResult) => ok(r).stdout.replace(/\s+/g, ' ');
     const add = flat(await ca(['bot', 'add', '--help'], { token: null }));
-    expect(add).toContain('--max-ttl <duration> longest certificate the bot may get, e.g. 15m; a longer requested --ttl is clamped to it (not refused)');
+    expect(add).toContain("--max-ttl <duration> longest certificate the bot may get, e.g. 15m, at most the server's certs.maxTtl (12h by default; a larger value is refused); a longer requested --ttl is clamped to it (not refused)");
     expect(add).toContain('--oidc-issuer <url>');
     expect(add).toContain('--claim <key=value>');
     const cert = flat(await ca(['cert', '--help'], { token: null }));

@@ -80,8 +80,8 @@ describe('verify_required: true in the policy file', () => {
 
   it('a value that is not true or false is refused naming the file and the key, and changes nothing', async () => {
     const bad = await file('bad.yml', 'attachable_by:\n  users: [alice]\n  verify_required: "yes"\n');
-    fails(await ca(['run', 'add', 'ml/bad', '--owner', 'admin', '--login-user', 'root', '--attachable-by', bad], { token: orch }), 1, /^dstack-ca: .*bad\.yml: attachableBy\.verify_required: must be true or false$/m);
-    fails(await ca(['run', 'update', 'ml/fido', '--attachable-by', bad], { token: orch }), 1, /bad\.yml: attachableBy\.verify_required: must be true or false$/m);
+    fails(await ca(['run', 'add', 'ml/bad', '--owner', 'admin', '--login-user', 'root', '--attachable-by', bad], { token: orch }), 1, /^dstack-ca: .*bad\.yml: attachable_by\.verify_required: must be true or false$/m);
+    fails(await ca(['run', 'update', 'ml/fido', '--attachable-by', bad], { token: orch }), 1, /bad\.yml: attachable_by\.verify_required: must be true or false$/m);
     expect(json<{ attachableBy: { verify_required: boolean } }>(await ca(['run', 'show', 'ml/fido', '--json'])).attachableBy.verify_required).toBe(true);
   });
 });

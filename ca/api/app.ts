@@ -16,6 +16,7 @@ import { caRoutes } from './routes/ca.js';
 import { loginRoutes } from './routes/login.js';
 import { pageRoutes } from '../web/pages.js';
 import { revocationRoutes } from './routes/revocations.js';
+import { certRoutes } from './routes/certs.js';
 import { runRoutes } from './routes/runs.js';
 
 declare module 'fastify' {
@@ -155,6 +156,7 @@ export async function buildApp(authority: Authority, opts: AppOptions = {}): Pro
   runRoutes(app, authority);
   adminRoutes(app, authority);
   revocationRoutes(app, authority, (n) => certsRevoked.inc(n));
+  certRoutes(app, authority);
   caRoutes(app, authority);
   agentRoutes(app, authority);
   loginRoutes(app, authority);

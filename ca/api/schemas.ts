@@ -150,6 +150,49 @@ export const botParams = z.strictObject({ project: projectName, name: identityNa
 export const rotateTokenBody = z.strictObject({}).nullish();
 export const addOrchestratorBody = z.strictObject({ name: identityName });
 export const nonceBody = z.strictObject({});
+export const certListQuery = z.strictObject({
+  run: z.string().min(1).max(200).optional().describe('PROJECT/RUN: only certificates for this run'),
+  user: identityName.optional().describe("only this user's certificates"),
+  bot: z.string().min(1).max(200).optional().describe("PROJECT/BOT: only this bot's certificates"),
+  key: z
+    .string()
+    .regex(/^SHA256:[A-Za-z0-9+/]{43}$/, 'must be a key fingerprint as ssh-keygen -l prints it (SHA256: and 43 base64 characters)')
+    .optional()
+    .describe('only certificates of the key with this fingerprint'),
+  after: serialText.optional().describe('only serials above this one (the previous page’s next)'),
+  limit: z.coerce.number().int().min(1).max(1000).optional().describe('rows per page, 1 to 1000 (default 100)'),
+});
+export const certListItemView = z.object({
+  serial: z.string(),
+  run: z.string(),
+  principal: z.string(),
+  holder: z.object({ kind: z.enum(['user', 'bot']), name: z.string() }).nullable().describe('null: a key holder without an account (public_keys grant)'),
+  grant: z.enum(['user', 'project_members', 'public_key']),
+  keyFingerprint: z.string(),
+  keyId: z.string(),
+  validAfter: z.number(),
+  validBefore: z.number(),
+  issuedAt: z.number(),
+});
+export const certListView = z.object({ certs: z.array(certListItemView), next: z.string().nullable().describe('pass as after= for the next page; null on the last') });
+/** `?force=true` on a removal: go ahead although the target still has running runs. */
+export const removalQuery = z.strictObject({ force: z.enum(['true', 'false']).optional().describe('true: remove even with running runs (see the route)') });
+export const userRemovalView = z.object({
+  name: z.string(),
+  revokedCerts: z.number(),
+  endedCredentials: z.number(),
+  removedPasskeys: z.number(),
+  leftProjects: z.array(z.string()),
+  ownedRuns: z.array(z.string()).describe('running runs the user owned; they keep running'),
+});
+export const projectRemovalView = z.object({
+  name: z.string(),
+  revokedCerts: z.number(),
+  finishedRuns: z.array(z.string()),
+  removedBots: z.array(z.string()),
+  removedMembers: z.number(),
+  deleted: z.boolean().describe('true: the project never had runs or bots and is gone (its name is free); false: it stays on record, empty'),
+});
 export const auditQuery = z.strictObject({ after: z.coerce.number().int().min(0).optional(), limit: z.coerce.number().int().min(1).max(10000).optional() });
 
 // ---- responses ----
@@ -191,7 +234,16 @@ export const certView = z.object({
     .describe("The run's sshd address and pinned host keys (null: not known yet), as GET /v1/me/runs gives them"),
 });
 
-export const revokeView = z.object({ revokedCerts: z.number(), krlVersion: z.number() });
+export const stillGrantedView = z
+  .object({
+    subject: z.string(),
+    credentials: z.array(z.string()).describe('Credentials that still authenticate the user or bot'),
+    runs: z.array(z.string()).describe('Running runs whose policy still admits it, as PROJECT/RUN (why); at most 5'),
+    moreRuns: z.number().describe('Runs admitting it beyond those named'),
+    stop: z.array(z.string()).describe('Commands that would end the access'),
+  })
+  .describe('After revoking a user’s, bot’s or run’s certificates: what still lets new ones be issued at once (absent: nothing does)');
+export const revokeView = z.object({ revokedCerts: z.number(), krlVersion: z.number(), stillGranted: stillGrantedView.optional() });
 
 export const agentJoinBody = z.strictObject({ joinToken: z.string().min(1).max(200) });
 export const agentHostKeysBody = z.strictObject({ hostKeys: z.array(hostKeyLine).min(1).max(16).describe("The run's sshd host public keys, as the agent reads them beside it") });

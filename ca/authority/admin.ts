@@ -4,7 +4,8 @@ import { badRequest, conflict } from '../domain/errors.js';
 import { DEFAULT_BOT_SETTINGS, type BotSettings, type Identity, type Membership, type Project, type ProjectRole, type TokenRecord } from '../domain/model.js';
 import type { StoreReader, StoreTx } from '../store/store.js';
 import { isAllowed } from '../policy/authorize.js';
-import { extensionsFor, type Restrictions } from '../policy/cert-profile.js';
+import { extensionsFor, MAX_TTL_CAP, type Restrictions } from '../policy/cert-profile.js';
+import { formatDuration } from '../domain/duration.js';
 import { actorFacts, actorLabel, requireAllowed, roleIn, type Actor } from './actors.js';
 import { audit } from './audit.js';
 import type { AuthorityContext } from './context.js';
@@ -32,12 +33,14 @@ async function insertToken(tx: StoreTx, now: number, t: Pick<TokenRecord, 'kind'
   return secret;
 }
 
-async function revokeTokens(tx: StoreTx, now: number, filter: Parameters<StoreTx['listTokens']>[0]): Promise<void> {
+/** Revokes every token matching `filter` that is not revoked yet. */
+export async function revokeTokens(tx: StoreTx, now: number, filter: Parameters<StoreTx['listTokens']>[0]): Promise<void> {
   for (const t of await tx.listTokens(filter)) if (t.revokedAt === null) await tx.revokeToken(t.id, now);
 }
 
 /** Ends every credential of an identity: tokens of any kind, browser sessions, approved device codes, enrollment links. */
-async function endCredentials(tx: StoreTx, identityId: number, now: number): Promise<number> {
+/** Ends every credential of an identity (tokens, sessions, approved device codes, enrollment links); returns how many. */
+export async function endCredentials(tx: StoreTx, identityId: number, now: number): Promise<number> {
   let n = 0;
   for (const t of await tx.listTokens({ identityId })) {
     if (t.revokedAt === null && (t.expiresAt === null || t.expiresAt > now)) {
@@ -257,6 +260,7 @@ export async function addBot(
 ): Promise<Issued<BotView>> {
   const project = await requireProject(ctx.store, projectName);
   requireAllowed(actor, 'bot.manage', { role: await roleIn(ctx.store, actor, project.id) });
+  requireBotCapWithin(ctx, req.maxTtl);
   const now = ctx.now();
   return ctx.store.tx(async (tx) => {
     await requireFreeName(tx, req.name);
@@ -312,6 +316,17 @@ function restrictionsTightened(old: BotSettings, next: BotSettings): boolean {
 
 const tokenExpiry = (now: number, ttl: number | null): number | null => (ttl === null ? null : now + ttl);
 
+/**
+ * A bot's TTL cap (seconds) above the CA's own certificate cap (`certs.maxTtl`, 24 h at most)
+ * would never be honoured: every certificate would be clamped. Refused at creation and update,
+ * naming the cap, so the operator learns it then and not from the first certificate's warning.
+ * Throws a bad request on field `maxTtl`.
+ */
+function requireBotCapWithin(ctx: AuthorityContext, maxTtl: number): void {
+  const cap = Math.min(ctx.config.maxTtl, MAX_TTL_CAP);
+  if (maxTtl > cap) throw badRequest(`${formatDuration(maxTtl)} is above this CA's certificate cap of ${formatDuration(cap)} (the server setting certs.maxTtl); give ${formatDuration(cap)} or less`, 'maxTtl');
+}
+
 async function requireBot(ctx: AuthorityContext, actor: Actor, projectName: string, name: string): Promise<{ project: Project; bot: Identity }> {
   const project = await requireProject(ctx.store, projectName);
   requireAllowed(actor, 'bot.manage', { role: await roleIn(ctx.store, actor, project.id) });
@@ -345,6 +360,7 @@ export interface BotPatch {
 export async function updateBot(ctx: AuthorityContext, actor: Actor, projectName: string, name: string, patch: BotPatch): Promise<BotView & { revokedCerts: number }> {
   const { bot } = await requireBot(ctx, actor, projectName, name);
   if (bot.disabled) throw conflict(`bot ${projectName}/${name} was removed; add a new one`);
+  if (patch.maxTtl !== undefined) requireBotCapWithin(ctx, patch.maxTtl);
   const now = ctx.now();
   const { view, krlVersion, revokedCerts } = await ctx.store.tx(async (tx) => {
     const old = (await tx.getBotSettings(bot.id)) ?? { ...DEFAULT_BOT_SETTINGS, identityId: bot.id, updatedAt: now };

@@ -2,7 +2,7 @@
 // certificates are marked, targets recorded, the KRL rebuilt and the event audited in one
 // transaction; the call returns once that transaction (the new KRL version) is durable.
 import { badRequest, notFound } from '../domain/errors.js';
-import type { CertRecord, RevocationTarget } from '../domain/model.js';
+import type { CertRecord, Identity, RevocationTarget } from '../domain/model.js';
 import { splitQualified } from '../domain/names.js';
 import { formatAuthorizedKey, parseAuthorizedKey, fingerprint } from '../ssh/keys.js';
 import type { CertFilter, StoreTx } from '../store/store.js';
@@ -11,6 +11,7 @@ import { audit } from './audit.js';
 import type { AuthorityContext } from './context.js';
 import { publishKrl, rebuildKrl } from './krl.js';
 import { requireIdentity, requireProject, requireRun } from './lookup.js';
+import { whatStillAdmits, whatStillGrants, type StillGranted } from './still-granted.js';
 
 export type RevokeBy =
   | { serial: bigint }
@@ -26,6 +27,8 @@ export type RevokeRequest = RevokeBy & { reason: string };
 export interface RevokeResult {
   revokedCerts: number;
   krlVersion: number;
+  /** For a user or bot: what still lets it get new certificates (absent: nothing does). */
+  stillGranted?: StillGranted;
 }
 
 interface Plan {
@@ -36,6 +39,10 @@ interface Plan {
   target: RevocationTarget | null;
   /** What the audit event says was revoked. */
   what: Record<string, unknown>;
+  /** A user or bot target (and the project it was limited to): its remaining grants are reported. */
+  subject?: { identity: Identity; projectId?: number };
+  /** A run target: what its policy still admits is reported. */
+  run?: { id: number; label: string };
 }
 
 function normalizedKey(line: string, field: string): string {
@@ -63,13 +70,14 @@ async function plan(ctx: AuthorityContext, actor: Actor, req: RevokeBy): Promise
     if (!cert) throw notFound(`no certificate with serial ${req.serial}`);
     const run = await store.getRun(cert.runId);
     await inProject(run?.projectId ?? -1);
-    return { filter: null, serials: [cert.serial], target: null, what: { serial: req.serial.toString(), keyId: cert.keyId } };
+    const holder = cert.identityId === null ? null : await store.getIdentity(cert.identityId);
+    return { filter: null, serials: [cert.serial], target: null, what: { serial: req.serial.toString(), keyId: cert.keyId }, ...(holder ? { subject: { identity: holder } } : {}) };
   }
   if ('run' in req) {
     const { project, name } = qualified(req.run, 'run', 'run');
     const { run } = await requireRun(store, project, name);
     await inProject(run.projectId);
-    return { filter: { runId: run.id }, serials: [], target: null, what: { run: req.run } };
+    return { filter: { runId: run.id }, serials: [], target: null, what: { run: req.run }, run: { id: run.id, label: `${project}/${name}` } };
   }
   if ('bot' in req) {
     const { project: projectName, name } = qualified(req.bot, 'bot', 'bot');
@@ -77,22 +85,25 @@ async function plan(ctx: AuthorityContext, actor: Actor, req: RevokeBy): Promise
     await inProject(project.id);
     const bot = await requireIdentity(store, name, 'bot');
     if (bot.botProjectId !== project.id) throw badRequest(`bot "${name}" does not belong to project "${projectName}"`, 'bot');
-    return { filter: { identityId: bot.id }, serials: [], target: null, what: { bot: req.bot } };
+    return { filter: { identityId: bot.id }, serials: [], target: null, what: { bot: req.bot }, subject: { identity: bot } };
   }
   if ('user' in req) {
     const user = await requireIdentity(store, req.user);
     if (req.project === undefined) {
       requireAllowed(actor, 'revoke.global');
-      return { filter: { identityId: user.id }, serials: [], target: null, what: { user: req.user } };
+      return { filter: { identityId: user.id }, serials: [], target: null, what: { user: req.user }, subject: { identity: user } };
     }
     const project = await requireProject(store, req.project);
     await inProject(project.id);
-    return { filter: { identityId: user.id, projectId: project.id }, serials: [], target: null, what: { user: req.user, project: req.project } };
+    return { filter: { identityId: user.id, projectId: project.id }, serials: [], target: null, what: { user: req.user, project: req.project }, subject: { identity: user, projectId: project.id } };
   }
   requireAllowed(actor, 'revoke.global');
   if ('keyId' in req) {
     if (req.keyId === '') throw badRequest('must not be empty', 'keyId');
-    return { filter: { keyId: req.keyId }, serials: [], target: { kind: 'key_id', keyId: req.keyId }, what: { keyId: req.keyId } };
+    // A key id names one certificate's holder; the next certificate carries another key id.
+    const holders = [...new Set((await store.listCerts({ keyId: req.keyId })).map((c) => c.identityId))];
+    const holder = holders.length === 1 && holders[0] !== null && holders[0] !== undefined ? await store.getIdentity(holders[0]) : null;
+    return { filter: { keyId: req.keyId }, serials: [], target: { kind: 'key_id', keyId: req.keyId }, what: { keyId: req.keyId }, ...(holder ? { subject: { identity: holder } } : {}) };
   }
   if ('publicKey' in req) {
     const line = normalizedKey(req.publicKey, 'publicKey');
@@ -134,5 +145,10 @@ export async function revoke(ctx: AuthorityContext, actor: Actor, req: RevokeReq
     return { revokedCerts, krlVersion, changed };
   });
   if (result.changed) await publishKrl(ctx);
-  return { revokedCerts: result.revokedCerts, krlVersion: result.krlVersion };
+  const still = p.subject
+    ? await whatStillGrants(ctx.store, (await ctx.store.getIdentity(p.subject.identity.id)) ?? p.subject.identity, ctx.now(), p.subject.projectId)
+    : p.run
+      ? await whatStillAdmits(ctx.store, p.run.id, p.run.label)
+      : null;
+  return { revokedCerts: result.revokedCerts, krlVersion: result.krlVersion, ...(still ? { stillGranted: still } : {}) };
 }

@@ -22,7 +22,9 @@ export type Action =
   | 'revoke.project' // revoke certs of the project's runs, users in it, its bots
   | 'revoke.global' // revoke a user everywhere, a public key, or a CA key
   | 'audit.read'
-  | 'ca.manage';
+  | 'ca.manage'
+  | 'cert.read-own' // list one's own live certificates
+  | 'cert.read-project'; // list the live certificates of a project's runs
 
 export interface ActorFacts {
   kind: ActorKind;
@@ -75,6 +77,8 @@ export const RULES: Record<Action, Rule> = {
   'revoke.global': globalAdmin,
   'audit.read': globalAdmin,
   'ca.manage': globalAdmin,
+  'cert.read-own': (a) => a.kind === 'user' || a.kind === 'admin' || a.kind === 'bot',
+  'cert.read-project': anyOf(globalAdmin, projectRole('admin')),
 };
 
 /** How a refusal reads: "user:bob may not manage users". */
@@ -96,6 +100,8 @@ export const ACTION_TEXT: Record<Action, string> = {
   'revoke.global': 'revoke across all projects',
   'audit.read': 'read the audit log',
   'ca.manage': 'manage the CA keys',
+  'cert.read-own': 'list certificates',
+  'cert.read-project': "list the certificates of this project's runs",
 };
 
 export function isAllowed(actor: ActorFacts, action: Action, scope: Scope = {}): boolean {

@@ -9,6 +9,7 @@ import { ApiClient } from '../client.js';
 import { printJson, type CliContext } from '../context.js';
 import { CliError, UsageError } from '../errors.js';
 import { formatTime, printTable } from '../output.js';
+import { AUDIT_FIELDS } from '../field-labels.js';
 
 /** Events per request when walking the whole log (the server allows up to 10000). */
 const PAGE = 1000;
@@ -29,9 +30,9 @@ export function registerAudit(program: Command, ctx: CliContext): void {
     .configureHelp({ showGlobalOptions: true })
     .action(async (opts: { after?: string; limit?: string; json?: boolean }, cmd: Command) => {
       const query = { after: intArg(opts.after, '--after'), limit: intArg(opts.limit, '--limit') };
-      checkArgs(auditQuery, query, { after: '--after', limit: '--limit' });
+      checkArgs(auditQuery, query, AUDIT_FIELDS);
       const api = await ApiClient.forCommand(ctx, cmd);
-      const events = await api.call<AuditEvent[]>('GET', '/v1/audit', { query });
+      const events = await api.call<AuditEvent[]>('GET', '/v1/audit', { query, fields: AUDIT_FIELDS });
       if (opts.json) printJson(ctx, events);
       else
         printTable(
@@ -53,7 +54,7 @@ export function registerAudit(program: Command, ctx: CliContext): void {
       const events: AuditEvent[] = [];
       let after = 0;
       while (true) {
-        const page = await api.call<AuditEvent[]>('GET', '/v1/audit', { query: { after, limit: PAGE } });
+        const page = await api.call<AuditEvent[]>('GET', '/v1/audit', { query: { after, limit: PAGE }, fields: AUDIT_FIELDS });
         if (page.length === 0) break;
         const last = page[page.length - 1] as AuditEvent;
         // A server that does not move forward would page forever.

@@ -11,6 +11,7 @@ import { apiCommand, checkArgs, durationArg, qualifiedArg } from '../args.js';
 import { ApiClient } from '../client.js';
 import { printJson, type CliContext } from '../context.js';
 import { UsageError } from '../errors.js';
+import { BOT_ADD_FIELDS, BOT_UPDATE_FIELDS } from '../field-labels.js';
 import { formatTime, plural, printTable } from '../output.js';
 import type { BotTokenView, BotView, RevokedCountView } from '../views.js';
 
@@ -21,18 +22,7 @@ const botPath = (project: string, name: string) => `${botsPath(project)}/${encod
 const collect = (value: string, previous: string[] | undefined): string[] => [...(previous ?? []), value];
 const commaList = (values: readonly string[]): string[] => values.flatMap((v) => v.split(',')).map((v) => v.trim());
 
-const LABELS = {
-  name: 'PROJECT/NAME',
-  maxTtl: '--max-ttl',
-  role: '--role',
-  runs: '--runs',
-  forceCommand: '--force-command',
-  sourceAddress: '--source-address',
-  permits: '--permit',
-  verifyRequired: '--verify-required',
-  tokenTtl: '--token-ttl',
-  oidc: '--oidc-issuer/--audience/--claim',
-};
+const LABELS: Record<string, string> = { ...(BOT_ADD_FIELDS as Record<string, string>), oidc: '--oidc-issuer/--audience/--claim' };
 
 interface OidcFlags {
   oidcIssuer?: string;
@@ -79,7 +69,7 @@ function checkBotArgs(schema: z.ZodType, body: unknown): void {
   if (r.success) return;
   const issue = r.error.issues[0];
   const [top, sub, leaf] = (issue?.path ?? []).map(String);
-  let label = top === undefined ? '' : (LABELS[top as keyof typeof LABELS] ?? top);
+  let label = top === undefined ? '' : (LABELS[top] ?? top);
   if (top === 'oidc') label = sub === 'issuer' ? '--oidc-issuer' : sub === 'audience' ? '--audience' : sub === 'claims' ? `--claim${leaf ? ` ${leaf}` : ''}` : label;
   if (top === 'runs' && sub !== undefined) label = `--runs entry ${Number(sub) + 1}`;
   throw new UsageError(`${label ? `${label}: ` : ''}${issue?.message ?? 'is invalid'}`);
@@ -103,7 +93,7 @@ function describeBot(b: BotView): string[] {
 
 const RUNS_HELP = 'run names or globs the bot may reach, comma-separated or repeated; "*" matches any characters, "?" one (quote them from the shell), e.g. \'train-*\'';
 const VERIFY_HELP = 'certificates carry verify-required (user verification, e.g. a PIN, on every login) and only FIDO keys get them (ssh-keygen -t ed25519-sk -O verify-required): sshd ignores the option for other keys';
-const CLAMP_HELP = 'longest certificate the bot may get, e.g. 15m; a longer requested --ttl is clamped to it (not refused)';
+const CLAMP_HELP = "longest certificate the bot may get, e.g. 15m, at most the server's certs.maxTtl (12h by default; a larger value is refused); a longer requested --ttl is clamped to it (not refused)";
 
 export function registerBot(program: Command, ctx: CliContext): void {
   const bot = program.command('bot').description('manage CI bots (global or project admins)');
@@ -138,7 +128,7 @@ export function registerBot(program: Command, ctx: CliContext): void {
       };
       checkBotArgs(addBotBody, body);
       const api = await ApiClient.forCommand(ctx, cmd);
-      const b = await api.call<BotView & { token?: string }>('POST', botsPath(project), { body });
+      const b = await api.call<BotView & { token?: string }>('POST', botsPath(project), { body, fields: BOT_ADD_FIELDS });
       if (opts.json) {
         printJson(ctx, b);
         return;
@@ -209,7 +199,7 @@ export function registerBot(program: Command, ctx: CliContext): void {
         checkArgs(botParams, { project, name }, { project: 'PROJECT/NAME', name: 'PROJECT/NAME' });
         checkBotArgs(updateBotBody, body);
         const api = await ApiClient.forCommand(ctx, cmd);
-        const b = await api.call<BotView & { revokedCerts: number }>('PATCH', botPath(project, name), { body });
+        const b = await api.call<BotView & { revokedCerts: number }>('PATCH', botPath(project, name), { body, fields: BOT_UPDATE_FIELDS });
         if (opts.json) printJson(ctx, b);
         else ctx.stdout.write([...describeBot(b), `updated; ${plural(b.revokedCerts, 'certificate')} revoked`].join('\n') + '\n');
       },

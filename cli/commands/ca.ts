@@ -9,6 +9,7 @@ import { printJson, type CliContext } from '../context.js';
 import { UsageError } from '../errors.js';
 import { formatTime, printTable } from '../output.js';
 import { oneLine } from '../terminal.js';
+import { CA_ROTATE_FIELDS } from '../field-labels.js';
 
 export interface CaKeyRow {
   purpose: 'user' | 'host' | 'root';
@@ -69,6 +70,7 @@ export function registerCa(program: Command, ctx: CliContext): void {
       const api = await ApiClient.forCommand(ctx, cmd);
       const res = await api.call<{ keys: CaKeyRow[]; bundleVersion: number; krlVersion: number }>('POST', '/v1/ca/rotate', {
         body: { step, purpose: opts.host ? 'host' : 'user', ...(opts.reason !== undefined ? { reason: opts.reason } : {}) },
+        fields: CA_ROTATE_FIELDS,
       });
       if (opts.json) return printJson(ctx, res);
       const purpose = opts.host ? 'host' : 'user';

@@ -21,6 +21,7 @@ import { checkArgs, durationArg, qualifiedArg } from '../args.js';
 import { ApiClient } from '../client.js';
 import { printJson, readInput, type CliContext } from '../context.js';
 import { CliError, UsageError } from '../errors.js';
+import { certIssueFields } from '../field-labels.js';
 import { readPublicKeyFile } from '../key-file.js';
 import { formatTime } from '../output.js';
 import { formatDuration } from '../../ca/domain/duration.js';
@@ -71,7 +72,8 @@ export function configureCertIssue(cert: Command, ctx: CliContext): void {
       const discovered = opts.oidc ? await discoverOidcToken(ctx.env, discoverOptions(api.url, opts)) : undefined;
       const oidcToken = discovered?.token ?? (await readOidcToken(ctx, opts.oidcToken, opts.sshIdentity === undefined));
       const body: z.input<typeof issueCertBody> = { publicKey, ...(ttl !== undefined ? { ttl } : {}), ...(oidcToken !== undefined ? { oidcToken } : {}) };
-      checkArgs(issueCertBody, body, { publicKey: keyFile, ttl: '--ttl', oidcToken: discovered?.source ?? opts.oidcToken ?? 'DSTACK_CA_OIDC_TOKEN' });
+      const fields = certIssueFields(keyFile, discovered?.source ?? opts.oidcToken ?? 'DSTACK_CA_OIDC_TOKEN');
+      checkArgs(issueCertBody, body, fields);
 
       if (oidcToken !== undefined) api.addSecret(oidcToken);
       const runPath = `/v1/runs/${encodeURIComponent(project)}/${encodeURIComponent(name)}`;
@@ -88,7 +90,7 @@ export function configureCertIssue(cert: Command, ctx: CliContext): void {
       }
       // With an OIDC token, it alone authenticates: the server refuses a request carrying both.
       const issued = await api
-        .request('POST', `${runPath}/certs`, { body, schema: certView, ...(oidcToken !== undefined ? { auth: false } : {}) })
+        .request('POST', `${runPath}/certs`, { body, schema: certView, fields, ...(oidcToken !== undefined ? { auth: false } : {}) })
         .catch((e: unknown) => {
           throw discovered ? withAudienceHint(e, discovered) : e;
         });

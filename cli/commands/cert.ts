@@ -6,6 +6,7 @@ import { certificateJson, formatCertificateListing } from '../../ca/ssh/describe
 import { printJson, readInput, type CliContext } from '../context.js';
 import { CliError } from '../errors.js';
 import { configureCertIssue } from './cert-issue.js';
+import { registerCertLs } from './cert-ls.js';
 
 export function registerCert(program: Command, ctx: CliContext): void {
   const cert = program.command('cert').description('issue and inspect certificates');
@@ -25,4 +26,5 @@ export function registerCert(program: Command, ctx: CliContext): void {
       if (opts.json) printJson(ctx, certificateJson(parsed));
       else ctx.stdout.write(formatCertificateListing(parsed, file));
     });
+  registerCertLs(cert, ctx);
 }

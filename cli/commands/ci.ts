@@ -17,6 +17,7 @@ import { copyAlias, makeJobDir, renderJobFiles } from '../ci/job-files.js';
 import { DEFAULT_TOKEN_VAR, discoverOidcToken, discoverOptions, withAudienceHint } from '../ci/oidc-token.js';
 import { printJson, type CliContext } from '../context.js';
 import { CliError } from '../errors.js';
+import { certIssueFields } from '../field-labels.js';
 import { hostCaKeysOf } from '../login/host-ca.js';
 import type { MeRun } from '../login/session.js';
 import { sshTarget } from '../login/ssh-config.js';
@@ -57,7 +58,7 @@ export function registerCi(program: Command, ctx: CliContext): void {
       const publicKey = await ensureLoginKey(files.key, files.publicKey, ctx.env);
       const runPath = `/v1/runs/${encodeURIComponent(project)}/${encodeURIComponent(name)}`;
       const body = { publicKey, ttl, ...(discovered ? { oidcToken: discovered.token } : {}) };
-      const issued = await api.request('POST', `${runPath}/certs`, { body, schema: certView, ...(discovered ? { auth: false } : {}) }).catch((e: unknown) => {
+      const issued = await api.request('POST', `${runPath}/certs`, { body, schema: certView, fields: certIssueFields('the job key', discovered?.source ?? 'DSTACK_CA_TOKEN'), ...(discovered ? { auth: false } : {}) }).catch((e: unknown) => {
         throw discovered ? withAudienceHint(e, discovered) : e;
       });
       if (issued.ttlLimitedBy === 'run-end') ctx.stderr.write(`dstack-ca: warning: run ${qualified} ends at ${formatTime(issued.validBefore)}; the certificate is valid only until then\n`);

@@ -6,9 +6,10 @@ import { apiCommand, checkArgs } from '../args.js';
 import { ApiClient } from '../client.js';
 import { printJson, type CliContext } from '../context.js';
 import { plural, printTable } from '../output.js';
+import { MEMBER_FIELDS } from '../field-labels.js';
 import type { MemberView, RevokedCountView } from '../views.js';
 
-const LABELS = { project: 'PROJECT', name: 'NAME' };
+const LABELS = MEMBER_FIELDS;
 const memberPath = (project: string, name: string) => `/v1/projects/${encodeURIComponent(project)}/members/${encodeURIComponent(name)}`;
 
 export function registerMember(program: Command, ctx: CliContext): void {
@@ -17,11 +18,11 @@ export function registerMember(program: Command, ctx: CliContext): void {
   apiCommand(member, 'add', 'add a user to a project, or change its role')
     .argument('<project>', 'project name')
     .argument('<name>', 'user name')
-    .addOption(new Option('--role <role>', 'role in the project').choices(PROJECT_ROLES).makeOptionMandatory())
+    .addOption(new Option('--role <role>', 'role in the project').choices(PROJECT_ROLES).default('user'))
     .action(async (project: string, name: string, opts: { json?: boolean; role: string }, cmd: Command) => {
       checkArgs(memberParams, { project, name }, LABELS);
       const api = await ApiClient.forCommand(ctx, cmd);
-      const m = await api.call<{ project: string; name: string; role: string }>('PUT', memberPath(project, name), { body: { role: opts.role } });
+      const m = await api.call<{ project: string; name: string; role: string }>('PUT', memberPath(project, name), { body: { role: opts.role }, fields: MEMBER_FIELDS });
       if (opts.json) printJson(ctx, m);
       else ctx.stdout.write(`${m.name} is now ${m.role} in project ${m.project}\n`);
     });
@@ -32,7 +33,7 @@ export function registerMember(program: Command, ctx: CliContext): void {
     .action(async (project: string, name: string, opts: { json?: boolean }, cmd: Command) => {
       checkArgs(memberParams, { project, name }, LABELS);
       const api = await ApiClient.forCommand(ctx, cmd);
-      const r = await api.call<RevokedCountView>('DELETE', memberPath(project, name));
+      const r = await api.call<RevokedCountView>('DELETE', memberPath(project, name), { fields: MEMBER_FIELDS });
       if (opts.json) printJson(ctx, { project, name, revokedCerts: r.revokedCerts });
       else ctx.stdout.write(`removed ${name} from project ${project}; ${plural(r.revokedCerts, 'certificate')} revoked\n`);
     });

@@ -5,6 +5,7 @@ import { apiCommand, checkArgs } from '../args.js';
 import { ApiClient } from '../client.js';
 import { printJson, type CliContext } from '../context.js';
 import { formatTime, printTable } from '../output.js';
+import { ORCHESTRATOR_ADD_FIELDS } from '../field-labels.js';
 import type { OrchestratorView } from '../views.js';
 
 export function registerOrchestrator(program: Command, ctx: CliContext): void {
@@ -13,9 +14,9 @@ export function registerOrchestrator(program: Command, ctx: CliContext): void {
   apiCommand(orch, 'add', 'add an orchestrator; its token is printed once')
     .argument('<name>', 'orchestrator name, e.g. dstack-server')
     .action(async (name: string, opts: { json?: boolean }, cmd: Command) => {
-      checkArgs(addOrchestratorBody, { name }, { name: 'NAME' });
+      checkArgs(addOrchestratorBody, { name }, ORCHESTRATOR_ADD_FIELDS);
       const api = await ApiClient.forCommand(ctx, cmd);
-      const o = await api.call<{ name: string; token: string }>('POST', '/v1/orchestrators', { body: { name } });
+      const o = await api.call<{ name: string; token: string }>('POST', '/v1/orchestrators', { body: { name }, fields: ORCHESTRATOR_ADD_FIELDS });
       if (opts.json) {
         printJson(ctx, { name: o.name, token: o.token });
         return;

@@ -2,11 +2,12 @@
 // version is durable on the server.
 import type { Command } from 'commander';
 import type { z } from 'zod';
-import { revokeBody, revokeView } from '../../ca/api/schemas.js';
+import { revokeBody, revokeView, stillGrantedView } from '../../ca/api/schemas.js';
 import { checkArgs, qualifiedArg } from '../args.js';
 import { ApiClient } from '../client.js';
 import { printJson, type CliContext } from '../context.js';
 import { UsageError } from '../errors.js';
+import { REVOKE_FIELDS } from '../field-labels.js';
 import { readPublicKeyFile } from '../key-file.js';
 import { plural } from '../output.js';
 
@@ -33,12 +34,28 @@ const TARGETS = [
   ['caKey', '--ca-key'],
 ] as const;
 
-const LABELS: Record<string, string> = { ...Object.fromEntries(TARGETS), project: '--project', reason: '--reason' };
+
+/**
+ * The warning after a revoke that leaves the grant in place: revoking certificates ends
+ * sessions, but a bot with a live token (or a user with a login) gets a new one at once.
+ */
+export function describeStillGranted(s: z.output<typeof stillGrantedView>): string {
+  const runs = [...s.runs, ...(s.moreRuns > 0 ? [`${s.moreRuns} more`] : [])].join(', ');
+  const headline =
+    runs === ''
+      ? `dstack-ca: warning: new certificates for ${s.subject} can be issued at once: ${s.credentials.join(' and ')} still stands`
+      : `dstack-ca: warning: ${s.subject} can get new certificates at once: it still holds ${s.credentials.join(' and ')}, and running runs admit it: ${runs}`;
+  return [
+    headline,
+    'dstack-ca: to end its access:',
+    ...s.stop.map((c) => `dstack-ca:   ${c}`),
+  ].join('\n') + '\n';
+}
 
 export function registerRevoke(program: Command, ctx: CliContext): void {
   program
     .command('revoke')
-    .description('revoke certificates; exactly one target, and a reason for the audit log')
+    .description('revoke certificates; exactly one target, and a reason for the audit log. When the user, bot or run can get new certificates at once (a live token or login, a policy that admits it), a warning on stderr says what grants them and which commands end that')
     .option('--serial <n>', 'the certificate with this serial')
     .option('--key-id <id>', 'every certificate with this key id (a lasting KRL entry)')
     .option('--user <name>', "a user's certificates (all projects, or one with --project)")
@@ -72,11 +89,15 @@ export function registerRevoke(program: Command, ctx: CliContext): void {
       if (opts.bot !== undefined) body.bot = opts.bot;
       if (opts.publicKey !== undefined) body.publicKey = await readPublicKeyFile(ctx, opts.publicKey);
       if (opts.caKey !== undefined) body.caKey = await readPublicKeyFile(ctx, opts.caKey);
-      checkArgs(revokeBody, body, LABELS);
+      checkArgs(revokeBody, body, REVOKE_FIELDS);
 
       const api = await ApiClient.forCommand(ctx, cmd);
-      const r = await api.request('POST', '/v1/revocations', { body, schema: revokeView });
-      if (opts.json) printJson(ctx, r);
-      else ctx.stdout.write(`revoked ${plural(r.revokedCerts, 'certificate')}; KRL version ${r.krlVersion}\n`);
+      const r = await api.request('POST', '/v1/revocations', { body, schema: revokeView, fields: REVOKE_FIELDS });
+      if (opts.json) {
+        printJson(ctx, r);
+        return;
+      }
+      ctx.stdout.write(`revoked ${plural(r.revokedCerts, 'certificate')}; KRL version ${r.krlVersion}\n`);
+      if (r.stillGranted) ctx.stderr.write(describeStillGranted(r.stillGranted));
     });
 }

@@ -1,4 +1,4 @@
-// `dstack-ca run add|show|ls|update|finish`: runs and their `attachable_by` policy, as the
+// `dstack-ca run add|show|ls|update|finish|rm`: runs and their `attachable_by` policy, as the
 // orchestrator registers them (DESIGN.md sections 3 and 10).
 import type { Command } from 'commander';
 import { stringify } from 'yaml';
@@ -9,7 +9,8 @@ import { ApiClient } from '../client.js';
 import { printJson, readInput, type CliContext } from '../context.js';
 import { UsageError } from '../errors.js';
 import { formatTime, plural, printTable } from '../output.js';
-import { blamePolicyFile, readPolicyFile } from '../policy-file.js';
+import { readPolicyFileWithKeys } from '../policy-file.js';
+import { RUN_ADD_FIELDS, RUN_UPDATE_FIELDS, type FieldLabels } from '../field-labels.js';
 import type { RevokedCountView } from '../views.js';
 
 interface SshFlags {
@@ -68,15 +69,12 @@ export function registerRun(program: Command, ctx: CliContext): void {
         ...(opts.endsAt !== undefined ? { endsAt: timeArg(opts.endsAt, '--ends-at') } : {}),
         ...(ssh ? { ssh } : {}),
       };
-      checkArgs(registerRunBody, body, { project: 'PROJECT/RUN', name: 'PROJECT/RUN', owner: '--owner', loginUser: '--login-user', endsAt: '--ends-at', 'ssh.host': '--ssh-address', 'ssh.port': '--ssh-address', 'ssh.hostKeys': '--host-key' });
-      const attachableBy = opts.attachableBy === undefined ? undefined : await readPolicyFile(ctx, opts.attachableBy);
+      checkArgs(registerRunBody, body, RUN_ADD_FIELDS);
+      const policy = opts.attachableBy === undefined ? undefined : await readPolicyFileWithKeys(ctx, opts.attachableBy);
+      const attachableBy = policy?.policy;
+      const fields: FieldLabels = { ...RUN_ADD_FIELDS, ...(policy ? { attachableBy: policy.label } : {}) };
       const api = await ApiClient.forCommand(ctx, cmd);
-      let created: z.output<typeof registeredView>;
-      try {
-        created = await api.request('POST', '/v1/runs', { body: { ...body, ...(attachableBy ? { attachableBy } : {}) }, schema: registeredView });
-      } catch (e) {
-        throw blamePolicyFile(e, opts.attachableBy ?? '');
-      }
+      const created = await api.request('POST', '/v1/runs', { body: { ...body, ...(attachableBy ? { attachableBy } : {}) }, schema: registeredView, fields });
       if (opts.json) {
         printJson(ctx, created);
         return;
@@ -119,18 +117,31 @@ export function registerRun(program: Command, ctx: CliContext): void {
     .action(async (qualified: string, opts: { json?: boolean; attachableBy?: string } & SshFlags, cmd: Command) => {
       const { project, name } = qualifiedArg(qualified, 'run');
       if (opts.attachableBy === undefined && opts.sshAddress === undefined) throw new UsageError('give --attachable-by FILE, --ssh-address HOST:PORT, or both');
-      const attachableBy = opts.attachableBy === undefined ? undefined : await readPolicyFile(ctx, opts.attachableBy);
+      const policy = opts.attachableBy === undefined ? undefined : await readPolicyFileWithKeys(ctx, opts.attachableBy);
+      const attachableBy = policy?.policy;
+      const fields: FieldLabels = { ...RUN_UPDATE_FIELDS, ...(policy ? { attachableBy: policy.label } : {}) };
       const ssh = await sshEndpointArg(ctx, opts);
       const api = await ApiClient.forCommand(ctx, cmd);
-      let updated: z.output<typeof updatedView>;
-      try {
-        updated = await api.request('PATCH', runPath(project, name), { body: { ...(attachableBy ? { attachableBy } : {}), ...(ssh ? { ssh } : {}) }, schema: updatedView });
-      } catch (e) {
-        throw blamePolicyFile(e, opts.attachableBy ?? '');
-      }
+      const updated = await api.request('PATCH', runPath(project, name), { body: { ...(attachableBy ? { attachableBy } : {}), ...(ssh ? { ssh } : {}) }, schema: updatedView, fields });
       if (opts.json) printJson(ctx, updated);
       else if (attachableBy) ctx.stdout.write(`updated the policy of ${updated.project}/${updated.name}; ${plural(updated.revokedCerts, 'certificate')} revoked\n`);
       else ctx.stdout.write(`updated the ssh endpoint of ${updated.project}/${updated.name}\n`);
+    });
+
+  apiCommand(
+    run,
+    'rm',
+    "remove a run: it is finished, every live certificate for it is revoked and its agent's token ends (the same as run finish). Runs stay on record, finished, so their certificates keep their history; run ls shows them as finished.",
+  )
+    .argument('<run>', 'PROJECT/RUN')
+    .action(async (qualified: string, opts: { json?: boolean }, cmd: Command) => {
+      const { project, name } = qualifiedArg(qualified, 'run');
+      const api = await ApiClient.forCommand(ctx, cmd);
+      const before = await api.request('GET', runPath(project, name), { schema: runView });
+      const r = await api.call<RevokedCountView>('POST', `${runPath(project, name)}/finish`);
+      if (opts.json) printJson(ctx, { project, name, wasRunning: before.state === 'running', revokedCerts: r.revokedCerts });
+      else if (before.state === 'running') ctx.stdout.write(`removed ${project}/${name}: finished, ${plural(r.revokedCerts, 'certificate')} revoked, its agent's token ended\n`);
+      else ctx.stdout.write(`${project}/${name} was already finished; nothing to revoke\n`);
     });
 
   apiCommand(run, 'finish', 'mark a run finished; all its certificates are revoked')

@@ -1,11 +1,12 @@
-// `dstack-ca user add|ls|disable|enable|token`: people who get certificates (admin only).
+// `dstack-ca user add|ls|rm|disable|enable|token`: people who get certificates (admin only).
 import type { Command } from 'commander';
-import { addUserBody, nameParam, userTokenBody } from '../../ca/api/schemas.js';
+import { addUserBody, nameParam, userRemovalView, userTokenBody } from '../../ca/api/schemas.js';
 import { formatDuration } from '../../ca/domain/duration.js';
 import { apiCommand, checkArgs, durationArg } from '../args.js';
 import { ApiClient } from '../client.js';
 import { printJson, type CliContext } from '../context.js';
 import { formatTime, plural, printTable } from '../output.js';
+import { USER_ADD_FIELDS, USER_ENROLL_FIELDS, USER_RM_FIELDS, USER_TOKEN_FIELDS, USER_UPDATE_FIELDS } from '../field-labels.js';
 import type { UserTokenView, UserView } from '../views.js';
 
 interface JsonFlag {
@@ -31,9 +32,9 @@ export function registerUser(program: Command, ctx: CliContext): void {
     .option('--admin', 'make the user a global admin')
     .action(async (name: string, opts: JsonFlag & { admin?: boolean }, cmd: Command) => {
       const body = { name, ...(opts.admin ? { admin: true } : {}) };
-      checkArgs(addUserBody, body, { name: 'NAME' });
+      checkArgs(addUserBody, body, USER_ADD_FIELDS);
       const api = await ApiClient.forCommand(ctx, cmd);
-      const created = await api.call<UserView & { enrollment: EnrollmentView }>('POST', '/v1/users', { body });
+      const created = await api.call<UserView & { enrollment: EnrollmentView }>('POST', '/v1/users', { body, fields: USER_ADD_FIELDS });
       if (opts.json) {
         printJson(ctx, created);
         return;
@@ -50,6 +51,7 @@ export function registerUser(program: Command, ctx: CliContext): void {
       const api = await ApiClient.forCommand(ctx, cmd);
       const r = await api.call<EnrollmentView & { removedPasskeys: number; endedSessions: number; revokedCerts: number }>('POST', `/v1/users/${encodeURIComponent(name)}/enrollments`, {
         body: opts.reset ? { reset: true } : {},
+        fields: USER_ENROLL_FIELDS,
       });
       if (opts.json) {
         printJson(ctx, { name, ...r });
@@ -102,11 +104,31 @@ export function registerUser(program: Command, ctx: CliContext): void {
       .action(async (name: string, opts: JsonFlag, cmd: Command) => {
         checkArgs(nameParam, { name }, { name: 'NAME' });
         const api = await ApiClient.forCommand(ctx, cmd);
-        const updated = await api.call<UserView>('PATCH', `/v1/users/${encodeURIComponent(name)}`, { body: { disabled } });
+        const updated = await api.call<UserView>('PATCH', `/v1/users/${encodeURIComponent(name)}`, { body: { disabled }, fields: USER_UPDATE_FIELDS });
         if (opts.json) printJson(ctx, updated);
         else ctx.stdout.write(`user ${updated.name} ${updated.disabled ? 'disabled' : 'enabled'}\n`);
       });
   }
+
+  apiCommand(
+    user,
+    'rm',
+    'remove a user for good: its tokens, sessions and passkeys end, it leaves every project and every live certificate it holds is revoked. The account stays on record, disabled, so its certificates stay attributable and the name is never given to someone else (run policies name users). The last global admin cannot be removed; the owner of running runs only with --force (the runs keep running, the owner can no longer attach).',
+  )
+    .argument('<name>', 'user name')
+    .option('--force', 'remove the user although it owns running runs')
+    .action(async (name: string, opts: JsonFlag & { force?: boolean }, cmd: Command) => {
+      checkArgs(nameParam, { name }, USER_RM_FIELDS);
+      const api = await ApiClient.forCommand(ctx, cmd);
+      const r = await api.request('DELETE', `/v1/users/${encodeURIComponent(name)}`, { query: { force: opts.force ? 'true' : undefined }, schema: userRemovalView, fields: USER_RM_FIELDS });
+      if (opts.json) {
+        printJson(ctx, r);
+        return;
+      }
+      const left = r.leftProjects.length > 0 ? `left ${r.leftProjects.join(', ')}; ` : '';
+      ctx.stdout.write(`removed user ${r.name}: ${left}${plural(r.endedCredentials, 'credential')} ended, ${plural(r.removedPasskeys, 'passkey')} removed, ${plural(r.revokedCerts, 'certificate')} revoked\n`);
+      if (r.ownedRuns.length > 0) ctx.stderr.write(`dstack-ca: ${r.name} owned running runs that keep running: ${r.ownedRuns.join(', ')}\n`);
+    });
 
   apiCommand(user, 'token', 'create an API token for a user; it is printed once')
     .argument('<name>', 'user name')
@@ -114,9 +136,9 @@ export function registerUser(program: Command, ctx: CliContext): void {
     .action(async (name: string, opts: JsonFlag & { ttl?: string }, cmd: Command) => {
       const body = opts.ttl === undefined ? {} : { ttl: durationArg(opts.ttl, '--ttl') };
       checkArgs(nameParam, { name }, { name: 'NAME' });
-      checkArgs(userTokenBody, body, { ttl: '--ttl' });
+      checkArgs(userTokenBody, body, USER_TOKEN_FIELDS);
       const api = await ApiClient.forCommand(ctx, cmd);
-      const t = await api.call<UserTokenView>('POST', `/v1/users/${encodeURIComponent(name)}/tokens`, { body });
+      const t = await api.call<UserTokenView>('POST', `/v1/users/${encodeURIComponent(name)}/tokens`, { body, fields: USER_TOKEN_FIELDS });
       if (opts.json) {
         printJson(ctx, { name: t.name, token: t.token, expiresAt: t.expiresAt });
         return;

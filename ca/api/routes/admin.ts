@@ -22,6 +22,7 @@ import {
   updateUser,
 } from '../../authority/admin.js';
 import { requireAllowed } from '../../authority/actors.js';
+import { removeProject, removeUser } from '../../authority/removal.js';
 import { createEnrollment, enrollmentUrl, loginConfig } from '../../authority/login/passkeys.js';
 import { issueEnrollment, listPasskeysOf, logoutUser } from '../../authority/login/people.js';
 import type { Authority } from '../../authority/authority.js';
@@ -54,6 +55,9 @@ import {
   setMemberBody,
   updateUserBody,
   userTokenBody,
+  removalQuery,
+  userRemovalView,
+  projectRemovalView,
 } from '../schemas.js';
 
 const toUserView = (i: Identity) => ({ name: i.name, admin: i.globalAdmin, disabled: i.disabled, createdAt: i.createdAt });
@@ -78,6 +82,19 @@ export function adminRoutes(app: FastifyInstance, authority: Authority): void {
   r.patch('/v1/users/:name', { schema: { params: nameParam, body: updateUserBody, response: { 200: userView } } }, async (req) =>
     toUserView(await updateUser(ctx, req.actor, req.params.name, req.body)),
   );
+  r.delete(
+    '/v1/users/:name',
+    {
+      schema: {
+        description:
+          'Remove a user: disabled, its tokens, sessions and passkeys gone, every membership dropped and every live certificate revoked, in one transaction. The row stays (its certificates stay attributable; the name is never reused, since run policies name users). 409 for the last global admin, and for the owner of running runs unless force=true (the runs keep running).',
+        params: nameParam,
+        querystring: removalQuery,
+        response: { 200: userRemovalView },
+      },
+    },
+    async (req) => removeUser(ctx, req.actor, req.params.name, { force: req.query.force === 'true' }),
+  );
   r.post('/v1/users/:name/tokens', { schema: { params: nameParam, body: userTokenBody, response: { 201: userTokenView } } }, async (req, reply) => {
     const { value, secret } = await createUserToken(ctx, req.actor, req.params.name, req.body.ttl ?? null);
     return reply.code(201).send({ ...value, token: secret as string });
@@ -90,6 +107,19 @@ export function adminRoutes(app: FastifyInstance, authority: Authority): void {
     (await listProjects(ctx, req.actor)).map((p) => ({ name: p.name })),
   );
 
+  r.delete(
+    '/v1/projects/:project',
+    {
+      schema: {
+        description:
+          'Remove a project: its bots removed, memberships dropped and every live certificate of its runs revoked, in one transaction. 409 while it has running runs unless force=true (they are finished). A project that never had runs or bots is deleted; otherwise it stays on record, empty.',
+        params: projectParam,
+        querystring: removalQuery,
+        response: { 200: projectRemovalView },
+      },
+    },
+    async (req) => removeProject(ctx, req.actor, req.params.project, { force: req.query.force === 'true' }),
+  );
   r.get('/v1/projects/:project/members', { schema: { params: projectParam, response: { 200: z.array(memberView) } } }, async (req) =>
     listMembers(ctx, req.actor, req.params.project),
   );
