@@ -8,6 +8,7 @@ import { formatAuthorizedKey, parseAuthorizedKey } from '../ca/ssh/keys.js';
 import { parseDuration } from '../ca/domain/duration.js';
 import { parseFingerprint } from '../ca/trust/bundle.js';
 import { isLoopbackHost } from '../ca/server/tls.js';
+import { packageVersion } from '../ca/package-version.js';
 import { loginUser } from '../ca/domain/names.js';
 import { AgentError } from './errors.js';
 import { jsonLogger } from './log.js';
@@ -77,6 +78,7 @@ const durationMs = (text: string): number => {
 
 const program = new Command('dstack-ca-agent')
   .description('keeps sshd trust files (CA keys, KRL, principals) current for one dstack run, and ends sessions of revoked certificates')
+  .version(packageVersion(), '-V, --version', 'print the version (from package.json) and exit')
   .addOption(new Option('--url <url>', 'the CA server').env('DSTACK_CA_URL'))
   .addOption(new Option('--ca-fingerprint <SHA256:...>', "the CA trust root's fingerprint (from the run registration, or `dstack-ca ca show`): required on the first start; only CA keys signed under it are ever trusted").env('DSTACK_CA_FINGERPRINT'))
   .addOption(new Option('--join-token <token>', "the run's one-time join token (first start only; the environment keeps it out of ps)").env('DSTACK_CA_JOIN_TOKEN'))
