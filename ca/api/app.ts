@@ -55,6 +55,8 @@ export interface AppOptions {
    * -Proto and -Host believed (req.ip, req.protocol, req.host). Default: none, the headers are ignored.
    */
   trustProxy?: readonly string[];
+  /** Log one line per request and response (pino JSON, at info). Default false: only warnings, errors and events are logged. */
+  logRequests?: boolean;
 }
 
 /** Log redaction: tokens travel in headers, and nothing secret is ever logged. */
@@ -79,7 +81,7 @@ export const LOG_REDACT = [
 ];
 
 export async function buildApp(authority: Authority, opts: AppOptions = {}): Promise<FastifyInstance> {
-  const base = { logger: opts.logger ?? false, bodyLimit: BODY_LIMIT, trustProxy: opts.trustProxy?.length ? [...opts.trustProxy] : false };
+  const base = { logger: opts.logger ?? false, disableRequestLogging: opts.logRequests !== true, bodyLimit: BODY_LIMIT, trustProxy: opts.trustProxy?.length ? [...opts.trustProxy] : false };
   // Same app either way; only the server underneath differs (https.Server is a tls.Server).
   const app = (opts.https ? Fastify({ ...base, https: { cert: opts.https.cert, key: opts.https.key } }) : Fastify(base)) as unknown as FastifyInstance;
   app.setValidatorCompiler(validatorCompiler);

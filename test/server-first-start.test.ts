@@ -1,0 +1,152 @@
+// What the operator sees on the first starts of `dstack-ca server` (issue 14, items 7-10): a
+// first start that fails half-way shows the admin link again on the next one, the link names
+// the address actually listened on, the keyring beside the sealed keys is called out, request
+// logs are opt-in, and stdout carries only the JSON log (human lines are on stderr).
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer, type Server } from 'node:net';
+import { join } from 'node:path';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { CLI } from './fixtures/cli.js';
+import { cleanupTempDirs, freePort, makeTempDir } from './harness/index.js';
+
+afterAll(cleanupTempDirs);
+const running: ChildProcess[] = [];
+afterEach(() => {
+  for (const p of running.splice(0)) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
+});
+
+interface Started {
+  proc: ChildProcess;
+  stdout: () => string;
+  stderr: () => string;
+  /** The exit code if the server stopped before it was serving, else null. */
+  exitCode: number | null;
+  stop(): Promise<void>;
+}
+
+/** Runs `dstack-ca server ARGS` until it prints its last start-up line or exits. */
+async function startServer(args: string[], env: Record<string, string | undefined> = {}): Promise<Started> {
+  const proc = spawn(process.execPath, [CLI, 'server', ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, DSTACK_CA_URL: undefined, DSTACK_CA_TOKEN: undefined, DSTACK_CA_KEYRING: undefined, ...env },
+  });
+  running.push(proc);
+  let out = '';
+  let err = '';
+  proc.stdout?.setEncoding('utf8').on('data', (d: string) => (out += d));
+  proc.stderr?.setEncoding('utf8').on('data', (d: string) => (err += d));
+  const exited = new Promise<number>((r) => proc.once('exit', (code) => r(code ?? 1)));
+  const deadline = Date.now() + 30_000;
+  let exitCode: number | null = null;
+  for (;;) {
+    if (/passkey pages at .*\n(?:.*\n)*$/.test(err) && /\n$/.test(err) && !/enroll the admin's passkey[^\n]*$/.test(err)) {
+      // Give the last lines (token, link, hints) a moment to be written after "passkey pages".
+      await new Promise((r) => setTimeout(r, 300));
+      break;
+    }
+    if (proc.exitCode !== null) {
+      exitCode = await exited;
+      break;
+    }
+    if (Date.now() > deadline) throw new Error(`server did not start:\n${err}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    proc,
+    stdout: () => out,
+    stderr: () => err,
+    exitCode,
+    async stop() {
+      if (proc.exitCode !== null) return;
+      proc.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
+const linkIn = (text: string): URL => {
+  const m = /enroll the admin's passkey \([^)]*\): (\S+)/.exec(text);
+  expect(m, text).not.toBeNull();
+  return new URL(m?.[1] ?? '');
+};
+
+describe('first start', () => {
+  it('a first start stopped by a port in use leaves no admin without a link: the next start shows the token and a new link, until a passkey exists', async () => {
+    const dir = await makeTempDir('first-start-');
+    const port = await freePort();
+    const squatter: Server = createServer();
+    await new Promise<void>((r) => squatter.listen(port, '127.0.0.1', r));
+    const failed = await startServer(['--data-dir', join(dir, 'data'), '--listen', `127.0.0.1:${port}`]);
+    await new Promise<void>((r) => squatter.close(() => r()));
+    expect(failed.exitCode, failed.stderr()).toBe(1);
+    expect(failed.stderr()).toMatch(/^dstack-ca: cannot listen on 127\.0\.0\.1:\d+: .*EADDRINUSE/m);
+
+    const second = await startServer(['--data-dir', join(dir, 'data'), '--listen', `127.0.0.1:${port}`]);
+    expect(second.exitCode, second.stderr()).toBeNull();
+    const tokenPath = join(dir, 'data', 'admin-token');
+    expect(second.stderr()).toContain(`dstack-ca: the admin has no passkey yet: the admin token is still in ${tokenPath} (mode 0600); use it with`);
+    expect(second.stderr()).toContain(`export DSTACK_CA_URL=http://127.0.0.1:${port} DSTACK_CA_TOKEN=$(cat ${tokenPath})`);
+    const link = linkIn(second.stderr());
+    expect(link.origin).toBe(`http://localhost:${port}`);
+    // The link's secret is the operator's: never in the JSON log on stdout.
+    expect(second.stdout()).not.toContain(link.hash.slice(1));
+    // The page the link opens is served (localhost reaches 127.0.0.1).
+    expect((await fetch(new URL('/enroll', link))).status).toBe(200);
+    await second.stop();
+
+    const third = await startServer(['--data-dir', join(dir, 'data'), '--listen', `127.0.0.1:${port}`]);
+    const again = linkIn(third.stderr());
+    expect(again.hash).not.toBe(link.hash); // a new link each start; the older one is replaced
+    const old = await fetch(new URL('/v1/web/enroll/options', link), {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', origin: link.origin },
+      body: JSON.stringify({ enrollment: link.hash.slice(1) }),
+    });
+    expect(old.status).toBe(401);
+    expect(await old.text()).toContain('replaced by a newer one');
+    await third.stop();
+  });
+
+  it.each([
+    ['127.0.0.2', (p: number) => `http://127.0.0.2:${p}`],
+    ['[::1]', (p: number) => `http://[::1]:${p}`],
+  ])('--listen %s:PORT: the enrollment link names an address that connects', async (host, expected) => {
+    const dir = await makeTempDir('first-start-');
+    const port = await freePort();
+    const s = await startServer(['--data-dir', join(dir, 'data'), '--listen', `${host}:${port}`]);
+    expect(s.exitCode, s.stderr()).toBeNull();
+    const link = linkIn(s.stderr());
+    expect(link.origin).toBe(expected(port));
+    expect((await fetch(new URL('/enroll', link))).status).toBe(200);
+    expect(s.stderr()).toContain('passkeys need a host name, not an IP address: set publicUrl in the config');
+    await s.stop();
+  });
+
+  it('says the keyring beside the sealed keys protects nothing, and not when it comes from DSTACK_CA_KEYRING', async () => {
+    const dir = await makeTempDir('first-start-');
+    const s = await startServer(['--data-dir', join(dir, 'data'), '--listen', `127.0.0.1:${await freePort()}`]);
+    expect(s.stderr()).toContain(`dstack-ca: warning: the keyring that unseals the CA keys is ${join(dir, 'data', 'keyring')}, in the same directory as the sealed keys`);
+    expect(s.stderr()).toContain('DSTACK_CA_KEYRING');
+    await s.stop();
+    const other = await makeTempDir('first-start-');
+    const e = await startServer(['--data-dir', join(other, 'data'), '--listen', `127.0.0.1:${await freePort()}`], { DSTACK_CA_KEYRING: `k1:${Buffer.alloc(32, 3).toString('base64')}` });
+    expect(e.stderr()).toContain('keyring from environment');
+    expect(e.stderr()).not.toContain('warning: the keyring');
+    await e.stop();
+  });
+
+  it('logs requests only with --log-requests; human lines go to stderr, stdout holds JSON lines only', async () => {
+    for (const logRequests of [false, true]) {
+      const dir = await makeTempDir('first-start-');
+      const port = await freePort();
+      const s = await startServer(['--data-dir', join(dir, 'data'), '--listen', `127.0.0.1:${port}`, ...(logRequests ? ['--log-requests'] : [])]);
+      for (let i = 0; i < 3; i++) expect((await fetch(`http://127.0.0.1:${port}/healthz`)).status).toBe(200);
+      await new Promise((r) => setTimeout(r, 200));
+      await s.stop();
+      for (const line of s.stdout().split('\n').filter((l) => l !== '')) expect(() => JSON.parse(line), line).not.toThrow();
+      expect(s.stdout().includes('/healthz'), s.stdout()).toBe(logRequests);
+      expect(s.stderr()).toMatch(/^dstack-ca: serving on http:\/\/127\.0\.0\.1:\d+/m);
+      expect(s.stdout()).not.toContain('dstack-ca:');
+    }
+  });
+});
