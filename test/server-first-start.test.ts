@@ -6,8 +6,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { CLI } from './fixtures/cli.js';
-import { cleanupTempDirs, freePort, makeTempDir } from './harness/index.js';
+import { CLI, dstackCa } from './fixtures/cli.js';
+import { AGENT } from './agent-fixture.js';
+import { cleanupTempDirs, freePort, makeTempDir, run } from './harness/index.js';
 
 afterAll(cleanupTempDirs);
 const running: ChildProcess[] = [];
@@ -148,5 +149,28 @@ describe('first start', () => {
       expect(s.stderr()).toMatch(/^dstack-ca: serving on http:\/\/127\.0\.0\.1:\d+/m);
       expect(s.stdout()).not.toContain('dstack-ca:');
     }
+  });
+});
+
+describe('https:// against the plain http server', () => {
+  it('the CLI and the agent each say so in one line, naming the http:// URL to use', async () => {
+    const dir = await makeTempDir('first-start-');
+    const port = await freePort();
+    const s = await startServer(['--data-dir', join(dir, 'data'), '--listen', `127.0.0.1:${port}`]);
+    const fingerprint = /CA fingerprint \(trust root[^)]*\): (SHA256:\S+)/.exec(s.stderr())?.[1] ?? '';
+    expect(fingerprint).toMatch(/^SHA256:/);
+    const url = `https://127.0.0.1:${port}`;
+    const expected = `${url} does not speak TLS (it answered plain http): use http://127.0.0.1:${port}, or give the server a certificate (--tls-cert/--tls-key)`;
+    const env = { DSTACK_CA_URL: undefined, DSTACK_CA_TOKEN: undefined, XDG_CONFIG_HOME: join(dir, 'config') };
+    const ls = await dstackCa(['user', 'ls', '--url', url, '--token', 'dsca_admin_x'], { env });
+    expect([ls.code, ls.stderr]).toEqual([1, `dstack-ca: ${expected}\n`]);
+    const login = await dstackCa(['login', '--url', url, '--fingerprint', fingerprint, '--no-browser'], { env });
+    expect([login.code, login.stderr]).toEqual([1, `dstack-ca: ${expected}\n`]);
+    const agent = await run(process.execPath, [AGENT, '--url', url, '--ca-fingerprint', fingerprint, '--join-token', 'x', '--login-user', 'root', '--sshd-dir', join(dir, 'sshd'), '--once'], { env });
+    expect(agent.code).not.toBe(0);
+    expect(agent.stderr.trim().split('\n')).toHaveLength(1);
+    expect(agent.stderr).toContain(expected);
+    expect(agent.stderr).not.toMatch(/SSL routines|wrong version number/);
+    await s.stop();
   });
 });
