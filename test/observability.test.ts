@@ -30,7 +30,7 @@ describe('operations endpoints', () => {
     await ca.admin('POST', '/v1/revocations', { user: 'alice', project: 'ml', reason: 'metrics' });
     const text = (await ca.api('GET', '/metrics')).body;
     expect(text).toMatch(/^dstack_ca_certs_issued_total 1$/m);
-    expect(text).toMatch(/^dstack_ca_certs_revoked_total 1$/m);
+    expect(text).toMatch(/^dstack_ca_certs_revoked_total{cause="revoke"} 1$/m);
     expect(text).toMatch(/^dstack_ca_krl_version 2$/m);
     expect(text).toMatch(/^dstack_ca_http_request_duration_seconds_count\{method="POST",route="\/v1\/runs\/:project\/:run\/certs",status="201"\} 1$/m);
   });
