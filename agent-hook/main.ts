@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // dstack-ca-agent: runs beside a run's sshd and keeps its trust files current (see sync.ts).
 //   dstack-ca-agent --url URL --ca-fingerprint SHA256:... --join-token TOKEN --sshd-dir DIR --login-user USER [--once]
-//   dstack-ca-agent sshd-config [--sshd-dir DIR] [--host-key FILE.pub ...]
+//   dstack-ca-agent sshd-config [--sshd-dir DIR] [--host-key FILE.pub ...] [--no-strict-modes]
 import { readFile } from 'node:fs/promises';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { formatAuthorizedKey, parseAuthorizedKey } from '../ca/ssh/keys.js';
@@ -15,6 +15,7 @@ import { jsonLogger } from './log.js';
 import { SessionReaper } from './sessions.js';
 import { hostKeyName, type HostKeyFile } from './host-certs.js';
 import { DEFAULT_SSHD_DIR, sshdConfigSnippet } from './sshd-config.js';
+import { strictModesMessage, strictModesProblem } from './strict-modes.js';
 import { Agent } from './sync.js';
 
 interface RunFlags {
@@ -155,7 +156,12 @@ program
   .description('print the sshd_config lines that use the files the agent writes')
   .option('--sshd-dir <dir>', 'where the agent writes its files', DEFAULT_SSHD_DIR)
   .option('--host-key <file>', 'a host public key file the agent keeps certified (repeatable): adds its HostCertificate line', (v: string, prev: string[]) => [...prev, v], [] as string[])
-  .action((opts: { sshdDir: string; hostKey: string[] }) => {
+  .option('--no-strict-modes', 'skip the StrictModes check of --sshd-dir and its parents (only for an sshd that runs with StrictModes no)')
+  .action(async (opts: { sshdDir: string; hostKey: string[]; strictModes: boolean }) => {
+    if (opts.strictModes) {
+      const problem = await strictModesProblem(opts.sshdDir, process.getuid?.() ?? 0);
+      if (problem) throw new AgentError(strictModesMessage(opts.sshdDir, problem), 1);
+    }
     process.stdout.write(sshdConfigSnippet(opts.sshdDir, opts.hostKey));
   });
 
