@@ -157,12 +157,17 @@ program
   .option('--sshd-dir <dir>', 'where the agent writes its files', DEFAULT_SSHD_DIR)
   .option('--host-key <file>', 'a host public key file the agent keeps certified (repeatable): adds its HostCertificate line', (v: string, prev: string[]) => [...prev, v], [] as string[])
   .option('--no-strict-modes', 'skip the StrictModes check of --sshd-dir and its parents (only for an sshd that runs with StrictModes no)')
-  .action(async (opts: { sshdDir: string; hostKey: string[]; strictModes: boolean }) => {
+  .option('--match-user <user>', 'apply the lines to this login user only (a Match User block): other accounts keep their authorized_keys and passwords')
+  .action(async (opts: { sshdDir: string; hostKey: string[]; strictModes: boolean; matchUser?: string }) => {
+    if (opts.matchUser !== undefined) {
+      const user = loginUser.safeParse(opts.matchUser);
+      if (!user.success) throw new AgentError(`--match-user ${user.error.issues[0]?.message}`, 2);
+    }
     if (opts.strictModes) {
       const problem = await strictModesProblem(opts.sshdDir, process.getuid?.() ?? 0);
       if (problem) throw new AgentError(strictModesMessage(opts.sshdDir, problem), 1);
     }
-    process.stdout.write(sshdConfigSnippet(opts.sshdDir, opts.hostKey));
+    process.stdout.write(sshdConfigSnippet(opts.sshdDir, opts.hostKey, opts.matchUser));
   });
 
 try {
