@@ -38,6 +38,7 @@ const VERBS: Record<string, () => Promise<Registrar>> = {
   config: async () => (await import('./commands/config-ssh.js')).registerConfig,
   renew: async () => (await import('./commands/renew.js')).registerRenew,
   ssh: async () => (await import('./commands/ssh.js')).registerSsh,
+  'admin-token': async () => (await import('./commands/admin-token.js')).registerAdminToken,
 };
 
 /** The verb the arguments name (the first operand, skipping global options), if any. */

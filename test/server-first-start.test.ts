@@ -3,9 +3,12 @@
 // the address actually listened on, the keyring beside the sealed keys is called out, request
 // logs are opt-in, and stdout carries only the JSON log (human lines are on stderr).
 import { spawn, type ChildProcess } from 'node:child_process';
+import { access, readFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { openCa } from '../ca/server/bootstrap.js';
+import { serverConfigSchema } from '../ca/server/config.js';
 import { CLI, dstackCa } from './fixtures/cli.js';
 import { AGENT } from './agent-fixture.js';
 import { cleanupTempDirs, freePort, makeTempDir, run } from './harness/index.js';
@@ -172,5 +175,43 @@ describe('https:// against the plain http server', () => {
     expect(agent.stderr).toContain(expected);
     expect(agent.stderr).not.toMatch(/SSL routines|wrong version number/);
     await s.stop();
+  });
+});
+
+describe('retiring the bootstrap admin token', () => {
+  it('once the admin has a passkey, the start says how to retire the token; admin-token retire revokes it and deletes the file', async () => {
+    const dir = await makeTempDir('first-start-');
+    const dataDir = join(dir, 'data');
+    const port = await freePort();
+    const first = await startServer(['--data-dir', dataDir, '--listen', `127.0.0.1:${port}`]);
+    expect(first.stderr()).not.toContain('admin-token retire');
+    await first.stop();
+    // The admin enrolls a passkey (the browser ceremony is test/passkey-web.test.ts; here the row it leaves).
+    const opened = await openCa(serverConfigSchema.parse({ dataDir }), {});
+    const admin = (await opened.store.getIdentityByName('admin'))!;
+    await opened.store.tx((tx) => tx.insertPasskey({ identityId: admin.id, credentialId: 'YWRtaW4', publicKey: Buffer.from([1]), counter: 0, transports: [], name: 'key', createdAt: 1, lastUsedAt: null }));
+    await opened.store.close();
+
+    const second = await startServer(['--data-dir', dataDir, '--listen', `127.0.0.1:${port}`]);
+    expect(second.stderr()).toContain('retire it with `dstack-ca admin-token retire`');
+    expect(second.stderr()).not.toContain("enroll the admin's passkey");
+    const tokenFile = join(dataDir, 'admin-token');
+    const token = (await readFile(tokenFile, 'utf8')).trim();
+    const env = { DSTACK_CA_URL: `http://127.0.0.1:${port}`, DSTACK_CA_TOKEN: token, XDG_CONFIG_HOME: join(dir, 'config') };
+    const retired = await dstackCa(['admin-token', 'retire'], { env });
+    expect([retired.code, retired.stdout, retired.stderr]).toEqual([0, 'retired the bootstrap admin token and deleted its file; sign in with a passkey from now on\n', '']);
+    await expect(access(tokenFile)).rejects.toThrow(/ENOENT/);
+    const after = await dstackCa(['user', 'ls'], { env });
+    expect(after.code).toBe(4);
+    const audit = await second.stop().then(async () => {
+      const o = await openCa(serverConfigSchema.parse({ dataDir }), {});
+      const events = await o.store.listAuditEvents({});
+      await o.store.close();
+      return events.filter((e) => e.action === 'admin-token.retire');
+    });
+    expect(audit.map((e) => [e.actor, e.details])).toEqual([['user:admin', { tokens: 1 }]]);
+    const third = await startServer(['--data-dir', dataDir, '--listen', `127.0.0.1:${port}`]);
+    expect(third.stderr()).not.toContain('admin-token retire');
+    await third.stop();
   });
 });

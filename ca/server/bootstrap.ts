@@ -5,6 +5,7 @@ import { access, chmod, mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Authority } from '../authority/authority.js';
 import { audit } from '../authority/audit.js';
+import { liveAdminTokens, passkeyAdminExists } from '../authority/admin-token.js';
 import { KrlEvents, type AuthorityContext, type CaKeyVault } from '../authority/context.js';
 import { caKeysFrom, ensureTrustBundle } from '../authority/trust.js';
 import { rebuildKrl } from '../authority/krl.js';
@@ -147,6 +148,7 @@ export async function openCa(
       config: { defaultTtl: cfg.certs.defaultTtl, maxTtl: cfg.certs.maxTtl, hostTtl: cfg.certs.hostTtl, joinTokenTtl: 24 * 3600, rateLimits: cfg.rateLimits, oidc: cfg.oidc, login: cfg.login, krlStatusInterval: cfg.krl.statusInterval, certRetention: cfg.certs.retention, eventStreams: cfg.eventStreams },
       now,
       krlEvents: new KrlEvents(),
+      adminTokenFile: join(cfg.dataDir, 'admin-token'),
     };
     await ensureTrustBundle(ctx);
     return {
@@ -163,19 +165,6 @@ export async function openCa(
     await store.close();
     throw e;
   }
-}
-
-/** The bootstrap admin tokens that still work (kind admin, not revoked). */
-export async function liveAdminTokens(store: Store): Promise<import('../domain/model.js').TokenRecord[]> {
-  return (await store.listTokens({ kind: 'admin' })).filter((t) => t.revokedAt === null);
-}
-
-/** True if some enabled global admin has a passkey (so the bootstrap token is no longer the only way in). */
-export async function passkeyAdminExists(store: Store): Promise<boolean> {
-  for (const i of await store.listIdentities({ kind: 'user' })) {
-    if (i.globalAdmin && !i.disabled && (await store.listPasskeys(i.id)).length > 0) return true;
-  }
-  return false;
 }
 
 /**
