@@ -65,7 +65,8 @@ async function startCommand(command: string, ready: RegExp): Promise<{ proc: Chi
   };
 }
 
-const sh = (script: string, extra: NodeJS.ProcessEnv = {}) => run('bash', ['-c', script], { cwd: repo, env: { ...env, ...extra }, timeoutMs: 120_000 });
+/** A bash script run in the clone, as the reader's shell would. */
+const sh = (script: string, extra: NodeJS.ProcessEnv = {}) => run('bash', ['-c', `cd ${JSON.stringify(repo)}\n${script}`], { env: { ...env, ...extra }, timeoutMs: 120_000 });
 
 beforeAll(async () => {
   dir = await makeTempDir('first-hour-');
@@ -121,7 +122,9 @@ describe('the first hour, from README.md on a fresh clone', () => {
     expect(said).toContain(`export DSTACK_CA_URL=http://127.0.0.1:${port} DSTACK_CA_TOKEN=$(cat data/admin-token)`);
     expect(said).toMatch(new RegExp(`enroll the admin's passkey \\(one-time link\\): http://localhost:${port}/enroll#dsca_enroll_`));
     expect(said).toContain('dstack-ca: warning: the keyring that unseals the CA keys is data/keyring, in the same directory as the sealed keys');
-    for (const line of server.stdout().split('\n').filter((l) => l !== '')) expect(() => JSON.parse(line), line).not.toThrow();
+    // stdout: npm's own lines ("> dstack-ca@0.1.0 start", "added 1 package") and the server's JSON log, no human line.
+    expect(server.stdout()).not.toMatch(/^dstack-ca:/m);
+    for (const line of server.stdout().split('\n').filter((l) => l.startsWith('{'))) expect(() => JSON.parse(line), line).not.toThrow();
 
     // The walkthrough, as written, minus what needs more than this machine: the server (running
     // already), an OIDC issuer, a key listed in the policy, and a second policy file the reader writes.
@@ -133,6 +136,10 @@ describe('the first hour, from README.md on a fresh clone', () => {
     const script = ['set -eu', ...walk, 'dstack-ca run finish ml/train-1', 'dstack-ca krl fetch -o revoked-after-finish'].join('\n');
     const walked = await sh(script);
     expect(walked.code, `${walked.stdout}\n${walked.stderr}`).toBe(0);
+    // `a && b` lines do not stop `set -e`: no step may have failed quietly.
+    expect(walked.stderr).not.toMatch(/error|not authenticated|not allowed|refus|usage/i);
+    expect(walked.stdout).toMatch(/^audit chain ok: /m);
+    expect(walked.stdout).toContain('finished ml/train-1; 1 certificate revoked');
     expect(walked.stdout).toMatch(/"principal": "dstack-run-[0-9a-f]+"/); // run add --json with the example policy
     await access(join(repo, 'id_ed25519-cert.pub')); // the bot's certificate
 
@@ -171,8 +178,7 @@ describe('the first hour, from README.md on a fresh clone', () => {
     // as another user, with a package missing, it stops at once and prints the command to run.
     expect((await sh('npm run pretest --silent')).code).toBe(0);
     await chmod(dir, 0o755);
-    const asUser = await run('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'sh', '-c', test.replace(/^npm ci && /, '')], {
-      cwd: repo,
+    const asUser = await run('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'sh', '-c', `cd ${JSON.stringify(repo)} && ${test.replace(/^npm ci && /, '')}`], {
       env: { ...env, HOME: dir, npm_config_cache: join(dir, 'nobody-npm-cache'), DSTACK_CA_TEST_PACKAGES: 'openssh-server dstack-ca-no-such-package' },
       timeoutMs: 60_000,
     });
