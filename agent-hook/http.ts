@@ -1,6 +1,7 @@
 // A small HTTP client on node:http(s). The agent makes a handful of requests and holds one
 // long-lived event stream; node:http keeps that cheap (no fetch/undici stream machinery per
 // agent, which matters when a benchmark runs a thousand agents in one process).
+import { notTlsMessage } from '../ca/net-errors.js';
 import http, { type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
 import https from 'node:https';
 
@@ -105,6 +106,8 @@ export async function request(url: URL, o: RequestOptions = {}): Promise<HttpRes
     return { status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) };
   } catch (e) {
     if (timedOut) throw new Error(`${url.origin}${url.pathname}: no whole answer within ${deadline} ms`);
+    const notTls = notTlsMessage(e, url);
+    if (notTls !== null) throw new Error(notTls);
     throw e;
   } finally {
     clearTimeout(timer);

@@ -1,19 +1,21 @@
 #!/usr/bin/env node
 // dstack-ca-agent: runs beside a run's sshd and keeps its trust files current (see sync.ts).
 //   dstack-ca-agent --url URL --ca-fingerprint SHA256:... --join-token TOKEN --sshd-dir DIR --login-user USER [--once]
-//   dstack-ca-agent sshd-config [--sshd-dir DIR] [--host-key FILE.pub ...]
+//   dstack-ca-agent sshd-config [--sshd-dir DIR] [--host-key FILE.pub ...] [--no-strict-modes]
 import { readFile } from 'node:fs/promises';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { formatAuthorizedKey, parseAuthorizedKey } from '../ca/ssh/keys.js';
 import { parseDuration } from '../ca/domain/duration.js';
 import { parseFingerprint } from '../ca/trust/bundle.js';
 import { isLoopbackHost } from '../ca/server/tls.js';
+import { packageVersion } from '../ca/package-version.js';
 import { loginUser } from '../ca/domain/names.js';
 import { AgentError } from './errors.js';
 import { jsonLogger } from './log.js';
 import { SessionReaper } from './sessions.js';
 import { hostKeyName, type HostKeyFile } from './host-certs.js';
 import { DEFAULT_SSHD_DIR, sshdConfigSnippet } from './sshd-config.js';
+import { strictModesMessage, strictModesProblem } from './strict-modes.js';
 import { Agent } from './sync.js';
 
 interface RunFlags {
@@ -77,6 +79,7 @@ const durationMs = (text: string): number => {
 
 const program = new Command('dstack-ca-agent')
   .description('keeps sshd trust files (CA keys, KRL, principals) current for one dstack run, and ends sessions of revoked certificates')
+  .version(packageVersion(), '-V, --version', 'print the version (from package.json) and exit')
   .addOption(new Option('--url <url>', 'the CA server').env('DSTACK_CA_URL'))
   .addOption(new Option('--ca-fingerprint <SHA256:...>', "the CA trust root's fingerprint (from the run registration, or `dstack-ca ca show`): required on the first start; only CA keys signed under it are ever trusted").env('DSTACK_CA_FINGERPRINT'))
   .addOption(new Option('--join-token <token>', "the run's one-time join token (first start only; the environment keeps it out of ps)").env('DSTACK_CA_JOIN_TOKEN'))
@@ -153,8 +156,18 @@ program
   .description('print the sshd_config lines that use the files the agent writes')
   .option('--sshd-dir <dir>', 'where the agent writes its files', DEFAULT_SSHD_DIR)
   .option('--host-key <file>', 'a host public key file the agent keeps certified (repeatable): adds its HostCertificate line', (v: string, prev: string[]) => [...prev, v], [] as string[])
-  .action((opts: { sshdDir: string; hostKey: string[] }) => {
-    process.stdout.write(sshdConfigSnippet(opts.sshdDir, opts.hostKey));
+  .option('--no-strict-modes', 'skip the StrictModes check of --sshd-dir and its parents (only for an sshd that runs with StrictModes no)')
+  .option('--match-user <user>', 'apply the lines to this login user only (a Match User block): other accounts keep their authorized_keys and passwords')
+  .action(async (opts: { sshdDir: string; hostKey: string[]; strictModes: boolean; matchUser?: string }) => {
+    if (opts.matchUser !== undefined) {
+      const user = loginUser.safeParse(opts.matchUser);
+      if (!user.success) throw new AgentError(`--match-user ${user.error.issues[0]?.message}`, 2);
+    }
+    if (opts.strictModes) {
+      const problem = await strictModesProblem(opts.sshdDir, process.getuid?.() ?? 0);
+      if (problem) throw new AgentError(strictModesMessage(opts.sshdDir, problem), 1);
+    }
+    process.stdout.write(sshdConfigSnippet(opts.sshdDir, opts.hostKey, opts.matchUser));
   });
 
 try {

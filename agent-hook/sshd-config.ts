@@ -7,10 +7,9 @@ import { agentPaths } from './paths.js';
 
 export const DEFAULT_SSHD_DIR = '/etc/ssh/dstack-ca';
 
-export function sshdConfigSnippet(sshdDir: string = DEFAULT_SSHD_DIR, hostKeyFiles: readonly string[] = []): string {
+export function sshdConfigSnippet(sshdDir: string = DEFAULT_SSHD_DIR, hostKeyFiles: readonly string[] = [], matchUser?: string): string {
   const p = agentPaths(sshdDir);
-  return [
-    '# dstack-ca: trust the CA and its KRL (written by dstack-ca-agent)',
+  const auth = [
     `TrustedUserCAKeys ${p.trustedCaKeys}`,
     `RevokedKeys ${p.revokedKeys}`,
     `AuthorizedPrincipalsFile ${p.principalsDir}/%u`,
@@ -28,10 +27,23 @@ export function sshdConfigSnippet(sshdDir: string = DEFAULT_SSHD_DIR, hostKeyFil
     // main config: tun devices, remote forwards on public addresses, ~/.ssh/environment.
     'PermitTunnel no',
     'GatewayPorts no',
-    'PermitUserEnvironment no',
-    ...(hostKeyFiles.length > 0
+  ];
+  const hostCerts =
+    hostKeyFiles.length > 0
       ? ['# dstack-ca: host certificates (clients trust the host CA with @cert-authority)', ...hostKeyFiles.map((f) => `HostCertificate ${hostCertPath(sshdDir, f)}`)]
-      : []),
+      : [];
+  if (matchUser === undefined) {
+    return ['# dstack-ca: trust the CA and its KRL (written by dstack-ca-agent)', ...auth, 'PermitUserEnvironment no', ...hostCerts, ''].join('\n');
+  }
+  // Only the login user: every other account keeps its keys and passwords. HostCertificate and
+  // PermitUserEnvironment are not allowed inside Match (the latter is off by default anyway);
+  // `Match all` ends the block so nothing included after it lands inside.
+  return [
+    ...hostCerts,
+    `# dstack-ca: trust the CA and its KRL (written by dstack-ca-agent), for the login user ${matchUser} only`,
+    `Match User ${matchUser}`,
+    ...auth.map((l) => `  ${l}`),
+    'Match all',
     '',
   ].join('\n');
 }

@@ -1,6 +1,7 @@
 // The HTTP client every API verb uses: where the server is and who we are (flags, then
 // environment, then the config file), one request helper that maps failures to the
 // documented exit codes, and nothing that could ever print the bearer token.
+import { notTlsMessage } from '../ca/net-errors.js';
 import { readFile, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -307,7 +308,7 @@ export class ApiClient {
         res = await this.rawFetch(url, { method, headers, body: body ?? null, redirect: 'error', signal: AbortSignal.timeout(opts.timeoutMs ?? TIMEOUT_MS) });
       } catch (e) {
         if (e instanceof CliError) throw e;
-        throw new CliError(this.scrub(`cannot reach ${this.url}: ${describeFetchError(e)}`));
+        throw new CliError(this.scrub(notTlsMessage(e, url) ?? `cannot reach ${this.url}: ${describeFetchError(e)}`));
       }
       this.debug(`${method} ${url.pathname}${url.search} -> ${res.status} (${Date.now() - started} ms)`);
       if (res.ok) return res;

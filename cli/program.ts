@@ -2,6 +2,7 @@
 // maps every failure to the documented exit codes and a one-line message.
 import { Command, CommanderError } from 'commander';
 import { SshParseError } from '../ca/ssh/wire.js';
+import { packageVersion } from '../ca/package-version.js';
 import { API_OPTIONS_WITH_VALUES, registerApiOptions } from './api-options.js';
 import type { CliContext } from './context.js';
 import { terminalContext } from './terminal.js';
@@ -38,6 +39,7 @@ const VERBS: Record<string, () => Promise<Registrar>> = {
   renew: async () => (await import('./commands/renew.js')).registerRenew,
   ssh: async () => (await import('./commands/ssh.js')).registerSsh,
   ci: async () => (await import('./commands/ci.js')).registerCi,
+  'admin-token': async () => (await import('./commands/admin-token.js')).registerAdminToken,
 };
 
 /** The verb the arguments name (the first operand, skipping global options), if any. */
@@ -56,7 +58,8 @@ export async function buildProgram(ctx: CliContext, argv: readonly string[] = []
     .description('SSH certificate authority for dstack runs')
     .configureOutput({ writeOut: (s) => ctx.stdout.write(s), writeErr: (s) => ctx.stderr.write(s) })
     .exitOverride()
-    .showHelpAfterError('(run with --help for usage)');
+    .showHelpAfterError('(run with --help for usage)')
+    .version(packageVersion(), '-V, --version', 'print the version (from package.json) and exit');
   registerApiOptions(program);
   const verb = verbOf(argv);
   const wanted = verb !== undefined && Object.hasOwn(VERBS, verb) ? [verb] : Object.keys(VERBS);

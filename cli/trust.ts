@@ -5,6 +5,7 @@
 // certificates that the bundle lists (or that the system's roots vouch for, for the URL's
 // host name). GET /v1/trust is the one request made before the channel is authenticated: it
 // carries no credential, and its answer counts only if the pinned root signed it.
+import { notTlsMessage } from '../ca/net-errors.js';
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
@@ -120,7 +121,7 @@ export async function establishTrust(url: string, fingerprint: string | undefine
   } catch (e) {
     if (e instanceof CliError) throw e;
     const err = e as Error & { cause?: Error };
-    throw new CliError(`cannot reach ${origin} to check its trust root: ${oneLine(err.cause?.message ?? err.message)}`);
+    throw new CliError(notTlsMessage(e, origin) ?? `cannot reach ${origin} to check its trust root: ${oneLine(err.cause?.message ?? err.message)}`);
   } finally {
     void open.close();
   }

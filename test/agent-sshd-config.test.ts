@@ -10,7 +10,7 @@ afterAll(cleanupTempDirs);
 
 it('dstack-ca-agent sshd-config passes sshd -t', async () => {
   const dir = await makeTempDir('agent-config-');
-  const snippet = await run(process.execPath, [AGENT, 'sshd-config', '--sshd-dir', join(dir, 'dstack-ca')]);
+  const snippet = await run(process.execPath, [AGENT, 'sshd-config', '--no-strict-modes', '--sshd-dir', join(dir, 'dstack-ca')]);
   expect(snippet.code).toBe(0);
   expect(snippet.stdout).toContain(`RevokedKeys ${join(dir, 'dstack-ca', 'revoked_keys')}`);
   expect(snippet.stdout).toMatch(/^ExposeAuthInfo yes$/m);
@@ -36,7 +36,7 @@ it('dstack-ca-agent sshd-config --host-key adds the HostCertificate lines of the
   const sshdDir = join(dir, 'dstack-ca');
   const ed = await generateKey(dir, 'ssh_host_ed25519_key', 'ed25519');
   const ecdsa = await generateKey(dir, 'ssh_host_ecdsa_key', 'ecdsa256');
-  const snippet = await run(process.execPath, [AGENT, 'sshd-config', '--sshd-dir', sshdDir, '--host-key', ed.publicPath, '--host-key', ecdsa.publicPath]);
+  const snippet = await run(process.execPath, [AGENT, 'sshd-config', '--no-strict-modes', '--sshd-dir', sshdDir, '--host-key', ed.publicPath, '--host-key', ecdsa.publicPath]);
   expect(snippet.code, snippet.stderr).toBe(0);
   const certLines = snippet.stdout.split('\n').filter((l) => l.startsWith('HostCertificate '));
   expect(certLines).toEqual([
@@ -44,7 +44,7 @@ it('dstack-ca-agent sshd-config --host-key adds the HostCertificate lines of the
     `HostCertificate ${join(sshdDir, 'host-certs', 'ssh_host_ecdsa_key-cert.pub')}`,
   ]);
   // Without --host-key, the snippet is the plain one (deploy/ ships that).
-  const plain = await run(process.execPath, [AGENT, 'sshd-config', '--sshd-dir', sshdDir]);
+  const plain = await run(process.execPath, [AGENT, 'sshd-config', '--no-strict-modes', '--sshd-dir', sshdDir]);
   expect(snippet.stdout.startsWith(plain.stdout.trimEnd())).toBe(true);
   const config = join(dir, 'sshd_config');
   await writeFile(config, `HostKey ${ed.privatePath}\nHostKey ${ecdsa.privatePath}\nUsePAM no\n${snippet.stdout}`);

@@ -171,7 +171,7 @@ describe('dstack-ca-agent', () => {
   });
 
   it('sshd-config still works beside the sync verbs', async () => {
-    const r = await run(process.execPath, [AGENT, 'sshd-config', '--sshd-dir', sshdDir]);
+    const r = await run(process.execPath, [AGENT, 'sshd-config', '--no-strict-modes', '--sshd-dir', sshdDir]);
     expect(r.code).toBe(0);
     expect(r.stdout).toContain(`RevokedKeys ${join(sshdDir, 'revoked_keys')}`);
   });

@@ -142,6 +142,8 @@ const CASES: Case[] = [
   ['device login without a client', 'anonymous', 'POST', '/v1/device/codes', {}, 400, /^client: /],
   ['device login with a control character in the client', 'anonymous', 'POST', '/v1/device/codes', { client: 'host\u0007' }, 400, /^client: must be printable ASCII/],
   ['device token poll without a code', 'anonymous', 'POST', '/v1/device/token', { device_code: 'x' }, 400, /^deviceCode: /],
+  ['admin token retire with a body field', 'admin', 'POST', '/v1/admin-token/retire', { force: true }, 400, /^force: unknown field/],
+  ['admin token retire before any admin has a passkey', 'admin', 'POST', '/v1/admin-token/retire', {}, 409, /no global admin has a passkey yet/],
   ['CA rotation with an unknown step', 'admin', 'POST', '/v1/ca/rotate', { step: 'sideways' }, 400, /^step: /],
   ['CA rotation of an unknown purpose', 'admin', 'POST', '/v1/ca/rotate', { step: 'add', purpose: 'root' }, 400, /^purpose: /],
   ['CA rotation with an unknown field', 'admin', 'POST', '/v1/ca/rotate', { step: 'add', force: true }, 400, /^force: unknown field/],

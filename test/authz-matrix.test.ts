@@ -328,6 +328,7 @@ describe('authorization matrix', () => {
       'POST /v1/device/codes',
       'POST /v1/device/token',
       'DELETE /v1/me/session',
+      'POST /v1/admin-token/retire', // ends the bootstrap token the matrix's global admin uses: own table below
     ];
     expect(routes.filter((r) => !covered.has(r) && !exempt.includes(r))).toEqual([]);
   });
@@ -350,6 +351,43 @@ describe('authorization matrix', () => {
       outcomes.push(`${who}: ${res.statusCode} then ${after}`);
     }
     expect(outcomes).toEqual(['user: 204 then 401', 'admin: 204 then 401', 'bot: 403 then 200', 'orchestrator: 403 then 200', 'agent: 403 then 200', 'anonymous: 401 then 0']);
+  });
+
+  it('POST /v1/admin-token/retire: global admins only, and only once a global admin has a passkey', async () => {
+    // Its own CA: the allowed call ends the bootstrap token the shared one runs on.
+    const own = await openTestCa();
+    try {
+      await own.admin('POST', '/v1/projects', { name: 'ml' });
+      const who: Record<string, string | undefined> = { 'project-admin': await userWithToken(own, 'padmin'), user: await userWithToken(own, 'alice') };
+      await own.admin('PUT', '/v1/projects/ml/members/padmin', { role: 'admin' });
+      who.bot = (await own.admin<{ token: string }>('POST', '/v1/projects/ml/bots', { name: 'ci', maxTtl: 900 })).token;
+      who.orchestrator = (await own.admin<{ token: string }>('POST', '/v1/orchestrators', { name: 'dstack' })).token;
+      const { joinToken } = await own.admin<{ joinToken: string }>('POST', '/v1/runs', { project: 'ml', name: 'r', owner: 'alice', loginUser: 'root' });
+      who.agent = ((await own.api('POST', '/v1/agents/join', { body: { joinToken } })).json() as { token: string }).token;
+      who.anonymous = undefined;
+      const boss = await userWithToken(own, 'boss', true);
+      const outcomes: string[] = [];
+      for (const [actor, token] of Object.entries(who)) outcomes.push(`${actor}: ${(await own.api('POST', '/v1/admin-token/retire', { token, body: {} })).statusCode}`);
+      // A global admin, but nobody has a passkey yet: refused, the token still works.
+      outcomes.push(`global-admin, no passkey admin: ${(await own.api('POST', '/v1/admin-token/retire', { token: boss, body: {} })).statusCode}`);
+      const bossId = (await own.store.getIdentityByName('boss'))!.id;
+      await own.store.tx((tx) => tx.insertPasskey({ identityId: bossId, credentialId: 'Ym9zcw', publicKey: Buffer.from([1]), counter: 0, transports: [], name: 'key', createdAt: 1, lastUsedAt: null }));
+      outcomes.push(`global-admin: ${(await own.api('POST', '/v1/admin-token/retire', { token: boss, body: {} })).statusCode}`);
+      outcomes.push(`bootstrap token after: ${(await own.api('GET', '/v1/users', { token: own.adminToken })).statusCode}`);
+      expect(outcomes).toEqual([
+        'project-admin: 403',
+        'user: 403',
+        'bot: 403',
+        'orchestrator: 403',
+        'agent: 403',
+        'anonymous: 401',
+        'global-admin, no passkey admin: 409',
+        'global-admin: 200',
+        'bootstrap token after: 401',
+      ]);
+    } finally {
+      await own.close();
+    }
   });
 
   it('anonymous callers learn nothing: every other /v1 route is 401 before it looks a name up', async () => {

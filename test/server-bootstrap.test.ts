@@ -33,7 +33,12 @@ describe('opening a data dir', () => {
     for (const f of sealed) expect(await mode(join(dataDir, 'ca-keys', f)), f).toBe(0o600);
 
     const second = await openCa(cfg, {});
-    expect(second.adminTokenPath).toBeNull();
+    expect(second.firstStart).toBe(false);
+    // The admin has no passkey yet: the token and a new link are shown again (issue 14 item 7).
+    expect(second.adminTokenPath).toBe(join(dataDir, 'admin-token'));
+    expect(second.adminEnrollment).toMatch(/^dsca_enroll_/);
+    expect(second.adminEnrollment).not.toBe(first.adminEnrollment);
+    expect(second.adminTokenRetirable).toBe(false);
     expect((await second.authority.ctx.store.listCaKeys()).map((k) => k.publicKey)).toEqual(caKeys);
     // Nothing changed, so no new trust bundle version.
     expect((await second.authority.ctx.store.latestTrustBundle())?.version).toBe(bundle?.version);
@@ -41,6 +46,15 @@ describe('opening a data dir', () => {
     await second.store.close();
     expect(await readFile(join(dataDir, 'admin-token'), 'utf8')).toBe(token);
     expect(await readdir(join(dataDir, 'ca-keys'))).toEqual(sealed);
+
+    // Once the admin has a passkey: no link, no token line, and the token may be retired.
+    const third = await openCa(cfg, {});
+    const admin = (await third.store.getIdentityByName('admin'))!;
+    await third.store.tx((tx) => tx.insertPasskey({ identityId: admin.id, credentialId: 'Y3JlZA', publicKey: Buffer.from([1]), counter: 0, transports: [], name: 'key', createdAt: 1, lastUsedAt: null }));
+    await third.store.close();
+    const fourth = await openCa(cfg, {});
+    expect([fourth.adminEnrollment, fourth.adminTokenPath, fourth.adminTokenRetirable]).toEqual([null, null, true]);
+    await fourth.store.close();
   });
 
   it('a keyring from the environment is used instead of a file, and a wrong one does not open the CA key', async () => {

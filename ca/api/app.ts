@@ -1,4 +1,5 @@
 // Builds the Fastify app around an Authority. Only server.ts listens; tests call `inject`.
+import { revokedTotals } from '../authority/revocation-record.js';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
@@ -56,6 +57,8 @@ export interface AppOptions {
    * -Proto and -Host believed (req.ip, req.protocol, req.host). Default: none, the headers are ignored.
    */
   trustProxy?: readonly string[];
+  /** Log one line per request and response (pino JSON, at info). Default false: only warnings, errors and events are logged. */
+  logRequests?: boolean;
 }
 
 /** Log redaction: tokens travel in headers, and nothing secret is ever logged. */
@@ -80,7 +83,7 @@ export const LOG_REDACT = [
 ];
 
 export async function buildApp(authority: Authority, opts: AppOptions = {}): Promise<FastifyInstance> {
-  const base = { logger: opts.logger ?? false, bodyLimit: BODY_LIMIT, trustProxy: opts.trustProxy?.length ? [...opts.trustProxy] : false };
+  const base = { logger: opts.logger ?? false, disableRequestLogging: opts.logRequests !== true, bodyLimit: BODY_LIMIT, trustProxy: opts.trustProxy?.length ? [...opts.trustProxy] : false };
   // Same app either way; only the server underneath differs (https.Server is a tls.Server).
   const app = (opts.https ? Fastify({ ...base, https: { cert: opts.https.cert, key: opts.https.key } }) : Fastify(base)) as unknown as FastifyInstance;
   app.setValidatorCompiler(validatorCompiler);
@@ -91,7 +94,18 @@ export async function buildApp(authority: Authority, opts: AppOptions = {}): Pro
   const metrics = new Registry();
   collectDefaultMetrics({ register: metrics });
   const certsIssued = new Counter({ name: 'dstack_ca_certs_issued_total', help: 'Certificates issued', registers: [metrics] });
-  const certsRevoked = new Counter({ name: 'dstack_ca_certs_revoked_total', help: 'Certificates revoked explicitly', registers: [metrics] });
+  // Counted in the store, in the transaction of each revocation, whatever caused it (explicit,
+  // policy edit, member or bot removal, user disabled or reset, run finished, CA rotation).
+  new Counter({
+    name: 'dstack_ca_certs_revoked_total',
+    help: 'Certificates revoked, by cause (revoke, policy, member, run_finish, user_disable, user_reset, bot_remove, bot_update, ca_rotation)',
+    labelNames: ['cause'],
+    registers: [metrics],
+    collect: async function (this: Counter<'cause'>) {
+      this.reset();
+      for (const [cause, n] of Object.entries(await revokedTotals(authority.ctx.store))) this.inc({ cause }, n);
+    },
+  });
   new Gauge({
     name: 'dstack_ca_krl_version',
     help: 'Current KRL version',
@@ -155,7 +169,7 @@ export async function buildApp(authority: Authority, opts: AppOptions = {}): Pro
   krlRoutes(app, authority);
   runRoutes(app, authority);
   adminRoutes(app, authority);
-  revocationRoutes(app, authority, (n) => certsRevoked.inc(n));
+  revocationRoutes(app, authority);
   certRoutes(app, authority);
   caRoutes(app, authority);
   agentRoutes(app, authority);

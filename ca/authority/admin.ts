@@ -8,8 +8,9 @@ import { extensionsFor, MAX_TTL_CAP, type Restrictions } from '../policy/cert-pr
 import { formatDuration } from '../domain/duration.js';
 import { actorFacts, actorLabel, requireAllowed, roleIn, type Actor } from './actors.js';
 import { audit } from './audit.js';
+import { revokeSerials } from './revocation-record.js';
 import type { AuthorityContext } from './context.js';
-import { publishKrl, rebuildKrl } from './krl.js';
+import { publishKrl } from './krl.js';
 import { requireEnabledIn, requireIdentity, requireProject } from './lookup.js';
 import { revokeUngranted } from './recheck.js';
 import { newToken } from './tokens.js';
@@ -94,7 +95,7 @@ export async function updateUser(ctx: AuthorityContext, actor: Actor, name: stri
     // revives none of them; the user logs in afresh.
     const ended = patch.disabled ? await endCredentials(tx, user.id, now) : undefined;
     await audit(tx, now, actor, 'user.update', { name, ...patch, ...(ended !== undefined ? { endedCredentials: ended } : {}) });
-    const r = patch.disabled ? await revokeUngranted(tx, now, { identityId: user.id }, `user ${name} disabled by ${actorLabel(actor)}`) : null;
+    const r = patch.disabled ? await revokeUngranted(tx, now, { identityId: user.id }, `user ${name} disabled by ${actorLabel(actor)}`, actor, 'user_disable') : null;
     return { krlVersion: r?.krlVersion ?? null, user: (await tx.getIdentity(user.id)) as Identity };
   });
   await publishIf(ctx, krlVersion);
@@ -183,7 +184,7 @@ export async function removeMember(ctx: AuthorityContext, actor: Actor, projectN
   const r = await ctx.store.tx(async (tx) => {
     await tx.deleteMembership(project.id, identity.id);
     await audit(tx, now, actor, 'member.remove', { project: projectName, name });
-    return revokeUngranted(tx, now, { identityId: identity.id, projectId: project.id }, `${name} removed from project ${projectName}`);
+    return revokeUngranted(tx, now, { identityId: identity.id, projectId: project.id }, `${name} removed from project ${projectName}`, actor, 'member');
   });
   await publishIf(ctx, r.krlVersion);
   return { revokedCerts: r.revoked.length };
@@ -389,17 +390,14 @@ export async function updateBot(ctx: AuthorityContext, actor: Actor, projectName
       // was added or changed or an extension taken away, those outliving a lowered TTL cap.
       const live = await tx.listCerts({ identityId: bot.id, liveAt: now });
       revoked = live.filter((c) => tightened || c.validBefore - c.issuedAt > newCap).map((c) => c.serial);
-      if (revoked.length > 0) {
-        await tx.revokeCerts(revoked, now, `${tightened ? 'restrictions' : 'TTL cap'} of bot ${projectName}/${name} changed by ${actorLabel(actor)}`);
-        krl = await rebuildKrl(tx, now);
-      }
+      krl = (await revokeSerials(tx, now, actor, 'bot_update', revoked, `${tightened ? 'restrictions' : 'TTL cap'} of bot ${projectName}/${name} changed by ${actorLabel(actor)}`)).krlVersion;
     }
     // verify-required now required: exactly the live certs without it go (recheck.ts); those
     // that carry it (issued for a run whose policy requires it) stay.
     const verifyTightened = next.verifyRequired && !old.verifyRequired;
     if (patch.runs !== undefined || verifyTightened) {
       const why = patch.runs !== undefined ? `run scope of bot ${projectName}/${name} narrowed` : `bot ${projectName}/${name} now requires verify-required`;
-      const r = await revokeUngranted(tx, now, { identityId: bot.id }, `${why} by ${actorLabel(actor)}`);
+      const r = await revokeUngranted(tx, now, { identityId: bot.id }, `${why} by ${actorLabel(actor)}`, actor, 'bot_update');
       revoked = [...revoked, ...r.revoked];
       krl = r.krlVersion ?? krl;
     }
@@ -445,7 +443,7 @@ export async function removeBot(ctx: AuthorityContext, actor: Actor, projectName
     await revokeTokens(tx, now, { identityId: bot.id });
     await tx.replaceOidcBindings(bot.id, []);
     await audit(tx, now, actor, 'bot.remove', { project: projectName, name });
-    return revokeUngranted(tx, now, { identityId: bot.id }, `bot ${name} removed`);
+    return revokeUngranted(tx, now, { identityId: bot.id }, `bot ${name} removed`, actor, 'bot_remove');
   });
   await publishIf(ctx, r.krlVersion);
   return { revokedCerts: r.revoked.length };

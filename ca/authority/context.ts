@@ -170,4 +170,6 @@ export interface AuthorityContext {
    * at start and replaced after every successful SIGHUP reload; undefined while serving plain http.
    */
   tlsFingerprints?: string[];
+  /** Where the bootstrap admin token file is (<data-dir>/admin-token): deleted when the token is retired. */
+  adminTokenFile?: string;
 }

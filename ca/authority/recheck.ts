@@ -8,7 +8,8 @@ import { grantFor } from '../policy/attachable-by.js';
 import { runInScope } from '../policy/bot-scope.js';
 import { parseAuthorizedKey } from '../ssh/keys.js';
 import type { CertFilter, StoreReader, StoreTx } from '../store/store.js';
-import { rebuildKrl } from './krl.js';
+import type { Actor } from './actors.js';
+import { revokeSerials, type RevocationCause } from './revocation-record.js';
 
 /**
  * Would this certificate be issued now? The same rule issuance applies: the run is running,
@@ -42,13 +43,16 @@ export interface RecheckResult {
   krlVersion: number | null;
 }
 
-/** Revokes the live certs matching `filter` that are no longer granted; rebuilds the KRL if any. */
-export async function revokeUngranted(tx: StoreTx, now: number, filter: CertFilter, reason: string): Promise<RecheckResult> {
+/**
+ * Revokes the live certs matching `filter` that are no longer granted; rebuilds the KRL, audits
+ * the revocation (`certs.revoke` by `actor`, with `cause`, count, serials and KRL version) and
+ * counts it, if any.
+ */
+export async function revokeUngranted(tx: StoreTx, now: number, filter: CertFilter, reason: string, actor: Actor | string, cause: RevocationCause): Promise<RecheckResult> {
   const revoked: bigint[] = [];
   for (const c of await tx.listCerts({ ...filter, liveAt: now })) {
     if (!(await stillGranted(tx, c))) revoked.push(c.serial);
   }
-  if (revoked.length === 0) return { revoked, krlVersion: null };
-  await tx.revokeCerts(revoked, now, reason);
-  return { revoked, krlVersion: await rebuildKrl(tx, now) };
+  const r = await revokeSerials(tx, now, actor, cause, revoked, reason);
+  return { revoked, krlVersion: r.krlVersion };
 }

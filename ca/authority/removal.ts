@@ -71,7 +71,7 @@ export async function removeUser(ctx: AuthorityContext, actor: Actor, name: stri
     await tx.updateIdentity(user.id, { disabled: true, globalAdmin: false });
     const endedCredentials = await endCredentials(tx, user.id, now);
     const leftProjects = memberships.map((m) => projects.get(m.projectId) ?? '?').sort();
-    const r = await revokeUngranted(tx, now, { identityId: user.id }, `user ${name} removed by ${actorLabel(actor)}`);
+    const r = await revokeUngranted(tx, now, { identityId: user.id }, `user ${name} removed by ${actorLabel(actor)}`, actor, 'user_remove');
     await audit(tx, now, actor, 'user.remove', {
       name,
       leftProjects,
@@ -140,7 +140,7 @@ export async function removeProject(ctx: AuthorityContext, actor: Actor, name: s
     for (const m of members) await tx.deleteMembership(project.id, m.identityId);
     const finishedRuns = running.map((r) => `${name}/${r.name}`);
     const deleted = runs.length === 0 && bots.length === 0;
-    const r = await revokeUngranted(tx, now, { projectId: project.id }, `project ${name} removed by ${actorLabel(actor)}`);
+    const r = await revokeUngranted(tx, now, { projectId: project.id }, `project ${name} removed by ${actorLabel(actor)}`, actor, 'project_remove');
     await audit(tx, now, actor, 'project.remove', { name, finishedRuns, removedBots, removedMembers: members.length, deleted, force: opts.force, ...revokedDetails(r) });
     if (deleted) await tx.deleteProject(project.id);
     return { result: { name, revokedCerts: r.revoked.length, finishedRuns, removedBots, removedMembers: members.length, deleted }, krlVersion: r.krlVersion };

@@ -8,6 +8,7 @@ import { formatAuthorizedKey, parseAuthorizedKey, fingerprint } from '../ssh/key
 import type { CertFilter, StoreTx } from '../store/store.js';
 import { actorLabel, requireAllowed, roleIn, type Actor } from './actors.js';
 import { audit } from './audit.js';
+import { auditedSerials, countRevoked } from './revocation-record.js';
 import type { AuthorityContext } from './context.js';
 import { publishKrl, rebuildKrl } from './krl.js';
 import { requireIdentity, requireProject, requireRun } from './lookup.js';
@@ -132,6 +133,7 @@ export async function revoke(ctx: AuthorityContext, actor: Actor, req: RevokeReq
     const live: CertRecord[] = p.filter ? await tx.listCerts({ ...p.filter, liveAt: now }) : [];
     const serials = [...p.serials, ...live.map((c) => c.serial)];
     const revokedCerts = await tx.revokeCerts(serials, now, req.reason);
+    await countRevoked(tx, 'revoke', revokedCerts);
     const targetAdded = p.target !== null && !(await targetExists(tx, p.target, now));
     if (p.target && targetAdded) {
       // Key ids drop out of the KRL when the last cert carrying one expires; keys never do.
@@ -141,7 +143,7 @@ export async function revoke(ctx: AuthorityContext, actor: Actor, req: RevokeReq
     // A revocation that changes nothing is recorded, but wakes no agent with a new KRL.
     const changed = revokedCerts > 0 || targetAdded;
     const krlVersion = changed ? await rebuildKrl(tx, now) : ((await tx.latestKrl())?.version ?? 0);
-    await audit(tx, now, actor, 'revoke', { ...p.what, reason: req.reason, revokedCerts, krlVersion, changed, by: actorLabel(actor) });
+    await audit(tx, now, actor, 'revoke', { ...p.what, reason: req.reason, revokedCerts, ...auditedSerials(serials), krlVersion, changed, by: actorLabel(actor) });
     return { revokedCerts, krlVersion, changed };
   });
   if (result.changed) await publishKrl(ctx);

@@ -100,7 +100,7 @@ export async function updateRunPolicy(
   const r = await ctx.store.tx(async (tx) => {
     await tx.updateRunPolicy(run.id, policy);
     await audit(tx, now, actor, 'run.update-policy', { run: `${projectName}/${runName}`, from: run.policy, to: policy });
-    return revokeUngranted(tx, now, { runId: run.id }, `attachable_by of ${projectName}/${runName} changed by ${actorLabel(actor)}`);
+    return revokeUngranted(tx, now, { runId: run.id }, `attachable_by of ${projectName}/${runName} changed by ${actorLabel(actor)}`, actor, 'policy');
   });
   if (r.krlVersion !== null) await publishKrl(ctx);
   return { run: { ...run, policy }, revokedCerts: r.revoked.length };
@@ -128,7 +128,7 @@ export async function finishRun(ctx: AuthorityContext, actor: Actor, projectName
     await tx.finishRun(run.id, now);
     for (const t of await tx.listTokens({ runId: run.id })) if (t.revokedAt === null) await tx.revokeToken(t.id, now);
     await audit(tx, now, actor, 'run.finish', { run: `${projectName}/${runName}` });
-    return revokeUngranted(tx, now, { runId: run.id }, `run ${projectName}/${runName} finished`);
+    return revokeUngranted(tx, now, { runId: run.id }, `run ${projectName}/${runName} finished`, actor, 'run_finish');
   });
   if (r.krlVersion !== null) await publishKrl(ctx);
   return { revokedCerts: r.revoked.length };

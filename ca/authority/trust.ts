@@ -4,6 +4,7 @@
 // makes freshness unfakeable. The bundle is a function of the store (ca_keys) plus the TLS
 // certificates served; a new version is written in the transaction that changes it and
 // signed by the trust root right after commit, like the KRL.
+import { auditedSerials, countRevoked } from './revocation-record.js';
 import { CaError } from '../domain/errors.js';
 import { fingerprint, formatAuthorizedKey, parseAuthorizedKey } from '../ssh/keys.js';
 import type { Signer } from '../ssh/signature.js';
@@ -190,11 +191,18 @@ export async function rotateCaKey(ctx: AuthorityContext, actor: Actor, purpose: 
         details.retired = old.map((r) => r.fingerprint);
         if (purpose === 'user') {
           // Break glass: every cert of the old keys is refused even by a host that still trusts them, and open sessions end.
+          const serials: bigint[] = [];
           for (const r of old) {
             if (!(await tx.isPublicKeyRevoked(r.publicKey))) {
               await tx.insertRevocationTarget({ target: { kind: 'ca_key', publicKey: r.publicKey }, reason: reason || 'emergency CA key rotation', createdAt: now, expiresAt: null });
             }
+            // Their live certificates are revoked by serial too (as `revoke --ca-key` does), so
+            // they are listed, audited and counted like every other revocation.
+            for (const c of await tx.listCerts({ caFingerprint: r.fingerprint, liveAt: now })) serials.push(c.serial);
           }
+          const count = serials.length > 0 ? await tx.revokeCerts(serials, now, reason || 'emergency CA key rotation') : 0;
+          await countRevoked(tx, 'ca_rotation', count);
+          Object.assign(details, { revokedCerts: count, ...auditedSerials(serials) });
           krlChanged = true;
         }
         break;

@@ -1,10 +1,11 @@
 // Opening a data directory: keyring, store, CA keys, and on the very first start the
 // admin identity with its one-time-shown token (written 0600 to <data-dir>/admin-token).
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdir, readFile } from 'node:fs/promises';
+import { access, chmod, mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Authority } from '../authority/authority.js';
 import { audit } from '../authority/audit.js';
+import { liveAdminTokens, passkeyAdminExists } from '../authority/admin-token.js';
 import { KrlEvents, type AuthorityContext, type CaKeyVault } from '../authority/context.js';
 import { caKeysFrom, ensureTrustBundle } from '../authority/trust.js';
 import { rebuildKrl } from '../authority/krl.js';
@@ -21,27 +22,40 @@ import type { ServerConfig } from './config.js';
 export interface OpenedCa {
   authority: Authority;
   store: Store;
-  /** Set on the first start only: where the admin token was written. */
+  /** True on the very first start (the CA was just created). */
+  firstStart: boolean;
+  /**
+   * Where the admin token is, while the admin has no passkey yet (first start, or a later start
+   * after a first one that stopped half-way): the operator is told again how to use it.
+   */
   adminTokenPath: string | null;
-  /** Set on the first start only: the admin's one-time passkey enrollment secret (make a link with enrollmentUrl). */
+  /**
+   * The admin's one-time passkey enrollment secret (make a link with enrollmentUrl), on every
+   * start until the admin has a passkey: each start replaces the previous link (secret: print it
+   * to the operator's terminal only, never to a log).
+   */
   adminEnrollment: string | null;
+  /** A global admin has a passkey and the bootstrap admin token still works: the operator may retire it. */
+  adminTokenRetirable: boolean;
   keyringSource: 'config' | 'environment' | 'data-dir';
+  /** For source 'data-dir': the keyring file (beside the sealed keys, so it protects nothing). */
+  keyringPath: string | null;
 }
 
-async function loadKeyring(cfg: ServerConfig, env: NodeJS.ProcessEnv): Promise<{ keyring: Keyring; source: OpenedCa['keyringSource'] }> {
+async function loadKeyring(cfg: ServerConfig, env: NodeJS.ProcessEnv): Promise<{ keyring: Keyring; source: OpenedCa['keyringSource']; path?: string }> {
   if (cfg.keyring) return { keyring: parseKeyring(cfg.keyring), source: 'config' };
   if (env.DSTACK_CA_KEYRING) return { keyring: parseKeyring(env.DSTACK_CA_KEYRING.split(',').map((s) => s.trim())), source: 'environment' };
   // Embedded default: a keyring file beside the data. Production supplies it from a
   // secret store instead, so a copy of the data dir alone does not open the CA keys.
   const path = join(cfg.dataDir, 'keyring');
   try {
-    return { keyring: parseKeyring((await readFile(path, 'utf8')).split('\n').filter((l) => l.trim() !== '')), source: 'data-dir' };
+    return { keyring: parseKeyring((await readFile(path, 'utf8')).split('\n').filter((l) => l.trim() !== '')), source: 'data-dir', path };
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
   }
   const line = `k1:${randomBytes(32).toString('base64')}`;
   await writeFileAtomic(path, line + '\n', { mode: 0o600 });
-  return { keyring: parseKeyring([line]), source: 'data-dir' };
+  return { keyring: parseKeyring([line]), source: 'data-dir', path };
 }
 
 /**
@@ -99,13 +113,14 @@ export async function openCa(
 ): Promise<OpenedCa> {
   await mkdir(cfg.dataDir, { recursive: true, mode: 0o700 });
   await chmod(cfg.dataDir, 0o700);
-  const { keyring, source } = await loadKeyring(cfg, env);
+  const { keyring, source, path: keyringPath } = await loadKeyring(cfg, env);
   const store = await openSqliteStore(join(cfg.dataDir, 'ca.db'));
   try {
     const vault = await loadCaKeys(store, new CaKeyStore(join(cfg.dataDir, 'ca-keys'), keyring), cfg, now());
     let adminTokenPath: string | null = null;
     let adminEnrollment: string | null = null;
-    if ((await store.getMeta('bootstrapped')) === null) {
+    const firstStart = (await store.getMeta('bootstrapped')) === null;
+    if (firstStart) {
       // The token file is written before the commit: a crash in between leaves a token
       // that is simply replaced on the next start, never a committed admin nobody can use.
       const { secret, hash } = newToken('admin');
@@ -120,6 +135,10 @@ export async function openCa(
         await tx.setMeta('bootstrapped', String(t));
         await audit(tx, t, 'system', 'bootstrap', { admin: 'admin' });
       });
+    } else {
+      const again = await reannounceAdmin(store, cfg, now());
+      adminEnrollment = again.enrollment;
+      adminTokenPath = again.tokenPath;
     }
     const ctx: AuthorityContext = {
       store,
@@ -129,11 +148,45 @@ export async function openCa(
       config: { defaultTtl: cfg.certs.defaultTtl, maxTtl: cfg.certs.maxTtl, hostTtl: cfg.certs.hostTtl, joinTokenTtl: 24 * 3600, rateLimits: cfg.rateLimits, oidc: cfg.oidc, login: cfg.login, krlStatusInterval: cfg.krl.statusInterval, certRetention: cfg.certs.retention, eventStreams: cfg.eventStreams },
       now,
       krlEvents: new KrlEvents(),
+      adminTokenFile: join(cfg.dataDir, 'admin-token'),
     };
     await ensureTrustBundle(ctx);
-    return { authority: new Authority(ctx), store, adminTokenPath, adminEnrollment, keyringSource: source };
+    return {
+      authority: new Authority(ctx),
+      store,
+      firstStart,
+      adminTokenPath,
+      adminEnrollment,
+      adminTokenRetirable: adminEnrollment === null && (await liveAdminTokens(store)).length > 0 && (await passkeyAdminExists(store)),
+      keyringSource: source,
+      keyringPath: keyringPath ?? null,
+    };
   } catch (e) {
     await store.close();
     throw e;
   }
+}
+
+/**
+ * A later start while the bootstrap admin has no passkey (a first start that stopped half-way:
+ * port in use, Ctrl-C, a crash): a new enrollment link (older unused ones stop working, audited
+ * as user.enroll by system), and the admin token file again if it is still there. Nothing once
+ * the admin has enrolled, or is disabled, or its token was retired.
+ */
+async function reannounceAdmin(store: Store, cfg: ServerConfig, t: number): Promise<{ enrollment: string | null; tokenPath: string | null }> {
+  const admin = await store.getIdentityByName('admin');
+  if (!admin || admin.kind !== 'user' || !admin.globalAdmin || admin.disabled) return { enrollment: null, tokenPath: null };
+  if ((await store.listPasskeys(admin.id)).length > 0 || (await liveAdminTokens(store)).length === 0) return { enrollment: null, tokenPath: null };
+  const enrollment = await store.tx(async (tx) => {
+    await tx.revokeEnrollments(admin.id, t);
+    const e = await createEnrollment(tx, admin, t, cfg.login.enrollmentTtl);
+    await audit(tx, t, 'system', 'user.enroll', { name: admin.name, expiresAt: e.expiresAt, why: 'start: the admin has no passkey yet' });
+    return e.secret;
+  });
+  const path = join(cfg.dataDir, 'admin-token');
+  const tokenPath = await access(path).then(
+    () => path,
+    () => null,
+  );
+  return { enrollment, tokenPath };
 }

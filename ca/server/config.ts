@@ -163,6 +163,8 @@ export const serverConfigSchema = z.strictObject({
     .strictObject({ statusInterval: duration.default(15).refine((s) => s <= 60, 'at most 60s (the CA promises a fresh status at least every minute)') })
     .prefault({}),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  /** One JSON log line per request and per response on stdout (off by default: stdout then carries only events, warnings and errors). */
+  logRequests: z.boolean().default(false),
 }).superRefine((c, ctx) => {
   if (c.insecureHttp && c.tls) ctx.addIssue({ code: 'custom', path: ['insecureHttp'], message: 'contradicts tls: give a certificate or ask for plain http, not both' });
 });

@@ -47,6 +47,17 @@ const registeredView = runView.extend({ joinToken: z.string(), caFingerprint: z.
 const updatedView = runView.extend({ revokedCerts: z.number() });
 const runPath = (project: string, name: string) => `/v1/runs/${encodeURIComponent(project)}/${encodeURIComponent(name)}`;
 
+/** What goes in the --attachable-by file (docs/policy.md has the whole story). */
+const POLICY_FILE_HELP = `
+The --attachable-by file (YAML; the attachable_by: wrapper is optional):
+  attachable_by:
+    users: [alice, ci]        # users by name; bots by short name (ci for the bot ml/ci, same project only)
+    project_members: true     # every member of the run's project (people and bots), now and later
+    public_keys:              # whoever proves possession of one of these keys (cert --ssh-identity)
+      - "ssh-ed25519 AAAA... ci@example"
+Without the file only --owner may get certificates. Example: docs/policy.example.yml; format: docs/policy.md.
+`;
+
 export function registerRun(program: Command, ctx: CliContext): void {
   const run = program.command('run').description('register and manage runs (orchestrators, admins)');
 
@@ -58,6 +69,7 @@ export function registerRun(program: Command, ctx: CliContext): void {
     .option('--ends-at <time>', 'when the run ends (ISO 8601 or Unix seconds); certificates never outlive it')
     .option('--ssh-address <host:port>', "where users reach the run's sshd (for dstack-ca config ssh and dstack-ca ssh)")
     .option('--host-key <file>', "the sshd's host public key file (repeatable; ssh-keyscan output works too); users pin it", collect, [])
+    .addHelpText('after', POLICY_FILE_HELP)
     .action(async (qualified: string, opts: { json?: boolean; owner: string; loginUser: string; attachableBy?: string; endsAt?: string } & SshFlags, cmd: Command) => {
       const { project, name } = qualifiedArg(qualified, 'run');
       const ssh = await sshEndpointArg(ctx, opts);

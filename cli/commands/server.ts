@@ -15,6 +15,7 @@ interface ServerFlags {
   tlsKey?: string;
   insecureHttp?: boolean;
   trustProxy?: string[];
+  logRequests?: boolean;
 }
 
 const collect = (value: string, previous: string[] | undefined): string[] => [...(previous ?? []), value];
@@ -31,6 +32,7 @@ export function registerServer(program: Command, ctx: CliContext): void {
     .option('--tls-key <file>', 'the PEM private key of --tls-cert; re-read on SIGHUP')
     .option('--insecure-http', 'serve plain http on a listen address off loopback (tokens travel in clear); default there: a self-signed certificate')
     .option('--trust-proxy <addr>', 'believe X-Forwarded-For/-Proto/-Host from this reverse proxy address or CIDR block (repeatable)', collect)
+    .option('--log-requests', 'log one JSON line per request and response on stdout (config logRequests; default: only events, warnings and errors)')
     .action(async (flags: ServerFlags, cmd: Command) => {
       // --insecure-http is also a global option of the client verbs; the root may have taken it.
       flags.insecureHttp ??= cmd.optsWithGlobals<{ insecureHttp?: boolean }>().insecureHttp;
@@ -55,6 +57,7 @@ export function registerServer(program: Command, ctx: CliContext): void {
           tls: flags.tlsCert !== undefined && flags.tlsKey !== undefined ? { cert: flags.tlsCert, key: flags.tlsKey } : undefined,
           insecureHttp: flags.insecureHttp,
           trustProxy: flags.trustProxy,
+          logRequests: flags.logRequests,
         });
       } catch (e) {
         if (e instanceof ConfigError) throw new CliError(`refusing to start: ${e.message}`);
@@ -95,6 +98,7 @@ export function registerServer(program: Command, ctx: CliContext): void {
       const opened = await openCa(cfg, ctx.env, undefined, tls ? { tlsCertificates: [tls.x509.toString()] } : {});
       const app = await buildApp(opened.authority, {
         logger: { level: cfg.logLevel, redact: LOG_REDACT },
+        logRequests: cfg.logRequests,
         ...(tls ? { https: { cert: tls.cert, key: tls.key } } : {}),
         ...(cfg.trustProxy ? { trustProxy: cfg.trustProxy } : {}),
       });
@@ -140,6 +144,12 @@ export function registerServer(program: Command, ctx: CliContext): void {
       const kind = tlsLib.isLoopbackHost(boundHost) ? 'loopback' : tlsLib.isWildcardHost(boundHost) ? 'wildcard' : 'other';
       opened.authority.web = webConfigFor(cfg.publicUrl ?? defaultPublicUrl(scheme, boundHost, boundPort, kind));
       ctx.stderr.write(`dstack-ca: serving on ${url} (data dir ${cfg.dataDir}, keyring from ${opened.keyringSource})\n`);
+      if (opened.keyringPath) {
+        ctx.stderr.write(
+          `dstack-ca: warning: the keyring that unseals the CA keys is ${opened.keyringPath}, in the same directory as the sealed keys: ` +
+            'a copy of the data dir opens them. Keep it elsewhere: DSTACK_CA_KEYRING=ID:BASE64 from a secret store, or `keyring:` in a config file kept apart (see docs/operations.md)\n',
+        );
+      }
       if (tls) ctx.stderr.write(`dstack-ca: TLS certificate SHA-256 fingerprint: ${tlsLib.formatFingerprint(tls.fingerprint)}\n`);
       // The one value clients and agents pin; TLS and every CA key are checked under it.
       ctx.stderr.write(`dstack-ca: CA fingerprint (trust root; clients pin it with --fingerprint, agents with --ca-fingerprint): ${rootFingerprint(opened.authority.ctx)}\n`);
@@ -157,12 +167,20 @@ export function registerServer(program: Command, ctx: CliContext): void {
       }
       if (opened.adminTokenPath) {
         ctx.stderr.write(
-          `dstack-ca: first start: admin token written to ${opened.adminTokenPath} (mode 0600); use it with\n` +
+          `dstack-ca: ${opened.firstStart ? 'first start: admin token written to' : 'the admin has no passkey yet: the admin token is still in'} ${opened.adminTokenPath} (mode 0600); use it with\n` +
             `  export DSTACK_CA_URL=${url} DSTACK_CA_TOKEN=$(cat ${opened.adminTokenPath})\n`,
         );
       }
       if (opened.adminEnrollment) {
-        ctx.stderr.write(`dstack-ca: enroll the admin's passkey (one-time link): ${enrollmentUrl(opened.authority, opened.adminEnrollment)}\n`);
+        // The secret goes to the operator's terminal only (stderr), never to the JSON log.
+        const again = opened.firstStart ? '' : '; each start makes a new one until the admin has a passkey, older ones stop working';
+        ctx.stderr.write(`dstack-ca: enroll the admin's passkey (one-time link${again}): ${enrollmentUrl(opened.authority, opened.adminEnrollment)}\n`);
+      }
+      if (opened.adminTokenRetirable) {
+        ctx.stderr.write(
+          'dstack-ca: an admin has a passkey and the bootstrap admin token still works (it never expires): ' +
+            'retire it with `dstack-ca admin-token retire` (logged in with the passkey: `dstack-ca login`)\n',
+        );
       }
       await new Promise<void>((resolve) => {
         const stop = () => resolve();
@@ -178,11 +196,16 @@ export function registerServer(program: Command, ctx: CliContext): void {
 
 const urlHost = (host: string): string => (host.includes(':') ? `[${host}]` : host);
 
+/** The addresses a browser reaches by the name localhost (and localhost itself). */
+const isLocalhostAddress = (host: string): boolean => ['localhost', '127.0.0.1', '::ffff:127.0.0.1'].includes(host.toLowerCase());
+
 /**
  * Loopback is served to browsers as localhost: WebAuthn needs a host name, and localhost is a
  * secure context without TLS. Every interface (0.0.0.0, ::) is served as this machine's name.
  */
 function defaultPublicUrl(scheme: 'http' | 'https', host: string, port: number, kind: 'loopback' | 'wildcard' | 'other'): string {
-  const h = kind === 'loopback' ? 'localhost' : kind === 'wildcard' ? hostname() : urlHost(host);
+  // Only 127.0.0.1 is surely reached by the name localhost (::1 is not, for Node's resolver at
+  // least); 127.0.0.2, ::1 and the like keep their address, so the printed links connect.
+  const h = kind === 'loopback' && isLocalhostAddress(host) ? 'localhost' : kind === 'wildcard' ? hostname() : urlHost(host);
   return `${scheme}://${h}:${port}`;
 }

@@ -34,6 +34,8 @@ export interface SshdOptions {
    * by sshd and skipped; sshd reads them again on SIGHUP (see `pidFile`).
    */
   hostCertificates?: string[];
+  /** StrictModes yes (sshd's own default) instead of no: checks the ownership and modes of the files' directories. */
+  strictModes?: boolean;
 }
 
 export interface SshOptions {
@@ -185,7 +187,7 @@ function sshdConfig(dir: string, port: number, o: SshdOptions): string {
     `HostKey ${join(dir, 'host_ed25519')}`,
     `PidFile ${join(dir, 'sshd.pid')}`,
     'UsePAM no',
-    'StrictModes no',
+    `StrictModes ${o.strictModes ? 'yes' : 'no'}`,
     'AuthorizedKeysFile none',
     'PasswordAuthentication no',
     'KbdInteractiveAuthentication no',

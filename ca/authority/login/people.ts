@@ -5,8 +5,9 @@ import type { Identity, Run } from '../../domain/model.js';
 import { grantFor } from '../../policy/attachable-by.js';
 import type { StoreTx } from '../../store/store.js';
 import { actorLabel, identityOf, requireAllowed, type Actor } from '../actors.js';
-import { publishKrl, rebuildKrl } from '../krl.js';
+import { publishKrl } from '../krl.js';
 import { audit } from '../audit.js';
+import { revokeSerials } from '../revocation-record.js';
 import type { Authority } from '../authority.js';
 import { requireIdentity } from '../lookup.js';
 import { createEnrollment, enrollmentUrl, loginConfig } from './passkeys.js';
@@ -92,12 +93,9 @@ export async function issueEnrollment(
       // A lost device holds live certificates too: they go with it, in this transaction.
       const live = await tx.listCerts({ identityId: user.id, liveAt: now });
       if (live.length > 0) {
-        revokedCerts = await tx.revokeCerts(
-          live.map((c) => c.serial),
-          now,
-          `user ${name} reset by ${actorLabel(actor)}`,
-        );
-        krlVersion = await rebuildKrl(tx, now);
+        const r = await revokeSerials(tx, now, actor, 'user_reset', live.map((c) => c.serial), `user ${name} reset by ${actorLabel(actor)}`);
+        revokedCerts = r.count;
+        krlVersion = r.krlVersion;
       }
     }
     const { secret, expiresAt } = await createEnrollment(tx, user, now, loginConfig(a).enrollmentTtl);

@@ -1,0 +1,76 @@
+// Issue 14 item 4: every server setting the documentation names exists in the server's config
+// schema (ca/server/config.ts), and docs/configuration.md lists every one the schema has. A
+// documented name the server refuses (`sessions.ttl` for `login.sessionTtl`) fails here.
+import { readdir, readFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import type { z } from 'zod';
+import { serverConfigSchema } from '../ca/server/config.js';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+
+/** The object schema under wrappers (default, optional, transform pipes, unions with false), or null for a leaf. */
+function objectOf(schema: z.ZodType): z.ZodObject | null {
+  let s: z.ZodType | undefined = schema;
+  for (let i = 0; s && i < 20; i++) {
+    const def = s._zod.def as { type: string; in?: z.ZodType; innerType?: z.ZodType; options?: z.ZodType[]; shape?: unknown };
+    if (def.type === 'object') return s as z.ZodObject;
+    if (def.type === 'pipe') s = def.in;
+    else if (def.innerType) s = def.innerType;
+    else if (def.type === 'union') s = def.options?.find((o) => objectOf(o) !== null);
+    else return null;
+  }
+  return null;
+}
+
+/** Every path of the schema, inner nodes included: `certs`, `certs.maxTtl`, `rateLimits.bot.burst`, ... */
+function paths(schema: z.ZodType, prefix = ''): { all: Set<string>; leaves: string[] } {
+  const all = new Set<string>();
+  const leaves: string[] = [];
+  const walk = (s: z.ZodType, p: string) => {
+    const o = objectOf(s);
+    if (p) all.add(p);
+    if (!o) return void leaves.push(p);
+    for (const [k, v] of Object.entries(o.shape)) walk(v as z.ZodType, p ? `${p}.${k}` : k);
+  };
+  walk(schema, prefix);
+  return { all, leaves };
+}
+
+const schema = paths(serverConfigSchema);
+const FILE_LIKE = /\.(json|ya?ml|pub|md|ts|js|conf|db|pem|krl|service|sh|com|org|net|example)$/;
+
+async function docs(): Promise<{ file: string; text: string }[]> {
+  const files = ['README.md', ...(await readdir(`${root}docs`)).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)];
+  return Promise.all(files.map(async (file) => ({ file, text: await readFile(`${root}${file}`, 'utf8') })));
+}
+
+describe('documented config names', () => {
+  it('the schema walk finds the settings (so the checks below mean something)', () => {
+    expect(schema.leaves).toEqual(expect.arrayContaining(['login.sessionTtl', 'certs.maxTtl', 'rateLimits.bot.burst', 'logLevel', 'logRequests']));
+    expect(schema.all.has('sessions.ttl')).toBe(false);
+  });
+
+  it('every dotted setting name in README.md and docs/*.md is one the server accepts', async () => {
+    const unknown: string[] = [];
+    for (const { file, text } of await docs()) {
+      for (const m of text.matchAll(/`([a-z][A-Za-z0-9]*(?:\.[A-Za-z0-9*]+)+)`/g)) {
+        const name = m[1] as string;
+        if (FILE_LIKE.test(name)) continue;
+        const bare = name.replace(/\.\*$/, '');
+        if (!schema.all.has(bare)) unknown.push(`${file}: ${name}`);
+      }
+    }
+    expect(unknown).toEqual([]);
+  });
+
+  it('docs/configuration.md has a row for every setting, and each row names settings that exist', async () => {
+    const text = await readFile(`${root}docs/configuration.md`, 'utf8');
+    const rows = [...text.matchAll(/^\| ((?:`[^`]+`(?:, )?)+) \|/gm)].flatMap((m) => [...(m[1] as string).matchAll(/`([^`]+)`/g)].map((x) => x[1] as string));
+    expect(rows.length).toBeGreaterThan(20);
+    expect(rows.filter((r) => !schema.all.has(r))).toEqual([]);
+    // A leaf is covered by its own row or by a row of an enclosing setting (rateLimits.bot covers its perSecond and burst).
+    const uncovered = schema.leaves.filter((leaf) => !rows.some((r) => leaf === r || leaf.startsWith(`${r}.`)));
+    expect(uncovered).toEqual([]);
+  });
+});
