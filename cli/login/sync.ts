@@ -5,7 +5,7 @@ import { lstat, mkdir, readdir, readFile, readlink, rm, rmdir, symlink } from 'n
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { certView } from '../../ca/api/schemas.js';
-import { writeFileAtomic } from '../../ca/io/atomic-file.js';
+import { checkWritableTarget, UnwritableTargetError, writeFileAtomic } from '../../ca/io/atomic-file.js';
 import { parseCertificateLine, type Certificate } from '../../ca/ssh/certificate.js';
 import { parseAuthorizedKey, publicKeysEqual } from '../../ca/ssh/keys.js';
 import type { ApiClient } from '../client.js';
@@ -77,12 +77,20 @@ export async function readRunCert(paths: LoginPaths, project: string, run: strin
 
 /** Issues a cert for the login key and writes certs/PROJECT/RUN-cert.pub. */
 export async function issueRunCert(api: ApiClient, paths: LoginPaths, project: string, run: string, publicKey: string) {
+  // Where the cert goes is made and checked first: an issued (audited) cert that cannot be
+  // kept would be issued again on every connection (issue 14, item 17).
+  const path = certPath(paths, project, run);
+  await mkdir(dirname(path), { recursive: true, mode: 0o755 });
+  try {
+    await checkWritableTarget(path);
+  } catch (e) {
+    if (e instanceof UnwritableTargetError) throw new CliError(`${e.message}; no certificate was issued for ${project}/${run}`);
+    throw e;
+  }
   const issued = await api.request('POST', `/v1/runs/${encodeURIComponent(project)}/${encodeURIComponent(run)}/certs`, { body: { publicKey }, schema: certView });
   // The server must have certified our key, not another one.
   const { cert } = parseCertificateLine(issued.certificate);
   if (!publicKeysEqual(cert.key, parseAuthorizedKey(publicKey).key)) throw new CliError(`unexpected response from ${api.url}: the certificate for ${project}/${run} is not for the login key`);
-  const path = certPath(paths, project, run);
-  await mkdir(dirname(path), { recursive: true, mode: 0o755 });
   await writeFileAtomic(path, `${issued.certificate.trim()}\n`, { mode: 0o644 });
   return { ...issued, path };
 }
