@@ -6,7 +6,9 @@
 // so the two kinds of credential are never confused; no API token is sent with it.
 // --ssh-identity KEY: prove possession of KEY by signing a server nonce with the real
 // `ssh-keygen -Y sign` (so encrypted keys, agents and FIDO keys work), for public_keys
-// grants; no token needed.
+// grants. The proof stands for the key alone: no API token is sent with it (not even an
+// exported DSTACK_CA_TOKEN), and the certificate's key id names the key (`key:SHA256:...`),
+// never the token's user; the server refuses a request carrying both.
 import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -15,7 +17,7 @@ import type { Command } from 'commander';
 import type { z } from 'zod';
 import { certView, issueCertBody } from '../../ca/api/schemas.js';
 import { PROOF_NAMESPACE, proofMessage } from '../../ca/authority/proof.js';
-import { UnwritableTargetError, writeFileAtomic } from '../../ca/io/atomic-file.js';
+import { checkWritableTarget, UnwritableTargetError, writeFileAtomic } from '../../ca/io/atomic-file.js';
 import { checkArgs, durationArg, qualifiedArg } from '../args.js';
 import { ApiClient } from '../client.js';
 import { printJson, readInput, type CliContext } from '../context.js';
@@ -41,7 +43,7 @@ export function configureCertIssue(cert: Command, ctx: CliContext): void {
   cert
     .argument('<run>', 'PROJECT/RUN to get a certificate for')
     .option('--public-key <file>', 'public key to certify (id_*.pub), or - for standard input')
-    .option('--ssh-identity <key>', 'private key (or .pub of a key in ssh-agent) to prove possession of, for public_keys grants')
+    .option('--ssh-identity <key>', 'private key (or .pub of a key in ssh-agent) to prove possession of, for public_keys grants; the certificate is the key holder\'s (key id key:SHA256:...): no API token is sent')
     .option('--oidc-token <file>', 'OIDC JWT (workload identity) standing for a bot, from FILE or - for standard input (default: $DSTACK_CA_OIDC_TOKEN, the token itself); no API token is sent with it')
     .option('--ttl <duration>', 'requested lifetime, e.g. 10m; a longer one than your cap (e.g. a bot\'s --max-ttl) is clamped to the cap, with a warning, and never outlives the run')
     .option('--out <file>', 'write the certificate here (default: standard output)')
@@ -53,6 +55,9 @@ export function configureCertIssue(cert: Command, ctx: CliContext): void {
         throw new UsageError('give exactly one of --public-key FILE or --ssh-identity KEY');
       }
       const ttl = opts.ttl === undefined ? undefined : durationArg(opts.ttl, '--ttl');
+      // Issuing is audited and cannot be taken back: a --out that could not be written is
+      // refused before anything is asked of the server (issue 14, item 17).
+      if (opts.out !== undefined) await checkOut(opts.out);
       const keyFile = opts.publicKey ?? publicHalfOf(opts.sshIdentity as string);
       if (opts.oidcToken === '-' && keyFile === '-') throw new UsageError('--public-key - and --oidc-token - cannot both read standard input');
       if (opts.oidcToken !== undefined && opts.sshIdentity !== undefined) throw new UsageError('--oidc-token goes with --public-key, not --ssh-identity');
@@ -75,8 +80,8 @@ export function configureCertIssue(cert: Command, ctx: CliContext): void {
         if (publicKey.startsWith('sk-')) ctx.stderr.write('dstack-ca: confirm user presence on your security key\n');
         body.proof = { nonce, signature: await sshKeygenSign(opts.sshIdentity, message) };
       }
-      // With an OIDC token, it alone authenticates: the server refuses a request carrying both.
-      const issued = await api.request('POST', `${runPath}/certs`, { body, schema: certView, ...(oidcToken !== undefined ? { auth: false } : {}) });
+      // With an OIDC token or a possession proof, that alone authenticates: no API token goes along.
+      const issued = await api.request('POST', `${runPath}/certs`, { body, schema: certView, ...(oidcToken !== undefined || body.proof !== undefined ? { auth: false } : {}) });
       if (issued.ttlClamped && ttl !== undefined) {
         const granted = issued.validBefore - issued.validAfter - CLOCK_SKEW;
         ctx.stderr.write(`dstack-ca: warning: the requested --ttl ${formatDuration(ttl)} is above your cap; the certificate is valid for ${formatDuration(Math.max(0, granted))}\n`);
@@ -116,6 +121,16 @@ async function readOidcToken(ctx: CliContext, flag: string | undefined, envAllow
 /** ssh-keygen's convention: KEY's public half is KEY.pub; a .pub given directly is used as is (agent keys). */
 function publicHalfOf(identity: string): string {
   return identity.endsWith('.pub') ? identity : `${identity}.pub`;
+}
+
+/** Throws CliError naming --out when writeCert could not write `path`; nothing is issued then. */
+async function checkOut(path: string): Promise<void> {
+  try {
+    await checkWritableTarget(path);
+  } catch (e) {
+    if (e instanceof UnwritableTargetError) throw new CliError(`--out: ${e.message}; no certificate was issued`);
+    throw new CliError(`--out ${path}: ${(e as Error).message}; no certificate was issued`);
+  }
 }
 
 async function writeCert(path: string, certificate: string): Promise<void> {
