@@ -132,6 +132,7 @@ const CASES: Case[] = [
   ['run ssh with an unknown field', 'orchestrator', 'PATCH', '/v1/runs/ml/train-1', { ssh: { host: 'gpu-1', port: 22, user: 'root' } }, 400, /^ssh\.user: unknown field/],
   ['enrollment for a user that does not exist', 'admin', 'POST', '/v1/users/ghost/enrollments', {}, 404, /no user named "ghost"/],
   ['enrollment with an unknown field', 'admin', 'POST', '/v1/users/alice/enrollments', { rest: true }, 400, /^rest: unknown field/],
+  ['agent join with a bad login user', 'anonymous', 'POST', '/v1/agents/join', { joinToken: 'dsca_join_x', loginUser: 'root; rm -rf' }, 400, /^loginUser: must be a valid POSIX login name/],
   ['device login without a client', 'anonymous', 'POST', '/v1/device/codes', {}, 400, /^client: /],
   ['device login with a control character in the client', 'anonymous', 'POST', '/v1/device/codes', { client: 'host\u0007' }, 400, /^client: must be printable ASCII/],
   ['device token poll without a code', 'anonymous', 'POST', '/v1/device/token', { device_code: 'x' }, 400, /^deviceCode: /],
