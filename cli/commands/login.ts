@@ -8,7 +8,9 @@ import { hostname } from 'node:os';
 import type { Command } from 'commander';
 import { isLoopbackHost } from '../../ca/server/tls.js';
 import { apiCommand } from '../args.js';
-import { ApiClient, resolveApiConfig, sameServer, type ApiFlags } from '../client.js';
+import { ApiClient, configPath, resolveApiConfig, sameServer, type ApiFlags } from '../client.js';
+import { rootFingerprint } from '../../ca/trust/bundle.js';
+import { profilePath, writeProfile } from '../login/profile.js';
 import { printJson, type CliContext } from '../context.js';
 import { CliError } from '../errors.js';
 import { clientName, deviceCodesSchema, pollForToken, pollOnce } from '../login/device.js';
@@ -53,6 +55,8 @@ export function registerLogin(program: Command, ctx: CliContext): void {
       const previous = await readSession(paths.session).catch(() => undefined);
       const session: Session = { url: api.url, token: granted.token, user: granted.user, expiresAt: granted.expiresAt };
       await writeSession(paths.session, session);
+      // Kept by logout: the next plain `dstack-ca login` goes to this server, pinned the same way.
+      await writeProfile(profilePath(configPath(ctx.env)), { url: api.url, user: granted.user, fingerprint: pinned ? rootFingerprint(pinned.bundle.bundle) : null });
       // The session this one replaces would otherwise stay valid until it expires: end it.
       if (previous !== undefined && previous.token !== granted.token && sameServer(previous.url, api.url)) {
         const old = new ApiClient(ctx, { url: api.url, urlSource: paths.session, token: previous.token, tokenSource: 'session', ...pin });
