@@ -152,6 +152,8 @@ const CASES: Case[] = [
     ];
   }),
   // Free text people type and the CA stores and shows (issue 12 item 7): no control characters.
+  ['enrollment account lookup without the link', 'anonymous', 'POST', '/v1/web/enroll/account', {}, 400, /^enrollment: /],
+  ['enrollment account lookup with an unknown field', 'anonymous', 'POST', '/v1/web/enroll/account', { enrollment: 'x', user: 'alice' }, 400, /^user: unknown field/],
   ['passkey name with an escape sequence (enrollment)', 'anonymous', 'POST', '/v1/web/enroll/verify', { enrollment: 'x', name: 'laptop\u001b[2J', response: registration }, 400, /^name: must not contain control characters/],
   ['passkey name with a C1 control (added passkey)', 'anonymous', 'POST', '/v1/web/passkeys', { name: 'key\u009b31m', response: registration }, 400, /^name: must not contain control characters/],
   ['passkey name with a bidi override', 'anonymous', 'POST', '/v1/web/passkeys', { name: 'yek\u202eevil', response: registration }, 400, /^name: must not contain control characters/],
