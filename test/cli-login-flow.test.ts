@@ -236,7 +236,8 @@ describe('login, then plain ssh', () => {
     expect(await exists(join(cfg, 'certs', 'ml', 'train-1-cert.pub'))).toBe(true);
     expect(await issuedToAlice()).toBe(2);
     expect((await sshAdd('-l')).stdout).toMatch(/ED25519-CERT/);
-    expect(await readFile(join(cfg, 'ssh_config'), 'utf8')).toMatch(/^Host ml\/train-1$/m);
+    expect(await readFile(join(cfg, 'ssh_hosts'), 'utf8')).toMatch(/^Host ml\/train-1$/m);
+    expect(await readFile(join(cfg, 'ssh_config'), 'utf8')).toContain(`\nMatch all\nInclude "${join(cfg, 'ssh_hosts')}"\n`);
     expect(await readFile(join(cfg, 'known_hosts'), 'utf8')).toContain(`${trainPrincipal} ${keyFields(sshd.hostKeyPublicLine)}\n`);
   });
 
@@ -445,7 +446,7 @@ describe('login, then plain ssh', () => {
     expect(JSON.parse(profile)).toEqual({ url, user: 'alice', fingerprint: null });
     expect((await stat(join(cfg, 'profile.json'))).mode & 0o777).toBe(0o600);
     expect(await exists(join(cfg, 'id_ed25519'))).toBe(true);
-    expect(await readFile(join(cfg, 'ssh_config'), 'utf8')).not.toMatch(/^Host /m);
+    expect(await readFile(join(cfg, 'ssh_hosts'), 'utf8')).not.toMatch(/^Host /m);
     fails(await cli(['status']), 4, /not logged in/);
     expect(json(await cli(['logout', '--json']))).toMatchObject({ session: 'no session', removedCerts: 0 });
   });

@@ -15,8 +15,8 @@ import { printJson, type CliContext } from '../context.js';
 import { CliError } from '../errors.js';
 import { clientName, deviceCodesSchema, pollForToken, pollOnce } from '../login/device.js';
 import { loginPaths } from '../login/paths.js';
-import { readSession, writeSession, type Session } from '../login/session.js';
-import { syncRuns, type RunCert } from '../login/sync.js';
+import { readRuns, readSession, writeSession, type Session } from '../login/session.js';
+import { syncRuns, warnUnreachable, type RunCert } from '../login/sync.js';
 import { userConfigIncludes } from '../login/user-config.js';
 import { formatTime, printTable } from '../output.js';
 
@@ -71,6 +71,7 @@ export function registerLogin(program: Command, ctx: CliContext): void {
         throw e;
       }
       const included = await userConfigIncludes(ctx.env, paths.sshConfig);
+      warnUnreachable(ctx, (await readRuns(paths.runs))?.runs ?? []);
       if (!pinned && !isLoopbackUrl(api.url)) {
         ctx.stderr.write('dstack-ca: warning: the CA is not pinned: pass --fingerprint SHA256:... once (the CA prints it at start) so its keys and TLS certificate are checked\n');
       }
