@@ -649,11 +649,6 @@ export class Agent {
     this.onFinished?.();
   }
 
-  /** The CA's word that the run finished, once it has said so (null until then). */
-  get runFinished(): string | null {
-    return this.finishedRun;
-  }
-
   /** Runs until stop(): the event stream, the poll, the staleness deadline. */
   start(): void {
     this.running = true;
