@@ -81,12 +81,12 @@ export async function issueRunCert(api: ApiClient, paths: LoginPaths, project: s
   // Where the cert goes is made and checked first: an issued (audited) cert that cannot be
   // kept would be issued again on every connection (issue 14, item 17).
   const path = certPath(paths, project, run);
-  await mkdir(dirname(path), { recursive: true, mode: 0o755 });
   try {
+    await mkdir(dirname(path), { recursive: true, mode: 0o755 });
     await checkWritableTarget(path);
   } catch (e) {
-    if (e instanceof UnwritableTargetError) throw new CliError(`${e.message}; no certificate was issued for ${project}/${run}`);
-    throw e;
+    const why = e instanceof UnwritableTargetError ? e.message : `${dirname(path)}: ${(e as NodeJS.ErrnoException).code === 'EACCES' ? 'permission denied' : (e as Error).message}`;
+    throw new CliError(`${why}; no certificate was issued for ${project}/${run}`);
   }
   const issued = await api.request('POST', `/v1/runs/${encodeURIComponent(project)}/${encodeURIComponent(run)}/certs`, { body: { publicKey }, schema: certView });
   // The server must have certified our key, not another one.
