@@ -36,10 +36,14 @@ export async function loadCredential(path: string): Promise<Credential | null> {
   return parsed.data;
 }
 
-/** POST /v1/agents/join, then the credential is on disk before anything else happens. */
-export async function join(base: URL, joinToken: string, path: string, now: Date, pool: HttpAgent): Promise<{ credential: Credential; config: AgentConfig }> {
+/**
+ * POST /v1/agents/join, then the credential is on disk before anything else happens. The
+ * login user goes along: the CA refuses a wrong one (409) before it spends the join token.
+ */
+export async function join(base: URL, joinToken: string, wantUser: string, path: string, now: Date, pool: HttpAgent): Promise<{ credential: Credential; config: AgentConfig }> {
   // Over the pinned pool only: the join token goes to the CA the fingerprint names, or nowhere.
-  const res = await request(new URL('/v1/agents/join', base), { method: 'POST', json: { joinToken }, agent: pool });
+  const res = await request(new URL('/v1/agents/join', base), { method: 'POST', json: { joinToken, loginUser: wantUser }, agent: pool });
+  if (res.status === 409) throw new AgentError(`--login-user ${wantUser}: ${errorMessage(res)}`, 2);
   if (res.status === 401 || res.status === 403) {
     throw new AgentError(`join refused by ${base.origin}: ${errorMessage(res)} (a join token works once; a joined agent keeps its credential in ${path})`, 4);
   }

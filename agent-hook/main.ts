@@ -144,10 +144,13 @@ const program = new Command('dstack-ca-agent')
       return;
     }
     agent.start();
+    // Until a signal, or until the CA says the run finished (the agent cleaned up: exit 0,
+    // which the unit's Restart=on-failure leaves stopped).
     await new Promise<void>((resolve) => {
       const stop = () => void agent.stop().then(resolve);
       process.once('SIGTERM', stop);
       process.once('SIGINT', stop);
+      void agent.finished.then(stop);
     });
   });
 

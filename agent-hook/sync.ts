@@ -71,7 +71,7 @@ export interface AgentOptions {
   sshdPidFile?: string;
 }
 
-export type SyncReason = 'start' | 'once' | 'push' | 'followup' | 'connect' | 'poll' | 'retry' | 'staleness' | 'trust';
+export type SyncReason = 'start' | 'once' | 'push' | 'followup' | 'connect' | 'poll' | 'retry' | 'staleness' | 'trust' | 'run-finished';
 
 const RETRY_BASE_MS = 500;
 
@@ -105,6 +105,25 @@ export function parseKrlEvent(data: string): { version: bigint; offered: Offered
 /** Thrown when a sync got no signed proof that the installed KRL is current: it does not count as a check. */
 export class NotFresh extends Error {
   override readonly name = 'NotFresh';
+}
+
+/**
+ * The CA answered an authenticated call of this agent with 410 `run_finished`: its run is
+ * over and so is the agent's work (issue 14, item 24). Only the CA's answer to this agent's
+ * own token counts; the stream's `run-finished` event is a hint to ask.
+ */
+export class RunFinished extends Error {
+  override readonly name = 'RunFinished';
+}
+
+/** The `error` code of a JSON error body, or null. */
+function errorCode(res: { body: Buffer }): string | null {
+  try {
+    const code = (JSON.parse(res.body.toString('utf8')) as { error?: unknown }).error;
+    return typeof code === 'string' ? code : null;
+  } catch {
+    return null;
+  }
 }
 
 export class Agent {
@@ -148,6 +167,11 @@ export class Agent {
   private hostCerts: HostCertKeeper | null = null;
   private running = false;
   private stopped = false;
+  /** Set once the CA said the run finished (see finish). */
+  private finishedRun: string | null = null;
+  private onFinished: (() => void) | null = null;
+  /** Resolves when the CA says the run has finished and the agent has cleaned up (running mode); the caller stops and exits 0. */
+  readonly finished: Promise<void> = new Promise((resolve) => (this.onFinished = resolve));
 
   private constructor(private readonly o: AgentOptions) {
     this.paths = agentPaths(o.sshdDir);
@@ -207,7 +231,7 @@ export class Agent {
       if (this.o.joinToken) this.log('info', 'credential-reused', { credential: this.paths.credential, note: 'the join token is not needed again' });
     } else {
       if (!this.o.joinToken) throw new AgentError(`no credential in ${this.paths.credential}: pass --join-token (the run's one-time join token)`, 2);
-      const { credential, config } = await joinCa(this.base, this.o.joinToken, this.paths.credential, new Date(this.clock.now()), this.pool);
+      const { credential, config } = await joinCa(this.base, this.o.joinToken, this.o.loginUser, this.paths.credential, new Date(this.clock.now()), this.pool);
       this.credential = credential;
       this.log('info', 'joined', { project: credential.project, run: credential.run, principal: credential.principal });
       this.checkLoginUser(config);
@@ -306,6 +330,7 @@ export class Agent {
 
   private async refreshConfig(): Promise<void> {
     const res = await request(this.url('/v1/agents/config'), { headers: { authorization: `Bearer ${this.credential.token}` }, agent: this.pool });
+    if (res.status === 410 && errorCode(res) === 'run_finished') throw new RunFinished(errorMessage(res));
     if (res.status !== 200) throw new HttpError(res.status, `GET /v1/agents/config: ${errorMessage(res)}`);
     await this.applyConfig(agentConfigView.parse(JSON.parse(res.body.toString('utf8'))));
     await this.reportHostKeys();
@@ -541,6 +566,7 @@ export class Agent {
     try {
       await this.syncOnce('once');
     } catch (e) {
+      if (e instanceof RunFinished) return this.finish(e);
       if (this.stale()) await this.failClosed();
       throw e;
     } finally {
@@ -575,6 +601,7 @@ export class Agent {
   }
 
   private async syncFailed(reason: SyncReason, e: Error): Promise<void> {
+    if (e instanceof RunFinished) return this.finish(e);
     const fields = { reason, error: e.message, installedVersion: this.installed.version };
     if (e instanceof KrlRefused) this.log('error', 'krl-refused', fields);
     else if (e instanceof TrustError) this.log('error', 'trust-refused', fields);
@@ -594,6 +621,32 @@ export class Agent {
         this.trigger('retry');
       });
     }
+  }
+
+  /**
+   * The run is over: logs `run-finished` once, empties the principals file (no certificate
+   * names anyone any more, whatever happens to the KRL), and stops syncing. The KRL stays in
+   * place, so the run's certificates stay refused; the credential stays too, so a restarted
+   * agent learns the same at once and exits 0 rather than asking for a join token.
+   */
+  private async finish(e: RunFinished): Promise<void> {
+    if (this.finishedRun !== null) return;
+    this.finishedRun = e.message;
+    this.stopped = true;
+    try {
+      await writeFileAtomic(join(this.paths.principalsDir, this.o.loginUser), '', { mode: 0o644 });
+      this.principalsText = '';
+    } catch (err) {
+      this.log('error', 'principals-not-emptied', { error: (err as Error).message });
+    }
+    // The last KRL (the finish revoked the run's certificates) is public: install it if newer.
+    try {
+      await this.syncKrl(true);
+    } catch (err) {
+      this.log('warn', 'final-krl-failed', { error: (err as Error).message });
+    }
+    this.log('info', 'run-finished', { project: this.credential.project, run: this.credential.run, message: e.message });
+    this.onFinished?.();
   }
 
   /** Runs until stop(): the event stream, the poll, the staleness deadline. */
@@ -616,6 +669,8 @@ export class Agent {
   }
 
   private onEvent(event: string, data: string, first: boolean): void {
+    // Only a hint: the sync asks the CA with this agent's token, and only its 410 ends the agent.
+    if (event === 'run-finished') return this.trigger('run-finished');
     if (event === 'status' || event === 'trust') return this.onSignedEvent(event, data);
     if (event !== 'krl') return;
     let version: bigint;

@@ -11,6 +11,7 @@ import { errorBody } from '../ca/api/schemas.js';
 import type { CliContext } from './context.js';
 import { CliError, EXIT, UsageError } from './errors.js';
 import { readSession, type Session } from './login/session.js';
+import { profilePath, readProfile } from './login/profile.js';
 import { parseFingerprint } from '../ca/trust/bundle.js';
 import { isLoopbackHost } from '../ca/server/tls.js';
 import type { EstablishedTrust } from './trust.js';
@@ -173,6 +174,19 @@ export async function resolveApiConfig(ctx: CliContext, flags: ApiFlags): Promis
       if (token === undefined && sameServer(session.url, url)) {
         token = session.token;
         tokenSource = 'session';
+      }
+    }
+  }
+  if (url === undefined || fingerprintText === undefined) {
+    // The server of the last login, kept by logout (cli/login/profile.ts): the last default.
+    const profile = await readProfile(profilePath(configPath(ctx.env)));
+    if (profile !== undefined) {
+      if (url === undefined) {
+        url = profile.url;
+        urlSource = profilePath(configPath(ctx.env));
+      }
+      if (fingerprintText === undefined && fingerprint === undefined && profile.fingerprint !== null && sameServer(profile.url, url)) {
+        fingerprint = parseFingerprint(profile.fingerprint, `"fingerprint" in ${profilePath(configPath(ctx.env))}`);
       }
     }
   }

@@ -92,13 +92,13 @@ describe('dstack-ca-agent', () => {
     expect(replay.stderr()).toMatch(/^dstack-ca-agent: join refused by http:\/\/127\.0\.0\.1:\d+: join token is invalid, expired or already used/m);
   });
 
-  it('refuses a --login-user that is not the run\'s, and keeps the credential for a corrected retry', async () => {
+  it('refuses a --login-user that is not the run\'s before spending the join token, which a corrected retry then uses', async () => {
     const run2 = await ca.admin<{ joinToken: string }>('POST', '/v1/runs', { project: 'ml', name: 'web', owner: 'alice', loginUser: 'ubuntu' });
     const d = join(await makeTempDir('agent-user-'), 'dstack-ca');
     const wrong = spawnAgent(agentArgs(d, '--once', '--join-token', run2.joinToken));
-    expect(await wrong.exited).toBe(1);
-    expect(wrong.stderr()).toContain(`dstack-ca-agent: --login-user ${me} does not match the login user of run ml/web, which is "ubuntu"`);
-    const right = spawnAgent(['--url', ca.url, '--ca-fingerprint', ca.fingerprint, '--sshd-dir', d, '--login-user', 'ubuntu', '--once']);
+    expect(await wrong.exited).toBe(2);
+    expect(wrong.stderr()).toContain(`dstack-ca-agent: --login-user ${me}: the login user of run ml/web is "ubuntu", not "${me}"; the join token was not used`);
+    const right = spawnAgent(['--url', ca.url, '--ca-fingerprint', ca.fingerprint, '--sshd-dir', d, '--login-user', 'ubuntu', '--join-token', run2.joinToken, '--once']);
     expect(await right.exited, right.stderr()).toBe(0);
     expect(await readFile(join(d, 'auth_principals', 'ubuntu'), 'utf8')).toMatch(/^dstack-run-[0-9a-f]+\n$/);
   });

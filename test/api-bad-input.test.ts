@@ -139,6 +139,7 @@ const CASES: Case[] = [
   ['run ssh with an unknown field', 'orchestrator', 'PATCH', '/v1/runs/ml/train-1', { ssh: { host: 'gpu-1', port: 22, user: 'root' } }, 400, /^ssh\.user: unknown field/],
   ['enrollment for a user that does not exist', 'admin', 'POST', '/v1/users/ghost/enrollments', {}, 404, /no user named "ghost"/],
   ['enrollment with an unknown field', 'admin', 'POST', '/v1/users/alice/enrollments', { rest: true }, 400, /^rest: unknown field/],
+  ['agent join with a bad login user', 'anonymous', 'POST', '/v1/agents/join', { joinToken: 'dsca_join_x', loginUser: 'root; rm -rf' }, 400, /^loginUser: must be a valid POSIX login name/],
   ['device login without a client', 'anonymous', 'POST', '/v1/device/codes', {}, 400, /^client: /],
   ['device login with a control character in the client', 'anonymous', 'POST', '/v1/device/codes', { client: 'host\u0007' }, 400, /^client: must be printable ASCII/],
   ['device token poll without a code', 'anonymous', 'POST', '/v1/device/token', { device_code: 'x' }, 400, /^deviceCode: /],
@@ -160,6 +161,8 @@ const CASES: Case[] = [
     ];
   }),
   // Free text people type and the CA stores and shows (issue 12 item 7): no control characters.
+  ['enrollment account lookup without the link', 'anonymous', 'POST', '/v1/web/enroll/account', {}, 400, /^enrollment: /],
+  ['enrollment account lookup with an unknown field', 'anonymous', 'POST', '/v1/web/enroll/account', { enrollment: 'x', user: 'alice' }, 400, /^user: unknown field/],
   ['passkey name with an escape sequence (enrollment)', 'anonymous', 'POST', '/v1/web/enroll/verify', { enrollment: 'x', name: 'laptop\u001b[2J', response: registration }, 400, /^name: must not contain control characters/],
   ['passkey name with a C1 control (added passkey)', 'anonymous', 'POST', '/v1/web/passkeys', { name: 'key\u009b31m', response: registration }, 400, /^name: must not contain control characters/],
   ['passkey name with a bidi override', 'anonymous', 'POST', '/v1/web/passkeys', { name: 'yek\u202eevil', response: registration }, 400, /^name: must not contain control characters/],

@@ -580,3 +580,51 @@ describe('a re-enabled user gets none of its old credentials back', () => {
     expect(e?.details).toMatchObject({ name: 'comeback', disabled: true, endedCredentials: 3 });
   });
 });
+
+// Issue 14, item 18: a possession proof stands for the key. With a bearer token as well it
+// would be unclear whose certificate it is (the admin's? the key holder's?): refused, nothing
+// issued; alone, the certificate's key id names the key, and only public_keys grants it.
+describe('a possession proof stands for the key, not for a bearer', () => {
+  const holder = generateSubject('ed25519');
+  const holderPub = formatAuthorizedKey(fromKeyObject(holder));
+  async function proof(run: string): Promise<{ nonce: string; signature: string }> {
+    const { nonce } = (await ca.api('POST', `/v1/runs/ml/${run}/nonces`)).json() as { nonce: string };
+    return { nonce, signature: armorSshsig(await sshsigSign(nodeSigner(holder), 'dstack-ca', proofMessage(`ml/${run}`, nonce))) };
+  }
+
+  it.each(['global-admin', 'user', 'bot'] as const)('%s token with a proof: 400 naming proof, nothing issued', async (actor) => {
+    const run = fresh('proof-run-');
+    await ca.admin('POST', '/v1/runs', { project: 'ml', name: run, owner: 'owner', loginUser: 'root', attachableBy: { users: ['alice', 'ci'], project_members: true, public_keys: [holderPub] } });
+    const certs = (await ca.store.listCerts({})).length;
+    const res = await ca.api('POST', `/v1/runs/ml/${run}/certs`, { token: tokens[actor], body: { publicKey: holderPub, proof: await proof(run) } });
+    expect([res.statusCode, res.json().message]).toEqual([400, 'proof: a possession proof stands for the key alone: send it without a bearer token (`dstack-ca cert --ssh-identity` sends none)']);
+    expect((await ca.store.listCerts({})).length).toBe(certs);
+  });
+
+  it('the proof alone: the key id names the key holder, granted by public_keys', async () => {
+    const run = fresh('proof-run-');
+    await ca.admin('POST', '/v1/runs', { project: 'ml', name: run, owner: 'owner', loginUser: 'root', attachableBy: { public_keys: [holderPub] } });
+    const res = await ca.api('POST', `/v1/runs/ml/${run}/certs`, { body: { publicKey: holderPub, proof: await proof(run) } });
+    expect(res.statusCode).toBe(201);
+    expect((res.json() as { keyId: string }).keyId).toMatch(new RegExp(`^key:SHA256:\\S+ run:ml/${run} serial:\\d+$`));
+  });
+});
+
+// Issue 14, item 24: an agent whose run finished is told so (410 run_finished) on its own
+// token's calls; another run's agent and a guessed token learn nothing of it.
+describe('the agent of a finished run', () => {
+  it('gets 410 run_finished on its calls; others are unaffected', async () => {
+    const { joinToken } = await ca.admin<{ joinToken: string }>('POST', '/v1/runs', { project: 'ml', name: 'finishing', owner: 'owner', loginUser: 'root' });
+    const token = ((await ca.api('POST', '/v1/agents/join', { body: { joinToken } })).json() as { token: string }).token;
+    expect((await ca.api('GET', '/v1/agents/config', { token })).statusCode).toBe(200);
+    await ca.admin('POST', '/v1/runs/ml/finishing/finish');
+    for (const [method, url] of [['GET', '/v1/agents/config'], ['PUT', '/v1/agents/host-keys'], ['GET', '/v1/krl/events']] as const) {
+      const res = await ca.api(method, url, { token, ...(method === 'PUT' ? { body: { hostKeys: [pub] } } : {}) });
+      expect([res.statusCode, res.json().error, res.json().message]).toEqual([410, 'run_finished', expect.stringMatching(/^run ml\/finishing finished at \S+Z; this agent's work is done$/)]);
+    }
+    // One character off: an unknown token, the fixed answer.
+    const guess = token.slice(0, -1) + (token.endsWith('A') ? 'B' : 'A');
+    expect((await ca.api('GET', '/v1/agents/config', { token: guess })).json()).toEqual({ error: 'unauthenticated', message: 'invalid, expired or revoked token' });
+    expect((await ca.api('GET', '/v1/agents/config', { token: tokens.agent })).statusCode).toBe(200);
+  });
+});

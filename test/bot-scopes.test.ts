@@ -269,7 +269,8 @@ describe('tokens: expiry and rotation', () => {
       const certs = (await ca.store.listCerts({})).length;
       const res = await issue(token, 'tok-1');
       expect(res.statusCode).toBe(401);
-      expect(res.json()).toEqual({ error: 'unauthenticated', message: 'invalid, expired or revoked token' });
+      // The token's holder is told it expired, and when (issue 14, item 19).
+      expect(res.json()).toEqual({ error: 'unauthenticated', message: expect.stringMatching(/^this bot token expired at \d{4}-\d\d-\d\dT[\d:]+Z; a project admin makes a new one with `dstack-ca bot token rotate ml\/brief`$/) });
       expect((await ca.store.listCerts({})).length).toBe(certs);
       expect(await lastEvent()).toMatchObject({ actor: 'bot:brief', action: 'bot.auth.refuse', details: { reason: 'bot token expired', route: 'POST /v1/runs/ml/tok-1/certs' } });
       // Rotation gives a fresh token with the same lifetime.

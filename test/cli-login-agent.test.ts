@@ -10,7 +10,7 @@ import { formatCertificateLine, signCertificate } from '../ca/ssh/certificate.js
 import { parseAuthorizedKey } from '../ca/ssh/keys.js';
 import type { CliContext } from '../cli/context.js';
 import { agentKeyPath, certPath, loginPaths, type LoginPaths } from '../cli/login/paths.js';
-import { renderKnownHosts, renderSshConfig } from '../cli/login/ssh-config.js';
+import { renderKnownHosts, renderSshConfig, renderSshHosts } from '../cli/login/ssh-config.js';
 import type { MeRun } from '../cli/login/session.js';
 import { forgetAllRuns, loadIntoAgent } from '../cli/login/sync.js';
 import { agentReachable, ensureLoginKey } from '../cli/login/tools.js';
@@ -119,8 +119,9 @@ describe('ssh_config read by the real ssh', () => {
     const script = join(base, 'renew script.sh');
     await writeFile(script, `#!/bin/sh\necho "$@" >> '${log}'\nexit 1\n`);
     await chmod(script, 0o755);
-    const text = renderSshConfig({ key: p.key, knownHosts: p.knownHosts, certFile: (pr, r) => certPath(p, pr, r), renewCommand: ['/bin/sh', script, 'renew', '--ssh-match'], runs });
-    await writeFile(p.sshConfig, text);
+    const common = { key: p.key, knownHosts: p.knownHosts, certFile: (pr: string, r: string) => certPath(p, pr, r), runs };
+    await writeFile(p.sshConfig, renderSshConfig({ ...common, hostsFile: p.sshHosts, renewCommand: ['/bin/sh', script, 'renew', '--ssh-match'] }));
+    await writeFile(p.sshHosts, renderSshHosts(common));
     await writeFile(p.knownHosts, renderKnownHosts(runs));
     // The user's own config, with the Include first, as `config ssh` writes it.
     const file = join(base, 'user_config');
@@ -158,6 +159,39 @@ describe('ssh_config read by the real ssh', () => {
     const other = await G(file, 'elsewhere');
     expect(other.get('user')).toBe('nobody');
     expect(other.get('port')).toBe('2999');
+  });
+
+  // Issue 14, item 25: ssh reads the Host blocks (ssh_hosts) only after the Match lines ran, so
+  // what a Match exec writes there is what this very ssh connects with.
+  it('an unknown PROJECT/RUN runs the discovery exec once, and sees the Host block it wrote', async () => {
+    const base = join(dir, 'discover');
+    const { file, log } = await config(base);
+    const p = loginPaths({ XDG_CONFIG_HOME: base });
+    // The stand-in renew: on --ssh-discover, the new run's block appears in ssh_hosts (as discoverRuns writes it).
+    const script = join(base, 'renew script.sh');
+    const fresh: MeRun = { project: 'ml', name: 'new-1', principal: 'dstack-run-p3', loginUser: 'alice', state: 'running', endsAt: null, ssh: { host: '10.9.9.9', port: 2345, hostKeys: [] } };
+    const hosts = renderSshHosts({ key: p.key, knownHosts: p.knownHosts, certFile: (pr, r) => certPath(p, pr, r), runs: [...runs, fresh] });
+    await writeFile(join(base, 'new-hosts'), hosts);
+    await writeFile(script, `#!/bin/sh\necho "$@" >> '${log}'\n[ "$2" = --ssh-discover ] && cp '${join(base, 'new-hosts')}' '${p.sshHosts}'\nexit 1\n`);
+    const g = await G(file, 'ml/new-1');
+    expect([g.get('hostname'), g.get('port'), g.get('user'), g.get('certificatefile')]).toEqual(['10.9.9.9', '2345', 'alice', certPath(p, 'ml', 'new-1')]);
+    expect(await readFile(log, 'utf8')).toBe('renew --ssh-discover\n');
+    // A known run runs its own renew only (no discovery on top); a host without a slash runs nothing.
+    await G(file, 'ml/train-1');
+    await G(file, 'github.com');
+    expect(await readFile(log, 'utf8')).toBe('renew --ssh-discover\nrenew --ssh-match ml/train-1\n');
+  });
+
+  it('a known run sees the endpoint its renew just rewrote (the same ssh, no new login)', async () => {
+    const base = join(dir, 'moved');
+    const { file, log } = await config(base);
+    const p = loginPaths({ XDG_CONFIG_HOME: base });
+    const script = join(base, 'renew script.sh');
+    const moved = runs.map((r) => (r.name === 'train-1' ? { ...r, ssh: { host: '10.7.7.7', port: 2999, hostKeys: [HOST_KEY] } } : r));
+    await writeFile(join(base, 'moved-hosts'), renderSshHosts({ key: p.key, knownHosts: p.knownHosts, certFile: (pr, r) => certPath(p, pr, r), runs: moved }));
+    await writeFile(script, `#!/bin/sh\necho "$@" >> '${log}'\ncp '${join(base, 'moved-hosts')}' '${p.sshHosts}'\nexit 1\n`);
+    const g = await G(file, 'ml/train-1');
+    expect([g.get('hostname'), g.get('port')]).toEqual(['10.7.7.7', '2999']);
   });
 
   it('ssh-keygen finds the host key under its alias in known_hosts', async () => {

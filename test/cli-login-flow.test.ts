@@ -236,7 +236,8 @@ describe('login, then plain ssh', () => {
     expect(await exists(join(cfg, 'certs', 'ml', 'train-1-cert.pub'))).toBe(true);
     expect(await issuedToAlice()).toBe(2);
     expect((await sshAdd('-l')).stdout).toMatch(/ED25519-CERT/);
-    expect(await readFile(join(cfg, 'ssh_config'), 'utf8')).toMatch(/^Host ml\/train-1$/m);
+    expect(await readFile(join(cfg, 'ssh_hosts'), 'utf8')).toMatch(/^Host ml\/train-1$/m);
+    expect(await readFile(join(cfg, 'ssh_config'), 'utf8')).toContain(`\nMatch all\nInclude "${join(cfg, 'ssh_hosts')}"\n`);
     expect(await readFile(join(cfg, 'known_hosts'), 'utf8')).toContain(`${trainPrincipal} ${keyFields(sshd.hostKeyPublicLine)}\n`);
   });
 
@@ -434,21 +435,25 @@ describe('login, then plain ssh', () => {
     const { token } = await session();
     const r = ok(await cli(['logout']));
     // ml/train-1 and ml/pending; the re-login above already dropped the finished ml/old's cert.
-    expect(r.stdout).toBe(`logged out alice from ${url}; removed 2 certificates\n`);
+    expect(r.stdout).toBe(`logged out alice from ${url}; removed 2 certificates; \`dstack-ca login\` logs in there again\n`);
     // Ended on the server: the token is revoked.
     expect((await ca.api('GET', '/v1/me', { token })).statusCode).toBe(401);
     expect((await ca.store.listTokens({ identityId: aliceId, kind: 'user' })).every((t) => t.revokedAt !== null)).toBe(true);
     expect((await sshAdd('-L')).stdout).not.toMatch(/cert-v01/);
     for (const f of ['session.json', 'certs', 'agent', 'runs.json']) expect(await exists(join(cfg, f))).toBe(false);
+    // The server is remembered (issue 14, item 20), with no secret in it.
+    const profile = await readFile(join(cfg, 'profile.json'), 'utf8');
+    expect(JSON.parse(profile)).toEqual({ url, user: 'alice', fingerprint: null });
+    expect((await stat(join(cfg, 'profile.json'))).mode & 0o777).toBe(0o600);
     expect(await exists(join(cfg, 'id_ed25519'))).toBe(true);
-    expect(await readFile(join(cfg, 'ssh_config'), 'utf8')).not.toMatch(/^Host /m);
+    expect(await readFile(join(cfg, 'ssh_hosts'), 'utf8')).not.toMatch(/^Host /m);
     fails(await cli(['status']), 4, /not logged in/);
     expect(json(await cli(['logout', '--json']))).toMatchObject({ session: 'no session', removedCerts: 0 });
   });
 
   it('a session the server already ended: logout still cleans up, status says not logged in', async () => {
-    // The URL went with session.json: give it again.
-    const { r } = await login(['--no-browser', '--json', '--url', url], { BROWSER: browser });
+    // No --url and no DSTACK_CA_URL: the profile logout kept names the server (issue 14, item 20).
+    const { r } = await login(['--no-browser', '--json'], { BROWSER: browser });
     expect(JSON.parse(r.stdout)).toMatchObject({ url, user: 'alice', agent: true, sshConfigIncluded: true });
     // The admin ends alice's sessions.
     expect(await ca.admin('POST', '/v1/users/alice/logout')).toEqual({ endedSessions: 1 });

@@ -164,9 +164,10 @@ describe('POST /v1/agents/host-certs', () => {
     const many = await main.ca.api('POST', '/v1/agents/host-certs', { token: otherToken, body: { hostKeys: Array.from({ length: 16 }, (_, i) => (i % 2 ? k1 : k2)) } });
     expect(many.statusCode).toBe(201); // duplicates count once: 2 certificates
     expect((await main.ca.api('POST', '/v1/agents/host-certs', { token: otherToken, body: { hostKeys: [k1] } })).statusCode).toBe(201);
-    // A finished run's agent credential is dead with it.
+    // A finished run's agent credential is dead with it: 410 run_finished, so the agent stops (issue 14, item 24).
     await main.ca.admin('POST', '/v1/runs/ml/api-2/finish');
-    expect((await main.ca.api('POST', '/v1/agents/host-certs', { token: otherToken, body: { hostKeys: [k1] } })).statusCode).toBe(401);
+    const gone = await main.ca.api('POST', '/v1/agents/host-certs', { token: otherToken, body: { hostKeys: [k1] } });
+    expect([gone.statusCode, gone.json().error]).toEqual([410, 'run_finished']);
   });
 });
 
@@ -398,7 +399,7 @@ describe('the CLI, pinned with --fingerprint', () => {
     expect(knownHosts.split('\n').filter((l) => l.startsWith('@cert-authority'))).toEqual(hostCaKeys.map((k) => `@cert-authority dstack-run-* ${k}`));
     // The agent reported train-1's host key: it stays as a fallback line.
     expect(knownHosts).toContain(`${runA.principal} ${keyFields(sshd.hostKeyPublicLine)}\n`);
-    const config = await readFile(join(cfg, 'ssh_config'), 'utf8');
+    const config = await readFile(join(cfg, 'ssh_hosts'), 'utf8');
     for (const [name, principal] of [['train-1', runA.principal], ['notebook', bare.principal]] as const) {
       const block = config.slice(config.indexOf(`Host ml/${name}\n`)).split('\n\n')[0] as string;
       expect(block).toContain(`  HostKeyAlias ${principal}\n`);
@@ -420,7 +421,7 @@ describe('the CLI, pinned with --fingerprint', () => {
     const rewrite = await run(process.execPath, [CLI, 'config', 'ssh'], { env: { HOME: home, XDG_CONFIG_HOME: xdg, DSTACK_CA_URL: undefined } });
     expect(rewrite.code, rewrite.stderr).toBe(0);
     expect(await readFile(join(cfg, 'known_hosts'), 'utf8')).toBe(knownHosts);
-    expect(await readFile(join(cfg, 'ssh_config'), 'utf8')).toBe(config);
+    expect(await readFile(join(cfg, 'ssh_hosts'), 'utf8')).toBe(config);
     // `dstack-ca ssh` checks strictly by the principal too, for a run with no pinned host key.
     const line = await run(process.execPath, [CLI, 'ssh', 'ml/notebook', '--json'], { env: { HOME: home, XDG_CONFIG_HOME: xdg, SSH_AUTH_SOCK: undefined, DSTACK_CA_URL: undefined, DSTACK_CA_TOKEN: undefined, DSTACK_CA_SSH: undefined } });
     expect(line.code, line.stderr).toBe(0);

@@ -94,7 +94,7 @@ describe('a directory or a symbolic link is refused, naming the flag, and left a
   it('a directory', async () => {
     const d = join(dir, 'a-dir');
     await mkdir(d);
-    fails(await cert(d), 1, new RegExp(`^dstack-ca: --out: ${d} is a directory: not written\\n$`));
+    fails(await cert(d), 1, new RegExp(`^dstack-ca: --out: ${d} is a directory: not written; no certificate was issued\\n$`));
     fails(await krlFetch(d), 1, new RegExp(`^dstack-ca: --output: ${d} is a directory: not written\\n$`));
     expect((await lstat(d)).isDirectory()).toBe(true);
   });
@@ -104,7 +104,7 @@ describe('a directory or a symbolic link is refused, naming the flag, and left a
     await writeFile(target, 'precious\n');
     const link = join(dir, 'planted-link');
     await symlink(target, link);
-    fails(await cert(link), 1, /--out: \S+planted-link is a symbolic link \(give the path it points to\): not written/);
+    fails(await cert(link), 1, /--out: \S+planted-link is a symbolic link \(give the path it points to\): not written; no certificate was issued/);
     fails(await krlFetch(link), 1, /--output: \S+planted-link is a symbolic link \(give the path it points to\): not written/);
     expect(await readlink(link)).toBe(target);
     expect(await readFile(target, 'utf8')).toBe('precious\n');
@@ -115,5 +115,35 @@ describe('a directory or a symbolic link is refused, naming the flag, and left a
     await writeFile(f, 'old\n');
     ok(await cert(f));
     expect(await readFile(f, 'utf8')).toMatch(/^ssh-ed25519-cert-v01@openssh\.com /);
+  });
+});
+
+// Issue 14, item 17: an output path that cannot be written is refused before the server is
+// asked: no certificate is issued (nor audited) when its file could not be kept.
+describe('an unwritable output path is refused before anything is issued', () => {
+  const issued = async () => json<{ action: string }[]>(await ca(['audit', '--json', '--limit', '10000'])).filter((e) => e.action === 'cert.issue').length;
+
+  it('cert --out in a directory that does not exist: exit 1 naming --out, no certificate issued', async () => {
+    const before = await issued();
+    const out = join(dir, 'no-such-dir', 'c.pub');
+    fails(await cert(out), 1, new RegExp(`^dstack-ca: --out: ${out} is in a directory that does not exist \\(${join(dir, 'no-such-dir')}\\): not written; no certificate was issued\\n$`));
+    expect(await issued()).toBe(before);
+    // The same path once the directory exists: issued and written (the check is not what fails).
+    await mkdir(join(dir, 'no-such-dir'));
+    ok(await cert(out));
+    expect(await issued()).toBe(before + 1);
+  });
+
+  it('cert --out under a regular file, and a directory target: refused, nothing issued', async () => {
+    const before = await issued();
+    const file = join(dir, 'a-file');
+    await writeFile(file, 'x');
+    fails(await cert(join(file, 'c.pub')), 1, /^dstack-ca: --out: \S+a-file\/c\.pub is under something that is not a directory: not written; no certificate was issued$/m);
+    fails(await cert(dir), 1, /is a directory: not written; no certificate was issued/);
+    expect(await issued()).toBe(before);
+  });
+
+  it('krl fetch -o in a directory that does not exist names --output before fetching', async () => {
+    fails(await krlFetch(join(dir, 'nowhere', 'revoked_keys')), 1, /^dstack-ca: --output: \S+nowhere\/revoked_keys is in a directory that does not exist \(\S+nowhere\): not written$/m);
   });
 });

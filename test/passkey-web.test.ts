@@ -69,6 +69,10 @@ describe('passkeys in the browser', () => {
     pb.page.on('console', (m) => m.type() === 'error' && errors.push(m.text()));
     await pb.page.goto(aliceLink);
     expect(pb.page.url()).toBe(`${base}/enroll`);
+    // Whose passkey this creates is on the page before anything is created (issue 14, item 22).
+    await pb.page.locator('#who', { hasText: /^alice$/ }).waitFor();
+    expect(await pb.page.textContent('#intro')).toBe('This one-time link registers a passkey for the account alice. Your device will ask you to unlock it.');
+    expect(await passkeysOf('alice')).toHaveLength(0);
     await pb.page.fill('#name', 'laptop');
     await pb.page.click('#go');
     expect(await pageStatus(pb.page, 'ok')).toContain('Passkey saved for alice');
@@ -80,10 +84,32 @@ describe('passkeys in the browser', () => {
   });
 
   it('refuses the same enrollment link a second time and changes nothing', async () => {
+    // From elsewhere: on /enroll already, a new fragment alone would not load the page again.
+    await pb.page.goto('about:blank');
     await pb.page.goto(aliceLink);
-    await pb.page.click('#go');
+    // Said on arrival, naming no account, and nothing to click.
     expect(await pageStatus(pb.page, 'error')).toContain('already used');
+    expect(await pb.page.textContent('#intro')).toBe('This enrollment link cannot be used.');
+    expect(await pb.page.isDisabled('#go')).toBe(true);
     expect(await passkeysOf('alice')).toHaveLength(1);
+    // The options call refuses it the same way.
+    const again = await web('POST', '/v1/web/enroll/options', { enrollment: aliceLink.split('#')[1] });
+    expect(again.json().message).toContain('already used');
+  });
+
+  it('a link that was never issued shows no account, with the answer any bad link gets', async () => {
+    const forged = `dsca_enroll_${'A'.repeat(43)}`;
+    await pb.page.goto('about:blank');
+    await pb.page.goto(`${base}/enroll#${forged}`);
+    expect(await pageStatus(pb.page, 'error')).toBe('passkey refused: this enrollment link is not valid; ask an admin for a new one');
+    expect(await pb.page.textContent('#intro')).toBe('This enrollment link cannot be used.');
+    // Through the API as well: a valid link of another user names that user, and only it.
+    const bob = (await ca.admin<{ enrollment: { url: string } }>('POST', '/v1/users', { name: 'bob-enroll' })).enrollment.url.split('#')[1];
+    expect((await web('POST', '/v1/web/enroll/account', { enrollment: bob })).json()).toEqual({ user: 'bob-enroll' });
+    for (const bad of [forged, 'junk', `${bob}x`]) {
+      const res = await web('POST', '/v1/web/enroll/account', { enrollment: bad });
+      expect([res.statusCode, res.json().message]).toEqual([401, 'passkey refused: this enrollment link is not valid; ask an admin for a new one']);
+    }
   });
 
   it('logs in with the passkey; the signature counter advances', async () => {

@@ -245,7 +245,12 @@ export const stillGrantedView = z
   .describe('After revoking a user’s, bot’s or run’s certificates: what still lets new ones be issued at once (absent: nothing does)');
 export const revokeView = z.object({ revokedCerts: z.number(), krlVersion: z.number(), stillGranted: stillGrantedView.optional() });
 
-export const agentJoinBody = z.strictObject({ joinToken: z.string().min(1).max(200) });
+export const agentJoinBody = z.strictObject({
+  joinToken: z.string().min(1).max(200),
+  loginUser: loginUser
+    .optional()
+    .describe("The agent's --login-user: if it is not the run's login user, the join is refused (409) and the join token stays unused"),
+});
 export const agentHostKeysBody = z.strictObject({ hostKeys: z.array(hostKeyLine).min(1).max(16).describe("The run's sshd host public keys, as the agent reads them beside it") });
 export const agentHostCertsBody = z.strictObject({
   hostKeys: z.array(hostKeyLine).min(1).max(16).describe("The run's sshd host public keys to certify (type host, principal: the run's principal)"),

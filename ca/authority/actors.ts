@@ -1,6 +1,6 @@
 // Who is calling: resolved once per request from its bearer token, then only facts about
 // the actor reach authorization.
-import type { Identity, ProjectRole } from '../domain/model.js';
+import type { Identity, ProjectRole, TokenRecord } from '../domain/model.js';
 import { CaError } from '../domain/errors.js';
 import { ACTION_TEXT, isAllowed, type Action, type ActorFacts } from '../policy/authorize.js';
 import type { StoreReader } from '../store/store.js';
@@ -17,21 +17,52 @@ export type Actor =
 export const ANONYMOUS: Actor = { kind: 'anonymous' };
 
 /**
- * A refused bearer token. The message is the same whatever the cause (no oracle for token
- * guessers); `bot` says, for a real bot token, why it was refused, so the refusal is audited.
+ * A refused bearer token. An unknown token (or one that is not a token) gets one fixed
+ * message, whatever the cause: no oracle for token guessers. A token the CA knows was
+ * presented whole (tokens are looked up by the SHA-256 of all 32 random bytes), so its holder
+ * is told what became of it, expired or revoked and when (`known`): that helps only someone
+ * who already has the secret. `bot` says, for a real bot token, why it was refused, so the
+ * refusal is audited.
  */
 export class BadTokenError extends CaError {
-  constructor(readonly bot?: { name: string; why: 'expired' | 'revoked' | 'disabled' }) {
-    super('unauthenticated', 'invalid, expired or revoked token');
+  constructor(
+    readonly bot?: { name: string; why: 'expired' | 'revoked' | 'disabled' },
+    known?: string,
+  ) {
+    super('unauthenticated', known ?? 'invalid, expired or revoked token');
   }
 }
 
 const unauthenticated = () => new BadTokenError();
 
+const iso = (seconds: number) => new Date(seconds * 1000).toISOString().replace('.000Z', 'Z');
+
+/**
+ * The refusal of a token the CA knows (its whole secret was presented) that is revoked or
+ * expired (seconds, `now` included): says which, when, and what its holder can do. Issue 14, item 19.
+ */
+async function deadToken(store: StoreReader, t: TokenRecord, now: number): Promise<BadTokenError> {
+  const revoked = t.revokedAt !== null;
+  const at = revoked ? (t.revokedAt as number) : (t.expiresAt as number);
+  let hint = '';
+  if (t.kind === 'user') hint = '; run `dstack-ca login` again';
+  if (t.kind === 'bot') {
+    const bot = t.identityId === null ? null : await store.getIdentity(t.identityId);
+    const project = bot?.botProjectId == null ? null : await store.getProject(bot.botProjectId);
+    hint = `; a project admin makes a new one with \`dstack-ca bot token rotate ${project?.name ?? 'PROJECT'}/${t.name}\``;
+  }
+  const message = `this ${t.kind === 'agent-join' ? 'join' : t.kind} token ${revoked ? 'was revoked' : 'expired'} at ${iso(Math.min(at, now))}${hint}`;
+  return new BadTokenError(t.kind === 'bot' ? { name: t.name, why: revoked ? 'revoked' : 'expired' } : undefined, message);
+}
+
 /**
  * Resolves a bearer token; no token is the anonymous actor, a bad one is an error. The token
  * and identity rows come from the store's fact cache when it has one (fact-cache.ts: dropped
- * by any committed change to them); expiry is judged against `now` every time.
+ * by any committed change to them); expiry is judged against `now` (Unix seconds) every time.
+ *
+ * Errors: BadTokenError (401) for an unknown, revoked or expired token (see deadToken for what
+ * a known one is told); CaError `run_finished` (410) for the agent token of a run that has
+ * finished, so that run's agent can stop (issue 14, item 24); CaError `forbidden` for a join token.
  */
 export async function resolveActor(reader: StoreReader, bearer: string | undefined, now: number): Promise<Actor> {
   if (bearer === undefined) return ANONYMOUS;
@@ -42,8 +73,15 @@ export async function resolveActor(reader: StoreReader, bearer: string | undefin
   const revoked = t.revokedAt !== null;
   const expired = t.expiresAt !== null && t.expiresAt <= now;
   if (revoked || expired) {
-    if (t.kind === 'bot') throw new BadTokenError({ name: t.name, why: revoked ? 'revoked' : 'expired' });
-    throw unauthenticated();
+    if (t.kind === 'agent' && t.runId !== null) {
+      const run = await store.getRun(t.runId);
+      if (run && run.state === 'finished') {
+        const project = await store.getProject(run.projectId);
+        const when = run.finishedAt === null ? '' : ` at ${iso(run.finishedAt)}`;
+        throw new CaError('run_finished', `run ${project?.name ?? '?'}/${run.name} finished${when}; this agent's work is done`);
+      }
+    }
+    throw await deadToken(store, t, now);
   }
   switch (t.kind) {
     case 'admin':

@@ -66,8 +66,13 @@ async function configFor(ctx: AuthorityContext, run: Run): Promise<AgentConfig> 
 
 const refused = () => new CaError('unauthenticated', 'join token is invalid, expired or already used');
 
-/** Exchanges a join token (once) for an agent token. A replay is refused and audited (coalesced). */
-export async function joinAgent(ctx: AuthorityContext, joinToken: string, from: string, guards: AgentGuards): Promise<{ token: string; config: AgentConfig }> {
+/**
+ * Exchanges a join token (once) for an agent token. A replay is refused and audited (coalesced).
+ * `loginUser`, when given (the agent's --login-user), must be the run's: otherwise a 409 names
+ * both and the join token stays unused, so a mistyped flag does not spend it (issue 14, item 23).
+ * Only the holder of a valid join token learns the run's login user.
+ */
+export async function joinAgent(ctx: AuthorityContext, joinToken: string, from: string, guards: AgentGuards, loginUser?: string): Promise<{ token: string; config: AgentConfig }> {
   limited(guards.joins, `addr:${addressKey(from)}`, 'join attempts from this address');
   if (!looksLikeToken(joinToken)) throw refused();
   const now = ctx.now();
@@ -84,6 +89,9 @@ export async function joinAgent(ctx: AuthorityContext, joinToken: string, from: 
     }
     const run = await tx.getRun(t.runId);
     if (!run || run.state !== 'running') return null;
+    if (loginUser !== undefined && loginUser !== run.loginUser) {
+      throw new CaError('conflict', `the login user of run ${t.name} is "${run.loginUser}", not "${loginUser}"; the join token was not used`);
+    }
     await tx.markTokenUsed(t.id, now);
     const token = await insertToken(tx, now, { kind: 'agent', identityId: null, runId: run.id, name: t.name, expiresAt: null });
     await audit(tx, now, `agent-join:${t.name}`, 'agent.join', { run: t.name, from });

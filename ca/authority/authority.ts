@@ -19,6 +19,8 @@ export class Authority {
    * ceremonies): they cost a row or a challenge each, so they are rationed.
    */
   readonly loginStarts = new RateLimiter({ perSecond: 1, burst: 30 });
+  /** Per source address, for the enrollment page's "which account" lookup (one per page load; a budget of its own, so loading the page never uses up the ceremonies'). */
+  readonly enrollLookups = new RateLimiter({ perSecond: 1, burst: 30 });
   /** Waiting device codes, at most, in all and per address (device.ts); tests lower them. */
   deviceCodeLimits: { max: number; perAddress: number } = { ...DEVICE_CODE_LIMITS };
   /** Per source address, for device-code polls (a CLI polls every few seconds). */

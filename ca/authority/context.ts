@@ -151,7 +151,8 @@ export interface AuthorityConfig {
 export const DEFAULT_AUTHORITY_CONFIG: AuthorityConfig = { defaultTtl: 3600, maxTtl: 12 * 3600, joinTokenTtl: 24 * 3600 };
 
 /** Announces each new KRL version and trust bundle version (server-sent events fan out from here). */
-export class KrlEvents extends EventEmitter<{ krl: [version: number]; trust: [version: number] }> {}
+/** `run-finished`: the run's agents' event streams are told and closed (issue 14, item 24). */
+export class KrlEvents extends EventEmitter<{ krl: [version: number]; trust: [version: number]; 'run-finished': [runId: number] }> {}
 
 export interface AuthorityContext {
   store: Store;

@@ -409,6 +409,12 @@ export class Issuer {
     } else if (actor.kind === 'bot') {
       details.via = 'token';
     }
+    // A possession proof stands for the key alone (issue 14, item 18): the certificate is the
+    // key holder's (key id `key:SHA256:...`, granted by `public_keys` only), never the bearer's.
+    // A request with both would leave it unclear whose certificate it is: refused, as with OIDC.
+    if (req.proof && actor.kind !== 'anonymous') {
+      throw badRequest('a possession proof stands for the key alone: send it without a bearer token (`dstack-ca cert --ssh-identity` sends none)', 'proof');
+    }
     const identity = identityOf(caller);
     const bot = identity?.kind === 'bot' ? identity : null;
     if (bot) this.limit(this.botLimit, `bot:${bot.id}`, `bot ${bot.name}`, trail, `bot:${bot.name}`);
@@ -438,10 +444,6 @@ export class Issuer {
     const isProjectMember = identity ? (await this.facts.getMembership(project.id, identity.id)) !== null : false;
     // The project a bot was created in grants nothing by itself: only current membership.
     if (bot && !isProjectMember) throw forbidden(`bot ${bot.name} is not a member of project ${project.name}`);
-    if (identity && req.proof) {
-      possession = verifyPossession(this.nonces, req.proof, qualifiedName, key, now);
-      provenKey = possession.key;
-    }
     const grant = grantFor(run.policy, { identityName: identity?.name ?? null, isProjectMember, provenKey });
     if (!grant) {
       if (!identity && !provenKey) throw new CaError('unauthenticated', 'authentication or a possession proof is required');

@@ -131,5 +131,6 @@ export async function finishRun(ctx: AuthorityContext, actor: Actor, projectName
     return revokeUngranted(tx, now, { runId: run.id }, `run ${projectName}/${runName} finished`, actor, 'run_finish');
   });
   if (r.krlVersion !== null) await publishKrl(ctx);
+  ctx.krlEvents.emit('run-finished', run.id);
   return { revokedCerts: r.revoked.length };
 }

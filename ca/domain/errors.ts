@@ -1,6 +1,17 @@
 // Errors a caller can act on carry their HTTP status and a stable code; their message is
 // shown as is. Anything else is an internal error whose message is logged, never sent.
-export type ErrorCode = 'bad_request' | 'unauthenticated' | 'forbidden' | 'not_found' | 'conflict' | 'gone' | 'too_large' | 'too_many_requests' | 'unavailable';
+export type ErrorCode =
+  | 'bad_request'
+  | 'unauthenticated'
+  | 'forbidden'
+  | 'not_found'
+  | 'conflict'
+  | 'gone'
+  /** 410 to a run's own agent once the run has finished: its work is done (the agent exits 0). */
+  | 'run_finished'
+  | 'too_large'
+  | 'too_many_requests'
+  | 'unavailable';
 
 const STATUS: Record<ErrorCode, number> = {
   bad_request: 400,
@@ -9,6 +20,7 @@ const STATUS: Record<ErrorCode, number> = {
   not_found: 404,
   conflict: 409,
   gone: 410,
+  run_finished: 410,
   too_large: 413,
   too_many_requests: 429,
   unavailable: 503,

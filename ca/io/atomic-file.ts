@@ -21,6 +21,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { close, constants, fstat, fsync, lstat, open, rename, unlink, write, type Stats } from 'node:fs';
+import { access as accessAsync, lstat as lstatAsync, stat as statAsync } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
 export interface AtomicWriteOptions {
@@ -28,12 +29,15 @@ export interface AtomicWriteOptions {
   mode?: number;
 }
 
-/** The path holds something the writer will not write to; `code` as errno would name it. */
+/**
+ * The path holds something the writer will not write to, or (checkWritableTarget) its
+ * directory is missing or not writable; `code` as errno would name it.
+ */
 export class UnwritableTargetError extends Error {
   override readonly name = 'UnwritableTargetError';
   constructor(
     readonly path: string,
-    readonly code: 'EISDIR' | 'ELOOP' | 'EINVAL',
+    readonly code: 'EISDIR' | 'ELOOP' | 'EINVAL' | 'ENOENT' | 'ENOTDIR' | 'EACCES',
     what: string,
   ) {
     super(`${path} ${what}: not written`);
@@ -119,4 +123,50 @@ export function writeFileAtomic(path: string, data: Uint8Array | string, opts: A
       reject(new UnwritableTargetError(path, st.isDirectory() ? 'EISDIR' : st.isSymbolicLink() ? 'ELOOP' : 'EINVAL', kindOf(st)));
     });
   });
+}
+
+/**
+ * Checks, without writing anything, that writeFileAtomic(path) would be allowed to write: what
+ * is at `path` is a kind it writes (see the header), and the directory (for a new or replaced
+ * file: the temp file and the rename happen there) exists and this process may write it.
+ * Callers run it before an action that cannot be undone (a certificate issued and audited), so
+ * that a bad output path changes nothing. Throws UnwritableTargetError (EISDIR, ELOOP, EINVAL,
+ * ENOENT: no such directory, ENOTDIR, EACCES); other errors as fs throws them. A check, not a
+ * lock: the directory may still change before the write (which then fails as it would have).
+ */
+export async function checkWritableTarget(path: string): Promise<void> {
+  const dir = dirname(path);
+  let st: Stats | null = null;
+  try {
+    st = await lstatAsync(path);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOTDIR') throw new UnwritableTargetError(path, 'ENOTDIR', 'is under something that is not a directory');
+    if (code !== 'ENOENT') throw e;
+  }
+  if (st !== null) {
+    if (st.isCharacterDevice() || st.isFIFO()) return checkAccess(path, path, constants.W_OK, 'cannot be written by this user');
+    if (st.isSymbolicLink() && OWN_DESCRIPTOR.test(path)) return;
+    if (!st.isFile()) throw new UnwritableTargetError(path, st.isDirectory() ? 'EISDIR' : st.isSymbolicLink() ? 'ELOOP' : 'EINVAL', kindOf(st));
+  }
+  let dirStat: Stats;
+  try {
+    dirStat = await statAsync(dir);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new UnwritableTargetError(path, 'ENOENT', `is in a directory that does not exist (${dir})`);
+    if (code === 'ENOTDIR') throw new UnwritableTargetError(path, 'ENOTDIR', 'is under something that is not a directory');
+    throw e;
+  }
+  if (!dirStat.isDirectory()) throw new UnwritableTargetError(path, 'ENOTDIR', `is in ${dir}, which is not a directory`);
+  await checkAccess(path, dir, constants.W_OK | constants.X_OK, `is in a directory this user cannot write (${dir})`);
+}
+
+async function checkAccess(path: string, target: string, mode: number, what: string): Promise<void> {
+  try {
+    await accessAsync(target, mode);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EACCES' || (e as NodeJS.ErrnoException).code === 'EROFS') throw new UnwritableTargetError(path, 'EACCES', what);
+    throw e;
+  }
 }

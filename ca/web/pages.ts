@@ -50,10 +50,11 @@ const PAGES: Page[] = [
     path: '/enroll',
     id: 'enroll',
     title: 'Create your passkey',
-    body: `<p id="intro">This one-time link registers a passkey for <strong id="who">you</strong>. Your device will ask you to unlock it.</p>
+    // Says whose account only once the server has checked the link (pages.js fills #who).
+    body: `<p id="intro">This one-time link registers a passkey for the account <strong id="who">…</strong>. Your device will ask you to unlock it.</p>
 <label for="name">Name for this passkey (optional)</label>
 <input id="name" maxlength="64" placeholder="e.g. laptop" autocomplete="off">
-<button id="go" type="button">Create passkey</button>`,
+<button id="go" type="button" disabled>Create passkey</button>`,
   },
   {
     path: '/login',

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CliError } from '../errors.js';
 import type { MeRun } from '../login/session.js';
-import { renderKnownHosts, renderSshConfig } from '../login/ssh-config.js';
+import { renderKnownHosts, renderSshHosts } from '../login/ssh-config.js';
 
 export interface JobFiles {
   dir: string;
@@ -59,12 +59,12 @@ export function copyAlias(project: string, run: string): string {
  */
 export function renderJobFiles(files: JobFiles, run: MeRun, hostCaKeys: readonly string[]): { sshConfig: string; knownHosts: string } {
   return {
-    sshConfig: renderSshConfig({
+    // Only the Host block: a job asks again rather than renewing through a Match line.
+    sshConfig: renderSshHosts({
       header: `# Written by dstack-ca ci ssh for ${run.project}/${run.name}; this job's key and certificate.`,
       key: files.key,
       knownHosts: files.knownHosts,
       certFile: () => files.certificate,
-      renewCommand: null,
       runs: [run],
       hostCertAuthority: hostCaKeys.length > 0,
       aliases: (p, r) => [copyAlias(p, r)],

@@ -7,7 +7,9 @@
 // --oidc: the same, with the token found in the CI job itself (cli/ci/oidc-token.ts).
 // --ssh-identity KEY: prove possession of KEY by signing a server nonce with the real
 // `ssh-keygen -Y sign` (so encrypted keys, agents and FIDO keys work), for public_keys
-// grants; no token needed.
+// grants. The proof stands for the key alone: no API token is sent with it (not even an
+// exported DSTACK_CA_TOKEN), and the certificate's key id names the key (`key:SHA256:...`),
+// never the token's user; the server refuses a request carrying both.
 import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -16,7 +18,7 @@ import type { Command } from 'commander';
 import type { z } from 'zod';
 import { certView, issueCertBody } from '../../ca/api/schemas.js';
 import { PROOF_NAMESPACE, proofMessage } from '../../ca/authority/proof.js';
-import { UnwritableTargetError, writeFileAtomic } from '../../ca/io/atomic-file.js';
+import { checkWritableTarget, UnwritableTargetError, writeFileAtomic } from '../../ca/io/atomic-file.js';
 import { checkArgs, durationArg, qualifiedArg } from '../args.js';
 import { ApiClient } from '../client.js';
 import { printJson, readInput, type CliContext } from '../context.js';
@@ -47,7 +49,7 @@ export function configureCertIssue(cert: Command, ctx: CliContext): void {
   cert
     .argument('<run>', 'PROJECT/RUN to get a certificate for')
     .option('--public-key <file>', 'public key to certify (id_*.pub), or - for standard input')
-    .option('--ssh-identity <key>', 'private key (or .pub of a key in ssh-agent) to prove possession of, for public_keys grants')
+    .option('--ssh-identity <key>', 'private key (or .pub of a key in ssh-agent) to prove possession of, for public_keys grants; the certificate is the key holder\'s (key id key:SHA256:...): no API token is sent')
     .option('--oidc-token <file>', 'OIDC JWT (workload identity) standing for a bot, from FILE or - for standard input (default: $DSTACK_CA_OIDC_TOKEN, the token itself); no API token is sent with it')
     .option('--oidc', `find the CI job's OIDC token: GitHub Actions' token endpoint (ACTIONS_ID_TOKEN_REQUEST_URL, for --audience), or $${DEFAULT_TOKEN_VAR} (GitLab CI id_tokens)`)
     .option('--audience <aud>', 'with --oidc on GitHub Actions: the audience to ask the token for, the bot\'s --audience (default: the CA URL)')
@@ -62,6 +64,9 @@ export function configureCertIssue(cert: Command, ctx: CliContext): void {
         throw new UsageError('give exactly one of --public-key FILE or --ssh-identity KEY');
       }
       const ttl = opts.ttl === undefined ? undefined : durationArg(opts.ttl, '--ttl');
+      // Issuing is audited and cannot be taken back: a --out that could not be written is
+      // refused before anything is asked of the server (issue 14, item 17).
+      if (opts.out !== undefined) await checkOut(opts.out);
       const keyFile = opts.publicKey ?? publicHalfOf(opts.sshIdentity as string);
       if (opts.oidcToken === '-' && keyFile === '-') throw new UsageError('--public-key - and --oidc-token - cannot both read standard input');
       if (opts.oidcToken !== undefined && opts.sshIdentity !== undefined) throw new UsageError('--oidc-token goes with --public-key, not --ssh-identity');
@@ -88,9 +93,9 @@ export function configureCertIssue(cert: Command, ctx: CliContext): void {
         if (publicKey.startsWith('sk-')) ctx.stderr.write('dstack-ca: confirm user presence on your security key\n');
         body.proof = { nonce, signature: await sshKeygenSign(opts.sshIdentity, message) };
       }
-      // With an OIDC token, it alone authenticates: the server refuses a request carrying both.
+      // With an OIDC token or a possession proof, that alone authenticates: no API token goes along.
       const issued = await api
-        .request('POST', `${runPath}/certs`, { body, schema: certView, fields, ...(oidcToken !== undefined ? { auth: false } : {}) })
+        .request('POST', `${runPath}/certs`, { body, schema: certView, fields, ...(oidcToken !== undefined || body.proof !== undefined ? { auth: false } : {}) })
         .catch((e: unknown) => {
           throw discovered ? withAudienceHint(e, discovered) : e;
         });
@@ -136,6 +141,16 @@ async function readOidcToken(ctx: CliContext, flag: string | undefined, envAllow
 /** ssh-keygen's convention: KEY's public half is KEY.pub; a .pub given directly is used as is (agent keys). */
 function publicHalfOf(identity: string): string {
   return identity.endsWith('.pub') ? identity : `${identity}.pub`;
+}
+
+/** Throws CliError naming --out when writeCert could not write `path`; nothing is issued then. */
+async function checkOut(path: string): Promise<void> {
+  try {
+    await checkWritableTarget(path);
+  } catch (e) {
+    if (e instanceof UnwritableTargetError) throw new CliError(`--out: ${e.message}; no certificate was issued`);
+    throw new CliError(`--out ${path}: ${(e as Error).message}; no certificate was issued`);
+  }
 }
 
 async function writeCert(path: string, certificate: string): Promise<void> {

@@ -1,12 +1,13 @@
-// `dstack-ca config ssh`: write CONFIGDIR/ssh_config (a Host block per run of the last sync,
-// and the Match line that renews an expiring cert before ssh connects) and known_hosts, and
+// `dstack-ca config ssh`: write CONFIGDIR/ssh_config (the Match lines that renew an expiring
+// cert before ssh connects and discover runs made since, then the Include of ssh_hosts, a Host
+// block per run of the last sync) and known_hosts, warn about runs with no ssh address, and
 // put `Include CONFIGDIR/ssh_config` first in ~/.ssh/config, once. Needs no server: run it
 // before or after `dstack-ca login` (which rewrites both files on every sync).
 import type { Command } from 'commander';
 import { printJson, type CliContext } from '../context.js';
 import { loginPaths } from '../login/paths.js';
 import { readRuns } from '../login/session.js';
-import { writeSshFiles } from '../login/sync.js';
+import { unreachableRuns, warnUnreachable, writeSshFiles } from '../login/sync.js';
 import { ensureUserInclude } from '../login/user-config.js';
 import { plural } from '../output.js';
 
@@ -28,11 +29,13 @@ export function registerConfig(program: Command, ctx: CliContext): void {
           userConfig: include.path,
           includeAdded: include.added,
           runs: runs.map((r) => `${r.project}/${r.name}`),
+          unreachable: unreachableRuns(runs),
         });
         return;
       }
       ctx.stdout.write(`wrote ${paths.sshConfig} (${plural(runs.length, 'run')}) and ${paths.knownHosts}\n`);
       ctx.stdout.write(`${include.path}: ${include.added ? 'added' : 'already has'} the line Include ${paths.sshConfig}\n`);
       if (runs.length === 0) ctx.stderr.write('dstack-ca: no runs known yet: dstack-ca login lists them and rewrites the file\n');
+      warnUnreachable(ctx, runs);
     });
 }

@@ -4,7 +4,7 @@
 import { lstat, readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { KRL_NAMESPACE } from '../../ca/authority/krl.js';
-import { UnwritableTargetError, writeFileAtomic } from '../../ca/io/atomic-file.js';
+import { checkWritableTarget, UnwritableTargetError, writeFileAtomic } from '../../ca/io/atomic-file.js';
 import { fingerprint, parseAuthorizedKey, type PublicKey } from '../../ca/ssh/keys.js';
 import { decodeKrl } from '../../ca/ssh/krl/decode.js';
 import type { RevocationSet } from '../../ca/ssh/krl/revocation-set.js';
@@ -29,6 +29,13 @@ export function registerKrlFetch(krl: Command, ctx: CliContext): void {
     .option('--ca-keys <file>', "trust only these CA keys (a TrustedUserCAKeys file) instead of the server's (the signed trust bundle when the CA is pinned with --fingerprint, else GET /v1/ca)")
     .option('--allow-older', 'replace FILE even if it holds a newer KRL version')
     .action(async (opts: FetchFlags, cmd: Command) => {
+      // A path that cannot be written is said before anything is fetched.
+      try {
+        await checkWritableTarget(opts.output);
+      } catch (e) {
+        if (e instanceof UnwritableTargetError) throw new CliError(`--output: ${e.message}`);
+        throw e;
+      }
       const api = await ApiClient.forCommand(ctx, cmd);
       const refuse = (why: string) => new CliError(`${why}; ${opts.output} not written`);
       // Everything here is public: no token is sent, so a stale one cannot break a host.

@@ -8,13 +8,15 @@ import { hostname } from 'node:os';
 import type { Command } from 'commander';
 import { isLoopbackHost } from '../../ca/server/tls.js';
 import { apiCommand } from '../args.js';
-import { ApiClient, resolveApiConfig, sameServer, type ApiFlags } from '../client.js';
+import { ApiClient, configPath, resolveApiConfig, sameServer, type ApiFlags } from '../client.js';
+import { rootFingerprint } from '../../ca/trust/bundle.js';
+import { profilePath, writeProfile } from '../login/profile.js';
 import { printJson, type CliContext } from '../context.js';
 import { CliError } from '../errors.js';
 import { clientName, deviceCodesSchema, pollForToken, pollOnce } from '../login/device.js';
 import { loginPaths } from '../login/paths.js';
-import { readSession, writeSession, type Session } from '../login/session.js';
-import { syncRuns, type RunCert } from '../login/sync.js';
+import { readRuns, readSession, writeSession, type Session } from '../login/session.js';
+import { syncRuns, warnUnreachable, type RunCert } from '../login/sync.js';
 import { userConfigIncludes } from '../login/user-config.js';
 import { formatTime, printTable } from '../output.js';
 
@@ -53,6 +55,8 @@ export function registerLogin(program: Command, ctx: CliContext): void {
       const previous = await readSession(paths.session).catch(() => undefined);
       const session: Session = { url: api.url, token: granted.token, user: granted.user, expiresAt: granted.expiresAt };
       await writeSession(paths.session, session);
+      // Kept by logout: the next plain `dstack-ca login` goes to this server, pinned the same way.
+      await writeProfile(profilePath(configPath(ctx.env)), { url: api.url, user: granted.user, fingerprint: pinned ? rootFingerprint(pinned.bundle.bundle) : null });
       // The session this one replaces would otherwise stay valid until it expires: end it.
       if (previous !== undefined && previous.token !== granted.token && sameServer(previous.url, api.url)) {
         const old = new ApiClient(ctx, { url: api.url, urlSource: paths.session, token: previous.token, tokenSource: 'session', ...pin });
@@ -67,6 +71,7 @@ export function registerLogin(program: Command, ctx: CliContext): void {
         throw e;
       }
       const included = await userConfigIncludes(ctx.env, paths.sshConfig);
+      warnUnreachable(ctx, (await readRuns(paths.runs))?.runs ?? []);
       if (!pinned && !isLoopbackUrl(api.url)) {
         ctx.stderr.write('dstack-ca: warning: the CA is not pinned: pass --fingerprint SHA256:... once (the CA prints it at start) so its keys and TLS certificate are checked\n');
       }

@@ -1,6 +1,8 @@
 // `dstack-ca logout`: end the login session on the server (DELETE /v1/me/session; a dead
 // session is fine), take the run certs out of the ssh-agent, and delete session.json,
-// runs.json, certs/ and agent/. The login key stays (it certifies nothing by itself).
+// runs.json, certs/ and agent/. The login key stays (it certifies nothing by itself), and so
+// does profile.json (the server URL and pinned fingerprint, no secret): a plain
+// `dstack-ca login` logs in to the same server again.
 import { access } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { ApiClient } from '../client.js';
@@ -50,6 +52,6 @@ export function registerLogout(program: Command, ctx: CliContext): void {
         return;
       }
       if (session === undefined) ctx.stdout.write(`not logged in${removedCerts > 0 ? `; removed ${plural(removedCerts, 'certificate')}` : ''}\n`);
-      else ctx.stdout.write(`logged out ${session.user} from ${session.url}; removed ${plural(removedCerts, 'certificate')}\n`);
+      else ctx.stdout.write(`logged out ${session.user} from ${session.url}; removed ${plural(removedCerts, 'certificate')}; \`dstack-ca login\` logs in there again\n`);
     });
 }

@@ -2,17 +2,22 @@
 // is missing or expires within 60 s, and reload it into the ssh-agent; quiet on success.
 // `--ssh-match` is how ssh_config's `Match ... exec` calls it: only runs known from the last
 // sync, errors on stderr, and ALWAYS a nonzero exit so that the Match block applies nothing.
+// It also refreshes the run list when runs.json is older than RUNS_REFRESH_SECONDS, so a
+// changed endpoint reaches the ssh that called it (ssh_config includes the Host blocks after
+// its Match lines). `--ssh-discover` (no run) is the Match line for any other PROJECT/RUN
+// name: runs made since the last sync get a cert and a Host block (issue 14, item 25).
 import type { Command } from 'commander';
 import { qualifiedArg } from '../args.js';
 import { ApiClient } from '../client.js';
 import { printJson, type CliContext } from '../context.js';
-import { CliError, ExitWith } from '../errors.js';
+import { CliError, ExitWith, UsageError } from '../errors.js';
 import { loginPaths } from '../login/paths.js';
-import { readRuns } from '../login/session.js';
-import { renewRun } from '../login/sync.js';
+import { readRuns, readSession } from '../login/session.js';
+import { discoverRuns, refreshRuns, renewRun, RUNS_REFRESH_SECONDS } from '../login/sync.js';
 
 interface RenewFlags {
   sshMatch?: boolean;
+  sshDiscover?: boolean;
   json?: boolean;
 }
 
@@ -20,11 +25,26 @@ export function registerRenew(program: Command, ctx: CliContext): void {
   program
     .command('renew', { hidden: true })
     .description('re-issue the certificate of PROJECT/RUN if it is missing or expires within 60 s (quiet on success)')
-    .argument('<run>', 'PROJECT/RUN')
+    .argument('[run]', 'PROJECT/RUN (not with --ssh-discover)')
     .option('--ssh-match', 'as called by ssh_config Match exec: always exit 1 (so the block applies nothing), errors on stderr')
+    .option('--ssh-discover', "as called by ssh_config's Match line for a PROJECT/RUN it has no Host block for: fetch the run list, certify new runs, rewrite the ssh files; always exit 1")
     .option('--json', 'machine-readable output on stdout')
     .configureHelp({ showGlobalOptions: true })
-    .action(async (qualified: string, opts: RenewFlags, cmd: Command) => {
+    .action(async (arg: string | undefined, opts: RenewFlags, cmd: Command) => {
+      if (opts.sshDiscover) {
+        if (arg !== undefined) throw new UsageError('--ssh-discover takes no PROJECT/RUN');
+        try {
+          const paths = loginPaths(ctx.env);
+          // Not logged in (or logged out): nothing to discover, and nothing to say to every `ssh a/b`.
+          if ((await readSession(paths.session).catch(() => undefined)) !== undefined) await discoverRuns(ctx, await ApiClient.forCommand(ctx, cmd), paths);
+        } catch (e) {
+          const message = e instanceof CliError ? e.message : `internal error: ${(e as Error).message}`;
+          ctx.stderr.write(`dstack-ca: cannot look for new runs: ${message}\n`);
+        }
+        throw new ExitWith(1);
+      }
+      if (arg === undefined) throw new UsageError('missing PROJECT/RUN');
+      const qualified = arg;
       if (!opts.sshMatch) {
         const { project, name } = qualifiedArg(qualified, 'run');
         const result = await renewRun(ctx, await ApiClient.forCommand(ctx, cmd), loginPaths(ctx.env), project, name);
@@ -35,7 +55,12 @@ export function registerRenew(program: Command, ctx: CliContext): void {
         const paths = loginPaths(ctx.env);
         const known = (await readRuns(paths.runs))?.runs.find((r) => `${r.project}/${r.name}` === qualified);
         // Any host with a slash matches `*/*`; only the runs ssh_config has a Host block for matter.
-        if (known !== undefined && known.ssh !== null) await renewRun(ctx, await ApiClient.forCommand(ctx, cmd), paths, known.project, known.name);
+        if (known !== undefined && known.ssh !== null) {
+          const api = await ApiClient.forCommand(ctx, cmd);
+          await renewRun(ctx, api, paths, known.project, known.name);
+          // At most one GET every RUNS_REFRESH_SECONDS: a moved endpoint reaches this very ssh.
+          await refreshRuns(api, paths, RUNS_REFRESH_SECONDS);
+        }
       } catch (e) {
         const message = e instanceof CliError ? e.message : `internal error: ${(e as Error).message}`;
         ctx.stderr.write(`dstack-ca: ${qualified}: cannot renew the certificate: ${message}\n`);

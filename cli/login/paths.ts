@@ -14,6 +14,8 @@ export interface LoginPaths {
   agentDir: string;
   runs: string;
   sshConfig: string;
+  /** The Host blocks, included by ssh_config after its Match lines (ssh-config.ts). */
+  sshHosts: string;
   knownHosts: string;
 }
 
@@ -33,6 +35,7 @@ export function loginPaths(env: NodeJS.ProcessEnv): LoginPaths {
     agentDir: join(dir, 'agent'),
     runs: join(dir, 'runs.json'),
     sshConfig: join(dir, 'ssh_config'),
+    sshHosts: join(dir, 'ssh_hosts'),
     knownHosts: join(dir, 'known_hosts'),
   };
 }

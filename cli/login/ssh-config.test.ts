@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { addInclude, configPathValue, execShellWord, hasInclude, identityArg, includeLine, renderKnownHosts, renderSshConfig, sshTarget } from './ssh-config.js';
+import { addInclude, configPathValue, execShellWord, hasInclude, identityArg, includeLine, renderKnownHosts, renderSshConfig, renderSshHosts, sshTarget } from './ssh-config.js';
 import type { MeRun } from './session.js';
 
 const HOST_KEY = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl';
@@ -21,6 +21,7 @@ const input = (runs: MeRun[]) => ({
   key: '/home/a/.config/dstack-ca/id_ed25519',
   knownHosts: '/home/a/.config/dstack-ca/known_hosts',
   certFile: (p: string, r: string) => `/home/a/.config/dstack-ca/certs/${p}/${r}-cert.pub`,
+  hostsFile: '/home/a/.config/dstack-ca/ssh_hosts',
   renewCommand: ['/usr/bin/node', '/opt/dstack ca/dist/cli/main.js', 'renew', '--ssh-match'],
   runs,
 });
@@ -43,13 +44,26 @@ describe('quoting', () => {
 });
 
 describe('renderSshConfig', () => {
-  it('writes, per run and sorted, a Match line that renews (the name literal, never %n) and a Host block', () => {
-    const text = renderSshConfig(input([run({ name: 'zeta' }), run(), run({ name: 'nossh', ssh: null }), run({ name: 'nokeys', ssh: { host: 'h.example', port: 22, hostKeys: [] } })]));
-    expect(text).toBe(
+  it('writes, per run and sorted, a Match line that renews (the name literal, never %n), one discovery line for every other P/R, then includes the Host blocks', () => {
+    const runs = [run({ name: 'zeta' }), run(), run({ name: 'nossh', ssh: null }), run({ name: 'nokeys', ssh: { host: 'h.example', port: 22, hostKeys: [] } })];
+    const renew = `'/usr/bin/node' '/opt/dstack ca/dist/cli/main.js' 'renew'`;
+    expect(renderSshConfig(input(runs))).toBe(
+      [
+        '# Written by dstack-ca (login, config ssh); rewritten on every sync, do not edit.',
+        `Match originalhost ml/nokeys exec "${renew} '--ssh-match' 'ml/nokeys'"`,
+        `Match originalhost ml/train-1 exec "${renew} '--ssh-match' 'ml/train-1'"`,
+        `Match originalhost ml/zeta exec "${renew} '--ssh-match' 'ml/zeta'"`,
+        // ml/nossh has no Host block: its name goes to discovery, which finds its address once it has one.
+        `Match originalhost */*,!ml/nokeys,!ml/train-1,!ml/zeta exec "${renew} '--ssh-discover'"`,
+        'Match all',
+        'Include "/home/a/.config/dstack-ca/ssh_hosts"',
+        '',
+      ].join('\n'),
+    );
+    expect(renderSshHosts(input(runs))).toBe(
       [
         '# Written by dstack-ca (login, config ssh); rewritten on every sync, do not edit.',
         '',
-        `Match originalhost ml/nokeys exec "'/usr/bin/node' '/opt/dstack ca/dist/cli/main.js' 'renew' '--ssh-match' 'ml/nokeys'"`,
         'Host ml/nokeys',
         '  HostName h.example',
         '  Port 22',
@@ -60,7 +74,6 @@ describe('renderSshConfig', () => {
         '',
         '# ml/nossh: no Host block: the run has no ssh address yet',
         '',
-        `Match originalhost ml/train-1 exec "'/usr/bin/node' '/opt/dstack ca/dist/cli/main.js' 'renew' '--ssh-match' 'ml/train-1'"`,
         'Host ml/train-1',
         '  HostName 10.0.0.5',
         '  Port 2222',
@@ -72,7 +85,6 @@ describe('renderSshConfig', () => {
         '  UserKnownHostsFile "/home/a/.config/dstack-ca/known_hosts"',
         '  StrictHostKeyChecking yes',
         '',
-        `Match originalhost ml/zeta exec "'/usr/bin/node' '/opt/dstack ca/dist/cli/main.js' 'renew' '--ssh-match' 'ml/zeta'"`,
         'Host ml/zeta',
         '  HostName 10.0.0.5',
         '  Port 2222',
@@ -97,8 +109,10 @@ describe('renderSshConfig', () => {
       run({ name: 'e', ssh: { host: 'h', port: 70000, hostKeys: [] } }),
       run({ project: 'ML x', name: 'f' }),
     ];
-    const text = renderSshConfig(input(evil));
+    const text = renderSshHosts(input(evil));
     expect(text).not.toMatch(/ProxyCommand|Host \*|Host ml\//);
+    // No Match line names them either: only the discovery line, which never reads a server value.
+    expect(renderSshConfig(input(evil))).not.toMatch(/ProxyCommand|ml\/[a-f]/);
     expect(text.match(/no Host block/g)).toHaveLength(6);
     expect(renderKnownHosts(evil)).not.toMatch(/ssh-ed25519/);
     expect(sshTarget(run())).toMatchObject({ host: '10.0.0.5', port: 2222, user: 'root', hostKeys: [HOST_KEY] });
@@ -108,7 +122,7 @@ describe('renderSshConfig', () => {
   });
 
   it('has no Match line when asked for none, and renders known_hosts by principal', () => {
-    expect(renderSshConfig({ ...input([]), renewCommand: null })).toBe('# Written by dstack-ca (login, config ssh); rewritten on every sync, do not edit.\n');
+    expect(renderSshConfig({ ...input([]), renewCommand: null })).toBe('# Written by dstack-ca (login, config ssh); rewritten on every sync, do not edit.\nInclude "/home/a/.config/dstack-ca/ssh_hosts"\n');
     expect(renderKnownHosts([run(), run({ name: 'x', ssh: null })])).toBe(`# Written by dstack-ca: host keys of dstack runs, by principal (HostKeyAlias).\ndstack-run-ml-train-1 ${HOST_KEY}\n`);
     // A host key with a comment is normalized to its bare form.
     expect(renderKnownHosts([run({ ssh: { host: 'h', port: 22, hostKeys: [`${HOST_KEY} root@box`] } })])).toContain(`dstack-run-ml-train-1 ${HOST_KEY}\n`);
@@ -130,9 +144,9 @@ describe('host certificates (@cert-authority)', () => {
   });
   it('with the host CA trusted, a run without pinned keys is checked strictly by its principal too; without it, not', () => {
     const runs = [run({ name: 'bare', principal: 'dstack-run-bare', ssh: { host: 'h', port: 22, hostKeys: [] } })];
-    const strict = renderSshConfig({ ...input(runs), hostCertAuthority: true });
+    const strict = renderSshHosts({ ...input(runs), hostCertAuthority: true });
     expect(strict).toContain('  HostKeyAlias dstack-run-bare\n  UserKnownHostsFile "/home/a/.config/dstack-ca/known_hosts"\n  StrictHostKeyChecking yes\n');
-    expect(renderSshConfig(input(runs))).not.toMatch(/HostKeyAlias|StrictHostKeyChecking/);
+    expect(renderSshHosts(input(runs))).not.toMatch(/HostKeyAlias|StrictHostKeyChecking/);
   });
 });
 

@@ -46,6 +46,8 @@ export interface SshConfigInput {
   key: string;
   knownHosts: string;
   certFile: (project: string, run: string) => string;
+  /** CONFIGDIR/ssh_hosts: the Host blocks, included by ssh_config after its Match lines (renderSshHosts). */
+  hostsFile: string;
   /** argv of the renew command run by `Match exec` (without its PROJECT/RUN argument); null: no Match line. */
   renewCommand: readonly string[] | null;
   runs: readonly MeRun[];
@@ -100,18 +102,48 @@ export function sshTarget(run: MeRun): RunSshTarget | string {
 
 export const SSH_CONFIG_HEADER = '# Written by dstack-ca (login, config ssh); rewritten on every sync, do not edit.';
 
-/** CONFIGDIR/ssh_config: per run, a renewing Match line and a Host block. */
-export function renderSshConfig(input: SshConfigInput): string {
-  const out: string[] = [input.header ?? SSH_CONFIG_HEADER];
-  // Before each Host block, a Match line that runs `dstack-ca renew` (quiet, no network when
-  // the cert is fresh) before ssh connects; it always exits nonzero, so it applies nothing.
-  // The run's name is written literally, never as %n: an ssh older than 9.6 would hand a
-  // hostile host name typed or passed to ssh (CVE-2023-51385) to the shell.
-  const renew = (qualified: string): string | null =>
-    input.renewCommand === null ? null : `Match originalhost ${qualified} exec "${[...input.renewCommand, qualified].map(execShellWord).join(' ')}"`;
+const byName = (runs: readonly MeRun[]): MeRun[] => {
   const key = (r: MeRun) => `${r.project}/${r.name}`;
-  const sorted = [...input.runs].sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
-  for (const run of sorted) {
+  return [...runs].sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
+};
+
+/**
+ * CONFIGDIR/ssh_config, the file ~/.ssh/config includes (issue 14, item 25). Only Match lines,
+ * then the Host blocks by `Include` (CONFIGDIR/ssh_hosts, renderSshHosts). ssh reads its config
+ * in order and reads an included file when it reaches the Include, so whatever a Match exec
+ * (re)writes into ssh_hosts is what this very ssh connects with:
+ * - per run with a Host block: `Match originalhost P/R exec "dstack-ca renew --ssh-match P/R"`,
+ *   which renews the cert (quiet, no network when fresh) and, at most every
+ *   RUNS_REFRESH_SECONDS, refreshes the run list: a changed endpoint is seen without a login;
+ * - for any other PROJECT/RUN name (`*\/*` minus the runs above), one discovery line,
+ *   `renew --ssh-discover`: a run made since the last sync gets its cert and its Host block before
+ *   ssh looks for one. Host names without a slash run nothing, and no connection runs two.
+ * Each exec always exits nonzero, so its (empty) block applies nothing; `Match all` ends them
+ * before the Include. Run names are written literally, never as %n: an ssh older than 9.6
+ * would hand a hostile host name typed or passed to ssh (CVE-2023-51385) to the shell.
+ */
+export function renderSshConfig(input: SshConfigInput): string {
+  const out: string[] = [SSH_CONFIG_HEADER];
+  const known: string[] = [];
+  if (input.renewCommand !== null) {
+    for (const run of byName(input.runs)) {
+      if (typeof sshTarget(run) === 'string') continue;
+      const qualified = `${run.project}/${run.name}`;
+      known.push(qualified);
+      out.push(`Match originalhost ${qualified} exec "${[...input.renewCommand, qualified].map(execShellWord).join(' ')}"`);
+    }
+    const discover = input.renewCommand.filter((w) => w !== '--ssh-match');
+    out.push(`Match originalhost ${['*/*', ...known.map((k) => `!${k}`)].join(',')} exec "${[...discover, '--ssh-discover'].map(execShellWord).join(' ')}"`);
+    out.push('Match all');
+  }
+  out.push(`Include ${configPathValue(input.hostsFile, false)}`);
+  return out.join('\n') + '\n';
+}
+
+/** CONFIGDIR/ssh_hosts: a Host block per run with a usable ssh address (a comment saying why not for the others). */
+export function renderSshHosts(input: Omit<SshConfigInput, 'hostsFile' | 'renewCommand'>): string {
+  const out: string[] = [input.header ?? SSH_CONFIG_HEADER];
+  for (const run of byName(input.runs)) {
     const qualified = `${run.project}/${run.name}`;
     const target = sshTarget(run);
     out.push('');
@@ -120,8 +152,6 @@ export function renderSshConfig(input: SshConfigInput): string {
       out.push(`# ${qualified.replace(/[\x00-\x1f\x7f]/g, '?')}: no Host block: ${target}`);
       continue;
     }
-    const match = renew(qualified);
-    if (match !== null) out.push(match);
     out.push(
       `Host ${[qualified, ...(input.aliases?.(run.project, run.name) ?? [])].join(' ')}`,
       `  HostName ${target.host}`,

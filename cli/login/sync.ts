@@ -5,7 +5,7 @@ import { lstat, mkdir, readdir, readFile, readlink, rm, rmdir, symlink } from 'n
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { certView } from '../../ca/api/schemas.js';
-import { writeFileAtomic } from '../../ca/io/atomic-file.js';
+import { checkWritableTarget, UnwritableTargetError, writeFileAtomic } from '../../ca/io/atomic-file.js';
 import { parseCertificateLine, type Certificate } from '../../ca/ssh/certificate.js';
 import { parseAuthorizedKey, publicKeysEqual } from '../../ca/ssh/keys.js';
 import type { ApiClient } from '../client.js';
@@ -15,7 +15,7 @@ import { agentKeyPath, certPath, type LoginPaths } from './paths.js';
 import { hostCaKeys, hostCaKeysOf, storedHostCaKeys } from './host-ca.js';
 import { ensurePrivateDir, meRunsSchema, readRuns, writeRuns, type MeRun } from './session.js';
 import { currentKrl, revocationOf } from './revocations.js';
-import { renderKnownHosts, renderSshConfig } from './ssh-config.js';
+import { renderKnownHosts, renderSshConfig, renderSshHosts, sshTarget } from './ssh-config.js';
 import { agentAdd, agentDelete, agentDeleteLines, agentList, agentReachable, ensureLoginKey } from './tools.js';
 
 /** A cert expiring within this many seconds is renewed. */
@@ -48,22 +48,23 @@ export function renewCommand(): string[] {
 }
 
 /**
- * Rewrites CONFIGDIR/ssh_config and known_hosts from a run list. `hostCas`: the host CA keys of
+ * Rewrites CONFIGDIR/ssh_hosts, ssh_config and known_hosts from a run list (ssh_hosts first: an
+ * ssh reading the old ssh_config then includes the new blocks). `hostCas`: the host CA keys of
  * the pinned trust bundle (host-ca.ts); undefined: those kept in trust.json for the last sync's server.
  */
 export async function writeSshFiles(paths: LoginPaths, runs: readonly MeRun[], hostCas?: readonly string[] | null): Promise<void> {
   await ensurePrivateDir(paths.dir);
   const cas = hostCas === undefined ? await storedHostCaKeys(paths) : hostCas;
-  const config = renderSshConfig({
+  const input = {
     hostCertAuthority: cas !== null && cas.length > 0,
     key: paths.key,
     knownHosts: paths.knownHosts,
-    certFile: (p, r) => certPath(paths, p, r),
-    renewCommand: renewCommand(),
+    certFile: (p: string, r: string) => certPath(paths, p, r),
     runs,
-  });
-  await writeFileAtomic(paths.sshConfig, config, { mode: 0o644 });
+  };
   await writeFileAtomic(paths.knownHosts, renderKnownHosts(runs, cas ?? []), { mode: 0o644 });
+  await writeFileAtomic(paths.sshHosts, renderSshHosts(input), { mode: 0o644 });
+  await writeFileAtomic(paths.sshConfig, renderSshConfig({ ...input, hostsFile: paths.sshHosts, renewCommand: renewCommand() }), { mode: 0o644 });
 }
 
 /** The cert on disk for a run, or undefined when missing or unreadable. */
@@ -77,12 +78,20 @@ export async function readRunCert(paths: LoginPaths, project: string, run: strin
 
 /** Issues a cert for the login key and writes certs/PROJECT/RUN-cert.pub. */
 export async function issueRunCert(api: ApiClient, paths: LoginPaths, project: string, run: string, publicKey: string) {
+  // Where the cert goes is made and checked first: an issued (audited) cert that cannot be
+  // kept would be issued again on every connection (issue 14, item 17).
+  const path = certPath(paths, project, run);
+  try {
+    await mkdir(dirname(path), { recursive: true, mode: 0o755 });
+    await checkWritableTarget(path);
+  } catch (e) {
+    const why = e instanceof UnwritableTargetError ? e.message : `${dirname(path)}: ${(e as NodeJS.ErrnoException).code === 'EACCES' ? 'permission denied' : (e as Error).message}`;
+    throw new CliError(`${why}; no certificate was issued for ${project}/${run}`);
+  }
   const issued = await api.request('POST', `/v1/runs/${encodeURIComponent(project)}/${encodeURIComponent(run)}/certs`, { body: { publicKey }, schema: certView });
   // The server must have certified our key, not another one.
   const { cert } = parseCertificateLine(issued.certificate);
   if (!publicKeysEqual(cert.key, parseAuthorizedKey(publicKey).key)) throw new CliError(`unexpected response from ${api.url}: the certificate for ${project}/${run} is not for the login key`);
-  const path = certPath(paths, project, run);
-  await mkdir(dirname(path), { recursive: true, mode: 0o755 });
   await writeFileAtomic(path, `${issued.certificate.trim()}\n`, { mode: 0o644 });
   return { ...issued, path };
 }
@@ -308,4 +317,80 @@ export async function forgetAllRuns(ctx: CliContext, paths: LoginPaths): Promise
   await rm(paths.certsDir, { recursive: true, force: true });
   await rm(paths.agentDir, { recursive: true, force: true });
   return held.length;
+}
+
+/**
+ * How old (seconds) runs.json may be before `renew --ssh-match` (every plain ssh to a known run)
+ * asks the CA for the run list again: a changed endpoint reaches plain ssh within this long,
+ * for at most one GET /v1/me/runs per this long.
+ */
+export const RUNS_REFRESH_SECONDS = 30;
+/** `renew --ssh-discover` asks the CA at most this often (seconds): a typo retried in a loop costs no request each time. */
+export const DISCOVER_MIN_INTERVAL = 5;
+
+/**
+ * The run list again from GET /v1/me/runs when runs.json is older than `maxAge` seconds, the ssh
+ * files rewritten if it changed. Returns the fresh list (undefined when not logged in or still fresh).
+ */
+export async function refreshRuns(api: ApiClient, paths: LoginPaths, maxAge: number): Promise<MeRun[] | undefined> {
+  const stored = await readRuns(paths.runs);
+  if (stored === undefined || nowSeconds() - stored.syncedAt < maxAge) return undefined;
+  const runs = await api.request('GET', '/v1/me/runs', { schema: meRunsSchema });
+  await writeRuns(paths.runs, { ...stored, url: api.url, syncedAt: nowSeconds(), runs });
+  if (JSON.stringify(runs) !== JSON.stringify(stored.runs)) await writeSshFiles(paths, runs, await hostCaKeys(api));
+  return runs;
+}
+
+/**
+ * `ssh P/R` for a P/R with no Host block (issue 14, item 25): asks the CA for the run list (at
+ * most every DISCOVER_MIN_INTERVAL), gets a cert for each running run with an ssh address that
+ * has none on disk yet (into the ssh-agent too), and rewrites the ssh files, which the ssh that
+ * ran this then includes. Returns the runs that got a cert.
+ */
+export async function discoverRuns(ctx: CliContext, api: ApiClient, paths: LoginPaths): Promise<string[]> {
+  const runs = await refreshRuns(api, paths, DISCOVER_MIN_INTERVAL);
+  if (runs === undefined) return [];
+  const fresh: { project: string; name: string }[] = [];
+  for (const run of runs) {
+    if (run.state !== 'running' || typeof sshTarget(run) === 'string') continue;
+    const held = await readRunCert(paths, run.project, run.name);
+    if (held === undefined || Number(held.validBefore) - nowSeconds() <= RENEW_MARGIN) fresh.push(run);
+  }
+  if (fresh.length === 0) return [];
+  const publicKey = await ensureLoginKey(paths.key, paths.publicKey, ctx.env);
+  const agent = await agentReachable(ctx.env);
+  const added: string[] = [];
+  for (const { project, name } of fresh) {
+    try {
+      const issued = await issueRunCert(api, paths, project, name, publicKey);
+      added.push(`${project}/${name}`);
+      if (agent) {
+        const err = await loadIntoAgent(ctx, paths, project, name, issued.validBefore);
+        if (err !== null) ctx.stderr.write(`dstack-ca: warning: ${project}/${name}: ssh-add failed: ${err}\n`);
+      }
+    } catch (e) {
+      if (e instanceof CliError && e.exitCode === 4 && /not logged in|not authenticated/.test(e.message)) throw e;
+      ctx.stderr.write(`dstack-ca: warning: ${project}/${name}: no certificate: ${(e as Error).message}\n`);
+    }
+  }
+  if (agent) await pruneAgent(ctx, paths);
+  return added;
+}
+
+/** Runs that plain ssh cannot reach yet (no ssh address, or one that cannot go into ssh_config), with why. */
+export function unreachableRuns(runs: readonly MeRun[]): { run: string; why: string }[] {
+  const out: { run: string; why: string }[] = [];
+  for (const r of runs) {
+    if (r.state !== 'running') continue;
+    const t = sshTarget(r);
+    if (typeof t === 'string') out.push({ run: `${r.project}/${r.name}`, why: t });
+  }
+  return out;
+}
+
+/** Warns (stderr) about each running run plain ssh cannot reach yet, and says when it will. */
+export function warnUnreachable(ctx: CliContext, runs: readonly MeRun[]): void {
+  for (const { run, why } of unreachableRuns(runs)) {
+    ctx.stderr.write(`dstack-ca: warning: ${run}: ${why}, so plain \`ssh ${run}\` cannot reach it; once its orchestrator sets an address, ssh picks it up without a new login\n`);
+  }
 }

@@ -9,7 +9,7 @@ import { agentConfigView, agentHostCertsBody, agentHostKeysBody, agentJoinBody, 
 export function agentRoutes(app: FastifyInstance, authority: Authority): void {
   const r = app.withTypeProvider<ZodTypeProvider>();
   r.post('/v1/agents/join', { schema: { body: agentJoinBody, response: { 201: z.object({ token: z.string(), config: agentConfigView }) } } }, async (req, reply) =>
-    reply.code(201).send(await joinAgent(authority.ctx, req.body.joinToken, req.ip, authority.agentGuards)),
+    reply.code(201).send(await joinAgent(authority.ctx, req.body.joinToken, req.ip, authority.agentGuards, req.body.loginUser)),
   );
   r.get('/v1/agents/config', { schema: { response: { 200: agentConfigView } } }, async (req) => agentConfig(authority.ctx, req.actor));
   r.put('/v1/agents/host-keys', { schema: { body: agentHostKeysBody, response: { 200: z.object({ hostKeys: z.array(z.string()) }) } } }, async (req) =>

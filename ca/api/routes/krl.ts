@@ -53,6 +53,8 @@ function eventText(version: number, inline?: { blob: Buffer; signature: string }
   return `id: ${version}\nevent: krl\ndata: ${data}\n\n`;
 }
 
+/** To a finished run's own agents only; carries nothing (the agent asks the CA to be sure). */
+const RUN_FINISHED_EVENT = 'event: run-finished\ndata: {}\n\n';
 const statusEvent = (s: SignedKrlStatus) => `event: status\ndata: {"status":"${s.status}","signature":"${s.signature}"}\n\n`;
 const trustEvent = (version: number, b: { bundle: string; signature: string }, s: SignedKrlStatus | null) =>
   `event: trust\ndata: {"version":${version},"bundle":"${b.bundle}","signature":"${b.signature}"${s ? `,"status":"${s.status}","statusSignature":"${s.signature}"` : ''}}\n\n`;
@@ -64,6 +66,17 @@ export function krlRoutes(app: FastifyInstance, authority: Authority): void {
   // waits forever while any agent is connected (agents reconnect with backoff).
   const streams = new Set<ServerResponse>();
   const budget = new StreamBudget(ctx.config.eventStreams);
+  // Agents' streams by run: when a run finishes its agents are told on their own stream only
+  // (an anonymous stream learns nothing), and the stream ends. The event is a hint: the agent
+  // confirms with an authenticated call, which answers 410 run_finished (actors.ts).
+  const agentStreams = new Map<number, Set<ServerResponse>>();
+  ctx.krlEvents.on('run-finished', (runId) => {
+    for (const res of agentStreams.get(runId) ?? []) {
+      streams.delete(res);
+      res.end(RUN_FINISHED_EVENT);
+    }
+    agentStreams.delete(runId);
+  });
 
   let cache: Served | null = null;
   const served = (krl: StoredKrl, status: SignedKrlStatus | null): Served => {
@@ -199,10 +212,21 @@ export function krlRoutes(app: FastifyInstance, authority: Authority): void {
     if (bundle) res.write(trustEvent(bundle.version, bundle.signed, status));
     if (status) res.write(statusEvent(status));
     streams.add(res);
-    const keepalive = setInterval(() => res.write(': keepalive\n\n'), KEEPALIVE_MS);
+    const runId = req.actor.kind === 'agent' ? req.actor.runId : null;
+    if (runId !== null) {
+      let set = agentStreams.get(runId);
+      if (!set) agentStreams.set(runId, (set = new Set()));
+      set.add(res);
+    }
+    const keepalive = setInterval(() => res.writableEnded || res.write(': keepalive\n\n'), KEEPALIVE_MS);
     req.raw.on('close', () => {
       admitted.release();
       streams.delete(res);
+      if (runId !== null) {
+        const set = agentStreams.get(runId);
+        set?.delete(res);
+        if (set?.size === 0) agentStreams.delete(runId);
+      }
       clearInterval(keepalive);
     });
   });

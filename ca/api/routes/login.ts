@@ -15,6 +15,7 @@ import {
   assertionOptions,
   csrfTokenFor,
   endWebSession,
+  enrollmentAccount,
   enrollmentOptions,
   enrollmentVerify,
   removePasskey,
@@ -100,6 +101,7 @@ export function loginRoutes(app: FastifyInstance, authority: Authority): void {
     'POST /v1/device/codes': authority.loginStarts,
     'POST /v1/web/login/options': authority.loginStarts,
     'POST /v1/web/enroll/options': authority.loginStarts,
+    'POST /v1/web/enroll/account': authority.enrollLookups,
     'POST /v1/web/device/options': authority.loginStarts,
     'GET /v1/web/device': authority.loginStarts,
     'POST /v1/device/token': authority.devicePolls,
@@ -169,6 +171,8 @@ export function loginRoutes(app: FastifyInstance, authority: Authority): void {
   // ---- the pages' API ----
 
   const hide = { hide: true };
+  // Which account the link enrolls, shown by the page before anything is created (POST: the secret stays out of URLs and logs).
+  r.post('/v1/web/enroll/account', { schema: { ...hide, body: enrollOptionsBody } }, async (req) => enrollmentAccount(authority, req.body.enrollment));
   r.post('/v1/web/enroll/options', { schema: { ...hide, body: enrollOptionsBody } }, async (req) => enrollmentOptions(authority, req.body.enrollment, addressKey(req.ip)));
   r.post('/v1/web/enroll/verify', { schema: { ...hide, body: enrollVerifyBody } }, async (req, reply) => {
     const { user, session } = await enrollmentVerify(authority, req.body.enrollment, req.body.response as never, req.body.name);

@@ -84,6 +84,18 @@ export async function enrollmentOptions(a: Authority, secret: string, requester:
   return { user: identity.name, options: await registrationOptions(a, identity, { kind: 'enroll', enrollmentId: enrollment.id, identityId: identity.id }, { address: requester }) };
 }
 
+/**
+ * The account an enrollment link enrolls, for the page to show before the ceremony (issue 14,
+ * item 22): `{user}` for a usable link only; any other link is refused exactly as the options
+ * call refuses it. The secret is 32 random bytes looked up by hash, so the answer tells nothing
+ * to anyone who does not already hold the link (nothing to enumerate); the route is rationed
+ * per address like the other anonymous starts.
+ */
+export async function enrollmentAccount(a: Authority, secret: string): Promise<{ user: string }> {
+  const { identity } = await usableEnrollment(a.ctx.store, secret, a.ctx.now());
+  return { user: identity.name };
+}
+
 const PASSKEY_NAME_MAX = 64;
 
 function passkeyName(name: string | undefined, fallback: string): string {

@@ -58,6 +58,16 @@
         go.disabled = true;
         return;
       }
+      // Whose passkey this creates, before anything is created; a link that cannot be used says why here.
+      try {
+        const { user } = await api('POST', '/v1/web/enroll/account', { enrollment: secret });
+        $('who').textContent = user;
+        go.disabled = false;
+      } catch (e) {
+        $('intro').textContent = 'This enrollment link cannot be used.';
+        status((e && e.message) || String(e), 'error');
+        return;
+      }
       go.addEventListener(
         'click',
         action([go], async () => {
