@@ -615,16 +615,44 @@ function verify(key: Key, sig: Buffer, data: Buffer): void {
       if (type.toString('latin1') !== 'ssh-dss') fail(E.TYPE_MISMATCH);
       if (b.len !== 0) fail(E.TRAILING);
       if (s.length !== 40) fail(E.FORMAT);
-      const k = nodeKey(key);
-      if (k === null) return fail(E.LIBCRYPTO);
-      return checked(() => dsaVerify(k, data, s));
+      return dsaVerify(key, data, s);
     }
   }
 }
 
-function dsaVerify(k: KeyObject, data: Buffer, s: Buffer): boolean {
-  // r and s are 20 bytes each; node wants them sized to q, which is 160 bits here.
-  return cryptoVerify('sha1', data, { key: k, dsaEncoding: 'ieee-p1363' }, s);
+const big = (b: Buffer) => (b.length === 0 ? 0n : BigInt(`0x${b.toString('hex')}`));
+const bitLength = (v: bigint) => (v === 0n ? 0 : v.toString(2).length);
+function gcd(a: bigint, b: bigint): bigint {
+  while (b !== 0n) [a, b] = [b, a % b];
+  return a;
+}
+
+/**
+ * OpenSSL's DSA_do_verify outcome: -1 ("error in libcrypto") for parameters it refuses to
+ * compute with (q not 160/224/256 bits, p over 10,000 bits or even, s not invertible mod q),
+ * 0 ("incorrect signature") for r or s out of range or a signature that does not verify.
+ */
+function dsaVerify(key: Key, data: Buffer, s: Buffer): void {
+  const d = key.dsa as NonNullable<Key['dsa']>;
+  const q = big(d.q);
+  const p = big(d.p);
+  const qBits = bitLength(q);
+  if (qBits !== 160 && qBits !== 224 && qBits !== 256) fail(E.LIBCRYPTO);
+  if (bitLength(p) > 10000) fail(E.LIBCRYPTO);
+  const r = big(s.subarray(0, 20));
+  const sv = big(s.subarray(20));
+  if (r === 0n || r >= q || sv === 0n || sv >= q) fail(E.SIGNATURE);
+  if (gcd(sv, q) !== 1n) fail(E.LIBCRYPTO);
+  if (p % 2n === 0n) fail(E.LIBCRYPTO);
+  const k = nodeKey(key);
+  let good = false;
+  try {
+    // node wants r and s sized to q: only 160-bit q matches OpenSSH's fixed 20-byte halves.
+    good = k !== null && qBits === 160 && cryptoVerify('sha1', data, { key: k, dsaEncoding: 'ieee-p1363' }, s);
+  } catch {
+    good = false;
+  }
+  if (!good) fail(E.SIGNATURE);
 }
 
 /** OpenBSD b64_pton as OpenSSH uses it: whitespace skipped, strict padding, zero slack bits. */
