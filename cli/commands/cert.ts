@@ -52,6 +52,8 @@ export function registerCert(program: Command, ctx: CliContext): void {
     )
     .argument('[file]', 'certificate file (id_*-cert.pub), or - for standard input (the default)', '-')
     .option('--json', 'machine-readable output of a single certificate (verified, SHA-1 refused)')
+    // `cert` shows its issuing flags as global options; show takes none of them.
+    .configureHelp({ showGlobalOptions: false })
     .action(async (file: string, _opts: { json?: boolean }, cmd: Command) => {
       // `cert` itself has --json too, and takes it when it comes before or after `show`.
       const opts = cmd.optsWithGlobals<{ json?: boolean }>();
