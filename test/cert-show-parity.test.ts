@@ -9,7 +9,7 @@ import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MAX_PRINCIPALS, parseCertificate, verifyCertificate } from '../ca/ssh/certificate.js';
 import { CLI } from './fixtures/cli.js';
-import { keygenList, runRaw, shown } from './fixtures/keygen-listing.js';
+import { keygenList, ourList, runRaw, shown } from './fixtures/keygen-listing.js';
 import { buildRawCert, makeRawKey, rawCertLine, type RawCertSpec, type RawKey } from './fixtures/raw-cert.js';
 import { cleanupTempDirs, makeTempDir } from './harness/index.js';
 
@@ -79,6 +79,25 @@ describe('cert show prints what ssh-keygen -L prints', () => {
     const r = await sameAsKeygen(await certFile(name.replace(/\W+/g, '-'), specs));
     expect(r.code).toBe(code);
   });
+
+  it.each(['UTC', 'Europe/Berlin', 'America/New_York', 'Asia/Kolkata', 'Australia/Lord_Howe', 'Pacific/Chatham'])(
+    'validity edges print the same dates in time zone %s',
+    async (tz) => {
+      const edges = [1n, 2_147_483_647n, 253_402_300_799n, 8_639_999_999_999n, 8_640_000_000_000n, 8_640_000_000_001n, 8_640_000_000_000n + 86400n * 180n,
+        67_767_976_233_532_799n, 67_767_976_233_532_800n, 67_768_036_191_676_799n, 67_768_036_191_676_800n, (1n << 63n) - 1n, 1n << 63n, (1n << 64n) - 2n];
+      const path = await certFile(`tz-${tz.replace('/', '-')}.pub`, edges.map((t) => ({ validAfter: t, validBefore: t + 1n })));
+      const saved = process.env.TZ;
+      process.env.TZ = tz; // node and the ssh-keygen child both read it
+      try {
+        const theirs = shown(await keygenList(path));
+        expect(theirs.code).toBe(0);
+        expect(shown(await ourList(path))).toEqual(theirs);
+      } finally {
+        if (saved === undefined) delete process.env.TZ;
+        else process.env.TZ = saved;
+      }
+    },
+  );
 
   it('a SHA-1 ssh-rsa signature is valid: listed "(using ssh-rsa)", exit 0; the strict verifier still refuses SHA-1', async () => {
     const rsa = makeRawKey('rsa');

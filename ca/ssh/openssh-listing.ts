@@ -742,20 +742,35 @@ export function sshKeygenTime(t: bigint): string {
     const d = new Date(ms);
     return `${d.getFullYear()}-${p2(d.getMonth() + 1)}-${p2(d.getDate())}T${p2(d.getHours())}:${p2(d.getMinutes())}:${p2(d.getSeconds())}`;
   }
-  // Past JavaScript's last date: glibc's proleptic calendar, with the zone's offset at
-  // that last date (zones with DST may differ by their DST shift here: see docs).
-  const offset = BigInt(-new Date(8_640_000_000_000_000).getTimezoneOffset() * 60);
-  const local = tt + offset;
-  const days = local / 86400n;
-  const rem = local % 86400n;
-  const [y, m, d] = civil(days);
-  const hms = `T${p2(rem / 3600n)}:${p2((rem % 3600n) / 60n)}:${p2(rem % 60n)}`;
-  const tmYear = y - 1900n;
+  // Past JavaScript's last date: glibc's proleptic calendar. glibc breaks the time down in
+  // UTC first (to pick the zone's rule), then in local time into the same struct; when a
+  // year does not fit tm_year (an int) __offtime stops before month and day, so those are
+  // left from the UTC pass, or zero when that overflowed too. The zone's rule is applied
+  // to the UTC month and day (or to January 1 when the UTC year overflowed), as glibc does.
   const int32 = (v: bigint) => BigInt.asIntN(32, v);
-  // __offtime gives up when tm_year does not fit an int: the year is left truncated and
-  // strftime prints month and day from a zeroed struct ("-01-00").
-  if (int32(tmYear) !== tmYear) return `${int32(int32(tmYear) + 1900n)}-01-00${hms}`;
-  return `${int32(tmYear + 1900n)}-${p2(m)}-${p2(d)}${hms}`;
+  const fits = (y: bigint) => int32(y - 1900n) === y - 1900n;
+  const [uy, um, ud] = civil(tt / 86400n);
+  const [fallbackMonth, fallbackDay] = fits(uy) ? [um, ud] : [1n, 0n];
+  const local = tt + (fits(uy) ? zoneOffset(uy, um, ud, tt % 86400n) : zoneOffset(PROXY_BASE, 1n, 1n, 0n));
+  const rem = local % 86400n;
+  const [y, m, d] = civil(local / 86400n);
+  const hms = `T${p2(rem / 3600n)}:${p2((rem % 3600n) / 60n)}:${p2(rem % 60n)}`;
+  // strftime's %Y is tm_year + 1900 in int arithmetic.
+  const year = int32(int32(y - 1900n) + 1900n);
+  return fits(y) ? `${year}-${p2(m)}-${p2(d)}${hms}` : `${year}-${p2(fallbackMonth)}-${p2(fallbackDay)}${hms}`;
+}
+
+const PROXY_BASE = 275000n;
+
+/**
+ * The local zone's UTC offset (seconds) at a UTC date past JavaScript's range, read at the
+ * same date of a year in range: Gregorian years repeat every 400 (146,097 days, whole weeks),
+ * so rules like "last Sunday of March" fall the same way.
+ */
+function zoneOffset(year: bigint, month: bigint, day: bigint, secondOfDay: bigint): bigint {
+  const proxy = PROXY_BASE + ((((year - PROXY_BASE) % 400n) + 400n) % 400n);
+  const ms = Date.UTC(Number(proxy), Number(month) - 1, Number(day)) + Number(secondOfDay) * 1000;
+  return BigInt(-new Date(ms).getTimezoneOffset() * 60);
 }
 
 /** Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's method). */
