@@ -1,8 +1,8 @@
 // Differential fuzzing of `dstack-ca cert show` against the real `ssh-keygen -L`: generated
 // and mutated certificate files must give the same stdout, stderr and exit code, byte for
-// byte. DSTACK_CA_FUZZ_RUNS sets the number of certificate lines (default 5,000, about
-// 15 s here); `npm run fuzz:certs` runs 100,000 (about 7 min). A failure prints fast-check's seed and the
-// shrunk file, replayable with DSTACK_CA_FUZZ_SEED.
+// byte, in several time zones. DSTACK_CA_FUZZ_RUNS sets the number of certificate lines
+// (default 5,000, about 15 s here); `npm run fuzz:certs` runs 100,000 (about 7 min). A
+// failure prints fast-check's seed and the shrunk file, replayable with DSTACK_CA_FUZZ_SEED.
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { runCertFuzz } from './fixtures/cert-fuzz.js';
 import { cleanupTempDirs, makeTempDir } from './harness/index.js';
