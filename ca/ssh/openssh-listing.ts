@@ -11,6 +11,7 @@
 // Pure: bytes in, bytes out.
 
 import { createHash, createPublicKey, constants, publicDecrypt, verify as cryptoVerify, type KeyObject } from 'node:crypto';
+import { localZoneRule, offsetAt } from './glibc-zone.js';
 import { SshWriter } from './wire.js';
 
 /** What `ssh-keygen -L` would write and return. */
@@ -745,13 +746,17 @@ export function sshKeygenTime(t: bigint): string {
   // Past JavaScript's last date: glibc's proleptic calendar. glibc breaks the time down in
   // UTC first (to pick the zone's rule), then in local time into the same struct; when a
   // year does not fit tm_year (an int) __offtime stops before month and day, so those are
-  // left from the UTC pass, or zero when that overflowed too. The zone's rule is applied
-  // to the UTC month and day (or to January 1 when the UTC year overflowed), as glibc does.
+  // left from the UTC pass, or zero when that overflowed too. The zone's POSIX rule decides
+  // DST with glibc's arithmetic (glibc-zone.ts); when the UTC year overflowed, glibc keeps the
+  // type of the zone file's last transition, which is the zone's January offset for the zones
+  // checked (see docs/cert-show.md).
   const int32 = (v: bigint) => BigInt.asIntN(32, v);
   const fits = (y: bigint) => int32(y - 1900n) === y - 1900n;
   const [uy, um, ud] = civil(tt / 86400n);
   const [fallbackMonth, fallbackDay] = fits(uy) ? [um, ud] : [1n, 0n];
-  const local = tt + (fits(uy) ? zoneOffset(uy, um, ud, tt % 86400n) : zoneOffset(PROXY_BASE, 1n, 1n, 0n));
+  const rule = localZoneRule();
+  const offset = !fits(uy) ? zoneOffset(PROXY_BASE, 1n, 1n, 0n) : rule ? offsetAt(rule, tt, uy) : zoneOffset(uy, um, ud, tt % 86400n);
+  const local = tt + offset;
   const rem = local % 86400n;
   const [y, m, d] = civil(local / 86400n);
   const hms = `T${p2(rem / 3600n)}:${p2((rem % 3600n) / 60n)}:${p2(rem % 60n)}`;
@@ -763,8 +768,8 @@ export function sshKeygenTime(t: bigint): string {
 const PROXY_BASE = 275000n;
 
 /**
- * The local zone's UTC offset (seconds) at a UTC date past JavaScript's range, read at the
- * same date of a year in range: Gregorian years repeat every 400 (146,097 days, whole weeks),
+ * The local zone's UTC offset (seconds) at a UTC date past JavaScript's range when its POSIX
+ * rule cannot be read: the offset at the same date of a year in range: Gregorian years repeat every 400 (146,097 days, whole weeks),
  * so rules like "last Sunday of March" fall the same way.
  */
 function zoneOffset(year: bigint, month: bigint, day: bigint, secondOfDay: bigint): bigint {
