@@ -112,6 +112,22 @@ describe('cert show prints what ssh-keygen -L prints', () => {
     expect(verifyCertificate(cert, { allowSha1: true })).toBe(true);
   });
 
+  it('a malleated Ed25519 signature (S + L) is listed as ssh-keygen lists it; the strict verifier refuses it', async () => {
+    const L = (1n << 252n) + 27742317777372353535851937790883648493n;
+    let blob: Buffer | null = null;
+    for (let i = 0; blob === null; i++) {
+      const b = buildRawCert({ subject, ca, keyId: `malleable-${i}` });
+      const s = BigInt(`0x${Buffer.from(b.subarray(b.length - 32)).reverse().toString('hex')}`) + L;
+      if (s >= 1n << 253n) continue; // half of all signatures leave room for S + L
+      blob = Buffer.from(b);
+      Buffer.from(s.toString(16).padStart(64, '0'), 'hex').reverse().copy(blob, blob.length - 32);
+    }
+    const path = join(dir, 'malleated-cert.pub');
+    await writeFile(path, rawCertLine(blob, subject.certType) + '\n');
+    expect((await sameAsKeygen(path)).code).toBe(0);
+    expect(verifyCertificate(parseCertificate(blob))).toBe(false);
+  });
+
   it('every key type as subject and CA, DSA and FIDO included, in one file', async () => {
     const kinds = ['ed25519', 'p256', 'p384', 'p521', 'rsa', 'dsa', 'sk-ed25519', 'sk-p256'] as const;
     const keys = kinds.map((k) => makeRawKey(k));

@@ -506,7 +506,7 @@ function verify(key: Key, sig: Buffer, data: Buffer): void {
       if (b.len !== 0) fail(E.TRAILING);
       if (s.length > 64) fail(E.FORMAT);
       const k = nodeKey(key);
-      return checked(() => k !== null && s.length === 64 && cryptoVerify(null, data, k, s));
+      return checked(() => k !== null && s.length === 64 && cryptoVerify(null, data, k, reducedEd25519(s)));
     }
     case 'sk-ed25519': {
       let type: Buffer, s: Buffer, flags: number, counter: number;
@@ -523,7 +523,7 @@ function verify(key: Key, sig: Buffer, data: Buffer): void {
       if (s.length > 64) fail(E.FORMAT);
       const signed = new SshWriter(72).raw(sha256(key.application as Buffer)).u8(flags).u32(counter).raw(sha256(data)).toBuffer();
       const k = nodeKey(key);
-      return checked(() => k !== null && s.length === 64 && cryptoVerify(null, signed, k, s));
+      return checked(() => k !== null && s.length === 64 && cryptoVerify(null, signed, k, reducedEd25519(s)));
     }
     case 'ecdsa': {
       let type: Buffer, sigbuf: Buffer;
@@ -619,6 +619,22 @@ function verify(key: Key, sig: Buffer, data: Buffer): void {
       return dsaVerify(key, data, s);
     }
   }
+}
+
+const ED25519_L = (1n << 252n) + 27742317777372353535851937790883648493n;
+
+/**
+ * OpenSSH's Ed25519 verifier (the SUPERCOP ref10 code) refuses S only if its top 3 bits are
+ * set, and reduces it mod L: S + L verifies where S does. OpenSSL refuses any S >= L, so S is
+ * reduced first. Listing only: the strict verifier keeps refusing such malleated signatures.
+ */
+function reducedEd25519(sig: Buffer): Buffer {
+  if (sig.length !== 64 || ((sig[63] as number) & 0xe0) !== 0) return sig;
+  const s = BigInt(`0x${Buffer.from(sig.subarray(32)).reverse().toString('hex')}`);
+  if (s < ED25519_L) return sig;
+  const out = Buffer.from(sig);
+  Buffer.from((s - ED25519_L).toString(16).padStart(64, '0'), 'hex').reverse().copy(out, 32);
+  return out;
 }
 
 const big = (b: Buffer) => (b.length === 0 ? 0n : BigInt(`0x${b.toString('hex')}`));
