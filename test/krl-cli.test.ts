@@ -88,16 +88,56 @@ describe('dstack-ca krl', () => {
     expect((await cli('krl', 'show', out)).stdout).toContain('certificates of any CA: 0 serials');
   });
 
-  it('show and check fail with exit 1 and a clear message on an unreadable KRL', async () => {
+  it('show fails with exit 1 and a clear message on an unreadable KRL; check with 255, as ssh-keygen -Q', async () => {
     const bad = join(dir, 'garbage.krl');
     await writeFile(bad, Buffer.from('SSHKRL\n\0garbage'));
     const show = await cli('krl', 'show', bad);
     expect(show.code).toBe(1);
     expect(show.stderr).toMatch(/garbage\.krl: KRL: /);
     const check = await cli('krl', 'check', bad, caPub);
-    expect(check.code).toBe(1);
+    expect(check.code).toBe(255);
     expect(check.stderr).toMatch(/garbage\.krl: KRL: /);
     expect((await cli('krl', 'check', join(dir, 'missing.krl'), caPub)).stderr).toMatch(/missing\.krl: no such file/);
+  });
+
+  it('check exits as ssh-keygen -Q does: 0 ok, 1 revoked, 255 for a KRL or key it cannot read', async () => {
+    const spec = join(dir, 'q.spec');
+    await writeFile(spec, 'serial: 5\n');
+    const krl = join(dir, 'q.krl');
+    expect((await cli('krl', 'encode', spec, '-s', caPub, '-o', krl)).code).toBe(0);
+    const bytes = await readFile(krl);
+    const signer = caSigners[0] as (typeof caSigners)[number];
+    const subject = subjectKeys[0] as PublicKey;
+    const certs: Record<string, string> = {};
+    for (const [name, serial] of [['revoked', 5n], ['fine', 6n]] as const) {
+      certs[name] = join(dir, `q-${name}-cert.pub`);
+      await writeFile(certs[name], formatCertificateLine(await makeCert(signer, subject, serial, 'user:q')) + '\n');
+    }
+    const krls: Record<string, string> = { good: krl };
+    for (const [name, content] of [['corrupt', Buffer.concat([bytes.subarray(0, 20), Buffer.from('junk')])], ['truncated', bytes.subarray(0, bytes.length - 3)], ['empty', Buffer.alloc(0)]] as const) {
+      krls[name] = join(dir, `q-${name}.krl`);
+      await writeFile(krls[name], content);
+    }
+    krls.missing = join(dir, 'q-missing.krl');
+    const cases: [string, string[], number][] = [
+      ['not revoked', [krls.good as string, certs.fine as string], 0],
+      ['revoked', [krls.good as string, certs.revoked as string], 1],
+      ['one of two revoked', [krls.good as string, certs.fine as string, certs.revoked as string], 1],
+      ['corrupt KRL', [krls.corrupt as string, certs.fine as string], 255],
+      ['truncated KRL', [krls.truncated as string, certs.fine as string], 255],
+      ['empty KRL', [krls.empty as string, certs.fine as string], 255],
+      ['missing KRL', [krls.missing as string, certs.fine as string], 255],
+      ['missing key file', [krls.good as string, join(dir, 'no-such-cert.pub')], 255],
+    ];
+    for (const [label, [file = '', ...keys], code] of cases) {
+      const theirs = await krlCheck(file, keys);
+      const ours = await cli('krl', 'check', file, ...keys);
+      expect({ label, code: ours.code }).toEqual({ label, code: theirs.code });
+      expect({ label, code: ours.code }).toEqual({ label, code });
+      if (code !== 255) expect(ours.stdout).toBe(theirs.stdout);
+    }
+    // Bad usage stays 2, distinct from all three.
+    expect((await cli('krl', 'check', krl)).code).toBe(2);
   });
 
   it('encode reports a bad -z as a usage error', async () => {

@@ -96,6 +96,25 @@ function encodeOptions(options: CertOptions): Buffer {
   return enc;
 }
 
+/** OpenSSH's limit (sshkey.h SSHKEY_CERT_MAX_PRINCIPALS): more and neither ssh nor sshd load the cert. */
+export const MAX_PRINCIPALS = 256;
+
+/** Options whose data OpenSSH decodes: flags must be empty, valued options one string exactly. */
+const FLAG_OPTIONS: Record<string, ReadonlySet<string>> = {
+  'critical options': new Set(['verify-required']),
+  extensions: new Set(['permit-X11-forwarding', 'permit-agent-forwarding', 'permit-port-forwarding', 'permit-pty', 'permit-user-rc', 'no-touch-required']),
+};
+const STRING_OPTIONS: Record<string, ReadonlySet<string>> = {
+  'critical options': new Set(['force-command', 'source-address']),
+  extensions: new Set(),
+};
+
+/**
+ * Decodes an options section strictly, as sshd's auth-options.c does before trusting one:
+ * sorted, no duplicates, known flags empty, force-command/source-address exactly one string
+ * (sshd refuses the login and ssh-keygen -L exits 255 on each of these). Unknown options
+ * keep their raw data. Throws SshParseError naming the option.
+ */
 function decodeOptions(data: Buffer, what: string): CertOptions {
   const r = new SshReader(data, what);
   const out = new Map<string, Buffer>();
@@ -107,6 +126,8 @@ function decodeOptions(data: Buffer, what: string): CertOptions {
     if (last !== null && compareNames(last, name) >= 0) {
       r.fail(last === name ? `duplicate ${what} "${name}"` : `${what} are not in lexical order ("${last}" before "${name}")`);
     }
+    if (FLAG_OPTIONS[what]?.has(name) && value.length !== 0) r.fail(`${what} "${name}" is a flag but carries ${value.length} bytes of data`);
+    if (STRING_OPTIONS[what]?.has(name) && optionString(value) === null) r.fail(`${what} "${name}" must hold exactly one string`);
     out.set(name, value);
     last = name;
   }
@@ -125,6 +146,7 @@ function assertSignable(f: CertificateFields, signer: Signer): void {
   if (f.principals.length === 0) bad('at least one principal is required');
   for (const p of f.principals) if (p === '' || p.includes('\0')) bad(`invalid principal ${JSON.stringify(p)}`);
   if (new Set(f.principals).size !== f.principals.length) bad('duplicate principal');
+  if (f.principals.length > MAX_PRINCIPALS) bad(`at most ${MAX_PRINCIPALS} principals (OpenSSH's limit)`);
   if (f.keyId === '' || f.keyId.includes('\0')) bad('key id must be a non-empty string');
   if (f.validAfter < 0n || f.validBefore > CERT_FOREVER || f.validAfter >= f.validBefore) {
     bad('validity must satisfy 0 <= validAfter < validBefore');
@@ -181,7 +203,13 @@ export async function signCertificate(fields: CertificateFields, signer: Signer)
   };
 }
 
-/** Parses a certificate wire blob. Does not check the signature: see verifyCertificate. */
+/**
+ * Parses a certificate wire blob for trusting it (the agent, login sync, KRL checks). Stricter
+ * than OpenSSH's reader, never looser: besides everything ssh-keygen -L refuses, it refuses
+ * DSA, unsorted or duplicate options and non-UTF-8 text. To show a certificate as
+ * `ssh-keygen -L` would, use listCertificates (openssh-listing.ts). Does not check the
+ * signature: see verifyCertificate. Throws SshParseError naming the field.
+ */
 export function parseCertificate(blob: Uint8Array): Certificate {
   const buf = Buffer.from(blob);
   const r: SshReader = new SshReader(buf, 'certificate');
@@ -200,7 +228,10 @@ export function parseCertificate(blob: Uint8Array): Certificate {
   const keyId = r.utf8('key id');
   const pr = new SshReader(r.string('principals'), 'certificate principals');
   const principals: string[] = [];
-  while (pr.remaining > 0) principals.push(pr.utf8('principal'));
+  while (pr.remaining > 0) {
+    if (principals.length === MAX_PRINCIPALS) pr.fail(`more than ${MAX_PRINCIPALS} principals (OpenSSH's limit)`);
+    principals.push(pr.utf8('principal'));
+  }
   const validAfter = r.u64('valid after');
   const validBefore = r.u64('valid before');
   const criticalOptions = decodeOptions(r.string('critical options'), 'critical options');

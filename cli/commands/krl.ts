@@ -11,7 +11,7 @@ import { RevocationSetBuilder, type RevocationSet } from '../../ca/ssh/krl/revoc
 import { formatSpecError, parseKrlSpec, type SpecError } from '../../ca/ssh/krl/spec.js';
 import { SshParseError } from '../../ca/ssh/wire.js';
 import { printJson, readInput, type CliContext } from '../context.js';
-import { CliError, UsageError } from '../errors.js';
+import { CliError, ExitWith, UsageError } from '../errors.js';
 
 /** Bad spec lines printed before giving up; the count of the rest is reported. */
 const MAX_REPORTED_ERRORS = 20;
@@ -65,15 +65,23 @@ export function registerKrl(program: Command, ctx: CliContext): void {
 
   krl
     .command('check')
-    .description('tell whether keys or certificates are revoked, as `ssh-keygen -Q -f FILE` does; exit 1 if any is')
+    .description(
+      'tell whether keys or certificates are revoked, as `ssh-keygen -Q -f FILE` does. Exit codes, as ssh-keygen -Q: ' +
+        '0 none revoked, 1 some revoked, 255 the KRL or a key file is missing, unreadable or corrupt (2: bad usage)',
+    )
     .argument('<file>', 'KRL file')
     .argument('<key...>', 'public key or certificate files')
     .option('--json', 'machine-readable output')
     .action(async (file: string, keys: string[], opts: { json?: boolean }) => {
-      const { set } = decodeOrFail(file, await readInput(ctx, file));
+      // Like ssh-keygen -Q's fatal(): a distinct code, so scripts never read "cannot tell" as "revoked".
+      const unreadable = (message: string): never => {
+        ctx.stderr.write(`dstack-ca: ${message}\n`);
+        throw new ExitWith(KRL_CHECK_UNREADABLE);
+      };
+      const { set } = await orUnreadable(unreadable, async () => decodeOrFail(file, await readInput(ctx, file)));
       const results = [];
       for (const path of keys) {
-        const { subject, comment } = await readKeyOrCert(ctx, path);
+        const { subject, comment } = await orUnreadable(unreadable, () => readKeyOrCert(ctx, path));
         const match = isRevoked(set, subject);
         results.push({ file: path, comment, revoked: match !== null, reason: match && describeRevocation(match), match });
         // ssh-keygen -Q's line; like it, show the file name when the key has no comment.
@@ -83,6 +91,18 @@ export function registerKrl(program: Command, ctx: CliContext): void {
       const revoked = results.filter((r) => r.revoked).length;
       if (revoked > 0) throw new CliError(`${revoked} of ${results.length} revoked`);
     });
+}
+
+/** `krl check`'s exit code for a KRL or key it cannot read: ssh-keygen -Q's fatal() code. */
+export const KRL_CHECK_UNREADABLE = 255;
+
+async function orUnreadable<T>(unreadable: (message: string) => never, read: () => Promise<T>): Promise<T> {
+  try {
+    return await read();
+  } catch (e) {
+    if (e instanceof CliError) return unreadable(e.message);
+    throw e;
+  }
 }
 
 function parseVersion(text: string): bigint {
