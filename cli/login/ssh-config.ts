@@ -202,6 +202,13 @@ export function hasInclude(text: string, path: string): boolean {
   return text.split('\n').some((l) => includesPath(l, path));
 }
 
+/** The ssh config text without the lines that include `path` (changed: false when there were none). */
+export function removeInclude(existing: string, path: string): { text: string; changed: boolean } {
+  const lines = existing.split('\n');
+  const kept = lines.filter((l) => !includesPath(l, path));
+  return { text: kept.join('\n'), changed: kept.length !== lines.length };
+}
+
 /** A path for `ssh -i` (not parsed as a config line, but %-tokens and ${ENV} still expand). */
 export function identityArg(path: string): string {
   configPathValue(path);
