@@ -503,6 +503,7 @@ export class Issuer {
       revokedAt: null,
       revokeReason: null,
       verifyRequired: restrictions.verifyRequired === true,
+      viaOidc: details.via === 'oidc',
     };
     if (bot) {
       if (req.ttl !== undefined) details.requestedTtl = req.ttl;
