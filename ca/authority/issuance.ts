@@ -398,7 +398,10 @@ export class Issuer {
       // Verified and standing for a bot: from here the token is spent (released if this
       // request issues nothing), so it cannot be replayed during the rest of its lifetime.
       const payload = decodeJwt(req.oidcToken);
-      const until = Math.min(Number(payload.exp), Number(payload.iat) + this.oidcConfig.maxTokenAge) + this.oidcConfig.clockTolerance;
+      // jose still accepts the token at iat + maxTokenAge + clockTolerance exactly (it refuses
+      // only an age above that), so the record must outlive that second: remembered while
+      // `until > now`, hence the + 1.
+      const until = Math.min(Number(payload.exp), Number(payload.iat) + this.oidcConfig.maxTokenAge) + this.oidcConfig.clockTolerance + 1;
       const keys = OidcReplayGuard.keysOf(req.oidcToken, payload);
       this.replay.claim(keys, until, now);
       if (trail) trail.claimed = keys;
