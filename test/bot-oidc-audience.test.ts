@@ -1,7 +1,7 @@
 // A bot's OIDC audience should be this CA's own URL (review of issue 17): with a name every
 // deployment shares ("dstack-ca"), a token spent at a staging CA is accepted once more at
 // prod, whose replay guard never saw it. `bot add/update --audience X` warns on stderr when X
-// is not the server's publicUrl (the server answers a `warning`); it does not refuse, since
+// is not the server's publicUrl (the server answers a `warning` field, the API test below); it does not refuse, since
 // some issuers fix the audience. The CA URL itself gets no warning.
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -45,7 +45,15 @@ describe('bot --audience', () => {
     const upd = await cli(['bot', 'update', 'ml/gha', '--oidc-issuer', ISSUER, '--audience', 'dstack-ca', '--claim', 'repository=org/app', '--json']);
     expect(upd.code, upd.stderr).toBe(0);
     expect(upd.stderr).toMatch(/^dstack-ca: warning: the audience "dstack-ca" is not this CA's URL/m);
-    expect(JSON.parse(upd.stdout).warning).toMatch(/is not this CA's URL/);
+    expect(JSON.parse(upd.stdout)).not.toHaveProperty('warning'); // stdout stays the bot
+    // The API answers it as a field, for other clients.
+    const api = await fetch(`${server.url}/v1/projects/ml/bots/gha`, {
+      method: 'PATCH',
+      headers: { authorization: `Bearer ${server.adminToken}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ oidc: { issuer: ISSUER, audience: 'dstack-ca', claims: { repository: 'org/app' } } }),
+    });
+    expect(api.status).toBe(200);
+    expect(((await api.json()) as { warning?: string }).warning).toMatch(/^the audience "dstack-ca" is not this CA's URL \(http:\/\/localhost:\d+\)/);
     // Other changes carry no audience: no warning.
     const ttl = await cli(['bot', 'update', 'ml/gha', '--max-ttl', '10m']);
     expect(ttl.code, ttl.stderr).toBe(0);

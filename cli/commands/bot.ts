@@ -128,8 +128,9 @@ export function registerBot(program: Command, ctx: CliContext): void {
       };
       checkBotArgs(addBotBody, body);
       const api = await ApiClient.forCommand(ctx, cmd);
-      const b = await api.call<BotView & { token?: string; warning?: string }>('POST', botsPath(project), { body, fields: BOT_ADD_FIELDS });
-      if (b.warning !== undefined) ctx.stderr.write(`dstack-ca: warning: ${b.warning}\n`);
+      const { warning, ...b } = await api.call<BotView & { token?: string; warning?: string }>('POST', botsPath(project), { body, fields: BOT_ADD_FIELDS });
+      // On stderr only: stdout (--json) stays the bot.
+      if (warning !== undefined) ctx.stderr.write(`dstack-ca: warning: ${warning}\n`);
       if (opts.json) {
         printJson(ctx, b);
         return;
@@ -200,8 +201,8 @@ export function registerBot(program: Command, ctx: CliContext): void {
         checkArgs(botParams, { project, name }, { project: 'PROJECT/NAME', name: 'PROJECT/NAME' });
         checkBotArgs(updateBotBody, body);
         const api = await ApiClient.forCommand(ctx, cmd);
-        const b = await api.call<BotView & { revokedCerts: number; warning?: string }>('PATCH', botPath(project, name), { body, fields: BOT_UPDATE_FIELDS });
-        if (b.warning !== undefined) ctx.stderr.write(`dstack-ca: warning: ${b.warning}\n`);
+        const { warning, ...b } = await api.call<BotView & { revokedCerts: number; warning?: string }>('PATCH', botPath(project, name), { body, fields: BOT_UPDATE_FIELDS });
+        if (warning !== undefined) ctx.stderr.write(`dstack-ca: warning: ${warning}\n`);
         if (opts.json) printJson(ctx, b);
         else ctx.stdout.write([...describeBot(b), `updated; ${plural(b.revokedCerts, 'certificate')} revoked`].join('\n') + '\n');
       },
