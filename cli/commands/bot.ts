@@ -147,7 +147,7 @@ export function registerBot(program: Command, ctx: CliContext): void {
       }
     });
 
-  apiCommand(bot, 'update', "change a bot's settings; narrowing its runs or adding a restriction revokes the certificates that no longer fit")
+  apiCommand(bot, 'update', "change a bot's settings; narrowing its runs, adding a restriction or changing its OIDC trust (--oidc-issuer/--audience/--claim, --no-oidc) revokes the certificates that no longer fit")
     .argument('<bot>', 'PROJECT/NAME')
     .option('--max-ttl <duration>', CLAMP_HELP)
     .option('--runs <patterns>', `${RUNS_HELP}; replaces the current scope`, collect)

@@ -161,7 +161,7 @@ export function adminRoutes(app: FastifyInstance, authority: Authority): void {
     '/v1/projects/:project/bots/:name',
     {
       schema: {
-        description: 'Change a bot’s settings (absent: kept; null: back to the default). A narrower run scope, or a new force-command or source-address, revokes the live certificates it no longer allows.',
+        description: 'Change a bot’s settings (absent: kept; null: back to the default). A narrower run scope, a new force-command or source-address, or changed OIDC trust (the certificates got through OIDC) revokes the live certificates it no longer allows.',
         params: botParams,
         body: updateBotBody,
         response: { 200: botView.extend({ revokedCerts: z.number(), warning: z.string().optional() }) },
