@@ -100,6 +100,7 @@ const cert = (serial: bigint, runId: number, identityId: number | null, extra: P
   revokedAt: null,
   revokeReason: null,
   verifyRequired: false,
+  viaOidc: false,
   ...extra,
 });
 
@@ -540,7 +541,7 @@ describe('certificates', () => {
       const first = await tx.reserveSerials(3);
       const cs = [
         cert(first, r1.id, alice.id, { grant: { kind: 'user', name: 'alice' }, validAfter: 940, validBefore: 1_700_003_600 }),
-        cert(first + 1n, r1.id, null, { grant: { kind: 'public_key', fingerprint: 'SHA256:xyz' }, keyId: 'key:xyz run:p1/train' }),
+        cert(first + 1n, r1.id, null, { grant: { kind: 'public_key', fingerprint: 'SHA256:xyz' }, keyId: 'key:xyz run:p1/train', viaOidc: true }),
         cert(first + 2n, r1.id, alice.id, { revokedAt: 1200, revokeReason: 'issued revoked' }),
       ];
       await tx.insertCerts(cs);
