@@ -14,6 +14,7 @@ import { publishKrl } from './krl.js';
 import { requireEnabledIn, requireIdentity, requireProject } from './lookup.js';
 import { revokeUngranted } from './recheck.js';
 import { newToken } from './tokens.js';
+import { requireUsableAdminLeft } from './usable-admins.js';
 
 export interface Issued<T> {
   value: T;
@@ -89,6 +90,9 @@ export async function updateUser(ctx: AuthorityContext, actor: Actor, name: stri
   const now = ctx.now();
   const { krlVersion, user } = await ctx.store.tx(async (tx) => {
     const user = await requireIdentity(tx, name, 'user');
+    if (patch.disabled === true || patch.admin === false) {
+      await requireUsableAdminLeft(tx, now, { removed: user.id }, `${patch.disabled === true ? 'disabling' : 'taking global admin from'} ${name}`);
+    }
     await tx.updateIdentity(user.id, { disabled: patch.disabled ?? user.disabled, globalAdmin: patch.admin ?? user.globalAdmin });
     // Disabling ends every credential the user holds (API and login tokens, browser sessions,
     // approved device codes, enrollment links), in this transaction: enabling the user again

@@ -11,6 +11,7 @@ import { revokeSerials } from '../revocation-record.js';
 import type { Authority } from '../authority.js';
 import { requireIdentity } from '../lookup.js';
 import { createEnrollment, enrollmentUrl, loginConfig } from './passkeys.js';
+import { requireUsableAdminLeft } from '../usable-admins.js';
 
 function requirePerson(actor: Actor): Identity {
   const identity = identityOf(actor);
@@ -85,6 +86,7 @@ export async function issueEnrollment(
     let revokedCerts = 0;
     let krlVersion: number | null = null;
     if (opts.reset) {
+      await requireUsableAdminLeft(tx, now, { passkeysGoneOf: user.id, tokenGone: (t) => t.identityId === user.id && t.kind === 'user' }, `resetting ${name}'s enrollment`);
       for (const p of await tx.listPasskeys(user.id)) {
         await tx.deletePasskey(p.id);
         removedPasskeys++;
@@ -126,6 +128,7 @@ export async function logoutUser(a: Authority, actor: Actor, name: string): Prom
   const now = a.ctx.now();
   return a.ctx.store.tx(async (tx) => {
     const user = await requireIdentity(tx, name, 'user');
+    await requireUsableAdminLeft(tx, now, { tokenGone: (t) => t.identityId === user.id && t.kind === 'user' }, `ending ${name}'s sessions`);
     const endedSessions = await endSessions(tx, user, now);
     await audit(tx, now, actor, 'user.logout', { name, endedSessions });
     return { endedSessions };
