@@ -115,7 +115,7 @@ export async function removeProject(ctx: AuthorityContext, actor: Actor, name: s
   requireAllowed(actor, 'project.delete');
   await requireProject(ctx.store, name);
   const now = ctx.now();
-  const { result, krlVersion } = await ctx.store.tx(async (tx) => {
+  const { result, krlVersion, finishedIds } = await ctx.store.tx(async (tx) => {
     const project = await requireProject(tx, name);
     const runs = await tx.listRuns({ projectId: project.id });
     const running = runs.filter((r) => r.state === 'running');
@@ -145,8 +145,10 @@ export async function removeProject(ctx: AuthorityContext, actor: Actor, name: s
     const r = await revokeUngranted(tx, now, { projectId: project.id }, `project ${name} removed by ${actorLabel(actor)}`, actor, 'project_remove');
     await audit(tx, now, actor, 'project.remove', { name, finishedRuns, removedBots, removedMembers: members.length, deleted, force: opts.force, ...revokedDetails(r) });
     if (deleted) await tx.deleteProject(project.id);
-    return { result: { name, revokedCerts: r.revoked.length, finishedRuns, removedBots, removedMembers: members.length, deleted }, krlVersion: r.krlVersion };
+    return { result: { name, revokedCerts: r.revoked.length, finishedRuns, removedBots, removedMembers: members.length, deleted }, krlVersion: r.krlVersion, finishedIds: running.map((x) => x.id) };
   });
   if (krlVersion !== null) await publishKrl(ctx);
+  // As `run finish` does: each finished run's agents are told (event stream `run-finished`) and exit.
+  for (const id of finishedIds) ctx.krlEvents.emit('run-finished', id);
   return result;
 }
