@@ -15,6 +15,7 @@ import { requireEnabledIn, requireIdentity, requireProject } from './lookup.js';
 import { revokeUngranted } from './recheck.js';
 import { newToken } from './tokens.js';
 import { requireUsableAdminLeft } from './usable-admins.js';
+import { requireNotRemovedIdentity, requireNotRemovedProject } from './removed.js';
 
 export interface Issued<T> {
   value: T;
@@ -90,6 +91,7 @@ export async function updateUser(ctx: AuthorityContext, actor: Actor, name: stri
   const now = ctx.now();
   const { krlVersion, user } = await ctx.store.tx(async (tx) => {
     const user = await requireIdentity(tx, name, 'user');
+    if (patch.disabled === false || patch.admin === true) await requireNotRemovedIdentity(tx, user);
     if (patch.disabled === true || patch.admin === false) {
       await requireUsableAdminLeft(tx, now, { removed: user.id }, `${patch.disabled === true ? 'disabling' : 'taking global admin from'} ${name}`);
     }
@@ -112,6 +114,7 @@ export async function createUserToken(ctx: AuthorityContext, actor: Actor, name:
   const now = ctx.now();
   return ctx.store.tx(async (tx) => {
     const user = await requireIdentity(tx, name, 'user');
+    await requireNotRemovedIdentity(tx, user);
     const expiresAt = ttl === null ? null : now + ttl;
     const secret = await insertToken(tx, now, { kind: 'user', identityId: user.id, runId: null, name, expiresAt });
     await audit(tx, now, actor, 'user.token', { name, expiresAt });
@@ -170,6 +173,8 @@ export async function setMember(ctx: AuthorityContext, actor: Actor, projectName
   if (identity.kind === 'bot') throw badRequest('bots belong to the project they were created in; use `dstack-ca bot`', 'name');
   const current = await ctx.store.getMembership(project.id, identity.id);
   await authorizeMemberChange(ctx, actor, project, role === 'admin' || current?.role === 'admin');
+  await requireNotRemovedProject(ctx.store, project);
+  await requireNotRemovedIdentity(ctx.store, identity);
   const now = ctx.now();
   await ctx.store.tx(async (tx) => {
     await tx.upsertMembership(project.id, identity.id, role);
@@ -266,6 +271,7 @@ export async function addBot(
   const project = await requireProject(ctx.store, projectName);
   requireAllowed(actor, 'bot.manage', { role: await roleIn(ctx.store, actor, project.id) });
   requireBotCapWithin(ctx, req.maxTtl);
+  await requireNotRemovedProject(ctx.store, project);
   const now = ctx.now();
   return ctx.store.tx(async (tx) => {
     await requireFreeName(tx, req.name);

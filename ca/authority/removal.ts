@@ -71,6 +71,7 @@ export async function removeUser(ctx: AuthorityContext, actor: Actor, name: stri
     for (const p of passkeys) await tx.deletePasskey(p.id);
     // Admin rights go too: `user enable` must not bring back a global admin nobody chose again.
     await tx.updateIdentity(user.id, { disabled: true, globalAdmin: false });
+    await tx.markRemoved('identity', user.id, now);
     const endedCredentials = await endCredentials(tx, user.id, now);
     const leftProjects = memberships.map((m) => projects.get(m.projectId) ?? '?').sort();
     const r = await revokeUngranted(tx, now, { identityId: user.id }, `user ${name} removed by ${actorLabel(actor)}`, actor, 'user_remove');
@@ -145,6 +146,10 @@ export async function removeProject(ctx: AuthorityContext, actor: Actor, name: s
     const r = await revokeUngranted(tx, now, { projectId: project.id }, `project ${name} removed by ${actorLabel(actor)}`, actor, 'project_remove');
     await audit(tx, now, actor, 'project.remove', { name, finishedRuns, removedBots, removedMembers: members.length, deleted, force: opts.force, ...revokedDetails(r) });
     if (deleted) await tx.deleteProject(project.id);
+    else {
+      await tx.markRemoved('project', project.id, now);
+      for (const b of bots) await tx.markRemoved('identity', b.id, now);
+    }
     return { result: { name, revokedCerts: r.revoked.length, finishedRuns, removedBots, removedMembers: members.length, deleted }, krlVersion: r.krlVersion, finishedIds: running.map((x) => x.id) };
   });
   if (krlVersion !== null) await publishKrl(ctx);

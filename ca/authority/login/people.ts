@@ -12,6 +12,7 @@ import type { Authority } from '../authority.js';
 import { requireIdentity } from '../lookup.js';
 import { createEnrollment, enrollmentUrl, loginConfig } from './passkeys.js';
 import { requireUsableAdminLeft } from '../usable-admins.js';
+import { requireNotRemovedIdentity } from '../removed.js';
 
 function requirePerson(actor: Actor): Identity {
   const identity = identityOf(actor);
@@ -79,6 +80,7 @@ export async function issueEnrollment(
   const now = a.ctx.now();
   const r = await a.ctx.store.tx(async (tx) => {
     const user = await requireIdentity(tx, name, 'user');
+    await requireNotRemovedIdentity(tx, user);
     if (user.disabled) throw new CaError('conflict', `user ${name} is disabled: enable it first`);
     await tx.revokeEnrollments(user.id, now);
     let removedPasskeys = 0;
