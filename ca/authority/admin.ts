@@ -86,6 +86,11 @@ export async function listUsers(ctx: AuthorityContext, actor: Actor): Promise<Id
   return ctx.store.listIdentities({ kind: 'user' });
 }
 
+/**
+ * Enables/disables a user or sets its global admin flag (global admins only, 403 otherwise;
+ * 404 for an unknown user). 409 for enabling or promoting a removed user (removed.ts), and for
+ * disabling or demoting the last usable global admin (usable-admins.ts).
+ */
 export async function updateUser(ctx: AuthorityContext, actor: Actor, name: string, patch: { disabled?: boolean; admin?: boolean }): Promise<Identity> {
   requireAllowed(actor, 'user.manage');
   const now = ctx.now();
@@ -108,7 +113,7 @@ export async function updateUser(ctx: AuthorityContext, actor: Actor, name: stri
   return user;
 }
 
-/** A personal API token for a user (passkey login sessions issue the same kind). */
+/** A personal API token for a user (passkey login sessions issue the same kind). 409 for a removed user. */
 export async function createUserToken(ctx: AuthorityContext, actor: Actor, name: string, ttl: number | null): Promise<Issued<{ name: string; expiresAt: number | null }>> {
   requireAllowed(actor, 'user.manage');
   const now = ctx.now();

@@ -44,7 +44,8 @@ async function enabledGlobalAdmins(tx: StoreTx): Promise<Identity[]> {
  * Removes a user (global admins only): disabled, every credential ended, passkeys deleted,
  * every membership dropped and every live certificate revoked, in one transaction; the row
  * stays (disabled) so its certificates stay attributable and its name is never reused.
- * Refused (409) for the last enabled global admin, and for a user who owns running runs
+ * The removal is final (marked, migration 12: see removed.ts). Refused (409) for the last
+ * enabled or usable global admin (usable-admins.ts), and for a user who owns running runs
  * unless `force` (the runs keep running; the owner loses access like everyone the policy no
  * longer admits). Throws 404 for an unknown user, 403 for a caller who is not a global admin.
  */
@@ -110,7 +111,8 @@ export interface ProjectRemoval {
  * (only with `force`; without it a project with running runs is refused, 409, naming them),
  * its bots removed (disabled, tokens and OIDC trust ended), its memberships dropped, and every
  * live certificate of its runs revoked. A project that never had runs or bots is deleted;
- * otherwise its row stays (empty) so finished runs and removed bots keep their history.
+ * otherwise its row stays (empty, marked removed for good: removed.ts) so finished runs and
+ * removed bots keep their history. The finished runs' agents get `run-finished` on their streams.
  */
 export async function removeProject(ctx: AuthorityContext, actor: Actor, name: string, opts: { force: boolean }): Promise<ProjectRemoval> {
   requireAllowed(actor, 'project.delete');

@@ -68,7 +68,8 @@ export interface EnrollmentLink {
 /**
  * A new enrollment link for a user (older unused links stop working). With `reset`, the
  * user's passkeys, every login session (CLI and browser) and every live certificate go too:
- * a lost or stolen device.
+ * a lost or stolen device. 409 for a removed or disabled user, and for a reset that would leave
+ * no usable global admin (usable-admins.ts).
  */
 export async function issueEnrollment(
   a: Authority,
