@@ -201,6 +201,31 @@ describe('meta', () => {
   });
 });
 
+describe('removal marks (migration 12)', () => {
+  it('mark, read back after reopening, keep the first time, and go with a deleted row', async () => {
+    const { store, path } = await fresh();
+    const { bob, keep, p } = await store.tx(async (tx) => ({ bob: await tx.insertIdentity(user('bob')), keep: await tx.insertIdentity(user('keep')), p: await tx.insertProject({ name: 'ml', createdAt: 1 }) }));
+    expect(await store.removedAt('identity', bob.id)).toBeNull();
+    await store.tx(async (tx) => {
+      await tx.markRemoved('identity', bob.id, 100);
+      await tx.markRemoved('identity', bob.id, 200);
+      await tx.markRemoved('project', p.id, 150);
+    });
+    const again = await reopen(store, path);
+    expect(await again.removedAt('identity', bob.id)).toBe(100);
+    expect(await again.removedAt('identity', keep.id)).toBeNull();
+    expect(await again.removedAt('project', p.id)).toBe(150);
+    expect([...(await again.listRemoved('identity'))]).toEqual([bob.id]);
+    await expect(again.tx((tx) => tx.markRemoved('project', 999, 1))).rejects.toThrow();
+    await again.tx(async (tx) => {
+      await tx.deleteIdentity(bob.id);
+      await tx.deleteProject(p.id);
+    });
+    expect(await again.listRemoved('identity')).toEqual(new Set());
+    expect(await again.listRemoved('project')).toEqual(new Set());
+  });
+});
+
 describe('identities', () => {
   it('round-trip users and bots, by id and by name', async () => {
     const { store } = await fresh();
