@@ -12,6 +12,8 @@
 
 import { createHash, createPublicKey, constants, publicDecrypt, verify as cryptoVerify, type KeyObject } from 'node:crypto';
 import { localZoneRule, offsetAt } from './glibc-zone.js';
+import { ecPointProblem } from './ec-point.js';
+import type { Curve } from './keys.js';
 import { SshWriter } from './wire.js';
 
 /** What `ssh-keygen -L` would write and return. */
@@ -249,8 +251,10 @@ function readEcPoint(b: Buf, curve: string): Buffer {
   if (s[0] !== 0x04) fail(E.FORMAT);
   // EC_POINT_oct2point: exact length, coordinates below p, on the curve.
   if (s.length !== 1 + 2 * (CURVE_COORD[curve] as number)) fail(E.FORMAT);
-  if (ecKeyObject(curve, s, Buffer.concat([Buffer.from(curve), s])) === null) fail(E.FORMAT);
+  const problem = ecPointProblem(curve as Curve, s);
+  if (problem?.stage === 'format') fail(E.FORMAT);
   b.string();
+  if (problem) fail(E.EC_VALUE);
   return Buffer.from(s);
 }
 
@@ -729,6 +733,11 @@ function b64pton(text: Buffer): Buffer | null {
 
 /** sshkey_read on one line (already cut at its first NUL); returns the key or throws. */
 function readKeyLine(line: Buffer): Key {
+  return readKeyLineAt(line).key;
+}
+
+/** sshkey_read: the key, and where the text after it (the comment) starts. */
+function readKeyLineAt(line: Buffer): { key: Key; rest: number } {
   const isBlank = (c: number | undefined) => c === 0x20 || c === 0x09;
   let p = 0;
   let q = p;
@@ -746,7 +755,61 @@ function readKeyLine(line: Buffer): Key {
   const key = keyFromBlob(blob, true);
   if (!sameType(key.impl, lineType)) fail(E.TYPE_MISMATCH);
   if ((lineType.kind === 'ecdsa' || lineType.kind === 'sk-ecdsa') && lineType.curve !== key.curve) fail(E.CURVE_MISMATCH);
-  return key;
+  while (q < line.length && isBlank(line[q])) q++;
+  return { key, rest: q };
+}
+
+/** A key file's first loadable key, as `ssh-keygen -Q` sees it (see loadPublicKeyFile). */
+export interface LoadedKey {
+  /** The plain public key's wire blob (for a certificate: the certified key's). */
+  keyBlob: Buffer;
+  /** For a certificate, whose CA signature verified: what a KRL matches it on. */
+  cert?: { caKeyBlob: Buffer; serial: bigint; keyId: Buffer };
+  /** The text after the key up to the line end, as bytes; empty when there is none. */
+  comment: Buffer;
+}
+
+/**
+ * sshkey_try_load_public (OpenSSH 9.2 authfile.c), which `ssh-keygen -Q` uses for each file:
+ * lines are read in order; one starting with '#', a line end or NUL is skipped; one starting
+ * "-----BEGIN" (a private key) ends the search; otherwise, after leading spaces and tabs, the
+ * line is read with sshkey_read, and the first line that loads (for a certificate: every
+ * check of cert_parse, the CA signature included) is the file's key. Lines that do not load
+ * are skipped. Returns null when no line loads. Pure.
+ */
+export function loadPublicKeyFile(input: Buffer): LoadedKey | null {
+  let start = 0;
+  while (start < input.length) {
+    let end = input.indexOf(0x0a, start);
+    end = end === -1 ? input.length : end + 1;
+    let line = input.subarray(start, end);
+    start = end;
+    const nul = line.indexOf(0);
+    if (nul !== -1) line = line.subarray(0, nul);
+    const first = line[0];
+    if (first === undefined || first === 0x23 || first === 0x0a) continue;
+    if (line.subarray(0, 10).toString('latin1') === '-----BEGIN' || line.toString('latin1') === 'SSH PRIVATE KEY FILE') return null;
+    let p = 0;
+    while (p < line.length && (line[p] === 0x20 || line[p] === 0x09)) p++;
+    if (p === line.length) continue;
+    let read: { key: Key; rest: number };
+    try {
+      read = readKeyLineAt(line.subarray(p));
+    } catch (e) {
+      if (!(e instanceof OsshError)) throw e;
+      continue;
+    }
+    const rest = line.subarray(p + read.rest);
+    let cut = 0;
+    while (cut < rest.length && rest[cut] !== 0x0d && rest[cut] !== 0x0a) cut++;
+    const { key } = read;
+    return {
+      keyBlob: key.plainBlob,
+      cert: key.cert && { caKeyBlob: key.cert.signatureKey.plainBlob, serial: key.cert.serial, keyId: key.cert.keyId },
+      comment: Buffer.from(rest.subarray(0, cut)),
+    };
+  }
+  return null;
 }
 
 /** ssh-keygen's absolute time (misc.c format_absolute_time): localtime, %Y-%m-%dT%H:%M:%S. */
