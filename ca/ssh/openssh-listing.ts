@@ -676,11 +676,23 @@ function dsaVerify(key: Key, data: Buffer, s: Buffer): void {
   if (!good) fail(E.SIGNATURE);
 }
 
-/** OpenBSD b64_pton as OpenSSH uses it: whitespace skipped, strict padding, zero slack bits. */
+const B64_VALUE = (() => {
+  const t = new Int8Array(256).fill(-1);
+  const alpha = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
+  for (let i = 0; i < alpha.length; i++) t[alpha.charCodeAt(i)] = i;
+  return t;
+})();
+
+/**
+ * OpenBSD b64_pton as OpenSSH uses it: whitespace skipped, strict padding, zero slack bits.
+ * Decodes into one Buffer of at most 3/4 of the text's size (Node's own base64 decoder is
+ * lenient, so the rules are checked here byte by byte).
+ */
 function b64pton(text: Buffer): Buffer | null {
-  const ALPHA = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
   const isSpace = (c: number) => c === 0x20 || (c >= 0x09 && c <= 0x0d);
-  const out: number[] = [];
+  const out = Buffer.allocUnsafe(Math.floor(text.length / 4) * 3 + 3);
+  let n = 0; // bytes complete in out
+  let partial = 0; // b64_pton's target[tarindex]: the byte being filled, outside the result
   let state = 0;
   let i = 0;
   let ch = -1;
@@ -688,33 +700,30 @@ function b64pton(text: Buffer): Buffer | null {
     ch = text[i++] as number;
     if (isSpace(ch)) continue;
     if (ch === 0x3d) break;
-    const v = ALPHA.indexOf(String.fromCharCode(ch));
+    const v = B64_VALUE[ch] as number;
     if (v === -1) return null;
     switch (state) {
       case 0:
-        out.push(v << 2);
+        partial = v << 2;
         state = 1;
         break;
       case 1:
-        out[out.length - 1] = (out[out.length - 1] as number) | (v >> 4);
-        out.push((v & 0x0f) << 4);
+        out[n++] = partial | (v >> 4);
+        partial = (v & 0x0f) << 4;
         state = 2;
         break;
       case 2:
-        out[out.length - 1] = (out[out.length - 1] as number) | (v >> 2);
-        out.push((v & 0x03) << 6);
+        out[n++] = partial | (v >> 2);
+        partial = (v & 0x03) << 6;
         state = 3;
         break;
       case 3:
-        out[out.length - 1] = (out[out.length - 1] as number) | v;
+        out[n++] = partial | v;
         state = 0;
         break;
     }
     ch = -1;
   }
-  // The loop leaves one partial byte pushed ahead for states 1..3; b64_pton keeps it
-  // outside the result (target[tarindex]) and only checks it is zero.
-  const slack = state === 0 ? null : (out.pop() as number);
   if (ch === 0x3d) {
     if (state === 0 || state === 1) return null;
     let j = i;
@@ -724,11 +733,12 @@ function b64pton(text: Buffer): Buffer | null {
       j++;
     }
     for (; j < text.length; j++) if (!isSpace(text[j] as number)) return null;
-    if (slack !== null && slack !== 0) return null;
+    // The slack bits of the last partial byte must be zero.
+    if (partial !== 0) return null;
   } else if (state !== 0) {
     return null;
   }
-  return Buffer.from(out);
+  return out.subarray(0, n);
 }
 
 /** sshkey_read on one line (already cut at its first NUL); returns the key or throws. */
