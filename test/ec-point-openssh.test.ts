@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { MAX_SIGNED_BYTES, parseCertificateLine, verifyCertificate } from '../ca/ssh/certificate.js';
 import { assertStrongKey, parseAuthorizedKey, type Curve } from '../ca/ssh/keys.js';
-import { ecdsaBlob, ecValueRejects, offCurve } from './fixtures/ec-points.js';
+import { NIST_CURVES } from '../ca/ssh/ec-point.js';
+import { curvePointFrom, ecdsaBlob, ecValueRejects, offCurve } from './fixtures/ec-points.js';
 import { keygenList, ourList, runRaw, shown } from './fixtures/keygen-listing.js';
 import { buildRawCert, makeRawKey, rawCertLine, type RawKey } from './fixtures/raw-cert.js';
 import { SSH_KEYGEN } from './harness/index.js';
@@ -82,6 +83,29 @@ describe.each(['nistp256', 'nistp384', 'nistp521'] as const)('%s', (curve) => {
     // and a valid key still passes
     const good = makeRawKey(KIND[curve]);
     expect(() => assertStrongKey(parseAuthorizedKey(`${good.type} ${good.blob.toString('base64')}`).key)).not.toThrow();
+  });
+});
+
+describe('the bit-length rule at its edge: x of half the order\'s bits is refused, one bit more is loaded', () => {
+  it.each(['nistp256', 'nistp384', 'nistp521'] as const)('%s', async (curve) => {
+    const half = BigInt(Math.floor(NIST_CURVES[curve].n.toString(2).length / 2));
+    const verdicts = [];
+    for (const x0 of [1n << (half - 1n), 1n << half]) {
+      const q = curvePointFrom(curve, x0);
+      const line = `ecdsa-sha2-${curve} ${ecdsaBlob(curve, q).toString('base64')}`;
+      const keygen = (await runRaw(SSH_KEYGEN, ['-l', '-f', await file(line)])).code === 0;
+      let ours = true;
+      try {
+        assertStrongKey(parseAuthorizedKey(line).key);
+      } catch {
+        ours = false;
+      }
+      verdicts.push({ keygen, ours });
+    }
+    expect(verdicts).toEqual([
+      { keygen: false, ours: false },
+      { keygen: true, ours: true },
+    ]);
   });
 });
 
