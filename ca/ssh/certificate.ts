@@ -203,6 +203,9 @@ export async function signCertificate(fields: CertificateFields, signer: Signer)
   };
 }
 
+/** OpenSSH's SSH_KEY_MAX_SIGN_DATA_SIZE: the most bytes sshkey_verify checks a signature over. */
+export const MAX_SIGNED_BYTES = 1 << 20;
+
 /**
  * Parses a certificate wire blob for trusting it (the agent, login sync, KRL checks). Stricter
  * than OpenSSH's reader, never looser: besides everything ssh-keygen -L refuses, it refuses
@@ -247,6 +250,11 @@ export function parseCertificate(blob: Uint8Array): Certificate {
   const signedLength = r.offset;
   const signature = Buffer.from(r.string('signature'));
   r.end();
+  // sshkey_verify refuses to verify more than SSH_KEY_MAX_SIGN_DATA_SIZE bytes ("invalid
+  // argument"), so OpenSSH never loads a certificate whose signed part is longer.
+  if (signedLength > MAX_SIGNED_BYTES) {
+    throw new SshParseError(`certificate: signed part is ${signedLength} bytes; OpenSSH verifies at most ${MAX_SIGNED_BYTES} (1 MiB)`);
+  }
   return {
     certType,
     nonce,

@@ -3,7 +3,7 @@
 // `ssh-keygen -L` still prints. glibc computes the start of a year in `int` days, which wraps
 // past year 5,883,516: its DST decisions there follow the wrapped arithmetic, and so do ours.
 
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
 
 interface Transition {
@@ -58,6 +58,43 @@ export function parseZoneRule(text: string): ZoneRule | null {
   return { ...rule, dst: { offset: dstOffset, start, end } };
 }
 
+/** Real zoneinfo files are a few KB (the largest in tzdata under 4 KB); more is not one. */
+export const MAX_ZONE_FILE_BYTES = 256 * 1024;
+const TZIF_HEADER_BYTES = 44;
+
+/**
+ * A zoneinfo file's bytes, or null where glibc's __tzfile_read would fail: unreadable, or
+ * not starting with the "TZif" magic (glibc reads the 44-byte header first and gives up there,
+ * so TZ=/dev/zero costs it nothing and must cost us nothing), or over MAX_ZONE_FILE_BYTES.
+ * Reads at most MAX_ZONE_FILE_BYTES + 1 bytes whatever the file is.
+ */
+function readZoneFile(file: string): Buffer | null {
+  let fd: number;
+  try {
+    fd = openSync(file, 'r');
+  } catch {
+    return null;
+  }
+  try {
+    const buf = Buffer.alloc(MAX_ZONE_FILE_BYTES + 1);
+    let got = 0;
+    for (;;) {
+      // The header alone first: no magic, no further read.
+      const want = got < TZIF_HEADER_BYTES ? TZIF_HEADER_BYTES - got : buf.length - got;
+      const n = readSync(fd, buf, got, want, null);
+      if (n === 0) break;
+      got += n;
+      if (got >= TZIF_HEADER_BYTES && buf.subarray(0, 4).toString('latin1') !== 'TZif') return null;
+      if (got > MAX_ZONE_FILE_BYTES) return null;
+    }
+    return got >= TZIF_HEADER_BYTES ? buf.subarray(0, got) : null;
+  } catch {
+    return null;
+  } finally {
+    closeSync(fd);
+  }
+}
+
 let cached: { tz: string | undefined; rule: ZoneRule | null } | null = null;
 
 /**
@@ -70,11 +107,13 @@ export function localZoneRule(): ZoneRule | null {
   let rule: ZoneRule | null = null;
   const spec = tz?.startsWith(':') ? tz.slice(1) : tz;
   const file = spec === undefined || spec === '' ? '/etc/localtime' : isAbsolute(spec) ? spec : join(process.env.TZDIR ?? '/usr/share/zoneinfo', spec);
-  try {
-    const text = readFileSync(file).toString('latin1');
+  const data = readZoneFile(file);
+  if (data) {
+    const text = data.toString('latin1');
     const footer = text.slice(text.lastIndexOf('\n', text.length - 2) + 1).trim();
     rule = footer === '' ? null : parseZoneRule(footer);
-  } catch {
+  } else {
+    // glibc's __tzfile_read failed: it parses TZ as a POSIX string (UTC if that fails too).
     rule = spec ? parseZoneRule(spec) : null;
   }
   cached = { tz, rule };

@@ -8,10 +8,10 @@
 //   no prime factor below 10,000 (trial division), not a perfect power m^k, and not a
 //   probable prime. For a prime n, phi(n) = n - 1, so d = e^-1 mod (n - 1) is anyone's; the
 //   same holds, with a little more arithmetic, for p * (small cofactor) and for p^k;
-// - ECDSA (and sk-ecdsa): both coordinates reduced below the field prime and the point on its
-//   curve (y^2 = x^3 - 3x + b); the NIST curves have cofactor 1, so that also puts it in the
-//   prime-order group. The point at infinity cannot be encoded as 0x04 || X || Y (the parser
-//   refuses anything else), and (0, 0) is named as what it stands for;
+// - ECDSA (and sk-ecdsa): what OpenSSH's sshbuf_get_ec and sshkey_ec_validate_public accept
+//   (ec-point.ts): coordinates below the field prime, the point on its curve (cofactor 1, so in
+//   the prime-order group), each coordinate longer than half the order's bits and below
+//   order - 1. The parsers refuse these too; this names the problem for a key built in code;
 // - Ed25519 (and sk-ed25519): not a point of small order, by the table of their encodings
 //   (libsodium's ge25519_has_small_order list: the 8 small-order points, either sign, and the
 //   non-canonical encodings p and p + 1), and y canonical (below the field prime). A key off
@@ -28,6 +28,7 @@
 // once per process; and issuance runs the full check only after the caller is authorized
 // (quickKeyWeakness comes first).
 import { constants, createHash, createPublicKey, publicEncrypt } from 'node:crypto';
+import { ecPointProblem } from './ec-point.js';
 import type { Curve, PublicKey } from './keys.js';
 
 /** Minimum RSA modulus we accept for anything we sign or trust. */
@@ -38,25 +39,6 @@ export const MAX_RSA_BITS = 8192;
 const MAX_RSA_EXPONENT = 1n << 32n;
 
 const toBig = (b: Uint8Array): bigint => (b.length === 0 ? 0n : BigInt(`0x${Buffer.from(b).toString('hex')}`));
-
-/** The NIST curves (FIPS 186-4 D.1.2): field prime p, y^2 = x^3 - 3x + b, coordinate size. */
-const NIST: Record<Curve, { p: bigint; b: bigint; size: number }> = {
-  nistp256: {
-    p: (1n << 256n) - (1n << 224n) + (1n << 192n) + (1n << 96n) - 1n,
-    b: 0x5ac635d8aa3a93e7b3ebbd55769886bc651d06b0cc53b0f63bce3c3e27d2604bn,
-    size: 32,
-  },
-  nistp384: {
-    p: (1n << 384n) - (1n << 128n) - (1n << 96n) + (1n << 32n) - 1n,
-    b: 0xb3312fa7e23ee7e4988e056be3f82d19181d9c6efe8141120314088f5013875ac656398d8a2ed19d2a85c8edd3ec2aefn,
-    size: 48,
-  },
-  nistp521: {
-    p: (1n << 521n) - 1n,
-    b: 0x0051953eb9618e1c9a1f929a21a0b68540eea2da725b99b315f3b8b489918ef109e156193951ec7e937b1652c0bd3bb1bf073573df883d2c34f1ef451fd46b503f00n,
-    size: 66,
-  },
-};
 
 /** Bit length of a big-endian unsigned integer. */
 function bitLength(b: Uint8Array): number {
@@ -221,14 +203,8 @@ function rsaWeakness(e: Uint8Array, n: Uint8Array): string | null {
 }
 
 function ecdsaWeakness(curve: Curve, q: Uint8Array): string | null {
-  const { p, b, size } = NIST[curve];
-  if (q.length !== 1 + 2 * size || q[0] !== 0x04) return `ECDSA public point is not an uncompressed ${curve} point`;
-  const x = toBig(q.subarray(1, 1 + size));
-  const y = toBig(q.subarray(1 + size));
-  if (x === 0n && y === 0n) return `ECDSA public point is the point at infinity`;
-  if (x >= p || y >= p) return `ECDSA public point has a coordinate not reduced modulo the ${curve} field prime`;
-  if ((y * y - (x * x * x - 3n * x + b)) % p !== 0n) return `ECDSA public point is not on curve ${curve}`;
-  return null;
+  // Exactly OpenSSH's load-time checks (ec-point.ts): a point it refuses is one sshd cannot use.
+  return ecPointProblem(curve, q)?.reason ?? null;
 }
 
 /** Little-endian hex of every Ed25519 encoding of a small-order point, sign bit cleared. */

@@ -3,6 +3,7 @@
 // (KEY_TYPES), as OpenSSH's sshkey_impl does, instead of `if`s spread over the code.
 
 import { createHash, createPublicKey, type KeyObject } from 'node:crypto';
+import { ecPointProblem } from './ec-point.js';
 import { keyWeakness, quickKeyWeakness } from './key-checks.js';
 import { SshParseError, SshReader, SshWriter } from './wire.js';
 
@@ -49,6 +50,9 @@ function readEcdsaPoint(r: SshReader, type: string, expected: Curve): { curve: C
   const size = CURVES[expected].coordBytes;
   // Only uncompressed points (0x04 || X || Y), as OpenSSH writes them.
   if (q.length !== 1 + 2 * size || q[0] !== 0x04) r.fail(`ecdsa public point is not an uncompressed ${expected} point`);
+  // What OpenSSH refuses to load (off the curve, or sshkey_ec_validate_public): sshd cannot use it.
+  const problem = ecPointProblem(expected, q);
+  if (problem) r.fail(`${problem.reason}; OpenSSH cannot load this key`);
   return { curve: expected, q: Buffer.from(q) };
 }
 
@@ -213,15 +217,28 @@ export function decodeBase64Strict(text: string, what: string): Buffer {
  * field matches the type inside the blob. Shared by public keys and certificates.
  */
 export function splitKeyLine(line: string, what: string): { type: string; blob: Buffer; comment: string } {
-  const trimmed = line.trim();
+  // OpenSSH (sshkey_read) separates the fields by spaces and tabs only: a vertical tab, form
+  // feed or non-breaking space is part of a field, so such a line is not a key to it.
+  const trimmed = trimSshBlanks(line);
   if (trimmed === '') throw new SshParseError(`${what}: empty input`);
-  const m = /^(\S+)\s+(\S+)(?:\s+(.*))?$/s.exec(trimmed);
+  const m = /^([^ \t]+)[ \t]+([^ \t]+)(?:[ \t]+(.*))?$/s.exec(trimmed);
   if (!m) throw new SshParseError(`${what}: expected "TYPE BASE64 [COMMENT]"`);
   const type = m[1] as string;
   const blob = decodeBase64Strict(m[2] as string, what);
   const inner = new SshReader(blob, what).utf8('key type');
   if (inner !== type) throw new SshParseError(`${what}: type field "${type}" does not match the encoded type "${inner}"`);
-  return { type, blob, comment: (m[3] ?? '').trim() };
+  return { type, blob, comment: trimSshBlanks(m[3] ?? '') };
+}
+
+const SSH_BLANKS = ' \t\r\n';
+
+/** Trims spaces, tabs and line ends (not JS's wider whitespace) from both ends, in linear time. */
+function trimSshBlanks(text: string): string {
+  let a = 0;
+  let b = text.length;
+  while (a < b && SSH_BLANKS.includes(text[a] as string)) a++;
+  while (b > a && SSH_BLANKS.includes(text[b - 1] as string)) b--;
+  return text.slice(a, b);
 }
 
 /** Parses one authorized_keys-style line: "ssh-ed25519 AAAA... comment". */

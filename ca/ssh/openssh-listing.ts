@@ -12,6 +12,8 @@
 
 import { createHash, createPublicKey, constants, publicDecrypt, verify as cryptoVerify, type KeyObject } from 'node:crypto';
 import { localZoneRule, offsetAt } from './glibc-zone.js';
+import { ecPointProblem } from './ec-point.js';
+import type { Curve } from './keys.js';
 import { SshWriter } from './wire.js';
 
 /** What `ssh-keygen -L` would write and return. */
@@ -249,8 +251,10 @@ function readEcPoint(b: Buf, curve: string): Buffer {
   if (s[0] !== 0x04) fail(E.FORMAT);
   // EC_POINT_oct2point: exact length, coordinates below p, on the curve.
   if (s.length !== 1 + 2 * (CURVE_COORD[curve] as number)) fail(E.FORMAT);
-  if (ecKeyObject(curve, s, Buffer.concat([Buffer.from(curve), s])) === null) fail(E.FORMAT);
+  const problem = ecPointProblem(curve as Curve, s);
+  if (problem?.stage === 'format') fail(E.FORMAT);
   b.string();
+  if (problem) fail(E.EC_VALUE);
   return Buffer.from(s);
 }
 
@@ -672,11 +676,23 @@ function dsaVerify(key: Key, data: Buffer, s: Buffer): void {
   if (!good) fail(E.SIGNATURE);
 }
 
-/** OpenBSD b64_pton as OpenSSH uses it: whitespace skipped, strict padding, zero slack bits. */
+const B64_VALUE = (() => {
+  const t = new Int8Array(256).fill(-1);
+  const alpha = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
+  for (let i = 0; i < alpha.length; i++) t[alpha.charCodeAt(i)] = i;
+  return t;
+})();
+
+/**
+ * OpenBSD b64_pton as OpenSSH uses it: whitespace skipped, strict padding, zero slack bits.
+ * Decodes into one Buffer of at most 3/4 of the text's size (Node's own base64 decoder is
+ * lenient, so the rules are checked here byte by byte).
+ */
 function b64pton(text: Buffer): Buffer | null {
-  const ALPHA = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
   const isSpace = (c: number) => c === 0x20 || (c >= 0x09 && c <= 0x0d);
-  const out: number[] = [];
+  const out = Buffer.allocUnsafe(Math.floor(text.length / 4) * 3 + 3);
+  let n = 0; // bytes complete in out
+  let partial = 0; // b64_pton's target[tarindex]: the byte being filled, outside the result
   let state = 0;
   let i = 0;
   let ch = -1;
@@ -684,33 +700,30 @@ function b64pton(text: Buffer): Buffer | null {
     ch = text[i++] as number;
     if (isSpace(ch)) continue;
     if (ch === 0x3d) break;
-    const v = ALPHA.indexOf(String.fromCharCode(ch));
+    const v = B64_VALUE[ch] as number;
     if (v === -1) return null;
     switch (state) {
       case 0:
-        out.push(v << 2);
+        partial = v << 2;
         state = 1;
         break;
       case 1:
-        out[out.length - 1] = (out[out.length - 1] as number) | (v >> 4);
-        out.push((v & 0x0f) << 4);
+        out[n++] = partial | (v >> 4);
+        partial = (v & 0x0f) << 4;
         state = 2;
         break;
       case 2:
-        out[out.length - 1] = (out[out.length - 1] as number) | (v >> 2);
-        out.push((v & 0x03) << 6);
+        out[n++] = partial | (v >> 2);
+        partial = (v & 0x03) << 6;
         state = 3;
         break;
       case 3:
-        out[out.length - 1] = (out[out.length - 1] as number) | v;
+        out[n++] = partial | v;
         state = 0;
         break;
     }
     ch = -1;
   }
-  // The loop leaves one partial byte pushed ahead for states 1..3; b64_pton keeps it
-  // outside the result (target[tarindex]) and only checks it is zero.
-  const slack = state === 0 ? null : (out.pop() as number);
   if (ch === 0x3d) {
     if (state === 0 || state === 1) return null;
     let j = i;
@@ -720,15 +733,21 @@ function b64pton(text: Buffer): Buffer | null {
       j++;
     }
     for (; j < text.length; j++) if (!isSpace(text[j] as number)) return null;
-    if (slack !== null && slack !== 0) return null;
+    // The slack bits of the last partial byte must be zero.
+    if (partial !== 0) return null;
   } else if (state !== 0) {
     return null;
   }
-  return Buffer.from(out);
+  return out.subarray(0, n);
 }
 
 /** sshkey_read on one line (already cut at its first NUL); returns the key or throws. */
 function readKeyLine(line: Buffer): Key {
+  return readKeyLineAt(line).key;
+}
+
+/** sshkey_read: the key, and where the text after it (the comment) starts. */
+function readKeyLineAt(line: Buffer): { key: Key; rest: number } {
   const isBlank = (c: number | undefined) => c === 0x20 || c === 0x09;
   let p = 0;
   let q = p;
@@ -746,7 +765,61 @@ function readKeyLine(line: Buffer): Key {
   const key = keyFromBlob(blob, true);
   if (!sameType(key.impl, lineType)) fail(E.TYPE_MISMATCH);
   if ((lineType.kind === 'ecdsa' || lineType.kind === 'sk-ecdsa') && lineType.curve !== key.curve) fail(E.CURVE_MISMATCH);
-  return key;
+  while (q < line.length && isBlank(line[q])) q++;
+  return { key, rest: q };
+}
+
+/** A key file's first loadable key, as `ssh-keygen -Q` sees it (see loadPublicKeyFile). */
+export interface LoadedKey {
+  /** The plain public key's wire blob (for a certificate: the certified key's). */
+  keyBlob: Buffer;
+  /** For a certificate, whose CA signature verified: what a KRL matches it on. */
+  cert?: { caKeyBlob: Buffer; serial: bigint; keyId: Buffer };
+  /** The text after the key up to the line end, as bytes; empty when there is none. */
+  comment: Buffer;
+}
+
+/**
+ * sshkey_try_load_public (OpenSSH 9.2 authfile.c), which `ssh-keygen -Q` uses for each file:
+ * lines are read in order; one starting with '#', a line end or NUL is skipped; one starting
+ * "-----BEGIN" (a private key) ends the search; otherwise, after leading spaces and tabs, the
+ * line is read with sshkey_read, and the first line that loads (for a certificate: every
+ * check of cert_parse, the CA signature included) is the file's key. Lines that do not load
+ * are skipped. Returns null when no line loads. Pure.
+ */
+export function loadPublicKeyFile(input: Buffer): LoadedKey | null {
+  let start = 0;
+  while (start < input.length) {
+    let end = input.indexOf(0x0a, start);
+    end = end === -1 ? input.length : end + 1;
+    let line = input.subarray(start, end);
+    start = end;
+    const nul = line.indexOf(0);
+    if (nul !== -1) line = line.subarray(0, nul);
+    const first = line[0];
+    if (first === undefined || first === 0x23 || first === 0x0a) continue;
+    if (line.subarray(0, 10).toString('latin1') === '-----BEGIN' || line.toString('latin1') === 'SSH PRIVATE KEY FILE') return null;
+    let p = 0;
+    while (p < line.length && (line[p] === 0x20 || line[p] === 0x09)) p++;
+    if (p === line.length) continue;
+    let read: { key: Key; rest: number };
+    try {
+      read = readKeyLineAt(line.subarray(p));
+    } catch (e) {
+      if (!(e instanceof OsshError)) throw e;
+      continue;
+    }
+    const rest = line.subarray(p + read.rest);
+    let cut = 0;
+    while (cut < rest.length && rest[cut] !== 0x0d && rest[cut] !== 0x0a) cut++;
+    const { key } = read;
+    return {
+      keyBlob: key.plainBlob,
+      cert: key.cert && { caKeyBlob: key.cert.signatureKey.plainBlob, serial: key.cert.serial, keyId: key.cert.keyId },
+      comment: Buffer.from(rest.subarray(0, cut)),
+    };
+  }
+  return null;
 }
 
 /** ssh-keygen's absolute time (misc.c format_absolute_time): localtime, %Y-%m-%dT%H:%M:%S. */

@@ -3,12 +3,13 @@
 import type { Command } from 'commander';
 import { writeFileAtomic } from '../../ca/io/atomic-file.js';
 import { fingerprint, keyLabel, parseAuthorizedKey, parsePublicKeyBlob, type PublicKey } from '../../ca/ssh/keys.js';
-import { describeRevocation, isRevoked, parseKeyOrCertificateLine } from '../../ca/ssh/krl/check.js';
+import { describeRevocation, isLoadedKeyRevoked } from '../../ca/ssh/krl/check.js';
 import { decodeKrl, type DecodedKrl, type KrlSectionInfo } from '../../ca/ssh/krl/decode.js';
 import { encodeKrl } from '../../ca/ssh/krl/encode.js';
 import { SERIAL_MAX } from '../../ca/ssh/krl/format.js';
 import { RevocationSetBuilder, type RevocationSet } from '../../ca/ssh/krl/revocation-set.js';
 import { formatSpecError, parseKrlSpec, type SpecError } from '../../ca/ssh/krl/spec.js';
+import { loadPublicKeyFile, type LoadedKey } from '../../ca/ssh/openssh-listing.js';
 import { SshParseError } from '../../ca/ssh/wire.js';
 import { printJson, readInput, type CliContext } from '../context.js';
 import { CliError, ExitWith, UsageError } from '../errors.js';
@@ -81,8 +82,9 @@ export function registerKrl(program: Command, ctx: CliContext): void {
       const { set } = await orUnreadable(unreadable, async () => decodeOrFail(file, await readInput(ctx, file)));
       const results = [];
       for (const path of keys) {
-        const { subject, comment } = await orUnreadable(unreadable, () => readKeyOrCert(ctx, path));
-        const match = isRevoked(set, subject);
+        const loaded = await orUnreadable(unreadable, () => loadKeyFile(ctx, path));
+        const comment = loaded.comment.toString('utf8');
+        const match = isLoadedKeyRevoked(set, loaded);
         results.push({ file: path, comment, revoked: match !== null, reason: match && describeRevocation(match), match });
         // ssh-keygen -Q's line; like it, show the file name when the key has no comment.
         if (!opts.json) ctx.stdout.write(`${path} (${comment || path}): ${match ? 'REVOKED' : 'ok'}\n`);
@@ -119,13 +121,29 @@ async function readCaKey(ctx: CliContext, path: string): Promise<PublicKey> {
   }
 }
 
-async function readKeyOrCert(ctx: CliContext, path: string): Promise<ReturnType<typeof parseKeyOrCertificateLine>> {
-  try {
-    return parseKeyOrCertificateLine(firstKeyLine((await readInput(ctx, path)).toString('utf8')));
-  } catch (e) {
-    if (e instanceof SshParseError) throw new CliError(`${path}: ${e.message}`);
-    throw e;
+/**
+ * The key `ssh-keygen -Q` checks for PATH (sshkey_load_public): the first line of the file that
+ * loads, lines that do not being skipped (a certificate loads only if its CA signature
+ * verifies), else the first that loads from PATH.pub. OpenSSH then tries the public half of a
+ * private key file; this does not. Throws CliError when nothing loads.
+ */
+async function loadKeyFile(ctx: CliContext, path: string): Promise<LoadedKey> {
+  let firstError: CliError | null = null;
+  for (const candidate of path === '-' ? [path] : [path, `${path}.pub`]) {
+    let data: Buffer;
+    try {
+      data = await readInput(ctx, candidate);
+    } catch (e) {
+      if (!(e instanceof CliError)) throw e;
+      firstError ??= e;
+      continue;
+    }
+    const loaded = loadPublicKeyFile(data);
+    if (loaded) return loaded;
+    firstError ??= new CliError(`${candidate}: no line is a public key or certificate OpenSSH can load (a certificate's CA signature must verify)`);
   }
+  const hint = path === '-' ? '' : ` (nor ${path}.pub; private key files are not read)`;
+  throw new CliError(`${(firstError as CliError).message}${hint}`);
 }
 
 /** The first line that is not blank or a comment, as in a .pub file. */

@@ -3,6 +3,7 @@
 
 import { createHash } from 'node:crypto';
 import { parseCertificate, type Certificate } from '../certificate.js';
+import type { LoadedKey } from '../openssh-listing.js';
 import { CERT_TYPES, parsePublicKeyBlob, publicKeyBlob, splitKeyLine, type PublicKey } from '../keys.js';
 import type { CertificateRevocations, RevocationSet } from './revocation-set.js';
 
@@ -22,14 +23,30 @@ export type RevocationMatch =
  */
 export function isRevoked(set: RevocationSet, subject: PublicKey | Certificate): RevocationMatch | null {
   const cert = 'signatureKey' in subject ? subject : null;
-  const byKey = keyRevoked(set, cert ? cert.key : (subject as PublicKey), 'subject');
-  if (byKey || !cert) return byKey;
-  const own = findSection(set, publicKeyBlob(cert.signatureKey));
-  const any = findSection(set, Buffer.alloc(0));
-  return (own && certRevoked(own, cert, 'ca')) || (any && certRevoked(any, cert, 'any-ca')) || keyRevoked(set, cert.signatureKey, 'ca');
+  return isLoadedKeyRevoked(set, {
+    keyBlob: publicKeyBlob(cert ? cert.key : (subject as PublicKey)),
+    cert: cert ? { caKeyBlob: publicKeyBlob(cert.signatureKey), serial: cert.serial, keyId: Buffer.from(cert.keyId, 'utf8') } : undefined,
+  });
 }
 
-/** Parses what `ssh-keygen -Q` takes: one public key or certificate line. Throws SshParseError. */
+/**
+ * isRevoked over wire blobs: `keyBlob` the plain (subject) key, and for a certificate its CA
+ * key blob, serial and key id bytes, e.g. a key file as `ssh-keygen -Q` loads it
+ * (openssh-listing.ts loadPublicKeyFile). The certificate's signature must already be verified.
+ */
+export function isLoadedKeyRevoked(set: RevocationSet, k: Pick<LoadedKey, 'keyBlob' | 'cert'>): RevocationMatch | null {
+  const byKey = keyRevoked(set, k.keyBlob, 'subject');
+  if (byKey || !k.cert) return byKey;
+  const own = findSection(set, k.cert.caKeyBlob);
+  const any = findSection(set, Buffer.alloc(0));
+  return (own && certRevoked(own, k.cert, 'ca')) || (any && certRevoked(any, k.cert, 'any-ca')) || keyRevoked(set, k.cert.caKeyBlob, 'ca');
+}
+
+/**
+ * Parses one public key or certificate line with the strict reader (no signature check: for
+ * lines sshd has already accepted). `krl check` reads key files as ssh-keygen -Q does instead
+ * (loadPublicKeyFile). Throws SshParseError.
+ */
 export function parseKeyOrCertificateLine(line: string): { subject: PublicKey | Certificate; comment: string } {
   const { type, blob, comment } = splitKeyLine(line, 'key');
   return { subject: CERT_TYPES.has(type) ? parseCertificate(blob) : parsePublicKeyBlob(blob), comment };
@@ -49,8 +66,7 @@ export function describeRevocation(m: RevocationMatch): string {
   }
 }
 
-function keyRevoked(set: RevocationSet, key: PublicKey, whose: 'subject' | 'ca'): RevocationMatch | null {
-  const blob = publicKeyBlob(key);
+function keyRevoked(set: RevocationSet, blob: Buffer, whose: 'subject' | 'ca'): RevocationMatch | null {
   const digest = (alg: string) => createHash(alg).update(blob).digest();
   if (indexOf(set.sha1, digest('sha1'), Buffer.compare) >= 0) return { rule: 'sha1', key: whose };
   if (indexOf(set.sha256, digest('sha256'), Buffer.compare) >= 0) return { rule: 'sha256', key: whose };
@@ -58,8 +74,9 @@ function keyRevoked(set: RevocationSet, key: PublicKey, whose: 'subject' | 'ca')
   return null;
 }
 
-function certRevoked(c: CertificateRevocations, cert: Certificate, section: 'ca' | 'any-ca'): RevocationMatch | null {
-  if (indexOf(c.keyIds, cert.keyId, compareUtf8) >= 0) return { rule: 'key-id', section, keyId: cert.keyId };
+function certRevoked(c: CertificateRevocations, cert: NonNullable<LoadedKey['cert']>, section: 'ca' | 'any-ca'): RevocationMatch | null {
+  const i = indexOf(c.keyIds, cert.keyId, compareUtf8);
+  if (i >= 0) return { rule: 'key-id', section, keyId: c.keyIds[i] as string };
   // Serial 0 is what a CA writes when it assigns none; OpenSSH never revokes it by serial.
   if (cert.serial !== 0n && c.serials.has(cert.serial)) return { rule: 'serial', section, serial: cert.serial };
   return null;
@@ -70,7 +87,7 @@ function findSection(set: RevocationSet, caKey: Buffer): CertificateRevocations 
   return i < 0 ? null : (set.certificates[i] as CertificateRevocations);
 }
 
-const compareUtf8 = (a: string, b: string) => Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
+const compareUtf8 = (a: string, b: Buffer) => Buffer.compare(Buffer.from(a, 'utf8'), b);
 
 /** Binary search: the index of the element of `sorted` that compares equal to `key`, or -1. */
 function indexOf<T, K>(sorted: readonly T[], key: K, compare: (element: T, key: K) => number): number {

@@ -163,12 +163,15 @@ function bitmapSubsection(r: SshReader, ca: CertificateRevocationsBuilder): numb
   const offset = r.u64('serial_offset');
   const raw = r.string('bitmap');
   if (raw.length > 0 && ((raw[0] as number) & 0x80) !== 0) r.fail('bitmap is a negative mpint');
+  // sshbuf_get_bignum2_bytes_direct checks the length as written, before it strips leading
+  // zeros: one zero byte (for the sign bit) may precede KRL_BITMAP_MAX_BYTES, no more. A KRL
+  // padded further is one ssh-keygen and sshd cannot load ("bignum is too large").
+  if (raw.length > KRL_BITMAP_MAX_BYTES + 1 || (raw.length === KRL_BITMAP_MAX_BYTES + 1 && raw[0] !== 0)) {
+    r.fail(`bitmap is ${raw.length} bytes as written; OpenSSH reads at most ${KRL_BITMAP_MAX_BYTES} (plus one leading zero byte) ("bignum is too large")`);
+  }
   let first = 0;
   while (first < raw.length && raw[first] === 0) first++;
   const bitmap = raw.subarray(first);
-  if (bitmap.length > KRL_BITMAP_MAX_BYTES) {
-    r.fail(`bitmap is ${bitmap.length} bytes; OpenSSH reads at most ${KRL_BITMAP_MAX_BYTES} ("bignum is too large")`);
-  }
   if (bitmap.length === 0) return 0;
   const bits = bitmap.length * 8 - Math.clz32(bitmap[0] as number) + 24;
   if (offset + BigInt(bits - 1) > SERIAL_MAX) r.fail('bitmap runs past serial 2^64-1');
