@@ -283,7 +283,7 @@ async function renewRunCert(ctx: CliContext, api: ApiClient, paths: LoginPaths, 
     // Dead weight: sshd refuses it, and ssh would keep offering it. It goes, from the agent too.
     await forgetRun(ctx, paths, project, run, await agentReachable(ctx.env));
     const why = e instanceof CliError ? e.message : (e as Error).message;
-    throw new CliError(`the certificate for ${project}/${run} was revoked (${revokedBy}) and the CA gives no new one: ${why}`, e instanceof CliError ? e.exitCode : undefined);
+    throw new CliError(`the certificate for ${project}/${run} was revoked: ${revokedBy}; the CA gives no new one: ${why}`, e instanceof CliError ? e.exitCode : undefined);
   }
   const result: RenewResult = { run: `${project}/${run}`, renewed: true, reason, validBefore: issued.validBefore, serial: issued.serial, certificate: path };
   if (await agentReachable(ctx.env)) {
