@@ -193,6 +193,10 @@ describe('people: login, plain ssh, logout', () => {
     const noKey =
       'dstack-ca: warning: ml/nokey: no host key is known for its sshd (neither pinned with `run add/update --host-key` nor reported by its agent, which reports them with --host-key), so plain `ssh ml/nokey` cannot verify the host';
     expect(r.stderr).toContain(noKey);
+    // No --fingerprint, even on loopback: said once, with how to pin.
+    expect(r.stderr.split('\n').filter((l) => l.includes('is not pinned'))).toEqual([
+      `dstack-ca: warning: ${url} is not pinned: its CA keys came over the same connection, so they are trusted only as far as that connection is; pin it once with --fingerprint SHA256:... (printed by \`dstack-ca server\` at start)`,
+    ]);
     const c = await cli(['config', 'ssh']);
     expect(c.code, c.stderr).toBe(0);
     expect(c.stderr).toContain('dstack-ca: warning: ml/later: the run has no ssh address yet');
