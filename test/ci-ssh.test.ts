@@ -38,7 +38,7 @@ async function job(platform: Record<string, string>): Promise<{ env: Record<stri
   const temp = join(dir, `temp-${n}`);
   await mkdir(home, { mode: 0o700 });
   await mkdir(temp, { mode: 0o700 });
-  const env: Record<string, string | undefined> = { ...Object.fromEntries(CI_VARS.map((k) => [k, undefined])), HOME: home, XDG_CONFIG_HOME: join(home, '.config'), DSTACK_CA_URL: server.url, TZ: 'UTC' };
+  const env: Record<string, string | undefined> = { ...Object.fromEntries(CI_VARS.map((k) => [k, undefined])), HOME: home, XDG_CONFIG_HOME: join(home, '.config'), DSTACK_CA_URL: server.url, TZ: 'UTC', TMPDIR: temp };
   return { env: { ...env, ...platform }, home, temp };
 }
 
@@ -354,10 +354,15 @@ describe('the GitHub action and the GitLab template, their steps run with the pl
     const later = await bashStep(`ssh -F "$HOME/.ssh/config" -o BatchMode=yes ml/train-1 'echo from the action' && dstack-ca cert --help >/dev/null\n`, { ...env, PATH: path }, temp);
     expect(later.code, later.stderr).toBe(0);
     expect(later.stdout.trim()).toBe('from the action');
+    // The cleanup step docs/ci-github.md tells the job to end with (if: always()).
+    const cleanup = await bashStep('dstack-ca ci cleanup\n', { ...env, PATH: path }, temp);
+    expect(cleanup.code, cleanup.stderr).toBe(0);
+    expect(cleanup.stdout).toContain(`removed ${outputs.dir}`);
+    await expect(stat(outputs.dir as string)).rejects.toThrow();
   });
 
   it('the GitLab template: id_tokens names DSTACK_CA_ID_TOKEN for the CA URL; its before_script then ssh P/R work', async () => {
-    const template = parse(await readFile(join(root, 'deploy', 'ci', 'gitlab', 'dstack-ca.gitlab-ci.yml'), 'utf8')) as Record<string, { id_tokens: Record<string, { aud: string }>; variables: Record<string, string>; before_script: string[] }>;
+    const template = parse(await readFile(join(root, 'deploy', 'ci', 'gitlab', 'dstack-ca.gitlab-ci.yml'), 'utf8')) as Record<string, { id_tokens: Record<string, { aud: string }>; variables: Record<string, string>; before_script: string[]; after_script: string[] }>;
     const hidden = template['.dstack-ca-ssh'];
     expect(hidden?.id_tokens).toEqual({ DSTACK_CA_ID_TOKEN: { aud: '$DSTACK_CA_URL' } });
     // A line with ": " in it is a YAML mapping, not a command: GitLab refuses the file.
@@ -369,7 +374,7 @@ describe('the GitHub action and the GitLab template, their steps run with the pl
     const bin = join(temp, 'bin');
     await mkdir(bin);
     await writeFile(join(bin, 'dstack-ca'), `#!/bin/sh\nexec "${process.execPath}" "${CLI}" "$@"\n`, { mode: 0o755 });
-    Object.assign(env, hidden?.variables, { GITLAB_CI: 'true', CI_BUILDS_DIR: temp, DSTACK_CA_ID_TOKEN: jwt, DSTACK_CA_RUN: 'ml/train-1', PATH: `${bin}:${process.env.PATH}` });
+    Object.assign(env, hidden?.variables, { GITLAB_CI: 'true', CI_JOB_ID: '4242', CI_BUILDS_DIR: temp, DSTACK_CA_ID_TOKEN: jwt, DSTACK_CA_RUN: 'ml/train-1', PATH: `${bin}:${process.env.PATH}` });
     // The runner runs before_script and script as one bash script that stops at the first failure.
     const script = [...(hidden?.before_script ?? []), 'ssh -F "$HOME/.ssh/config" -o BatchMode=yes "$DSTACK_CA_RUN" "echo from gitlab"'].join('\n');
     const r = await bashStep(`set -eo pipefail\n${script}\n`, env, temp);
@@ -378,5 +383,10 @@ describe('the GitHub action and the GitLab template, their steps run with the pl
     expect(r.stdout).toMatch(/ml\/train-1: certificate serial \d+ valid until/);
     noSecrets(r.stdout + r.stderr, [jwt]);
     expect(await readFile(join(home, '.ssh', 'config'), 'utf8')).toMatch(/^Include "/);
+    // after_script runs in a shell of its own; it removes the key dir and the Include line.
+    const after = await bashStep(`${(hidden?.after_script ?? []).join('\n')}\n`, env, temp);
+    expect(after.code, after.stderr).toBe(0);
+    expect(after.stdout).toMatch(/^removed \/\S+\/dstack-ca-\w+ and its Include line in ~\/\.ssh\/config$/m);
+    expect(await readFile(join(home, '.ssh', 'config'), 'utf8')).not.toMatch(/Include/);
   });
 });

@@ -38,7 +38,24 @@ function paths(schema: z.ZodType, prefix = ''): { all: Set<string>; leaves: stri
 }
 
 const schema = paths(serverConfigSchema);
-const FILE_LIKE = /\.(json|ya?ml|pub|md|ts|js|conf|db|pem|krl|service|sh|com|org|net|example|c|h)$/;
+const FILE_LIKE = /\.(json|ya?ml|pub|md|ts|js|c|h|conf|db|pem|krl|service|sh|com|org|net|example)$/;
+
+/**
+ * Audit actions (`cert.issue`, `user.remove`, ...) look like dotted settings. They are string
+ * literals in the authority's source, read from there so a new one needs no list kept here
+ * (a setting name quoted there is in the schema anyway; a wrong one, like `sessions.ttl`, is not
+ * quoted anywhere).
+ */
+async function auditActions(): Promise<Set<string>> {
+  const out = new Set<string>();
+  const dir = `${root}ca/authority`;
+  for (const f of await readdir(dir, { recursive: true })) {
+    if (!f.endsWith('.ts') || f.endsWith('.test.ts')) continue;
+    const text = await readFile(`${dir}/${f}`, 'utf8');
+    for (const m of text.matchAll(/'([a-z]+(?:\.[a-z-]+)+)'/g)) out.add(m[1] as string);
+  }
+  return out;
+}
 
 async function docs(): Promise<{ file: string; text: string }[]> {
   const files = ['README.md', ...(await readdir(`${root}docs`)).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)];
@@ -52,14 +69,9 @@ describe('documented config names', () => {
   });
 
   it('every dotted setting name in README.md and docs/*.md is one the server accepts', async () => {
-    // Audit actions (`cert.issue`, `cert.refuse`) are dotted too: the ones the server records are not settings.
-    const actions = new Set<string>();
-    for (const file of await sources('ca')) {
-      const text = await readFile(`${root}${file}`, 'utf8');
-      for (const m of text.matchAll(/\b(?:audit|nextEvent)\([^;]*?'([a-z][a-z-]*\.[a-z][a-z-]*)'/g)) actions.add(m[1] as string);
-    }
-    expect(actions).toContain('cert.issue');
     const unknown: string[] = [];
+    const actions = await auditActions();
+    expect(actions).toContain('cert.issue');
     for (const { file, text } of await docs()) {
       for (const m of text.matchAll(/`([a-z][A-Za-z0-9]*(?:\.[A-Za-z0-9*]+)+)`/g)) {
         const name = m[1] as string;

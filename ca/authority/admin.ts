@@ -1,7 +1,7 @@
 // Users, projects, members, bots and orchestrators. Every change that can take access
 // away revokes, in its own transaction, exactly the certificates it ungranted.
 import { badRequest, conflict } from '../domain/errors.js';
-import { DEFAULT_BOT_SETTINGS, type BotSettings, type Identity, type Membership, type Project, type ProjectRole, type TokenRecord } from '../domain/model.js';
+import { DEFAULT_BOT_SETTINGS, type BotSettings, type Identity, type Membership, type OidcBinding, type Project, type ProjectRole, type TokenRecord } from '../domain/model.js';
 import type { StoreReader, StoreTx } from '../store/store.js';
 import { isAllowed } from '../policy/authorize.js';
 import { extensionsFor, MAX_TTL_CAP, type Restrictions } from '../policy/cert-profile.js';
@@ -315,6 +315,21 @@ function restrictionsTightened(old: BotSettings, next: BotSettings): boolean {
   return changed('forceCommand') || changed('sourceAddress') || extensionsFor(restrictionsOf(old)).some((e) => !kept.has(e));
 }
 
+type BindingTerms = Pick<OidcBinding, 'issuer' | 'audience' | 'claims'>;
+
+const sameBinding = (a: BindingTerms, b: BindingTerms): boolean =>
+  a.issuer === b.issuer && a.audience === b.audience && JSON.stringify(Object.entries(a.claims).sort()) === JSON.stringify(Object.entries(b.claims).sort());
+
+/**
+ * Whether a bot's OIDC trust changed other than by pure addition: some old binding (issuer,
+ * audience and claim conditions) is not among the new ones, so a workload it admitted may now
+ * be refused. Conditions are globs, so any change counts (telling a narrower glob from a
+ * wider one is not attempted).
+ */
+export function oidcTrustChanged(old: readonly BindingTerms[], next: readonly BindingTerms[]): boolean {
+  return old.some((o) => !next.some((n) => sameBinding(o, n)));
+}
+
 const tokenExpiry = (now: number, ttl: number | null): number | null => (ttl === null ? null : now + ttl);
 
 /**
@@ -355,7 +370,9 @@ export interface BotPatch {
  * every live certificate of the bot (they carry the old profile); a lower TTL cap revokes
  * those that outlive it; requiring verify-required revokes those that do not carry it.
  * Certificates being issued meanwhile are judged against the new settings in their own
- * commit (issuance.ts). Dropping a restriction, raising the cap or changing the token TTL
+ * commit (issuance.ts). OIDC trust changed other than by adding a binding (narrowed claims,
+ * another issuer or audience, or removed) revokes the live certificates got through OIDC.
+ * Dropping a restriction, raising the cap or changing the token TTL
  * (applied from the next rotation) revokes nothing.
  */
 export async function updateBot(ctx: AuthorityContext, actor: Actor, projectName: string, name: string, patch: BotPatch): Promise<BotView & { revokedCerts: number }> {
@@ -377,7 +394,12 @@ export async function updateBot(ctx: AuthorityContext, actor: Actor, projectName
     };
     await tx.putBotSettings(next);
     if (patch.maxTtl !== undefined) await tx.updateIdentity(bot.id, { botMaxTtl: patch.maxTtl });
-    if (patch.oidc !== undefined) await tx.replaceOidcBindings(bot.id, patch.oidc === null ? [] : [{ ...patch.oidc, createdAt: now }]);
+    let oidcChanged = false;
+    if (patch.oidc !== undefined) {
+      const before = await tx.listOidcBindings({ identityId: bot.id });
+      const after = await tx.replaceOidcBindings(bot.id, patch.oidc === null ? [] : [{ ...patch.oidc, createdAt: now }]);
+      oidcChanged = oidcTrustChanged(before, after);
+    }
     await audit(tx, now, actor, 'bot.update', { project: projectName, name, ...patch });
 
     let revoked: bigint[] = [];
@@ -399,6 +421,17 @@ export async function updateBot(ctx: AuthorityContext, actor: Actor, projectName
       const why = patch.runs !== undefined ? `run scope of bot ${projectName}/${name} narrowed` : `bot ${projectName}/${name} now requires verify-required`;
       const r = await revokeUngranted(tx, now, { identityId: bot.id }, `${why} by ${actorLabel(actor)}`, actor, 'bot_update');
       revoked = [...revoked, ...r.revoked];
+      krl = r.krlVersion ?? krl;
+    }
+    // OIDC trust narrowed, changed or removed: the live certs got through OIDC go (a workload the
+    // old binding admitted may be one the new one refuses); those got with the bot's token stay.
+    if (oidcChanged) {
+      const live = await tx.listCerts({ identityId: bot.id, liveAt: now });
+      const done = new Set(revoked);
+      const viaOidc = live.filter((c) => c.viaOidc === true && !done.has(c.serial)).map((c) => c.serial);
+      const why = patch.oidc === null ? 'OIDC trust removed' : 'OIDC trust changed';
+      const r = await revokeSerials(tx, now, actor, 'bot_update', viaOidc, `${why} for bot ${projectName}/${name} by ${actorLabel(actor)}`);
+      if (r.count > 0) revoked = [...revoked, ...viaOidc];
       krl = r.krlVersion ?? krl;
     }
     const updated = (await tx.getIdentity(bot.id)) as Identity;

@@ -38,7 +38,7 @@ import { cachedReader, factCacheOf } from './fact-cache.js';
 import { GroupCommitter } from './group-commit.js';
 import { findRun, requireRun } from './lookup.js';
 import { OidcRefusal, OidcVerifier, resolveOidcBot, type OidcEvidence } from './oidc.js';
-import { OIDC_REPLAYED, OidcReplayGuard } from './oidc-replay.js';
+import { OIDC_REPLAYED, OidcReplayGuard, OidcShareExceeded } from './oidc-replay.js';
 import { NonceBook, verifyPossession, type Possession } from './proof.js';
 import { addressKey, RateLimiter } from './rate-limit.js';
 import { stillGranted } from './recheck.js';
@@ -398,9 +398,23 @@ export class Issuer {
       // Verified and standing for a bot: from here the token is spent (released if this
       // request issues nothing), so it cannot be replayed during the rest of its lifetime.
       const payload = decodeJwt(req.oidcToken);
-      const until = Math.min(Number(payload.exp), Number(payload.iat) + this.oidcConfig.maxTokenAge) + this.oidcConfig.clockTolerance;
+      // jose still accepts the token at iat + maxTokenAge + clockTolerance exactly (it refuses
+      // only an age above that), so the record must outlive that second: remembered while
+      // `until > now`, hence the + 1.
+      const until = Math.min(Number(payload.exp), Number(payload.iat) + this.oidcConfig.maxTokenAge) + this.oidcConfig.clockTolerance + 1;
       const keys = OidcReplayGuard.keysOf(req.oidcToken, payload);
-      this.replay.claim(keys, until, now);
+      // Counted against the bot's and its project's share of the table (oidc-replay.ts).
+      const shares = [
+        { name: `bot:${match.bot.id}`, what: `bot ${req.project}/${match.bot.name}`, limit: this.replay.shareLimits.bot },
+        { name: `project:${match.bot.botProjectId ?? 0}`, what: `project ${req.project}`, limit: this.replay.shareLimits.project },
+      ];
+      try {
+        this.replay.claim(keys, until, now, shares);
+      } catch (e) {
+        // A bot over its share is refused on every try; audited once until it gets under again.
+        if (e instanceof OidcShareExceeded && trail) trail.audit = e.first;
+        throw e;
+      }
       if (trail) trail.claimed = keys;
       if (await this.ctx.store.isOidcTokenSpent(keys, now)) throw new CaError('unauthenticated', OIDC_REPLAYED);
       spent = { keys, until };
@@ -503,6 +517,7 @@ export class Issuer {
       revokedAt: null,
       revokeReason: null,
       verifyRequired: restrictions.verifyRequired === true,
+      viaOidc: details.via === 'oidc',
     };
     if (bot) {
       if (req.ttl !== undefined) details.requestedTtl = req.ttl;

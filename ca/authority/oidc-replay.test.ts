@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { CaError } from '../domain/errors.js';
-import { OidcReplayGuard } from './oidc-replay.js';
+import { MAX_KEYS_PER_BOT, MAX_KEYS_PER_PROJECT, MAX_REMEMBERED_TOKENS, OidcReplayGuard, OidcShareExceeded } from './oidc-replay.js';
 
 describe('OIDC replay guard', () => {
   it('keys a token by its signed part (not the signature) and by iss + jti', () => {
@@ -36,5 +36,37 @@ describe('OIDC replay guard', () => {
     g.claim(['d'], 100, 60); // 'a' expired at 50
     expect(g.size).toBe(3);
     expect(() => g.claim(['b'], 100, 60)).toThrow(/already used/);
+  });
+
+  it('a share over its limit is refused (429, first once until it gets under again); other shares are not; expired keys free it', () => {
+    const g = new OidcReplayGuard(100, { bot: 4, project: 100 });
+    const bot1 = [{ name: 'bot:1', what: 'bot ml/a', limit: 4 }];
+    const bot2 = [{ name: 'bot:2', what: 'bot ops/b', limit: 4 }];
+    g.claim(['a1', 'a2'], 50, 0, bot1);
+    g.claim(['a3', 'a4'], 100, 0, bot1);
+    const refuse = () => {
+      try {
+        g.claim(['a5', 'a6'], 100, 10, bot1);
+      } catch (e) {
+        return e;
+      }
+      return undefined;
+    };
+    const first = refuse();
+    expect(first).toBeInstanceOf(OidcShareExceeded);
+    expect((first as OidcShareExceeded).status).toBe(429);
+    expect((first as OidcShareExceeded).message).toBe('too many OIDC tokens of bot ml/a in use (2 tokens remembered until they expire); retry in 40s');
+    expect((first as OidcShareExceeded).first).toBe(true);
+    expect((refuse() as OidcShareExceeded).first).toBe(false);
+    g.claim(['b1', 'b2'], 100, 10, bot2); // another bot is not held back
+    g.claim(['a5', 'a6'], 100, 60, bot1); // a1, a2 expired at 50
+    expect(g.countOf('bot:1')).toBe(4);
+    g.release(['a5']);
+    expect(g.countOf('bot:1')).toBe(3);
+  });
+
+  it('the shares are small enough that one bot, or one project, cannot fill the table', () => {
+    expect(MAX_KEYS_PER_BOT * 2).toBeLessThanOrEqual(MAX_KEYS_PER_PROJECT);
+    expect(MAX_KEYS_PER_PROJECT * 10).toBeLessThanOrEqual(MAX_REMEMBERED_TOKENS);
   });
 });

@@ -93,6 +93,8 @@ export interface CertRecord {
   revokeReason: string | null;
   /** The certificate carries the `verify-required` critical option (FIDO user verification). */
   verifyRequired: boolean;
+  /** Got with an OIDC token (a bot's CI job), not a bearer token; absent means false. */
+  viaOidc?: boolean;
 }
 
 /**

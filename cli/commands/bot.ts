@@ -92,7 +92,7 @@ function describeBot(b: BotView): string[] {
 }
 
 const RUNS_HELP = 'run names or globs the bot may reach, comma-separated or repeated; "*" matches any characters, "?" one (quote them from the shell), e.g. \'train-*\'';
-const VERIFY_HELP = 'certificates carry verify-required (user verification, e.g. a PIN, on every login) and only FIDO keys get them (ssh-keygen -t ed25519-sk -O verify-required): sshd ignores the option for other keys';
+const VERIFY_HELP = 'certificates carry verify-required (sshd demands the user-verified flag in every signature) and only sk-* keys get them (ssh-keygen -t ed25519-sk -O verify-required): sshd ignores the option for other keys. No attestation is checked, so a software key labelled sk-* can set the flag: for a bot it never means a human is present';
 const CLAMP_HELP = "longest certificate the bot may get, e.g. 15m, at most the server's certs.maxTtl (12h by default; a larger value is refused); a longer requested --ttl is clamped to it (not refused)";
 
 export function registerBot(program: Command, ctx: CliContext): void {
@@ -128,7 +128,9 @@ export function registerBot(program: Command, ctx: CliContext): void {
       };
       checkBotArgs(addBotBody, body);
       const api = await ApiClient.forCommand(ctx, cmd);
-      const b = await api.call<BotView & { token?: string }>('POST', botsPath(project), { body, fields: BOT_ADD_FIELDS });
+      const { warning, ...b } = await api.call<BotView & { token?: string; warning?: string }>('POST', botsPath(project), { body, fields: BOT_ADD_FIELDS });
+      // On stderr only: stdout (--json) stays the bot.
+      if (warning !== undefined) ctx.stderr.write(`dstack-ca: warning: ${warning}\n`);
       if (opts.json) {
         printJson(ctx, b);
         return;
@@ -145,7 +147,7 @@ export function registerBot(program: Command, ctx: CliContext): void {
       }
     });
 
-  apiCommand(bot, 'update', "change a bot's settings; narrowing its runs or adding a restriction revokes the certificates that no longer fit")
+  apiCommand(bot, 'update', "change a bot's settings; narrowing its runs, adding a restriction or changing its OIDC trust (--oidc-issuer/--audience/--claim, --no-oidc) revokes the certificates that no longer fit")
     .argument('<bot>', 'PROJECT/NAME')
     .option('--max-ttl <duration>', CLAMP_HELP)
     .option('--runs <patterns>', `${RUNS_HELP}; replaces the current scope`, collect)
@@ -199,7 +201,8 @@ export function registerBot(program: Command, ctx: CliContext): void {
         checkArgs(botParams, { project, name }, { project: 'PROJECT/NAME', name: 'PROJECT/NAME' });
         checkBotArgs(updateBotBody, body);
         const api = await ApiClient.forCommand(ctx, cmd);
-        const b = await api.call<BotView & { revokedCerts: number }>('PATCH', botPath(project, name), { body, fields: BOT_UPDATE_FIELDS });
+        const { warning, ...b } = await api.call<BotView & { revokedCerts: number; warning?: string }>('PATCH', botPath(project, name), { body, fields: BOT_UPDATE_FIELDS });
+        if (warning !== undefined) ctx.stderr.write(`dstack-ca: warning: ${warning}\n`);
         if (opts.json) printJson(ctx, b);
         else ctx.stdout.write([...describeBot(b), `updated; ${plural(b.revokedCerts, 'certificate')} revoked`].join('\n') + '\n');
       },

@@ -13,7 +13,7 @@ import { parseCertificateLine } from '../../ca/ssh/certificate.js';
 import { parseAuthorizedKey, publicKeysEqual } from '../../ca/ssh/keys.js';
 import { apiCommand, durationArg, qualifiedArg } from '../args.js';
 import { ApiClient } from '../client.js';
-import { copyAlias, makeJobDir, renderJobFiles } from '../ci/job-files.js';
+import { copyAlias, findJobDirs, makeJobDir, removeJobDir, renderJobFiles } from '../ci/job-files.js';
 import { DEFAULT_TOKEN_VAR, discoverOidcToken, discoverOptions, withAudienceHint } from '../ci/oidc-token.js';
 import { printJson, type CliContext } from '../context.js';
 import { CliError } from '../errors.js';
@@ -21,8 +21,8 @@ import { certIssueFields } from '../field-labels.js';
 import { hostCaKeysOf } from '../login/host-ca.js';
 import type { MeRun } from '../login/session.js';
 import { sshTarget } from '../login/ssh-config.js';
-import { agentAdd, agentReachable, ensureLoginKey } from '../login/tools.js';
-import { ensureUserInclude } from '../login/user-config.js';
+import { agentAdd, agentDelete, agentReachable, ensureLoginKey } from '../login/tools.js';
+import { ensureUserInclude, removeUserInclude } from '../login/user-config.js';
 import { formatTime } from '../output.js';
 
 interface CiSshFlags {
@@ -41,9 +41,9 @@ export function registerCi(program: Command, ctx: CliContext): void {
     .option('--ttl <duration>', 'certificate lifetime (clamped to the bot\'s --max-ttl)', '15m')
     .option('--audience <aud>', 'on GitHub Actions: the audience to ask the OIDC token for, the bot\'s --audience (default: the CA URL)')
     .option('--oidc-token-var <name>', `the variable GitLab CI's id_tokens puts the JWT in (default: ${DEFAULT_TOKEN_VAR})`)
-    .option('--dir <dir>', 'where to make the key\'s directory (default: $RUNNER_TEMP, $CI_BUILDS_DIR, $TMPDIR)')
+    .option('--dir <dir>', 'where to make the key\'s directory (default: $RUNNER_TEMP, else $TMPDIR or /tmp; never $CI_BUILDS_DIR, which outlives the job)')
     .option('--no-user-config', 'leave ~/.ssh/config alone: use `ssh -F SSH_CONFIG` (printed) instead')
-    .addHelpText('after', `\nCredential: DSTACK_CA_TOKEN (a bot token) when set, else the job's OIDC token (GitHub Actions with \`permissions: id-token: write\`, or GitLab CI \`id_tokens: ${DEFAULT_TOKEN_VAR}\`).`)
+    .addHelpText('after', `\nCredential: DSTACK_CA_TOKEN (a bot token) when set, else the job's OIDC token (GitHub Actions with \`permissions: id-token: write\`, or GitLab CI \`id_tokens: ${DEFAULT_TOKEN_VAR}\`).\nRun \`dstack-ca ci cleanup\` at the end of the job (GitLab after_script, GitHub a step with if: always()).`)
     .action(async (qualified: string, opts: CiSshFlags, cmd: Command) => {
       const { project, name } = qualifiedArg(qualified, 'run');
       const ttl = durationArg(opts.ttl, '--ttl');
@@ -55,32 +55,41 @@ export function registerCi(program: Command, ctx: CliContext): void {
       if (discovered) api.addSecret(discovered.token);
 
       const files = await makeJobDir(ctx.env, opts.dir);
-      const publicKey = await ensureLoginKey(files.key, files.publicKey, ctx.env);
-      const runPath = `/v1/runs/${encodeURIComponent(project)}/${encodeURIComponent(name)}`;
-      const body = { publicKey, ttl, ...(discovered ? { oidcToken: discovered.token } : {}) };
-      const issued = await api.request('POST', `${runPath}/certs`, { body, schema: certView, fields: certIssueFields('the job key', discovered?.source ?? 'DSTACK_CA_TOKEN'), ...(discovered ? { auth: false } : {}) }).catch((e: unknown) => {
-        throw discovered ? withAudienceHint(e, discovered) : e;
+      // A refusal or any failure before the ssh config is in place takes the key (and a
+      // certificate already written) with it: nothing of this job may outlive it.
+      const setUp = async () => {
+        const publicKey = await ensureLoginKey(files.key, files.publicKey, ctx.env);
+        const runPath = `/v1/runs/${encodeURIComponent(project)}/${encodeURIComponent(name)}`;
+        const body = { publicKey, ttl, ...(discovered ? { oidcToken: discovered.token } : {}) };
+        const issued = await api.request('POST', `${runPath}/certs`, { body, schema: certView, fields: certIssueFields('the job key', discovered?.source ?? 'DSTACK_CA_TOKEN'), ...(discovered ? { auth: false } : {}) }).catch((e: unknown) => {
+          throw discovered ? withAudienceHint(e, discovered) : e;
+        });
+        if (issued.ttlLimitedBy === 'run-end') ctx.stderr.write(`dstack-ca: warning: run ${qualified} ends at ${formatTime(issued.validBefore)}; the certificate is valid only until then\n`);
+        else if (issued.ttlClamped) ctx.stderr.write(`dstack-ca: warning: --ttl ${opts.ttl} is above the bot's cap; the certificate is valid until ${formatTime(issued.validBefore)}\n`);
+        const { cert } = parseCertificateLine(issued.certificate);
+        if (!publicKeysEqual(cert.key, parseAuthorizedKey(publicKey).key)) throw new CliError(`unexpected response from ${api.url}: the certificate is not for the job's key`);
+
+        if (issued.loginUser === undefined || issued.ssh === undefined) throw new CliError(`${api.url} did not say where ${qualified}'s sshd is (a CA older than dstack-ca ci ssh)`);
+        const run: MeRun = { project, name, principal: issued.principal, loginUser: issued.loginUser, state: 'running', endsAt: null, ssh: issued.ssh };
+        const target = sshTarget(run);
+        if (typeof target === 'string') throw new CliError(`${qualified}: ${target}; no ssh config written`);
+        // Never a config that would accept whatever host key answers.
+        if (target.hostKeys.length === 0 && hostCas.length === 0) {
+          throw new CliError(`${qualified}: cannot check the run's host: it has no pinned host keys and the CA is not pinned (pass --fingerprint SHA256:... for its host CA); no ssh config written`);
+        }
+
+        await writeFileAtomic(files.certificate, `${issued.certificate.trim()}\n`, { mode: 0o600 });
+        await chmod(files.publicKey, 0o600);
+        const text = renderJobFiles(files, run, hostCas);
+        await writeFileAtomic(files.knownHosts, text.knownHosts, { mode: 0o600 });
+        await writeFileAtomic(files.sshConfig, text.sshConfig, { mode: 0o600 });
+        const include = opts.userConfig ? await ensureUserInclude(ctx.env, files.sshConfig) : null;
+        return { issued, target, include };
+      };
+      const { issued, target, include } = await setUp().catch(async (e: unknown) => {
+        await removeJobDir(files);
+        throw e;
       });
-      if (issued.ttlLimitedBy === 'run-end') ctx.stderr.write(`dstack-ca: warning: run ${qualified} ends at ${formatTime(issued.validBefore)}; the certificate is valid only until then\n`);
-      else if (issued.ttlClamped) ctx.stderr.write(`dstack-ca: warning: --ttl ${opts.ttl} is above the bot's cap; the certificate is valid until ${formatTime(issued.validBefore)}\n`);
-      const { cert } = parseCertificateLine(issued.certificate);
-      if (!publicKeysEqual(cert.key, parseAuthorizedKey(publicKey).key)) throw new CliError(`unexpected response from ${api.url}: the certificate is not for the job's key`);
-
-      if (issued.loginUser === undefined || issued.ssh === undefined) throw new CliError(`${api.url} did not say where ${qualified}'s sshd is (a CA older than dstack-ca ci ssh)`);
-      const run: MeRun = { project, name, principal: issued.principal, loginUser: issued.loginUser, state: 'running', endsAt: null, ssh: issued.ssh };
-      const target = sshTarget(run);
-      if (typeof target === 'string') throw new CliError(`${qualified}: ${target}; no ssh config written`);
-      // Never a config that would accept whatever host key answers.
-      if (target.hostKeys.length === 0 && hostCas.length === 0) {
-        throw new CliError(`${qualified}: cannot check the run's host: it has no pinned host keys and the CA is not pinned (pass --fingerprint SHA256:... for its host CA); no ssh config written`);
-      }
-
-      await writeFileAtomic(files.certificate, `${issued.certificate.trim()}\n`, { mode: 0o600 });
-      await chmod(files.publicKey, 0o600);
-      const text = renderJobFiles(files, run, hostCas);
-      await writeFileAtomic(files.knownHosts, text.knownHosts, { mode: 0o600 });
-      await writeFileAtomic(files.sshConfig, text.sshConfig, { mode: 0o600 });
-      const include = opts.userConfig ? await ensureUserInclude(ctx.env, files.sshConfig) : null;
 
       let agent = false;
       if (await agentReachable(ctx.env)) {
@@ -117,5 +126,28 @@ export function registerCi(program: Command, ctx: CliContext): void {
       ctx.stdout.write(`${qualified}: certificate serial ${issued.serial} valid until ${formatTime(issued.validBefore)} (${discovered ? `OIDC token from ${discovered.source}` : 'bot token'})${agent ? ', in the ssh-agent' : ''}\n`);
       ctx.stdout.write(include ? `${include.path} includes ${files.sshConfig}: ` : `use ssh -F ${files.sshConfig}: `);
       ctx.stdout.write(`ssh ${hosts[0]}, scp/rsync with ${hosts[1]}:PATH; host checked by ${verification.join(' and ')}\n`);
+    });
+
+  ci.command('cleanup')
+    .description('at the end of a CI job: delete what `ci ssh` left (the key, certificate and ssh config), take the key out of the ssh-agent and the Include line out of ~/.ssh/config')
+    .option('--dir <dir>', 'the directory `ci ssh` printed (its "dir"), or the --dir given to `ci ssh` (default: this job\'s directories under $RUNNER_TEMP, else $TMPDIR or /tmp)')
+    .option('--json', 'print what was removed as JSON')
+    .addHelpText('after', '\nThe certificate itself stays valid until it expires (the --ttl of ci ssh, 15m by default): deleting the key is what ends its use.')
+    .action(async (opts: { dir?: string; json?: boolean }) => {
+      const dirs = await findJobDirs(ctx.env, opts.dir);
+      const agent = dirs.length > 0 && (await agentReachable(ctx.env));
+      const removed: { dir: string; includeRemoved: boolean }[] = [];
+      for (const files of dirs) {
+        if (agent) await agentDelete(files.key, ctx.env);
+        const inc = await removeUserInclude(ctx.env, files.sshConfig);
+        await removeJobDir(files);
+        removed.push({ dir: files.dir, includeRemoved: inc.removed });
+      }
+      if (opts.json) {
+        printJson(ctx, { removed });
+        return;
+      }
+      if (removed.length === 0) ctx.stdout.write('dstack-ca ci cleanup: nothing of this job to remove\n');
+      for (const r of removed) ctx.stdout.write(`removed ${r.dir}${r.includeRemoved ? ' and its Include line in ~/.ssh/config' : ''}\n`);
     });
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { addInclude, configPathValue, execShellWord, hasInclude, identityArg, includeLine, renderKnownHosts, renderSshConfig, renderSshHosts, sshTarget } from './ssh-config.js';
+import { addInclude, configPathValue, execShellWord, hasInclude, identityArg, includeLine, removeInclude, renderKnownHosts, renderSshConfig, renderSshHosts, sshTarget } from './ssh-config.js';
 import type { MeRun } from './session.js';
 
 const HOST_KEY = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl';
@@ -167,5 +167,12 @@ describe('addInclude', () => {
   });
   it('quotes a path with spaces', () => {
     expect(includeLine('/home/a b/x')).toBe('Include "/home/a b/x"');
+  });
+  it('removeInclude takes out the lines that include the path alone, and nothing else', () => {
+    const added = addInclude('Host *\n  ServerAliveInterval 30\n', inc).text;
+    expect(removeInclude(added, inc)).toEqual({ changed: true, text: 'Host *\n  ServerAliveInterval 30\n' });
+    expect(removeInclude('Host *\n', inc)).toEqual({ changed: false, text: 'Host *\n' });
+    const shared = `INCLUDE other "${inc}"\n`;
+    expect(removeInclude(shared, inc)).toEqual({ changed: false, text: shared });
   });
 });

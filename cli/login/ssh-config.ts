@@ -202,6 +202,16 @@ export function hasInclude(text: string, path: string): boolean {
   return text.split('\n').some((l) => includesPath(l, path));
 }
 
+/**
+ * The ssh config text without the lines that include `path` alone (changed: false when there
+ * were none); a line that includes other files too is the user's and stays.
+ */
+export function removeInclude(existing: string, path: string): { text: string; changed: boolean } {
+  const lines = existing.split('\n');
+  const kept = lines.filter((l) => !(includesPath(l, path) && includeWords(l).length === 1));
+  return { text: kept.join('\n'), changed: kept.length !== lines.length };
+}
+
 /** A path for `ssh -i` (not parsed as a config line, but %-tokens and ${ENV} still expand). */
 export function identityArg(path: string): string {
   configPathValue(path);
@@ -210,12 +220,17 @@ export function identityArg(path: string): string {
 
 /** Whether `line` is an Include of `path` (quoted or not, any case, any indentation). */
 function includesPath(line: string, path: string): boolean {
+  return includeWords(line).includes(path);
+}
+
+/** The files an Include line names ([] for any other line). */
+function includeWords(line: string): string[] {
   const m = /^\s*include(?:\s*=\s*|\s+)(.*)$/i.exec(line);
-  if (!m) return false;
+  if (!m) return [];
   const rest = (m[1] ?? '').trim();
   const words: string[] = [];
   for (const w of rest.matchAll(/"([^"]*)"|(\S+)/g)) words.push(w[1] ?? w[2] ?? '');
-  return words.includes(path);
+  return words;
 }
 
 /**

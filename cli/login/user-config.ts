@@ -4,7 +4,7 @@ import { dirname } from 'node:path';
 import { writeFileAtomic } from '../../ca/io/atomic-file.js';
 import { CliError } from '../errors.js';
 import { userSshConfigPath } from './paths.js';
-import { addInclude, hasInclude } from './ssh-config.js';
+import { addInclude, hasInclude, removeInclude } from './ssh-config.js';
 
 async function readText(path: string): Promise<string | undefined> {
   try {
@@ -41,4 +41,23 @@ export async function ensureUserInclude(env: NodeJS.ProcessEnv, includePath: str
     throw new CliError(`${path}: cannot add the Include line: ${(e as Error).message}`);
   }
   return { path, added: true };
+}
+
+/**
+ * Takes the `Include includePath` line(s) out of ~/.ssh/config again (keeping the file's mode
+ * and a symlink); returns whether a line was removed. A missing file changes nothing.
+ */
+export async function removeUserInclude(env: NodeJS.ProcessEnv, includePath: string): Promise<{ path: string; removed: boolean }> {
+  const path = userSshConfigPath(env);
+  const existing = await readText(path);
+  if (existing === undefined) return { path, removed: false };
+  const { text, changed } = removeInclude(existing, includePath);
+  if (!changed) return { path, removed: false };
+  const target = await realpath(path);
+  try {
+    await writeFileAtomic(target, text, { mode: (await stat(target)).mode & 0o777 });
+  } catch (e) {
+    throw new CliError(`${path}: cannot remove the Include line: ${(e as Error).message}`);
+  }
+  return { path, removed: true };
 }

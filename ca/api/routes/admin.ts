@@ -62,6 +62,16 @@ import {
 
 const toUserView = (i: Identity) => ({ name: i.name, admin: i.globalAdmin, disabled: i.disabled, createdAt: i.createdAt });
 
+/**
+ * A bot audience other than this CA's own URL (publicUrl): a token minted for a name that other
+ * CAs may accept too (a shared "dstack-ca", staging and prod) can be spent at one and replayed at
+ * another, whose replay guard never saw it. Warned, not refused: some issuers fix the audience.
+ */
+export function audienceWarning(audience: string | undefined, publicUrl: string): string | undefined {
+  if (audience === undefined || audience.replace(/\/+$/, '') === publicUrl.replace(/\/+$/, '')) return undefined;
+  return `the audience ${JSON.stringify(audience)} is not this CA's URL (${publicUrl}): a token for it may be accepted by another CA trusting the same issuer (a staging CA, say), so one spent there could be replayed here; use --audience ${publicUrl} unless the issuer fixes the audience`;
+}
+
 export function adminRoutes(app: FastifyInstance, authority: Authority): void {
   const r = app.withTypeProvider<ZodTypeProvider>();
   const ctx = authority.ctx;
@@ -138,25 +148,30 @@ export function adminRoutes(app: FastifyInstance, authority: Authority): void {
         description: 'Add a bot. Its API token is returned once (absent for a bot that trusts an OIDC issuer: it needs no long-lived secret).',
         params: projectParam,
         body: addBotBody,
-        response: { 201: botView.extend({ token: z.string().optional() }) },
+        response: { 201: botView.extend({ token: z.string().optional(), warning: z.string().optional() }) },
       },
     },
     async (req, reply) => {
       const { value, secret } = await addBot(ctx, req.actor, req.params.project, req.body);
-      return reply.code(201).send({ ...value, ...(secret !== undefined ? { token: secret } : {}) });
+      const warning = audienceWarning(req.body.oidc?.audience, authority.web.publicUrl);
+      return reply.code(201).send({ ...value, ...(secret !== undefined ? { token: secret } : {}), ...(warning ? { warning } : {}) });
     },
   );
   r.patch(
     '/v1/projects/:project/bots/:name',
     {
       schema: {
-        description: 'Change a bot’s settings (absent: kept; null: back to the default). A narrower run scope, or a new force-command or source-address, revokes the live certificates it no longer allows.',
+        description: 'Change a bot’s settings (absent: kept; null: back to the default). A narrower run scope, a new force-command or source-address, or changed OIDC trust (the certificates got through OIDC) revokes the live certificates it no longer allows.',
         params: botParams,
         body: updateBotBody,
-        response: { 200: botView.extend({ revokedCerts: z.number() }) },
+        response: { 200: botView.extend({ revokedCerts: z.number(), warning: z.string().optional() }) },
       },
     },
-    async (req) => updateBot(ctx, req.actor, req.params.project, req.params.name, req.body),
+    async (req) => {
+      const updated = await updateBot(ctx, req.actor, req.params.project, req.params.name, req.body);
+      const warning = audienceWarning(req.body.oidc?.audience, authority.web.publicUrl);
+      return { ...updated, ...(warning ? { warning } : {}) };
+    },
   );
   r.post(
     '/v1/projects/:project/bots/:name/tokens/rotate',

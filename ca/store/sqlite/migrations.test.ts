@@ -178,6 +178,37 @@ describe('the real migrations', () => {
     expect(db.prepare(`SELECT name FROM sqlite_schema WHERE type = 'index' AND name = 'device_codes_pending'`).get()).toEqual({ name: 'device_codes_pending' });
   });
 
+  it('migration 11 marks the live certificates whose cert.issue event says via oidc, and only those', async () => {
+    const path = await tempDbPath();
+    const db = raw(path);
+    applyMigrations(db, MIGRATIONS.slice(0, 10));
+    const project = Number(db.prepare(`INSERT INTO projects (name, created_at) VALUES ('ml', 1)`).run().lastInsertRowid);
+    const owner = Number(db.prepare(`INSERT INTO identities (name, kind, created_at) VALUES ('alice', 'user', 1)`).run().lastInsertRowid);
+    const run = Number(
+      db.prepare(`INSERT INTO runs (project_id, name, principal, owner_id, login_user, policy, state, created_at) VALUES (?, 'r', 'p', ?, 'root', '{}', 'running', 1)`).run(project, owner).lastInsertRowid,
+    );
+    const cert = (serial: number, validBefore: number) =>
+      db
+        .prepare(`INSERT INTO certs (serial, run_id, identity_id, key_fingerprint, public_key, key_id, ca_fingerprint, grant_json, valid_after, valid_before, issued_at) VALUES (?, ?, ?, 'SHA256:k', 'ssh-ed25519 K', 'k', 'SHA256:ca', '{}', 0, ?, 0)`)
+        .run(serial, run, owner, validBefore);
+    const event = (seq: number, details: object) =>
+      db.prepare(`INSERT INTO audit_events (seq, at, actor, action, details, prev_hash, hash) VALUES (?, 1, 'bot:ci', 'cert.issue', ?, 'x', 'y')`).run(seq, JSON.stringify(details));
+    const future = 10_000_000_000;
+    cert(1, future); // live, via oidc
+    cert(2, future); // live, via token
+    cert(3, 100); // expired, via oidc
+    event(1, { serial: '1', via: 'oidc' });
+    event(2, { serial: '2', via: 'token' });
+    event(3, { serial: '3', via: 'oidc' });
+    applyMigrations(db);
+    expect(applied(db).at(10)).toMatchObject({ version: 11, name: 'certs_via_oidc' });
+    expect(db.prepare('SELECT serial, via_oidc FROM certs ORDER BY serial').all()).toEqual([
+      { serial: 1, via_oidc: 1 },
+      { serial: 2, via_oidc: 0 },
+      { serial: 3, via_oidc: 0 },
+    ]);
+  });
+
   it('a database written by a newer release is refused, untouched', async () => {
     const path = await tempDbPath();
     await (await openSqliteStore(path)).close();

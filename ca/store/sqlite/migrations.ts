@@ -477,6 +477,23 @@ ALTER TABLE bot_settings ADD COLUMN verify_required INTEGER NOT NULL DEFAULT 0 C
 ALTER TABLE certs ADD COLUMN verify_required INTEGER NOT NULL DEFAULT 0 CHECK (verify_required IN (0, 1));
 `,
   },
+  {
+    version: 11,
+    name: 'certs_via_oidc',
+    // certs.via_oidc: the certificate was got with an OIDC token (a CI job), not a bearer token,
+    // so that narrowing or removing a bot's OIDC trust revokes exactly those. Live rows from
+    // before are marked from their cert.issue audit event (details.via = 'oidc'); expired ones
+    // no longer matter and keep 0.
+    sql: `
+ALTER TABLE certs ADD COLUMN via_oidc INTEGER NOT NULL DEFAULT 0 CHECK (via_oidc IN (0, 1));
+UPDATE certs SET via_oidc = 1
+WHERE revoked_at IS NULL AND valid_before > CAST(strftime('%s', 'now') AS INTEGER)
+  AND CAST(serial AS TEXT) IN (
+    SELECT json_extract(details, '$.serial') FROM audit_events
+    WHERE action = 'cert.issue' AND json_extract(details, '$.via') = 'oidc'
+  );
+`,
+  },
 ];
 
 export const SCHEMA_VERSION: number = MIGRATIONS[MIGRATIONS.length - 1]?.version ?? 0;

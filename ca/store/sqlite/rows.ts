@@ -294,6 +294,7 @@ export const certs: Codec<CertRecord, CertRecord> = {
     'revoked_at',
     'revoke_reason',
     'verify_required',
+    'via_oidc',
   ]),
   toRow: (c) => ({
     serial: serialParam(c.serial, 'certificate serial'),
@@ -310,6 +311,7 @@ export const certs: Codec<CertRecord, CertRecord> = {
     revoked_at: intOrNullParam(c.revokedAt, 'certificate revokedAt'),
     revoke_reason: c.revokeReason,
     verify_required: boolParam(c.verifyRequired, 'certificate verifyRequired'),
+    via_oidc: boolParam(c.viaOidc === true, 'certificate viaOidc'),
   }),
   fromRow: (r) => ({
     serial: readBigInt(r, 'serial'),
@@ -326,6 +328,7 @@ export const certs: Codec<CertRecord, CertRecord> = {
     revokedAt: readIntOrNull(r, 'revoked_at'),
     revokeReason: readTextOrNull(r, 'revoke_reason'),
     verifyRequired: readBool(r, 'verify_required'),
+    viaOidc: readBool(r, 'via_oidc'),
   }),
 };
 
