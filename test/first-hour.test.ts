@@ -158,7 +158,10 @@ describe('the first hour, from README.md on a fresh clone', () => {
     expect(counted.find(([c]) => c === 'run_finish')?.[1]).toBe(1); // the bot's certificate, by run finish
     const listed = await run('ssh-keygen', ['-Q', '-l', '-f', join(repo, 'revoked-after-finish')]);
     expect(listed.code, listed.stderr).toBe(0);
-    expect((listed.stdout.match(/^serial: /gm) ?? []).length).toBe(total);
+    // ssh-keygen lists consecutive serials as one range line ("serial: 5-6"): count what each line covers.
+    const serialsListed = [...listed.stdout.matchAll(/^serial: (\d+)(?:-(\d+))?$/gm)].reduce((n, m) => n + (m[2] === undefined ? 1 : Number(m[2]) - Number(m[1]) + 1), 0);
+    expect(serialsListed).toBe(total);
+    expect(counted.find(([c]) => c === 'revoke')?.[1]).toBe(1); // bob's certificate, by revoke
 
     // Item 3: run add --help explains the policy file; the example is what the walkthrough used.
     const help = await sh('dstack-ca run add --help');
