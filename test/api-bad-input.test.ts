@@ -31,6 +31,12 @@ beforeAll(async () => {
   agent = (await ca.api('POST', '/v1/agents/join', { body: { joinToken } })).json<{ token: string }>().token;
   await ca.admin('POST', '/v1/projects/ml/bots', { name: 'ci-old', maxTtl: 600 });
   await ca.api('POST', '/v1/runs', { token: orchestrator, body: runBody({ name: 'train-fido', attachableBy: { users: ['alice'], verify_required: true } }) });
+  // Removed for good (user rm / project rm): the rows stay, marked.
+  await ca.admin('POST', '/v1/users', { name: 'gone' });
+  await ca.admin('DELETE', '/v1/users/gone');
+  await ca.admin('POST', '/v1/projects', { name: 'old' });
+  await ca.api('POST', '/v1/runs', { token: orchestrator, body: runBody({ project: 'old', name: 'r1' }) });
+  await ca.admin('DELETE', '/v1/projects/old?force=true');
 });
 
 afterAll(async () => {
@@ -210,6 +216,16 @@ const CASES: Case[] = [
   ['cert list by a run that does not exist', 'admin', 'GET', '/v1/certs?run=ml/nope', undefined, 404, /no run named "ml\/nope"/],
   ['cert list by a user that does not exist', 'admin', 'GET', '/v1/certs?user=ghost', undefined, 404, /no user named "ghost"/],
   ['cert list by a bot of another project', 'admin', 'GET', '/v1/certs?bot=other/ci-old', undefined, 404, /no project named "other"/],
+  // A removed user or project stays removed (issue 14 review): 409 naming it, nothing changes.
+  ['enabling a removed user', 'admin', 'PATCH', '/v1/users/gone', { disabled: false }, 409, /^user gone was removed \(dstack-ca user rm\), and removal is final/],
+  ['making a removed user a global admin', 'admin', 'PATCH', '/v1/users/gone', { admin: true }, 409, /^user gone was removed/],
+  ['a token for a removed user', 'admin', 'POST', '/v1/users/gone/tokens', {}, 409, /^user gone was removed/],
+  ['an enrollment link for a removed user', 'admin', 'POST', '/v1/users/gone/enrollments', {}, 409, /^user gone was removed/],
+  ['a removed user as a project member', 'admin', 'PUT', '/v1/projects/ml/members/gone', { role: 'user' }, 409, /^user gone was removed/],
+  ['a run owned by a removed user', 'orchestrator', 'POST', '/v1/runs', runBody({ name: 'train-gone', owner: 'gone' }), 409, /^user gone was removed/],
+  ['a run in a removed project', 'orchestrator', 'POST', '/v1/runs', runBody({ project: 'old', name: 'r2' }), 409, /^project old was removed \(dstack-ca project rm\), and removal is final/],
+  ['a member of a removed project', 'admin', 'PUT', '/v1/projects/old/members/alice', { role: 'user' }, 409, /^project old was removed/],
+  ['a bot in a removed project', 'admin', 'POST', '/v1/projects/old/bots', bot({}), 409, /^project old was removed/],
   // user rm / project rm: refusals change nothing (issue 14 item 13).
   ['removing the last global admin', 'admin', 'DELETE', '/v1/users/admin', undefined, 409, /^admin is the last global admin; make another one first/],
   ['removing the owner of a running run without force', 'admin', 'DELETE', '/v1/users/alice', undefined, 409, /^alice owns \d+ running run\(s\): (?:[\w/-]+, )*ml\/train-1(?:, [\w/-]+)*; finish them first .* or remove alice with --force/],

@@ -444,6 +444,36 @@ describe('GET /v1/certs shows each caller what it may see', () => {
   });
 });
 
+// Issue 14 (review): a filter naming what the caller could not see anyway answers the same 403
+// whether the name exists or not, so `cert ls --user/--run/--bot` is no oracle for names.
+describe('GET /v1/certs filters: a hidden name answers the same for existing and missing ones', () => {
+  it('403 with the same message shape for both, while global admins keep 404 for missing names', async () => {
+    await ca.admin('POST', '/v1/runs', { project: 'other', name: 'secret-run', owner: 'nobody', loginUser: 'root' });
+    const other = 'other/secret-run';
+    const pairs: [ActorName, string, string][] = [
+      ['user', 'user=owner', 'user=ghost'],
+      ['bot', 'user=alice', 'user=ghost'],
+      ['user', `run=${other}`, 'run=nowhere/nope'],
+      ['manager', `run=${other}`, 'run=other/nope'],
+      ['user', 'bot=ml/ci', 'bot=ml/no-such-bot'],
+      ['run-owner', 'bot=ml/ci', 'bot=nowhere/ci'],
+    ];
+    const shape = (m: string) => m.replace(/certificates of (project )?\S+/, 'certificates of X');
+    for (const [actor, existing, missing] of pairs) {
+      const a = await ca.api('GET', `/v1/certs?${existing}`, { token: tokens[actor] });
+      const b = await ca.api('GET', `/v1/certs?${missing}`, { token: tokens[actor] });
+      const msg = (r: typeof a) => (r.json() as { message: string }).message;
+      expect([a.statusCode, b.statusCode], `${actor} ${existing} / ${missing}`).toEqual([403, 403]);
+      expect(shape(msg(b)), `${actor} ${missing}`).toBe(shape(msg(a)));
+    }
+    for (const missing of ['user=ghost', 'run=ml/nope', 'run=nowhere/nope', 'bot=ml/no-such-bot']) {
+      expect((await ca.api('GET', `/v1/certs?${missing}`, { token: tokens['global-admin'] })).statusCode, missing).toBe(404);
+    }
+    // A project admin looking inside a project it runs still learns that a run is missing.
+    expect((await ca.api('GET', '/v1/certs?run=ml/nope', { token: tokens['project-admin'] })).statusCode).toBe(404);
+  });
+});
+
 describe('relationships grant nothing without current membership', () => {
   it('a run owner removed from the project can no longer read, re-grant or re-point the run', async () => {
     const token = await userWithToken(ca, 'exowner');

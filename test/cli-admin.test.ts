@@ -75,7 +75,7 @@ describe('walkthrough (DESIGN.md section 10)', () => {
     expect(table.some((l) => /^alice\s+no\s+active\s+\d{4}-/.test(l))).toBe(true);
 
     expect(json(await ca(['project', 'add', 'ml', '--json']))).toEqual({ name: 'ml' });
-    expect(json(await ca(['project', 'ls', '--json']))).toEqual([{ name: 'ml' }]);
+    expect(json(await ca(['project', 'ls', '--json']))).toEqual([{ name: 'ml', removed: false }]);
 
     ok(await ca(['member', 'add', 'ml', 'alice', '--role', 'admin']));
     expect(ok(await ca(['member', 'add', 'ml', 'bob', '--role', 'user'])).stdout).toBe('bob is now user in project ml\n');
@@ -425,12 +425,12 @@ describe('configuration: flags, then environment, then the config file', () => {
     await chmod(cfgFile(), 0o600);
     const env = { DSTACK_CA_URL: undefined, DSTACK_CA_TOKEN: undefined, XDG_CONFIG_HOME: cfgDir() };
     const quiet = await ca(['project', 'ls', '--json'], { token: null, env });
-    expect(json(quiet)).toEqual([{ name: 'ml' }]);
+    expect(json(quiet)).toEqual([{ name: 'ml', removed: false }]);
     expect(quiet.stderr).toBe('');
 
     await chmod(cfgFile(), 0o644);
     const loud = await ca(['project', 'ls', '--json'], { token: null, env });
-    expect(json(loud)).toEqual([{ name: 'ml' }]);
+    expect(json(loud)).toEqual([{ name: 'ml', removed: false }]);
     expect(loud.stderr).toMatch(/warning: .*config\.json has mode 0644.*chmod 600/);
     expect(loud.stderr).not.toContain(adminToken);
 

@@ -16,7 +16,8 @@ describe('opening a data dir', () => {
     const dataDir = join(await makeTempDir('boot-'), 'data');
     const cfg = serverConfigSchema.parse({ dataDir });
     const first = await openCa(cfg, {});
-    expect(first.adminTokenPath).toBe(join(dataDir, 'admin-token'));
+    const firstSaid = await first.announceAdmin();
+    expect(firstSaid.tokenPath).toBe(join(dataDir, 'admin-token'));
     const keys = await first.authority.ctx.store.listCaKeys();
     // One active key per purpose: the user CA, the host CA, and the trust root that signs bundles.
     expect(keys.map((k) => `${k.purpose}:${k.state}`).sort()).toEqual(['host:active', 'root:active', 'user:active']);
@@ -35,10 +36,11 @@ describe('opening a data dir', () => {
     const second = await openCa(cfg, {});
     expect(second.firstStart).toBe(false);
     // The admin has no passkey yet: the token and a new link are shown again (issue 14 item 7).
-    expect(second.adminTokenPath).toBe(join(dataDir, 'admin-token'));
-    expect(second.adminEnrollment).toMatch(/^dsca_enroll_/);
-    expect(second.adminEnrollment).not.toBe(first.adminEnrollment);
-    expect(second.adminTokenRetirable).toBe(false);
+    const secondSaid = await second.announceAdmin();
+    expect(secondSaid.tokenPath).toBe(join(dataDir, 'admin-token'));
+    expect(secondSaid.enrollment).toMatch(/^dsca_enroll_/);
+    expect(secondSaid.enrollment).not.toBe(firstSaid.enrollment);
+    expect(secondSaid.tokenRetirable).toBe(false);
     expect((await second.authority.ctx.store.listCaKeys()).map((k) => k.publicKey)).toEqual(caKeys);
     // Nothing changed, so no new trust bundle version.
     expect((await second.authority.ctx.store.latestTrustBundle())?.version).toBe(bundle?.version);
@@ -53,7 +55,7 @@ describe('opening a data dir', () => {
     await third.store.tx((tx) => tx.insertPasskey({ identityId: admin.id, credentialId: 'Y3JlZA', publicKey: Buffer.from([1]), counter: 0, transports: [], name: 'key', createdAt: 1, lastUsedAt: null }));
     await third.store.close();
     const fourth = await openCa(cfg, {});
-    expect([fourth.adminEnrollment, fourth.adminTokenPath, fourth.adminTokenRetirable]).toEqual([null, null, true]);
+    expect(await fourth.announceAdmin()).toEqual({ enrollment: null, tokenPath: null, tokenRetirable: true });
     await fourth.store.close();
   });
 

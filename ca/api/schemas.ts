@@ -277,7 +277,9 @@ export const agentConfigView = z.object({
 
 export const userView = z.object({ name: z.string(), admin: z.boolean(), disabled: z.boolean(), createdAt: z.number() });
 export const userTokenView = z.object({ name: z.string(), token: z.string(), expiresAt: z.number().nullable() });
-export const projectView = z.object({ name: z.string() });
+/** `removed`: by `user rm` / `project rm` (final; the row stays for history). */
+export const userListView = userView.extend({ removed: z.boolean() });
+export const projectView = z.object({ name: z.string(), removed: z.boolean() });
 export const memberView = z.object({ name: z.string(), kind: z.enum(['user', 'bot']), role: z.enum(PROJECT_ROLES) });
 export const oidcBindingView = z.object({ issuer: z.string(), audience: z.string(), claims: z.record(z.string(), z.string()) });
 export const botView = z.object({

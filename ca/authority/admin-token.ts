@@ -8,6 +8,7 @@ import type { StoreReader } from '../store/store.js';
 import { requireAllowed, type Actor } from './actors.js';
 import { audit } from './audit.js';
 import type { AuthorityContext } from './context.js';
+import { requireUsableAdminLeft } from './usable-admins.js';
 
 /** The bootstrap admin tokens that still work (kind admin, not revoked). */
 export async function liveAdminTokens(store: StoreReader): Promise<TokenRecord[]> {
@@ -44,6 +45,7 @@ export async function retireAdminToken(ctx: AuthorityContext, actor: Actor): Pro
     if (!(await passkeyAdminExists(tx))) {
       throw conflict('no global admin has a passkey yet: enroll one first (the admin\'s link is printed at server start; `dstack-ca user enroll admin` makes a new one), or the CA would have no admin left');
     }
+    await requireUsableAdminLeft(tx, now, { tokenGone: (t) => t.kind === 'admin' }, 'retiring the bootstrap admin token');
     for (const t of live) await tx.revokeToken(t.id, now);
     await audit(tx, now, actor, 'admin-token.retire', { tokens: live.length });
     return live.length;

@@ -14,6 +14,8 @@ import { publishKrl } from './krl.js';
 import { requireEnabledIn, requireIdentity, requireProject } from './lookup.js';
 import { revokeUngranted } from './recheck.js';
 import { newToken } from './tokens.js';
+import { requireUsableAdminLeft } from './usable-admins.js';
+import { requireNotRemovedIdentity, requireNotRemovedProject } from './removed.js';
 
 export interface Issued<T> {
   value: T;
@@ -84,11 +86,20 @@ export async function listUsers(ctx: AuthorityContext, actor: Actor): Promise<Id
   return ctx.store.listIdentities({ kind: 'user' });
 }
 
+/**
+ * Enables/disables a user or sets its global admin flag (global admins only, 403 otherwise;
+ * 404 for an unknown user). 409 for enabling or promoting a removed user (removed.ts), and for
+ * disabling or demoting the last usable global admin (usable-admins.ts).
+ */
 export async function updateUser(ctx: AuthorityContext, actor: Actor, name: string, patch: { disabled?: boolean; admin?: boolean }): Promise<Identity> {
   requireAllowed(actor, 'user.manage');
   const now = ctx.now();
   const { krlVersion, user } = await ctx.store.tx(async (tx) => {
     const user = await requireIdentity(tx, name, 'user');
+    if (patch.disabled === false || patch.admin === true) await requireNotRemovedIdentity(tx, user);
+    if (patch.disabled === true || patch.admin === false) {
+      await requireUsableAdminLeft(tx, now, { removed: user.id }, `${patch.disabled === true ? 'disabling' : 'taking global admin from'} ${name}`);
+    }
     await tx.updateIdentity(user.id, { disabled: patch.disabled ?? user.disabled, globalAdmin: patch.admin ?? user.globalAdmin });
     // Disabling ends every credential the user holds (API and login tokens, browser sessions,
     // approved device codes, enrollment links), in this transaction: enabling the user again
@@ -102,12 +113,13 @@ export async function updateUser(ctx: AuthorityContext, actor: Actor, name: stri
   return user;
 }
 
-/** A personal API token for a user (passkey login sessions issue the same kind). */
+/** A personal API token for a user (passkey login sessions issue the same kind). 409 for a removed user. */
 export async function createUserToken(ctx: AuthorityContext, actor: Actor, name: string, ttl: number | null): Promise<Issued<{ name: string; expiresAt: number | null }>> {
   requireAllowed(actor, 'user.manage');
   const now = ctx.now();
   return ctx.store.tx(async (tx) => {
     const user = await requireIdentity(tx, name, 'user');
+    await requireNotRemovedIdentity(tx, user);
     const expiresAt = ttl === null ? null : now + ttl;
     const secret = await insertToken(tx, now, { kind: 'user', identityId: user.id, runId: null, name, expiresAt });
     await audit(tx, now, actor, 'user.token', { name, expiresAt });
@@ -166,6 +178,8 @@ export async function setMember(ctx: AuthorityContext, actor: Actor, projectName
   if (identity.kind === 'bot') throw badRequest('bots belong to the project they were created in; use `dstack-ca bot`', 'name');
   const current = await ctx.store.getMembership(project.id, identity.id);
   await authorizeMemberChange(ctx, actor, project, role === 'admin' || current?.role === 'admin');
+  await requireNotRemovedProject(ctx.store, project);
+  await requireNotRemovedIdentity(ctx.store, identity);
   const now = ctx.now();
   await ctx.store.tx(async (tx) => {
     await tx.upsertMembership(project.id, identity.id, role);
@@ -262,6 +276,7 @@ export async function addBot(
   const project = await requireProject(ctx.store, projectName);
   requireAllowed(actor, 'bot.manage', { role: await roleIn(ctx.store, actor, project.id) });
   requireBotCapWithin(ctx, req.maxTtl);
+  await requireNotRemovedProject(ctx.store, project);
   const now = ctx.now();
   return ctx.store.tx(async (tx) => {
     await requireFreeName(tx, req.name);

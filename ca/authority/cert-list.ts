@@ -68,8 +68,9 @@ function qualified(text: string, what: 'run' | 'bot'): { project: string; name: 
 /**
  * Lists live certificates matching every filter given, that `actor` may see, by serial.
  * Throws 401 for anonymous callers, 403 for orchestrators and agents and for a filter naming
- * what the caller may not see, 404 for a run, user or bot that does not exist, 400 for a bad
- * limit. Times are Unix seconds.
+ * what the caller may not see (the same 403 whether that name exists or not), 404 for a run,
+ * user or bot that does not exist where the caller could see it (global admins: always), 400
+ * for a bad limit. Times are Unix seconds.
  */
 export async function listLiveCerts(ctx: AuthorityContext, actor: Actor, q: CertListQuery): Promise<CertListPage> {
   requireAllowed(actor, 'cert.read-own');
@@ -84,25 +85,39 @@ export async function listLiveCerts(ctx: AuthorityContext, actor: Actor, q: Cert
   }
   const mayReadProject = (projectId: number) => all || adminOf.has(projectId);
 
+  // A caller who could not see a name anyway gets the same 403 whether it exists or not, so
+  // the filters are no oracle for which users, bots and runs exist; admins keep their 404.
+  const hidden = <T>(lookup: Promise<T>, refusal: () => CaError): Promise<T> =>
+    lookup.catch((e: unknown) => {
+      throw e instanceof CaError && e.code === 'not_found' && !all ? refusal() : e;
+    });
   const filter: CertFilter = { liveAt: ctx.now() };
   if (q.run !== undefined) {
     const { project, name } = qualified(q.run, 'run');
+    const notMine = () => forbidden(actor, `the certificates of project ${project}`);
+    // A project the caller may read: its runs answer 404 when missing; any other: 403 either way.
+    const p = await hidden(requireProject(store, project), notMine);
+    if (!mayReadProject(p.id)) throw notMine();
     const { run } = await requireRun(store, project, name);
-    if (!mayReadProject(run.projectId)) throw forbidden(actor, `the certificates of project ${project}`);
     filter.runId = run.id;
   }
   let identityFilter: number | undefined;
   if (q.bot !== undefined) {
     const { project: projectName, name } = qualified(q.bot, 'bot');
-    const project = await requireProject(store, projectName);
-    const bot = await requireIdentity(store, name, 'bot');
+    const notMine = () => forbidden(actor, `the certificates of project ${projectName}`);
+    const project = await hidden(requireProject(store, projectName), notMine);
+    const bot = await hidden(requireIdentity(store, name, 'bot'), notMine);
+    if (bot.id !== self?.id && !mayReadProject(project.id)) throw notMine();
     if (bot.botProjectId !== project.id) throw badRequest(`bot "${name}" does not belong to project "${projectName}"`, 'bot');
-    if (bot.id !== self?.id && !mayReadProject(project.id)) throw forbidden(actor, `the certificates of project ${projectName}`);
     identityFilter = bot.id;
   }
   if (q.user !== undefined) {
-    const user = await requireIdentity(store, q.user, 'user');
-    if (user.id !== self?.id && !all && adminOf.size === 0) throw forbidden(actor, `the certificates of ${q.user}`);
+    const notMine = () => forbidden(actor, `the certificates of ${q.user}`);
+    const lookup = requireIdentity(store, q.user, 'user');
+    // Only a global admin or a project admin may name other users at all: anyone else gets 403
+    // whether the name exists or not (their own name answers as usual).
+    const user = await (q.user === self?.name || adminOf.size > 0 ? lookup : hidden(lookup, notMine));
+    if (user.id !== self?.id && !all && adminOf.size === 0) throw notMine();
     if (identityFilter !== undefined && identityFilter !== user.id) return { certs: [], next: null };
     identityFilter = user.id;
   }

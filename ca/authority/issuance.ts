@@ -43,6 +43,7 @@ import { NonceBook, verifyPossession, type Possession } from './proof.js';
 import { addressKey, RateLimiter } from './rate-limit.js';
 import { stillGranted } from './recheck.js';
 import { SerialAllocator } from './serials.js';
+import { requireNotRemovedProject } from './removed.js';
 
 export interface IssueRequest {
   project: string;
@@ -463,6 +464,7 @@ export class Issuer {
       if (!identity && !provenKey) throw new CaError('unauthenticated', 'authentication or a possession proof is required');
       throw forbidden(`not allowed by the attachable_by policy of run ${qualifiedName}`);
     }
+    await requireNotRemovedProject(this.facts, project);
     if (possession) {
       // Key holders without an account: per proven key too (the address limit came first).
       // Only keys a policy lists get a bucket: throwaway keys leave nothing behind.

@@ -14,6 +14,7 @@ import type { AuthorityContext } from './context.js';
 import { publishKrl } from './krl.js';
 import { requireIdentity, requireProject } from './lookup.js';
 import { revokeUngranted, type RecheckResult } from './recheck.js';
+import { requireUsableAdminLeft } from './usable-admins.js';
 
 /** Runs named in a refusal or an answer; the rest are counted. */
 const NAMED = 10;
@@ -43,7 +44,8 @@ async function enabledGlobalAdmins(tx: StoreTx): Promise<Identity[]> {
  * Removes a user (global admins only): disabled, every credential ended, passkeys deleted,
  * every membership dropped and every live certificate revoked, in one transaction; the row
  * stays (disabled) so its certificates stay attributable and its name is never reused.
- * Refused (409) for the last enabled global admin, and for a user who owns running runs
+ * The removal is final (marked, migration 12: see removed.ts). Refused (409) for the last
+ * enabled or usable global admin (usable-admins.ts), and for a user who owns running runs
  * unless `force` (the runs keep running; the owner loses access like everyone the policy no
  * longer admits). Throws 404 for an unknown user, 403 for a caller who is not a global admin.
  */
@@ -56,6 +58,7 @@ export async function removeUser(ctx: AuthorityContext, actor: Actor, name: stri
     if (user.globalAdmin && !user.disabled && (await enabledGlobalAdmins(tx)).every((a) => a.id === user.id)) {
       throw conflict(`${name} is the last global admin; make another one first (dstack-ca user add NAME --admin), then remove ${name}`);
     }
+    await requireUsableAdminLeft(tx, now, { removed: user.id }, `removing ${name}`);
     const projects = new Map((await tx.listProjects()).map((p) => [p.id, p.name]));
     const owned = (await tx.listRuns({ state: 'running' })).filter((r) => r.ownerId === user.id).map((r) => `${projects.get(r.projectId) ?? '?'}/${r.name}`);
     if (owned.length > 0 && !opts.force) {
@@ -69,6 +72,7 @@ export async function removeUser(ctx: AuthorityContext, actor: Actor, name: stri
     for (const p of passkeys) await tx.deletePasskey(p.id);
     // Admin rights go too: `user enable` must not bring back a global admin nobody chose again.
     await tx.updateIdentity(user.id, { disabled: true, globalAdmin: false });
+    await tx.markRemoved('identity', user.id, now);
     const endedCredentials = await endCredentials(tx, user.id, now);
     const leftProjects = memberships.map((m) => projects.get(m.projectId) ?? '?').sort();
     const r = await revokeUngranted(tx, now, { identityId: user.id }, `user ${name} removed by ${actorLabel(actor)}`, actor, 'user_remove');
@@ -107,13 +111,14 @@ export interface ProjectRemoval {
  * (only with `force`; without it a project with running runs is refused, 409, naming them),
  * its bots removed (disabled, tokens and OIDC trust ended), its memberships dropped, and every
  * live certificate of its runs revoked. A project that never had runs or bots is deleted;
- * otherwise its row stays (empty) so finished runs and removed bots keep their history.
+ * otherwise its row stays (empty, marked removed for good: removed.ts) so finished runs and
+ * removed bots keep their history. The finished runs' agents get `run-finished` on their streams.
  */
 export async function removeProject(ctx: AuthorityContext, actor: Actor, name: string, opts: { force: boolean }): Promise<ProjectRemoval> {
   requireAllowed(actor, 'project.delete');
   await requireProject(ctx.store, name);
   const now = ctx.now();
-  const { result, krlVersion } = await ctx.store.tx(async (tx) => {
+  const { result, krlVersion, finishedIds } = await ctx.store.tx(async (tx) => {
     const project = await requireProject(tx, name);
     const runs = await tx.listRuns({ projectId: project.id });
     const running = runs.filter((r) => r.state === 'running');
@@ -143,8 +148,14 @@ export async function removeProject(ctx: AuthorityContext, actor: Actor, name: s
     const r = await revokeUngranted(tx, now, { projectId: project.id }, `project ${name} removed by ${actorLabel(actor)}`, actor, 'project_remove');
     await audit(tx, now, actor, 'project.remove', { name, finishedRuns, removedBots, removedMembers: members.length, deleted, force: opts.force, ...revokedDetails(r) });
     if (deleted) await tx.deleteProject(project.id);
-    return { result: { name, revokedCerts: r.revoked.length, finishedRuns, removedBots, removedMembers: members.length, deleted }, krlVersion: r.krlVersion };
+    else {
+      await tx.markRemoved('project', project.id, now);
+      for (const b of bots) await tx.markRemoved('identity', b.id, now);
+    }
+    return { result: { name, revokedCerts: r.revoked.length, finishedRuns, removedBots, removedMembers: members.length, deleted }, krlVersion: r.krlVersion, finishedIds: running.map((x) => x.id) };
   });
   if (krlVersion !== null) await publishKrl(ctx);
+  // As `run finish` does: each finished run's agents are told (event stream `run-finished`) and exit.
+  for (const id of finishedIds) ctx.krlEvents.emit('run-finished', id);
   return result;
 }

@@ -13,6 +13,7 @@ import type { AuthorityContext } from './context.js';
 import { publishKrl } from './krl.js';
 import { requireIdentity, requireProject, requireRun } from './lookup.js';
 import { revokeUngranted } from './recheck.js';
+import { requireNotRemovedIdentity, requireNotRemovedProject } from './removed.js';
 
 type PolicyInput = z.output<typeof attachableBySchema> | undefined;
 
@@ -46,7 +47,9 @@ async function checkPolicyNames(store: StoreReader, input: PolicyInput): Promise
 export async function registerRun(ctx: AuthorityContext, actor: Actor, req: RegisterRunRequest): Promise<{ run: Run; joinToken: string }> {
   requireAllowed(actor, 'run.register');
   const project = await requireProject(ctx.store, req.project);
+  await requireNotRemovedProject(ctx.store, project);
   const owner = await requireIdentity(ctx.store, req.owner);
+  await requireNotRemovedIdentity(ctx.store, owner);
   const policy = normalizePolicy(req.attachableBy, owner.name);
   await checkPolicyNames(ctx.store, req.attachableBy);
   const now = ctx.now();

@@ -25,21 +25,32 @@ export interface OpenedCa {
   /** True on the very first start (the CA was just created). */
   firstStart: boolean;
   /**
-   * Where the admin token is, while the admin has no passkey yet (first start, or a later start
-   * after a first one that stopped half-way): the operator is told again how to use it.
+   * What to tell the operator about the bootstrap admin: call it once the server listens (a
+   * start that cannot bind must not replace the link a running server printed). The first
+   * start returns the link and token made with the CA; a later start makes a new link only
+   * while no enabled global admin has a passkey. Memoized: later calls return the same answer.
    */
-  adminTokenPath: string | null;
-  /**
-   * The admin's one-time passkey enrollment secret (make a link with enrollmentUrl), on every
-   * start until the admin has a passkey: each start replaces the previous link (secret: print it
-   * to the operator's terminal only, never to a log).
-   */
-  adminEnrollment: string | null;
-  /** A global admin has a passkey and the bootstrap admin token still works: the operator may retire it. */
-  adminTokenRetirable: boolean;
+  announceAdmin(): Promise<AdminAnnouncement>;
   keyringSource: 'config' | 'environment' | 'data-dir';
   /** For source 'data-dir': the keyring file (beside the sealed keys, so it protects nothing). */
   keyringPath: string | null;
+}
+
+/** What `dstack-ca server` prints about the bootstrap admin after it binds. */
+export interface AdminAnnouncement {
+  /**
+   * Where the admin token is, while no admin has a passkey yet (first start, or a later start
+   * after a first one that stopped half-way): the operator is told again how to use it.
+   */
+  tokenPath: string | null;
+  /**
+   * The admin's one-time passkey enrollment secret (make a link with enrollmentUrl), on every
+   * start while no enabled global admin has a passkey: each start replaces the previous link
+   * (secret: print it to the operator's terminal only, never to a log).
+   */
+  enrollment: string | null;
+  /** A global admin has a passkey and the bootstrap admin token still works: the operator may retire it. */
+  tokenRetirable: boolean;
 }
 
 async function loadKeyring(cfg: ServerConfig, env: NodeJS.ProcessEnv): Promise<{ keyring: Keyring; source: OpenedCa['keyringSource']; path?: string }> {
@@ -120,6 +131,7 @@ export async function openCa(
     let adminTokenPath: string | null = null;
     let adminEnrollment: string | null = null;
     const firstStart = (await store.getMeta('bootstrapped')) === null;
+    let announced: Promise<AdminAnnouncement> | undefined;
     if (firstStart) {
       // The token file is written before the commit: a crash in between leaves a token
       // that is simply replaced on the next start, never a committed admin nobody can use.
@@ -135,10 +147,6 @@ export async function openCa(
         await tx.setMeta('bootstrapped', String(t));
         await audit(tx, t, 'system', 'bootstrap', { admin: 'admin' });
       });
-    } else {
-      const again = await reannounceAdmin(store, cfg, now());
-      adminEnrollment = again.enrollment;
-      adminTokenPath = again.tokenPath;
     }
     const ctx: AuthorityContext = {
       store,
@@ -155,9 +163,13 @@ export async function openCa(
       authority: new Authority(ctx),
       store,
       firstStart,
-      adminTokenPath,
-      adminEnrollment,
-      adminTokenRetirable: adminEnrollment === null && (await liveAdminTokens(store)).length > 0 && (await passkeyAdminExists(store)),
+      announceAdmin: () =>
+        (announced ??= (async () => {
+          if (firstStart) return { tokenPath: adminTokenPath, enrollment: adminEnrollment, tokenRetirable: false };
+          const again = await reannounceAdmin(store, cfg, now());
+          const tokenRetirable = again.enrollment === null && (await liveAdminTokens(store)).length > 0 && (await passkeyAdminExists(store));
+          return { ...again, tokenRetirable };
+        })()),
       keyringSource: source,
       keyringPath: keyringPath ?? null,
     };
@@ -168,15 +180,17 @@ export async function openCa(
 }
 
 /**
- * A later start while the bootstrap admin has no passkey (a first start that stopped half-way:
- * port in use, Ctrl-C, a crash): a new enrollment link (older unused ones stop working, audited
- * as user.enroll by system), and the admin token file again if it is still there. Nothing once
- * the admin has enrolled, or is disabled, or its token was retired.
+ * A later start while no enabled global admin has a passkey (a first start that stopped
+ * half-way: port in use, Ctrl-C, a crash): a new enrollment link for the bootstrap `admin`
+ * (older unused ones stop working, audited as user.enroll by system), and the admin token file
+ * again if it is still there. Nothing once any enabled global admin has a passkey (another
+ * admin runs the CA: a global-admin link printed to the journal would only be a standing
+ * secret), or while `admin` is disabled, or its token was retired.
  */
 async function reannounceAdmin(store: Store, cfg: ServerConfig, t: number): Promise<{ enrollment: string | null; tokenPath: string | null }> {
   const admin = await store.getIdentityByName('admin');
   if (!admin || admin.kind !== 'user' || !admin.globalAdmin || admin.disabled) return { enrollment: null, tokenPath: null };
-  if ((await store.listPasskeys(admin.id)).length > 0 || (await liveAdminTokens(store)).length === 0) return { enrollment: null, tokenPath: null };
+  if ((await passkeyAdminExists(store)) || (await liveAdminTokens(store)).length === 0) return { enrollment: null, tokenPath: null };
   const enrollment = await store.tx(async (tx) => {
     await tx.revokeEnrollments(admin.id, t);
     const e = await createEnrollment(tx, admin, t, cfg.login.enrollmentTtl);

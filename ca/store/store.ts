@@ -85,6 +85,10 @@ export interface StoredTrustBundle {
 
 export interface StoreReader {
   getMeta(key: string): Promise<string | null>;
+  /** When a user/bot (`identity`) or project was removed for good (Unix seconds); null if it was not. */
+  removedAt(subject: 'identity' | 'project', id: number): Promise<number | null>;
+  /** The ids of every removed identity or project. */
+  listRemoved(subject: 'identity' | 'project'): Promise<Set<number>>;
 
   getIdentity(id: number): Promise<Identity | null>;
   getIdentityByName(name: string): Promise<Identity | null>;
@@ -154,6 +158,8 @@ export interface StoreReader {
 
 export interface StoreTx extends StoreReader {
   setMeta(key: string, value: string): Promise<void>;
+  /** Marks an identity or project removed for good at `at` (Unix seconds); a second mark keeps the first time. */
+  markRemoved(subject: 'identity' | 'project', id: number, at: number): Promise<void>;
 
   insertIdentity(i: Omit<Identity, 'id'>): Promise<Identity>;
   updateIdentity(id: number, patch: Partial<Pick<Identity, 'globalAdmin' | 'disabled' | 'botMaxTtl'>>): Promise<void>;

@@ -51,6 +51,7 @@ export function registerProject(program: Command, ctx: CliContext): void {
       const api = await ApiClient.forCommand(ctx, cmd);
       const projects = await api.call<ProjectView[]>('GET', '/v1/projects');
       if (opts.json) printJson(ctx, projects);
-      else printTable(ctx, ['NAME'], projects.map((p) => [p.name]), 'no projects');
+      // A removed project stays on record (its runs' history): marked, never usable again.
+      else printTable(ctx, ['NAME'], projects.map((p) => [p.removed ? `${p.name} (removed)` : p.name]), 'no projects');
     });
 }

@@ -8,10 +8,10 @@
 // name: runs made since the last sync get a cert and a Host block (issue 14, item 25).
 import type { Command } from 'commander';
 import { qualifiedArg } from '../args.js';
-import { ApiClient, configPath } from '../client.js';
+import { ApiClient, configPath, sameServer } from '../client.js';
 import { printJson, type CliContext } from '../context.js';
 import { CliError, ExitWith, UsageError } from '../errors.js';
-import { loginPaths } from '../login/paths.js';
+import { loginPaths, type LoginPaths } from '../login/paths.js';
 import { profilePath, readProfile } from '../login/profile.js';
 import { readRuns, readSession } from '../login/session.js';
 import { discoverRuns, refreshRuns, renewRun, RUNS_REFRESH_SECONDS } from '../login/sync.js';
@@ -36,7 +36,8 @@ export function registerRenew(program: Command, ctx: CliContext): void {
         if (arg !== undefined) throw new UsageError('--ssh-discover takes no PROJECT/RUN');
         try {
           const paths = loginPaths(ctx.env);
-          if ((await readSession(paths.session).catch(() => undefined)) !== undefined) await discoverRuns(ctx, await ApiClient.forCommand(ctx, cmd), paths);
+          const api = await sessionClient(ctx, paths);
+          if (api !== undefined) await discoverRuns(ctx, api, paths);
           else {
             // Logged out: ssh would only say "Could not resolve hostname ml/train-1". One line,
             // from local files only (no network, so no latency for names that are not runs).
@@ -61,8 +62,8 @@ export function registerRenew(program: Command, ctx: CliContext): void {
         const paths = loginPaths(ctx.env);
         const known = (await readRuns(paths.runs))?.runs.find((r) => `${r.project}/${r.name}` === qualified);
         // Any host with a slash matches `*/*`; only the runs ssh_config has a Host block for matter.
-        if (known !== undefined && known.ssh !== null) {
-          const api = await ApiClient.forCommand(ctx, cmd);
+        const api = known !== undefined && known.ssh !== null ? await sessionClient(ctx, paths) : undefined;
+        if (known !== undefined && api !== undefined) {
           await renewRun(ctx, api, paths, known.project, known.name);
           // At most one GET every RUNS_REFRESH_SECONDS: a moved endpoint reaches this very ssh.
           await refreshRuns(api, paths, RUNS_REFRESH_SECONDS);
@@ -73,4 +74,20 @@ export function registerRenew(program: Command, ctx: CliContext): void {
       }
       throw new ExitWith(1);
     });
+}
+
+/**
+ * The client for what ssh's Match exec runs: the login session's URL and token only, pinned by
+ * what trust.json holds for that server (never DSTACK_CA_URL/TOKEN, --url or the config file,
+ * which may name another CA in this shell). Undefined when not logged in. Throws CliError when
+ * runs.json (and so ssh_hosts) came from another server than the session's.
+ */
+async function sessionClient(ctx: CliContext, paths: LoginPaths): Promise<ApiClient | undefined> {
+  const session = await readSession(paths.session).catch(() => undefined);
+  if (session === undefined) return undefined;
+  const runs = await readRuns(paths.runs).catch(() => undefined);
+  if (runs !== undefined && !sameServer(runs.url, session.url)) {
+    throw new CliError(`${paths.runs} is for ${runs.url} but you are logged in to ${session.url}: run dstack-ca login again`);
+  }
+  return new ApiClient(ctx, { url: session.url, urlSource: paths.session, token: session.token, tokenSource: 'session' });
 }

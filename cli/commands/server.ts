@@ -165,18 +165,20 @@ export function registerServer(program: Command, ctx: CliContext): void {
       if (/^[\d.]+$|:/.test(opened.authority.web.rpId)) {
         ctx.stderr.write('dstack-ca: warning: passkeys need a host name, not an IP address: set publicUrl in the config\n');
       }
-      if (opened.adminTokenPath) {
+      // Only now that the port is ours: a start that cannot bind leaves the running server's link alone.
+      const announced = await opened.announceAdmin();
+      if (announced.tokenPath) {
         ctx.stderr.write(
-          `dstack-ca: ${opened.firstStart ? 'first start: admin token written to' : 'the admin has no passkey yet: the admin token is still in'} ${opened.adminTokenPath} (mode 0600); use it with\n` +
-            `  export DSTACK_CA_URL=${url} DSTACK_CA_TOKEN=$(cat ${opened.adminTokenPath})\n`,
+          `dstack-ca: ${opened.firstStart ? 'first start: admin token written to' : 'the admin has no passkey yet: the admin token is still in'} ${announced.tokenPath} (mode 0600); use it with\n` +
+            `  export DSTACK_CA_URL=${url} DSTACK_CA_TOKEN=$(cat ${announced.tokenPath})\n`,
         );
       }
-      if (opened.adminEnrollment) {
+      if (announced.enrollment) {
         // The secret goes to the operator's terminal only (stderr), never to the JSON log.
-        const again = opened.firstStart ? '' : '; each start makes a new one until the admin has a passkey, older ones stop working';
-        ctx.stderr.write(`dstack-ca: enroll the admin's passkey (one-time link${again}): ${enrollmentUrl(opened.authority, opened.adminEnrollment)}\n`);
+        const again = opened.firstStart ? '' : '; each start makes a new one until a global admin has a passkey, older ones stop working';
+        ctx.stderr.write(`dstack-ca: enroll the admin's passkey (one-time link${again}): ${enrollmentUrl(opened.authority, announced.enrollment)}\n`);
       }
-      if (opened.adminTokenRetirable) {
+      if (announced.tokenRetirable) {
         ctx.stderr.write(
           'dstack-ca: an admin has a passkey and the bootstrap admin token still works (it never expires): ' +
             'retire it with `dstack-ca admin-token retire` (logged in with the passkey: `dstack-ca login`)\n',

@@ -7,7 +7,7 @@ import { ApiClient } from '../client.js';
 import { printJson, type CliContext } from '../context.js';
 import { formatTime, plural, printTable } from '../output.js';
 import { USER_ADD_FIELDS, USER_ENROLL_FIELDS, USER_RM_FIELDS, USER_TOKEN_FIELDS, USER_UPDATE_FIELDS } from '../field-labels.js';
-import type { UserTokenView, UserView } from '../views.js';
+import type { UserListView, UserTokenView, UserView } from '../views.js';
 
 interface JsonFlag {
   json?: boolean;
@@ -84,13 +84,13 @@ export function registerUser(program: Command, ctx: CliContext): void {
   apiCommand(user, 'ls', 'list users')
     .action(async (opts: JsonFlag, cmd: Command) => {
       const api = await ApiClient.forCommand(ctx, cmd);
-      const users = await api.call<UserView[]>('GET', '/v1/users');
+      const users = await api.call<UserListView[]>('GET', '/v1/users');
       if (opts.json) printJson(ctx, users);
       else
         printTable(
           ctx,
           ['NAME', 'ADMIN', 'STATE', 'CREATED'],
-          users.map((u) => [u.name, u.admin ? 'yes' : 'no', u.disabled ? 'disabled' : 'active', formatTime(u.createdAt)]),
+          users.map((u) => [u.name, u.admin ? 'yes' : 'no', u.removed ? 'removed' : u.disabled ? 'disabled' : 'active', formatTime(u.createdAt)]),
           'no users',
         );
     });

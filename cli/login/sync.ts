@@ -8,7 +8,7 @@ import { certView } from '../../ca/api/schemas.js';
 import { checkWritableTarget, UnwritableTargetError, writeFileAtomic } from '../../ca/io/atomic-file.js';
 import { parseCertificateLine, type Certificate } from '../../ca/ssh/certificate.js';
 import { parseAuthorizedKey, publicKeysEqual } from '../../ca/ssh/keys.js';
-import type { ApiClient } from '../client.js';
+import { sameServer, type ApiClient } from '../client.js';
 import type { CliContext } from '../context.js';
 import { CliError } from '../errors.js';
 import { agentKeyPath, certPath, type LoginPaths } from './paths.js';
@@ -295,15 +295,35 @@ async function renewRunCert(ctx: CliContext, api: ApiClient, paths: LoginPaths, 
   return result;
 }
 
-/** The run from runs.json, refreshed from GET /v1/me/runs (and the ssh files rewritten) when unknown there or without an address. */
+/**
+ * The run from runs.json, refreshed from GET /v1/me/runs (and the ssh files rewritten) when
+ * unknown there or without an address. A server other than the one runs.json was synced from
+ * (DSTACK_CA_URL for another CA in the shell) is only asked: its answer rewrites no file.
+ */
 export async function findRun(api: ApiClient, paths: LoginPaths, project: string, run: string): Promise<MeRun | undefined> {
   const stored = await readRuns(paths.runs);
   const hit = stored?.runs.find((r) => r.project === project && r.name === run);
   if (hit && hit.ssh !== null) return hit;
   const runs = await api.request('GET', '/v1/me/runs', { schema: meRunsSchema });
-  await writeRuns(paths.runs, { url: api.url, user: stored?.user ?? '', syncedAt: nowSeconds(), runs });
-  await writeSshFiles(paths, runs, await hostCaKeys(api));
+  if (stored === undefined || sameServer(stored.url, api.url)) {
+    const hostCas = await pinnedHostCaKeys(api, paths);
+    await writeRuns(paths.runs, { url: api.url, user: stored?.user ?? '', syncedAt: nowSeconds(), runs });
+    await writeSshFiles(paths, runs, hostCas);
+  }
   return runs.find((r) => r.project === project && r.name === run);
+}
+
+/**
+ * The host CA keys to write for `api`'s server on an automatic rewrite (ssh's Match exec,
+ * `dstack-ca ssh`): throws CliError rather than write ssh files without host checking when
+ * the server of the last sync was pinned and this client has no pinned bundle.
+ */
+async function pinnedHostCaKeys(api: ApiClient, paths: LoginPaths): Promise<string[] | null> {
+  const fresh = await hostCaKeys(api);
+  if (fresh === null && (await storedHostCaKeys(paths)) !== null) {
+    throw new CliError(`${api.url} is not pinned here but the runs in ${paths.runs} came from a pinned CA: not rewriting the ssh files without host checking (run dstack-ca login again)`);
+  }
+  return fresh;
 }
 
 /** Drops every run's cert, from the agent (if reachable) and from disk. */
@@ -331,13 +351,17 @@ export const DISCOVER_MIN_INTERVAL = 5;
 /**
  * The run list again from GET /v1/me/runs when runs.json is older than `maxAge` seconds, the ssh
  * files rewritten if it changed. Returns the fresh list (undefined when not logged in or still fresh).
+ * Throws CliError when `api` is not the server runs.json came from, or would drop its pin.
  */
 export async function refreshRuns(api: ApiClient, paths: LoginPaths, maxAge: number): Promise<MeRun[] | undefined> {
   const stored = await readRuns(paths.runs);
   if (stored === undefined || nowSeconds() - stored.syncedAt < maxAge) return undefined;
+  // Only the server the runs came from may rewrite them (and the ssh files built from them).
+  if (!sameServer(stored.url, api.url)) throw new CliError(`${paths.runs} is for ${stored.url}, not ${api.url}: not rewriting it (run dstack-ca login again)`);
   const runs = await api.request('GET', '/v1/me/runs', { schema: meRunsSchema });
+  const hostCas = await pinnedHostCaKeys(api, paths);
   await writeRuns(paths.runs, { ...stored, url: api.url, syncedAt: nowSeconds(), runs });
-  if (JSON.stringify(runs) !== JSON.stringify(stored.runs)) await writeSshFiles(paths, runs, await hostCaKeys(api));
+  if (JSON.stringify(runs) !== JSON.stringify(stored.runs)) await writeSshFiles(paths, runs, hostCas);
   return runs;
 }
 

@@ -49,6 +49,7 @@ import {
   revokedCountView,
   tokenView,
   userTokenView,
+  userListView,
   userView,
   nameParam,
   projectParam,
@@ -88,7 +89,11 @@ export function adminRoutes(app: FastifyInstance, authority: Authority): void {
     logoutUser(authority, req.actor, req.params.name),
   );
   r.get('/v1/users/:name/passkeys', { schema: { params: nameParam, response: { 200: z.array(passkeyView) } } }, async (req) => listPasskeysOf(authority, req.actor, req.params.name));
-  r.get('/v1/users', { schema: { response: { 200: z.array(userView) } } }, async (req) => (await listUsers(ctx, req.actor)).map(toUserView));
+  r.get('/v1/users', { schema: { response: { 200: z.array(userListView) } } }, async (req) => {
+    const users = await listUsers(ctx, req.actor);
+    const removed = await ctx.store.listRemoved('identity');
+    return users.map((u) => ({ ...toUserView(u), removed: removed.has(u.id) }));
+  });
   r.patch('/v1/users/:name', { schema: { params: nameParam, body: updateUserBody, response: { 200: userView } } }, async (req) =>
     toUserView(await updateUser(ctx, req.actor, req.params.name, req.body)),
   );
@@ -113,9 +118,11 @@ export function adminRoutes(app: FastifyInstance, authority: Authority): void {
   r.post('/v1/projects', { schema: { body: addProjectBody, response: { 201: z.object({ name: z.string() }) } } }, async (req, reply) =>
     reply.code(201).send({ name: (await addProject(ctx, req.actor, req.body.name)).name }),
   );
-  r.get('/v1/projects', { schema: { response: { 200: z.array(projectView) } } }, async (req) =>
-    (await listProjects(ctx, req.actor)).map((p) => ({ name: p.name })),
-  );
+  r.get('/v1/projects', { schema: { response: { 200: z.array(projectView) } } }, async (req) => {
+    const projects = await listProjects(ctx, req.actor);
+    const removed = await ctx.store.listRemoved('project');
+    return projects.map((p) => ({ name: p.name, removed: removed.has(p.id) }));
+  });
 
   r.delete(
     '/v1/projects/:project',

@@ -11,6 +11,8 @@ import { revokeSerials } from '../revocation-record.js';
 import type { Authority } from '../authority.js';
 import { requireIdentity } from '../lookup.js';
 import { createEnrollment, enrollmentUrl, loginConfig } from './passkeys.js';
+import { requireUsableAdminLeft } from '../usable-admins.js';
+import { requireNotRemovedIdentity } from '../removed.js';
 
 function requirePerson(actor: Actor): Identity {
   const identity = identityOf(actor);
@@ -66,7 +68,8 @@ export interface EnrollmentLink {
 /**
  * A new enrollment link for a user (older unused links stop working). With `reset`, the
  * user's passkeys, every login session (CLI and browser) and every live certificate go too:
- * a lost or stolen device.
+ * a lost or stolen device. 409 for a removed or disabled user, and for a reset that would leave
+ * no usable global admin (usable-admins.ts).
  */
 export async function issueEnrollment(
   a: Authority,
@@ -78,6 +81,7 @@ export async function issueEnrollment(
   const now = a.ctx.now();
   const r = await a.ctx.store.tx(async (tx) => {
     const user = await requireIdentity(tx, name, 'user');
+    await requireNotRemovedIdentity(tx, user);
     if (user.disabled) throw new CaError('conflict', `user ${name} is disabled: enable it first`);
     await tx.revokeEnrollments(user.id, now);
     let removedPasskeys = 0;
@@ -85,6 +89,7 @@ export async function issueEnrollment(
     let revokedCerts = 0;
     let krlVersion: number | null = null;
     if (opts.reset) {
+      await requireUsableAdminLeft(tx, now, { passkeysGoneOf: user.id, tokenGone: (t) => t.identityId === user.id && t.kind === 'user' }, `resetting ${name}'s enrollment`);
       for (const p of await tx.listPasskeys(user.id)) {
         await tx.deletePasskey(p.id);
         removedPasskeys++;
@@ -126,6 +131,7 @@ export async function logoutUser(a: Authority, actor: Actor, name: string): Prom
   const now = a.ctx.now();
   return a.ctx.store.tx(async (tx) => {
     const user = await requireIdentity(tx, name, 'user');
+    await requireUsableAdminLeft(tx, now, { tokenGone: (t) => t.identityId === user.id && t.kind === 'user' }, `ending ${name}'s sessions`);
     const endedSessions = await endSessions(tx, user, now);
     await audit(tx, now, actor, 'user.logout', { name, endedSessions });
     return { endedSessions };

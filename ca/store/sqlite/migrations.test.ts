@@ -62,6 +62,8 @@ describe('the real migrations', () => {
       'oidc_bindings',
       'passkeys',
       'projects',
+      'removed_identities',
+      'removed_projects',
       'revocation_targets',
       'runs',
       'schema_migrations',

@@ -494,6 +494,25 @@ WHERE revoked_at IS NULL AND valid_before > CAST(strftime('%s', 'now') AS INTEGE
   );
 `,
   },
+  {
+    version: 12,
+    name: 'removals',
+    // `user rm` and `project rm` are final: the rows they keep (for history) are marked removed,
+    // and a removed user is never enabled, enrolled or given a token again, a removed project
+    // gets no runs, members, bots or certificates. A marked row going away takes its mark along.
+    sql: `
+CREATE TABLE removed_identities (
+  identity_id BIGINT NOT NULL CONSTRAINT removed_identities_pk PRIMARY KEY
+    CONSTRAINT removed_identities_identity_fk REFERENCES identities (id) ON DELETE CASCADE,
+  removed_at BIGINT NOT NULL
+);
+CREATE TABLE removed_projects (
+  project_id BIGINT NOT NULL CONSTRAINT removed_projects_pk PRIMARY KEY
+    CONSTRAINT removed_projects_project_fk REFERENCES projects (id) ON DELETE CASCADE,
+  removed_at BIGINT NOT NULL
+);
+`,
+  },
 ];
 
 export const SCHEMA_VERSION: number = MIGRATIONS[MIGRATIONS.length - 1]?.version ?? 0;

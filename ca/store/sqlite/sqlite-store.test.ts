@@ -100,6 +100,7 @@ const cert = (serial: bigint, runId: number, identityId: number | null, extra: P
   revokedAt: null,
   revokeReason: null,
   verifyRequired: false,
+  viaOidc: false,
   ...extra,
 });
 
@@ -197,6 +198,31 @@ describe('meta', () => {
     await store.tx((tx) => tx.setMeta('schema-note', 'one'));
     await store.tx((tx) => tx.setMeta('schema-note', 'two'));
     expect(await store.getMeta('schema-note')).toBe('two');
+  });
+});
+
+describe('removal marks (migration 12)', () => {
+  it('mark, read back after reopening, keep the first time, and go with a deleted row', async () => {
+    const { store, path } = await fresh();
+    const { bob, keep, p } = await store.tx(async (tx) => ({ bob: await tx.insertIdentity(user('bob')), keep: await tx.insertIdentity(user('keep')), p: await tx.insertProject({ name: 'ml', createdAt: 1 }) }));
+    expect(await store.removedAt('identity', bob.id)).toBeNull();
+    await store.tx(async (tx) => {
+      await tx.markRemoved('identity', bob.id, 100);
+      await tx.markRemoved('identity', bob.id, 200);
+      await tx.markRemoved('project', p.id, 150);
+    });
+    const again = await reopen(store, path);
+    expect(await again.removedAt('identity', bob.id)).toBe(100);
+    expect(await again.removedAt('identity', keep.id)).toBeNull();
+    expect(await again.removedAt('project', p.id)).toBe(150);
+    expect([...(await again.listRemoved('identity'))]).toEqual([bob.id]);
+    await expect(again.tx((tx) => tx.markRemoved('project', 999, 1))).rejects.toThrow();
+    await again.tx(async (tx) => {
+      await tx.deleteIdentity(bob.id);
+      await tx.deleteProject(p.id);
+    });
+    expect(await again.listRemoved('identity')).toEqual(new Set());
+    expect(await again.listRemoved('project')).toEqual(new Set());
   });
 });
 
@@ -540,7 +566,7 @@ describe('certificates', () => {
       const first = await tx.reserveSerials(3);
       const cs = [
         cert(first, r1.id, alice.id, { grant: { kind: 'user', name: 'alice' }, validAfter: 940, validBefore: 1_700_003_600 }),
-        cert(first + 1n, r1.id, null, { grant: { kind: 'public_key', fingerprint: 'SHA256:xyz' }, keyId: 'key:xyz run:p1/train' }),
+        cert(first + 1n, r1.id, null, { grant: { kind: 'public_key', fingerprint: 'SHA256:xyz' }, keyId: 'key:xyz run:p1/train', viaOidc: true }),
         cert(first + 2n, r1.id, alice.id, { revokedAt: 1200, revokeReason: 'issued revoked' }),
       ];
       await tx.insertCerts(cs);

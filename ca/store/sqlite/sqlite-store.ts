@@ -91,6 +91,9 @@ function one<R>(codec: rows.Codec<R, unknown>, row: Row | undefined): R | null {
 }
 
 /** Every read of the interface, on one connection; `check` runs before each. */
+/** Where each kind of removal mark is kept (migration 12): table and id column. */
+const REMOVALS = { identity: ['removed_identities', 'identity_id'], project: ['removed_projects', 'project_id'] } as const;
+
 class Reads implements StoreReader {
   constructor(
     protected readonly conn: () => Conn,
@@ -105,6 +108,17 @@ class Reads implements StoreReader {
   async getMeta(key: string): Promise<string | null> {
     const row = this.c().get('SELECT value FROM meta WHERE key = ?', key);
     return row === undefined ? null : (row.value as string);
+  }
+
+  async removedAt(subject: 'identity' | 'project', id: number): Promise<number | null> {
+    const [table, col] = REMOVALS[subject];
+    const row = this.c().get(`SELECT removed_at FROM ${table} WHERE ${col} = ?`, intParam(id, `${subject} id`));
+    return row === undefined ? null : Number(row.removed_at);
+  }
+
+  async listRemoved(subject: 'identity' | 'project'): Promise<Set<number>> {
+    const [table, col] = REMOVALS[subject];
+    return new Set(this.c().all(`SELECT ${col} AS id FROM ${table}`).map((r) => Number(r.id)));
   }
 
   async getIdentity(id: number): Promise<Identity | null> {
@@ -413,6 +427,11 @@ class SqliteTx extends Reads implements StoreTx {
 
   private mustChange(changes: number, what: string): void {
     if (changes === 0) throw new StoreError('not_found', `${what} does not exist`);
+  }
+
+  async markRemoved(subject: 'identity' | 'project', id: number, at: number): Promise<void> {
+    const [table, col] = REMOVALS[subject];
+    this.write(`${subject} ${id}`, (c) => c.run(`INSERT INTO ${table} (${col}, removed_at) VALUES (?, ?) ON CONFLICT (${col}) DO NOTHING`, intParam(id, `${subject} id`), at));
   }
 
   async setMeta(key: string, value: string): Promise<void> {
