@@ -228,7 +228,14 @@ export class Agent {
     const stored = await loadCredential(this.paths.credential);
     if (stored) {
       this.credential = stored;
-      if (this.o.joinToken) this.log('info', 'credential-reused', { credential: this.paths.credential, note: 'the join token is not needed again' });
+      // Logged at every start that uses it (deploy/README.md): it says which run this host serves.
+      this.log('info', 'credential-reused', {
+        credential: this.paths.credential,
+        project: stored.project,
+        run: stored.run,
+        principal: stored.principal,
+        ...(this.o.joinToken ? { note: 'the join token is not needed again' } : {}),
+      });
     } else {
       if (!this.o.joinToken) throw new AgentError(`no credential in ${this.paths.credential}: pass --join-token (the run's one-time join token)`, 2);
       const { credential, config } = await joinCa(this.base, this.o.joinToken, this.o.loginUser, this.paths.credential, new Date(this.clock.now()), this.pool);

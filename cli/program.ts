@@ -1,12 +1,12 @@
 // The `dstack-ca` command tree. Each verb lives in commands/; this file wires them and
 // maps every failure to the documented exit codes and a one-line message.
-import { Command, CommanderError } from 'commander';
+import { Command, CommanderError, type Option } from 'commander';
 import { SshParseError } from '../ca/ssh/wire.js';
 import { packageVersion } from '../ca/package-version.js';
 import { API_OPTIONS_WITH_VALUES, registerApiOptions } from './api-options.js';
 import type { CliContext } from './context.js';
 import { terminalContext } from './terminal.js';
-import { CliError, EXIT, ExitWith } from './errors.js';
+import { CliError, EXIT, ExitWith, UsageError } from './errors.js';
 
 type Registrar = (program: Command, ctx: CliContext) => void;
 
@@ -64,14 +64,37 @@ export async function buildProgram(ctx: CliContext, argv: readonly string[] = []
   const verb = verbOf(argv);
   const wanted = verb !== undefined && Object.hasOwn(VERBS, verb) ? [verb] : Object.keys(VERBS);
   for (const register of await Promise.all(wanted.map((v) => (VERBS[v] as () => Promise<Registrar>)()))) register(program, ctx);
-  // Every subcommand inherits the output routing and exit override.
+  // Every subcommand inherits the output routing and exit override. A group that has options of
+  // its own (`cert PROJECT/RUN --public-key ...` beside `cert ls`) keeps them to itself: they are
+  // recognised only before a subcommand's name, and a subcommand's help lists as global options
+  // only the root's (--url, --token, ...), never a parent's (`cert ls --help` showed --public-key).
+  const rootOnly = (cmd: Command): Option[] => {
+    if (!cmd.parent) return [];
+    let root = cmd;
+    while (root.parent) root = root.parent;
+    return root.options.filter((o) => !o.hidden);
+  };
   const wire = (cmd: Command) => {
     for (const sub of cmd.commands) {
       sub.configureOutput({ writeOut: (s) => ctx.stdout.write(s), writeErr: (s) => ctx.stderr.write(s) }).exitOverride();
+      sub.configureHelp({ ...sub.configureHelp(), visibleGlobalOptions: rootOnly });
       wire(sub);
     }
   };
   wire(program);
+  // Commander parses a group's own options anywhere on the line (the root splits them off
+  // before dispatching), so `cert ls --public-key K` would pass silently: refuse it instead.
+  program.hook('preAction', (_root, action) => {
+    for (let p = action.parent; p?.parent; p = p.parent) {
+      for (const o of p.options) {
+        const given = p.getOptionValueSource(o.attributeName()) === 'cli';
+        if (given && o.long && !action.options.some((a) => a.long === o.long)) {
+          const args = p.registeredArguments.map((a) => (a.required ? `<${a.name()}>` : `[${a.name()}]`)).join(' ');
+          throw new UsageError(`${o.long} is an option of \`${commandPath(p)}${args ? ` ${args}` : ''}\`, not of \`${commandPath(action)}\``);
+        }
+      }
+    }
+  });
   return program;
 }
 
@@ -111,4 +134,11 @@ function reportError(e: unknown, ctx: CliContext): number {
   ctx.stderr.write(`dstack-ca: internal error: ${err?.message ?? String(e)}\n`);
   if (ctx.env.DSTACK_CA_DEBUG) ctx.stderr.write(`${err?.stack ?? ''}\n`);
   return EXIT.error;
+}
+
+/** `dstack-ca cert ls`: the command's names from the root. */
+function commandPath(cmd: Command): string {
+  const names: string[] = [];
+  for (let c: Command | null = cmd; c; c = c.parent) names.unshift(c.name());
+  return names.join(' ');
 }

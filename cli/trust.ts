@@ -137,3 +137,14 @@ export async function establishTrust(url: string, fingerprint: string | undefine
   if (!v.unchanged) await saveBundle(storePath, origin, v);
   return { bundle: v, changed: stored !== null && !v.unchanged, dispatcher: new Agent({ connect: pinnedTlsOptions(v.bundle) }) };
 }
+
+/**
+ * The one stderr line a command prints when it trusts a CA it has not pinned (any URL, loopback
+ * too): what it trusted, and how to pin. Printed at most once per command.
+ */
+export function unpinnedWarning(url: string): string {
+  return (
+    `dstack-ca: warning: ${url} is not pinned: its CA keys came over the same connection, so they are trusted only as far as that connection is; ` +
+    'pin it once with --fingerprint SHA256:... (printed by `dstack-ca server` at start)\n'
+  );
+}

@@ -43,6 +43,17 @@ describe('dstack-ca-agent', () => {
     expect(await right.exited, right.stderr()).toBe(0);
     expect(right.events().some((e) => e.event === 'joined')).toBe(true);
     expect((await readFile(join(sshdDir, 'auth_principals', 'ubuntu'), 'utf8')).trim()).toMatch(/^dstack-run-/);
+
+    // Every later start logs credential-reused, naming the run (deploy/README.md), join token or not.
+    for (const env of [{}, { DSTACK_CA_JOIN_TOKEN: joinToken }] as Record<string, string>[]) {
+      const restart = spawnAgent([...agentArgs(sshdDir, 'ubuntu'), '--once'], env);
+      expect(await restart.exited, restart.stderr()).toBe(0);
+      const reused = restart.events().filter((e) => e.event === 'credential-reused');
+      expect(reused, restart.stderr()).toHaveLength(1);
+      expect(reused[0]).toMatchObject({ project: 'ml', run: 'join-1', credential: join(sshdDir, 'agent-credential.json') });
+      expect(reused[0]?.note).toBe('DSTACK_CA_JOIN_TOKEN' in env ? 'the join token is not needed again' : undefined);
+      expect(restart.events().some((e) => e.event === 'joined')).toBe(false);
+    }
   });
 
   it('after run finish: logs run-finished once, empties the principals file, keeps the KRL, exits 0', async () => {

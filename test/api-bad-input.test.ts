@@ -75,6 +75,20 @@ const CASES: Case[] = [
   ['unknown policy field', 'orchestrator', 'POST', '/v1/runs', runBody({ attachableBy: { users: ['alice'], admins: ['x'] } }), 400, /^attachableBy\.admins: unknown field/],
   ['policy user not a valid name', 'orchestrator', 'POST', '/v1/runs', runBody({ attachableBy: { users: ['Bob Smith'] } }), 400, /^attachableBy\.users\[0\]: must be/],
   ['policy user that does not exist', 'orchestrator', 'POST', '/v1/runs', runBody({ attachableBy: { users: ['alice', 'bbo'] } }), 400, /^attachableBy\.users\[1\]: no user or bot named "bbo"/],
+  // The index is the position in the list as written, never in the sorted, deduplicated normal form.
+  ...(
+    [
+      [['ci-old', 'bbo'], 1, 'bbo'],
+      [['zed', 'alice'], 0, 'zed'],
+      [['alice', 'alice', 'bbo'], 2, 'bbo'],
+      [['bbo', 'alice', 'aaa'], 0, 'bbo'],
+      [['alice', 'zz', 'alice', 'aa'], 1, 'zz'],
+      [['alice', 'alice', 'alice', 'ci', 'ci'], 3, 'ci'],
+    ] as const
+  ).flatMap(([users, i, name]): Case[] => [
+    [`policy users ${users.join(',')}: unknown name at its written position`, 'orchestrator', 'POST', '/v1/runs', runBody({ attachableBy: { users } }), 400, new RegExp(`^attachableBy\\.users\\[${i}\\]: no user or bot named "${name}"`)],
+    [`policy edit users ${users.join(',')}: unknown name at its written position`, 'orchestrator', 'PATCH', '/v1/runs/ml/train-1', { attachableBy: { users } }, 400, new RegExp(`^attachableBy\\.users\\[${i}\\]: no user or bot named "${name}"`)],
+  ]),
   ['project_members not a boolean', 'orchestrator', 'POST', '/v1/runs', runBody({ attachableBy: { project_members: 'yes' } }), 400, /^attachableBy\.project_members: /],
   ['bad run name', 'orchestrator', 'POST', '/v1/runs', runBody({ name: '../etc' }), 400, /^name: must be/],
   ['bad login user', 'orchestrator', 'POST', '/v1/runs', runBody({ loginUser: 'root; rm -rf' }), 400, /^loginUser: must be a valid POSIX login name/],

@@ -182,7 +182,15 @@ describe('walkthrough (DESIGN.md section 10)', () => {
 
     const f = ok(await ca(['krl', 'fetch', '-o', krlPath], { token: null }));
     expect(f.stdout.startsWith(`${krlPath}: KRL version ${krlVersion}, `), f.stdout).toBe(true);
-    expect(f.stdout).toMatch(/bytes, signature good \(SHA256:/);
+    expect(f.stdout).toMatch(/bytes, signature good \(SHA256:\S+, a CA key from the server itself, not pinned\)\n$/);
+    // Unpinned, the keys came with the KRL: said once on stderr, with how to pin.
+    expect(f.stderr).toBe(`dstack-ca: warning: ${url} is not pinned: its CA keys came over the same connection, so they are trusted only as far as that connection is; pin it once with --fingerprint SHA256:... (printed by \`dstack-ca server\` at start)\n`);
+    // Pinned: checked against the trust bundle, nothing to warn about.
+    const root = ((await api('GET', '/v1/ca', undefined, null)).body as { caKeys: { purpose: string; fingerprint: string }[] }).caKeys.find((k) => k.purpose === 'root')?.fingerprint ?? '';
+    expect(root).toMatch(/^SHA256:/);
+    const pinned = ok(await ca(['krl', 'fetch', '-o', krlPath, '--fingerprint', root], { token: null, env: { XDG_CONFIG_HOME: join(dir, 'pinned-config') } }));
+    expect(pinned.stdout).toMatch(/bytes, signature good \(SHA256:[^,]+\)\n$/);
+    expect(pinned.stderr).toBe('');
     expect((await stat(krlPath)).mode & 0o777).toBe(0o644);
     const q = await krlCheck(krlPath, [certPath()]);
     expect(q.code, q.stdout + q.stderr).toBe(1);

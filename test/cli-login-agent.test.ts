@@ -15,6 +15,7 @@ import type { MeRun } from '../cli/login/session.js';
 import { forgetAllRuns, loadIntoAgent } from '../cli/login/sync.js';
 import { agentReachable, ensureLoginKey } from '../cli/login/tools.js';
 import { caSigner, certFields } from './fixtures/keys.js';
+import { CLI } from './fixtures/cli.js';
 import { cleanupTempDirs, makeTempDir, run } from './harness/index.js';
 
 let dir: string;
@@ -192,6 +193,33 @@ describe('ssh_config read by the real ssh', () => {
     await writeFile(script, `#!/bin/sh\necho "$@" >> '${log}'\ncp '${join(base, 'moved-hosts')}' '${p.sshHosts}'\nexit 1\n`);
     const g = await G(file, 'ml/train-1');
     expect([g.get('hostname'), g.get('port')]).toEqual(['10.7.7.7', '2999']);
+  });
+
+  // After `logout` the discovery line still runs for PROJECT/RUN names; without a word ssh
+  // would only say "Could not resolve hostname ml/train-1". The real CLI, called by the real ssh.
+  it('logged out: the discovery exec says so in one line on the stderr of ssh, naming the server; other hosts hear nothing', async () => {
+    const base = join(dir, 'logged-out');
+    const env = { ...process.env, XDG_CONFIG_HOME: base, DSTACK_CA_URL: undefined, DSTACK_CA_TOKEN: undefined };
+    const p = loginPaths(env);
+    await mkdir(p.dir, { recursive: true, mode: 0o700 });
+    const common = { key: p.key, knownHosts: p.knownHosts, certFile: (pr: string, r: string) => certPath(p, pr, r), runs: [] };
+    await writeFile(p.sshConfig, renderSshConfig({ ...common, hostsFile: p.sshHosts, renewCommand: [process.execPath, CLI, 'renew', '--ssh-match'] }));
+    await writeFile(p.sshHosts, renderSshHosts(common));
+    const file = join(base, 'user_config');
+    await writeFile(file, `Include "${p.sshConfig}"\n`);
+    // ssh's own lines (e.g. "Pseudo-terminal will not be allocated") are not ours: only dstack-ca's.
+    const G = async (host: string) => {
+      const r = await run('ssh', ['-F', file, '-G', host], { env });
+      return { stderr: r.stderr.split('\n').filter((l) => l.startsWith('dstack-ca')).map((l) => `${l}\n`).join('') };
+    };
+    // No profile either (never logged in): the same line, without a server.
+    const never = await G('ml/train-1');
+    expect(never.stderr).toBe('dstack-ca: not logged in: run dstack-ca login, then ssh again\n');
+    // What logout leaves: profile.json with the server.
+    await writeFile(join(p.dir, 'profile.json'), JSON.stringify({ url: 'https://ca.example.com', user: 'alice', fingerprint: null }));
+    const out = await G('ml/train-1');
+    expect(out.stderr).toBe('dstack-ca: not logged in to https://ca.example.com: run dstack-ca login, then ssh again\n');
+    expect((await G('github.com')).stderr).toBe('');
   });
 
   it('ssh-keygen finds the host key under its alias in known_hosts', async () => {

@@ -367,7 +367,7 @@ describe('login, then plain ssh', () => {
 
     // A revoked cert the policy no longer replaces is dropped, and renew says why.
     await ca.admin('PATCH', '/v1/runs/ml/pending', { attachableBy: { users: ['bob'] } });
-    fails(await cli(['renew', 'ml/pending']), 4, /^dstack-ca: the certificate for ml\/pending was revoked \(serial \d+ \(CA section\)\) and the CA gives no new one: permission denied: not allowed by the attachable_by policy of run ml\/pending$/m);
+    fails(await cli(['renew', 'ml/pending']), 4, /^dstack-ca: the certificate for ml\/pending was revoked: serial \d+ \(CA section\); the CA gives no new one: permission denied: not allowed by the attachable_by policy of run ml\/pending$/m);
     expect(await exists(join(cfg, 'certs', 'ml', 'pending-cert.pub'))).toBe(false);
     await ca.admin('PATCH', '/v1/runs/ml/pending', { attachableBy: { project_members: true } });
     expect(json<{ renewed: boolean; reason: string }>(await cli(['renew', 'ml/pending', '--json']))).toMatchObject({ renewed: true, reason: 'missing' });

@@ -1,7 +1,7 @@
 // Issue 14 item 4: every server setting the documentation names exists in the server's config
 // schema (ca/server/config.ts), and docs/configuration.md lists every one the schema has. A
 // documented name the server refuses (`sessions.ttl` for `login.sessionTtl`) fails here.
-import { readdir, readFile } from 'node:fs/promises';
+import { access, readdir, readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import type { z } from 'zod';
@@ -91,5 +91,31 @@ describe('documented config names', () => {
     // A leaf is covered by its own row or by a row of an enclosing setting (rateLimits.bot covers its perSecond and burst).
     const uncovered = schema.leaves.filter((leaf) => !rows.some((r) => leaf === r || leaf.startsWith(`${r}.`)));
     expect(uncovered).toEqual([]);
+  });
+});
+
+/** Every .ts file under dir (recursively), tests included: a test's message names docs too. */
+async function sources(dir: string): Promise<string[]> {
+  const entries = await readdir(`${root}${dir}`, { recursive: true, withFileTypes: true });
+  return entries.filter((e) => e.isFile() && e.name.endsWith('.ts')).map((e) => `${e.parentPath.slice(root.length)}/${e.name}`.replace(/\/\//g, '/'));
+}
+
+describe('docs named by the programs', () => {
+  // A message that sends the user to a doc that does not exist (`docs/operations.md`) fails here.
+  it('every docs/*.md or docs/*.yml path in server, CLI and agent source exists in the repository', async () => {
+    const named: string[] = [];
+    for (const dir of ['ca', 'cli', 'agent-hook', 'bin']) {
+      for (const file of await sources(dir)) {
+        const text = await readFile(`${root}${file}`, 'utf8');
+        for (const m of text.matchAll(/docs\/[a-z][a-z0-9.-]*\.(?:md|ya?ml)/g)) named.push(`${file}: ${m[0]}`);
+      }
+    }
+    expect(named.length).toBeGreaterThan(3);
+    const missing: string[] = [];
+    for (const entry of named) {
+      const path = entry.slice(entry.indexOf(': ') + 2);
+      await access(`${root}${path}`).catch(() => missing.push(entry));
+    }
+    expect(missing).toEqual([]);
   });
 });

@@ -185,12 +185,28 @@ describe('people: login, plain ssh, logout', () => {
       ssh: { host: '127.0.0.1', port: sshd.port, hostKeys: [sshd.hostKeyPublicLine] },
     }));
     await ca.admin('POST', '/v1/runs', { project: 'ml', name: 'later', owner: 'alice', loginUser, attachableBy: { project_members: true } });
+    // An address but no host key (no --host-key to run add, no agent reporting one): ssh could not check the host.
+    await ca.admin('POST', '/v1/runs', { project: 'ml', name: 'nokey', owner: 'alice', loginUser, attachableBy: { project_members: true }, ssh: { host: '127.0.0.1', port: sshd.port } });
     const r = await login(['--url', url]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toContain('dstack-ca: warning: ml/later: the run has no ssh address yet, so plain `ssh ml/later` cannot reach it; once its orchestrator sets an address, ssh picks it up without a new login\n');
+    const noKey =
+      'dstack-ca: warning: ml/nokey: no host key is known for its sshd (neither pinned with `run add/update --host-key` nor reported by its agent, which reports them with --host-key), so plain `ssh ml/nokey` cannot verify the host';
+    expect(r.stderr).toContain(noKey);
+    // No --fingerprint, even on loopback: said once, with how to pin.
+    expect(r.stderr.split('\n').filter((l) => l.includes('is not pinned'))).toEqual([
+      `dstack-ca: warning: ${url} is not pinned: its CA keys came over the same connection, so they are trusted only as far as that connection is; pin it once with --fingerprint SHA256:... (printed by \`dstack-ca server\` at start)`,
+    ]);
     const c = await cli(['config', 'ssh']);
     expect(c.code, c.stderr).toBe(0);
     expect(c.stderr).toContain('dstack-ca: warning: ml/later: the run has no ssh address yet');
+    expect(c.stderr).toContain(noKey);
+    // Runs with a known host key are not warned about.
+    expect(`${r.stderr}${c.stderr}`).not.toMatch(/ml\/(train-1|later): no host key/);
+    // The warning is true: plain ssh to it does not get in.
+    const refused = await plainSsh('ml/nokey', 'echo', 'hello');
+    expect(refused.stdout).toBe('');
+    expect(refused.stderr).toMatch(/Host key verification failed|host key/i);
     await sshd.setPrincipals(loginUser, [trainPrincipal]);
     const p = await plainSsh('ml/train-1', 'echo', 'hello');
     expect(p.stdout, p.stderr).toBe('hello\n');

@@ -125,7 +125,7 @@ describe('revoke says what still grants access (item 21)', () => {
     ok(await ca(['cert', 'ml/train-1', '--public-key', botKey.publicPath, '--out', botCert], { token: botToken }));
     const r = ok(await ca(['revoke', '--bot', 'ml/ci', '--reason', 'rotating CI']));
     expect(r.stdout).toMatch(/^revoked 1 certificate; KRL version \d+\n$/);
-    expect(r.stderr).toContain('dstack-ca: warning: bot ml/ci can get new certificates at once: it still holds 1 live API token, and running runs admit it: ml/train-1 (project_members)\n');
+    expect(r.stderr).toContain('dstack-ca: warning: bot ml/ci can get new certificates at once: ml/ci still holds 1 live API token, and running runs admit ml/ci: ml/train-1 (project_members)\n');
     expect(r.stderr).toContain('dstack-ca bot rm ml/ci (its tokens and OIDC trust end, its certificates are revoked)');
     expect(r.stderr).toContain('dstack-ca bot token rotate ml/ci');
     expect(r.stderr).toContain('dstack-ca run update ml/train-1 --attachable-by FILE');
@@ -144,7 +144,7 @@ describe('revoke says what still grants access (item 21)', () => {
 
   it('revoke --user --project names the login, the run and member rm', async () => {
     const r = ok(await ca(['revoke', '--user', 'bob', '--project', 'ml', '--reason', 'audit']));
-    expect(r.stderr).toContain('user bob can get new certificates at once: it still holds 1 live API token or login session, and running runs admit it: ml/train-1 (project_members)');
+    expect(r.stderr).toContain('user bob can get new certificates at once: bob still holds 1 live API token or login session, and running runs admit bob: ml/train-1 (project_members)');
     expect(r.stderr).toContain('dstack-ca member rm ml bob (for runs that admit project_members)');
     expect(r.stderr).toContain('dstack-ca user disable bob');
   });

@@ -127,9 +127,9 @@ describe('the first hour, from README.md on a fresh clone', () => {
     for (const line of server.stdout().split('\n').filter((l) => l.startsWith('{'))) expect(() => JSON.parse(line), line).not.toThrow();
 
     // The walkthrough, as written, minus what needs more than this machine: the server (running
-    // already), an OIDC issuer, a key listed in the policy, and a second policy file the reader writes.
+    // already), an OIDC issuer and a key listed in the policy.
     const walk = shBlock(readme, '## What works today')
-      .filter((l) => !/^dstack-ca server |oidc|OIDC|--ssh-identity|policy-without-bob/.test(l))
+      .filter((l) => !/^dstack-ca server |oidc|OIDC|--ssh-identity/.test(l))
       .map((l) => l.replaceAll('127.0.0.1:8443', `127.0.0.1:${port}`));
     expect(walk.length).toBeGreaterThan(10);
     await sh('ssh-keygen -q -t ed25519 -N "" -f id_ed25519');
@@ -139,6 +139,14 @@ describe('the first hour, from README.md on a fresh clone', () => {
     // `a && b` lines do not stop `set -e`: no step may have failed quietly.
     expect(walked.stderr).not.toMatch(/error|not authenticated|not allowed|refus|usage/i);
     expect(walked.stdout).toMatch(/^audit chain ok: /m);
+    // The security team's step fits the example policy: bob held a certificate, the revoke ends
+    // it and says bob can get a new one, and the policy file without bob (made in a shown step) stops that.
+    expect(walked.stdout).toMatch(/^revoked 1 certificate; KRL version \d+$/m);
+    expect(walked.stderr).toContain('dstack-ca: warning: user bob can get new certificates at once: bob still holds');
+    expect(await readFile(join(repo, 'policy-without-bob.yml'), 'utf8')).toMatch(/^ {2}users: \[alice, ci\]$/m);
+    expect(walked.stdout).toContain('updated the policy of ml/train-1; 0 certificates revoked');
+    // Item 1: the run has an ssh address (login and config ssh can make a Host block for it).
+    expect(walked.stdout).toMatch(/"host": "gpu-1\.example\.com",\s+"port": 22/);
     expect(walked.stdout).toContain('finished ml/train-1; 1 certificate revoked');
     expect(walked.stdout).toMatch(/"principal": "dstack-run-[0-9a-f]+"/); // run add --json with the example policy
     await access(join(repo, 'id_ed25519-cert.pub')); // the bot's certificate
@@ -150,7 +158,10 @@ describe('the first hour, from README.md on a fresh clone', () => {
     expect(counted.find(([c]) => c === 'run_finish')?.[1]).toBe(1); // the bot's certificate, by run finish
     const listed = await run('ssh-keygen', ['-Q', '-l', '-f', join(repo, 'revoked-after-finish')]);
     expect(listed.code, listed.stderr).toBe(0);
-    expect((listed.stdout.match(/^serial: /gm) ?? []).length).toBe(total);
+    // ssh-keygen lists consecutive serials as one range line ("serial: 5-6"): count what each line covers.
+    const serialsListed = [...listed.stdout.matchAll(/^serial: (\d+)(?:-(\d+))?$/gm)].reduce((n, m) => n + (m[2] === undefined ? 1 : Number(m[2]) - Number(m[1]) + 1), 0);
+    expect(serialsListed).toBe(total);
+    expect(counted.find(([c]) => c === 'revoke')?.[1]).toBe(1); // bob's certificate, by revoke
 
     // Item 3: run add --help explains the policy file; the example is what the walkthrough used.
     const help = await sh('dstack-ca run add --help');

@@ -168,7 +168,7 @@ describe('dstack-ca login, then plain ssh', () => {
     // from the signed KRL, found no new cert granted, and dropped the dead one, saying why.
     const r = await plainSsh('true');
     expect(r.code).toBe(255);
-    expect(r.stderr).toMatch(/the certificate for ml\/train-1 was revoked \(serial \d+ \(CA section\)\) and the CA gives no new one/);
+    expect(r.stderr).toMatch(/the certificate for ml\/train-1 was revoked: serial \d+ \(CA section\); the CA gives no new one/);
     await expect(stat(certFile)).rejects.toThrow(/ENOENT/);
   });
 

@@ -67,6 +67,9 @@ describe('passkeys in the browser', () => {
     expect(aliceLink).toMatch(new RegExp(`^${base}/enroll#dsca_enroll_`));
     const errors: string[] = [];
     pb.page.on('console', (m) => m.type() === 'error' && errors.push(m.text()));
+    // Every request the page makes is answered: no 404 (the favicon was one) in the console.
+    const missing: string[] = [];
+    pb.page.on('response', (r) => r.status() === 404 && missing.push(r.url()));
     await pb.page.goto(aliceLink);
     expect(pb.page.url()).toBe(`${base}/enroll`);
     // Whose passkey this creates is on the page before anything is created (issue 14, item 22).
@@ -81,6 +84,13 @@ describe('passkeys in the browser', () => {
     // CDP speaks standard base64, WebAuthn base64url.
     expect((await pb.credentials()).map((c) => Buffer.from(c.credentialId, 'base64').toString('base64url'))).toEqual([keys[0]!.credentialId]);
     expect(errors.filter((e) => /Content Security Policy/i.test(e))).toEqual([]);
+    // The icon the page names is loaded (headless Chromium fetches it), as is /favicon.ico.
+    expect(await pb.page.evaluate(async () => (await fetch('/favicon.ico')).status)).toBe(200);
+    const icon = await pb.page.getAttribute('link[rel=icon]', 'href');
+    expect(icon).toBe('/assets/favicon.svg');
+    expect(await pb.page.evaluate(async (href) => (await fetch(href)).headers.get('content-type'), icon as string)).toBe('image/svg+xml');
+    expect(missing).toEqual([]);
+    expect(errors.filter((e) => /404|Failed to load resource/i.test(e))).toEqual([]);
   });
 
   it('refuses the same enrollment link a second time and changes nothing', async () => {

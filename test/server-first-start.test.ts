@@ -81,9 +81,13 @@ describe('first start', () => {
     const squatter: Server = createServer();
     await new Promise<void>((r) => squatter.listen(port, '127.0.0.1', r));
     const failed = await startServer(['--data-dir', join(dir, 'data'), '--listen', `127.0.0.1:${port}`]);
-    await new Promise<void>((r) => squatter.close(() => r()));
     expect(failed.exitCode, failed.stderr()).toBe(1);
-    expect(failed.stderr()).toMatch(/^dstack-ca: cannot listen on 127\.0\.0\.1:\d+: .*EADDRINUSE/m);
+    expect(failed.stderr()).toMatch(/^dstack-ca: cannot listen on 127\.0\.0\.1:\d+: .*EADDRINUSE.*; choose another address with --listen HOST:PORT/m);
+    // Started by `npm start`, the hint is spelled the way npm passes arguments on.
+    const viaNpm = await startServer(['--data-dir', join(dir, 'data'), '--listen', `127.0.0.1:${port}`], { npm_lifecycle_event: 'start' });
+    expect(viaNpm.exitCode, viaNpm.stderr()).toBe(1);
+    expect(viaNpm.stderr()).toContain('choose another address with `npm start -- --listen 127.0.0.1:PORT`');
+    await new Promise<void>((r) => squatter.close(() => r()));
 
     const second = await startServer(['--data-dir', join(dir, 'data'), '--listen', `127.0.0.1:${port}`]);
     expect(second.exitCode, second.stderr()).toBeNull();
@@ -151,6 +155,8 @@ describe('first start', () => {
       expect(s.stdout().includes('/healthz'), s.stdout()).toBe(logRequests);
       expect(s.stderr()).toMatch(/^dstack-ca: serving on http:\/\/127\.0\.0\.1:\d+/m);
       expect(s.stdout()).not.toContain('dstack-ca:');
+      // Nothing deprecated is used (fastify printed FSTDEP023 for disableRequestLogging).
+      expect(s.stderr()).not.toMatch(/Deprecation|FSTDEP/);
     }
   });
 });

@@ -2,7 +2,7 @@
 import { revokedTotals } from '../authority/revocation-record.js';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
-import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import { jsonSchemaTransform, serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { BadTokenError, resolveActor, type Actor } from '../authority/actors.js';
@@ -83,7 +83,9 @@ export const LOG_REDACT = [
 ];
 
 export async function buildApp(authority: Authority, opts: AppOptions = {}): Promise<FastifyInstance> {
-  const base = { logger: opts.logger ?? false, disableRequestLogging: opts.logRequests !== true, bodyLimit: BODY_LIMIT, trustProxy: opts.trustProxy?.length ? [...opts.trustProxy] : false };
+  // fastify 5.12 deprecates the top-level disableRequestLogging (FSTDEP023): the switch lives on a LogController.
+  const logController = new LogController({ disableRequestLogging: opts.logRequests !== true });
+  const base = { logger: opts.logger ?? false, logController, bodyLimit: BODY_LIMIT, trustProxy: opts.trustProxy?.length ? [...opts.trustProxy] : false };
   // Same app either way; only the server underneath differs (https.Server is a tls.Server).
   const app = (opts.https ? Fastify({ ...base, https: { cert: opts.https.cert, key: opts.https.key } }) : Fastify(base)) as unknown as FastifyInstance;
   app.setValidatorCompiler(validatorCompiler);

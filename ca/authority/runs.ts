@@ -30,9 +30,16 @@ export interface RegisterRunRequest {
 const toEndpoint = (ssh: RegisterRunRequest['ssh'] | null | undefined): RunSshEndpoint | null =>
   ssh ? { host: ssh.host, port: ssh.port, hostKeys: [...new Set(ssh.hostKeys ?? [])] } : null;
 
-/** Every name in `users` must exist: a typo must not silently grant nobody (or somebody later). */
-async function checkPolicyNames(store: StoreReader, policy: Run['policy']): Promise<void> {
-  for (const [i, name] of policy.users.entries()) {
+/**
+ * Every name in `users` must exist: a typo must not silently grant nobody (or somebody later).
+ * Checked on the list as written, not the normal form (sorted, deduplicated), so the index in
+ * the error is the position the user typed: `users: [ci, bbo]` fails at users[1].
+ */
+async function checkPolicyNames(store: StoreReader, input: PolicyInput): Promise<void> {
+  const checked = new Set<string>();
+  for (const [i, name] of (input?.users ?? []).entries()) {
+    if (checked.has(name)) continue;
+    checked.add(name);
     if (!(await store.getIdentityByName(name))) throw badRequest(`no user or bot named "${name}"`, `attachableBy.users[${i}]`);
   }
 }
@@ -44,7 +51,7 @@ export async function registerRun(ctx: AuthorityContext, actor: Actor, req: Regi
   const owner = await requireIdentity(ctx.store, req.owner);
   await requireNotRemovedIdentity(ctx.store, owner);
   const policy = normalizePolicy(req.attachableBy, owner.name);
-  await checkPolicyNames(ctx.store, policy);
+  await checkPolicyNames(ctx.store, req.attachableBy);
   const now = ctx.now();
   if (req.endsAt !== undefined && req.endsAt <= now) throw badRequest('must be in the future', 'endsAt');
   return ctx.store.tx(async (tx) => {
@@ -98,7 +105,7 @@ export async function updateRunPolicy(
   await authorizeRun(ctx, actor, 'run.update-policy', run);
   const owner = await ctx.store.getIdentity(run.ownerId);
   const policy = normalizePolicy(attachableBy, owner?.name ?? '');
-  await checkPolicyNames(ctx.store, policy);
+  await checkPolicyNames(ctx.store, attachableBy);
   const now = ctx.now();
   const r = await ctx.store.tx(async (tx) => {
     await tx.updateRunPolicy(run.id, policy);

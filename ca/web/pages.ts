@@ -89,6 +89,11 @@ Approve only a login you started yourself: whoever started it gets your access.<
   },
 ];
 
+/** A 16x16 key, white on blue: the pages' icon (served, so no browser logs a 404 for it). */
+const FAVICON_SVG =
+  '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" fill="#1f4e8c"/>' +
+  '<circle cx="5.5" cy="8" r="2.5" fill="none" stroke="#fff" stroke-width="1.5"/><path d="M8 8h6M12 8v2.5" stroke="#fff" stroke-width="1.5"/></svg>\n';
+
 function html(p: Page): string {
   return `<!doctype html>
 <html lang="en">
@@ -96,6 +101,7 @@ function html(p: Page): string {
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>${p.title} · dstack-ca</title>
+<link rel="icon" href="/assets/favicon.svg" type="image/svg+xml">
 <link rel="stylesheet" href="/assets/pages.css">
 <script src="/assets/webauthn.js" defer></script>
 <script src="/assets/pages.js" defer></script>
@@ -122,12 +128,15 @@ export function pageRoutes(app: FastifyInstance): void {
     'webauthn.js': { type: 'text/javascript; charset=utf-8', body: webauthnBundle() },
     'pages.js': { type: 'text/javascript; charset=utf-8', body: asset('pages.js') },
     'pages.css': { type: 'text/css; charset=utf-8', body: asset('pages.css') },
+    'favicon.svg': { type: 'image/svg+xml', body: Buffer.from(FAVICON_SVG) },
   };
   for (const p of PAGES) {
     const body = html(p);
     app.get(p.path, { schema: { hide: true } }, async (_req, reply) => send(reply, 'text/html; charset=utf-8', body));
   }
   app.get('/', { schema: { hide: true } }, async (_req, reply) => reply.redirect('/account'));
+  // Browsers ask for /favicon.ico on their own (a 404 in every console otherwise).
+  app.get('/favicon.ico', { schema: { hide: true } }, async (_req, reply) => send(reply, 'image/svg+xml', FAVICON_SVG));
   for (const [name, a] of Object.entries(assets)) {
     app.get(`/assets/${name}`, { schema: { hide: true } }, async (_req, reply) => send(reply, a.type, a.body));
   }

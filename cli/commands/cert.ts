@@ -78,4 +78,6 @@ export function registerCert(program: Command, ctx: CliContext): void {
       if (r.code !== 0) throw new ExitWith(r.code);
     });
   registerCertLs(cert, ctx);
+  // Not commander's `[options] [command] <run>`: the issuing flags go with <run> only.
+  cert.usage(`[options] <run>\n       dstack-ca cert ${cert.commands.map((c) => c.name()).join('|')} ...`);
 }

@@ -7,7 +7,7 @@ import type { Command } from 'commander';
 import { printJson, type CliContext } from '../context.js';
 import { loginPaths } from '../login/paths.js';
 import { readRuns } from '../login/session.js';
-import { unreachableRuns, warnUnreachable, writeSshFiles } from '../login/sync.js';
+import { unreachableRuns, unverifiableRuns, warnUnreachable, writeSshFiles } from '../login/sync.js';
 import { ensureUserInclude } from '../login/user-config.js';
 import { plural } from '../output.js';
 
@@ -30,6 +30,7 @@ export function registerConfig(program: Command, ctx: CliContext): void {
           includeAdded: include.added,
           runs: runs.map((r) => `${r.project}/${r.name}`),
           unreachable: unreachableRuns(runs),
+          unverifiable: unverifiableRuns(runs),
         });
         return;
       }

@@ -13,6 +13,7 @@ import { apiCommand } from '../args.js';
 import { ApiClient } from '../client.js';
 import { printJson, readInput, type CliContext } from '../context.js';
 import { CliError } from '../errors.js';
+import { unpinnedWarning } from '../trust.js';
 import type { CaKeysView } from './ca.js';
 import { trustedKeys } from '../../ca/trust/bundle.js';
 
@@ -39,7 +40,10 @@ export function registerKrlFetch(krl: Command, ctx: CliContext): void {
       const api = await ApiClient.forCommand(ctx, cmd);
       const refuse = (why: string) => new CliError(`${why}; ${opts.output} not written`);
       // Everything here is public: no token is sent, so a stale one cannot break a host.
+      // Unpinned, the keys come from the server that also serves the KRL: say so, here and below.
+      const unpinned = opts.caKeys === undefined && (await api.trust()) === null;
       const trusted = opts.caKeys !== undefined ? await readTrustedKeys(ctx, opts.caKeys) : await serverKeys(api);
+      if (unpinned) ctx.stderr.write(unpinnedWarning(api.url));
       const res = await api.fetchOk('GET', '/v1/krl', { auth: false });
       const body = Buffer.from(await res.arrayBuffer());
       let verified: VerifiedKrl;
@@ -62,8 +66,12 @@ export function registerKrlFetch(krl: Command, ctx: CliContext): void {
         throw new CliError(`--output ${opts.output}: cannot write: ${(e as Error).message}`);
       }
       const signedBy = fingerprint(verified.signedBy);
-      if (opts.json) printJson(ctx, { file: opts.output, krlVersion: version.toString(), bytes: body.length, signedBy });
-      else ctx.stdout.write(`${opts.output}: KRL version ${version}, ${body.length} bytes, signature good (${signedBy})\n`);
+      const keysFrom = opts.caKeys !== undefined ? 'file' : unpinned ? 'server' : 'pinned';
+      if (opts.json) printJson(ctx, { file: opts.output, krlVersion: version.toString(), bytes: body.length, signedBy, caKeysFrom: keysFrom });
+      else {
+        const by = keysFrom === 'server' ? `${signedBy}, a CA key from the server itself, not pinned` : signedBy;
+        ctx.stdout.write(`${opts.output}: KRL version ${version}, ${body.length} bytes, signature good (${by})\n`);
+      }
     });
 }
 

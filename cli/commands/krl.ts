@@ -12,6 +12,7 @@ import { formatSpecError, parseKrlSpec, type SpecError } from '../../ca/ssh/krl/
 import { loadPublicKeyFile, type LoadedKey } from '../../ca/ssh/openssh-listing.js';
 import { SshParseError } from '../../ca/ssh/wire.js';
 import { printJson, readInput, type CliContext } from '../context.js';
+import { plural } from '../output.js';
 import { CliError, ExitWith, UsageError } from '../errors.js';
 
 /** Bad spec lines printed before giving up; the count of the rest is reported. */
@@ -181,7 +182,7 @@ function setTotals(set: RevocationSet): Totals {
 }
 
 function formatTotals(t: Totals): string {
-  return `${t.serials} serials and ${t.keyIds} key ids in ${t.caSections} CA section(s), ${t.keys} keys, ${t.sha1} SHA1 and ${t.sha256} SHA256 hashes`;
+  return `${countOf(t.serials, 'serial')} and ${plural(t.keyIds, 'key id')} in ${plural(t.caSections, 'CA section')}, ${plural(t.keys, 'key')}, ${t.sha1} SHA1 and ${t.sha256} SHA256 ${t.sha1 + t.sha256 === 1 ? 'hash' : 'hashes'}`;
 }
 
 function caName(caKey: Buffer): string {
@@ -197,11 +198,14 @@ function sectionLine(s: KrlSectionInfo): string {
   switch (s.type) {
     case 'certificates': {
       const serials = BigInt(s.listedSerials) + s.rangeSerials + BigInt(s.bitmapSerials);
-      return (
-        `certificates of ${caName(s.caKey)}: ${serials} serials ` +
-        `(${s.serialLists} lists of ${s.listedSerials}, ${s.ranges} ranges of ${s.rangeSerials}, ${s.bitmaps} bitmaps of ${s.bitmapSerials}), ` +
-        `${s.keyIds} key ids`
-      );
+      // How the serials are stored, only the kinds present: "2 serials (1 bitmap of 2)".
+      const kinds = [
+        [s.serialLists, 'list', s.listedSerials],
+        [s.ranges, 'range', s.rangeSerials],
+        [s.bitmaps, 'bitmap', s.bitmapSerials],
+      ] as const;
+      const stored = kinds.filter(([n]) => n > 0).map(([n, word, of]) => `${plural(n, word)} of ${of}`);
+      return `certificates of ${caName(s.caKey)}: ${countOf(serials, 'serial')}${stored.length ? ` (${stored.join(', ')})` : ''}, ${plural(s.keyIds, 'key id')}`;
     }
     case 'explicit-key':
       return `explicit keys: ${s.count}`;
@@ -240,4 +244,9 @@ function showJson(k: DecodedKrl, size: number): unknown {
     ),
     totals: setTotals(k.set),
   };
+}
+
+/** plural() for a bigint count: "1 serial", "12 serials". */
+function countOf(n: bigint, word: string): string {
+  return `${n} ${word}${n === 1n ? '' : 's'}`;
 }

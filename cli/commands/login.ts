@@ -6,7 +6,6 @@
 import { spawn } from 'node:child_process';
 import { hostname } from 'node:os';
 import type { Command } from 'commander';
-import { isLoopbackHost } from '../../ca/server/tls.js';
 import { apiCommand } from '../args.js';
 import { ApiClient, configPath, resolveApiConfig, sameServer, type ApiFlags } from '../client.js';
 import { rootFingerprint } from '../../ca/trust/bundle.js';
@@ -18,6 +17,7 @@ import { loginPaths } from '../login/paths.js';
 import { readRuns, readSession, writeSession, type Session } from '../login/session.js';
 import { syncRuns, warnUnreachable, type RunCert } from '../login/sync.js';
 import { userConfigIncludes } from '../login/user-config.js';
+import { unpinnedWarning } from '../trust.js';
 import { formatTime, printTable } from '../output.js';
 
 interface LoginFlags {
@@ -72,9 +72,7 @@ export function registerLogin(program: Command, ctx: CliContext): void {
       }
       const included = await userConfigIncludes(ctx.env, paths.sshConfig);
       warnUnreachable(ctx, (await readRuns(paths.runs))?.runs ?? []);
-      if (!pinned && !isLoopbackUrl(api.url)) {
-        ctx.stderr.write('dstack-ca: warning: the CA is not pinned: pass --fingerprint SHA256:... once (the CA prints it at start) so its keys and TLS certificate are checked\n');
-      }
+      if (!pinned) ctx.stderr.write(unpinnedWarning(api.url));
       if (opts.json) {
         printJson(ctx, { url: api.url, user: granted.user, expiresAt: granted.expiresAt, pinned: pinned ? pinned.bundle.bundle.version : null, agent: synced.agent, sshConfig: paths.sshConfig, sshConfigIncluded: included, runs: synced.runs });
         return;
@@ -83,8 +81,6 @@ export function registerLogin(program: Command, ctx: CliContext): void {
       if (!included) ctx.stderr.write('dstack-ca: run `dstack-ca config ssh` once so that plain `ssh PROJECT/RUN` works (`dstack-ca ssh PROJECT/RUN` works already)\n');
     });
 }
-
-const isLoopbackUrl = (u: string): boolean => isLoopbackHost(new URL(u).hostname);
 
 function printLoginSummary(ctx: CliContext, url: string, session: Session, runs: RunCert[], agent: boolean): void {
   ctx.stdout.write(`logged in as ${session.user} at ${url}; the session ${session.expiresAt === null ? 'does not expire' : `expires ${formatTime(session.expiresAt)}`}\n`);

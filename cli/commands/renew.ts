@@ -8,10 +8,11 @@
 // name: runs made since the last sync get a cert and a Host block (issue 14, item 25).
 import type { Command } from 'commander';
 import { qualifiedArg } from '../args.js';
-import { ApiClient, sameServer } from '../client.js';
+import { ApiClient, configPath, sameServer } from '../client.js';
 import { printJson, type CliContext } from '../context.js';
 import { CliError, ExitWith, UsageError } from '../errors.js';
 import { loginPaths, type LoginPaths } from '../login/paths.js';
+import { profilePath, readProfile } from '../login/profile.js';
 import { readRuns, readSession } from '../login/session.js';
 import { discoverRuns, refreshRuns, renewRun, RUNS_REFRESH_SECONDS } from '../login/sync.js';
 
@@ -35,9 +36,14 @@ export function registerRenew(program: Command, ctx: CliContext): void {
         if (arg !== undefined) throw new UsageError('--ssh-discover takes no PROJECT/RUN');
         try {
           const paths = loginPaths(ctx.env);
-          // Not logged in (or logged out): nothing to discover, and nothing to say to every `ssh a/b`.
           const api = await sessionClient(ctx, paths);
           if (api !== undefined) await discoverRuns(ctx, api, paths);
+          else {
+            // Logged out: ssh would only say "Could not resolve hostname ml/train-1". One line,
+            // from local files only (no network, so no latency for names that are not runs).
+            const profile = await readProfile(profilePath(configPath(ctx.env)));
+            ctx.stderr.write(`dstack-ca: not logged in${profile ? ` to ${profile.url}` : ''}: run dstack-ca login, then ssh again\n`);
+          }
         } catch (e) {
           const message = e instanceof CliError ? e.message : `internal error: ${(e as Error).message}`;
           ctx.stderr.write(`dstack-ca: cannot look for new runs: ${message}\n`);

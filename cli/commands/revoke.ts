@@ -41,10 +41,12 @@ const TARGETS = [
  */
 export function describeStillGranted(s: z.output<typeof stillGrantedView>): string {
   const runs = [...s.runs, ...(s.moreRuns > 0 ? [`${s.moreRuns} more`] : [])].join(', ');
+  // "user alice" -> "alice": the subject once with its kind, then by name (not "it").
+  const holder = s.subject.replace(/^(user|bot|run) /, '');
   const headline =
     runs === ''
       ? `dstack-ca: warning: new certificates for ${s.subject} can be issued at once: ${s.credentials.join(' and ')} still stands`
-      : `dstack-ca: warning: ${s.subject} can get new certificates at once: it still holds ${s.credentials.join(' and ')}, and running runs admit it: ${runs}`;
+      : `dstack-ca: warning: ${s.subject} can get new certificates at once: ${holder} still holds ${s.credentials.join(' and ')}, and running runs admit ${holder}: ${runs}`;
   return [
     headline,
     'dstack-ca: to end its access:',

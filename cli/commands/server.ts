@@ -133,7 +133,7 @@ export function registerServer(program: Command, ctx: CliContext): void {
       } catch (e) {
         process.off('SIGHUP', onHup);
         await opened.store.close();
-        throw new CliError(`cannot listen on ${cfg.listen}: ${(e as Error).message}`);
+        throw new CliError(`cannot listen on ${cfg.listen}: ${(e as Error).message}${listenHint(e)}`);
       }
       const scheme = tls ? 'https' : 'http';
       // The bound address, so `--listen 127.0.0.1:0` prints the port actually chosen.
@@ -147,7 +147,7 @@ export function registerServer(program: Command, ctx: CliContext): void {
       if (opened.keyringPath) {
         ctx.stderr.write(
           `dstack-ca: warning: the keyring that unseals the CA keys is ${opened.keyringPath}, in the same directory as the sealed keys: ` +
-            'a copy of the data dir opens them. Keep it elsewhere: DSTACK_CA_KEYRING=ID:BASE64 from a secret store, or `keyring:` in a config file kept apart (see docs/operations.md)\n',
+            'a copy of the data dir opens them. Keep it elsewhere: DSTACK_CA_KEYRING=ID:BASE64 from a secret store, or `keyring:` in a config file kept apart (see docs/configuration.md, "The keyring")\n',
         );
       }
       if (tls) ctx.stderr.write(`dstack-ca: TLS certificate SHA-256 fingerprint: ${tlsLib.formatFingerprint(tls.fingerprint)}\n`);
@@ -210,4 +210,17 @@ function defaultPublicUrl(scheme: 'http' | 'https', host: string, port: number, 
   // least); 127.0.0.2, ::1 and the like keep their address, so the printed links connect.
   const h = kind === 'loopback' && isLocalhostAddress(host) ? 'localhost' : kind === 'wildcard' ? hostname() : urlHost(host);
   return `${scheme}://${h}:${port}`;
+}
+
+/**
+ * What to do when the port is taken (EADDRINUSE/EACCES): pick another with --listen, spelled
+ * for `npm start` (which needs `--` before its arguments) when npm started us. '' otherwise.
+ */
+function listenHint(e: unknown): string {
+  const code = (e as NodeJS.ErrnoException).code;
+  if (code !== 'EADDRINUSE' && code !== 'EACCES') return '';
+  const viaNpmStart = process.env.npm_lifecycle_event === 'start';
+  return viaNpmStart
+    ? '; choose another address with `npm start -- --listen 127.0.0.1:PORT`'
+    : '; choose another address with --listen HOST:PORT (e.g. --listen 127.0.0.1:8444)';
 }

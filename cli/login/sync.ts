@@ -283,7 +283,7 @@ async function renewRunCert(ctx: CliContext, api: ApiClient, paths: LoginPaths, 
     // Dead weight: sshd refuses it, and ssh would keep offering it. It goes, from the agent too.
     await forgetRun(ctx, paths, project, run, await agentReachable(ctx.env));
     const why = e instanceof CliError ? e.message : (e as Error).message;
-    throw new CliError(`the certificate for ${project}/${run} was revoked (${revokedBy}) and the CA gives no new one: ${why}`, e instanceof CliError ? e.exitCode : undefined);
+    throw new CliError(`the certificate for ${project}/${run} was revoked: ${revokedBy}; the CA gives no new one: ${why}`, e instanceof CliError ? e.exitCode : undefined);
   }
   const result: RenewResult = { run: `${project}/${run}`, renewed: true, reason, validBefore: issued.validBefore, serial: issued.serial, certificate: path };
   if (await agentReachable(ctx.env)) {
@@ -412,9 +412,31 @@ export function unreachableRuns(runs: readonly MeRun[]): { run: string; why: str
   return out;
 }
 
-/** Warns (stderr) about each running run plain ssh cannot reach yet, and says when it will. */
+/**
+ * Running runs with an ssh address but no host key to check the sshd by: none given with
+ * `run add/update --host-key` and none reported by the run's agent. A host CA alone does not
+ * help: the CA certifies only host keys an agent reported, and those are listed here too. ssh then
+ * refuses the host ("Host key verification failed", with a host CA pinned) or asks to trust it.
+ */
+export function unverifiableRuns(runs: readonly MeRun[]): string[] {
+  const out: string[] = [];
+  for (const r of runs) {
+    if (r.state !== 'running') continue;
+    const t = sshTarget(r);
+    if (typeof t !== 'string' && t.hostKeys.length === 0) out.push(`${r.project}/${r.name}`);
+  }
+  return out;
+}
+
+/** Warns (stderr) about each running run plain ssh cannot reach yet (and says when it will), or cannot verify. */
 export function warnUnreachable(ctx: CliContext, runs: readonly MeRun[]): void {
   for (const { run, why } of unreachableRuns(runs)) {
     ctx.stderr.write(`dstack-ca: warning: ${run}: ${why}, so plain \`ssh ${run}\` cannot reach it; once its orchestrator sets an address, ssh picks it up without a new login\n`);
+  }
+  for (const run of unverifiableRuns(runs)) {
+    ctx.stderr.write(
+      `dstack-ca: warning: ${run}: no host key is known for its sshd (neither pinned with \`run add/update --host-key\` nor reported by its agent, ` +
+        `which reports them with --host-key), so plain \`ssh ${run}\` cannot verify the host ("Host key verification failed", or a prompt to trust an unknown key); once one is known, ssh picks it up without a new login\n`,
+    );
   }
 }
