@@ -3,12 +3,15 @@
 // jobs (and shares it between projects on a shell runner), so a key left there would outlive
 // the job that its certificate was issued for. The ssh_config and known_hosts text come from the same writer
 // as `dstack-ca login` (cli/login/ssh-config.ts).
-import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { CliError } from '../errors.js';
 import type { MeRun } from '../login/session.js';
 import { renderKnownHosts, renderSshHosts } from '../login/ssh-config.js';
+import { checkJobDir, renderMarker, tokensEqual } from './job-dir-check.js';
+import { dropJobRecord, readJobRecords, writeJobRecord } from './job-records.js';
 
 export interface JobFiles {
   dir: string;
@@ -17,9 +20,11 @@ export interface JobFiles {
   certificate: string;
   sshConfig: string;
   knownHosts: string;
+  /** The caller's record of this dir (job-records.ts), when there is one. */
+  record?: string;
 }
 
-/** The file in a job dir naming the job that made it (see jobId); cleanup removes only such dirs. */
+/** The file in a job dir naming the job that made it (see jobId) and a random value (job-dir-check.ts). */
 export const JOB_MARKER = 'dstack-ca-ci-job';
 const DIR_PREFIX = 'dstack-ca-';
 
@@ -60,44 +65,76 @@ function filesIn(dir: string): JobFiles {
 
 /**
  * A fresh dstack-ca-XXXXXX directory (0700, made by mkdtemp) under the job's temp dir, with
- * the JOB_MARKER file naming this job. Throws CliError when the base is not a directory.
+ * the JOB_MARKER file naming this job and holding a random value, which is also recorded in
+ * the caller's own config dir (job-records.ts) for `ci cleanup`. Throws CliError when the base
+ * is not a directory or the config dir is another user's (the new dir is removed then).
  */
 export async function makeJobDir(env: NodeJS.ProcessEnv, flag?: string): Promise<JobFiles> {
   const { base, source } = jobTempBase(env, flag);
   const st = await stat(base).catch(() => undefined);
   if (!st?.isDirectory()) throw new CliError(`${source}: ${base} is not a directory`);
   const dir = await mkdtemp(join(base, DIR_PREFIX));
-  await writeFile(join(dir, JOB_MARKER), `${jobId(env)}\n`, { mode: 0o600 });
-  return filesIn(dir);
+  try {
+    const marker = { job: jobId(env), token: randomBytes(32).toString('hex') };
+    await writeFile(join(dir, JOB_MARKER), renderMarker(marker), { mode: 0o600, flag: 'wx' });
+    const record = await writeJobRecord(env, marker.job, dir, marker.token);
+    return { ...filesIn(dir), record };
+  } catch (e) {
+    await rm(dir, { recursive: true, force: true });
+    throw e;
+  }
 }
 
-/** The job's marker in `dir`, or undefined when `dir` is not a dir `ci ssh` made. */
-async function markerOf(dir: string): Promise<string | undefined> {
-  if (!basename(dir).startsWith(DIR_PREFIX)) return undefined;
-  return (await readFile(join(dir, JOB_MARKER), 'utf8').catch(() => undefined))?.trim();
-}
+/** A job dir `ci cleanup` will remove, or one it refuses to touch and reports (`refused`). */
+export type CleanupTarget = { files: JobFiles; refused?: undefined } | { files: JobFiles; refused: string };
 
 /**
- * The job dirs `ci cleanup` removes: `flag` itself when it is a dir `ci ssh` made (whatever
- * job made it: the user named it), else the dirs of this job (jobId) under `flag` or the
- * default base (jobTempBase). Unreadable entries (another user's) are skipped.
+ * The job dirs `ci cleanup` removes, each checked by checkJobDir (the caller's, 0700, no
+ * symlinks, a well-formed marker):
+ * - no `flag`: only the dirs `ci ssh` recorded for this job (jobId) in the caller's config dir,
+ *   and only when the marker still holds the recorded value; the shared temp dir is not listed.
+ *   A recorded dir that is gone has its record dropped here.
+ * - `flag` a job dir: that one, whatever job made it (the user named it).
+ * - `flag` another directory: this job's dirs directly in it (checked the same way; dirs that
+ *   fail the checks are another user's business and left out).
+ * Refused targets carry the reason; they are never deleted, given to ssh-add or ~/.ssh/config.
  */
-export async function findJobDirs(env: NodeJS.ProcessEnv, flag?: string): Promise<JobFiles[]> {
-  if (flag !== undefined && (await markerOf(flag)) !== undefined) return [filesIn(flag)];
-  const { base } = jobTempBase(env, flag);
-  const names = await readdir(base).catch(() => [] as string[]);
+export async function findJobDirs(env: NodeJS.ProcessEnv, flag?: string): Promise<CleanupTarget[]> {
   const me = jobId(env);
-  const out: JobFiles[] = [];
-  for (const name of names.sort()) {
-    const dir = join(base, name);
-    if ((await markerOf(dir)) === me) out.push(filesIn(dir));
+  if (flag === undefined) {
+    const out: CleanupTarget[] = [];
+    for (const rec of await readJobRecords(env, me)) {
+      const files = { ...filesIn(rec.dir), record: rec.path };
+      const check = await checkJobDir(rec.dir, JOB_MARKER);
+      if (check.kind === 'absent') await dropJobRecord(rec.path);
+      else if (check.kind === 'refused') out.push({ files, refused: check.reason });
+      else if (!tokensEqual(check.marker.token, rec.token)) out.push({ files, refused: 'its marker does not hold the value `ci ssh` recorded for it' });
+      else out.push({ files });
+    }
+    return out;
+  }
+  const named = basename(flag).startsWith(DIR_PREFIX) ? await checkJobDir(flag, JOB_MARKER) : { kind: 'absent' as const };
+  if (named.kind !== 'absent') return [named.kind === 'ok' ? { files: await withRecord(env, flag) } : { files: filesIn(flag), refused: named.reason }];
+  const names = await readdir(flag).catch(() => [] as string[]);
+  const out: CleanupTarget[] = [];
+  for (const name of names.filter((n) => n.startsWith(DIR_PREFIX)).sort()) {
+    const dir = join(flag, name);
+    const check = await checkJobDir(dir, JOB_MARKER);
+    if (check.kind === 'ok' && check.marker.job === me) out.push({ files: await withRecord(env, dir) });
   }
   return out;
 }
 
-/** Removes a job dir and everything in it (key, certificate, configs); a missing one is fine. */
+/** filesIn(dir) plus the caller's record of it, if any, so that removing the dir drops it too. */
+async function withRecord(env: NodeJS.ProcessEnv, dir: string): Promise<JobFiles> {
+  const rec = (await readJobRecords(env)).find((r) => r.dir === dir);
+  return { ...filesIn(dir), ...(rec ? { record: rec.path } : {}) };
+}
+
+/** Removes a job dir and everything in it (key, certificate, configs), then its record; a missing one is fine. */
 export async function removeJobDir(files: JobFiles): Promise<void> {
   await rm(files.dir, { recursive: true, force: true });
+  if (files.record !== undefined) await dropJobRecord(files.record);
 }
 
 /** The second Host name of a run, without "/": scp and rsync read "P/R:path" as a local path. */

@@ -16,7 +16,7 @@ import { ApiClient } from '../client.js';
 import { copyAlias, findJobDirs, makeJobDir, removeJobDir, renderJobFiles } from '../ci/job-files.js';
 import { DEFAULT_TOKEN_VAR, discoverOidcToken, discoverOptions, withAudienceHint } from '../ci/oidc-token.js';
 import { printJson, type CliContext } from '../context.js';
-import { CliError } from '../errors.js';
+import { CliError, EXIT, ExitWith } from '../errors.js';
 import { certIssueFields } from '../field-labels.js';
 import { hostCaKeysOf } from '../login/host-ca.js';
 import type { MeRun } from '../login/session.js';
@@ -130,24 +130,37 @@ export function registerCi(program: Command, ctx: CliContext): void {
 
   ci.command('cleanup')
     .description('at the end of a CI job: delete what `ci ssh` left (the key, certificate and ssh config), take the key out of the ssh-agent and the Include line out of ~/.ssh/config')
-    .option('--dir <dir>', 'the directory `ci ssh` printed (its "dir"), or the --dir given to `ci ssh` (default: this job\'s directories under $RUNNER_TEMP, else $TMPDIR or /tmp)')
+    .option('--dir <dir>', 'the directory `ci ssh` printed (its "dir"), or the --dir given to `ci ssh` (default: the directories `ci ssh` recorded for this job in ~/.config/dstack-ca/ci-jobs)')
     .option('--json', 'print what was removed as JSON')
     .addHelpText('after', '\nThe certificate itself stays valid until it expires (the --ttl of ci ssh, 15m by default): deleting the key is what ends its use.')
     .action(async (opts: { dir?: string; json?: boolean }) => {
-      const dirs = await findJobDirs(ctx.env, opts.dir);
-      const agent = dirs.length > 0 && (await agentReachable(ctx.env));
+      const targets = await findJobDirs(ctx.env, opts.dir);
+      const agent = targets.some((t) => t.refused === undefined) && (await agentReachable(ctx.env));
       const removed: { dir: string; includeRemoved: boolean }[] = [];
-      for (const files of dirs) {
-        if (agent) await agentDelete(files.key, ctx.env);
-        const inc = await removeUserInclude(ctx.env, files.sshConfig);
-        await removeJobDir(files);
-        removed.push({ dir: files.dir, includeRemoved: inc.removed });
+      const failed: { dir: string; error: string }[] = [];
+      // One failure does not stop the rest: every dir of this job is tried and each failure reported.
+      for (const { files, refused } of targets) {
+        if (refused !== undefined) {
+          // Not the caller's dir as ci ssh made it: its paths go to neither ssh-add nor ~/.ssh/config.
+          failed.push({ dir: files.dir, error: `not removed: ${refused}` });
+          continue;
+        }
+        try {
+          if (agent) await agentDelete(files.key, ctx.env);
+          const inc = await removeUserInclude(ctx.env, files.sshConfig);
+          await removeJobDir(files);
+          removed.push({ dir: files.dir, includeRemoved: inc.removed });
+        } catch (e) {
+          const err = e as NodeJS.ErrnoException;
+          failed.push({ dir: files.dir, error: err.code ?? err.message });
+        }
       }
-      if (opts.json) {
-        printJson(ctx, { removed });
-        return;
+      if (opts.json) printJson(ctx, { removed, failed });
+      else {
+        if (removed.length === 0 && failed.length === 0) ctx.stdout.write('dstack-ca ci cleanup: nothing of this job to remove\n');
+        for (const r of removed) ctx.stdout.write(`removed ${r.dir}${r.includeRemoved ? ' and its Include line in ~/.ssh/config' : ''}\n`);
       }
-      if (removed.length === 0) ctx.stdout.write('dstack-ca ci cleanup: nothing of this job to remove\n');
-      for (const r of removed) ctx.stdout.write(`removed ${r.dir}${r.includeRemoved ? ' and its Include line in ~/.ssh/config' : ''}\n`);
+      for (const f of failed) ctx.stderr.write(`dstack-ca ci cleanup: ${f.dir}: ${f.error}\n`);
+      if (failed.length > 0) throw new ExitWith(EXIT.error);
     });
 }
