@@ -353,6 +353,34 @@ describe('authorization matrix', () => {
     expect(outcomes).toEqual(['user: 204 then 401', 'admin: 204 then 401', 'bot: 403 then 200', 'orchestrator: 403 then 200', 'agent: 403 then 200', 'anonymous: 401 then 0']);
   });
 
+  it('DELETE /v1/me/session: the last usable global admin cannot end their only lasting way in (409)', async () => {
+    // Its own CA: the bootstrap admin token is the only usable admin there.
+    const own = await openTestCa();
+    try {
+      const outcomes: string[] = [];
+      const end = async (label: string, token: string) => outcomes.push(`${label}: ${(await own.api('DELETE', '/v1/me/session', { token })).statusCode}`);
+      await end('bootstrap admin, last usable', own.adminToken);
+      // A second admin whose only token expires is no lasting way in: still refused.
+      await own.admin('POST', '/v1/users', { name: 'brief', admin: true });
+      const brief = (await own.admin<{ token: string }>('POST', '/v1/users/brief/tokens', { ttl: 3600 })).token;
+      await end('bootstrap admin, other admin with a 1 h token', own.adminToken);
+      await end('the 1 h token itself (never counted)', brief);
+      await own.admin('POST', '/v1/users', { name: 'lasting', admin: true });
+      const lasting = (await own.admin<{ token: string }>('POST', '/v1/users/lasting/tokens', {})).token;
+      await end('bootstrap admin, other admin with a non-expiring token', own.adminToken);
+      await end('that other admin, now the last', lasting);
+      expect(outcomes).toEqual([
+        'bootstrap admin, last usable: 409',
+        'bootstrap admin, other admin with a 1 h token: 409',
+        'the 1 h token itself (never counted): 204',
+        'bootstrap admin, other admin with a non-expiring token: 204',
+        'that other admin, now the last: 409',
+      ]);
+    } finally {
+      await own.close();
+    }
+  });
+
   it('POST /v1/admin-token/retire: global admins only, and only once a global admin has a passkey', async () => {
     // Its own CA: the allowed call ends the bootstrap token the shared one runs on.
     const own = await openTestCa();
@@ -457,6 +485,8 @@ describe('GET /v1/certs filters: a hidden name answers the same for existing and
       ['manager', `run=${other}`, 'run=other/nope'],
       ['user', 'bot=ml/ci', 'bot=ml/no-such-bot'],
       ['run-owner', 'bot=ml/ci', 'bot=nowhere/ci'],
+      // An admin of `other` naming ml's bot under its own project: a bot it cannot see.
+      ['non-member', 'bot=other/ci', 'bot=other/no-such-bot'],
     ];
     const shape = (m: string) => m.replace(/certificates of (project )?\S+/, 'certificates of X');
     for (const [actor, existing, missing] of pairs) {
@@ -469,6 +499,8 @@ describe('GET /v1/certs filters: a hidden name answers the same for existing and
     for (const missing of ['user=ghost', 'run=ml/nope', 'run=nowhere/nope', 'bot=ml/no-such-bot']) {
       expect((await ca.api('GET', `/v1/certs?${missing}`, { token: tokens['global-admin'] })).statusCode, missing).toBe(404);
     }
+    // A global admin sees every bot: naming one under the wrong project is bad input.
+    expect((await ca.api('GET', '/v1/certs?bot=other/ci', { token: tokens['global-admin'] })).statusCode).toBe(400);
     // A project admin looking inside a project it runs still learns that a run is missing.
     expect((await ca.api('GET', '/v1/certs?run=ml/nope', { token: tokens['project-admin'] })).statusCode).toBe(404);
   });

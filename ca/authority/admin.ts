@@ -178,10 +178,11 @@ export async function setMember(ctx: AuthorityContext, actor: Actor, projectName
   if (identity.kind === 'bot') throw badRequest('bots belong to the project they were created in; use `dstack-ca bot`', 'name');
   const current = await ctx.store.getMembership(project.id, identity.id);
   await authorizeMemberChange(ctx, actor, project, role === 'admin' || current?.role === 'admin');
-  await requireNotRemovedProject(ctx.store, project);
-  await requireNotRemovedIdentity(ctx.store, identity);
   const now = ctx.now();
   await ctx.store.tx(async (tx) => {
+    // Inside the transaction: a `project rm` / `user rm` committed since the reads above wins.
+    await requireNotRemovedProject(tx, project);
+    await requireNotRemovedIdentity(tx, identity);
     await tx.upsertMembership(project.id, identity.id, role);
     await audit(tx, now, actor, 'member.set', { project: projectName, name, role, previousRole: current?.role ?? null });
   });
@@ -276,9 +277,10 @@ export async function addBot(
   const project = await requireProject(ctx.store, projectName);
   requireAllowed(actor, 'bot.manage', { role: await roleIn(ctx.store, actor, project.id) });
   requireBotCapWithin(ctx, req.maxTtl);
-  await requireNotRemovedProject(ctx.store, project);
   const now = ctx.now();
   return ctx.store.tx(async (tx) => {
+    // Inside the transaction: a `project rm` committed since the read above wins.
+    await requireNotRemovedProject(tx, project);
     await requireFreeName(tx, req.name);
     const bot = await tx.insertIdentity({ name: req.name, kind: 'bot', globalAdmin: false, disabled: false, botProjectId: project.id, botMaxTtl: req.maxTtl, createdAt: now });
     await tx.upsertMembership(project.id, bot.id, req.role ?? 'user');

@@ -108,7 +108,12 @@ export async function listLiveCerts(ctx: AuthorityContext, actor: Actor, q: Cert
     const project = await hidden(requireProject(store, projectName), notMine);
     const bot = await hidden(requireIdentity(store, name, 'bot'), notMine);
     if (bot.id !== self?.id && !mayReadProject(project.id)) throw notMine();
-    if (bot.botProjectId !== project.id) throw badRequest(`bot "${name}" does not belong to project "${projectName}"`, 'bot');
+    if (bot.botProjectId !== project.id) {
+      // A bot of a project the caller cannot read is as unknown to it as a missing one: the
+      // same 403, or the 400 below would tell which names exist in other projects.
+      if (bot.id !== self?.id && (bot.botProjectId === null || !mayReadProject(bot.botProjectId))) throw notMine();
+      throw badRequest(`bot "${name}" does not belong to project "${projectName}"`, 'bot');
+    }
     identityFilter = bot.id;
   }
   if (q.user !== undefined) {

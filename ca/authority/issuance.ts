@@ -19,7 +19,7 @@
 // holders without an account per source address and then per proven key. A refusal is a 429
 // with Retry-After, and is audited once per burst: the first refusal after a success, not
 // every refused request of a loop.
-import { decodeJwt } from 'jose';
+import { decodeJwt, type JWTPayload } from 'jose';
 import { pooledRandomBytes } from '../crypto/random-pool.js';
 import { badRequest, CaError, forbidden, RateLimitedError } from '../domain/errors.js';
 import { DEFAULT_BOT_SETTINGS, type AttachablePolicy, type AuditEvent, type BotSettings, type CertRecord, type Identity, type Run } from '../domain/model.js';
@@ -37,7 +37,7 @@ import { DEFAULT_OIDC_CONFIG, DEFAULT_RATE_LIMITS, type AuthorityContext, type O
 import { cachedReader, factCacheOf } from './fact-cache.js';
 import { GroupCommitter } from './group-commit.js';
 import { findRun, requireRun } from './lookup.js';
-import { OidcRefusal, OidcVerifier, resolveOidcBot, type OidcEvidence } from './oidc.js';
+import { bindingAdmits, OidcRefusal, OidcVerifier, resolveOidcBot, type OidcEvidence } from './oidc.js';
 import { OIDC_REPLAYED, OidcReplayGuard, OidcShareExceeded } from './oidc-replay.js';
 import { NonceBook, verifyPossession, type Possession } from './proof.js';
 import { addressKey, RateLimiter } from './rate-limit.js';
@@ -88,6 +88,8 @@ interface PendingCert {
   details: Record<string, unknown>;
   /** OIDC token keys to record as spent with the cert, and until when. */
   spent?: { keys: string[]; until: number };
+  /** An OIDC issuance: the verified token, matched again against the bot's bindings at commit. */
+  oidc?: { issuer: string; payload: JWTPayload };
   /** Set by the commit when it refuses the cert for a reason of its own (a revoked key). */
   refusal?: CaError;
 }
@@ -240,6 +242,13 @@ export class Issuer {
           continue;
         }
         let granted = await stillGranted(facts, item.record);
+        // A `bot update --oidc` that committed after the token was matched revoked the certs
+        // it found, not this one (not yet in the table): the token must still be admitted by
+        // a binding the bot has now, read on this transaction.
+        if (granted && item.oidc && !(await this.oidcStillAdmitted(tx, item.record, item.oidc))) {
+          item.refusal = forbidden(`the bot's OIDC trust changed (bot update --oidc) while the certificate was being issued, and no binding of it admits this token any more`);
+          granted = false;
+        }
         // Not only the grant: the whole profile (restrictions, extensions, TTL cap) must be
         // what the settings decide now, or a change that committed while this cert was being
         // signed (bot update --force-command X) would leave it out there with the old one.
@@ -270,6 +279,13 @@ export class Issuer {
       await tx.appendAuditEvents(events);
       return written;
     });
+  }
+
+  /** Whether a binding of the cert's bot, as `reader` sees them now, still admits the verified OIDC token. */
+  private async oidcStillAdmitted(reader: StoreReader, record: CertRecord, oidc: NonNullable<PendingCert['oidc']>): Promise<boolean> {
+    if (record.identityId === null) return false;
+    const bindings = await reader.listOidcBindings({ identityId: record.identityId, issuer: oidc.issuer });
+    return bindings.some((b) => bindingAdmits(b, oidc.payload));
   }
 
   async issue(actor: Actor, req: IssueRequest, meta: IssueMeta = {}): Promise<IssueResult> {
@@ -384,6 +400,7 @@ export class Issuer {
 
     let caller = actor;
     let spent: PendingCert['spent'];
+    let oidc: PendingCert['oidc'];
     const details: Record<string, unknown> = {};
     if (req.oidcToken !== undefined) {
       if (actor.kind !== 'anonymous') throw badRequest('give either a bearer token or an OIDC token, not both', 'oidcToken');
@@ -419,6 +436,7 @@ export class Issuer {
       if (trail) trail.claimed = keys;
       if (await this.ctx.store.isOidcTokenSpent(keys, now)) throw new CaError('unauthenticated', OIDC_REPLAYED);
       spent = { keys, until };
+      oidc = { issuer: match.binding.issuer, payload: match.payload };
       details.via = 'oidc';
       details.oidc = { issuer: match.evidence.issuer, sub: match.evidence.sub, claims: match.evidence.claims };
     } else if (actor.kind === 'bot') {
@@ -532,7 +550,7 @@ export class Issuer {
     if (ttlLimit !== null) details.ttlLimitedBy = ttlLimit;
     if (ttlLimit === 'run-end') details.runEndsAt = run.endsAt;
     if (restrictions.verifyRequired === true) details.verifyRequired = true;
-    const pending: PendingCert = { record, spec: profileSpec(run, limits, restrictions), actor: holder, details, ...(spent ? { spent } : {}) };
+    const pending: PendingCert = { record, spec: profileSpec(run, limits, restrictions), actor: holder, details, ...(spent ? { spent } : {}), ...(oidc ? { oidc } : {}) };
     if (!(await this.committer.submit(pending))) {
       throw pending.refusal ?? forbidden(`access to run ${qualifiedName} was removed while the certificate was being issued`);
     }

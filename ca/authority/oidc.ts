@@ -223,6 +223,18 @@ export interface OidcMatch {
   bot: Identity;
   binding: OidcBinding;
   evidence: OidcEvidence;
+  /** The token's claims, verified (signature, times, issuer). */
+  payload: JWTPayload;
+}
+
+/**
+ * Whether `binding` (a bot's OIDC trust: audience and claim conditions) admits the verified
+ * token `payload`: the token's "aud" holds the audience and every claim condition matches.
+ * Pure; the issuer is the caller's to have matched. Used to judge again, at commit time, a
+ * token matched before a `bot update --oidc` committed (issuance.ts).
+ */
+export function bindingAdmits(binding: Pick<OidcBinding, 'audience' | 'claims'>, payload: JWTPayload): boolean {
+  return audienceMatches(payload.aud, binding.audience) && matchClaims(binding.claims, payload).ok;
 }
 
 /**
@@ -302,5 +314,5 @@ export async function resolveOidcBot(
   const [match] = matches as [(typeof matches)[number]];
   evidence.bot = match.bot.name;
   evidence.claims = match.claims;
-  return { bot: match.bot, binding: match.binding, evidence };
+  return { bot: match.bot, binding: match.binding, evidence, payload };
 }

@@ -47,14 +47,15 @@ async function checkPolicyNames(store: StoreReader, input: PolicyInput): Promise
 export async function registerRun(ctx: AuthorityContext, actor: Actor, req: RegisterRunRequest): Promise<{ run: Run; joinToken: string }> {
   requireAllowed(actor, 'run.register');
   const project = await requireProject(ctx.store, req.project);
-  await requireNotRemovedProject(ctx.store, project);
   const owner = await requireIdentity(ctx.store, req.owner);
-  await requireNotRemovedIdentity(ctx.store, owner);
   const policy = normalizePolicy(req.attachableBy, owner.name);
   await checkPolicyNames(ctx.store, req.attachableBy);
   const now = ctx.now();
   if (req.endsAt !== undefined && req.endsAt <= now) throw badRequest('must be in the future', 'endsAt');
   return ctx.store.tx(async (tx) => {
+    // Inside the transaction: a `project rm` / `user rm` committed since the reads above wins.
+    await requireNotRemovedProject(tx, project);
+    await requireNotRemovedIdentity(tx, owner);
     if (await tx.getRunByName(project.id, req.name)) throw conflict(`run "${req.project}/${req.name}" already exists`);
     const run = await tx.insertRun({
       projectId: project.id,

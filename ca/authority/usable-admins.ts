@@ -1,6 +1,9 @@
 // The one rule that keeps a CA administrable: at least one *usable* global admin, that is an
-// enabled user with the global admin flag and a way in (a passkey, or a live admin or user
-// token). Every change an admin can make that would take the last one away is refused.
+// enabled user with the global admin flag and a lasting way in: a passkey (they can always log
+// in again), or an admin or user token that is not revoked and never expires. A token with an
+// expiry (a login session, `user token --ttl`) does not count: it runs out by itself, and
+// nothing stops that. Every change that would take the last one away is refused, the
+// caller's own `dstack-ca logout` included.
 import type { TokenRecord } from '../domain/model.js';
 import { conflict } from '../domain/errors.js';
 import type { StoreReader } from '../store/store.js';
@@ -16,9 +19,9 @@ export interface AdminChange {
 }
 
 /**
- * Names of the usable global admins (enabled, global admin, with a passkey or a live token of
- * kind admin or user: not revoked, not expired at `now`, seconds), as they would be after
- * `change` (none: as they are now).
+ * Names of the usable global admins (enabled, global admin, with a passkey or a token of kind
+ * admin or user that is not revoked and has no expiry), as they would be after `change` (none:
+ * as they are now). `now` (seconds) is kept for callers; no token with an expiry counts.
  */
 export async function usableGlobalAdmins(store: StoreReader, now: number, change: AdminChange = {}): Promise<string[]> {
   const out: string[] = [];
@@ -26,7 +29,7 @@ export async function usableGlobalAdmins(store: StoreReader, now: number, change
     if (!i.globalAdmin || i.disabled || i.id === change.removed) continue;
     const passkey = change.passkeysGoneOf !== i.id && (await store.listPasskeys(i.id)).length > 0;
     const token = (await store.listTokens({ identityId: i.id })).some(
-      (t) => (t.kind === 'admin' || t.kind === 'user') && t.revokedAt === null && (t.expiresAt === null || t.expiresAt > now) && !(change.tokenGone?.(t) ?? false),
+      (t) => (t.kind === 'admin' || t.kind === 'user') && t.revokedAt === null && t.expiresAt === null && !(change.tokenGone?.(t) ?? false),
     );
     if (passkey || token) out.push(i.name);
   }
@@ -41,7 +44,7 @@ export async function requireUsableAdminLeft(store: StoreReader, now: number, ch
   if ((await usableGlobalAdmins(store, now, change)).length > 0) return;
   if ((await usableGlobalAdmins(store, now)).length === 0) return; // nobody can administer already: this change takes nothing away
   throw conflict(
-    `${what} would leave no usable global admin (an enabled global admin with a passkey or a live token), and nobody could administer the CA again; ` +
+    `${what} would leave no usable global admin (an enabled global admin with a passkey or a token that does not expire), and nobody could administer the CA again; ` +
       'first make another global admin (dstack-ca user add NAME --admin) and have them enroll a passkey (dstack-ca user enroll NAME)',
   );
 }

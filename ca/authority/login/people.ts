@@ -47,7 +47,11 @@ export async function attachableRuns(a: Authority, actor: Actor): Promise<{ run:
   return out;
 }
 
-/** Ends the caller's own login session (the bearer token it used). */
+/**
+ * Ends the caller's own login session (the bearer token it used). 409 (usable-admins.ts) when
+ * that token is the last usable global admin's only lasting way in (no passkey, no other
+ * non-expiring token): logging out would leave nobody able to administer the CA.
+ */
 export async function logoutSelf(a: Authority, actor: Actor): Promise<void> {
   const identity = requirePerson(actor);
   if (actor.kind === 'bot') throw new CaError('forbidden', 'bots do not log out; rotate their token with dstack-ca bot token rotate');
@@ -55,6 +59,7 @@ export async function logoutSelf(a: Authority, actor: Actor): Promise<void> {
   if (tokenId === null) return;
   const now = a.ctx.now();
   await a.ctx.store.tx(async (tx) => {
+    await requireUsableAdminLeft(tx, now, { tokenGone: (t) => t.id === tokenId }, `logging ${identity.name} out (this token is their only lasting way in)`);
     await tx.revokeToken(tokenId, now);
     await audit(tx, now, actor, 'logout', { user: identity.name, via: 'cli' });
   });
