@@ -45,7 +45,7 @@ export async function retireAdminToken(ctx: AuthorityContext, actor: Actor): Pro
     if (!(await passkeyAdminExists(tx))) {
       throw conflict('no global admin has a passkey yet: enroll one first (the admin\'s link is printed at server start; `dstack-ca user enroll admin` makes a new one), or the CA would have no admin left');
     }
-    await requireUsableAdminLeft(tx, now, { tokenGone: (t) => t.kind === 'admin' }, 'retiring the bootstrap admin token');
+    await requireUsableAdminLeft(tx, { tokenGone: (t) => t.kind === 'admin' }, 'retiring the bootstrap admin token');
     for (const t of live) await tx.revokeToken(t.id, now);
     await audit(tx, now, actor, 'admin-token.retire', { tokens: live.length });
     return live.length;

@@ -98,7 +98,7 @@ export async function updateUser(ctx: AuthorityContext, actor: Actor, name: stri
     const user = await requireIdentity(tx, name, 'user');
     if (patch.disabled === false || patch.admin === true) await requireNotRemovedIdentity(tx, user);
     if (patch.disabled === true || patch.admin === false) {
-      await requireUsableAdminLeft(tx, now, { removed: user.id }, `${patch.disabled === true ? 'disabling' : 'taking global admin from'} ${name}`);
+      await requireUsableAdminLeft(tx, { removed: user.id }, `${patch.disabled === true ? 'disabling' : 'taking global admin from'} ${name}`);
     }
     await tx.updateIdentity(user.id, { disabled: patch.disabled ?? user.disabled, globalAdmin: patch.admin ?? user.globalAdmin });
     // Disabling ends every credential the user holds (API and login tokens, browser sessions,

@@ -58,7 +58,7 @@ export async function removeUser(ctx: AuthorityContext, actor: Actor, name: stri
     if (user.globalAdmin && !user.disabled && (await enabledGlobalAdmins(tx)).every((a) => a.id === user.id)) {
       throw conflict(`${name} is the last global admin; make another one first (dstack-ca user add NAME --admin), then remove ${name}`);
     }
-    await requireUsableAdminLeft(tx, now, { removed: user.id }, `removing ${name}`);
+    await requireUsableAdminLeft(tx, { removed: user.id }, `removing ${name}`);
     const projects = new Map((await tx.listProjects()).map((p) => [p.id, p.name]));
     const owned = (await tx.listRuns({ state: 'running' })).filter((r) => r.ownerId === user.id).map((r) => `${projects.get(r.projectId) ?? '?'}/${r.name}`);
     if (owned.length > 0 && !opts.force) {

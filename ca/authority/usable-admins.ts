@@ -21,9 +21,9 @@ export interface AdminChange {
 /**
  * Names of the usable global admins (enabled, global admin, with a passkey or a token of kind
  * admin or user that is not revoked and has no expiry), as they would be after `change` (none:
- * as they are now). `now` (seconds) is kept for callers; no token with an expiry counts.
+ * as they are now). No token with an expiry counts, so the answer does not depend on the time.
  */
-export async function usableGlobalAdmins(store: StoreReader, now: number, change: AdminChange = {}): Promise<string[]> {
+export async function usableGlobalAdmins(store: StoreReader, change: AdminChange = {}): Promise<string[]> {
   const out: string[] = [];
   for (const i of await store.listIdentities({ kind: 'user' })) {
     if (!i.globalAdmin || i.disabled || i.id === change.removed) continue;
@@ -40,9 +40,9 @@ export async function usableGlobalAdmins(store: StoreReader, now: number, change
  * Throws 409 (naming `what` and why) if `change` would leave no usable global admin while
  * there is one now. Call it inside the transaction that makes the change.
  */
-export async function requireUsableAdminLeft(store: StoreReader, now: number, change: AdminChange, what: string): Promise<void> {
-  if ((await usableGlobalAdmins(store, now, change)).length > 0) return;
-  if ((await usableGlobalAdmins(store, now)).length === 0) return; // nobody can administer already: this change takes nothing away
+export async function requireUsableAdminLeft(store: StoreReader, change: AdminChange, what: string): Promise<void> {
+  if ((await usableGlobalAdmins(store, change)).length > 0) return;
+  if ((await usableGlobalAdmins(store)).length === 0) return; // nobody can administer already: this change takes nothing away
   throw conflict(
     `${what} would leave no usable global admin (an enabled global admin with a passkey or a token that does not expire), and nobody could administer the CA again; ` +
       'first make another global admin (dstack-ca user add NAME --admin) and have them enroll a passkey (dstack-ca user enroll NAME)',

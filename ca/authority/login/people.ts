@@ -59,7 +59,7 @@ export async function logoutSelf(a: Authority, actor: Actor): Promise<void> {
   if (tokenId === null) return;
   const now = a.ctx.now();
   await a.ctx.store.tx(async (tx) => {
-    await requireUsableAdminLeft(tx, now, { tokenGone: (t) => t.id === tokenId }, `logging ${identity.name} out (this token is their only lasting way in)`);
+    await requireUsableAdminLeft(tx, { tokenGone: (t) => t.id === tokenId }, `logging ${identity.name} out (this token is their only lasting way in)`);
     await tx.revokeToken(tokenId, now);
     await audit(tx, now, actor, 'logout', { user: identity.name, via: 'cli' });
   });
@@ -94,7 +94,7 @@ export async function issueEnrollment(
     let revokedCerts = 0;
     let krlVersion: number | null = null;
     if (opts.reset) {
-      await requireUsableAdminLeft(tx, now, { passkeysGoneOf: user.id, tokenGone: (t) => t.identityId === user.id && t.kind === 'user' }, `resetting ${name}'s enrollment`);
+      await requireUsableAdminLeft(tx, { passkeysGoneOf: user.id, tokenGone: (t) => t.identityId === user.id && t.kind === 'user' }, `resetting ${name}'s enrollment`);
       for (const p of await tx.listPasskeys(user.id)) {
         await tx.deletePasskey(p.id);
         removedPasskeys++;
@@ -136,7 +136,7 @@ export async function logoutUser(a: Authority, actor: Actor, name: string): Prom
   const now = a.ctx.now();
   return a.ctx.store.tx(async (tx) => {
     const user = await requireIdentity(tx, name, 'user');
-    await requireUsableAdminLeft(tx, now, { tokenGone: (t) => t.identityId === user.id && t.kind === 'user' }, `ending ${name}'s sessions`);
+    await requireUsableAdminLeft(tx, { tokenGone: (t) => t.identityId === user.id && t.kind === 'user' }, `ending ${name}'s sessions`);
     const endedSessions = await endSessions(tx, user, now);
     await audit(tx, now, actor, 'user.logout', { name, endedSessions });
     return { endedSessions };
