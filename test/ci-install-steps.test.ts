@@ -5,7 +5,8 @@
 // tarball. The steps run as the platforms run them, with a stand-in `npm` on PATH that records
 // what it was given. --ignore-scripts is safe because the CLI (main and the `ci` commands) loads
 // no native module: its import graph is walked here.
-import { readFile, writeFile, mkdir } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { readFile, writeFile, mkdir, symlink } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -29,6 +30,14 @@ beforeAll(async () => {
   await mkdir(bin);
   // npm as a recorder: its arguments, one a line, then its environment.
   await writeFile(join(bin, 'npm'), `#!/bin/sh\nfor a in "$@"; do echo "arg $a"; done > "$NPM_RECORD"\nenv >> "$NPM_RECORD"\n`, { mode: 0o755 });
+  // PATH holds only this directory, so a dstack-ca installed on this machine (`npm link`, as
+  // the README's quick start does) cannot make the steps skip their install: the few tools the
+  // steps call besides npm are linked in.
+  for (const tool of ['env', 'mkdir']) {
+    const at = ['/usr/bin', '/bin'].map((d) => join(d, tool)).find((p) => existsSync(p));
+    if (!at) throw new Error(`${tool} not found in /usr/bin or /bin`);
+    await symlink(at, join(bin, tool));
+  }
 });
 
 afterAll(async () => {
@@ -37,7 +46,7 @@ afterAll(async () => {
 
 const GITLAB_SECRETS = { DSTACK_CA_TOKEN: SECRETS.DSTACK_CA_TOKEN, DSTACK_CA_ID_TOKEN: SECRETS.DSTACK_CA_ID_TOKEN };
 
-const baseEnv = (record: string, secrets: Record<string, string>) => ({ PATH: `${bin}:/usr/bin:/bin`, HOME: dir, NPM_RECORD: record, ...secrets });
+const baseEnv = (record: string, secrets: Record<string, string>) => ({ PATH: bin, HOME: dir, NPM_RECORD: record, ...secrets });
 
 function checkRecord(text: string, secrets: Record<string, string>): void {
   const args = text.split('\n').filter((l) => l.startsWith('arg ')).map((l) => l.slice(4));
