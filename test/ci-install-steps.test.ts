@@ -14,6 +14,8 @@ import { parse } from 'yaml';
 import { cleanupTempDirs, makeTempDir, run } from './harness/index.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
+/** bash by absolute path: the steps' PATH holds only the stand-ins. */
+const BASH = ['/usr/bin/bash', '/bin/bash'].find((p) => existsSync(p)) ?? 'bash';
 let dir: string;
 let bin: string;
 
@@ -67,7 +69,7 @@ describe('installing the CLI in a CI job', () => {
     const record = join(dir, 'gh-npm');
     const file = join(dir, 'install.sh');
     await writeFile(file, install?.run ?? '');
-    const r = await run('bash', ['--noprofile', '--norc', '-eo', 'pipefail', file], {
+    const r = await run(BASH, ['--noprofile', '--norc', '-eo', 'pipefail', file], {
       env: { ...baseEnv(record, SECRETS), RUNNER_TEMP: temp, GITHUB_PATH: join(dir, 'github_path'), INPUT_TARBALL: '/dist/dstack-ca-0.1.0.tgz', ACTION_PATH: join(root, 'deploy', 'ci', 'github') },
       timeoutMs: 30_000,
     });
@@ -82,7 +84,7 @@ describe('installing the CLI in a CI job', () => {
     const record = join(dir, 'gl-npm');
     const file = join(dir, 'before.sh');
     await writeFile(file, `set -eo pipefail\n${install}\n`);
-    const r = await run('bash', ['--noprofile', '--norc', file], { env: { ...baseEnv(record, GITLAB_SECRETS), GITLAB_CI: 'true', DSTACK_CA_PACKAGE: '/dist/dstack-ca-0.1.0.tgz' }, timeoutMs: 30_000 });
+    const r = await run(BASH, ['--noprofile', '--norc', file], { env: { ...baseEnv(record, GITLAB_SECRETS), GITLAB_CI: 'true', DSTACK_CA_PACKAGE: '/dist/dstack-ca-0.1.0.tgz' }, timeoutMs: 30_000 });
     expect(r.code, r.stderr).toBe(0);
     checkRecord(await readFile(record, 'utf8'), GITLAB_SECRETS);
   });
