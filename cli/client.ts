@@ -352,7 +352,11 @@ export class ApiClient {
     else message = `${method} ${path}: HTTP ${res.status}${res.statusText ? ` ${res.statusText}` : ''} from ${this.url}`;
     const line = this.scrub(oneLine(message));
     if (res.status === 401 && (this.config.tokenSource === 'session' || this.config.tokenSource === 'login')) {
-      return new CliError(`not logged in: the login session expired or was revoked (${line || 'HTTP 401'}); run: dstack-ca login`, EXIT.auth);
+      // A removed or disabled user cannot log in again: no login advice. The server's line may
+      // carry that advice itself (`run \`dstack-ca login\` again`): then it is not said twice.
+      if (/^user \S+ (was removed at|is disabled)/.test(line)) return new CliError(`not logged in: ${line}`, EXIT.auth);
+      const advice = line.includes('dstack-ca login') ? '' : '; run: dstack-ca login';
+      return new CliError(`not logged in: the login session expired or was revoked (${line || 'HTTP 401'})${advice}`, EXIT.auth);
     }
     if (res.status === 401) return new CliError(line === '' ? 'not authenticated' : `not authenticated: ${line}`, EXIT.auth);
     if (res.status === 403) return new CliError(line === '' ? 'permission denied' : `permission denied: ${line}`, EXIT.auth);

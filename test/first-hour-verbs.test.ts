@@ -242,7 +242,7 @@ describe('user rm, run rm, project rm (item 13)', () => {
     expect(await revokedInKrl(aliceCert)).toBe(false);
     const r = ok(await ca(['user', 'rm', 'alice', '--force']));
     // Her API token and the unused enrollment link of `user add`.
-    expect(r.stdout).toBe('removed user alice: left ml; 2 credentials ended, 0 passkeys removed, 1 certificate revoked\n');
+    expect(r.stdout).toBe('removed user alice: left ml; 1 token and 1 enrollment link ended, 0 passkeys removed, 1 certificate revoked\n');
     expect(r.stderr).toBe('dstack-ca: alice owned running runs that keep running: ml/train-1\n');
     expect(await revokedInKrl(aliceCert)).toBe(true);
     fails(await ca(['cert', 'ls'], { token: aliceToken }), 4, /not authenticated/);
@@ -256,6 +256,14 @@ describe('user rm, run rm, project rm (item 13)', () => {
     expect(removal.map((e) => e.details.name)).toEqual(['alice']);
     // The removal's audit event names what it revoked, by the serial ssh-keygen reads in the cert.
     expect(removal[0]?.details).toMatchObject({ revokedCerts: 1, revokedSerials: [parseListing(await listCert(aliceCert)).serial.toString()], leftProjects: ['ml'] });
+  });
+
+  it('names the kinds of credential it ended: a user who only had an enrollment link', async () => {
+    ok(await ca(['user', 'add', 'linkonly']));
+    expect(ok(await ca(['user', 'rm', 'linkonly'])).stdout).toBe('removed user linkonly: 1 enrollment link ended, 0 passkeys removed, 0 certificates revoked\n');
+    ok(await ca(['user', 'add', 'linkonly2']));
+    const r = json<{ endedCredentials: number; endedCredentialKinds: Record<string, number> }>(await ca(['user', 'rm', 'linkonly2', '--json']));
+    expect(r).toMatchObject({ endedCredentials: 1, endedCredentialKinds: { tokens: 0, webSessions: 0, deviceCodes: 0, enrollmentLinks: 1 } });
   });
 
   it('run rm finishes the run and revokes its certificates; again, it says there is nothing left', async () => {

@@ -119,7 +119,15 @@ describe('the first hour, from README.md on a fresh clone', () => {
     // Items 7-10: what the first start says, on stderr; stdout is the JSON log only.
     const said = server.stderr();
     expect(said).toContain('first start: admin token written to data/admin-token (mode 0600)');
-    expect(said).toContain(`export DSTACK_CA_URL=http://127.0.0.1:${port} DSTACK_CA_TOKEN=$(cat data/admin-token)`);
+    // The export line pins the trust root the start prints, so the admin's verbs never warn "not pinned".
+    const fp = /CA fingerprint \(trust root[^)]*\): (SHA256:\S+)/.exec(said)?.[1] as string;
+    expect(fp).toMatch(/^SHA256:[A-Za-z0-9+/]{43}$/);
+    const exportLine = `export DSTACK_CA_URL=http://127.0.0.1:${port} DSTACK_CA_TOKEN=$(cat data/admin-token) DSTACK_CA_FINGERPRINT=${fp}`;
+    expect(said).toContain(`  ${exportLine}\n`);
+    const pinned = await sh(`${exportLine}\ndstack-ca krl fetch -o krl-pinned`);
+    expect([pinned.code, pinned.stderr]).toEqual([0, '']);
+    const unpinned = await sh(`export DSTACK_CA_URL=http://127.0.0.1:${port} DSTACK_CA_TOKEN=$(cat data/admin-token)\ndstack-ca krl fetch -o krl-unpinned`, { XDG_CONFIG_HOME: join(dir, 'config-unpinned') });
+    expect(unpinned.stderr).toContain('is not pinned'); // the warning the line avoids
     expect(said).toMatch(new RegExp(`enroll the admin's passkey \\(one-time link\\): http://localhost:${port}/enroll#dsca_enroll_`));
     expect(said).toContain('dstack-ca: warning: the keyring that unseals the CA keys is data/keyring, in the same directory as the sealed keys');
     // stdout: npm's own lines ("> dstack-ca@0.1.0 start", "added 1 package") and the server's JSON log, no human line.
@@ -130,7 +138,7 @@ describe('the first hour, from README.md on a fresh clone', () => {
     // already), an OIDC issuer and a key listed in the policy.
     const walk = shBlock(readme, '## What works today')
       .filter((l) => !/^dstack-ca server |oidc|OIDC|--ssh-identity/.test(l))
-      .map((l) => l.replaceAll('127.0.0.1:8443', `127.0.0.1:${port}`));
+      .map((l) => l.replaceAll('127.0.0.1:8443', `127.0.0.1:${port}`).replace('DSTACK_CA_FINGERPRINT=SHA256:...', `DSTACK_CA_FINGERPRINT=${fp}`));
     expect(walk.length).toBeGreaterThan(10);
     await sh('ssh-keygen -q -t ed25519 -N "" -f id_ed25519');
     const script = ['set -eu', ...walk, 'dstack-ca run finish ml/train-1', 'dstack-ca krl fetch -o revoked-after-finish'].join('\n');
@@ -138,6 +146,7 @@ describe('the first hour, from README.md on a fresh clone', () => {
     expect(walked.code, `${walked.stdout}\n${walked.stderr}`).toBe(0);
     // `a && b` lines do not stop `set -e`: no step may have failed quietly.
     expect(walked.stderr).not.toMatch(/error|not authenticated|not allowed|refus|usage/i);
+    expect(walked.stderr).not.toContain('is not pinned');
     expect(walked.stdout).toMatch(/^audit chain ok: /m);
     // The security team's step fits the example policy: bob held a certificate, the revoke ends
     // it and says bob can get a new one, and the policy file without bob (made in a shown step) stops that.

@@ -61,6 +61,19 @@ it('a removed user is not enabled, enrolled, promoted or given a token again; li
   ok(await ca(['user', 'enable', 'dora']));
 });
 
+it("a disabled or removed user's token says so, with no login advice (logging in again cannot help)", async () => {
+  ok(await ca(['user', 'add', 'erin']));
+  const token = ok(await ca(['user', 'token', 'erin'])).stdout.trim();
+  expect(ok(await ca(['status'], { token })).stdout).toContain('erin');
+  ok(await ca(['user', 'disable', 'erin']));
+  const disabled = await ca(['status'], { token });
+  expect([disabled.code, disabled.stderr]).toEqual([4, 'dstack-ca: not logged in (not authenticated: user erin is disabled)\n']);
+  ok(await ca(['user', 'rm', 'erin']));
+  const removed = await ca(['status'], { token });
+  expect(removed.code).toBe(4);
+  expect(removed.stderr).toMatch(/^dstack-ca: not logged in \(not authenticated: user erin was removed at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\)\n$/);
+});
+
 it('a removed project takes no runs, members, bots or certificates; listed as removed', async () => {
   ok(await ca(['project', 'add', 'p2']));
   ok(await ca(['user', 'add', 'carol']));

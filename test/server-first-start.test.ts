@@ -93,7 +93,7 @@ describe('first start', () => {
     expect(second.exitCode, second.stderr()).toBeNull();
     const tokenPath = join(dir, 'data', 'admin-token');
     expect(second.stderr()).toContain(`dstack-ca: the admin has no passkey yet: the admin token is still in ${tokenPath} (mode 0600); use it with`);
-    expect(second.stderr()).toContain(`export DSTACK_CA_URL=http://127.0.0.1:${port} DSTACK_CA_TOKEN=$(cat ${tokenPath})`);
+    expect(second.stderr()).toContain(`export DSTACK_CA_URL=http://127.0.0.1:${port} DSTACK_CA_TOKEN=$(cat ${tokenPath}) DSTACK_CA_FINGERPRINT=SHA256:`);
     const link = linkIn(second.stderr());
     expect(link.origin).toBe(`http://localhost:${port}`);
     // The link's secret is the operator's: never in the JSON log on stdout.

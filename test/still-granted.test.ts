@@ -41,7 +41,29 @@ describe('revoke reports what still grants new certificates', () => {
     const r = await revoke({ user: 'alice' });
     expect(r.stillGranted).toMatchObject({ subject: 'user alice', credentials: ['1 live API token or login session'], moreRuns: 3 });
     expect(r.stillGranted?.runs).toEqual(['ml/train-1 (project_members)', 'ml/train-2 (project_members)', 'ml/train-3 (project_members)', 'ml/train-4 (project_members)', 'ml/train-5 (project_members)']);
+    expect(r.stillGranted?.stop).toContain('dstack-ca member rm PROJECT alice (for runs that admit project_members)');
     for (const run of ['train-1', 'train-7', 'eval-1']) expect((await issue(alice, run)).statusCode).toBe(201);
+  });
+
+  it('member rm is suggested only when a running run admits the user as a project member', async () => {
+    await ca.admin('POST', '/v1/projects', { name: 'cv' });
+    const carl = await userWithToken(ca, 'carl');
+    await ca.admin('PUT', '/v1/projects/cv/members/carl', { role: 'user' });
+    await ca.admin('POST', '/v1/runs', { project: 'cv', name: 'named', owner: 'carl', loginUser: 'root', attachableBy: { users: ['carl'] } });
+    const r = await revoke({ user: 'carl', project: 'cv' });
+    expect(r.stillGranted).toEqual({
+      subject: 'user carl',
+      credentials: ['1 live API token or login session'],
+      runs: ['cv/named (users: carl)'],
+      moreRuns: 0,
+      stop: [
+        'dstack-ca user disable carl (its tokens and sessions end, its certificates are revoked)',
+        'dstack-ca run update cv/named --attachable-by FILE (with a policy that no longer admits it)',
+      ],
+    });
+    // The claim holds: leaving the project does not end carl's access to a run that names him.
+    await ca.admin('DELETE', '/v1/projects/cv/members/carl');
+    expect((await ca.api('POST', '/v1/runs/cv/named/certs', { token: carl, body: { publicKey: pub } })).statusCode).toBe(201);
   });
 
   it('a bot: only runs in its scope count, its OIDC trust is a credential, and bot rm ends it all', async () => {

@@ -180,7 +180,13 @@ export const removalQuery = z.strictObject({ force: z.enum(['true', 'false']).op
 export const userRemovalView = z.object({
   name: z.string(),
   revokedCerts: z.number(),
-  endedCredentials: z.number(),
+  endedCredentials: z.number().describe('all credentials ended; endedCredentialKinds splits them'),
+  endedCredentialKinds: z.object({
+    tokens: z.number().describe('API tokens and CLI login sessions'),
+    webSessions: z.number().describe('browser sessions of the passkey pages'),
+    deviceCodes: z.number().describe('device codes approved but not yet collected'),
+    enrollmentLinks: z.number().describe('passkey enrollment links not yet used'),
+  }),
   removedPasskeys: z.number(),
   leftProjects: z.array(z.string()),
   ownedRuns: z.array(z.string()).describe('running runs the user owned; they keep running'),

@@ -45,6 +45,10 @@ async function deadToken(store: StoreReader, t: TokenRecord, now: number): Promi
   const revoked = t.revokedAt !== null;
   const at = revoked ? (t.revokedAt as number) : (t.expiresAt as number);
   let hint = '';
+  if (t.kind === 'user' || t.kind === 'admin') {
+    const gone = await goneUser(store, t);
+    if (gone) return new BadTokenError(undefined, gone);
+  }
   if (t.kind === 'user') hint = '; run `dstack-ca login` again';
   if (t.kind === 'bot') {
     const bot = t.identityId === null ? null : await store.getIdentity(t.identityId);
@@ -53,6 +57,19 @@ async function deadToken(store: StoreReader, t: TokenRecord, now: number): Promi
   }
   const message = `this ${t.kind === 'agent-join' ? 'join' : t.kind} token ${revoked ? 'was revoked' : 'expired'} at ${iso(Math.min(at, now))}${hint}`;
   return new BadTokenError(t.kind === 'bot' ? { name: t.name, why: revoked ? 'revoked' : 'expired' } : undefined, message);
+}
+
+/**
+ * For the token of a user who was removed (`user rm`: final) or is disabled, the line that says
+ * so, e.g. `user alice was removed at 2026-01-01T00:00:00Z`; logging in again cannot help them,
+ * so it carries no login advice. Null for a user still enabled (or a token with no identity).
+ */
+async function goneUser(store: StoreReader, t: TokenRecord): Promise<string | null> {
+  const identity = t.identityId === null ? null : await store.getIdentity(t.identityId);
+  if (!identity || identity.kind !== 'user') return null;
+  const removedAt = await store.removedAt('identity', identity.id);
+  if (removedAt !== null) return `user ${identity.name} was removed at ${iso(removedAt)}`;
+  return identity.disabled ? `user ${identity.name} is disabled` : null;
 }
 
 /**
@@ -88,7 +105,12 @@ export async function resolveActor(reader: StoreReader, bearer: string | undefin
     case 'user':
     case 'bot': {
       const identity = t.identityId === null ? null : await store.getIdentity(t.identityId);
-      if (!identity || identity.disabled) throw identity && t.kind === 'bot' ? new BadTokenError({ name: identity.name, why: 'disabled' }) : unauthenticated();
+      if (!identity || identity.disabled) {
+        if (identity && t.kind === 'bot') throw new BadTokenError({ name: identity.name, why: 'disabled' });
+        // The whole secret was presented (see BadTokenError): its holder may learn the user is gone.
+        const gone = await goneUser(store, t);
+        throw gone ? new BadTokenError(undefined, gone) : unauthenticated();
+      }
       return { kind: t.kind, identity, tokenId: t.id };
     }
     case 'orchestrator':

@@ -41,21 +41,38 @@ export async function revokeTokens(tx: StoreTx, now: number, filter: Parameters<
   for (const t of await tx.listTokens(filter)) if (t.revokedAt === null) await tx.revokeToken(t.id, now);
 }
 
-/** Ends every credential of an identity: tokens of any kind, browser sessions, approved device codes, enrollment links. */
-/** Ends every credential of an identity (tokens, sessions, approved device codes, enrollment links); returns how many. */
-export async function endCredentials(tx: StoreTx, identityId: number, now: number): Promise<number> {
-  let n = 0;
+/** How many credentials of each kind `endCredentialKinds` ended. */
+export interface EndedCredentials {
+  /** API tokens and CLI login sessions (both bearer tokens). */
+  tokens: number;
+  /** Browser sessions of the passkey pages. */
+  webSessions: number;
+  /** Device codes approved but not yet collected. */
+  deviceCodes: number;
+  /** One-time passkey enrollment links not yet used. */
+  enrollmentLinks: number;
+}
+
+/** Ends every credential of an identity (tokens, sessions, approved device codes, enrollment links); returns how many of each. */
+export async function endCredentialKinds(tx: StoreTx, identityId: number, now: number): Promise<EndedCredentials> {
+  let tokens = 0;
   for (const t of await tx.listTokens({ identityId })) {
     if (t.revokedAt === null && (t.expiresAt === null || t.expiresAt > now)) {
       await tx.revokeToken(t.id, now);
-      n++;
+      tokens++;
     }
   }
-  n += await tx.revokeWebSessions({ identityId }, now);
+  const webSessions = await tx.revokeWebSessions({ identityId }, now);
   // An approved code not yet collected is withdrawn: its poll says access_denied (the approver was disabled).
-  n += await tx.withdrawApprovedDeviceCodes(identityId, now);
-  n += await tx.revokeEnrollments(identityId, now);
-  return n;
+  const deviceCodes = await tx.withdrawApprovedDeviceCodes(identityId, now);
+  const enrollmentLinks = await tx.revokeEnrollments(identityId, now);
+  return { tokens, webSessions, deviceCodes, enrollmentLinks };
+}
+
+/** Ends every credential of an identity (see endCredentialKinds); returns how many in all. */
+export async function endCredentials(tx: StoreTx, identityId: number, now: number): Promise<number> {
+  const e = await endCredentialKinds(tx, identityId, now);
+  return e.tokens + e.webSessions + e.deviceCodes + e.enrollmentLinks;
 }
 
 async function requireFreeName(tx: StoreTx, name: string): Promise<void> {

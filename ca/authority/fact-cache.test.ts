@@ -111,11 +111,22 @@ describe('fact cache', () => {
     const w = await world();
     expect((await resolveActor(w.store, w.secret, 10)).kind).toBe('user');
     await w.store.tx((tx) => tx.updateIdentity(w.alice, { disabled: true }));
-    await expect(resolveActor(w.store, w.secret, 10)).rejects.toThrow(/invalid, expired or revoked/);
+    // The whole secret was presented: its holder is told the user is disabled, with no login advice.
+    await expect(resolveActor(w.store, w.secret, 10)).rejects.toThrow(/^user alice is disabled$/);
     await w.store.tx((tx) => tx.updateIdentity(w.alice, { disabled: false }));
     expect((await resolveActor(w.store, w.secret, 10)).kind).toBe('user');
     await w.store.tx((tx) => tx.revokeToken(w.token, 11));
     await expect(resolveActor(w.store, w.secret, 12)).rejects.toThrow('this user token was revoked at 1970-01-01T00:00:11Z; run `dstack-ca login` again');
+  });
+
+  it("a removed user's revoked token says the user was removed, not to log in again", async () => {
+    const w = await world();
+    await w.store.tx(async (tx) => {
+      await tx.updateIdentity(w.alice, { disabled: true });
+      await tx.markRemoved('identity', w.alice, 11);
+      await tx.revokeToken(w.token, 11);
+    });
+    await expect(resolveActor(w.store, w.secret, 12)).rejects.toThrow(/^user alice was removed at 1970-01-01T00:00:11Z$/);
   });
 
   it('expiry is judged against the clock, not cached', async () => {

@@ -8,7 +8,7 @@ import { conflict } from '../domain/errors.js';
 import type { Identity } from '../domain/model.js';
 import type { StoreTx } from '../store/store.js';
 import { actorLabel, requireAllowed, type Actor } from './actors.js';
-import { endCredentials, revokeTokens } from './admin.js';
+import { endCredentialKinds, revokeTokens, type EndedCredentials } from './admin.js';
 import { audit } from './audit.js';
 import type { AuthorityContext } from './context.js';
 import { publishKrl } from './krl.js';
@@ -29,6 +29,8 @@ export interface UserRemoval {
   revokedCerts: number;
   /** Tokens, login and browser sessions, approved device codes and enrollment links ended. */
   endedCredentials: number;
+  /** The same, by kind (endedCredentials is their sum). */
+  endedCredentialKinds: EndedCredentials;
   removedPasskeys: number;
   /** Projects it was a member of. */
   leftProjects: string[];
@@ -73,7 +75,8 @@ export async function removeUser(ctx: AuthorityContext, actor: Actor, name: stri
     // Admin rights go too: `user enable` must not bring back a global admin nobody chose again.
     await tx.updateIdentity(user.id, { disabled: true, globalAdmin: false });
     await tx.markRemoved('identity', user.id, now);
-    const endedCredentials = await endCredentials(tx, user.id, now);
+    const endedCredentialKinds = await endCredentialKinds(tx, user.id, now);
+    const endedCredentials = endedCredentialKinds.tokens + endedCredentialKinds.webSessions + endedCredentialKinds.deviceCodes + endedCredentialKinds.enrollmentLinks;
     const leftProjects = memberships.map((m) => projects.get(m.projectId) ?? '?').sort();
     const r = await revokeUngranted(tx, now, { identityId: user.id }, `user ${name} removed by ${actorLabel(actor)}`, actor, 'user_remove');
     await audit(tx, now, actor, 'user.remove', {
@@ -86,7 +89,7 @@ export async function removeUser(ctx: AuthorityContext, actor: Actor, name: stri
       ...revokedDetails(r),
     });
     return {
-      result: { name, revokedCerts: r.revoked.length, endedCredentials, removedPasskeys: passkeys.length, leftProjects, ownedRuns: owned },
+      result: { name, revokedCerts: r.revoked.length, endedCredentials, endedCredentialKinds, removedPasskeys: passkeys.length, leftProjects, ownedRuns: owned },
       krlVersion: r.krlVersion,
     };
   });

@@ -71,6 +71,7 @@ export async function whatStillGrants(store: StoreReader, identity: Identity, no
   const runs: string[] = [];
   let firstRun: string | undefined;
   let admitting = 0;
+  let viaMembership = false;
   const projectNames = new Map<number, string>();
   for (const run of await store.listRuns({ state: 'running', ...(projectId !== undefined ? { projectId } : {}) })) {
     if (isBot && (run.projectId !== identity.botProjectId || !runInScope(scopes, run.name))) continue;
@@ -80,6 +81,8 @@ export async function whatStillGrants(store: StoreReader, identity: Identity, no
     const grant = grantFor(run.policy, { identityName: identity.name, isProjectMember, provenKey: null });
     if (grant === null) continue;
     admitting++;
+    // A run that names the user keeps admitting it after `member rm`: only membership grants count.
+    if (grant.kind !== 'user') viaMembership = true;
     if (runs.length < MAX_NAMED_RUNS) {
       if (!projectNames.has(run.projectId)) projectNames.set(run.projectId, (await store.getProject(run.projectId))?.name ?? '?');
       firstRun ??= `${projectNames.get(run.projectId)}/${run.name}`;
@@ -97,7 +100,7 @@ export async function whatStillGrants(store: StoreReader, identity: Identity, no
   } else {
     stop.push(`dstack-ca user disable ${identity.name} (its tokens and sessions end, its certificates are revoked)`);
     const project = projectId !== undefined ? ((await store.getProject(projectId))?.name ?? 'PROJECT') : 'PROJECT';
-    stop.push(`dstack-ca member rm ${project} ${identity.name} (for runs that admit project_members)`);
+    if (viaMembership) stop.push(`dstack-ca member rm ${project} ${identity.name} (for runs that admit project_members)`);
   }
   stop.push(`dstack-ca run update ${firstRun ?? 'PROJECT/RUN'} --attachable-by FILE (with a policy that no longer admits it)`);
   return { subject, credentials, runs, moreRuns: admitting - runs.length, stop };

@@ -170,7 +170,7 @@ export function registerServer(program: Command, ctx: CliContext): void {
       if (announced.tokenPath) {
         ctx.stderr.write(
           `dstack-ca: ${opened.firstStart ? 'first start: admin token written to' : 'the admin has no passkey yet: the admin token is still in'} ${announced.tokenPath} (mode 0600); use it with\n` +
-            `  export DSTACK_CA_URL=${url} DSTACK_CA_TOKEN=$(cat ${announced.tokenPath})\n`,
+            `  export DSTACK_CA_URL=${url} DSTACK_CA_TOKEN=$(cat ${announced.tokenPath}) DSTACK_CA_FINGERPRINT=${rootFingerprint(opened.authority.ctx)}\n`,
         );
       }
       if (announced.enrollment) {

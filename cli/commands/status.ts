@@ -77,7 +77,12 @@ export function registerStatus(program: Command, ctx: CliContext): void {
       try {
         me = await api.request('GET', '/v1/me', { schema: meSchema });
       } catch (e) {
-        if (e instanceof CliError && e.exitCode === EXIT.auth) throw new CliError(/^not logged in/.test(e.message) ? e.message : `not logged in (${e.message}); run: dstack-ca login`, EXIT.auth);
+        if (e instanceof CliError && e.exitCode === EXIT.auth) {
+          if (/^not logged in/.test(e.message)) throw e;
+          // A removed or disabled user: logging in again cannot help, so no login advice.
+          const gone = /user \S+ (was removed at|is disabled)/.test(e.message);
+          throw new CliError(`not logged in (${e.message})${gone ? '' : '; run: dstack-ca login'}`, EXIT.auth);
+        }
         throw e;
       }
       const paths = loginPaths(ctx.env);

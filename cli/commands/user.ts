@@ -126,7 +126,7 @@ export function registerUser(program: Command, ctx: CliContext): void {
         return;
       }
       const left = r.leftProjects.length > 0 ? `left ${r.leftProjects.join(', ')}; ` : '';
-      ctx.stdout.write(`removed user ${r.name}: ${left}${plural(r.endedCredentials, 'credential')} ended, ${plural(r.removedPasskeys, 'passkey')} removed, ${plural(r.revokedCerts, 'certificate')} revoked\n`);
+      ctx.stdout.write(`removed user ${r.name}: ${left}${endedText(r.endedCredentialKinds)} ended, ${plural(r.removedPasskeys, 'passkey')} removed, ${plural(r.revokedCerts, 'certificate')} revoked\n`);
       if (r.ownedRuns.length > 0) ctx.stderr.write(`dstack-ca: ${r.name} owned running runs that keep running: ${r.ownedRuns.join(', ')}\n`);
     });
 
@@ -148,4 +148,16 @@ export function registerUser(program: Command, ctx: CliContext): void {
       const expiry = t.expiresAt === null ? 'does not expire' : `expires ${formatTime(t.expiresAt)} (in ${formatDuration(Math.max(0, t.expiresAt - Math.floor(Date.now() / 1000)))})`;
       ctx.stderr.write(`dstack-ca: token for ${t.name}; it ${expiry} and is not shown again\n`);
     });
+}
+
+/** "1 token and 1 enrollment link" (the kinds `user rm` ended, none left out), or "0 credentials". */
+function endedText(e: { tokens: number; webSessions: number; deviceCodes: number; enrollmentLinks: number }): string {
+  const parts = [
+    ...(e.tokens > 0 ? [plural(e.tokens, 'token')] : []),
+    ...(e.webSessions > 0 ? [plural(e.webSessions, 'browser session')] : []),
+    ...(e.deviceCodes > 0 ? [plural(e.deviceCodes, 'approved device code')] : []),
+    ...(e.enrollmentLinks > 0 ? [plural(e.enrollmentLinks, 'enrollment link')] : []),
+  ];
+  if (parts.length === 0) return '0 credentials';
+  return parts.length === 1 ? (parts[0] as string) : `${parts.slice(0, -1).join(', ')} and ${parts.at(-1) as string}`;
 }
