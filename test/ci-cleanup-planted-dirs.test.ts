@@ -9,7 +9,7 @@ import { chmod, chown, mkdir, readFile, stat, writeFile } from 'node:fs/promises
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI } from './fixtures/cli.js';
-import { startServerProcess, type ServerProcess } from './fixtures/server-process.js';
+import { adminRequest, startServerProcess, type ServerProcess } from './fixtures/server-process.js';
 import { cleanupTempDirs, generateKey, makeTempDir, run } from './harness/index.js';
 
 const VICTIM = 65534;
@@ -18,15 +18,7 @@ let shared: string;
 let server: ServerProcess;
 let botToken: string;
 
-async function admin(method: string, path: string, body?: unknown): Promise<Record<string, unknown>> {
-  const res = await fetch(`${server.url}${path}`, {
-    method,
-    headers: { authorization: `Bearer ${server.adminToken}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
-    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-  });
-  if (!res.ok) throw new Error(`${method} ${path} -> ${res.status} ${await res.text()}`);
-  return (await res.json()) as Record<string, unknown>;
-}
+const admin = (method: string, path: string, body?: unknown) => adminRequest(server, method, path, body);
 
 /** The CLI as the victim, with only the variables a local (non-CI) job has: job id `local`. */
 function victim(args: string[], home: string) {

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dstackCa, json } from './fixtures/cli.js';
 import { startTestIssuer, type TestIssuer } from './fixtures/oidc-issuer.js';
-import { startServerProcess, type ServerProcess } from './fixtures/server-process.js';
+import { adminRequest, startServerProcess, type ServerProcess } from './fixtures/server-process.js';
 import { cleanupTempDirs, makeTempDir, run, SSH, startSshd, type Sshd } from './harness/index.js';
 
 const me = userInfo().username;
@@ -20,15 +20,7 @@ let server: ServerProcess;
 let gitlab: TestIssuer;
 let sshd: Sshd;
 
-async function admin(method: string, path: string, body?: unknown): Promise<Record<string, unknown>> {
-  const res = await fetch(`${server.url}${path}`, {
-    method,
-    headers: { authorization: `Bearer ${server.adminToken}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
-    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-  });
-  if (!res.ok) throw new Error(`${method} ${path} -> ${res.status} ${await res.text()}`);
-  return (await res.json()) as Record<string, unknown>;
-}
+const admin = (method: string, path: string, body?: unknown) => adminRequest(server, method, path, body);
 
 const exists = (p: string) => stat(p).then(() => true, () => false);
 const leftovers = async (d: string) => (await readdir(d)).filter((n) => n.startsWith('dstack-ca-'));

@@ -14,7 +14,7 @@ import { OIDC_NO_BOT } from '../ca/authority/oidc.js';
 import { CLI, dstackCa, fails, json } from './fixtures/cli.js';
 import { startTokenEndpoint, type TokenEndpoint } from './fixtures/github-token-endpoint.js';
 import { startTestIssuer, type TestIssuer } from './fixtures/oidc-issuer.js';
-import { startServerProcess, type ServerProcess } from './fixtures/server-process.js';
+import { adminRequest, startServerProcess, type ServerProcess } from './fixtures/server-process.js';
 import { cleanupTempDirs, generateKey, makeTempDir, run, SSH, startSshd, type Sshd } from './harness/index.js';
 
 const me = userInfo().username;
@@ -67,15 +67,7 @@ function noSecrets(out: string, extra: string[] = []): void {
   expect(out).not.toContain('PRIVATE KEY');
 }
 
-async function admin(method: string, path: string, body?: unknown): Promise<Record<string, unknown>> {
-  const res = await fetch(`${server.url}${path}`, {
-    method,
-    headers: { authorization: `Bearer ${server.adminToken}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
-    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-  });
-  if (!res.ok) throw new Error(`${method} ${path} -> ${res.status} ${await res.text()}`);
-  return (await res.json()) as Record<string, unknown>;
-}
+const admin = (method: string, path: string, body?: unknown) => adminRequest(server, method, path, body);
 
 beforeAll(async () => {
   dir = await makeTempDir('ci-ssh-');
