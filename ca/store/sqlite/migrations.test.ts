@@ -38,6 +38,22 @@ const tables = (db: Database.Database) =>
     (r) => r.name,
   );
 
+/**
+ * In a database at migration 6 or later: a project, a user and a running run, and a function
+ * that inserts a certificate of that run by (serial, valid_before seconds).
+ */
+function certInserter(db: ReturnType<typeof raw>): (serial: number, validBefore: number) => void {
+  const project = Number(db.prepare(`INSERT INTO projects (name, created_at) VALUES ('ml', 1)`).run().lastInsertRowid);
+  const owner = Number(db.prepare(`INSERT INTO identities (name, kind, created_at) VALUES ('alice', 'user', 1)`).run().lastInsertRowid);
+  const run = Number(
+    db.prepare(`INSERT INTO runs (project_id, name, principal, owner_id, login_user, policy, state, created_at) VALUES (?, 'r', 'p', ?, 'root', '{}', 'running', 1)`).run(project, owner).lastInsertRowid,
+  );
+  const insert = db.prepare(
+    `INSERT INTO certs (serial, run_id, identity_id, key_fingerprint, public_key, key_id, ca_fingerprint, grant_json, valid_after, valid_before, issued_at) VALUES (?, ?, ?, 'SHA256:k', 'ssh-ed25519 K', 'k', 'SHA256:ca', '{}', 0, ?, 0)`,
+  );
+  return (serial, validBefore) => void insert.run(serial, run, owner, validBefore);
+}
+
 describe('the real migrations', () => {
   it('a fresh database gets all of them, recorded in order, and the dstack-ca application id', async () => {
     const path = await tempDbPath();
@@ -145,15 +161,7 @@ describe('the real migrations', () => {
     const path = await tempDbPath();
     const db = raw(path);
     applyMigrations(db, MIGRATIONS.slice(0, 6));
-    const project = Number(db.prepare(`INSERT INTO projects (name, created_at) VALUES ('ml', 1)`).run().lastInsertRowid);
-    const owner = Number(db.prepare(`INSERT INTO identities (name, kind, created_at) VALUES ('alice', 'user', 1)`).run().lastInsertRowid);
-    const run = Number(
-      db.prepare(`INSERT INTO runs (project_id, name, principal, owner_id, login_user, policy, state, created_at) VALUES (?, 'r', 'p', ?, 'root', '{}', 'running', 1)`).run(project, owner).lastInsertRowid,
-    );
-    const cert = (serial: number, validBefore: number) =>
-      db
-        .prepare(`INSERT INTO certs (serial, run_id, identity_id, key_fingerprint, public_key, key_id, ca_fingerprint, grant_json, valid_after, valid_before, issued_at) VALUES (?, ?, ?, 'SHA256:k', 'ssh-ed25519 K', 'k', 'SHA256:ca', '{}', 0, ?, 0)`)
-        .run(serial, run, owner, validBefore);
+    const cert = certInserter(db);
     cert(1, 100);
     cert(2, 10_000_000_000);
     const del = (serial: number) => () => db.prepare('DELETE FROM certs WHERE serial = ?').run(serial);
@@ -184,15 +192,7 @@ describe('the real migrations', () => {
     const path = await tempDbPath();
     const db = raw(path);
     applyMigrations(db, MIGRATIONS.slice(0, 10));
-    const project = Number(db.prepare(`INSERT INTO projects (name, created_at) VALUES ('ml', 1)`).run().lastInsertRowid);
-    const owner = Number(db.prepare(`INSERT INTO identities (name, kind, created_at) VALUES ('alice', 'user', 1)`).run().lastInsertRowid);
-    const run = Number(
-      db.prepare(`INSERT INTO runs (project_id, name, principal, owner_id, login_user, policy, state, created_at) VALUES (?, 'r', 'p', ?, 'root', '{}', 'running', 1)`).run(project, owner).lastInsertRowid,
-    );
-    const cert = (serial: number, validBefore: number) =>
-      db
-        .prepare(`INSERT INTO certs (serial, run_id, identity_id, key_fingerprint, public_key, key_id, ca_fingerprint, grant_json, valid_after, valid_before, issued_at) VALUES (?, ?, ?, 'SHA256:k', 'ssh-ed25519 K', 'k', 'SHA256:ca', '{}', 0, ?, 0)`)
-        .run(serial, run, owner, validBefore);
+    const cert = certInserter(db);
     const event = (seq: number, details: object) =>
       db.prepare(`INSERT INTO audit_events (seq, at, actor, action, details, prev_hash, hash) VALUES (?, 1, 'bot:ci', 'cert.issue', ?, 'x', 'y')`).run(seq, JSON.stringify(details));
     const future = 10_000_000_000;
