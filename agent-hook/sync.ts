@@ -116,6 +116,11 @@ export class RunFinished extends Error {
   override readonly name = 'RunFinished';
 }
 
+/** How `credited` names a signed status: firstSight records it, canLift asks for it. */
+function statusKey(signed: Partial<SignedKrlStatus> | undefined): string {
+  return `${signed?.status ?? ''}.${signed?.signature ?? ''}`;
+}
+
 /** The `error` code of a JSON error body, or null. */
 function errorCode(res: { body: Buffer }): string | null {
   try {
@@ -424,7 +429,7 @@ export class Agent {
 
   /** True the first time this exact signed status is seen (and remembers it; the last 256 are kept). */
   private firstSight(signed: Partial<SignedKrlStatus> | undefined): boolean {
-    const key = `${signed?.status ?? ''}.${signed?.signature ?? ''}`;
+    const key = statusKey(signed);
     if (this.credited.has(key)) return false;
     this.credited.add(key);
     if (this.credited.size > 256) this.credited.delete(this.credited.values().next().value as string);
@@ -456,7 +461,7 @@ export class Agent {
     if (st === null || st.krlVersion !== version || st.krlSha256 !== sha256Hex(body) || st.bundleVersion > this.trust.bundle.version) return false;
     // The same arithmetic as crediting: a status never seen before, whose credit would be fresh.
     const credit = Math.min(this.clock.now(), st.issuedAt * 1000);
-    return this.clock.now() - credit < max && !this.credited.has(`${signed?.status ?? ''}.${signed?.signature ?? ''}`);
+    return this.clock.now() - credit < max && !this.credited.has(statusKey(signed));
   }
 
   /** Where an installed KRL came from (null: nothing new was installed). */

@@ -11,7 +11,7 @@ import { CliError } from '../errors.js';
 import type { MeRun } from '../login/session.js';
 import { renderKnownHosts, renderSshHosts } from '../login/ssh-config.js';
 import { checkJobDir, renderMarker, tokensEqual } from './job-dir-check.js';
-import { dropJobRecord, readJobRecords, writeJobRecord } from './job-records.js';
+import { dropJobRecord, readJobRecords, writeJobRecord, type JobRecord } from './job-records.js';
 
 export interface JobFiles {
   dir: string;
@@ -113,22 +113,23 @@ export async function findJobDirs(env: NodeJS.ProcessEnv, flag?: string): Promis
     }
     return out;
   }
+  // filesIn(dir) plus the caller's record of it, if any, so that removing the dir drops it too
+  // (the records are read once, when the first dir to remove is found).
+  let records: Promise<JobRecord[]> | undefined;
+  const withRecord = async (dir: string): Promise<JobFiles> => {
+    const rec = (await (records ??= readJobRecords(env))).find((r) => r.dir === dir);
+    return { ...filesIn(dir), ...(rec ? { record: rec.path } : {}) };
+  };
   const named = basename(flag).startsWith(DIR_PREFIX) ? await checkJobDir(flag, JOB_MARKER) : { kind: 'absent' as const };
-  if (named.kind !== 'absent') return [named.kind === 'ok' ? { files: await withRecord(env, flag) } : { files: filesIn(flag), refused: named.reason }];
+  if (named.kind !== 'absent') return [named.kind === 'ok' ? { files: await withRecord(flag) } : { files: filesIn(flag), refused: named.reason }];
   const names = await readdir(flag).catch(() => [] as string[]);
   const out: CleanupTarget[] = [];
   for (const name of names.filter((n) => n.startsWith(DIR_PREFIX)).sort()) {
     const dir = join(flag, name);
     const check = await checkJobDir(dir, JOB_MARKER);
-    if (check.kind === 'ok' && check.marker.job === me) out.push({ files: await withRecord(env, dir) });
+    if (check.kind === 'ok' && check.marker.job === me) out.push({ files: await withRecord(dir) });
   }
   return out;
-}
-
-/** filesIn(dir) plus the caller's record of it, if any, so that removing the dir drops it too. */
-async function withRecord(env: NodeJS.ProcessEnv, dir: string): Promise<JobFiles> {
-  const rec = (await readJobRecords(env)).find((r) => r.dir === dir);
-  return { ...filesIn(dir), ...(rec ? { record: rec.path } : {}) };
 }
 
 /** Removes a job dir and everything in it (key, certificate, configs), then its record; a missing one is fine. */

@@ -13,7 +13,7 @@ import { printJson, type CliContext } from '../context.js';
 import { CliError, ExitWith, UsageError } from '../errors.js';
 import { loginPaths, type LoginPaths } from '../login/paths.js';
 import { profilePath, readProfile } from '../login/profile.js';
-import { readRuns, readSession } from '../login/session.js';
+import { readRuns, readSession, type RunsFile } from '../login/session.js';
 import { discoverRuns, refreshRuns, renewRun, RUNS_REFRESH_SECONDS } from '../login/sync.js';
 
 interface RenewFlags {
@@ -60,9 +60,10 @@ export function registerRenew(program: Command, ctx: CliContext): void {
       }
       try {
         const paths = loginPaths(ctx.env);
-        const known = (await readRuns(paths.runs))?.runs.find((r) => `${r.project}/${r.name}` === qualified);
+        const stored = await readRuns(paths.runs);
+        const known = stored?.runs.find((r) => `${r.project}/${r.name}` === qualified);
         // Any host with a slash matches `*/*`; only the runs ssh_config has a Host block for matter.
-        const api = known !== undefined && known.ssh !== null ? await sessionClient(ctx, paths) : undefined;
+        const api = known !== undefined && known.ssh !== null ? await sessionClient(ctx, paths, stored) : undefined;
         if (known !== undefined && api !== undefined) {
           await renewRun(ctx, api, paths, known.project, known.name);
           // At most one GET every RUNS_REFRESH_SECONDS: a moved endpoint reaches this very ssh.
@@ -80,12 +81,13 @@ export function registerRenew(program: Command, ctx: CliContext): void {
  * The client for what ssh's Match exec runs: the login session's URL and token only, pinned by
  * what trust.json holds for that server (never DSTACK_CA_URL/TOKEN, --url or the config file,
  * which may name another CA in this shell). Undefined when not logged in. Throws CliError when
- * runs.json (and so ssh_hosts) came from another server than the session's.
+ * runs.json (and so ssh_hosts) came from another server than the session's. `stored`: runs.json
+ * as the caller already read it (read here when not given).
  */
-async function sessionClient(ctx: CliContext, paths: LoginPaths): Promise<ApiClient | undefined> {
+async function sessionClient(ctx: CliContext, paths: LoginPaths, stored?: RunsFile): Promise<ApiClient | undefined> {
   const session = await readSession(paths.session).catch(() => undefined);
   if (session === undefined) return undefined;
-  const runs = await readRuns(paths.runs).catch(() => undefined);
+  const runs = stored ?? (await readRuns(paths.runs).catch(() => undefined));
   if (runs !== undefined && !sameServer(runs.url, session.url)) {
     throw new CliError(`${paths.runs} is for ${runs.url} but you are logged in to ${session.url}: run dstack-ca login again`);
   }
