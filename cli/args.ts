@@ -4,6 +4,7 @@
 import type { Command } from 'commander';
 import type { z } from 'zod';
 import { parseDuration } from '../ca/domain/duration.js';
+import { fieldPath } from '../ca/domain/field-path.js';
 import { splitQualified } from '../ca/domain/names.js';
 import { UsageError } from './errors.js';
 import { labelFor, type FieldLabels } from './field-labels.js';
@@ -16,7 +17,7 @@ export function checkArgs(schema: z.ZodType, value: unknown, labels: FieldLabels
   const r = schema.safeParse(value);
   if (r.success) return;
   const issue = r.error.issues[0];
-  const path = (issue?.path ?? []).reduce<string>((acc, p) => (typeof p === 'number' ? `${acc}[${p}]` : acc ? `${acc}.${String(p)}` : String(p)), '');
+  const path = fieldPath('', issue?.path ?? []);
   const key = issue?.path[0] === undefined ? '' : String(issue.path[0]);
   const label = (path === '' ? undefined : labelFor(path, labels)) ?? key;
   throw new UsageError(`${label ? `${label}: ` : ''}${issue?.message ?? 'is invalid'}`);

@@ -3,10 +3,7 @@
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod';
 import { CaError, RateLimitedError } from '../domain/errors.js';
-
-function fieldPath(prefix: string, path: readonly PropertyKey[]): string {
-  return path.reduce<string>((acc, p) => (typeof p === 'number' ? `${acc}[${p}]` : acc ? `${acc}.${String(p)}` : String(p)), prefix);
-}
+import { fieldPath } from '../domain/field-path.js';
 
 export function handleError(err: FastifyError, req: FastifyRequest, reply: FastifyReply): void {
   if (err instanceof CaError) {
