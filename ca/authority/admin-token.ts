@@ -8,7 +8,6 @@ import type { StoreReader } from '../store/store.js';
 import { requireAllowed, type Actor } from './actors.js';
 import { audit } from './audit.js';
 import type { AuthorityContext } from './context.js';
-import { requireUsableAdminLeft } from './usable-admins.js';
 
 /** The bootstrap admin tokens that still work (kind admin, not revoked). */
 export async function liveAdminTokens(store: StoreReader): Promise<TokenRecord[]> {
@@ -42,10 +41,11 @@ export async function retireAdminToken(ctx: AuthorityContext, actor: Actor): Pro
   const retiredTokens = await ctx.store.tx(async (tx) => {
     const live = await liveAdminTokens(tx);
     if (live.length === 0) return 0;
+    // An enabled global admin with a passkey stays usable whatever tokens go (usable-admins.ts),
+    // so this check also keeps a usable global admin.
     if (!(await passkeyAdminExists(tx))) {
       throw conflict('no global admin has a passkey yet: enroll one first (the admin\'s link is printed at server start; `dstack-ca user enroll admin` makes a new one), or the CA would have no admin left');
     }
-    await requireUsableAdminLeft(tx, { tokenGone: (t) => t.kind === 'admin' }, 'retiring the bootstrap admin token');
     for (const t of live) await tx.revokeToken(t.id, now);
     await audit(tx, now, actor, 'admin-token.retire', { tokens: live.length });
     return live.length;

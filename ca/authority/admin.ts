@@ -71,9 +71,11 @@ export async function endCredentialKinds(tx: StoreTx, identityId: number, now: n
 
 /** Ends every credential of an identity (see endCredentialKinds); returns how many in all. */
 export async function endCredentials(tx: StoreTx, identityId: number, now: number): Promise<number> {
-  const e = await endCredentialKinds(tx, identityId, now);
-  return e.tokens + e.webSessions + e.deviceCodes + e.enrollmentLinks;
+  return endedTotal(await endCredentialKinds(tx, identityId, now));
 }
+
+/** How many credentials were ended in all. */
+export const endedTotal = (e: EndedCredentials): number => e.tokens + e.webSessions + e.deviceCodes + e.enrollmentLinks;
 
 async function requireFreeName(tx: StoreTx, name: string): Promise<void> {
   if (await tx.getIdentityByName(name)) throw conflict(`the name "${name}" is already taken by a user or bot`);

@@ -8,7 +8,7 @@ import { actorLabel, type Actor } from './actors.js';
 import { insertToken } from './admin.js';
 import { audit, AuditCoalescer } from './audit.js';
 import type { AuthorityContext } from './context.js';
-import { addressKey, RateLimiter, type BucketLimit } from './rate-limit.js';
+import { addressKey, RateLimiter, retryAfterSeconds, type BucketLimit } from './rate-limit.js';
 import { hashToken, looksLikeToken } from './tokens.js';
 
 /**
@@ -38,7 +38,7 @@ export class AgentGuards {
 function limited(limiter: RateLimiter, key: string, what: string): void {
   const t = limiter.take(key);
   if (t.ok) return;
-  const seconds = Math.max(1, Math.ceil(t.retryAfterMs / 1000));
+  const seconds = retryAfterSeconds(t);
   throw new RateLimitedError(`too many ${what}; retry in ${seconds}s`, seconds);
 }
 

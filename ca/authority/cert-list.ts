@@ -8,12 +8,11 @@
 // The answer is paged by serial: at most `limit` rows, and the serial to continue after.
 import { badRequest, CaError } from '../domain/errors.js';
 import type { CertRecord, Identity } from '../domain/model.js';
-import { splitQualified } from '../domain/names.js';
 import { isAllowed } from '../policy/authorize.js';
 import type { CertFilter } from '../store/store.js';
 import { actorFacts, actorLabel, requireAllowed, type Actor } from './actors.js';
 import type { AuthorityContext } from './context.js';
-import { requireIdentity, requireProject, requireRun } from './lookup.js';
+import { qualified, requireIdentity, requireProject, requireRun } from './lookup.js';
 
 /** Rows per page when the caller gives no limit, and the most it may ask for. */
 export const CERT_LIST_DEFAULT_LIMIT = 100;
@@ -56,14 +55,6 @@ export interface CertListPage {
 }
 
 const forbidden = (actor: Actor, what: string) => new CaError('forbidden', `${actorLabel(actor)} may not read ${what}`);
-
-function qualified(text: string, what: 'run' | 'bot'): { project: string; name: string } {
-  try {
-    return splitQualified(text, what);
-  } catch (e) {
-    throw badRequest((e as Error).message, what);
-  }
-}
 
 /**
  * Lists live certificates matching every filter given, that `actor` may see, by serial.

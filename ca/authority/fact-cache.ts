@@ -1,7 +1,7 @@
 // A read-through cache of the facts every certificate request reads: the bearer token's
 // record and its identity, the project and run named in the path, the bot's settings, the
-// caller's membership. Without it a request costs about ten point reads, which was the
-// largest part of issuance after HTTP itself.
+// caller's membership, whether the project was removed. Without it a request costs about ten
+// point reads, which was the largest part of issuance after HTTP itself.
 //
 // Correctness rests on Store.factsGeneration: the store moves it on, synchronously after
 // COMMIT, after every transaction that wrote anything but certificate rows, audit events
@@ -53,6 +53,7 @@ export class FactCache {
       getRunByName: (projectId, name) => this.getRunByName(projectId, name),
       getBotSettings: (identityId) => this.getBotSettings(identityId),
       getMembership: (projectId, identityId) => this.getMembership(projectId, identityId),
+      removedAt: (subject, id) => this.removedAt(subject, id),
     };
     this.reader = new Proxy(store, {
       get(target, prop, receiver) {
@@ -122,6 +123,11 @@ export class FactCache {
   /** null (not a member) is kept; ids come from the store, not requests. */
   getMembership(projectId: number, identityId: number): Promise<Membership | null> {
     return this.read(`m:${projectId}:${identityId}`, () => this.store.getMembership(projectId, identityId), true);
+  }
+
+  /** null (not removed) is kept; ids come from the store, not requests. */
+  removedAt(subject: 'identity' | 'project', id: number): Promise<number | null> {
+    return this.read(`x:${subject}:${id}`, () => this.store.removedAt(subject, id), true);
   }
 }
 

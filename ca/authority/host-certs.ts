@@ -12,7 +12,7 @@ import { fingerprint, formatAuthorizedKey, parseAuthorizedKey, type PublicKey } 
 import { actorLabel, type Actor } from './actors.js';
 import { auditMany } from './audit.js';
 import type { AuthorityContext } from './context.js';
-import { RateLimiter, type BucketLimit } from './rate-limit.js';
+import { RateLimiter, retryAfterSeconds, type BucketLimit } from './rate-limit.js';
 import { SerialAllocator } from './serials.js';
 
 /** Default lifetime of a host certificate (certs.hostTtl). */
@@ -108,7 +108,7 @@ export class HostCertIssuer {
     const unique = new Map(keys.map((k) => [formatAuthorizedKey(k), k]));
     const taken = this.perRun.take(`run:${actor.runId}`, unique.size);
     if (!taken.ok) {
-      const seconds = Math.max(1, Math.ceil(taken.retryAfterMs / 1000));
+      const seconds = retryAfterSeconds(taken);
       const { burst, perSecond } = this.perRun.limit;
       throw new RateLimitedError(`too many host certificates for this run (${burst}, then one every ${Math.round(1 / perSecond)} s); retry in ${seconds}s`, seconds);
     }

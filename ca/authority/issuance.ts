@@ -40,7 +40,7 @@ import { findRun, requireRun } from './lookup.js';
 import { bindingAdmits, OidcRefusal, OidcVerifier, resolveOidcBot, type OidcEvidence } from './oidc.js';
 import { OIDC_REPLAYED, OidcReplayGuard, OidcShareExceeded } from './oidc-replay.js';
 import { NonceBook, verifyPossession, type Possession } from './proof.js';
-import { addressKey, RateLimiter } from './rate-limit.js';
+import { addressKey, RateLimiter, retryAfterSeconds } from './rate-limit.js';
 import { stillGranted } from './recheck.js';
 import { SerialAllocator } from './serials.js';
 import { requireNotRemovedProject } from './removed.js';
@@ -378,7 +378,7 @@ export class Issuer {
     const r = limiter.take(key);
     if (r.ok) return;
     if (trail) trail.audit = r.first;
-    const seconds = Math.max(1, Math.ceil(r.retryAfterMs / 1000));
+    const seconds = retryAfterSeconds(r);
     throw new IssueRateLimited(
       `too many certificate requests from ${what} (limit ${limiter.limit.perSecond}/s, burst ${limiter.limit.burst}); retry in ${seconds}s`,
       seconds,

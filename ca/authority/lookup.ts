@@ -1,7 +1,17 @@
 // Finding what a request names, with one "not found" message per kind of thing.
-import { notFound, type CaError } from '../domain/errors.js';
+import { badRequest, notFound, type CaError } from '../domain/errors.js';
 import type { Identity, Project, Run } from '../domain/model.js';
+import { splitQualified } from '../domain/names.js';
 import type { StoreReader } from '../store/store.js';
+
+/** A request's "PROJECT/NAME" field (`run` or `bot`) split in two; 400 on that field if it is not one. */
+export function qualified(text: string, what: 'run' | 'bot'): { project: string; name: string } {
+  try {
+    return splitQualified(text, what);
+  } catch (e) {
+    throw badRequest((e as Error).message, what);
+  }
+}
 
 export async function requireProject(store: StoreReader, name: string): Promise<Project> {
   const p = await store.getProjectByName(name);

@@ -21,6 +21,11 @@ interface Bucket {
 /** Beyond this many keys, buckets that are full again are dropped (they equal a fresh one). */
 const PRUNE_ABOVE = 10_000;
 
+/** A refusal's wait in whole seconds, at least 1 (a 429's Retry-After). */
+export function retryAfterSeconds(refusal: { retryAfterMs: number }): number {
+  return Math.max(1, Math.ceil(refusal.retryAfterMs / 1000));
+}
+
 export class RateLimiter {
   private readonly buckets = new Map<string, Bucket>();
 

@@ -8,7 +8,7 @@ import { conflict } from '../domain/errors.js';
 import type { Identity } from '../domain/model.js';
 import type { StoreTx } from '../store/store.js';
 import { actorLabel, requireAllowed, type Actor } from './actors.js';
-import { endCredentialKinds, revokeTokens, type EndedCredentials } from './admin.js';
+import { endCredentialKinds, endedTotal, revokeTokens, type EndedCredentials } from './admin.js';
 import { audit } from './audit.js';
 import type { AuthorityContext } from './context.js';
 import { publishKrl } from './krl.js';
@@ -76,7 +76,7 @@ export async function removeUser(ctx: AuthorityContext, actor: Actor, name: stri
     await tx.updateIdentity(user.id, { disabled: true, globalAdmin: false });
     await tx.markRemoved('identity', user.id, now);
     const endedCredentialKinds = await endCredentialKinds(tx, user.id, now);
-    const endedCredentials = endedCredentialKinds.tokens + endedCredentialKinds.webSessions + endedCredentialKinds.deviceCodes + endedCredentialKinds.enrollmentLinks;
+    const endedCredentials = endedTotal(endedCredentialKinds);
     const leftProjects = memberships.map((m) => projects.get(m.projectId) ?? '?').sort();
     const r = await revokeUngranted(tx, now, { identityId: user.id }, `user ${name} removed by ${actorLabel(actor)}`, actor, 'user_remove');
     await audit(tx, now, actor, 'user.remove', {

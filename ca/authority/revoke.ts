@@ -3,7 +3,6 @@
 // transaction; the call returns once that transaction (the new KRL version) is durable.
 import { badRequest, notFound } from '../domain/errors.js';
 import type { CertRecord, Identity, RevocationTarget } from '../domain/model.js';
-import { splitQualified } from '../domain/names.js';
 import { formatAuthorizedKey, parseAuthorizedKey, fingerprint } from '../ssh/keys.js';
 import type { CertFilter, StoreTx } from '../store/store.js';
 import { actorLabel, requireAllowed, roleIn, type Actor } from './actors.js';
@@ -11,7 +10,7 @@ import { audit } from './audit.js';
 import { auditedSerials, countRevoked } from './revocation-record.js';
 import type { AuthorityContext } from './context.js';
 import { publishKrl, rebuildKrl } from './krl.js';
-import { requireIdentity, requireProject, requireRun } from './lookup.js';
+import { qualified, requireIdentity, requireProject, requireRun } from './lookup.js';
 import { whatStillAdmits, whatStillGrants, type StillGranted } from './still-granted.js';
 
 export type RevokeBy =
@@ -54,14 +53,6 @@ function normalizedKey(line: string, field: string): string {
   }
 }
 
-function qualified(text: string, what: 'run' | 'bot', field: string): { project: string; name: string } {
-  try {
-    return splitQualified(text, what);
-  } catch (e) {
-    throw badRequest((e as Error).message, field);
-  }
-}
-
 /** Works out what a request revokes, authorizing it on the way (project admins stay in their projects). */
 async function plan(ctx: AuthorityContext, actor: Actor, req: RevokeBy): Promise<Plan> {
   const store = ctx.store;
@@ -75,13 +66,13 @@ async function plan(ctx: AuthorityContext, actor: Actor, req: RevokeBy): Promise
     return { filter: null, serials: [cert.serial], target: null, what: { serial: req.serial.toString(), keyId: cert.keyId }, ...(holder ? { subject: { identity: holder } } : {}) };
   }
   if ('run' in req) {
-    const { project, name } = qualified(req.run, 'run', 'run');
+    const { project, name } = qualified(req.run, 'run');
     const { run } = await requireRun(store, project, name);
     await inProject(run.projectId);
     return { filter: { runId: run.id }, serials: [], target: null, what: { run: req.run }, run: { id: run.id, label: `${project}/${name}` } };
   }
   if ('bot' in req) {
-    const { project: projectName, name } = qualified(req.bot, 'bot', 'bot');
+    const { project: projectName, name } = qualified(req.bot, 'bot');
     const project = await requireProject(store, projectName);
     await inProject(project.id);
     const bot = await requireIdentity(store, name, 'bot');

@@ -27,7 +27,7 @@ import {
 import { attachableRuns, logoutSelf, whoAmI } from '../../authority/login/people.js';
 import { sshView } from '../views.js';
 import { CaError, RateLimitedError } from '../../domain/errors.js';
-import { addressKey, type RateLimiter } from '../../authority/rate-limit.js';
+import { addressKey, retryAfterSeconds, type RateLimiter } from '../../authority/rate-limit.js';
 import type { Identity } from '../../domain/model.js';
 import {
   addPasskeyBody,
@@ -110,7 +110,7 @@ export function loginRoutes(app: FastifyInstance, authority: Authority): void {
     const limiter = LIMITED[`${req.method} ${req.routeOptions.url ?? ''}`];
     if (!limiter) return;
     const t = limiter.take(addressKey(req.ip));
-    if (!t.ok) throw new RateLimitedError('too many login requests from this address; slow down', Math.max(1, Math.ceil(t.retryAfterMs / 1000)));
+    if (!t.ok) throw new RateLimitedError('too many login requests from this address; slow down', retryAfterSeconds(t));
   });
   app.addHook('onSend', async (req, reply) => {
     if ((req.routeOptions.url ?? '').startsWith('/v1/web/')) void reply.header('cache-control', 'no-store');
