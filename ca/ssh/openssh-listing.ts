@@ -13,7 +13,7 @@
 import { createHash, createPublicKey, constants, publicDecrypt, verify as cryptoVerify, type KeyObject } from 'node:crypto';
 import { localZoneRule, offsetAt } from './glibc-zone.js';
 import { ecPointProblem } from './ec-point.js';
-import type { Curve } from './keys.js';
+import { CURVES, fingerprint, type Curve } from './keys.js';
 import { SshWriter } from './wire.js';
 
 /** What `ssh-keygen -L` would write and return. */
@@ -214,10 +214,6 @@ interface CertPart {
   signatureType: Buffer;
 }
 
-const CURVE_COORD: Record<string, number> = { nistp256: 32, nistp384: 48, nistp521: 66 };
-const CURVE_JWK: Record<string, string> = { nistp256: 'P-256', nistp384: 'P-384', nistp521: 'P-521' };
-const CURVE_HASH: Record<string, string> = { nistp256: 'sha256', nistp384: 'sha384', nistp521: 'sha512' };
-
 // Keys repeat across lines (one CA signs many certs): node KeyObjects are cached by blob.
 const keyObjects = new Map<string, KeyObject | null>();
 function cachedKeyObject(blob: Buffer, make: () => KeyObject): KeyObject | null {
@@ -238,9 +234,9 @@ function cachedKeyObject(blob: Buffer, make: () => KeyObject): KeyObject | null 
 const b64url = (b: Buffer) => b.toString('base64url');
 
 function ecKeyObject(curve: string, q: Buffer, blob: Buffer): KeyObject | null {
-  const c = CURVE_COORD[curve] as number;
+  const { coordBytes: c, jwkCrv } = CURVES[curve as Curve];
   return cachedKeyObject(blob, () =>
-    createPublicKey({ key: { kty: 'EC', crv: CURVE_JWK[curve], x: b64url(q.subarray(1, 1 + c)), y: b64url(q.subarray(1 + c)) }, format: 'jwk' }),
+    createPublicKey({ key: { kty: 'EC', crv: jwkCrv, x: b64url(q.subarray(1, 1 + c)), y: b64url(q.subarray(1 + c)) }, format: 'jwk' }),
   );
 }
 
@@ -250,7 +246,7 @@ function readEcPoint(b: Buf, curve: string): Buffer {
   if (s.length === 0 || s.length > MAX_ECPOINT) fail(E.ECPOINT_LARGE);
   if (s[0] !== 0x04) fail(E.FORMAT);
   // EC_POINT_oct2point: exact length, coordinates below p, on the curve.
-  if (s.length !== 1 + 2 * (CURVE_COORD[curve] as number)) fail(E.FORMAT);
+  if (s.length !== 1 + 2 * CURVES[curve as Curve].coordBytes) fail(E.FORMAT);
   const problem = ecPointProblem(curve as Curve, s);
   if (problem?.stage === 'format') fail(E.FORMAT);
   b.string();
@@ -539,10 +535,10 @@ function verify(key: Key, sig: Buffer, data: Buffer): void {
       }
       if (type.toString('latin1') !== key.plainName) fail(E.TYPE_MISMATCH);
       if (b.len !== 0) fail(E.TRAILING);
-      const curve = key.curve as string;
-      const pair = ecdsaPair(sigbuf, CURVE_COORD[curve] as number);
+      const { coordBytes, hash } = CURVES[key.curve as Curve];
+      const pair = ecdsaPair(sigbuf, coordBytes);
       const k = nodeKey(key);
-      return checked(() => pair !== null && k !== null && cryptoVerify(CURVE_HASH[curve] as string, data, { key: k, dsaEncoding: 'ieee-p1363' }, pair));
+      return checked(() => pair !== null && k !== null && cryptoVerify(hash, data, { key: k, dsaEncoding: 'ieee-p1363' }, pair));
     }
     case 'sk-ecdsa': {
       let type: Buffer;
@@ -929,10 +925,6 @@ function showOptions(out: Buffer[], section: Buffer, critical: boolean): void {
     }
     if (left !== 0) throw new Fatal('Option corrupt: extra data at end');
   }
-}
-
-function fingerprint(blob: Buffer): string {
-  return 'SHA256:' + sha256(blob).toString('base64').replace(/=+$/, '');
 }
 
 /** print_cert. */
