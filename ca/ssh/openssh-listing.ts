@@ -737,12 +737,10 @@ function b64pton(text: Buffer): Buffer | null {
   return out.subarray(0, n);
 }
 
-/** sshkey_read on one line (already cut at its first NUL); returns the key or throws. */
-function readKeyLine(line: Buffer): Key {
-  return readKeyLineAt(line).key;
-}
-
-/** sshkey_read: the key, and where the text after it (the comment) starts. */
+/**
+ * sshkey_read on one line (already cut at its first NUL): the key, and where the text after
+ * it (the comment) starts. Throws OsshError.
+ */
 function readKeyLineAt(line: Buffer): { key: Key; rest: number } {
   const isBlank = (c: number | undefined) => c === 0x20 || c === 0x09;
   let p = 0;
@@ -765,6 +763,22 @@ function readKeyLineAt(line: Buffer): { key: Key; rest: number } {
   return { key, rest: q };
 }
 
+/**
+ * The lines of a file as OpenSSH's getline loops see them: each with its line end, cut at its
+ * first NUL (the C string ends there).
+ */
+function* fileLines(input: Buffer): Generator<Buffer> {
+  let start = 0;
+  while (start < input.length) {
+    let end = input.indexOf(0x0a, start);
+    end = end === -1 ? input.length : end + 1;
+    const line = input.subarray(start, end);
+    start = end;
+    const nul = line.indexOf(0);
+    yield nul === -1 ? line : line.subarray(0, nul);
+  }
+}
+
 /** A key file's first loadable key, as `ssh-keygen -Q` sees it (see loadPublicKeyFile). */
 export interface LoadedKey {
   /** The plain public key's wire blob (for a certificate: the certified key's). */
@@ -784,14 +798,7 @@ export interface LoadedKey {
  * are skipped. Returns null when no line loads. Pure.
  */
 export function loadPublicKeyFile(input: Buffer): LoadedKey | null {
-  let start = 0;
-  while (start < input.length) {
-    let end = input.indexOf(0x0a, start);
-    end = end === -1 ? input.length : end + 1;
-    let line = input.subarray(start, end);
-    start = end;
-    const nul = line.indexOf(0);
-    if (nul !== -1) line = line.subarray(0, nul);
+  for (const line of fileLines(input)) {
     const first = line[0];
     if (first === undefined || first === 0x23 || first === 0x0a) continue;
     if (line.subarray(0, 10).toString('latin1') === '-----BEGIN' || line.toString('latin1') === 'SSH PRIVATE KEY FILE') return null;
@@ -974,22 +981,15 @@ export function listCertificates(input: Buffer, path: string, opts: ListingOptio
   const err: string[] = [];
   let ok = false;
   let lnum = 0;
-  let start = 0;
   const pathBytes = Buffer.from(path, 'utf8').toString('latin1');
-  while (start < input.length) {
-    let end = input.indexOf(0x0a, start);
-    end = end === -1 ? input.length : end + 1;
-    let line = input.subarray(start, end);
-    start = end;
+  for (const line of fileLines(input)) {
     lnum++;
-    const nul = line.indexOf(0);
-    if (nul !== -1) line = line.subarray(0, nul);
     let p = 0;
     while (p < line.length && (line[p] === 0x20 || line[p] === 0x09)) p++;
     if (p === line.length || line[p] === 0x23) continue;
     let key: Key;
     try {
-      key = readKeyLine(line.subarray(p));
+      key = readKeyLineAt(line.subarray(p)).key;
     } catch (e) {
       if (!(e instanceof OsshError)) throw e;
       err.push(`${pathBytes}:${lnum}: invalid key: ${e.message}\r\n`);
