@@ -12,7 +12,7 @@
 
 import { createHash, createPublicKey, constants, publicDecrypt, verify as cryptoVerify, type KeyObject } from 'node:crypto';
 import { localZoneRule, offsetAt } from './glibc-zone.js';
-import { ecPointProblem } from './ec-point.js';
+import { bitLength, ecPointProblem, toBig } from './ec-point.js';
 import { CURVES, fingerprint, type Curve } from './keys.js';
 import { SshWriter } from './wire.js';
 
@@ -637,8 +637,6 @@ function reducedEd25519(sig: Buffer): Buffer {
   return out;
 }
 
-const big = (b: Buffer) => (b.length === 0 ? 0n : BigInt(`0x${b.toString('hex')}`));
-const bitLength = (v: bigint) => (v === 0n ? 0 : v.toString(2).length);
 function gcd(a: bigint, b: bigint): bigint {
   while (b !== 0n) [a, b] = [b, a % b];
   return a;
@@ -651,13 +649,13 @@ function gcd(a: bigint, b: bigint): bigint {
  */
 function dsaVerify(key: Key, data: Buffer, s: Buffer): void {
   const d = key.dsa as NonNullable<Key['dsa']>;
-  const q = big(d.q);
-  const p = big(d.p);
+  const q = toBig(d.q);
+  const p = toBig(d.p);
   const qBits = bitLength(q);
   if (qBits !== 160 && qBits !== 224 && qBits !== 256) fail(E.LIBCRYPTO);
   if (bitLength(p) > 10000) fail(E.LIBCRYPTO);
-  const r = big(s.subarray(0, 20));
-  const sv = big(s.subarray(20));
+  const r = toBig(s.subarray(0, 20));
+  const sv = toBig(s.subarray(20));
   if (r === 0n || r >= q || sv === 0n || sv >= q) fail(E.SIGNATURE);
   if (gcd(sv, q) !== 1n) fail(E.LIBCRYPTO);
   if (p % 2n === 0n) fail(E.LIBCRYPTO);
