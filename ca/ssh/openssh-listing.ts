@@ -244,9 +244,7 @@ function ecKeyObject(curve: string, q: Buffer, blob: Buffer): KeyObject | null {
 function readEcPoint(b: Buf, curve: string): Buffer {
   const s = b.peekString();
   if (s.length === 0 || s.length > MAX_ECPOINT) fail(E.ECPOINT_LARGE);
-  if (s[0] !== 0x04) fail(E.FORMAT);
-  // EC_POINT_oct2point: exact length, coordinates below p, on the curve.
-  if (s.length !== 1 + 2 * CURVES[curve as Curve].coordBytes) fail(E.FORMAT);
+  // EC_POINT_oct2point: uncompressed, exact length, coordinates below p, on the curve.
   const problem = ecPointProblem(curve as Curve, s);
   if (problem?.stage === 'format') fail(E.FORMAT);
   b.string();
