@@ -12,6 +12,7 @@
 
 import { createHash, createPublicKey, constants, publicDecrypt, verify as cryptoVerify, type KeyObject } from 'node:crypto';
 import { localZoneRule, offsetAt } from './glibc-zone.js';
+import { FLAG_OPTIONS, STRING_OPTIONS } from './certificate.js';
 import { bitLength, ecPointProblem, toBig } from './ec-point.js';
 import { CURVES, fingerprint, type Curve } from './keys.js';
 import { SshWriter } from './wire.js';
@@ -890,11 +891,10 @@ function validity(after: bigint, before: bigint): string {
 
 class Fatal extends Error {}
 
-const EXT_FLAGS = new Set(['permit-X11-forwarding', 'permit-agent-forwarding', 'permit-port-forwarding', 'permit-pty', 'permit-user-rc', 'no-touch-required']);
-
 /** show_options: prints each option; malformed known options are fatal, as in ssh-keygen. */
 function showOptions(out: Buffer[], section: Buffer, critical: boolean): void {
   const b = new Buf(section);
+  const which = critical ? 'critical options' : 'extensions';
   while (b.len !== 0) {
     let name: Buffer, option: Buffer;
     try {
@@ -906,9 +906,9 @@ function showOptions(out: Buffer[], section: Buffer, critical: boolean): void {
     out.push(Buffer.from('                '), name);
     const n = name.toString('latin1');
     let left = option.length;
-    if (!critical && EXT_FLAGS.has(n)) {
+    if (FLAG_OPTIONS[which]?.has(n)) {
       out.push(Buffer.from('\n'));
-    } else if (critical && (n === 'force-command' || n === 'source-address')) {
+    } else if (STRING_OPTIONS[which]?.has(n)) {
       const ob = new Buf(option);
       let arg: Buffer;
       try {
@@ -918,8 +918,6 @@ function showOptions(out: Buffer[], section: Buffer, critical: boolean): void {
       }
       out.push(Buffer.from(' '), arg, Buffer.from('\n'));
       left = ob.len;
-    } else if (critical && n === 'verify-required') {
-      out.push(Buffer.from('\n'));
     } else if (option.length > 0) {
       out.push(Buffer.from(` UNKNOWN OPTION: ${option.toString('hex')} (len ${option.length})\n`));
       left = 0;
