@@ -100,11 +100,11 @@ function encodeOptions(options: CertOptions): Buffer {
 export const MAX_PRINCIPALS = 256;
 
 /** Options whose data OpenSSH decodes: flags must be empty, valued options one string exactly. */
-const FLAG_OPTIONS: Record<string, ReadonlySet<string>> = {
+export const FLAG_OPTIONS: Record<string, ReadonlySet<string>> = {
   'critical options': new Set(['verify-required']),
   extensions: new Set(['permit-X11-forwarding', 'permit-agent-forwarding', 'permit-port-forwarding', 'permit-pty', 'permit-user-rc', 'no-touch-required']),
 };
-const STRING_OPTIONS: Record<string, ReadonlySet<string>> = {
+export const STRING_OPTIONS: Record<string, ReadonlySet<string>> = {
   'critical options': new Set(['force-command', 'source-address']),
   extensions: new Set(),
 };

@@ -41,8 +41,10 @@ export const NIST_CURVES: Record<Curve, NistCurve> = {
   },
 };
 
-const toBig = (b: Uint8Array): bigint => (b.length === 0 ? 0n : BigInt(`0x${Buffer.from(b).toString('hex')}`));
-const bitLength = (v: bigint): number => (v === 0n ? 0 : v.toString(2).length);
+/** A big-endian unsigned integer's value. */
+export const toBig = (b: Uint8Array): bigint => (b.length === 0 ? 0n : BigInt(`0x${Buffer.from(b).toString('hex')}`));
+/** The number of bits of a non-negative integer (0 for 0). */
+export const bitLength = (v: bigint): number => (v === 0n ? 0 : v.toString(2).length);
 
 /** Why OpenSSH refuses a point: `stage` says which of its two checks (see the file comment). */
 export interface EcPointProblem {

@@ -28,7 +28,7 @@
 // once per process; and issuance runs the full check only after the caller is authorized
 // (quickKeyWeakness comes first).
 import { constants, createHash, createPublicKey, publicEncrypt } from 'node:crypto';
-import { ecPointProblem } from './ec-point.js';
+import { ecPointProblem, toBig } from './ec-point.js';
 import type { Curve, PublicKey } from './keys.js';
 
 /** Minimum RSA modulus we accept for anything we sign or trust. */
@@ -37,8 +37,6 @@ export const MIN_RSA_BITS = 2048;
 export const MAX_RSA_BITS = 8192;
 /** RSA public exponents from 3 up to (not including) 2^32, as OpenSSL and most HSMs use. */
 const MAX_RSA_EXPONENT = 1n << 32n;
-
-const toBig = (b: Uint8Array): bigint => (b.length === 0 ? 0n : BigInt(`0x${Buffer.from(b).toString('hex')}`));
 
 /** Bit length of a big-endian unsigned integer. */
 function bitLength(b: Uint8Array): number {

@@ -12,8 +12,9 @@
 
 import { createHash, createPublicKey, constants, publicDecrypt, verify as cryptoVerify, type KeyObject } from 'node:crypto';
 import { localZoneRule, offsetAt } from './glibc-zone.js';
-import { ecPointProblem } from './ec-point.js';
-import type { Curve } from './keys.js';
+import { FLAG_OPTIONS, STRING_OPTIONS } from './certificate.js';
+import { bitLength, ecPointProblem, toBig } from './ec-point.js';
+import { CURVES, fingerprint, type Curve } from './keys.js';
 import { SshWriter } from './wire.js';
 
 /** What `ssh-keygen -L` would write and return. */
@@ -214,10 +215,6 @@ interface CertPart {
   signatureType: Buffer;
 }
 
-const CURVE_COORD: Record<string, number> = { nistp256: 32, nistp384: 48, nistp521: 66 };
-const CURVE_JWK: Record<string, string> = { nistp256: 'P-256', nistp384: 'P-384', nistp521: 'P-521' };
-const CURVE_HASH: Record<string, string> = { nistp256: 'sha256', nistp384: 'sha384', nistp521: 'sha512' };
-
 // Keys repeat across lines (one CA signs many certs): node KeyObjects are cached by blob.
 const keyObjects = new Map<string, KeyObject | null>();
 function cachedKeyObject(blob: Buffer, make: () => KeyObject): KeyObject | null {
@@ -238,9 +235,9 @@ function cachedKeyObject(blob: Buffer, make: () => KeyObject): KeyObject | null 
 const b64url = (b: Buffer) => b.toString('base64url');
 
 function ecKeyObject(curve: string, q: Buffer, blob: Buffer): KeyObject | null {
-  const c = CURVE_COORD[curve] as number;
+  const { coordBytes: c, jwkCrv } = CURVES[curve as Curve];
   return cachedKeyObject(blob, () =>
-    createPublicKey({ key: { kty: 'EC', crv: CURVE_JWK[curve], x: b64url(q.subarray(1, 1 + c)), y: b64url(q.subarray(1 + c)) }, format: 'jwk' }),
+    createPublicKey({ key: { kty: 'EC', crv: jwkCrv, x: b64url(q.subarray(1, 1 + c)), y: b64url(q.subarray(1 + c)) }, format: 'jwk' }),
   );
 }
 
@@ -248,9 +245,7 @@ function ecKeyObject(curve: string, q: Buffer, blob: Buffer): KeyObject | null {
 function readEcPoint(b: Buf, curve: string): Buffer {
   const s = b.peekString();
   if (s.length === 0 || s.length > MAX_ECPOINT) fail(E.ECPOINT_LARGE);
-  if (s[0] !== 0x04) fail(E.FORMAT);
-  // EC_POINT_oct2point: exact length, coordinates below p, on the curve.
-  if (s.length !== 1 + 2 * (CURVE_COORD[curve] as number)) fail(E.FORMAT);
+  // EC_POINT_oct2point: uncompressed, exact length, coordinates below p, on the curve.
   const problem = ecPointProblem(curve as Curve, s);
   if (problem?.stage === 'format') fail(E.FORMAT);
   b.string();
@@ -539,10 +534,10 @@ function verify(key: Key, sig: Buffer, data: Buffer): void {
       }
       if (type.toString('latin1') !== key.plainName) fail(E.TYPE_MISMATCH);
       if (b.len !== 0) fail(E.TRAILING);
-      const curve = key.curve as string;
-      const pair = ecdsaPair(sigbuf, CURVE_COORD[curve] as number);
+      const { coordBytes, hash } = CURVES[key.curve as Curve];
+      const pair = ecdsaPair(sigbuf, coordBytes);
       const k = nodeKey(key);
-      return checked(() => pair !== null && k !== null && cryptoVerify(CURVE_HASH[curve] as string, data, { key: k, dsaEncoding: 'ieee-p1363' }, pair));
+      return checked(() => pair !== null && k !== null && cryptoVerify(hash, data, { key: k, dsaEncoding: 'ieee-p1363' }, pair));
     }
     case 'sk-ecdsa': {
       let type: Buffer;
@@ -641,8 +636,6 @@ function reducedEd25519(sig: Buffer): Buffer {
   return out;
 }
 
-const big = (b: Buffer) => (b.length === 0 ? 0n : BigInt(`0x${b.toString('hex')}`));
-const bitLength = (v: bigint) => (v === 0n ? 0 : v.toString(2).length);
 function gcd(a: bigint, b: bigint): bigint {
   while (b !== 0n) [a, b] = [b, a % b];
   return a;
@@ -655,13 +648,13 @@ function gcd(a: bigint, b: bigint): bigint {
  */
 function dsaVerify(key: Key, data: Buffer, s: Buffer): void {
   const d = key.dsa as NonNullable<Key['dsa']>;
-  const q = big(d.q);
-  const p = big(d.p);
+  const q = toBig(d.q);
+  const p = toBig(d.p);
   const qBits = bitLength(q);
   if (qBits !== 160 && qBits !== 224 && qBits !== 256) fail(E.LIBCRYPTO);
   if (bitLength(p) > 10000) fail(E.LIBCRYPTO);
-  const r = big(s.subarray(0, 20));
-  const sv = big(s.subarray(20));
+  const r = toBig(s.subarray(0, 20));
+  const sv = toBig(s.subarray(20));
   if (r === 0n || r >= q || sv === 0n || sv >= q) fail(E.SIGNATURE);
   if (gcd(sv, q) !== 1n) fail(E.LIBCRYPTO);
   if (p % 2n === 0n) fail(E.LIBCRYPTO);
@@ -741,12 +734,10 @@ function b64pton(text: Buffer): Buffer | null {
   return out.subarray(0, n);
 }
 
-/** sshkey_read on one line (already cut at its first NUL); returns the key or throws. */
-function readKeyLine(line: Buffer): Key {
-  return readKeyLineAt(line).key;
-}
-
-/** sshkey_read: the key, and where the text after it (the comment) starts. */
+/**
+ * sshkey_read on one line (already cut at its first NUL): the key, and where the text after
+ * it (the comment) starts. Throws OsshError.
+ */
 function readKeyLineAt(line: Buffer): { key: Key; rest: number } {
   const isBlank = (c: number | undefined) => c === 0x20 || c === 0x09;
   let p = 0;
@@ -769,6 +760,22 @@ function readKeyLineAt(line: Buffer): { key: Key; rest: number } {
   return { key, rest: q };
 }
 
+/**
+ * The lines of a file as OpenSSH's getline loops see them: each with its line end, cut at its
+ * first NUL (the C string ends there).
+ */
+function* fileLines(input: Buffer): Generator<Buffer> {
+  let start = 0;
+  while (start < input.length) {
+    let end = input.indexOf(0x0a, start);
+    end = end === -1 ? input.length : end + 1;
+    const line = input.subarray(start, end);
+    start = end;
+    const nul = line.indexOf(0);
+    yield nul === -1 ? line : line.subarray(0, nul);
+  }
+}
+
 /** A key file's first loadable key, as `ssh-keygen -Q` sees it (see loadPublicKeyFile). */
 export interface LoadedKey {
   /** The plain public key's wire blob (for a certificate: the certified key's). */
@@ -788,14 +795,7 @@ export interface LoadedKey {
  * are skipped. Returns null when no line loads. Pure.
  */
 export function loadPublicKeyFile(input: Buffer): LoadedKey | null {
-  let start = 0;
-  while (start < input.length) {
-    let end = input.indexOf(0x0a, start);
-    end = end === -1 ? input.length : end + 1;
-    let line = input.subarray(start, end);
-    start = end;
-    const nul = line.indexOf(0);
-    if (nul !== -1) line = line.subarray(0, nul);
+  for (const line of fileLines(input)) {
     const first = line[0];
     if (first === undefined || first === 0x23 || first === 0x0a) continue;
     if (line.subarray(0, 10).toString('latin1') === '-----BEGIN' || line.toString('latin1') === 'SSH PRIVATE KEY FILE') return null;
@@ -891,11 +891,10 @@ function validity(after: bigint, before: bigint): string {
 
 class Fatal extends Error {}
 
-const EXT_FLAGS = new Set(['permit-X11-forwarding', 'permit-agent-forwarding', 'permit-port-forwarding', 'permit-pty', 'permit-user-rc', 'no-touch-required']);
-
 /** show_options: prints each option; malformed known options are fatal, as in ssh-keygen. */
 function showOptions(out: Buffer[], section: Buffer, critical: boolean): void {
   const b = new Buf(section);
+  const which = critical ? 'critical options' : 'extensions';
   while (b.len !== 0) {
     let name: Buffer, option: Buffer;
     try {
@@ -907,9 +906,9 @@ function showOptions(out: Buffer[], section: Buffer, critical: boolean): void {
     out.push(Buffer.from('                '), name);
     const n = name.toString('latin1');
     let left = option.length;
-    if (!critical && EXT_FLAGS.has(n)) {
+    if (FLAG_OPTIONS[which]?.has(n)) {
       out.push(Buffer.from('\n'));
-    } else if (critical && (n === 'force-command' || n === 'source-address')) {
+    } else if (STRING_OPTIONS[which]?.has(n)) {
       const ob = new Buf(option);
       let arg: Buffer;
       try {
@@ -919,8 +918,6 @@ function showOptions(out: Buffer[], section: Buffer, critical: boolean): void {
       }
       out.push(Buffer.from(' '), arg, Buffer.from('\n'));
       left = ob.len;
-    } else if (critical && n === 'verify-required') {
-      out.push(Buffer.from('\n'));
     } else if (option.length > 0) {
       out.push(Buffer.from(` UNKNOWN OPTION: ${option.toString('hex')} (len ${option.length})\n`));
       left = 0;
@@ -929,10 +926,6 @@ function showOptions(out: Buffer[], section: Buffer, critical: boolean): void {
     }
     if (left !== 0) throw new Fatal('Option corrupt: extra data at end');
   }
-}
-
-function fingerprint(blob: Buffer): string {
-  return 'SHA256:' + sha256(blob).toString('base64').replace(/=+$/, '');
 }
 
 /** print_cert. */
@@ -982,22 +975,15 @@ export function listCertificates(input: Buffer, path: string, opts: ListingOptio
   const err: string[] = [];
   let ok = false;
   let lnum = 0;
-  let start = 0;
   const pathBytes = Buffer.from(path, 'utf8').toString('latin1');
-  while (start < input.length) {
-    let end = input.indexOf(0x0a, start);
-    end = end === -1 ? input.length : end + 1;
-    let line = input.subarray(start, end);
-    start = end;
+  for (const line of fileLines(input)) {
     lnum++;
-    const nul = line.indexOf(0);
-    if (nul !== -1) line = line.subarray(0, nul);
     let p = 0;
     while (p < line.length && (line[p] === 0x20 || line[p] === 0x09)) p++;
     if (p === line.length || line[p] === 0x23) continue;
     let key: Key;
     try {
-      key = readKeyLine(line.subarray(p));
+      key = readKeyLineAt(line.subarray(p)).key;
     } catch (e) {
       if (!(e instanceof OsshError)) throw e;
       err.push(`${pathBytes}:${lnum}: invalid key: ${e.message}\r\n`);
