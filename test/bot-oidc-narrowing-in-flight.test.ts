@@ -6,8 +6,9 @@
 // issuance makes after the binding matched and before its commit.
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { formatAuthorizedKey } from '../ca/ssh/keys.js';
-import { openTestCa, type TestCa } from './fixtures/ca.js';
+import type { TestCa } from './fixtures/ca.js';
 import { subjectKey } from './fixtures/keys.js';
+import { openOidcBotCa } from './fixtures/oidc-bot.js';
 import { startTestIssuer, type TestIssuer } from './fixtures/oidc-issuer.js';
 import { cleanupTempDirs } from './harness/index.js';
 
@@ -16,12 +17,7 @@ let issuer: TestIssuer;
 
 beforeAll(async () => {
   issuer = await startTestIssuer();
-  ca = await openTestCa({ config: { oidc: { jwksCooldown: 0, allowPrivateAddresses: true } } });
-  await ca.admin('POST', '/v1/projects', { name: 'ml' });
-  await ca.admin('POST', '/v1/projects/ml/bots', { name: 'deploy', maxTtl: 900 });
-  const orch = (await ca.admin<{ token: string }>('POST', '/v1/orchestrators', { name: 'dstack' })).token;
-  const r = await ca.api('POST', '/v1/runs', { token: orch, body: { project: 'ml', name: 'prod', owner: 'admin', loginUser: 'root', attachableBy: { users: ['deploy'] } } });
-  expect(r.statusCode, r.body).toBe(201);
+  ({ ca } = await openOidcBotCa());
 });
 
 afterAll(async () => {

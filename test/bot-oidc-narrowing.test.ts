@@ -6,8 +6,9 @@
 // binding or adding one where there was none revokes nothing.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { formatAuthorizedKey } from '../ca/ssh/keys.js';
-import { openTestCa, type TestCa } from './fixtures/ca.js';
+import type { TestCa } from './fixtures/ca.js';
 import { subjectKey } from './fixtures/keys.js';
+import { openOidcBotCa } from './fixtures/oidc-bot.js';
 import { startTestIssuer, type TestIssuer } from './fixtures/oidc-issuer.js';
 import { cleanupTempDirs } from './harness/index.js';
 
@@ -41,12 +42,7 @@ async function patchOidc(oidc: unknown): Promise<number> {
 
 beforeAll(async () => {
   issuer = await startTestIssuer();
-  ca = await openTestCa({ config: { oidc: { jwksCooldown: 0, allowPrivateAddresses: true } } });
-  await ca.admin('POST', '/v1/projects', { name: 'ml' });
-  botToken = (await ca.admin<{ token: string }>('POST', '/v1/projects/ml/bots', { name: 'deploy', maxTtl: 900 })).token;
-  const orch = (await ca.admin<{ token: string }>('POST', '/v1/orchestrators', { name: 'dstack' })).token;
-  const r = await ca.api('POST', '/v1/runs', { token: orch, body: { project: 'ml', name: 'prod', owner: 'admin', loginUser: 'root', attachableBy: { users: ['deploy'] } } });
-  expect(r.statusCode, r.body).toBe(201);
+  ({ ca, botToken } = await openOidcBotCa());
 });
 
 afterAll(async () => {

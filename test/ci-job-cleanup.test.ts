@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dstackCa, json } from './fixtures/cli.js';
 import { startTestIssuer, type TestIssuer } from './fixtures/oidc-issuer.js';
 import { adminRequest, startServerProcess, type ServerProcess } from './fixtures/server-process.js';
-import { cleanupTempDirs, makeTempDir, run, SSH, startSshd, type Sshd } from './harness/index.js';
+import { cleanupTempDirs, makeTempDir, run, SSH, sshEndpoint, startSshd, type Sshd } from './harness/index.js';
 
 const me = userInfo().username;
 let dir: string;
@@ -45,7 +45,7 @@ beforeAll(async () => {
   const reg = (await admin('POST', '/v1/runs', { project: 'ml', name: 'prod', owner: 'admin', loginUser: me, attachableBy: { users: ['gl'] } })) as { principal: string };
   const ca = (await admin('GET', '/v1/ca')) as { keys: string[] };
   sshd = await startSshd({ trustedCaKeys: ca.keys, principals: { [me]: [reg.principal] } });
-  await admin('PATCH', '/v1/runs/ml/prod', { ssh: { host: '127.0.0.1', port: sshd.port, hostKeys: [sshd.hostKeyPublicLine] } });
+  await admin('PATCH', '/v1/runs/ml/prod', { ssh: sshEndpoint(sshd) });
 });
 
 afterAll(async () => {

@@ -15,7 +15,7 @@ import { CLI, dstackCa, fails, json } from './fixtures/cli.js';
 import { startTokenEndpoint, type TokenEndpoint } from './fixtures/github-token-endpoint.js';
 import { startTestIssuer, type TestIssuer } from './fixtures/oidc-issuer.js';
 import { adminRequest, startServerProcess, type ServerProcess } from './fixtures/server-process.js';
-import { cleanupTempDirs, generateKey, makeTempDir, run, SSH, startSshd, type Sshd } from './harness/index.js';
+import { cleanupTempDirs, generateKey, makeTempDir, run, SSH, sshEndpoint, startSshd, type Sshd } from './harness/index.js';
 
 const me = userInfo().username;
 let dir: string;
@@ -89,7 +89,7 @@ beforeAll(async () => {
   caFingerprint = registered.caFingerprint;
   const ca = (await admin('GET', '/v1/ca')) as { keys: string[] };
   sshd = await startSshd({ trustedCaKeys: ca.keys, principals: { [me]: [principal] } });
-  await admin('PATCH', '/v1/runs/ml/train-1', { ssh: { host: '127.0.0.1', port: sshd.port, hostKeys: [sshd.hostKeyPublicLine] } });
+  await admin('PATCH', '/v1/runs/ml/train-1', { ssh: sshEndpoint(sshd) });
 });
 
 afterAll(async () => {

@@ -23,7 +23,7 @@ import { parseCertificateLine } from '../ca/ssh/certificate.js';
 import type { DeviceCode } from '../ca/domain/model.js';
 import { openTestCa, type TestCa } from './fixtures/ca.js';
 import { CLI, dstackCa, fails, json, ok } from './fixtures/cli.js';
-import { childEnv, cleanupTempDirs, makeTempDir, run, startSshd, type RunResult, type Sshd } from './harness/index.js';
+import { childEnv, cleanupTempDirs, makeTempDir, run, sshEndpoint, startSshd, type RunResult, type Sshd } from './harness/index.js';
 
 const now = () => Math.floor(Date.now() / 1000);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -189,7 +189,7 @@ beforeAll(async () => {
     owner: 'bob',
     loginUser,
     attachableBy: { project_members: true },
-    ssh: { host: '127.0.0.1', port: sshd.port, hostKeys: [sshd.hostKeyPublicLine] },
+    ssh: sshEndpoint(sshd),
   }));
   await sshd.setPrincipals(loginUser, [trainPrincipal]);
   ({ principal: pendingPrincipal } = await ca.admin<{ principal: string }>('POST', '/v1/runs', { project: 'ml', name: 'pending', owner: 'bob', loginUser, attachableBy: { project_members: true } }));

@@ -15,7 +15,7 @@ import { webConfigFor } from '../ca/authority/context.js';
 import { AGENT } from './agent-fixture.js';
 import { openTestCa, type TestCa } from './fixtures/ca.js';
 import { CLI, dstackCa, fails, json, ok } from './fixtures/cli.js';
-import { childEnv, cleanupTempDirs, generateKey, makeTempDir, run, startSshd, type KeyFiles, type RunResult, type Sshd } from './harness/index.js';
+import { childEnv, cleanupTempDirs, generateKey, makeTempDir, run, sshEndpoint, startSshd, type KeyFiles, type RunResult, type Sshd } from './harness/index.js';
 
 let ca: TestCa;
 let url: string;
@@ -182,7 +182,7 @@ describe('people: login, plain ssh, logout', () => {
       owner: 'alice',
       loginUser,
       attachableBy: { project_members: true },
-      ssh: { host: '127.0.0.1', port: sshd.port, hostKeys: [sshd.hostKeyPublicLine] },
+      ssh: sshEndpoint(sshd),
     }));
     await ca.admin('POST', '/v1/runs', { project: 'ml', name: 'later', owner: 'alice', loginUser, attachableBy: { project_members: true } });
     // An address but no host key (no --host-key to run add, no agent reporting one): ssh could not check the host.
@@ -214,14 +214,14 @@ describe('people: login, plain ssh, logout', () => {
 
   it('plain ssh reaches a run that got its address after login, and a run made after login, with no new login (item 25)', async () => {
     const later = await ca.admin<{ principal: string }>('GET', '/v1/runs/ml/later');
-    await ca.admin('PATCH', '/v1/runs/ml/later', { ssh: { host: '127.0.0.1', port: sshd.port, hostKeys: [sshd.hostKeyPublicLine] } });
+    await ca.admin('PATCH', '/v1/runs/ml/later', { ssh: sshEndpoint(sshd) });
     const { principal: newPrincipal } = await ca.admin<{ principal: string }>('POST', '/v1/runs', {
       project: 'ml',
       name: 'new-1',
       owner: 'alice',
       loginUser,
       attachableBy: { project_members: true },
-      ssh: { host: '127.0.0.1', port: sshd.port, hostKeys: [sshd.hostKeyPublicLine] },
+      ssh: sshEndpoint(sshd),
     });
     await sshd.setPrincipals(loginUser, [trainPrincipal, later.principal as string, newPrincipal]);
     // The discovery line asks the CA at most every DISCOVER_MIN_INTERVAL (5 s): as if the last sync were a minute ago.
@@ -245,7 +245,7 @@ describe('people: login, plain ssh, logout', () => {
   it('plain ssh follows a run whose endpoint moved, once the run list is older than 30 s (item 25)', async () => {
     const moved = await startSshd({ trustedCaKeys: (await ca.admin<{ keys: string[] }>('GET', '/v1/ca')).keys, principals: { [loginUser]: [trainPrincipal] } });
     try {
-      await ca.admin('PATCH', '/v1/runs/ml/train-1', { ssh: { host: '127.0.0.1', port: moved.port, hostKeys: [moved.hostKeyPublicLine] } });
+      await ca.admin('PATCH', '/v1/runs/ml/train-1', { ssh: sshEndpoint(moved) });
       await sshd.setPrincipals(loginUser, []); // the old host would refuse alice now
       // As if the last sync were a minute ago (RUNS_REFRESH_SECONDS is 30).
       await ageRunList(60);

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { launchPasskeyBrowser, pageStatus, type PasskeyBrowser } from './fixtures/browser.js';
 import { CLI, dstackCa } from './fixtures/cli.js';
 import { startServerProcess, type ServerProcess } from './fixtures/server-process.js';
-import { childEnv, cleanupTempDirs, makeTempDir, run, SSH, startSshd, type Sshd } from './harness/index.js';
+import { childEnv, cleanupTempDirs, makeTempDir, run, SSH, sshEndpoint, startSshd, type Sshd } from './harness/index.js';
 
 let dir: string;
 let home: string;
@@ -68,7 +68,7 @@ beforeAll(async () => {
   const krl = Buffer.from(await (await fetch(`${server.url}/v1/krl`)).arrayBuffer());
   sshd = await startSshd({ trustedCaKeys: ca.keys, principals: { root: [principal] }, krl });
   // What the orchestrator does once the run's sshd is up: where it listens, and its host key.
-  await admin('PATCH', '/v1/runs/ml/train-1', { ssh: { host: '127.0.0.1', port: sshd.port, hostKeys: [sshd.hostKeyPublicLine] } });
+  await admin('PATCH', '/v1/runs/ml/train-1', { ssh: sshEndpoint(sshd) });
   pb = await launchPasskeyBrowser();
 });
 

@@ -63,12 +63,13 @@ function fsyncDir(dir: string, done: Done): void {
 
 const A_LINK = 'is a symbolic link (give the path it points to)';
 
-function kindOf(st: Stats): string {
-  if (st.isDirectory()) return 'is a directory';
-  if (st.isSymbolicLink()) return A_LINK;
-  if (st.isBlockDevice()) return 'is a block device';
-  if (st.isSocket()) return 'is a socket';
-  return 'is not a regular file, character device or FIFO';
+/** Why what lstat found at `path` is not written (a directory, a link, or another kind). */
+function refusal(path: string, st: Stats): UnwritableTargetError {
+  if (st.isDirectory()) return new UnwritableTargetError(path, 'EISDIR', 'is a directory');
+  if (st.isSymbolicLink()) return new UnwritableTargetError(path, 'ELOOP', A_LINK);
+  if (st.isBlockDevice()) return new UnwritableTargetError(path, 'EINVAL', 'is a block device');
+  if (st.isSocket()) return new UnwritableTargetError(path, 'EINVAL', 'is a socket');
+  return new UnwritableTargetError(path, 'EINVAL', 'is not a regular file, character device or FIFO');
 }
 
 /** Writes into an existing character device or FIFO (or one of the process's own descriptors). */
@@ -120,7 +121,7 @@ export function writeFileAtomic(path: string, data: Uint8Array | string, opts: A
       if (st.isFile()) return replace(path, buf, opts.mode ?? 0o600, resolve, reject);
       if (st.isCharacterDevice() || st.isFIFO()) return writeThrough(path, buf, false, resolve, reject);
       if (st.isSymbolicLink() && OWN_DESCRIPTOR.test(path)) return writeThrough(path, buf, true, resolve, reject);
-      reject(new UnwritableTargetError(path, st.isDirectory() ? 'EISDIR' : st.isSymbolicLink() ? 'ELOOP' : 'EINVAL', kindOf(st)));
+      reject(refusal(path, st));
     });
   });
 }
@@ -147,7 +148,7 @@ export async function checkWritableTarget(path: string): Promise<void> {
   if (st !== null) {
     if (st.isCharacterDevice() || st.isFIFO()) return checkAccess(path, path, constants.W_OK, 'cannot be written by this user');
     if (st.isSymbolicLink() && OWN_DESCRIPTOR.test(path)) return;
-    if (!st.isFile()) throw new UnwritableTargetError(path, st.isDirectory() ? 'EISDIR' : st.isSymbolicLink() ? 'ELOOP' : 'EINVAL', kindOf(st));
+    if (!st.isFile()) throw refusal(path, st);
   }
   let dirStat: Stats;
   try {

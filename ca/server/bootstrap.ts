@@ -128,6 +128,7 @@ export async function openCa(
   const store = await openSqliteStore(join(cfg.dataDir, 'ca.db'));
   try {
     const vault = await loadCaKeys(store, new CaKeyStore(join(cfg.dataDir, 'ca-keys'), keyring), cfg, now());
+    const adminTokenFile = join(cfg.dataDir, 'admin-token');
     let adminTokenPath: string | null = null;
     let adminEnrollment: string | null = null;
     const firstStart = (await store.getMeta('bootstrapped')) === null;
@@ -136,7 +137,7 @@ export async function openCa(
       // The token file is written before the commit: a crash in between leaves a token
       // that is simply replaced on the next start, never a committed admin nobody can use.
       const { secret, hash } = newToken('admin');
-      adminTokenPath = join(cfg.dataDir, 'admin-token');
+      adminTokenPath = adminTokenFile;
       await writeFileAtomic(adminTokenPath, secret + '\n', { mode: 0o600 });
       const t = now();
       await store.tx(async (tx) => {
@@ -156,7 +157,7 @@ export async function openCa(
       config: { defaultTtl: cfg.certs.defaultTtl, maxTtl: cfg.certs.maxTtl, hostTtl: cfg.certs.hostTtl, joinTokenTtl: 24 * 3600, rateLimits: cfg.rateLimits, oidc: cfg.oidc, login: cfg.login, krlStatusInterval: cfg.krl.statusInterval, certRetention: cfg.certs.retention, eventStreams: cfg.eventStreams },
       now,
       krlEvents: new KrlEvents(),
-      adminTokenFile: join(cfg.dataDir, 'admin-token'),
+      adminTokenFile,
     };
     await ensureTrustBundle(ctx);
     return {
@@ -166,9 +167,7 @@ export async function openCa(
       announceAdmin: () =>
         (announced ??= (async () => {
           if (firstStart) return { tokenPath: adminTokenPath, enrollment: adminEnrollment, tokenRetirable: false };
-          const again = await reannounceAdmin(store, cfg, now());
-          const tokenRetirable = again.enrollment === null && (await liveAdminTokens(store)).length > 0 && (await passkeyAdminExists(store));
-          return { ...again, tokenRetirable };
+          return reannounceAdmin(store, cfg, adminTokenFile, now());
         })()),
       keyringSource: source,
       keyringPath: keyringPath ?? null,
@@ -185,22 +184,25 @@ export async function openCa(
  * (older unused ones stop working, audited as user.enroll by system), and the admin token file
  * again if it is still there. Nothing once any enabled global admin has a passkey (another
  * admin runs the CA: a global-admin link printed to the journal would only be a standing
- * secret), or while `admin` is disabled, or its token was retired.
+ * secret), or while `admin` is disabled, or its token was retired. The token is retirable
+ * once a global admin has a passkey while it still works.
  */
-async function reannounceAdmin(store: Store, cfg: ServerConfig, t: number): Promise<{ enrollment: string | null; tokenPath: string | null }> {
+async function reannounceAdmin(store: Store, cfg: ServerConfig, path: string, t: number): Promise<AdminAnnouncement> {
+  const passkeyAdmin = await passkeyAdminExists(store);
+  const tokenLive = (await liveAdminTokens(store)).length > 0;
+  const nothing = { enrollment: null, tokenPath: null, tokenRetirable: passkeyAdmin && tokenLive };
   const admin = await store.getIdentityByName('admin');
-  if (!admin || admin.kind !== 'user' || !admin.globalAdmin || admin.disabled) return { enrollment: null, tokenPath: null };
-  if ((await passkeyAdminExists(store)) || (await liveAdminTokens(store)).length === 0) return { enrollment: null, tokenPath: null };
+  if (!admin || admin.kind !== 'user' || !admin.globalAdmin || admin.disabled) return nothing;
+  if (passkeyAdmin || !tokenLive) return nothing;
   const enrollment = await store.tx(async (tx) => {
     await tx.revokeEnrollments(admin.id, t);
     const e = await createEnrollment(tx, admin, t, cfg.login.enrollmentTtl);
     await audit(tx, t, 'system', 'user.enroll', { name: admin.name, expiresAt: e.expiresAt, why: 'start: the admin has no passkey yet' });
     return e.secret;
   });
-  const path = join(cfg.dataDir, 'admin-token');
   const tokenPath = await access(path).then(
     () => path,
     () => null,
   );
-  return { enrollment, tokenPath };
+  return { enrollment, tokenPath, tokenRetirable: false };
 }

@@ -104,9 +104,9 @@ export function registerServer(program: Command, ctx: CliContext): void {
       });
       // Publishes ctx.tlsFingerprints before the first request; SIGHUP reloads through it.
       const reloader = tls ? new tlsLib.TlsReloader(app.server as unknown as TlsServer, tls, opened.authority.ctx) : null;
-      // The trust bundle lists the certificate served, so clients that pinned the root accept exactly it.
+      // The trust bundle already lists the certificate served (openCa got it as tlsCertificates),
+      // so clients that pinned the root accept exactly it.
       const { ensureTrustBundle, rootFingerprint } = await import('../../ca/authority/trust.js');
-      await ensureTrustBundle(opened.authority.ctx);
       // SIGHUP re-reads the certificate and key (both files) and installs them for new
       // connections; open ones keep theirs. A bad pair keeps the old certificate. Without a
       // handler SIGHUP would end the process, so plain http answers it too.

@@ -76,6 +76,9 @@ export interface Sshd {
   stop(): Promise<void>;
 }
 
+/** A run's `ssh` field (POST/PATCH /v1/runs) for this sshd: its loopback address and pinned host key. */
+export const sshEndpoint = (sshd: Pick<Sshd, 'port' | 'hostKeyPublicLine'>) => ({ host: '127.0.0.1', port: sshd.port, hostKeys: [sshd.hostKeyPublicLine] });
+
 /** Write via a temp file + rename so sshd never reads a half-written file (a truncated KRL refuses every key). */
 async function writeAtomic(path: string, data: string | Buffer): Promise<void> {
   const tmp = `${path}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
