@@ -182,7 +182,7 @@ function setTotals(set: RevocationSet): Totals {
 }
 
 function formatTotals(t: Totals): string {
-  return `${countOf(t.serials, 'serial')} and ${plural(t.keyIds, 'key id')} in ${plural(t.caSections, 'CA section')}, ${plural(t.keys, 'key')}, ${t.sha1} SHA1 and ${t.sha256} SHA256 ${t.sha1 + t.sha256 === 1 ? 'hash' : 'hashes'}`;
+  return `${plural(t.serials, 'serial')} and ${plural(t.keyIds, 'key id')} in ${plural(t.caSections, 'CA section')}, ${plural(t.keys, 'key')}, ${t.sha1} SHA1 and ${t.sha256} SHA256 ${t.sha1 + t.sha256 === 1 ? 'hash' : 'hashes'}`;
 }
 
 function caName(caKey: Buffer): string {
@@ -205,7 +205,7 @@ function sectionLine(s: KrlSectionInfo): string {
         [s.bitmaps, 'bitmap', s.bitmapSerials],
       ] as const;
       const stored = kinds.filter(([n]) => n > 0).map(([n, word, of]) => `${plural(n, word)} of ${of}`);
-      return `certificates of ${caName(s.caKey)}: ${countOf(serials, 'serial')}${stored.length ? ` (${stored.join(', ')})` : ''}, ${plural(s.keyIds, 'key id')}`;
+      return `certificates of ${caName(s.caKey)}: ${plural(serials, 'serial')}${stored.length ? ` (${stored.join(', ')})` : ''}, ${plural(s.keyIds, 'key id')}`;
     }
     case 'explicit-key':
       return `explicit keys: ${s.count}`;
@@ -244,9 +244,4 @@ function showJson(k: DecodedKrl, size: number): unknown {
     ),
     totals: setTotals(k.set),
   };
-}
-
-/** plural() for a bigint count: "1 serial", "12 serials". */
-function countOf(n: bigint, word: string): string {
-  return `${n} ${word}${n === 1n ? '' : 's'}`;
 }
